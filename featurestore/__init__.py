@@ -1,0 +1,1 @@
+"""featurestore: one set of feature definitions for training sets and online serving."""

@@ -1,0 +1,125 @@
+"""featurestore.yaml: the one config file of a feature repo, as small value objects."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+from featurestore.errors import ConfigError
+
+CONFIG_FILE = "featurestore.yaml"
+OnlineStoreType = Literal["embedded", "redis", "redis_cluster"]
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+@dataclass(frozen=True)
+class OfflineStoreConfig:
+    """DuckDB over Parquet. ``memory_limit`` lets DuckDB spill to ``temp_directory`` beyond it."""
+
+    type: Literal["duckdb"] = "duckdb"
+    memory_limit: str = "75%"
+    threads: int | None = None
+    temp_directory: str = "data/.duckdb_tmp"
+
+
+@dataclass(frozen=True)
+class OnlineStoreConfig:
+    """Where online values live: ``embedded`` (LMDB file, no server), ``redis`` or ``redis_cluster``."""
+
+    type: OnlineStoreType = "embedded"
+    path: str = "data/online_store"  # embedded: folder of the LMDB environment
+    map_size: str = "64GB"  # embedded: the most the file may grow to (sparse, not preallocated)
+    url: str = "redis://localhost:6379/0"  # redis / redis_cluster (any node of the cluster)
+    connect_timeout: float = 1.0  # seconds to wait for a connection before failing
+    socket_timeout: float = 1.0  # seconds to wait for an answer before failing
+    max_connections: int = 64
+    key_ttl_grace: str = "1d"  # redis keys expire this long after their row's ttl runs out
+    write_batch_size: int = 10_000
+
+
+@dataclass(frozen=True)
+class RepoConfig:
+    """The parsed featurestore.yaml; paths in it are relative to ``repo_path``."""
+
+    project: str
+    repo_path: Path
+    registry: str = "data/registry.json"
+    offline_store: OfflineStoreConfig = field(default_factory=OfflineStoreConfig)
+    online_store: OnlineStoreConfig = field(default_factory=OnlineStoreConfig)
+    definitions: tuple[str, ...] = ()  # definition files; empty means every *.py in the repo root
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def resolve(self, path: str) -> str:
+        """A repo-relative path made absolute (absolute paths and URLs pass through)."""
+        if "://" in path or os.path.isabs(path):
+            return path
+        return str((self.repo_path / path).resolve())
+
+    @property
+    def registry_path(self) -> Path:
+        return Path(self.resolve(self.registry))
+
+
+def load_config(repo_path: str | os.PathLike[str]) -> RepoConfig:
+    """Read ``featurestore.yaml`` from a repo folder; ``${VAR:-default}`` expands from the env."""
+    import yaml
+
+    repo = Path(repo_path).resolve()
+    path = repo / CONFIG_FILE
+    if not path.is_file():
+        raise ConfigError(f"no {CONFIG_FILE} in {repo}; run `featurestore init` to create a repo")
+    try:
+        raw = yaml.safe_load(_expand(path.read_text())) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path.name}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path.name}: expected a mapping at the top level")
+    return config_from_dict(raw, repo)
+
+
+def config_from_dict(raw: dict[str, Any], repo: Path) -> RepoConfig:
+    raw = dict(raw)
+    project = raw.pop("project", None)
+    if not project or not isinstance(project, str) or not re.fullmatch(r"[A-Za-z0-9_\-]+", project):
+        raise ConfigError(f"{CONFIG_FILE}: 'project' must be a name of letters, digits, _ or -; got {project!r}")
+    offline = _section(OfflineStoreConfig, raw.pop("offline_store", None), "offline_store")
+    online = _section(OnlineStoreConfig, raw.pop("online_store", None), "online_store")
+    if online.type not in ("embedded", "redis", "redis_cluster"):
+        raise ConfigError(
+            f"{CONFIG_FILE}: online_store.type is {online.type!r}; expected embedded, redis or redis_cluster"
+        )
+    defs = raw.pop("definitions", None) or ()
+    if isinstance(defs, str):
+        defs = (defs,)
+    registry = raw.pop("registry", "data/registry.json")
+    known = {"serving", "models"}
+    unknown = set(raw) - known
+    if unknown:
+        raise ConfigError(f"{CONFIG_FILE}: unknown key(s) {sorted(unknown)}")
+    return RepoConfig(project=project, repo_path=repo, registry=registry, offline_store=offline,
+                      online_store=online, definitions=tuple(defs), extra=raw)
+
+
+def _section(cls: type, raw: Any, name: str) -> Any:
+    if raw is None:
+        return cls()
+    if isinstance(raw, str):
+        raw = {"type": raw}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{CONFIG_FILE}: '{name}' must be a mapping")
+    allowed = {f.name: f for f in fields(cls)}
+    unknown = set(raw) - set(allowed)
+    if unknown:
+        raise ConfigError(f"{CONFIG_FILE}: unknown key(s) {sorted(unknown)} in '{name}'; "
+                          f"known: {sorted(allowed)}")
+    try:
+        return cls(**raw)
+    except TypeError as exc:
+        raise ConfigError(f"{CONFIG_FILE}: bad '{name}': {exc}") from None
+
+
+def _expand(text: str) -> str:
+    return _ENV.sub(lambda m: os.environ.get(m.group(1), m.group(2) or ""), text)

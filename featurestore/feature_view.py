@@ -1,0 +1,144 @@
+"""FeatureView: a group of features of one entity (or entity tuple), read from one source."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from featurestore._time import duration_us, format_duration, parse_duration
+from featurestore.entity import Entity
+from featurestore.errors import DefinitionError
+from featurestore.field import Field
+from featurestore.sources import Source, source_from_dict
+
+
+@dataclass(frozen=True)
+class FeatureView:
+    """Features of ``entities`` taken from ``source``; rows older than ``ttl`` are not served.
+
+    ``schema`` lists the feature columns (join keys and timestamps may be listed too; they are
+    recognised and left out of the features).
+    """
+
+    name: str
+    entities: tuple[Entity, ...]
+    source: Source
+    schema: tuple[Field, ...]
+    ttl: timedelta | None = None
+    online: bool = True
+    description: str = ""
+    owner: str = ""
+    tags: dict[str, str] = field(default_factory=dict, hash=False)
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        entities: list[Entity] | tuple[Entity, ...],
+        source: Source,
+        schema: list[Field] | tuple[Field, ...],
+        ttl: timedelta | str | int | None = None,
+        online: bool = True,
+        description: str = "",
+        owner: str = "",
+        tags: dict[str, str] | None = None,
+    ) -> None:
+        if not name or not isinstance(name, str) or ":" in name:
+            raise DefinitionError(f"feature view name {name!r} must be a non-empty string without ':'")
+        ents = tuple(entities or ())
+        if not ents:
+            raise DefinitionError(f"feature view '{name}' has no entities; add entities=[...]")
+        for e in ents:
+            if not isinstance(e, Entity):
+                raise DefinitionError(f"feature view '{name}': entities must be Entity objects, got {e!r}")
+        try:
+            ttl_td = parse_duration(ttl)
+        except ValueError as exc:
+            raise DefinitionError(f"feature view '{name}': {exc}") from None
+        if ttl_td is not None and ttl_td <= timedelta(0):
+            raise DefinitionError(f"feature view '{name}' has ttl {ttl!r}; a ttl must be positive or None")
+        keys = {k for e in ents for k in e.join_keys}
+        reserved = keys | {source.timestamp_field, source.created_timestamp_field}
+        feats = tuple(f for f in schema if f.name not in reserved)
+        if not feats:
+            raise DefinitionError(f"feature view '{name}' has no features in its schema")
+        seen: set[str] = set()
+        for f in feats:
+            if not isinstance(f, Field):
+                raise DefinitionError(f"feature view '{name}': schema entries must be Field objects, got {f!r}")
+            if f.name in seen:
+                raise DefinitionError(f"feature view '{name}' lists feature '{f.name}' twice")
+            seen.add(f.name)
+        for attr, val in (("name", name), ("entities", ents), ("source", source), ("schema", feats),
+                          ("ttl", ttl_td), ("online", online), ("description", description),
+                          ("owner", owner), ("tags", dict(tags or {}))):
+            object.__setattr__(self, attr, val)
+
+    @property
+    def join_keys(self) -> tuple[str, ...]:
+        """The join-key columns of all entities, in declaration order."""
+        return tuple(k for e in self.entities for k in e.join_keys)
+
+    @property
+    def features(self) -> tuple[Field, ...]:
+        return self.schema
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.schema)
+
+    @property
+    def ttl_us(self) -> int | None:
+        return duration_us(self.ttl)
+
+    def field(self, feature: str) -> Field:
+        for f in self.schema:
+            if f.name == feature:
+                return f
+        from featurestore.errors import FeatureNotFoundError
+
+        raise FeatureNotFoundError(
+            f"feature view '{self.name}' has no feature '{feature}'; it has {_brief(self.feature_names)}"
+        )
+
+    @property
+    def schema_version(self) -> int:
+        """A 32-bit fingerprint of the feature names and types; online rows carry it."""
+        text = "|".join(f"{f.name}:{f.dtype.name}" for f in self.schema)
+        return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=4).digest(), "little")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "entities": [e.name for e in self.entities],
+            "source": self.source.to_dict(),
+            "schema": [f.to_dict() for f in self.schema],
+            "ttl": format_duration(self.ttl),
+            "online": self.online,
+            "description": self.description,
+            "owner": self.owner,
+            "tags": self.tags,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], entities: dict[str, Entity]) -> FeatureView:
+        return cls(
+            name=d["name"],
+            entities=[entities[n] for n in d["entities"]],
+            source=source_from_dict(d["source"]),
+            schema=[Field.from_dict(f) for f in d["schema"]],
+            ttl=d.get("ttl"),
+            online=d.get("online", True),
+            description=d.get("description", ""),
+            owner=d.get("owner", ""),
+            tags=d.get("tags") or {},
+        )
+
+
+def _brief(names: tuple[str, ...] | list[str]) -> str:
+    names = list(names)
+    if len(names) <= 8:
+        return ", ".join(names)
+    return ", ".join(names[:6]) + f", ... ({len(names)} in all)"

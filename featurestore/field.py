@@ -1,0 +1,73 @@
+"""Field: one named, typed column of a feature view, with an optional default value."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from featurestore.errors import DefinitionError
+from featurestore.types import DType, dtype_from_name
+
+
+@dataclass(frozen=True)
+class Field:
+    """A feature column. ``default`` is served when no row exists (not found or expired)."""
+
+    name: str
+    dtype: DType
+    default: Any = None
+    description: str = ""
+    tags: dict[str, str] = field(default_factory=dict, hash=False)
+
+    def __post_init__(self) -> None:
+        if not self.name or not isinstance(self.name, str):
+            raise DefinitionError("a Field needs a non-empty name")
+        if not isinstance(self.dtype, DType):
+            raise DefinitionError(
+                f"field '{self.name}' has dtype {self.dtype!r}; use a type from "
+                "featurestore.types such as Float64, Int64, String or Array(Float32)"
+            )
+        if self.default is not None:
+            _check_default(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "dtype": self.dtype.name,
+            "default": self.default,
+            "description": self.description,
+            "tags": self.tags,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Field:
+        return cls(
+            name=d["name"],
+            dtype=dtype_from_name(d["dtype"]),
+            default=d.get("default"),
+            description=d.get("description", ""),
+            tags=d.get("tags") or {},
+        )
+
+
+def _check_default(f: Field) -> None:
+    ok: bool
+    d = f.default
+    name = f.dtype.name
+    if f.dtype.is_list:
+        ok = isinstance(d, (list, tuple)) and all(isinstance(x, (int, float)) for x in d)
+    elif name in ("int32", "int64", "timestamp"):
+        ok = isinstance(d, int) and not isinstance(d, bool)
+    elif name in ("float32", "float64"):
+        ok = isinstance(d, (int, float)) and not isinstance(d, bool)
+    elif name == "bool":
+        ok = isinstance(d, bool)
+    elif name == "string":
+        ok = isinstance(d, str)
+    else:
+        ok = isinstance(d, bytes)
+    if not ok:
+        raise DefinitionError(
+            f"field '{f.name}' is {name} but its default {d!r} is {type(d).__name__}; "
+            f"give a default of type {name}"
+        )

@@ -1,0 +1,119 @@
+"""Feature value types: a small closed set that maps one-to-one onto Arrow and numpy types."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+
+@dataclass(frozen=True)
+class DType:
+    """A scalar or list value type; ``name`` is the stable name stored in the registry."""
+
+    name: str
+    numpy: str | None = None  # fixed-width numpy dtype, None for variable-width types
+    inner: DType | None = None  # element type of a list
+
+    @property
+    def fixed_width(self) -> bool:
+        """True when a value packs into a fixed number of bytes (numbers, bools, timestamps)."""
+        return self.numpy is not None
+
+    @property
+    def is_list(self) -> bool:
+        return self.inner is not None
+
+    def to_arrow(self) -> pa.DataType:
+        import pyarrow as pa
+
+        if self.inner is not None:
+            return pa.list_(self.inner.to_arrow())
+        return _ARROW[self.name]()
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+Int32 = DType("int32", "<i4")
+Int64 = DType("int64", "<i8")
+Float32 = DType("float32", "<f4")
+Float64 = DType("float64", "<f8")
+Bool = DType("bool", "?")
+String = DType("string")
+Bytes = DType("bytes")
+UnixTimestamp = DType("timestamp", "<i8")  # microseconds since the epoch, UTC
+
+
+def Array(inner: DType) -> DType:  # noqa: N802 - reads like a type constructor
+    """A list of numbers, e.g. ``Array(Float32)`` for an embedding."""
+    if inner.name not in ("int32", "int64", "float32", "float64", "bool"):
+        raise ValueError(f"Array() holds numbers or bools, got {inner.name}")
+    return DType(f"array<{inner.name}>", None, inner)
+
+
+_SCALARS = {t.name: t for t in (Int32, Int64, Float32, Float64, Bool, String, Bytes, UnixTimestamp)}
+
+_ARROW = {
+    "int32": lambda: __import__("pyarrow").int32(),
+    "int64": lambda: __import__("pyarrow").int64(),
+    "float32": lambda: __import__("pyarrow").float32(),
+    "float64": lambda: __import__("pyarrow").float64(),
+    "bool": lambda: __import__("pyarrow").bool_(),
+    "string": lambda: __import__("pyarrow").large_string(),
+    "bytes": lambda: __import__("pyarrow").large_binary(),
+    "timestamp": lambda: __import__("pyarrow").timestamp("us", tz="UTC"),
+}
+
+
+def dtype_from_name(name: str) -> DType:
+    """Inverse of ``DType.name``, used when loading the registry."""
+    if name in _SCALARS:
+        return _SCALARS[name]
+    if name.startswith("array<") and name.endswith(">"):
+        return Array(dtype_from_name(name[6:-1]))
+    raise ValueError(f"unknown type {name!r}; expected one of {sorted(_SCALARS)} or array<...>")
+
+
+def dtype_from_arrow(t: pa.DataType) -> DType | None:
+    """The DType an Arrow column maps to, or None when it has no counterpart."""
+    import pyarrow as pa
+    import pyarrow.types as pt
+
+    if pt.is_int8(t) or pt.is_int16(t) or pt.is_int32(t) or pt.is_uint8(t) or pt.is_uint16(t):
+        return Int32
+    if pt.is_int64(t) or pt.is_uint32(t) or pt.is_uint64(t):
+        return Int64
+    if pt.is_float16(t) or pt.is_float32(t):
+        return Float32
+    if pt.is_float64(t) or pt.is_decimal(t):
+        return Float64
+    if pt.is_boolean(t):
+        return Bool
+    if pt.is_string(t) or pt.is_large_string(t) or pt.is_string_view(t) or pt.is_dictionary(t):
+        return String
+    if pt.is_binary(t) or pt.is_large_binary(t):
+        return Bytes
+    if pt.is_timestamp(t) or pt.is_date(t):
+        return UnixTimestamp
+    if pt.is_list(t) or pt.is_large_list(t) or pt.is_fixed_size_list(t):
+        inner = dtype_from_arrow(t.value_type)
+        if inner is not None and inner.fixed_width and inner is not UnixTimestamp:
+            return Array(inner)
+    _ = pa
+    return None
+
+
+def compatible(declared: DType, actual: DType) -> bool:
+    """Whether data of type ``actual`` can be served as ``declared`` without losing meaning."""
+    if declared == actual:
+        return True
+    numeric = {"int32", "int64", "float32", "float64"}
+    if declared.name in numeric and actual.name in numeric:
+        # widening ints to floats or ints is fine; floats into an int column is not
+        return not (declared.name.startswith("int") and actual.name.startswith("float"))
+    if declared.is_list and actual.is_list:
+        return compatible(declared.inner, actual.inner)  # type: ignore[arg-type]
+    return False

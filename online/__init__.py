@@ -1,0 +1,1 @@
+"""Online stores (embedded LMDB, Redis, Redis Cluster), the row codec and online lookups."""
