@@ -1,1 +1,67 @@
-"""featurestore: one set of feature definitions for training sets and online serving."""
+"""featurestore: one set of feature definitions for training sets and online serving.
+
+Heavy engines (DuckDB, polars, Redis, LMDB) load on first use, so importing this is cheap.
+"""
+
+from __future__ import annotations
+
+from featurestore.config import RepoConfig, load_config
+from featurestore.entity import Entity
+from featurestore.errors import (
+    ConfigError,
+    DefinitionError,
+    EntityDataError,
+    FeatureNotFoundError,
+    FeatureStoreError,
+    OfflineStoreError,
+    OnlineStoreError,
+    OnlineStoreUnavailableError,
+    RegistryError,
+)
+from featurestore.feature_service import FeatureService
+from featurestore.feature_view import FeatureView
+from featurestore.field import Field
+from featurestore.sources import DuckDBSource, ParquetSource
+from featurestore.store import FeatureStore, MaterializeResult
+from featurestore.types import (
+    Array,
+    Bool,
+    Bytes,
+    Float32,
+    Float64,
+    Int32,
+    Int64,
+    String,
+    UnixTimestamp,
+)
+
+__all__ = [
+    "Array",
+    "Bool",
+    "Bytes",
+    "ConfigError",
+    "DefinitionError",
+    "DuckDBSource",
+    "Entity",
+    "EntityDataError",
+    "FeatureNotFoundError",
+    "FeatureService",
+    "FeatureStore",
+    "FeatureStoreError",
+    "FeatureView",
+    "Field",
+    "Float32",
+    "Float64",
+    "Int32",
+    "Int64",
+    "MaterializeResult",
+    "OfflineStoreError",
+    "OnlineStoreError",
+    "OnlineStoreUnavailableError",
+    "ParquetSource",
+    "RegistryError",
+    "RepoConfig",
+    "String",
+    "UnixTimestamp",
+    "load_config",
+]

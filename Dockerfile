@@ -1,0 +1,12 @@
+# The featurestore image: the package and its CLI; the feature repo is mounted at /repo.
+FROM python:3.11-slim
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY featurestore ./featurestore
+COPY online ./online
+COPY offline ./offline
+COPY transforms ./transforms
+COPY ext ./ext
+RUN pip install --no-cache-dir .
+WORKDIR /repo
+ENTRYPOINT ["featurestore", "--repo", "/repo"]

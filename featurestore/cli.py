@@ -1,0 +1,230 @@
+"""The ``featurestore`` command line: init, plan, apply, materialize, training-set, get, quickstart."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from featurestore.errors import FeatureStoreError
+
+
+class _Group(click.Group):
+    """Turns errors into one line on stderr (a traceback only with --debug)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except FeatureStoreError as exc:
+            _fail(ctx, exc)
+        except (ValueError, OSError) as exc:
+            _fail(ctx, exc, prefix=f"{type(exc).__name__}: ")
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+
+def _fail(ctx: click.Context, exc: BaseException, prefix: str = "") -> None:
+    if ctx.obj and ctx.obj.get("debug"):
+        raise exc
+    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    click.echo(f"error: {prefix}{msg}", err=True)
+    sys.exit(1)
+
+
+@click.group(cls=_Group)
+@click.option("--repo", "-r", default=".", show_default=True, help="Feature repo folder.",
+              type=click.Path(file_okay=False))
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.version_option(package_name="featurestore")
+@click.pass_context
+def cli(ctx: click.Context, repo: str, debug: bool) -> None:
+    """Feature store: define features once, build training sets, serve them online."""
+    ctx.obj = {"repo": repo, "debug": debug}
+
+
+def _store(ctx: click.Context) -> Any:
+    from featurestore.store import FeatureStore
+
+    return FeatureStore(ctx.obj["repo"])
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--online-store", type=click.Choice(["embedded", "redis", "redis_cluster"]),
+              default="embedded", show_default=True)
+def init(name: str, online_store: str) -> None:
+    """Create a new feature repo NAME with a config, definitions and a sample dataset."""
+    from featurestore._scaffold import scaffold
+
+    path = scaffold(Path(name), online_store=online_store)
+    click.echo(f"Created feature repo in {path}")
+    click.echo(f"Next: cd {name} && featurestore apply && featurestore materialize-incremental now")
+
+
+@cli.command()
+@click.pass_context
+def plan(ctx: click.Context) -> None:
+    """Show what apply would change (breaking schema changes are flagged)."""
+    click.echo(str(_store(ctx).plan()))
+
+
+@cli.command()
+@click.pass_context
+def apply(ctx: click.Context) -> None:
+    """Validate the definitions and write them to the registry as a new version."""
+    store = _store(ctx)
+    p = store.apply()
+    click.echo(str(p))
+    click.echo(f"Registry at version {store.registry.version}.")
+
+
+@cli.command("list")
+@click.pass_context
+def list_(ctx: click.Context) -> None:
+    """List the applied entities, feature views and feature services."""
+    store = _store(ctx)
+    for e in store.list_entities():
+        click.echo(f"entity          {e.name}  join_keys={list(e.join_keys)}")
+    for v in store.list_feature_views():
+        click.echo(f"feature view    {v.name}  {len(v.schema)} features  ttl={v.to_dict()['ttl']}")
+    for s in store.list_feature_services():
+        click.echo(f"feature service {s.name}  {len(s.features)} features")
+
+
+def _when(value: str) -> Any:
+    from datetime import datetime, timezone
+
+    if value == "now":
+        return datetime.now(timezone.utc)
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an ISO 8601 time or 'now'") from None
+
+
+@cli.command()
+@click.argument("start")
+@click.argument("end")
+@click.option("--views", help="Comma-separated feature views (default: all online views).")
+@click.pass_context
+def materialize(ctx: click.Context, start: str, end: str, views: str | None) -> None:
+    """Write the latest values with START <= event time <= END into the online store."""
+    store = _store(ctx)
+    t0 = time.perf_counter()
+    res = store.materialize(_when(start), _when(end), views=_split(views), progress=True)
+    _report_materialize(res, time.perf_counter() - t0)
+
+
+@cli.command("materialize-incremental")
+@click.argument("end")
+@click.option("--views", help="Comma-separated feature views (default: all online views).")
+@click.pass_context
+def materialize_incremental(ctx: click.Context, end: str, views: str | None) -> None:
+    """Materialize each view from its watermark up to END ('now' for the current time)."""
+    store = _store(ctx)
+    t0 = time.perf_counter()
+    res = store.materialize_incremental(_when(end), views=_split(views), progress=True)
+    _report_materialize(res, time.perf_counter() - t0)
+
+
+def _report_materialize(res: Any, seconds: float) -> None:
+    for view, n in res.rows.items():
+        click.echo(f"{view}: {n:,} rows")
+    rate = res.total_rows / seconds if seconds > 0 else 0.0
+    click.echo(f"materialized {res.total_rows:,} rows in {seconds:.2f} s ({rate:,.0f} rows/s)")
+
+
+@cli.command("training-set")
+@click.option("--spine", required=True, type=click.Path(exists=True), help="Parquet file of entity rows.")
+@click.option("--features", help="Comma-separated view:feature references.")
+@click.option("--feature-service", help="A feature service name instead of --features.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Parquet file to write.")
+@click.option("--timestamp-column", default="event_timestamp", show_default=True)
+@click.option("--full-feature-names", is_flag=True, help="Name columns view__feature.")
+@click.option("--as-known", is_flag=True, help="Only rows created at or before each spine time.")
+@click.pass_context
+def training_set(ctx: click.Context, spine: str, features: str | None, feature_service: str | None,
+                 out: str, timestamp_column: str, full_feature_names: bool, as_known: bool) -> None:
+    """Build a point-in-time correct training set from a spine and write it to Parquet."""
+    if bool(features) == bool(feature_service):
+        raise click.UsageError("give exactly one of --features or --feature-service")
+    store = _store(ctx)
+    t0 = time.perf_counter()
+    df = store.get_historical_features(
+        spine, _split(features) or feature_service, full_feature_names=full_feature_names,
+        as_known=as_known, timestamp_column=timestamp_column, progress=True)
+    df.write_parquet(out)
+    dt = time.perf_counter() - t0
+    click.echo(f"wrote {df.height:,} rows x {df.width} columns to {out} in {dt:.2f} s "
+               f"({df.height / dt:,.0f} rows/s)")
+
+
+@cli.command()
+@click.option("--features", help="Comma-separated view:feature references.")
+@click.option("--feature-service", help="A feature service name instead of --features.")
+@click.option("--entity", "entities", multiple=True, required=True,
+              help="key=value (repeat for more keys or, as key=v1,v2, for more entities).")
+@click.option("--full-feature-names", is_flag=True)
+@click.pass_context
+def get(ctx: click.Context, features: str | None, feature_service: str | None,
+        entities: tuple[str, ...], full_feature_names: bool) -> None:
+    """Print an online lookup as JSON, with per-value status and event timestamps."""
+    import orjson
+
+    if bool(features) == bool(feature_service):
+        raise click.UsageError("give exactly one of --features or --feature-service")
+    columns: dict[str, list[Any]] = {}
+    for item in entities:
+        if "=" not in item:
+            raise click.BadParameter(f"--entity {item!r}: expected key=value")
+        key, raw = item.split("=", 1)
+        columns[key] = [_scalar(v) for v in raw.split(",")]
+    store = _store(ctx)
+    t0 = time.perf_counter()
+    resp = store.get_online_features(_split(features) or feature_service, columns,
+                                     full_feature_names=full_feature_names,
+                                     include_event_timestamps=True)
+    ms = (time.perf_counter() - t0) * 1e3
+    out = {"features": resp.to_dict(),
+           "status": {k: [s.name for s in v] for k, v in resp.statuses.items()},
+           "latency_ms": round(ms, 3)}
+    click.echo(orjson.dumps(out, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY,
+                            default=str).decode())
+
+
+def _scalar(v: str) -> Any:
+    try:
+        return int(v)
+    except ValueError:
+        return v
+
+
+def _split(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+@cli.command()
+@click.option("--dir", "directory", default="fraud_repo", show_default=True,
+              help="Where to create the demo repo.")
+@click.option("--transactions", default=1_000_000, show_default=True, help="Transactions to generate.")
+@click.option("--seed", default=7, show_default=True)
+def quickstart(directory: str, transactions: int, seed: int) -> None:
+    """Generate a fraud-style repo, apply, build a training set, materialize and look up online."""
+    from featurestore.quickstart import run_quickstart
+
+    run_quickstart(Path(directory), n_transactions=transactions, seed=seed, echo=click.echo)
+
+
+def main() -> None:
+    """Console entry point."""
+    cli(prog_name="featurestore")
+
+
+if __name__ == "__main__":
+    main()

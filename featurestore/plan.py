@@ -1,0 +1,120 @@
+"""Plan: what an apply would change in the registry, with breaking schema changes flagged."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from featurestore.registry import RegistryState
+from featurestore.repo import RepoDefinitions
+
+Action = Literal["add", "change", "remove"]
+
+
+@dataclass(frozen=True)
+class Change:
+    """One object that apply would add, change or remove; ``details`` says what changed."""
+
+    kind: str
+    name: str
+    action: Action
+    details: tuple[str, ...] = ()
+    breaking: bool = False
+
+    def __str__(self) -> str:
+        sign = {"add": "+", "change": "~", "remove": "-"}[self.action]
+        head = f"{sign} {self.kind} {self.name}"
+        if self.breaking:
+            head += "  [BREAKING]"
+        return "\n".join([head, *(f"    {d}" for d in self.details)])
+
+
+@dataclass
+class Plan:
+    """The list of changes; empty when the registry already matches the definitions."""
+
+    changes: list[Change] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not self.changes
+
+    @property
+    def breaking(self) -> list[Change]:
+        return [c for c in self.changes if c.breaking]
+
+    def __str__(self) -> str:
+        if self.empty:
+            return "No changes: the registry matches the definitions."
+        adds = sum(c.action == "add" for c in self.changes)
+        chg = sum(c.action == "change" for c in self.changes)
+        rem = sum(c.action == "remove" for c in self.changes)
+        lines = [str(c) for c in self.changes]
+        lines.append(f"Plan: {adds} to add, {chg} to change, {rem} to remove"
+                     + (f", {len(self.breaking)} breaking" if self.breaking else "") + ".")
+        return "\n".join(lines)
+
+
+def make_plan(current: RegistryState, defs: RepoDefinitions) -> Plan:
+    """Compare the applied registry with the definitions loaded from the repo."""
+    plan = Plan()
+    _diff(plan, "entity", current.entities, defs.entities, _entity_details)
+    _diff(plan, "feature view", current.feature_views, defs.feature_views, _view_details)
+    _diff(plan, "feature service", current.feature_services, defs.feature_services, _service_details)
+    return plan
+
+
+def _diff(plan: Plan, kind: str, old: dict, new: dict, details) -> None:  # type: ignore[no-untyped-def]
+    for name in sorted(new.keys() - old.keys()):
+        plan.changes.append(Change(kind, name, "add"))
+    for name in sorted(old.keys() - new.keys()):
+        plan.changes.append(Change(kind, name, "remove", breaking=kind == "feature view"))
+    for name in sorted(old.keys() & new.keys()):
+        if old[name].to_dict() != new[name].to_dict():
+            lines, breaking = details(old[name], new[name])
+            plan.changes.append(Change(kind, name, "change", tuple(lines), breaking))
+
+
+def _entity_details(old, new) -> tuple[list[str], bool]:  # type: ignore[no-untyped-def]
+    lines = _field_diffs(old.to_dict(), new.to_dict())
+    return lines, old.join_keys != new.join_keys
+
+
+def _service_details(old, new) -> tuple[list[str], bool]:  # type: ignore[no-untyped-def]
+    added = [f for f in new.features if f not in old.features]
+    removed = [f for f in old.features if f not in new.features]
+    lines = [f"+ {f}" for f in added] + [f"- {f}" for f in removed]
+    return lines or _field_diffs(old.to_dict(), new.to_dict()), bool(removed)
+
+
+def _view_details(old, new) -> tuple[list[str], bool]:  # type: ignore[no-untyped-def]
+    lines: list[str] = []
+    breaking = False
+    old_f = {f.name: f for f in old.schema}
+    new_f = {f.name: f for f in new.schema}
+    for n in new_f.keys() - old_f.keys():
+        lines.append(f"+ feature {n}: {new_f[n].dtype.name}")
+    for n in sorted(old_f.keys() - new_f.keys()):
+        lines.append(f"- feature {n} (breaking: readers of it will fail)")
+        breaking = True
+    for n in sorted(old_f.keys() & new_f.keys()):
+        if old_f[n].dtype != new_f[n].dtype:
+            lines.append(f"~ feature {n}: {old_f[n].dtype.name} -> {new_f[n].dtype.name} (breaking)")
+            breaking = True
+        elif old_f[n].to_dict() != new_f[n].to_dict():
+            lines.append(f"~ feature {n}: {_field_diffs(old_f[n].to_dict(), new_f[n].to_dict())}")
+    if old.join_keys != new.join_keys:
+        lines.append(f"~ join keys {list(old.join_keys)} -> {list(new.join_keys)} (breaking)")
+        breaking = True
+    od, nd = old.to_dict(), new.to_dict()
+    for k in ("source", "ttl", "online", "description", "owner", "tags"):
+        if od[k] != nd[k]:
+            lines.append(f"~ {k}: {od[k]!r} -> {nd[k]!r}")
+    if old.schema_version != new.schema_version:
+        lines.append("online rows of the old schema are not served until the view is materialized again")
+    return lines, breaking
+
+
+def _field_diffs(old: dict, new: dict) -> list[str]:
+    return [f"~ {k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+            if old.get(k) != new.get(k)]

@@ -1,0 +1,175 @@
+"""The registry: applied definitions as one versioned JSON document, written atomically.
+
+Each apply writes a new version (the previous ones are kept beside it under ``<name>.history/``);
+materialization watermarks live in the same document but do not bump the version.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from featurestore.entity import Entity
+from featurestore.errors import FeatureNotFoundError, RegistryError
+from featurestore.feature_service import FeatureService
+from featurestore.feature_view import FeatureView, _brief
+
+FORMAT = 1
+
+
+@dataclass
+class RegistryState:
+    """The definitions of one registry version, plus materialization state per view."""
+
+    project: str
+    version: int = 0
+    applied_at: str | None = None
+    entities: dict[str, Entity] = field(default_factory=dict)
+    feature_views: dict[str, FeatureView] = field(default_factory=dict)
+    feature_services: dict[str, FeatureService] = field(default_factory=dict)
+    materialization: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def feature_view(self, name: str) -> FeatureView:
+        try:
+            return self.feature_views[name]
+        except KeyError:
+            known = _brief(sorted(self.feature_views)) or "none (run `featurestore apply`)"
+            raise FeatureNotFoundError(f"no feature view '{name}' in the registry; known views: {known}") from None
+
+    def feature_service(self, name: str) -> FeatureService:
+        try:
+            return self.feature_services[name]
+        except KeyError:
+            known = _brief(sorted(self.feature_services)) or "none"
+            raise FeatureNotFoundError(f"no feature service '{name}' in the registry; known: {known}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "project": self.project,
+            "version": self.version,
+            "applied_at": self.applied_at,
+            "entities": [e.to_dict() for e in self.entities.values()],
+            "feature_views": [v.to_dict() for v in self.feature_views.values()],
+            "feature_services": [s.to_dict() for s in self.feature_services.values()],
+            "materialization": self.materialization,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RegistryState:
+        if d.get("format") != FORMAT:
+            raise RegistryError(f"registry format {d.get('format')!r} is not supported (expected {FORMAT})")
+        entities = {e["name"]: Entity.from_dict(e) for e in d["entities"]}
+        views = {v["name"]: FeatureView.from_dict(v, entities) for v in d["feature_views"]}
+        services = {s["name"]: FeatureService.from_dict(s) for s in d["feature_services"]}
+        return cls(project=d["project"], version=d["version"], applied_at=d.get("applied_at"),
+                   entities=entities, feature_views=views, feature_services=services,
+                   materialization=d.get("materialization") or {})
+
+
+class Registry:
+    """Reads and writes the registry file; every write is atomic (temp file + rename) and locked."""
+
+    def __init__(self, path: Path, project: str) -> None:
+        self.path = Path(path)
+        self.project = project
+        self._cache: tuple[float, int, RegistryState] | None = None
+
+    def _lock(self) -> Any:
+        from filelock import FileLock
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(self.path) + ".lock", timeout=60)
+
+    def exists(self) -> bool:
+        return self.path.is_file()
+
+    def load(self) -> RegistryState:
+        """The current state; an empty state when nothing was applied yet. Cached by mtime."""
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            return RegistryState(project=self.project)
+        if self._cache and self._cache[0] == st.st_mtime and self._cache[1] == st.st_size:
+            return self._cache[2]
+        try:
+            state = RegistryState.from_dict(json.loads(self.path.read_bytes()))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise RegistryError(f"registry {self.path} is corrupt ({exc}); re-run `featurestore apply`") from None
+        if state.project != self.project:
+            raise RegistryError(
+                f"registry {self.path} belongs to project '{state.project}', not '{self.project}'; "
+                "point 'registry' in featurestore.yaml at another file"
+            )
+        self._cache = (st.st_mtime, st.st_size, state)
+        return state
+
+    def require(self) -> RegistryState:
+        """The current state, or a RegistryError telling the user to apply first."""
+        state = self.load()
+        if state.version == 0:
+            raise RegistryError(f"nothing applied yet ({self.path} does not exist); run `featurestore apply`")
+        return state
+
+    def apply(self, entities: list[Entity], views: list[FeatureView], services: list[FeatureService]) -> RegistryState:
+        """Replace the definitions with these, as a new version; materialization state of kept views stays."""
+        with self._lock():
+            old = self.load()
+            keep = {n: m for n, m in old.materialization.items()
+                    if n in {v.name for v in views} and _same_schema(old, n, views)}
+            state = RegistryState(
+                project=self.project,
+                version=old.version + 1,
+                applied_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                entities={e.name: e for e in entities},
+                feature_views={v.name: v for v in views},
+                feature_services={s.name: s for s in services},
+                materialization=keep,
+            )
+            self._write(state, history=True)
+            return state
+
+    def update_materialization(self, view: str, start_us: int, end_us: int) -> None:
+        """Record a finished materialization window for ``view`` (the watermark only moves forward)."""
+        with self._lock():
+            self._cache = None
+            state = self.require()
+            m = state.materialization.setdefault(view, {"watermark_us": None, "intervals": []})
+            m["watermark_us"] = end_us if m["watermark_us"] is None else max(m["watermark_us"], end_us)
+            m["intervals"] = (m["intervals"] + [[start_us, end_us]])[-20:]
+            self._write(state, history=False)
+
+    def _write(self, state: RegistryState, *, history: bool) -> None:
+        data = json.dumps(state.to_dict(), indent=1, sort_keys=False).encode()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if history:
+            hist = self.path.parent / (self.path.name + ".history")
+            hist.mkdir(exist_ok=True)
+            _atomic_write(hist / f"v{state.version}.json", data)
+        _atomic_write(self.path, data)
+        self._cache = None
+
+
+def _same_schema(old: RegistryState, name: str, views: list[FeatureView]) -> bool:
+    new = next(v for v in views if v.name == name)
+    prev = old.feature_views.get(name)
+    return prev is not None and prev.schema_version == new.schema_version and prev.source == new.source
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

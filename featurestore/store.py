@@ -1,0 +1,269 @@
+"""FeatureStore: the thin facade users call; each method hands off to a small service."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from featurestore._time import now_us, to_us, to_utc
+from featurestore.config import RepoConfig, load_config
+from featurestore.errors import DefinitionError, FeatureNotFoundError
+from featurestore.feature_service import FeatureService
+from featurestore.feature_view import FeatureView
+from featurestore.plan import Plan, make_plan
+from featurestore.registry import Registry, RegistryState
+
+if TYPE_CHECKING:
+    import polars as pl
+
+    from featurestore.offline.store import OfflineStore
+    from featurestore.online.base import OnlineStore
+    from featurestore.online.lookup import OnlineResponse
+
+FeatureRequest = list[tuple[FeatureView, list[str]]]
+
+
+@dataclass(frozen=True)
+class MaterializeResult:
+    """What one materialization wrote: rows per view and the window used."""
+
+    start_us: int
+    end_us: int
+    rows: dict[str, int]
+
+    @property
+    def total_rows(self) -> int:
+        return sum(self.rows.values())
+
+
+class FeatureStore:
+    """Entry point: apply definitions, build training sets, materialize, and read online features."""
+
+    def __init__(self, repo_path: str | os.PathLike[str] = ".", *, config: RepoConfig | None = None) -> None:
+        self.config = config or load_config(repo_path)
+        self.repo_path = self.config.repo_path
+        self.project = self.config.project
+        self._registry = Registry(self.config.registry_path, self.project)
+        self._offline: OfflineStore | None = None
+        self._online: OnlineStore | None = None
+
+    # ---- registry ---------------------------------------------------------------------------
+    @property
+    def registry(self) -> RegistryState:
+        """The applied definitions (reloaded when the registry file changes)."""
+        return self._registry.require()
+
+    def list_feature_views(self) -> list[FeatureView]:
+        return list(self.registry.feature_views.values())
+
+    def list_entities(self) -> list[Any]:
+        return list(self.registry.entities.values())
+
+    def list_feature_services(self) -> list[FeatureService]:
+        return list(self.registry.feature_services.values())
+
+    def get_feature_view(self, name: str) -> FeatureView:
+        return self.registry.feature_view(name)
+
+    def get_feature_service(self, name: str) -> FeatureService:
+        return self.registry.feature_service(name)
+
+    def plan(self) -> Plan:
+        """What ``apply`` would change; definition errors (including against the data) raise here."""
+        from featurestore.repo import load_definitions
+
+        defs = load_definitions(self.config)
+        self._validate_against_data(defs)
+        return make_plan(self._registry.load(), defs)
+
+    def apply(self) -> Plan:
+        """Validate the repo's definitions and write them as a new registry version (atomically)."""
+        from featurestore.repo import load_definitions
+
+        defs = load_definitions(self.config)
+        self._validate_against_data(defs)
+        plan = make_plan(self._registry.load(), defs)
+        if not plan.empty or not self._registry.exists():
+            self._registry.apply(list(defs.entities.values()), list(defs.feature_views.values()),
+                                 list(defs.feature_services.values()))
+        return plan
+
+    def _validate_against_data(self, defs: Any) -> None:
+        problems: list[str] = []
+        for view in defs.feature_views.values():
+            for p in self.offline.validate_view(view):
+                problems.append(f"{defs.where('feature view', view.name)}: {p}")
+        if problems:
+            more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+            raise DefinitionError(problems[0] + more)
+
+    # ---- feature references -----------------------------------------------------------------
+    def resolve_features(self, features: Sequence[str] | FeatureService | str) -> FeatureRequest:
+        """``view:feature`` references (or a feature service, or its name) grouped by view in order."""
+        state = self.registry
+        if isinstance(features, FeatureService):
+            refs: Sequence[str] = features.features
+        elif isinstance(features, str):
+            refs = state.feature_service(features).features if ":" not in features else [features]
+        else:
+            refs = features
+        if not refs:
+            raise FeatureNotFoundError("no features requested; pass 'view:feature' references or a feature service")
+        grouped: dict[str, list[str]] = {}
+        for ref in refs:
+            if not isinstance(ref, str) or ref.count(":") != 1:
+                raise FeatureNotFoundError(f"bad feature reference {ref!r}; expected 'view:feature'")
+            view_name, feat = ref.split(":")
+            view = state.feature_view(view_name)
+            view.field(feat)  # raises with the list of known features
+            names = grouped.setdefault(view_name, [])
+            if feat not in names:
+                names.append(feat)
+        return [(state.feature_views[v], f) for v, f in grouped.items()]
+
+    # ---- offline ----------------------------------------------------------------------------
+    @property
+    def offline(self) -> OfflineStore:
+        if self._offline is None:
+            from featurestore.offline.store import OfflineStore
+
+            self._offline = OfflineStore(self.config)
+        return self._offline
+
+    def get_historical_features(
+        self,
+        entity_df: Any,
+        features: Sequence[str] | FeatureService | str,
+        *,
+        full_feature_names: bool = False,
+        as_known: bool = False,
+        timestamp_column: str = "event_timestamp",
+        progress: bool = False,
+    ) -> pl.DataFrame:
+        """A point-in-time correct training set: every spine row, in order, with its features at t.
+
+        ``entity_df`` is a polars/pandas DataFrame, a pyarrow Table or a Parquet path holding the
+        join keys and ``timestamp_column``. ``as_known=True`` also drops rows whose created
+        timestamp is after t ("as it was known at t").
+        """
+        return self.offline.get_historical_features(
+            entity_df, self.resolve_features(features), full_feature_names=full_feature_names,
+            as_known=as_known, timestamp_column=timestamp_column, progress=progress,
+        )
+
+    # ---- materialization --------------------------------------------------------------------
+    @property
+    def online(self) -> OnlineStore:
+        if self._online is None:
+            from featurestore.online.base import open_online_store
+
+            self._online = open_online_store(self.config)
+        return self._online
+
+    def materialize(
+        self,
+        start: datetime | str | int,
+        end: datetime | str | int,
+        *,
+        views: Sequence[str] | None = None,
+        progress: bool = False,
+    ) -> MaterializeResult:
+        """Write the latest row per entity with start <= event_timestamp <= end to the online store."""
+        start_us, end_us = to_us(start), to_us(end)
+        if start_us > end_us:
+            raise ValueError(f"materialize: start {to_utc(start_us)} is after end {to_utc(end_us)}")
+        rows = {v.name: self._materialize_view(v, start_us, end_us, progress)
+                for v in self._online_views(views)}
+        return MaterializeResult(start_us, end_us, rows)
+
+    def materialize_incremental(
+        self,
+        end: datetime | str | int,
+        *,
+        views: Sequence[str] | None = None,
+        progress: bool = False,
+    ) -> MaterializeResult:
+        """Materialize each view from its watermark (or end - ttl the first time) up to ``end``."""
+        end_us = to_us(end)
+        state = self.registry
+        rows: dict[str, int] = {}
+        first = end_us
+        for view in self._online_views(views):
+            mark = (state.materialization.get(view.name) or {}).get("watermark_us")
+            if mark is not None:
+                start_us = mark
+            elif view.ttl_us is not None:
+                start_us = end_us - view.ttl_us
+            else:
+                start_us = 0
+            first = min(first, start_us)
+            rows[view.name] = self._materialize_view(view, min(start_us, end_us), end_us, progress)
+        return MaterializeResult(first, end_us, rows)
+
+    def _online_views(self, names: Sequence[str] | None) -> list[FeatureView]:
+        state = self.registry
+        if names:
+            return [state.feature_view(n) for n in names]
+        return [v for v in state.feature_views.values() if v.online]
+
+    def _materialize_view(self, view: FeatureView, start_us: int, end_us: int, progress: bool) -> int:
+        from featurestore._progress import progress_bar
+        from featurestore._time import duration_us, parse_duration
+        from featurestore.online.writer import write_table
+
+        total = self.offline.count_latest_rows(view, start_us, end_us)
+        grace = duration_us(parse_duration(self.config.online_store.key_ttl_grace)) or 0
+        written = 0
+        with progress_bar(total, f"materialize {view.name}", enabled=progress) as bar:
+            for batch in self.offline.iter_latest_rows(view, start_us, end_us):
+                import pyarrow as pa
+
+                n = write_table(self.online, self.project, view, pa.Table.from_batches([batch]),
+                                now_us=now_us(), key_ttl_grace_us=grace,
+                                batch_size=self.config.online_store.write_batch_size)
+                written += n
+                bar.update(n)
+        # the watermark moves only after every batch landed, so a crash means a clean rerun
+        self._registry.update_materialization(view.name, start_us, end_us)
+        return written
+
+    # ---- online -----------------------------------------------------------------------------
+    def get_online_features(
+        self,
+        features: Sequence[str] | FeatureService | str,
+        entity_rows: Sequence[dict[str, Any]] | dict[str, Sequence[Any]],
+        *,
+        full_feature_names: bool = False,
+        include_event_timestamps: bool = False,
+        now: datetime | str | int | None = None,
+    ) -> OnlineResponse:
+        """Latest values for each entity row, with a status per value; one store round trip.
+
+        ``now`` sets the time TTLs are judged at (default: the wall clock).
+        """
+        from featurestore.online.lookup import get_online_features
+
+        return get_online_features(
+            self.online, self.project, self.resolve_features(features), entity_rows,
+            now_us=now_us() if now is None else to_us(now),
+            full_feature_names=full_feature_names, include_event_timestamps=include_event_timestamps,
+        )
+
+    def close(self) -> None:
+        if self._online is not None:
+            self._online.close()
+            self._online = None
+        if self._offline is not None:
+            close = getattr(self._offline, "close", None)
+            if close:
+                close()
+            self._offline = None
+
+    def __enter__(self) -> FeatureStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
