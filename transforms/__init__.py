@@ -1,0 +1,54 @@
+"""featurestore.transforms: window aggregations, row transforms and on-demand features.
+
+One definition, one compiled kernel, offline and online. Importing this package does not import
+numba; ``compile()`` / ``compile_plan`` consumers load it on first use.
+
+Typical use (the lead wires this into FeatureView / apply / materialization)::
+
+    plan = compile_plan([Aggregation("amount", "sum", ["1h", "24h"])])
+    feats = compute_window_features(plan, ev_codes, ev_ts, {"amount": amt}, q_codes, q_ts)
+    online = OnlineWindows(plan)
+    state = online.new_state(); online.update(state, ts, {"amount": 12.5})
+    online.read(state, now_us)   # == feats at the same t, bit for bit
+"""
+
+from __future__ import annotations
+
+from featurestore.transforms._errors import LateEventError
+from featurestore.transforms.aggregation import (
+    FUNCTIONS,
+    Aggregation,
+    WindowOutput,
+    WindowPlan,
+    compile_plan,
+    prepare_inputs,
+)
+from featurestore.transforms.offline import compute_window_features
+from featurestore.transforms.on_demand import OnDemandFeature, RequestSource, on_demand_feature
+from featurestore.transforms.online import OnlineWindows, WindowState
+from featurestore.transforms.row import (
+    RowTransform,
+    load_module_from_path,
+    row_transform,
+    transform,
+)
+
+__all__ = [
+    "FUNCTIONS",
+    "Aggregation",
+    "LateEventError",
+    "OnDemandFeature",
+    "OnlineWindows",
+    "RequestSource",
+    "RowTransform",
+    "WindowOutput",
+    "WindowPlan",
+    "WindowState",
+    "compile_plan",
+    "compute_window_features",
+    "load_module_from_path",
+    "on_demand_feature",
+    "prepare_inputs",
+    "row_transform",
+    "transform",
+]

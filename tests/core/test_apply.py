@@ -30,11 +30,11 @@ def test_plan_flags_breaking_schema_changes(make_repo) -> None:
     repo = make_repo()
     FeatureStore(repo).apply()
     (repo / "definitions.py").write_text(
-        DEFS.replace('Field("spend", Float64)', 'Field("spend", Int64)').replace(', default=0', ''))
+        DEFS.replace('Field("clicks", Int64, default=0)', 'Field("clicks", Float64)'))
     plan = FeatureStore(repo).plan()
     (change,) = [c for c in plan.changes if c.kind == "feature view"]
     assert change.action == "change" and change.breaking
-    assert any("spend: float64 -> int64 (breaking)" in d for d in change.details)
+    assert any("clicks: int64 -> float64 (breaking)" in d for d in change.details)
     assert "[BREAKING]" in str(plan)
 
 

@@ -1,0 +1,127 @@
+"""Materialization reads: the latest source row per entity key within a time window.
+
+Same tie rules as the point-in-time join (largest event timestamp, then largest created
+timestamp, a null created timestamp losing); rows with a null join key or null event
+timestamp are skipped. Rows are sorted by the join keys, and exact duplicates in both
+timestamps are broken by the feature values, so a rerun yields identical batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from featurestore.offline._sql import ident
+
+from featurestore.errors import OfflineStoreError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    from featurestore.offline._sql import SourcePlan
+    from featurestore.offline.store import OfflineStore
+
+    from featurestore.feature_view import FeatureView
+
+EVENT_TS = "__event_ts"
+CREATED_TS = "__created_ts"
+
+
+def latest_sql(plan: SourcePlan, start_us: int, end_us: int) -> str:
+    """SQL for the latest row per key in [start_us, end_us], ordered by the keys."""
+    view = plan.view
+    feats = list(view.feature_names)
+    keys = [ident(k) for k in plan.keys]
+    where = " AND ".join(
+        [f"{plan.event_us} BETWEEN {int(start_us)} AND {int(end_us)}"]
+        + [f"{k} IS NOT NULL" for k in keys]
+    )
+    base = plan.base_select(feats, where=where)
+    casted = [f"{plan.feature_cast(f, 'b')} AS {ident(f)}" for f in feats]
+    order = ", ".join(["__fs_ev DESC", "__fs_cr DESC NULLS LAST", *(ident(f) for f in feats)])
+    return (
+        f"SELECT {', '.join(f'b.{k}' for k in keys)}, {', '.join(casted)}, "
+        f"b.__fs_ev AS {EVENT_TS}, b.__fs_cr AS {CREATED_TS} FROM ({base}) b "
+        f"QUALIFY row_number() OVER (PARTITION BY {', '.join(keys)} ORDER BY {order}) = 1 "
+        f"ORDER BY {', '.join(keys)}"
+    )
+
+
+def iter_latest_rows(
+    store: OfflineStore, view: FeatureView, start_us: int, end_us: int, *, batch_rows: int
+) -> Iterator[pa.RecordBatch]:
+    """See ``OfflineStore.iter_latest_rows``; batches hold at most ``batch_rows`` rows."""
+    import duckdb
+    import pyarrow as pa
+    from featurestore.offline.store import fetch_reader
+
+    if batch_rows < 1:
+        raise ValueError(f"batch_rows must be >= 1, got {batch_rows}")
+    plan = store.plan(view)
+    sql = latest_sql(plan, start_us, end_us)
+    cur = store.cursor()
+    try:
+        try:
+            reader = fetch_reader(cur.sql(sql), batch_rows)
+        except duckdb.Error as exc:
+            raise _failed(view, exc) from None
+        schema = _target_schema(view, reader.schema)
+        while True:
+            try:
+                batch = reader.read_next_batch()
+            except StopIteration:
+                return
+            except duckdb.Error as exc:
+                raise _failed(view, exc) from None
+            for start in range(0, batch.num_rows, batch_rows):
+                part = batch.slice(start, batch_rows)
+                if part.num_rows:
+                    yield pa.RecordBatch.from_arrays(
+                        [c.cast(f.type) for c, f in zip(part.columns, schema, strict=True)],
+                        schema=schema,
+                    )
+    finally:
+        cur.close()
+
+
+def count_latest_rows(store: OfflineStore, view: FeatureView, start_us: int, end_us: int) -> int:
+    """The number of distinct entity keys with a row in [start_us, end_us]."""
+    import duckdb
+
+    plan = store.plan(view)
+    keys = ", ".join(ident(k) for k in plan.keys)
+    where = " AND ".join(
+        [f"{plan.event_us} BETWEEN {int(start_us)} AND {int(end_us)}"]
+        + [f"{ident(k)} IS NOT NULL" for k in plan.keys]
+    )
+    sql = (
+        f"SELECT count(*) FROM (SELECT DISTINCT {keys} FROM ({plan.base_select([], where=where)}))"
+    )
+    cur = store.cursor()
+    try:
+        return int(cur.execute(sql).fetchall()[0][0])
+    except duckdb.Error as exc:
+        raise _failed(view, exc) from None
+    finally:
+        cur.close()
+
+
+def _target_schema(view: FeatureView, got: pa.Schema) -> pa.Schema:
+    import pyarrow as pa
+
+    fields = []
+    for f in got:
+        if f.name in view.feature_names:
+            fields.append(pa.field(f.name, view.field(f.name).dtype.to_arrow()))
+        elif f.name in (EVENT_TS, CREATED_TS):
+            fields.append(pa.field(f.name, pa.int64()))
+        else:
+            fields.append(f)
+    return pa.schema(fields)
+
+
+def _failed(view: FeatureView, exc: BaseException) -> OfflineStoreError:
+    first = str(exc).strip().splitlines()[0]
+    return OfflineStoreError(
+        f"reading the latest rows of feature view '{view.name}' failed: {first}; run "
+        "validate_view() on it"
+    )

@@ -1,0 +1,216 @@
+"""OfflineStore: DuckDB (in process) over Parquet files and SQL sources.
+
+One DuckDB database per store, configured from ``offline_store`` in featurestore.yaml: a
+memory limit with a temp directory so big joins spill to disk instead of failing, a thread
+count, UTC as the session zone, and the repo folder as the file search path so relative
+paths inside ``DuckDBSource`` SQL resolve against the repo. Every call works on its own
+cursor, so one store may be shared by threads.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from featurestore.offline._sql import SourcePlan, time_us_expr
+
+from featurestore.errors import OfflineStoreError
+
+if TYPE_CHECKING:
+    import duckdb
+    import polars as pl
+    import pyarrow as pa
+
+    from featurestore.config import RepoConfig
+    from featurestore.feature_view import FeatureView
+    from featurestore.sources import Source
+
+
+class OfflineStore:
+    """Point-in-time training sets and materialization reads over a repo's sources."""
+
+    def __init__(self, config: RepoConfig) -> None:
+        self.config = config
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self._lock = threading.Lock()
+
+    # -- connection --------------------------------------------------------------------------
+
+    def _connection(self) -> duckdb.DuckDBPyConnection:
+        with self._lock:
+            if self._con is None:
+                self._con = _connect(self.config)
+            return self._con
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """A fresh DuckDB cursor on this store's database (settings shared)."""
+        cur = self._connection().cursor()
+        _session_settings(cur, self.config)
+        return cur
+
+    def close(self) -> None:
+        """Close the DuckDB database; the store reconnects on next use."""
+        with self._lock:
+            if self._con is not None:
+                self._con.close()
+                self._con = None
+
+    def __enter__(self) -> OfflineStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- schema and validation ---------------------------------------------------------------
+
+    def relation_sql(self, source: Source) -> str:
+        """The FROM-able SQL relation of a source (paths resolved against the repo)."""
+        return source.relation_sql(self.config.resolve)
+
+    def source_schema(self, source: Source) -> pa.Schema:
+        """The Arrow schema of a source without reading its rows (Parquet metadata / LIMIT 0)."""
+        import duckdb
+
+        cur = self.cursor()
+        try:
+            rel = cur.sql(f"SELECT * FROM {self.relation_sql(source)} AS __fs_src LIMIT 0")
+            return fetch_table(rel).schema
+        except duckdb.Error as exc:
+            raise OfflineStoreError(
+                f"source '{source.name}' is unreadable: {_first_line(exc)}; check the path or query"
+            ) from None
+        finally:
+            cur.close()
+
+    def validate_view(self, view: FeatureView) -> list[str]:
+        """Problems that would stop ``view`` from being read, each naming the column and fix."""
+        from featurestore.offline.validation import view_problems
+
+        try:
+            schema = self.source_schema(view.source)
+        except OfflineStoreError as exc:
+            return [f"feature view '{view.name}': {exc}"]
+        return view_problems(view, schema, self.relation_label(view.source))
+
+    def relation_label(self, source: Source) -> str:
+        """How messages name a source: its path, or its name for SQL sources."""
+        return getattr(source, "path", None) or source.name
+
+    def plan(self, view: FeatureView) -> SourcePlan:
+        """The SQL plan for reading ``view``; raises OfflineStoreError on an unusable source."""
+        from featurestore.offline.validation import view_problems
+
+        try:
+            schema = self.source_schema(view.source)
+        except OfflineStoreError as exc:
+            raise OfflineStoreError(f"feature view '{view.name}': {exc}") from None
+        src = view.source
+        problems = view_problems(view, schema, self.relation_label(src))
+        if problems:
+            raise OfflineStoreError(problems[0])
+        types = {f.name: f.type for f in schema}
+        event_us = time_us_expr(src.timestamp_field, types[src.timestamp_field])
+        created = src.created_timestamp_field
+        created_us = time_us_expr(created, types[created]) if created else None
+        assert event_us is not None  # view_problems reports non-time columns
+        return SourcePlan(
+            view=view,
+            relation=self.relation_sql(src),
+            event_us=event_us,
+            created_us=created_us,
+            event_column=src.timestamp_field,
+            source_types=types,
+        )
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def get_historical_features(
+        self,
+        entity_df: Any,
+        requests: list[tuple[FeatureView, list[str]]],
+        *,
+        full_feature_names: bool = False,
+        as_known: bool = False,
+        timestamp_column: str = "event_timestamp",
+        progress: bool = False,
+    ) -> pl.DataFrame:
+        """A point-in-time correct training set: the spine plus the requested features.
+
+        Per view and spine row (keys, t): the source row with the largest event timestamp
+        <= t (ties: largest created timestamp; rows equal in both are a data error resolved
+        either way), used only if t - event_ts <= ttl; else the field default (or null).
+        ``as_known=True`` only uses rows whose created timestamp is <= t.
+        """
+        from featurestore.offline.pit import historical_features
+
+        return historical_features(
+            self,
+            entity_df,
+            requests,
+            full_feature_names=full_feature_names,
+            as_known=as_known,
+            timestamp_column=timestamp_column,
+            progress=progress,
+        )
+
+    def iter_latest_rows(
+        self, view: FeatureView, start_us: int, end_us: int, *, batch_rows: int = 100_000
+    ) -> Iterator[pa.RecordBatch]:
+        """The latest source row per entity key with start_us <= event_ts <= end_us, key order."""
+        from featurestore.offline.latest import iter_latest_rows
+
+        return iter_latest_rows(self, view, start_us, end_us, batch_rows=batch_rows)
+
+    def count_latest_rows(self, view: FeatureView, start_us: int, end_us: int) -> int:
+        """How many rows ``iter_latest_rows`` yields for the same window."""
+        from featurestore.offline.latest import count_latest_rows
+
+        return count_latest_rows(self, view, start_us, end_us)
+
+
+def fetch_table(rel: Any) -> pa.Table:
+    """A DuckDB relation's rows as an Arrow table (DuckDB 1.x and 2.x spellings)."""
+    fetch = getattr(rel, "to_arrow_table", None) or rel.fetch_arrow_table
+    return fetch()
+
+
+def fetch_reader(rel: Any, batch_rows: int) -> pa.RecordBatchReader:
+    """A streaming Arrow reader over a DuckDB relation's rows."""
+    fetch = getattr(rel, "to_arrow_reader", None) or rel.fetch_record_batch
+    return fetch(batch_rows)
+
+
+def _connect(config: RepoConfig) -> duckdb.DuckDBPyConnection:
+    import duckdb
+
+    off = config.offline_store
+    settings: dict[str, Any] = {
+        "memory_limit": off.memory_limit,
+        "temp_directory": config.resolve(off.temp_directory),
+    }
+    if off.threads:
+        settings["threads"] = int(off.threads)
+    try:
+        return duckdb.connect(":memory:", config=settings)
+    except duckdb.Error as exc:
+        raise OfflineStoreError(
+            f"offline_store settings {settings} were refused by DuckDB: {_first_line(exc)}; fix "
+            "them in featurestore.yaml"
+        ) from None
+
+
+def _session_settings(cur: duckdb.DuckDBPyConnection, config: RepoConfig) -> None:
+    import duckdb
+
+    path = str(config.repo_path).replace("'", "''")
+    cur.execute(f"SET file_search_path = '{path}'")
+    try:
+        cur.execute("SET TimeZone = 'UTC'")
+    except duckdb.Error:
+        pass  # builds without the ICU extension only know UTC anyway
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

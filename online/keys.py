@@ -1,0 +1,141 @@
+"""Online store keys: ``<project>:{<project>|k1=v1|k2=v2}:<view>``, hash-tagged by entity.
+
+The Redis Cluster hash tag ``{...}`` covers the project and the join-key names and values only,
+so every view of one entity lands in one slot and a multi-view lookup of one entity is one
+round trip to one node. Integers are written in decimal (``user_id=42``); strings are quoted
+and percent-escaped (``city="a%7Cb"``), so ``42`` and ``"42"`` never collide and no value can
+close the hash tag or fake a separator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from featurestore.errors import EntityDataError
+
+# Characters that would end the hash tag, split join keys or quotes: escaped in string values.
+_ESCAPE_VALUE = str.maketrans({"%": "%25", '"': "%22", "|": "%7C", "{": "%7B", "}": "%7D"})
+_ESCAPE_NAME = str.maketrans({"%": "%25", "=": "%3D", "|": "%7C", "{": "%7B", "}": "%7D"})
+
+
+def key_prefix(project: str) -> bytes:
+    """The bytes every key of ``project`` starts with (for scans and deletes)."""
+    return f"{project}:{{{project}|".encode()
+
+
+def key_suffix(view_name: str) -> bytes:
+    """The bytes every key of ``view_name`` ends with."""
+    return f"}}:{view_name}".encode()
+
+
+def build_key(project: str, view_name: str, entity_key: dict[str, Any]) -> bytes:
+    """The key of one entity (join key -> value) in one view; see :func:`build_keys`."""
+    names = tuple(entity_key)
+    return build_keys(project, view_name, names, [[entity_key[n]] for n in names])[0]
+
+
+def build_keys(
+    project: str,
+    view_name: str,
+    join_keys: tuple[str, ...],
+    key_columns: list[Sequence[Any]],
+) -> list[bytes]:
+    """One key per row; ``key_columns`` holds one column (ints or strings) per join key."""
+    if len(join_keys) != len(key_columns):
+        raise EntityDataError(
+            f"view '{view_name}' has join keys {list(join_keys)} but {len(key_columns)} key "
+            "column(s) were given"
+        )
+    if not join_keys:
+        raise EntityDataError(f"view '{view_name}' needs at least one join key")
+    head = f"{project}:{{{project}|"
+    tail = f"}}:{view_name}"
+    parts = [
+        _render_column(name, col, view_name)
+        for name, col in zip(join_keys, key_columns, strict=True)
+    ]
+    if len(parts) == 1:
+        return [(head + p + tail).encode() for p in parts[0]]
+    n = len(parts[0])
+    for name, p in zip(join_keys, parts, strict=True):
+        if len(p) != n:
+            raise EntityDataError(
+                f"join key '{name}' of view '{view_name}' has {len(p)} values, expected {n}"
+            )
+    return [(head + "|".join(row) + tail).encode() for row in zip(*parts, strict=True)]
+
+
+def _render_column(name: str, col: Sequence[Any], view_name: str) -> list[str]:
+    """``name=value`` strings for one join-key column."""
+    prefix = name.translate(_ESCAPE_NAME) + "="
+    values = _as_pylist(col)
+    kind = _column_kind(values, name, view_name)
+    if kind is int:
+        return [prefix + str(v) for v in values]
+    if kind is str:
+        return [prefix + '"' + v.translate(_ESCAPE_VALUE) + '"' for v in values]
+    if any(_is_null(v) for v in values):  # report a null before any type problem
+        _render_one(None, name, view_name)
+    return [prefix + _render_one(v, name, view_name) for v in values]
+
+
+def _is_null(v: Any) -> bool:
+    if v is None or type(v).__name__ in ("NAType", "NaTType"):
+        return True
+    try:
+        return bool(v != v)  # NaN
+    except (TypeError, ValueError):
+        return False
+
+
+def _as_pylist(col: Sequence[Any]) -> list[Any]:
+    """Python scalars from a list, tuple, numpy array or Arrow array (numpy ints -> int)."""
+    if isinstance(col, list):
+        return col
+    tolist = getattr(col, "tolist", None) or getattr(col, "to_list", None)
+    if tolist is not None:  # numpy (int64 -> int, str_ -> str), polars
+        return tolist()
+    to_pylist = getattr(col, "to_pylist", None)
+    if to_pylist is not None:  # Arrow
+        return to_pylist()
+    return list(col)
+
+
+def _column_kind(values: list[Any], name: str, view_name: str) -> type | None:
+    """``int`` or ``str`` when every value has exactly that type, else None (mixed/other)."""
+    if not values:
+        return int
+    first = type(values[0])
+    if first is not int and first is not str:
+        return None
+    for v in values:
+        if type(v) is not first:
+            return None
+    return first
+
+
+def _render_one(v: Any, name: str, view_name: str) -> str:
+    """One value of a mixed column: ints, numpy ints, strings; None/NaN raise."""
+    if v is None or (isinstance(v, float) and v != v):
+        raise EntityDataError(
+            f"join key '{name}' of view '{view_name}' has a null value; every entity row needs a "
+            f"value for '{name}'"
+        )
+    if isinstance(v, bool):
+        raise EntityDataError(
+            f"join key '{name}' of view '{view_name}' has bool value {v!r}; use an int or a string"
+        )
+    if isinstance(v, int):
+        return str(int(v))
+    if isinstance(v, str):
+        return '"' + v.translate(_ESCAPE_VALUE) + '"'
+    item = getattr(v, "item", None)  # numpy scalar
+    if item is not None:
+        return _render_one(item(), name, view_name)
+    if type(v).__name__ in ("NAType", "NaTType"):
+        return _render_one(None, name, view_name)
+    raise EntityDataError(
+        f"join key '{name}' of view '{view_name}' has value {v!r} of type {type(v).__name__}; "
+        "join-key values must be ints or strings"
+    )

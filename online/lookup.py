@@ -1,0 +1,350 @@
+"""Store-agnostic online reads: keys for every view, one ``store.read``, decode, status, defaults.
+
+The hot path for a few entities is a handful of numpy calls per view: one ``np.frombuffer``
+decodes every present row of a view, and ``records.tolist()`` + ``zip`` turns them into
+per-feature Python lists without a Python loop per value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from featurestore.online.base import OnlineStore, Status
+from featurestore.online.codec import DecodedRows, RowCodec
+from featurestore.online.keys import _as_pylist, build_keys
+
+from featurestore._time import EPOCH
+from featurestore.errors import EntityDataError, FeatureStoreError
+
+if TYPE_CHECKING:
+    import polars as pl
+    import pyarrow as pa
+
+    from featurestore.feature_view import FeatureView
+
+_STATUS = (Status.PRESENT, Status.NOT_FOUND, Status.EXPIRED)
+_PLANS: dict[tuple[int, tuple[str, ...]], _ViewPlan] = {}
+_MAX_PLANS = 4096
+
+
+def _us_to_datetime(us: int) -> datetime:
+    return EPOCH + timedelta(microseconds=us)
+
+
+class _ViewPlan:
+    """What one (view, features) request needs, computed once per view object."""
+
+    def __init__(self, view: FeatureView, features: tuple[str, ...]) -> None:
+        self.view = view  # keeps id(view) from being reused while the plan is cached
+        self.codec = RowCodec(view)
+        self.features = features
+        fields = [view.field(f) for f in features]  # FeatureNotFoundError names the view
+        self.fields = fields
+        self.ttl_us = view.ttl_us
+        self.join_keys = view.join_keys
+        pos = {name: j for j, name in enumerate(self.codec.names)}
+        self.field_idx = np.array([pos[f] for f in features], dtype=np.intp)
+        fixed_pos = self.codec._fixed_pos
+        self.record_fields = [f"c{fixed_pos[f]}" if f in fixed_pos else None for f in features]
+        # When all fixed features share one dtype they form an (n, k) strided matrix.
+        self.matrix: tuple[np.dtype, int, int] | None = None
+        self.matrix_cols: list[int | None] | None = None
+        fixed = self.codec.fixed
+        dtypes = {f.dtype.numpy for _, f in fixed}
+        if len(dtypes) == 1:
+            dt = np.dtype(dtypes.pop())
+            offset = self.codec.record_dtype.fields[f"c{fixed[0][0]}"][1]
+            self.matrix = (dt, offset, len(fixed))
+            order = {f.name: c for c, (_, f) in enumerate(fixed)}
+            cols = [order.get(f) for f in features]
+            has_ts = any(f.dtype.name == "timestamp" for f in fields)
+            if has_ts or cols != list(range(len(fixed))):
+                self.matrix_cols = cols
+
+
+def _plan(view: FeatureView, features: list[str]) -> _ViewPlan:
+    key = (id(view), tuple(features))
+    plan = _PLANS.get(key)
+    if plan is None or plan.view is not view:
+        if len(_PLANS) >= _MAX_PLANS:
+            _PLANS.clear()
+        plan = _PLANS[key] = _ViewPlan(view, key[1])
+    return plan
+
+
+class _ViewResult:
+    """Decoded rows and per-row status of one view in a response."""
+
+    __slots__ = ("_status", "all_served", "decoded", "now_us", "plan")
+
+    def __init__(self, plan: _ViewPlan, decoded: DecodedRows, now_us: int) -> None:
+        self.plan = plan
+        self.decoded = decoded
+        self.now_us = now_us
+        self._status: np.ndarray | None = None
+        ttl = plan.ttl_us
+        if not decoded.all_present:
+            self.all_served = False
+        elif ttl is None:
+            self.all_served = True
+        elif decoded.n <= 64:  # plain Python beats numpy's call overhead for a few rows
+            self.all_served = all(now_us - e <= ttl for e in decoded.records["h_ev"].tolist())
+        else:
+            self.all_served = not bool((now_us - decoded.records["h_ev"] > ttl).any())
+
+    @property
+    def status(self) -> np.ndarray:
+        """int8 Status per row."""
+        if self._status is None:
+            d = self.decoded
+            if self.all_served:
+                self._status = np.zeros(d.n, dtype=np.int8)
+            else:
+                status = (~d.present).view(np.int8).copy()
+                ttl = self.plan.ttl_us
+                if ttl is not None:
+                    status[d.present & (self.now_us - d.event_ts > ttl)] = Status.EXPIRED
+                self._status = status
+        return self._status
+
+    def _present_lists(self) -> list[list[Any]]:
+        """Per requested feature, the raw values of the present rows (nulls not yet applied)."""
+        plan, d = self.plan, self.decoded
+        rec = d.records
+        if not len(rec):
+            return [[] for _ in plan.features]
+        if plan.matrix is not None:  # every fixed feature has one dtype: one tolist for all
+            dtype, offset, k = plan.matrix
+            raw = rec.view(np.uint8)
+            mat = np.ndarray(
+                (len(rec), k), dtype=dtype, buffer=raw, offset=offset,
+                strides=(plan.codec.fixed_size, dtype.itemsize),
+            )  # fmt: skip
+            per_field = mat.T.tolist()
+            if plan.matrix_cols is None:
+                return per_field
+            fixed_lists: list[list[Any] | None] = [
+                None if c is None else per_field[c] for c in plan.matrix_cols
+            ]
+        else:
+            fixed_lists = [None if c is None else rec[c].tolist() for c in plan.record_fields]
+        out: list[list[Any]] = []
+        pidx = d.present_idx
+        for f, vals in zip(plan.fields, fixed_lists, strict=True):
+            if vals is None:
+                src = d.var_values[f.name]
+                vals = [src[i] for i in pidx]
+                if f.dtype.is_list:
+                    vals = [v.tolist() if v is not None else None for v in vals]
+            elif f.dtype.name == "timestamp":
+                vals = [_us_to_datetime(v) for v in vals]
+            out.append(vals)
+        return out
+
+    def served_lists(self) -> list[list[Any]]:
+        """One Python list per requested feature: value, None (null) or the default."""
+        lists = self._present_lists()
+        d = self.decoded
+        if self.all_served and not d.has_nulls:
+            return lists
+        plan = self.plan
+        n = d.n
+        served = (self.status == 0).tolist()
+        valid_all = d.valid
+        pidx = d.present_idx
+        out: list[list[Any]] = []
+        for f, j, vals in zip(plan.fields, plan.field_idx.tolist(), lists, strict=True):
+            default = f.default
+            if default is not None and f.dtype.name == "timestamp":
+                default = _us_to_datetime(default)
+            col: list[Any] = [default] * n
+            valid = valid_all[:, j].tolist()
+            for v, i in zip(vals, pidx, strict=True):
+                if served[i]:
+                    col[i] = v if valid[i] else None
+            out.append(col)
+        return out
+
+
+class OnlineResponse:
+    """Online features for a batch of entities, kept columnar; ``to_dict`` gives plain lists."""
+
+    def __init__(
+        self,
+        entity_columns: dict[str, Sequence[Any]],
+        results: list[_ViewResult],
+        names: list[list[str]],
+        include_event_timestamps: bool,
+    ) -> None:
+        self._entity_columns = entity_columns
+        self._results = results
+        self._names = names
+        self._include_ts = include_event_timestamps
+        self._dict: dict[str, list[Any]] | None = None
+
+    @property
+    def feature_names(self) -> list[str]:
+        """Output feature names in request order (``view__feature`` with full names)."""
+        return [n for names in self._names for n in names]
+
+    def __len__(self) -> int:
+        return self._results[0].decoded.n if self._results else 0
+
+    def to_dict(self) -> dict[str, list[Any]]:
+        """Join keys, then features, then ``<view>__event_timestamp`` columns when asked for."""
+        if self._dict is None:
+            out: dict[str, list[Any]] = {k: _as_pylist(v) for k, v in self._entity_columns.items()}
+            for res, names in zip(self._results, self._names, strict=True):
+                out.update(zip(names, res.served_lists(), strict=True))
+            if self._include_ts:
+                for res in self._results:
+                    ts = res.decoded.event_ts.tolist()
+                    present = res.decoded.present.tolist()
+                    out[f"{res.plan.view.name}__event_timestamp"] = [
+                        _us_to_datetime(t) if p else None for t, p in zip(ts, present, strict=True)
+                    ]
+            self._dict = out
+        return dict(self._dict)
+
+    @property
+    def statuses(self) -> dict[str, list[Status]]:
+        """Per output feature, the Status of each entity row."""
+        out: dict[str, list[Status]] = {}
+        for res, names in zip(self._results, self._names, strict=True):
+            st = [_STATUS[s] for s in res.status.tolist()]
+            for name in names:
+                out[name] = list(st)
+        return out
+
+    def status_array(self, view_name: str) -> np.ndarray:
+        """The int8 Status codes of one view's rows (every feature of a view shares them)."""
+        for res in self._results:
+            if res.plan.view.name == view_name:
+                return res.status
+        raise KeyError(view_name)
+
+    def to_arrow(self) -> pa.Table:
+        """An Arrow table with the declared feature types."""
+        import pyarrow as pa
+
+        d = self.to_dict()
+        types: dict[str, pa.DataType] = {}
+        for res, names in zip(self._results, self._names, strict=True):
+            for name, f in zip(names, res.plan.fields, strict=True):
+                types[name] = f.dtype.to_arrow()
+            if self._include_ts:
+                types[f"{res.plan.view.name}__event_timestamp"] = pa.timestamp("us", tz="UTC")
+        return pa.table({k: pa.array(v, type=types.get(k)) for k, v in d.items()})
+
+    def to_polars(self) -> pl.DataFrame:
+        import polars as pl
+
+        return pl.from_arrow(self.to_arrow())  # type: ignore[return-value]
+
+
+def get_online_features(
+    store: OnlineStore,
+    project: str,
+    requests: list[tuple[FeatureView, list[str]]],
+    entity_rows: list[dict[str, Any]] | dict[str, Sequence[Any]],
+    *,
+    now_us: int,
+    full_feature_names: bool = False,
+    include_event_timestamps: bool = False,
+) -> OnlineResponse:
+    """Read ``requests`` (view, feature names) for ``entity_rows`` with one ``store.read``."""
+    plans, names, needed = _request_plan(requests, full_feature_names)
+    columns, n = _entity_columns(entity_rows, needed)
+    keys: list[bytes] = []
+    for plan in plans:
+        keys += build_keys(
+            project, plan.view.name, plan.join_keys, [columns[k] for k in plan.join_keys]
+        )
+    values = store.read(keys) if keys else []
+    results = [
+        _ViewResult(plan, plan.codec.decode(values[v * n : (v + 1) * n]), now_us)
+        for v, plan in enumerate(plans)
+    ]
+    return OnlineResponse(columns, results, names, include_event_timestamps)
+
+
+_REQUESTS: dict[tuple[Any, ...], tuple[list[_ViewPlan], list[list[str]], dict[str, str]]] = {}
+
+
+def _request_plan(
+    requests: list[tuple[FeatureView, list[str]]], full: bool
+) -> tuple[list[_ViewPlan], list[list[str]], dict[str, str]]:
+    """Plans, output names and needed join keys (-> first view needing it), cached per request."""
+    key = (full, *[(id(v), tuple(f)) for v, f in requests])
+    hit = _REQUESTS.get(key)
+    if hit is not None and all(p.view is v for p, (v, _) in zip(hit[0], requests, strict=True)):
+        return hit
+    plans = [_plan(view, feats) for view, feats in requests]
+    needed: dict[str, str] = {}
+    for plan in plans:
+        for k in plan.join_keys:
+            needed.setdefault(k, plan.view.name)
+    names = _output_names(plans, full, needed)
+    if len(_REQUESTS) >= _MAX_PLANS:
+        _REQUESTS.clear()
+    _REQUESTS[key] = (plans, names, needed)
+    return plans, names, needed
+
+
+def _entity_columns(
+    entity_rows: list[dict[str, Any]] | dict[str, Sequence[Any]], needed: dict[str, str]
+) -> tuple[dict[str, Sequence[Any]], int]:
+    """The join-key columns every view needs (in first-use order), and the row count."""
+    if isinstance(entity_rows, dict):
+        columns: dict[str, Sequence[Any]] = {}
+        n = -1
+        for k, view_name in needed.items():
+            if k not in entity_rows:
+                raise _missing_key(k, view_name, list(entity_rows))
+            col = entity_rows[k]
+            if n == -1:
+                n = len(col)
+            elif len(col) != n:
+                raise EntityDataError(
+                    f"entity column '{k}' has {len(col)} values but other join keys have {n}; "
+                    "give every join key one value per entity row"
+                )
+            columns[k] = col
+        return columns, max(n, 0)
+    rows = entity_rows
+    columns = {}
+    for k, view_name in needed.items():
+        try:
+            columns[k] = [r[k] for r in rows]
+        except KeyError:
+            bad = next(r for r in rows if k not in r)
+            raise _missing_key(k, view_name, list(bad)) from None
+    return columns, len(rows)
+
+
+def _missing_key(key: str, view_name: str, given: list[str]) -> EntityDataError:
+    return EntityDataError(
+        f"entity rows lack join key '{key}' needed by feature view '{view_name}' (got "
+        f"{given}); add '{key}' to every entity row"
+    )
+
+
+def _output_names(plans: list[_ViewPlan], full: bool, join_keys: dict[str, str]) -> list[list[str]]:
+    names = [
+        [f"{p.view.name}__{f}" for f in p.features] if full else list(p.features) for p in plans
+    ]
+    seen: dict[str, str] = {k: "(join key)" for k in join_keys}
+    for plan, view_names in zip(plans, names, strict=True):
+        for name in view_names:
+            other = seen.get(name)
+            if other is not None:
+                where = "a join key" if other == "(join key)" else f"feature view '{other}'"
+                raise FeatureStoreError(
+                    f"output name '{name}' of feature view '{plan.view.name}' clashes with "
+                    f"{where}; pass full_feature_names=True to name features 'view__feature'"
+                )
+            seen[name] = plan.view.name
+    return names

@@ -1,0 +1,34 @@
+"""Model registry (versioned artifacts with aliases) and the runtime that serves them warm."""
+
+from __future__ import annotations
+
+from featurestore.online.models.errors import ModelLoadError, ModelNotFoundError, ModelRegistryError
+from featurestore.online.models.flavors import FLAVORS, Predictor, load_predictor
+from featurestore.online.models.registry import (
+    ALIASES,
+    Alias,
+    ModelEntry,
+    ModelRegistry,
+    ModelVersion,
+    check_features,
+)
+from featurestore.online.models.runtime import LoadedModel, ModelRuntime, Route, ShadowRecorder
+
+__all__ = [
+    "ALIASES",
+    "FLAVORS",
+    "Alias",
+    "LoadedModel",
+    "ModelEntry",
+    "ModelLoadError",
+    "ModelNotFoundError",
+    "ModelRegistry",
+    "ModelRegistryError",
+    "ModelRuntime",
+    "ModelVersion",
+    "Predictor",
+    "Route",
+    "ShadowRecorder",
+    "check_features",
+    "load_predictor",
+]

@@ -1,0 +1,17 @@
+"""Errors of the model registry and runtime (subclasses of the package's one error root)."""
+
+from __future__ import annotations
+
+from featurestore.errors import FeatureStoreError
+
+
+class ModelRegistryError(FeatureStoreError):
+    """A model artifact, version or alias is missing, invalid or does not fit its features."""
+
+
+class ModelNotFoundError(ModelRegistryError):
+    """A model name, version or alias that the registry does not hold."""
+
+
+class ModelLoadError(ModelRegistryError):
+    """A model artifact could not be loaded or failed its warm-up prediction."""

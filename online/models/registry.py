@@ -1,0 +1,306 @@
+"""The file-based model registry: ``<root>/<name>/index.json`` plus one folder per version.
+
+Layout::
+
+    data/models/fraud/index.json      versions, aliases (production, shadow, canary + share)
+    data/models/fraud/v1/model.txt    the artifact, copied in at register time
+    data/models/fraud/v2/...
+
+Every index write is atomic (temp file + rename) under a file lock, so a running server that
+re-reads the index sees either the old or the new document, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from featurestore.online.models.errors import ModelNotFoundError, ModelRegistryError
+from featurestore.online.models.flavors import check_flavor, load_predictor
+
+ALIASES = ("production", "shadow", "canary")
+INDEX = "index.json"
+_NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One registered artifact of a model."""
+
+    name: str
+    version: int
+    flavor: str
+    artifact: str  # path relative to the model folder, or a python module name
+    feature_service: str
+    feature_names: tuple[str, ...]  # model input order
+    created_at: str
+    description: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "flavor": self.flavor,
+            "artifact": self.artifact,
+            "feature_service": self.feature_service,
+            "feature_names": list(self.feature_names),
+            "created_at": self.created_at,
+            "description": self.description,
+        }
+
+
+@dataclass(frozen=True)
+class Alias:
+    """An alias pointing at a version; ``share`` is the canary's fraction of traffic."""
+
+    version: int
+    share: float | None = None
+
+
+@dataclass
+class ModelEntry:
+    """Everything the index holds for one model name."""
+
+    name: str
+    versions: dict[int, ModelVersion] = field(default_factory=dict)
+    aliases: dict[str, Alias] = field(default_factory=dict)
+
+    def version(self, v: int) -> ModelVersion:
+        try:
+            return self.versions[v]
+        except KeyError:
+            raise ModelNotFoundError(
+                f"model '{self.name}' has no version {v}; it has {sorted(self.versions) or 'none'}"
+            ) from None
+
+    def alias(self, alias: str) -> ModelVersion:
+        a = self.aliases.get(alias)
+        if a is None:
+            raise ModelNotFoundError(
+                f"model '{self.name}' has no '{alias}' alias; set one with "
+                f"`featurestore models promote {self.name} VERSION --alias {alias}`"
+            )
+        return self.version(a.version)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "versions": [v.to_dict() for v in self.versions.values()],
+            "aliases": {
+                k: {"version": a.version, **({"share": a.share} if a.share is not None else {})}
+                for k, a in self.aliases.items()
+            },
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelEntry:
+        name = d["name"]
+        versions = {
+            int(v["version"]): ModelVersion(
+                name=name,
+                version=int(v["version"]),
+                flavor=v["flavor"],
+                artifact=v["artifact"],
+                feature_service=v["feature_service"],
+                feature_names=tuple(v["feature_names"]),
+                created_at=v["created_at"],
+                description=v.get("description", ""),
+            )
+            for v in d.get("versions", [])
+        }
+        aliases = {
+            k: Alias(int(a["version"]), a.get("share")) for k, a in d.get("aliases", {}).items()
+        }
+        return cls(name, versions, aliases)
+
+
+def check_features(
+    model: str,
+    model_names: list[str] | None,
+    n_inputs: int | None,
+    service: str,
+    service_names: list[str],
+) -> tuple[str, ...]:
+    """The model's input order, after checking its names and count against the feature service."""
+    if model_names is not None:
+        want, have = set(model_names), set(service_names)
+        if want != have or len(model_names) != len(service_names):
+            missing = [n for n in model_names if n not in have]
+            unused = [n for n in service_names if n not in want]
+            parts = [
+                f"model '{model}' takes {len(model_names)} inputs but feature service "
+                f"'{service}' has {len(service_names)} features"
+            ]
+            if missing:
+                parts.append(f"not in the service: {missing}")
+            if unused:
+                parts.append(f"not used by the model: {unused}")
+            if not missing and not unused:
+                parts.append("the model lists some inputs twice")
+            raise ModelRegistryError(
+                "; ".join(parts) + "; retrain on the service's features or "
+                "register with the matching --features service"
+            )
+        return tuple(model_names)
+    if n_inputs is not None and n_inputs != len(service_names):
+        raise ModelRegistryError(
+            f"model '{model}' takes {n_inputs} inputs but feature service '{service}' has "
+            f"{len(service_names)} features; register it with the service it was trained on"
+        )
+    return tuple(service_names)  # unnamed inputs: the service's order
+
+
+class ModelRegistry:
+    """Versions and aliases of models under one folder (default ``data/models`` in the repo)."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    # ---- reading ----------------------------------------------------------------------------
+    def names(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if (p / INDEX).is_file())
+
+    def index_path(self, name: str) -> Path:
+        return self.root / name / INDEX
+
+    def get(self, name: str) -> ModelEntry:
+        path = self.index_path(name)
+        try:
+            return ModelEntry.from_dict(json.loads(path.read_text()))
+        except FileNotFoundError:
+            known = (
+                ", ".join(self.names()) or "none (register one with `featurestore models register`)"
+            )
+            raise ModelNotFoundError(
+                f"no model '{name}' in {self.root}; known models: {known}"
+            ) from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ModelRegistryError(f"model index {path} is corrupt: {exc}") from None
+
+    def resolve(self, ref: str) -> ModelVersion:
+        """``name`` (production), ``name@alias`` or ``name@3`` / ``name@v3`` -> a version."""
+        name, _, sel = ref.partition("@")
+        entry = self.get(name)
+        if not sel:
+            return entry.alias("production")
+        if sel in ALIASES:
+            return entry.alias(sel)
+        m = re.fullmatch(r"v?(\d+)", sel)
+        if not m:
+            raise ModelNotFoundError(
+                f"bad model reference {ref!r}; expected NAME, NAME@ALIAS ({', '.join(ALIASES)}) "
+                "or NAME@VERSION"
+            )
+        return entry.version(int(m.group(1)))
+
+    def artifact_path(self, mv: ModelVersion) -> str:
+        if mv.flavor == "python" and not mv.artifact.endswith(".py"):
+            return mv.artifact  # a module name on sys.path
+        return str(self.root / mv.name / mv.artifact)
+
+    # ---- writing ----------------------------------------------------------------------------
+    def register(
+        self,
+        name: str,
+        *,
+        flavor: str,
+        artifact: str | os.PathLike[str],
+        feature_service: str,
+        service_features: list[str],
+        description: str = "",
+    ) -> ModelVersion:
+        """Copy the artifact in as the next version after checking it loads and fits the service."""
+        if not _NAME.match(name):
+            raise ModelRegistryError(f"model name {name!r} must be letters, digits, _ or -")
+        check_flavor(flavor)
+        src = str(artifact)
+        is_module = flavor == "python" and not src.endswith(".py")
+        if not is_module and not Path(src).exists():
+            raise ModelRegistryError(f"model artifact {src} does not exist")
+        pred = load_predictor(flavor, src)
+        order = check_features(
+            name, pred.input_names, pred.n_inputs, feature_service, service_features
+        )
+        with self._lock(name):
+            entry = self._get_or_new(name)
+            version = max(entry.versions, default=0) + 1
+            folder = self.root / name / f"v{version}"
+            if folder.exists():
+                shutil.rmtree(folder)
+            folder.mkdir(parents=True)
+            if is_module:
+                rel = src
+            else:
+                dst = folder / Path(src).name
+                (shutil.copytree if Path(src).is_dir() else shutil.copy2)(src, dst)
+                rel = f"v{version}/{Path(src).name}"
+            mv = ModelVersion(
+                name,
+                version,
+                flavor,
+                rel,
+                feature_service,
+                order,
+                datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                description,
+            )
+            entry.versions[version] = mv
+            self._write(entry)
+        return mv
+
+    def set_alias(self, name: str, version: int, alias: str, *, share: float | None = None) -> None:
+        """Point ``alias`` at ``version`` (atomically); ``share`` is required for ``canary``."""
+        if alias not in ALIASES:
+            raise ModelRegistryError(f"unknown alias {alias!r}; expected one of {list(ALIASES)}")
+        if alias == "canary":
+            if share is None or not 0.0 < share < 1.0:
+                raise ModelRegistryError(
+                    f"canary alias needs a traffic share between 0 and 1 (exclusive); got {share}"
+                )
+        elif share is not None:
+            raise ModelRegistryError(f"only the canary alias takes a traffic share, not '{alias}'")
+        with self._lock(name):
+            entry = self.get(name)
+            entry.version(version)
+            entry.aliases[alias] = Alias(version, share)
+            self._write(entry)
+
+    def remove_alias(self, name: str, alias: str) -> None:
+        with self._lock(name):
+            entry = self.get(name)
+            entry.aliases.pop(alias, None)
+            self._write(entry)
+
+    def _get_or_new(self, name: str) -> ModelEntry:
+        try:
+            return self.get(name)
+        except ModelNotFoundError:
+            return ModelEntry(name)
+
+    def _lock(self, name: str) -> Any:
+        from filelock import FileLock
+
+        (self.root / name).mkdir(parents=True, exist_ok=True)
+        return FileLock(str(self.root / name / ".lock"), timeout=30)
+
+    def _write(self, entry: ModelEntry) -> None:
+        path = self.index_path(entry.name)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".index.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as fh:
+                json.dump(entry.to_dict(), fh, indent=2)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise

@@ -1,0 +1,196 @@
+"""Request parsing shared by every front end: entity rows, request data and push rows.
+
+Pure functions over Python values, so they are tested without a server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from featurestore.online.serving.errors import BadRequestError, TooManyEntitiesError
+
+from featurestore._time import to_us
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from featurestore.feature_view import FeatureView
+
+Columns = dict[str, list[Any]]
+
+
+def to_columns(
+    rows: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]], what: str
+) -> Columns:
+    """Columnar ``{name: [values]}`` from columns or from a list of row dicts; equal lengths."""
+    if isinstance(rows, Mapping):
+        cols: Columns = {}
+        for k, v in rows.items():
+            if not isinstance(k, str):
+                raise BadRequestError(
+                    f"{what}: column names must be strings, got {k!r}", field=what
+                )
+            if isinstance(v, (str, bytes)) or not isinstance(v, Sequence):
+                raise BadRequestError(
+                    f"{what}.{k} must be a list of values, got {type(v).__name__}",
+                    field=f"{what}.{k}",
+                )
+            cols[k] = list(v)
+        lengths = {k: len(v) for k, v in cols.items()}
+        if len(set(lengths.values())) > 1:
+            raise BadRequestError(f"{what}: columns have different lengths {lengths}", field=what)
+        return cols
+    if isinstance(rows, (str, bytes)) or not isinstance(rows, Sequence):
+        raise BadRequestError(f"{what} must be a mapping of columns or a list of rows", field=what)
+    cols = {}
+    for i, row in enumerate(rows):
+        if not isinstance(row, Mapping):
+            raise BadRequestError(
+                f"{what}[{i}] must be an object of name -> value", field=f"{what}[{i}]"
+            )
+        if i == 0:
+            cols = {k: [] for k in row}
+        elif set(row) != set(cols):
+            raise BadRequestError(
+                f"{what}[{i}] has keys {sorted(row)} but {what}[0] has {sorted(cols)}",
+                field=f"{what}[{i}]",
+            )
+        for k, v in row.items():
+            cols[k].append(v)
+    return cols
+
+
+def n_rows(cols: Columns) -> int:
+    return len(next(iter(cols.values()))) if cols else 0
+
+
+def check_entities(cols: Columns, join_keys: dict[str, str], max_entities: int) -> int:
+    """Validate join-key columns (ints or strings, no nulls); returns the entity count.
+
+    ``join_keys`` maps each needed key to a view that needs it (for the message).
+    """
+    for key, view in join_keys.items():
+        if key not in cols:
+            raise BadRequestError(
+                f"entities lack join key '{key}' (needed by feature view '{view}'); "
+                f"given: {sorted(cols) or 'none'}",
+                field=f"entities.{key}",
+            )
+    n = n_rows(cols)
+    if n == 0:
+        raise BadRequestError("no entities given; pass at least one entity row", field="entities")
+    if n > max_entities:
+        raise TooManyEntitiesError(
+            f"{n} entities in one request; the limit is {max_entities} (serving.max_entities)",
+            field="entities",
+        )
+    for key in join_keys:
+        for i, v in enumerate(cols[key]):
+            if isinstance(v, bool) or not isinstance(v, (int, str)):
+                raise BadRequestError(
+                    f"entities.{key}[{i}] is {v!r} ({type(v).__name__}); "
+                    "join keys are ints or strings",
+                    field=f"entities.{key}",
+                )
+    return n
+
+
+def check_request_data(cols: Columns, n: int) -> None:
+    for k, v in cols.items():
+        if len(v) != n:
+            raise BadRequestError(
+                f"request_data.{k} has {len(v)} values but there are {n} entities",
+                field=f"request_data.{k}",
+            )
+
+
+def _check_value(v: Any, dtype_name: str) -> bool:
+    if v is None:
+        return True
+    if dtype_name in ("int32", "int64"):
+        return isinstance(v, int) and not isinstance(v, bool)
+    if dtype_name in ("float32", "float64"):
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+    if dtype_name == "bool":
+        return isinstance(v, bool)
+    if dtype_name == "string":
+        return isinstance(v, str)
+    if dtype_name == "bytes":
+        return isinstance(v, (bytes, str))
+    if dtype_name == "timestamp":
+        return (isinstance(v, int) and not isinstance(v, bool)) or isinstance(v, str)
+    if dtype_name.startswith("array<"):
+        inner = dtype_name[6:-1]
+        return isinstance(v, list) and all(x is not None and _check_value(x, inner) for x in v)
+    return False
+
+
+def push_table(view: FeatureView, rows: Columns, now_us: int, max_rows: int) -> pa.Table:
+    """The validated Arrow table ``online.writer.write_table`` takes for ``view``."""
+    import pyarrow as pa
+    from featurestore.online.codec import CREATED_TS, EVENT_TS
+
+    n = n_rows(rows)
+    if n == 0:
+        raise BadRequestError("push: no rows given", field="rows")
+    if n > max_rows:
+        raise TooManyEntitiesError(
+            f"push: {n} rows in one request; the limit is {max_rows}", field="rows"
+        )
+    ts_col = view.source.timestamp_field
+    allowed = {*view.join_keys, *view.feature_names, ts_col, "event_timestamp"}
+    unknown = sorted(set(rows) - allowed)
+    if unknown:
+        raise BadRequestError(
+            f"push: feature view '{view.name}' has no column(s) {unknown}; it has join keys "
+            f"{list(view.join_keys)} and features {list(view.feature_names)}",
+            field=f"rows.{unknown[0]}",
+        )
+    check_entities(rows, dict.fromkeys(view.join_keys, view.name), max_rows)
+    missing = [f for f in view.feature_names if f not in rows]
+    if missing:
+        raise BadRequestError(
+            f"push: rows for feature view '{view.name}' lack feature(s) {missing}; send every "
+            "feature (null where unknown)",
+            field=f"rows.{missing[0]}",
+        )
+    data: dict[str, Any] = {k: rows[k] for k in view.join_keys}
+    for f in view.features:
+        vals = rows[f.name]
+        for i, v in enumerate(vals):
+            if not _check_value(v, f.dtype.name):
+                raise BadRequestError(
+                    f"push: rows.{f.name}[{i}] is {v!r} ({type(v).__name__}); feature "
+                    f"'{f.name}' of view '{view.name}' is {f.dtype.name}",
+                    field=f"rows.{f.name}",
+                )
+        if f.dtype.name == "timestamp":
+            vals = [None if v is None else to_us(v) for v in vals]
+            data[f.name] = pa.array(vals, pa.int64()).cast(f.dtype.to_arrow())
+        elif f.dtype.name == "bytes":
+            data[f.name] = pa.array(
+                [v.encode() if isinstance(v, str) else v for v in vals], f.dtype.to_arrow()
+            )
+        else:
+            data[f.name] = pa.array(vals, f.dtype.to_arrow())
+    raw_ts = rows.get(ts_col, rows.get("event_timestamp"))
+    if raw_ts is None:
+        ev = [now_us] * n
+    else:
+        ev = []
+        for i, v in enumerate(raw_ts):
+            try:
+                ok = v is None or (isinstance(v, (int, str)) and not isinstance(v, bool))
+                ev.append((now_us if v is None else to_us(v)) if ok else None)
+            except (TypeError, ValueError):
+                ev.append(None)
+            if ev[-1] is None:
+                raise BadRequestError(
+                    f"push: rows.{ts_col}[{i}] is {v!r}; give microseconds since the epoch or an "
+                    "ISO 8601 time",
+                    field=f"rows.{ts_col}",
+                )
+    data[EVENT_TS] = pa.array(ev, pa.int64())
+    data[CREATED_TS] = pa.array([now_us] * n, pa.int64())
+    return pa.table(data)

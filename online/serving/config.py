@@ -1,0 +1,89 @@
+"""The ``serving:`` and ``models:`` sections of featurestore.yaml as small value objects."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any
+
+from featurestore.errors import ConfigError
+
+if TYPE_CHECKING:
+    from featurestore.config import RepoConfig
+
+
+@dataclass(frozen=True)
+class BreakerConfig:
+    """Circuit breaker: open after N failures in a row, probe after ``reset_ms``.
+
+    (Closed -> open -> half-open: one probe request; its success closes the breaker.)
+    """
+
+    failure_threshold: int = 5
+    reset_ms: int = 1000
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """Where the servers listen and the latency budget of a request."""
+
+    host: str = "127.0.0.1"
+    rest_port: int = 8000
+    grpc_port: int = 50051  # 0: no gRPC server
+    workers: int = 1
+    deadline_ms: int = 50  # per request; a request may ask for another
+    max_entities: int = 1000
+    read_threads: int = 8  # store reads run here, so a hung store cannot hang a request
+    # "auto": network stores (redis, redis_cluster) read on the thread pool under the deadline,
+    # the embedded LMDB store reads inline (a memory-mapped read; a thread hop would cost more)
+    isolate_reads: str = "auto"  # auto | always | never
+    breaker: BreakerConfig = BreakerConfig()
+    log_level: str = "warning"
+
+
+@dataclass(frozen=True)
+class ModelsConfig:
+    """The model registry folder and how the server follows it."""
+
+    path: str = "data/models"
+    poll_interval_s: float = 1.0  # how often a server re-reads the registry for promotions
+    shadow_log: str | None = None  # JSON lines of shadow scores (repo-relative); None: memory only
+    shadow_buffer: int = 1000
+
+
+def _build(cls: type, raw: Any, name: str) -> Any:
+    if raw is None:
+        return cls()
+    if not isinstance(raw, dict):
+        raise ConfigError(f"featurestore.yaml: '{name}' must be a mapping")
+    known = {f.name for f in fields(cls)}
+    unknown = set(raw) - known
+    if unknown:
+        raise ConfigError(
+            f"featurestore.yaml: unknown key(s) {sorted(unknown)} in '{name}'; "
+            f"known: {sorted(known)}"
+        )
+    raw = dict(raw)
+    if cls is ServingConfig and "breaker" in raw:
+        raw["breaker"] = _build(BreakerConfig, raw["breaker"], "serving.breaker")
+    if cls is ServingConfig and raw.get("isolate_reads", "auto") not in ("auto", "always", "never"):
+        raise ConfigError(
+            f"featurestore.yaml: serving.isolate_reads is {raw['isolate_reads']!r}; "
+            "expected auto, always or never"
+        )
+    try:
+        out = cls(**raw)
+    except TypeError as exc:
+        raise ConfigError(f"featurestore.yaml: bad '{name}': {exc}") from None
+    for f in fields(cls):
+        v = getattr(out, f.name)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and v < 0:
+            raise ConfigError(f"featurestore.yaml: {name}.{f.name} is {v}; it must not be negative")
+    return out
+
+
+def serving_config(config: RepoConfig) -> ServingConfig:
+    return _build(ServingConfig, config.extra.get("serving"), "serving")
+
+
+def models_config(config: RepoConfig) -> ModelsConfig:
+    return _build(ModelsConfig, config.extra.get("models"), "models")

@@ -1,0 +1,620 @@
+"""The serving engine: lookup -> model in one pass, inside a per-request deadline.
+
+One ``Engine`` is shared by the REST server, the gRPC server and in-process callers. Store reads
+run on a small thread pool and are awaited with a timeout, so a slow or dead store costs at most
+the request's deadline: the answer then carries each feature's default and ``degraded=True``,
+and the circuit breaker stops sending reads until a probe succeeds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import logging
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from featurestore.online.serving import _requests as rq
+from featurestore.online.serving.breaker import BreakerState, CircuitBreaker
+from featurestore.online.serving.config import (
+    ModelsConfig,
+    ServingConfig,
+    models_config,
+    serving_config,
+)
+from featurestore.online.serving.errors import BadRequestError, NotReadyError
+from featurestore.online.serving.metrics import Metrics
+
+from featurestore._time import EPOCH, duration_us, now_us, parse_duration
+from featurestore.errors import (
+    EntityDataError,
+    FeatureNotFoundError,
+    FeatureStoreError,
+    OnlineStoreUnavailableError,
+    RegistryError,
+)
+
+if TYPE_CHECKING:
+    from featurestore.online.models.runtime import LoadedModel, ModelRuntime
+
+    from featurestore.feature_view import FeatureView
+    from featurestore.store import FeatureStore
+
+log = logging.getLogger("featurestore.serving")
+FeatureRequest = list[tuple["FeatureView", list[str]]]
+_CLIENT_ERRORS = (BadRequestError, EntityDataError, FeatureNotFoundError)
+_STATUS_NAMES = ("PRESENT", "NOT_FOUND", "EXPIRED")
+
+
+class _StoreFailed(Exception):
+    """Internal: the read did not produce an answer in time (or the store raised)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+@dataclass
+class FeatureResult:
+    """Columnar features of n entities: join keys first, then features (request order)."""
+
+    columns: dict[str, list[Any]]
+    statuses: dict[str, list[str]]  # per feature: PRESENT / NOT_FOUND / EXPIRED / UNAVAILABLE
+    feature_names: list[str]
+    degraded: bool = False
+    degraded_reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        names = list(self.columns)
+        return {
+            "feature_names": names,
+            "results": [
+                {"values": self.columns[n], "statuses": self.statuses.get(n)} for n in names
+            ],
+            "degraded": self.degraded,
+        }
+
+
+@dataclass
+class PredictResult:
+    """Scores (one per entity), the version that produced them, optionally the features."""
+
+    model: str
+    version: int
+    scores: list[float]
+    degraded: bool
+    features: FeatureResult | None = None
+    timings_us: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "model": self.model,
+            "version": self.version,
+            "scores": self.scores,
+            "degraded": self.degraded,
+        }
+        if self.features is not None:
+            out["features"] = self.features.to_dict()
+        return out
+
+
+@dataclass
+class _Prepared:
+    requests: FeatureRequest
+    entities: dict[str, list[Any]]
+    n: int
+    full: bool
+    include_ts: bool
+    deadline: float  # time.monotonic() by which the answer must be out
+
+
+class Engine:
+    """Features, predictions and pushes with a deadline; safe to share across threads and loops."""
+
+    def __init__(
+        self,
+        store: FeatureStore,
+        *,
+        serving: ServingConfig | None = None,
+        models: ModelRuntime | None = None,
+        models_cfg: ModelsConfig | None = None,
+        own_store: bool = False,
+    ) -> None:
+        self.store = store
+        self._own_store = own_store
+        self.config = serving or serving_config(store.config)
+        self.models_config = models_cfg or models_config(store.config)
+        self.metrics = Metrics()
+        if models is None:
+            from featurestore.online.models import ModelRegistry, ModelRuntime, ShadowRecorder
+
+            mc = self.models_config
+            shadow = ShadowRecorder(
+                buffer=mc.shadow_buffer,
+                log_path=store.config.resolve(mc.shadow_log) if mc.shadow_log else None,
+                on_record=self._count_shadow,
+            )
+            models = ModelRuntime(
+                ModelRegistry(store.config.resolve(mc.path)),
+                poll_interval_s=mc.poll_interval_s,
+                shadow=shadow,
+            )
+        self.models = models
+        br = self.config.breaker
+        self.breaker = CircuitBreaker(
+            failure_threshold=br.failure_threshold, reset_s=br.reset_ms / 1000
+        )
+        self._pool = cf.ThreadPoolExecutor(
+            max(1, self.config.read_threads), thread_name_prefix="store-read"
+        )
+        self._resolved: dict[Any, tuple[Any, FeatureRequest]] = {}
+        self._started = False
+        self._store_ok_at = 0.0
+        self._grace_us = duration_us(parse_duration(store.config.online_store.key_ttl_grace)) or 0
+        self._lock = threading.Lock()
+        iso = self.config.isolate_reads
+        self._isolate = iso == "always" or (
+            iso == "auto" and store.config.online_store.type != "embedded"
+        )
+
+    @classmethod
+    def from_repo(cls, repo_path: str = ".") -> Engine:
+        from featurestore.store import FeatureStore
+
+        return cls(FeatureStore(repo_path), own_store=True)
+
+    # ---- lifecycle --------------------------------------------------------------------------
+    def start(self, *, poll: bool = True) -> Engine:
+        """Load the registry and the models, warm the lookup path; idempotent."""
+        with self._lock:
+            if self._started:
+                return self
+            _ = self.store.registry  # RegistryError if nothing was applied
+            self.models.refresh()
+            if poll:
+                self.models.start_polling()
+            self._check_store()
+            for svc in list(self.store.registry.feature_services):
+                try:  # first lookups build codecs and plans; pay that before traffic
+                    self.get_features(feature_service=svc, entities=self._dummy_entities(svc))
+                except Exception as exc:  # warm-up is best effort; real requests report errors
+                    log.warning("warm-up of feature service %s failed: %s", svc, exc)
+            self._started = True
+        return self
+
+    def _dummy_entities(self, service: str) -> dict[str, list[Any]]:
+        keys = {k for v, _ in self._resolve(None, service) for k in v.join_keys}
+        return {k: [0] for k in keys}
+
+    def close(self) -> None:
+        self.models.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._own_store:
+            self.store.close()
+
+    def _check_store(self) -> bool:
+        if not self.breaker.allow():
+            return False
+        fut = self._pool.submit(self.store.online.ping)
+        try:
+            fut.result(timeout=max(0.05, self.config.deadline_ms / 1000 * 4))
+        except Exception:
+            self.breaker.failure()
+            return False
+        self.breaker.success()
+        self._store_ok_at = time.monotonic()
+        return True
+
+    def health(self) -> dict[str, Any]:
+        """Readiness details: registry applied, store answering, models loaded and warm."""
+        try:
+            registry_version: int | None = self.store.registry.version
+        except FeatureStoreError:
+            registry_version = None
+        store_ok = time.monotonic() - self._store_ok_at < 1.0 or self._check_store()
+        models_ok = self.models.loaded and self.models.last_error is None
+        ready = self._started and registry_version is not None and store_ok and models_ok
+        return {
+            "ready": bool(ready),
+            "registry_version": registry_version,
+            "online_store": "ok" if store_ok else "unavailable",
+            "breaker": self.breaker.state.value,
+            "models": {
+                name: r.production.version.version for name, r in self.models.routes.items()
+            },
+            "model_error": self.models.last_error,
+        }
+
+    # ---- features ---------------------------------------------------------------------------
+    def _resolve(self, features: Sequence[str] | None, service: str | None) -> FeatureRequest:
+        state = self.store.registry
+        if (features is None) == (service is None):
+            raise BadRequestError(
+                "give exactly one of 'features' or 'feature_service'", field="features"
+            )
+        key = service if service is not None else tuple(features or ())
+        hit = self._resolved.get(key)
+        if hit is not None and hit[0] is state:
+            return hit[1]
+        if service is not None:
+            if not isinstance(service, str) or service not in state.feature_services:
+                known = sorted(state.feature_services) or "none"
+                raise FeatureNotFoundError(
+                    f"feature_service: no feature service {service!r}; known: {known}"
+                )
+            req = self.store.resolve_features(service)
+        else:
+            for ref in features or ():
+                if not isinstance(ref, str):
+                    raise BadRequestError(
+                        f"features: {ref!r} is not a 'view:feature' string", field="features"
+                    )
+            req = self.store.resolve_features(list(features or ()))
+        if len(self._resolved) > 1024:
+            self._resolved.clear()
+        self._resolved[key] = (state, req)
+        return req
+
+    def _prepare(
+        self,
+        features: Sequence[str] | None,
+        service: str | None,
+        entities: Any,
+        request_data: Any,
+        full: bool,
+        include_ts: bool,
+        deadline_ms: float | None,
+    ) -> _Prepared:
+        t0 = time.monotonic()
+        budget = self.config.deadline_ms if deadline_ms is None else deadline_ms
+        if not isinstance(budget, (int, float)) or isinstance(budget, bool) or budget <= 0:
+            raise BadRequestError(
+                f"deadline_ms must be a positive number, got {budget!r}", field="deadline_ms"
+            )
+        requests = self._resolve(features, service)
+        cols = rq.to_columns(entities, "entities")
+        needed: dict[str, str] = {}
+        for view, _ in requests:
+            for k in view.join_keys:
+                needed.setdefault(k, view.name)
+        n = rq.check_entities(cols, needed, self.config.max_entities)
+        if request_data:
+            rq.check_request_data(rq.to_columns(request_data, "request_data"), n)
+        return _Prepared(
+            requests, {k: cols[k] for k in needed}, n, full, include_ts, t0 + budget / 1000
+        )
+
+    def _read_fn(self, p: _Prepared) -> Any:
+        from featurestore.online.lookup import get_online_features
+
+        store, project = self.store.online, self.store.project
+
+        def read() -> Any:
+            return get_online_features(
+                store,
+                project,
+                p.requests,
+                p.entities,
+                now_us=now_us(),
+                full_feature_names=p.full,
+                include_event_timestamps=p.include_ts,
+            )
+
+        return read
+
+    def _read_sync(self, p: _Prepared) -> Any:
+        if not self.breaker.allow():
+            raise _StoreFailed("breaker_open")
+        if not self._isolate:
+            return self._read_inline(p)
+        fut = self._pool.submit(self._read_fn(p))
+        try:
+            resp = fut.result(timeout=max(0.0, p.deadline - time.monotonic()))
+        except cf.TimeoutError:
+            fut.cancel()
+            self.breaker.failure()
+            raise _StoreFailed("timeout") from None
+        except _CLIENT_ERRORS:
+            self.breaker.success()
+            raise
+        except Exception as exc:
+            self.breaker.failure()
+            log.warning("online store read failed: %s", exc)
+            raise _StoreFailed("store_error") from exc
+        self.breaker.success()
+        return resp
+
+    def _read_inline(self, p: _Prepared) -> Any:
+        try:
+            resp = self._read_fn(p)()
+        except _CLIENT_ERRORS:
+            self.breaker.success()
+            raise
+        except Exception as exc:
+            self.breaker.failure()
+            log.warning("online store read failed: %s", exc)
+            raise _StoreFailed("store_error") from exc
+        self.breaker.success()
+        return resp
+
+    async def _read_async(self, p: _Prepared) -> Any:
+        if not self.breaker.allow():
+            raise _StoreFailed("breaker_open")
+        if not self._isolate:
+            return self._read_inline(p)
+        fut = self._pool.submit(self._read_fn(p))
+        try:
+            resp = await asyncio.wait_for(
+                asyncio.wrap_future(fut), max(0.0, p.deadline - time.monotonic())
+            )
+        except (asyncio.TimeoutError, cf.TimeoutError):
+            fut.cancel()
+            self.breaker.failure()
+            raise _StoreFailed("timeout") from None
+        except _CLIENT_ERRORS:
+            self.breaker.success()
+            raise
+        except Exception as exc:
+            self.breaker.failure()
+            log.warning("online store read failed: %s", exc)
+            raise _StoreFailed("store_error") from exc
+        self.breaker.success()
+        return resp
+
+    def _finish(self, p: _Prepared, resp: Any, reason: str | None) -> FeatureResult:
+        self.metrics.breaker_state.set(1 if self.breaker.state is BreakerState.OPEN else 0)
+        if reason is None:
+            cols = resp.to_dict()
+            st: dict[str, list[str]] = {}
+            for view, feats in p.requests:
+                codes = resp.status_array(view.name).tolist()
+                names_ = [_STATUS_NAMES[c] for c in codes]
+                for f in feats:
+                    st[f"{view.name}__{f}" if p.full else f] = names_
+            return FeatureResult(cols, st, resp.feature_names)
+        self.metrics.child(self.metrics.degraded, reason).inc()
+        if reason != "breaker_open":
+            self.metrics.store_errors.inc()
+        cols = {k: list(v) for k, v in p.entities.items()}
+        st = {}
+        names: list[str] = []
+        for view, feats in p.requests:
+            for f in feats:
+                fld = view.field(f)
+                name = f"{view.name}__{f}" if p.full else f
+                d = fld.default
+                if d is not None and fld.dtype.name == "timestamp":
+                    d = EPOCH + timedelta(microseconds=d)
+                cols[name] = [d] * p.n
+                st[name] = ["UNAVAILABLE"] * p.n
+                names.append(name)
+        if p.include_ts:
+            for view, _ in p.requests:
+                cols[f"{view.name}__event_timestamp"] = [None] * p.n
+        return FeatureResult(cols, st, names, degraded=True, degraded_reason=reason)
+
+    def get_features(
+        self,
+        *,
+        features: Sequence[str] | None = None,
+        feature_service: str | None = None,
+        entities: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]],
+        request_data: Mapping[str, Sequence[Any]] | None = None,
+        full_feature_names: bool = False,
+        include_event_timestamps: bool = False,
+        deadline_ms: float | None = None,
+    ) -> FeatureResult:
+        """Online features for a batch of entities; defaults + degraded if the store is late."""
+        t0 = time.perf_counter()
+        p = self._prepare(
+            features,
+            feature_service,
+            entities,
+            request_data,
+            full_feature_names,
+            include_event_timestamps,
+            deadline_ms,
+        )
+        try:
+            resp, reason = self._read_sync(p), None
+        except _StoreFailed as f:
+            resp, reason = None, f.reason
+        out = self._finish(p, resp, reason)
+        self._observe("get_features", t0, out.degraded, p.n)
+        return out
+
+    async def aget_features(
+        self,
+        *,
+        features: Sequence[str] | None = None,
+        feature_service: str | None = None,
+        entities: Any,
+        request_data: Any = None,
+        full_feature_names: bool = False,
+        include_event_timestamps: bool = False,
+        deadline_ms: float | None = None,
+    ) -> FeatureResult:
+        """:meth:`get_features` for an event loop (the read runs on the pool, awaited)."""
+        t0 = time.perf_counter()
+        p = self._prepare(
+            features,
+            feature_service,
+            entities,
+            request_data,
+            full_feature_names,
+            include_event_timestamps,
+            deadline_ms,
+        )
+        try:
+            resp, reason = await self._read_async(p), None
+        except _StoreFailed as f:
+            resp, reason = None, f.reason
+        out = self._finish(p, resp, reason)
+        self._observe("get_features", t0, out.degraded, p.n)
+        return out
+
+    def _observe(self, endpoint: str, t0: float, degraded: bool, n: int) -> None:
+        m = self.metrics
+        m.child(m.latency, endpoint).observe(time.perf_counter() - t0)
+        m.child(m.requests, endpoint, "degraded" if degraded else "ok").inc()
+        m.entities.inc(n)
+
+    # ---- predict ----------------------------------------------------------------------------
+    def _model(self, model: str) -> tuple[LoadedModel, LoadedModel | None]:
+        if not isinstance(model, str) or not model:
+            raise BadRequestError("model must be a name, NAME@ALIAS or NAME@VERSION", field="model")
+        return self.models.select(model)
+
+    def _score(
+        self,
+        chosen: LoadedModel,
+        shadow: LoadedModel | None,
+        feats: FeatureResult,
+        return_features: bool,
+        t0: float,
+    ) -> PredictResult:
+        cols = feats.columns
+        x = np.empty((len(next(iter(cols.values()))), len(chosen.feature_names)), dtype=np.float64)
+        for j, name in enumerate(chosen.feature_names):
+            try:
+                x[:, j] = np.asarray(cols[name], dtype=np.float64)
+            except (TypeError, ValueError):
+                raise FeatureStoreError(
+                    f"feature '{name}' of model '{chosen.version.name}' is not numeric; "
+                    "the model needs numbers"
+                ) from None
+        scores = np.asarray(chosen.predict(x), dtype=np.float64)
+        mv = chosen.version
+        m = self.metrics
+        m.child(m.predictions, mv.name, str(mv.version)).inc(x.shape[0])
+        if shadow is not None:
+            self.models.shadow.submit(shadow, chosen, x, scores)
+        self._observe("predict", t0, feats.degraded, x.shape[0])
+        return PredictResult(
+            mv.name, mv.version, scores.tolist(), feats.degraded, feats if return_features else None
+        )
+
+    def _count_shadow(self, rec: dict[str, Any]) -> None:
+        if "scores" in rec:
+            m = self.metrics
+            m.child(m.shadow, rec["model"], str(rec["shadow_version"])).inc(len(rec["scores"]))
+
+    def predict(
+        self,
+        model: str,
+        *,
+        entities: Any,
+        request_data: Any = None,
+        return_features: bool = False,
+        deadline_ms: float | None = None,
+    ) -> PredictResult:
+        """Features for each entity -> model -> one score per entity (shadow scored on the side)."""
+        t0 = time.perf_counter()
+        chosen, shadow = self._model(model)
+        p = self._prepare(
+            None, chosen.version.feature_service, entities, request_data, False, False, deadline_ms
+        )
+        try:
+            resp, reason = self._read_sync(p), None
+        except _StoreFailed as f:
+            resp, reason = None, f.reason
+        return self._score(chosen, shadow, self._finish(p, resp, reason), return_features, t0)
+
+    async def apredict(
+        self,
+        model: str,
+        *,
+        entities: Any,
+        request_data: Any = None,
+        return_features: bool = False,
+        deadline_ms: float | None = None,
+    ) -> PredictResult:
+        t0 = time.perf_counter()
+        chosen, shadow = self._model(model)
+        p = self._prepare(
+            None, chosen.version.feature_service, entities, request_data, False, False, deadline_ms
+        )
+        try:
+            resp, reason = await self._read_async(p), None
+        except _StoreFailed as f:
+            resp, reason = None, f.reason
+        return self._score(chosen, shadow, self._finish(p, resp, reason), return_features, t0)
+
+    # ---- push -------------------------------------------------------------------------------
+    def _push_fn(self, feature_view: str, rows: Any) -> Any:
+        from featurestore.online.writer import write_table
+
+        if not isinstance(feature_view, str):
+            raise BadRequestError("feature_view must be a string", field="feature_view")
+        view = self.store.registry.feature_view(feature_view)
+        now = now_us()
+        table = rq.push_table(view, rq.to_columns(rows, "rows"), now, self.config.max_entities)
+        store, project = self.store.online, self.store.project
+        batch = self.store.config.online_store.write_batch_size
+
+        def write() -> int:
+            return write_table(
+                store,
+                project,
+                view,
+                table,
+                now_us=now,
+                key_ttl_grace_us=self._grace_us,
+                batch_size=batch,
+            )
+
+        return write
+
+    def push(self, feature_view: str, rows: Any, *, deadline_ms: float | None = None) -> int:
+        """Validate rows against the view's schema and write them; returns rows written."""
+        t0 = time.perf_counter()
+        write = self._push_fn(feature_view, rows)
+        fut = self._pool.submit(write)
+        try:
+            n = fut.result(timeout=self._push_timeout(deadline_ms))
+        except Exception as exc:
+            raise self._push_error(exc) from None
+        self._observe("push", t0, False, n)
+        return n
+
+    async def apush(self, feature_view: str, rows: Any, *, deadline_ms: float | None = None) -> int:
+        t0 = time.perf_counter()
+        write = self._push_fn(feature_view, rows)
+        fut = self._pool.submit(write)
+        try:
+            n = await asyncio.wait_for(asyncio.wrap_future(fut), self._push_timeout(deadline_ms))
+        except Exception as exc:
+            raise self._push_error(exc) from None
+        self._observe("push", t0, False, n)
+        return n
+
+    def _push_timeout(self, deadline_ms: float | None) -> float:
+        # writes may legitimately take longer than reads: 10x the read budget, at least 1 s
+        return max(1.0, (deadline_ms or self.config.deadline_ms) * 10 / 1000)
+
+    def _push_error(self, exc: BaseException) -> BaseException:
+        if isinstance(exc, _CLIENT_ERRORS):
+            return exc
+        self.metrics.child(self.metrics.requests, "push", "error").inc()
+        if isinstance(exc, (asyncio.TimeoutError, cf.TimeoutError)):
+            return OnlineStoreUnavailableError("push: the online store did not answer in time")
+        return OnlineStoreUnavailableError(f"push: the online store failed: {exc}")
+
+    # ---- listings ---------------------------------------------------------------------------
+    def feature_services(self) -> list[dict[str, Any]]:
+        try:
+            state = self.store.registry
+        except RegistryError:
+            return []
+        return [s.to_dict() for s in state.feature_services.values()]
+
+    def list_models(self) -> list[dict[str, Any]]:
+        return self.models.describe()
+
+    def require_ready(self) -> None:
+        if not self._started:
+            raise NotReadyError("the engine is still starting")

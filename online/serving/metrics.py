@@ -1,0 +1,82 @@
+"""Prometheus metrics of one engine (own CollectorRegistry, so several engines can coexist)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class Metrics:
+    """Request counts and latencies, degraded answers, breaker state, model and shadow scores."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "featurestore_requests_total",
+            "Requests by endpoint and outcome",
+            ["endpoint", "outcome"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "featurestore_request_seconds",
+            "Engine time per request",
+            ["endpoint"],
+            registry=r,
+            buckets=(
+                0.0001,
+                0.00025,
+                0.0005,
+                0.001,
+                0.0025,
+                0.005,
+                0.01,
+                0.025,
+                0.05,
+                0.1,
+                0.25,
+                0.5,
+                1.0,
+            ),
+        )
+        self.degraded = Counter(
+            "featurestore_degraded_total",
+            "Answers served with default values because the store failed",
+            ["reason"],
+            registry=r,
+        )
+        self.store_errors = Counter(
+            "featurestore_store_errors_total",
+            "Online store reads that failed or timed out",
+            registry=r,
+        )
+        self.breaker_state = Gauge(
+            "featurestore_breaker_open",
+            "1 while the online-store circuit breaker is open",
+            registry=r,
+        )
+        self.predictions = Counter(
+            "featurestore_predictions_total", "Rows scored", ["model", "version"], registry=r
+        )
+        self.shadow = Counter(
+            "featurestore_shadow_predictions_total",
+            "Rows scored by shadow versions",
+            ["model", "version"],
+            registry=r,
+        )
+        self.entities = Counter("featurestore_entities_total", "Entities looked up", registry=r)
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """A cached labelled child (``labels()`` costs more than the increment itself)."""
+        key = (id(metric), *labels)
+        c = self._children.get(key)
+        if c is None:
+            c = self._children[key] = metric.labels(*labels)
+        return c
+
+    def render(self) -> tuple[bytes, str]:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,261 @@
+"""The REST server: FastAPI over the shared engine, orjson responses, errors as ``{"error": ...}``.
+
+``create_app(engine)`` for tests and embedding; ``app_from_env`` is the uvicorn factory
+``featurestore serve`` uses (one engine per worker process). The gRPC server, when configured,
+runs inside the same event loop, started and stopped by the app's lifespan.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from featurestore.online.models.errors import (
+    ModelLoadError,
+    ModelNotFoundError,
+    ModelRegistryError,
+)
+from featurestore.online.serving.errors import BadRequestError, NotReadyError, TooManyEntitiesError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+
+from featurestore.errors import (
+    EntityDataError,
+    FeatureNotFoundError,
+    FeatureStoreError,
+    OnlineStoreUnavailableError,
+    RegistryError,
+)
+
+if TYPE_CHECKING:
+    from featurestore.online.serving.engine import Engine
+
+log = logging.getLogger("featurestore.serving")
+
+Key = StrictInt | StrictStr
+Scalar = StrictBool | StrictInt | StrictFloat | StrictStr | None
+AnyValue = Scalar | list[StrictBool | StrictInt | StrictFloat]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class GetOnlineFeaturesRequest(_Body):
+    """Features by ``features`` refs or by ``feature_service``, for a batch of entities."""
+
+    features: list[StrictStr] | None = Field(None, description="'view:feature' references")
+    feature_service: StrictStr | None = None
+    entities: dict[StrictStr, list[Key]] = Field(
+        ..., description="join key -> one value per entity", examples=[{"user_id": [1, 2]}]
+    )
+    request_data: dict[StrictStr, list[AnyValue]] | None = None
+    full_feature_names: StrictBool = False
+    include_event_timestamps: StrictBool = False
+    deadline_ms: float | None = Field(None, gt=0, le=60_000)
+
+
+class PredictRequest(_Body):
+    """Score a batch of entities with model ``NAME``, ``NAME@ALIAS`` or ``NAME@VERSION``."""
+
+    model: StrictStr = Field(..., examples=["fraud", "fraud@canary", "fraud@2"])
+    entities: dict[StrictStr, list[Key]]
+    request_data: dict[StrictStr, list[AnyValue]] | None = None
+    return_features: StrictBool = False
+    deadline_ms: float | None = Field(None, gt=0, le=60_000)
+
+
+class PushRequest(_Body):
+    """Rows for one feature view: join keys, every feature, optional ``event_timestamp``."""
+
+    feature_view: StrictStr
+    rows: dict[StrictStr, list[AnyValue]] = Field(
+        ..., description="column -> one value per row (event_timestamp: us since epoch or ISO)"
+    )
+    deadline_ms: float | None = Field(None, gt=0, le=60_000)
+
+
+class ColumnOut(BaseModel):
+    values: list[Any]
+    statuses: list[str] | None = None
+
+
+class FeaturesOut(BaseModel):
+    feature_names: list[str]
+    results: list[ColumnOut]
+    degraded: bool
+
+
+class PredictOut(BaseModel):
+    model: str
+    version: int
+    scores: list[float | None]
+    degraded: bool
+    features: FeaturesOut | None = None
+
+
+class PushOut(BaseModel):
+    rows_written: int
+
+
+class ErrorOut(BaseModel):
+    error: str
+
+
+_ERRORS: dict[int, dict[str, Any]] = {c: {"model": ErrorOut} for c in (400, 404, 413, 422, 503)}
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    body = orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
+    return Response(body, status_code=status, media_type="application/json")
+
+
+def _status_of(exc: BaseException) -> int:
+    if isinstance(exc, TooManyEntitiesError):
+        return 413
+    if isinstance(exc, (FeatureNotFoundError, ModelNotFoundError)):
+        return 404
+    if isinstance(exc, (BadRequestError, EntityDataError)):
+        return 400
+    if isinstance(exc, (OnlineStoreUnavailableError, NotReadyError, RegistryError, ModelLoadError)):
+        return 503
+    if isinstance(exc, (ModelRegistryError, FeatureStoreError)):
+        return 400
+    return 500
+
+
+def create_app(
+    engine: Engine,
+    *,
+    grpc_port: int | None = None,
+    own_engine: bool = False,
+    grpc_host: str = "127.0.0.1",
+) -> FastAPI:
+    """The FastAPI app over ``engine``; starts the engine (and a gRPC server) in its lifespan."""
+    grpc_box: dict[str, Any] = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        retry = asyncio.create_task(_start_engine(engine))
+        if grpc_port is not None:
+            from featurestore.online.serving.grpc_server import start_grpc_server
+
+            grpc_box["server"], grpc_box["port"] = await start_grpc_server(
+                engine, grpc_port, host=grpc_host
+            )
+            app.state.grpc_port = grpc_box["port"]
+        try:
+            yield
+        finally:
+            retry.cancel()
+            if "server" in grpc_box:
+                await grpc_box["server"].stop(grace=1.0)
+            if own_engine:
+                engine.close()
+
+    app = FastAPI(
+        title="featurestore serving",
+        version="1",
+        lifespan=lifespan,
+        default_response_class=Response,
+    )
+    app.state.engine = engine
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
+        errs = exc.errors()
+        first = errs[0] if errs else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
+        msg = first.get("msg", "invalid request")
+        more = f" (and {len(errs) - 1} more problem(s))" if len(errs) > 1 else ""
+        return _json({"error": f"{where}: {msg}{more}"}, 422)
+
+    @app.exception_handler(FeatureStoreError)
+    async def _fs_error(request: Request, exc: FeatureStoreError) -> Response:
+        return _json({"error": str(exc)}, _status_of(exc))
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s", request.url.path)
+        return _json({"error": f"internal error ({type(exc).__name__}); see the server log"}, 500)
+
+    @app.post("/get-online-features", response_model=FeaturesOut, responses=_ERRORS)
+    async def get_online_features(req: GetOnlineFeaturesRequest) -> Response:
+        res = await engine.aget_features(
+            features=req.features,
+            feature_service=req.feature_service,
+            entities=req.entities,
+            request_data=req.request_data,
+            full_feature_names=req.full_feature_names,
+            include_event_timestamps=req.include_event_timestamps,
+            deadline_ms=req.deadline_ms,
+        )
+        return _json(res.to_dict())
+
+    @app.post("/predict", response_model=PredictOut, responses=_ERRORS)
+    async def predict(req: PredictRequest) -> Response:
+        res = await engine.apredict(
+            req.model,
+            entities=req.entities,
+            request_data=req.request_data,
+            return_features=req.return_features,
+            deadline_ms=req.deadline_ms,
+        )
+        return _json(res.to_dict())
+
+    @app.post("/push", response_model=PushOut, responses=_ERRORS)
+    async def push(req: PushRequest) -> Response:
+        n = await engine.apush(req.feature_view, req.rows, deadline_ms=req.deadline_ms)
+        return _json({"rows_written": n})
+
+    @app.get("/health/live")
+    async def live() -> Response:
+        return _json({"live": True})
+
+    @app.get("/health/ready", responses={503: {"description": "not ready yet"}})
+    async def ready() -> Response:
+        h = await asyncio.to_thread(engine.health)
+        return _json(h, 200 if h["ready"] else 503)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        body, ctype = engine.metrics.render()
+        return Response(body, media_type=ctype)
+
+    @app.get("/feature-services")
+    async def feature_services() -> Response:
+        return _json({"feature_services": engine.feature_services()})
+
+    @app.get("/models")
+    async def models() -> Response:
+        return _json({"models": await asyncio.to_thread(engine.list_models)})
+
+    return app
+
+
+async def _start_engine(engine: Engine) -> None:
+    """Start the engine off the loop; retry every second until it works (e.g. apply not run yet)."""
+    while True:
+        try:
+            await asyncio.to_thread(engine.start)
+            return
+        except Exception as exc:
+            log.warning("engine not started yet: %s; retrying in 1 s", exc)
+            await asyncio.sleep(1.0)
+
+
+def app_from_env() -> FastAPI:
+    """uvicorn factory: repo from ``FEATURESTORE_REPO``, gRPC port ``FEATURESTORE_GRPC_PORT``."""
+    from featurestore.online.serving.engine import Engine
+
+    engine = Engine.from_repo(os.environ.get("FEATURESTORE_REPO", "."))
+    port = int(os.environ.get("FEATURESTORE_GRPC_PORT", "0") or 0)
+    host = os.environ.get("FEATURESTORE_GRPC_HOST", engine.config.host)
+    return create_app(engine, grpc_port=port or None, own_engine=True, grpc_host=host)

@@ -1,0 +1,243 @@
+"""A small served repo (two views, one service, LightGBM models) and real servers on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+DEFS = """
+from featurestore import (Entity, FeatureService, FeatureView, Field, Float64, Int64,
+                          ParquetSource, String)
+
+user = Entity("user", join_keys=["user_id"])
+merchant = Entity("merchant", join_keys=["merchant_id"])
+user_stats = FeatureView(
+    name="user_stats",
+    entities=[user],
+    source=ParquetSource("data/users.parquet"),
+    ttl="2d",
+    schema=[Field("tx_count", Int64, default=0), Field("amount_mean", Float64, default=-1.0),
+            Field("country", String, default="??")],
+)
+merchant_stats = FeatureView(
+    name="merchant_stats",
+    entities=[merchant],
+    source=ParquetSource("data/merchants.parquet"),
+    schema=[Field("risk", Float64, default=0.5)],
+)
+scoring = FeatureService(name="scoring", features=[
+    "user_stats:tx_count", "user_stats:amount_mean", "merchant_stats:risk"])
+everything = FeatureService(name="everything", features=[user_stats, merchant_stats])
+"""
+
+
+def free_port() -> int:
+    """A free loopback TCP port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+MODEL_FEATURES = ["tx_count", "amount_mean", "risk"]
+N_USERS = 50
+N_MERCHANTS = 10
+
+
+def expected_user(uid: int) -> dict[str, Any]:
+    return {"tx_count": uid * 10, "amount_mean": uid * 1.5, "country": f"c{uid % 3}"}
+
+
+def _write_data(repo: Path) -> None:
+    now = datetime.now(timezone.utc) - timedelta(hours=1)
+    (repo / "data").mkdir(parents=True, exist_ok=True)
+    uids = list(range(1, N_USERS + 1))
+    pq.write_table(
+        pa.table(
+            {
+                "user_id": pa.array(uids, pa.int64()),
+                "event_timestamp": pa.array([now] * N_USERS, pa.timestamp("us", tz="UTC")),
+                "tx_count": pa.array([expected_user(u)["tx_count"] for u in uids], pa.int64()),
+                "amount_mean": pa.array(
+                    [expected_user(u)["amount_mean"] for u in uids], pa.float64()
+                ),
+                "country": pa.array([expected_user(u)["country"] for u in uids], pa.string()),
+            }
+        ),
+        repo / "data" / "users.parquet",
+    )
+    mids = list(range(1, N_MERCHANTS + 1))
+    pq.write_table(
+        pa.table(
+            {
+                "merchant_id": pa.array(mids, pa.int64()),
+                "event_timestamp": pa.array([now] * N_MERCHANTS, pa.timestamp("us", tz="UTC")),
+                "risk": pa.array([m / 10 for m in mids], pa.float64()),
+            }
+        ),
+        repo / "data" / "merchants.parquet",
+    )
+
+
+def train_model(
+    path: Path, *, seed: int, names: list[str] = MODEL_FEATURES, trees: int = 20
+) -> Path:
+    """A small LightGBM binary model over ``names``, saved to ``path``."""
+    import lightgbm as lgb
+
+    rng = np.random.default_rng(seed)
+    x = rng.random((500, len(names))) * [500, 75, 1][: len(names)] + 0
+    y = (x[:, -1] + rng.normal(0, 0.2, 500) > 0.5).astype(float)
+    booster = lgb.train(
+        {"objective": "binary", "verbose": -1, "num_threads": 1, "seed": seed},
+        lgb.Dataset(x, y, feature_name=names),
+        trees,
+    )
+    booster.save_model(str(path))
+    return path
+
+
+def make_repo(
+    root: Path, *, online: str = "embedded", redis_url: str = "", serving: str = ""
+) -> Path:
+    """Write config + definitions + data, apply, materialize, register model 'fraud' v1 and v2."""
+    from featurestore._cli_serve import model_registry, service_feature_names
+    from featurestore.store import FeatureStore
+
+    repo = root
+    repo.mkdir(parents=True, exist_ok=True)
+    if online == "embedded":
+        online_cfg = "online_store:\n  type: embedded\n  path: data/online\n  map_size: 256MB\n"
+    else:
+        online_cfg = (
+            f"online_store:\n  type: redis\n  url: {redis_url}\n"
+            "  connect_timeout: 0.2\n  socket_timeout: 0.2\n"
+        )
+    (repo / "featurestore.yaml").write_text(
+        "project: servetest\n"
+        + online_cfg
+        + "models:\n  poll_interval_s: 0.05\n"
+        + (textwrap.dedent(serving) if serving else "")
+    )
+    (repo / "definitions.py").write_text(DEFS)
+    _write_data(repo)
+    store = FeatureStore(repo)
+    store.apply()
+    store.materialize(datetime.now(timezone.utc) - timedelta(days=1), datetime.now(timezone.utc))
+    reg = model_registry(store)
+    names = service_feature_names(store, "scoring")
+    for seed in (1, 2):
+        art = train_model(root / f"model{seed}.txt", seed=seed, trees=10 * seed)
+        reg.register(
+            "fraud",
+            flavor="lightgbm",
+            artifact=art,
+            feature_service="scoring",
+            service_features=names,
+        )
+    reg.set_alias("fraud", 1, "production")
+    store.close()
+    return repo
+
+
+@pytest.fixture(scope="session")
+def served_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An embedded-store repo shared by the read-only tests (never mutate its aliases)."""
+    return make_repo(tmp_path_factory.mktemp("served") / "repo")
+
+
+@pytest.fixture
+def fresh_repo(tmp_path: Path) -> Path:
+    """A private embedded-store repo for tests that push, promote or break things."""
+    return make_repo(tmp_path / "repo")
+
+
+class ServerThread:
+    """uvicorn (+ the gRPC server in its lifespan) on free loopback ports, in a thread."""
+
+    def __init__(self, app: Any) -> None:
+        import uvicorn
+
+        self.port = free_port()
+        config = uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=self.port,
+            loop="asyncio",
+            log_level="warning",
+            lifespan="on",
+            access_log=False,
+        )
+        self.server = uvicorn.Server(config)
+        self.app = app
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        asyncio.run(self.server.serve())
+
+    def start(self) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.01)
+        engine = self.app.state.engine
+        while not engine._started and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.app.state.grpc_port}"
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=15)
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[..., ServerThread]]:
+    """``serve(repo)`` -> a started ServerThread (REST + gRPC); stopped after the test."""
+    from featurestore.online.serving.engine import Engine
+    from featurestore.online.serving.rest import create_app
+
+    started: list[ServerThread] = []
+
+    def start(repo: Path) -> ServerThread:
+        engine = Engine.from_repo(str(repo))
+        app = create_app(engine, grpc_port=0, own_engine=True)
+        s = ServerThread(app).start()
+        started.append(s)
+        return s
+
+    yield start
+    for s in started:
+        s.stop()
+
+
+@pytest.fixture(scope="session")
+def shared_server(served_repo: Path) -> Iterator[ServerThread]:
+    """One server over ``served_repo`` for all read-only endpoint tests."""
+    from featurestore.online.serving.engine import Engine
+    from featurestore.online.serving.rest import create_app
+
+    engine = Engine.from_repo(str(served_repo))
+    s = ServerThread(create_app(engine, grpc_port=0, own_engine=True)).start()
+    yield s
+    s.stop()

@@ -1,0 +1,83 @@
+"""The circuit breaker's state machine, with a fake clock."""
+
+from __future__ import annotations
+
+from featurestore.online.serving.breaker import BreakerState, CircuitBreaker
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_opens_after_threshold_then_half_open_probe_closes_it() -> None:
+    clock = Clock()
+    b = CircuitBreaker(failure_threshold=3, reset_s=1.0, clock=clock)
+    for _ in range(2):
+        assert b.allow()
+        b.failure()
+    assert b.state is BreakerState.CLOSED
+    b.failure()
+    assert b.state is BreakerState.OPEN and not b.allow()
+    clock.t = 1.0
+    assert b.state is BreakerState.HALF_OPEN
+    assert b.allow()  # the one probe
+    assert not b.allow()  # nobody else while it is out
+    b.success()
+    assert b.state is BreakerState.CLOSED and b.allow()
+
+
+def test_failed_probe_reopens_for_another_period() -> None:
+    clock = Clock()
+    b = CircuitBreaker(failure_threshold=1, reset_s=1.0, clock=clock)
+    b.failure()
+    clock.t = 1.5
+    assert b.allow()
+    b.failure()
+    assert b.state is BreakerState.OPEN and not b.allow()
+    clock.t = 2.4
+    assert not b.allow()
+    clock.t = 2.5
+    assert b.allow()
+    assert b.opens == 2
+
+
+def test_a_success_resets_the_failure_count() -> None:
+    b = CircuitBreaker(failure_threshold=2, reset_s=1.0, clock=Clock())
+    b.failure()
+    b.success()
+    b.failure()
+    assert b.state is BreakerState.CLOSED
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["allow", "ok", "fail", "tick"]), st.floats(0, 2)), max_size=60
+    )
+)
+def test_never_more_than_one_probe_while_half_open(ops) -> None:
+    clock = Clock()
+    b = CircuitBreaker(failure_threshold=2, reset_s=1.0, clock=clock)
+    probes = 0
+    for op, dt in ops:
+        if op == "tick":
+            clock.t += dt
+        elif op == "allow":
+            was = b._state
+            if b.allow() and was is not BreakerState.CLOSED:
+                probes += 1
+                assert probes == 1  # only one call gets through until it reports
+        elif op == "ok":
+            b.success()
+            probes = 0
+        else:
+            b.failure()
+            probes = 0
+        if b._state is BreakerState.OPEN and clock.t - b._opened_at < 1.0:
+            assert not b.allow()  # open and inside the reset period: nothing gets through

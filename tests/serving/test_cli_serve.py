@@ -1,0 +1,144 @@
+"""``featurestore models ...`` and ``featurestore serve`` (a real subprocess, REST + gRPC)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+from click.testing import CliRunner
+from featurestore.online.serving._proto import featurestore_pb2 as pb
+from featurestore.online.serving._proto import featurestore_pb2_grpc as pb_grpc
+
+from featurestore._cli_serve import register_commands
+from featurestore.cli import cli
+from tests.serving.conftest import free_port, train_model
+
+register_commands(cli)
+
+
+def run(repo: Path, *args: str):
+    return CliRunner().invoke(cli, ["-r", str(repo), *args], catch_exceptions=False)
+
+
+def test_models_register_list_promote(fresh_repo: Path, tmp_path: Path) -> None:
+    art = train_model(tmp_path / "new.txt", seed=5)
+    r = run(
+        fresh_repo,
+        "models",
+        "register",
+        "fraud",
+        "--flavor",
+        "lightgbm",
+        "--path",
+        str(art),
+        "--features",
+        "scoring",
+        "--description",
+        "retrained",
+    )
+    assert r.exit_code == 0, r.output
+    assert "registered fraud v3" in r.output
+    r = run(fresh_repo, "models", "promote", "fraud", "v3", "--alias", "production")
+    assert r.exit_code == 0 and "fraud@production -> v3" in r.output
+    r = run(fresh_repo, "models", "promote", "fraud", "2", "--alias", "canary", "--share", "0.1")
+    assert r.exit_code == 0 and "10%" in r.output
+    r = run(fresh_repo, "models", "list")
+    assert "fraud: canary=v2 (10%), production=v3" in r.output
+    assert "retrained" in r.output
+
+
+def test_models_register_mismatch_is_one_clear_line(fresh_repo: Path, tmp_path: Path) -> None:
+    art = train_model(tmp_path / "bad.txt", seed=5, names=["tx_count", "amount_mean", "zip"])
+    r = run(
+        fresh_repo,
+        "models",
+        "register",
+        "fraud",
+        "--flavor",
+        "lightgbm",
+        "--path",
+        str(art),
+        "--features",
+        "scoring",
+    )
+    assert r.exit_code == 1
+    assert "error: model 'fraud' takes 3 inputs" in r.output and "['zip']" in r.output
+    assert "Traceback" not in r.output
+    r = run(fresh_repo, "models", "promote", "fraud", "9")
+    assert r.exit_code == 1 and "no version 9" in r.output
+    r = run(
+        fresh_repo,
+        "models",
+        "register",
+        "x",
+        "--flavor",
+        "lightgbm",
+        "--path",
+        str(art),
+        "--features",
+        "nope",
+    )
+    assert r.exit_code == 1 and "no feature service 'nope'" in r.output
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_serve_starts_rest_and_grpc_from_the_config(fresh_repo: Path, workers: int) -> None:
+    rest, grpc_port = free_port(), free_port()
+    code = (
+        "from featurestore.cli import cli; from featurestore._cli_serve import register_commands;"
+        " register_commands(cli); cli()"
+    )
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            code,
+            "-r",
+            str(fresh_repo),
+            "serve",
+            "--port",
+            str(rest),
+            "--grpc-port",
+            str(grpc_port),
+            "--workers",
+            str(workers),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        ready = None
+        while time.monotonic() < deadline:
+            try:
+                ready = httpx.get(f"http://127.0.0.1:{rest}/health/ready", timeout=2)
+                if ready.status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        assert ready is not None and ready.status_code == 200, proc.stdout.read1().decode()  # type: ignore[union-attr]
+        body = {"model": "fraud", "entities": {"user_id": [1], "merchant_id": [1]}}
+        assert httpx.post(f"http://127.0.0.1:{rest}/predict", json=body).json()["version"] == 1
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as ch:
+            stub = pb_grpc.FeatureServingStub(ch)
+            for _ in range(50):
+                try:
+                    if stub.Ready(pb.HealthRequest(), timeout=2).ready:
+                        break
+                except grpc.RpcError:
+                    pass
+                time.sleep(0.2)
+            assert stub.Ready(pb.HealthRequest(), timeout=5).ready
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

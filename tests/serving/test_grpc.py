@@ -1,0 +1,203 @@
+"""The gRPC server over loopback: the same calls and error mapping as REST."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from featurestore.online.serving._proto import featurestore_pb2 as pb
+from featurestore.online.serving._proto import featurestore_pb2_grpc as pb_grpc
+from featurestore.online.serving.grpc_server import from_value, to_value
+
+from tests.serving.conftest import ServerThread, expected_user
+
+
+@pytest.fixture(scope="module")
+def stub(shared_server: ServerThread) -> Iterator[pb_grpc.FeatureServingStub]:
+    with grpc.insecure_channel(shared_server.grpc_target) as ch:
+        yield pb_grpc.FeatureServingStub(ch)
+
+
+def _col(values: list) -> pb.ValueList:
+    return pb.ValueList(values=[to_value(v) for v in values])
+
+
+def _by_name(columns) -> dict:
+    return {
+        c.name: ([from_value(v) for v in c.values], [pb.FieldStatus.Name(s) for s in c.statuses])
+        for c in columns
+    }
+
+
+def test_value_round_trip() -> None:
+    for v in (None, True, 0, -5, 2**62, 1.5, "x", b"\x00b", [1, 2], [1.5, 2.0]):
+        assert from_value(to_value(v)) == v
+
+
+def test_get_online_features(stub) -> None:
+    resp = stub.GetOnlineFeatures(
+        pb.GetOnlineFeaturesRequest(
+            feature_service="everything",
+            entities={"user_id": _col([4, 99_999]), "merchant_id": _col([1, 1])},
+        )
+    )
+    cols = _by_name(resp.columns)
+    assert resp.degraded is False
+    assert cols["tx_count"] == ([expected_user(4)["tx_count"], 0], ["PRESENT", "NOT_FOUND"])
+    assert cols["country"][0] == [expected_user(4)["country"], "??"]
+    assert cols["user_id"] == ([4, 99_999], [])
+
+
+def test_predict_and_return_features(stub) -> None:
+    resp = stub.Predict(
+        pb.PredictRequest(
+            model="fraud",
+            entities={"user_id": _col([1, 2]), "merchant_id": _col([3, 4])},
+            return_features=True,
+        )
+    )
+    assert resp.version == 1 and len(resp.scores) == 2
+    assert _by_name(resp.features)["risk"][0] == [0.3, 0.4]
+
+
+def test_predict_scores_equal_rest_scores(stub, shared_server: ServerThread) -> None:
+    import httpx
+
+    ents = {"user_id": [5, 6], "merchant_id": [7, 8]}
+    rest = httpx.post(f"{shared_server.url}/predict", json={"model": "fraud", "entities": ents})
+    g = stub.Predict(
+        pb.PredictRequest(model="fraud", entities={k: _col(v) for k, v in ents.items()})
+    )
+    assert list(g.scores) == rest.json()["scores"]
+
+
+def test_push(fresh_repo: Path, serve) -> None:
+    s = serve(fresh_repo)
+    with grpc.insecure_channel(s.grpc_target) as ch:
+        st = pb_grpc.FeatureServingStub(ch)
+        resp = st.Push(
+            pb.PushRequest(
+                feature_view="user_stats",
+                rows={
+                    "user_id": _col([3]),
+                    "tx_count": _col([42]),
+                    "amount_mean": _col([None]),
+                    "country": _col(["nl"]),
+                },
+            )
+        )
+        assert resp.rows_written == 1
+        got = _by_name(
+            st.GetOnlineFeatures(
+                pb.GetOnlineFeaturesRequest(
+                    features=[
+                        "user_stats:tx_count",
+                        "user_stats:amount_mean",
+                        "user_stats:country",
+                    ],
+                    entities={"user_id": _col([3])},
+                )
+            ).columns
+        )
+        assert got["tx_count"][0] == [42]
+        assert got["amount_mean"][0] == [None]
+        assert got["country"][0] == ["nl"]
+
+
+def test_health_and_listings(stub) -> None:
+    assert stub.Live(pb.HealthRequest()).live is True
+    ready = stub.Ready(pb.HealthRequest())
+    assert ready.ready is True and json.loads(ready.detail)["models"] == {"fraud": 1}
+    services = stub.ListFeatureServices(pb.ListFeatureServicesRequest()).feature_services
+    assert {s.name for s in services} == {"scoring", "everything"}
+    models = stub.ListModels(pb.ListModelsRequest()).models
+    assert models[0].name == "fraud" and list(models[0].versions) == [1, 2]
+    assert models[0].aliases["production"] == 1 and models[0].loaded_version == 1
+    assert models[0].feature_service == "scoring"
+
+
+@pytest.mark.parametrize(
+    ("call", "code", "needle"),
+    [
+        (
+            lambda s: s.GetOnlineFeatures(
+                pb.GetOnlineFeaturesRequest(feature_service="nope", entities={"user_id": _col([1])})
+            ),
+            grpc.StatusCode.NOT_FOUND,
+            "nope",
+        ),
+        (
+            lambda s: s.GetOnlineFeatures(
+                pb.GetOnlineFeaturesRequest(
+                    feature_service="everything", entities={"user_id": _col([1])}
+                )
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "merchant_id",
+        ),
+        (
+            lambda s: s.GetOnlineFeatures(
+                pb.GetOnlineFeaturesRequest(
+                    features=["user_stats:tx_count"], entities={"user_id": _col([1.5])}
+                )
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "entities.user_id",
+        ),
+        (
+            lambda s: s.GetOnlineFeatures(
+                pb.GetOnlineFeaturesRequest(
+                    features=["user_stats:tx_count"], entities={"user_id": _col(list(range(1001)))}
+                )
+            ),
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "limit",
+        ),
+        (
+            lambda s: s.Predict(pb.PredictRequest(model="ghost", entities={"user_id": _col([1])})),
+            grpc.StatusCode.NOT_FOUND,
+            "ghost",
+        ),
+        (
+            lambda s: s.Predict(pb.PredictRequest(entities={"user_id": _col([1])})),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "model",
+        ),
+        (
+            lambda s: s.Push(
+                pb.PushRequest(
+                    feature_view="user_stats",
+                    rows={
+                        "user_id": _col([1]),
+                        "tx_count": _col(["x"]),
+                        "amount_mean": _col([1.0]),
+                        "country": _col(["a"]),
+                    },
+                )
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "rows.tx_count",
+        ),
+    ],
+)
+def test_errors_map_to_status_codes(stub, call, code: grpc.StatusCode, needle: str) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        call(stub)
+    assert info.value.code() == code
+    assert needle in info.value.details()
+
+
+def test_malformed_protobuf_is_rejected(shared_server: ServerThread) -> None:
+    with grpc.insecure_channel(shared_server.grpc_target) as ch:
+        raw = ch.unary_unary(
+            "/featurestore.serving.v1.FeatureServing/Predict",
+            request_serializer=lambda b: b,
+            response_deserializer=lambda b: b,
+        )
+        with pytest.raises(grpc.RpcError) as info:
+            raw(b"\xff\xff\xff\xff garbage")
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "PredictRequest" in info.value.details()

@@ -1,0 +1,225 @@
+"""Under load: a model promotion drops no request; a dead or hung Redis costs at most the deadline
+(answers degraded, with defaults) and the server recovers by itself when Redis is back."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.serving.conftest import free_port, make_repo
+
+DEADLINE_MS = 50
+# loopback HTTP + a loaded 2-core CI box: the slack allowed on top of the engine's deadline
+SLACK_S = 0.25
+
+
+class Redis:
+    """A redis-server we can kill, pause and restart on the same port."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        assert binary, "redis-server is not installed; apt-get install -y redis-server"
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        import redis
+
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                if redis.Redis(port=self.port, socket_timeout=1).ping():
+                    return
+            except redis.RedisError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+
+    def pause(self) -> None:
+        os.kill(self.proc.pid, signal.SIGSTOP)  # type: ignore[union-attr]
+
+    def resume(self) -> None:
+        os.kill(self.proc.pid, signal.SIGCONT)  # type: ignore[union-attr]
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.resume()
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def redis_proc(tmp_path: Path):
+    r = Redis(tmp_path / "redis")
+    r.start()
+    yield r
+    r.stop()
+
+
+class Load:
+    """A client thread sending requests back to back, recording every outcome."""
+
+    def __init__(self, url: str, body: dict[str, Any], path: str = "/predict") -> None:
+        self.url, self.body, self.path = url, body, path
+        self.results: list[tuple[float, float, int, dict[str, Any]]] = []
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=10) as c:
+            while not self._stop.is_set():
+                t = time.perf_counter()
+                try:
+                    r = c.post(self.path, json=self.body)
+                    self.results.append(
+                        (time.monotonic(), time.perf_counter() - t, r.status_code, r.json())
+                    )
+                except Exception as exc:  # a dropped connection would show here
+                    self.errors.append(repr(exc))
+
+    def __enter__(self) -> Load:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self.thread.join(timeout=20)
+
+    def since(self, t: float) -> list[tuple[float, float, int, dict[str, Any]]]:
+        return [r for r in self.results if r[0] >= t]
+
+    def wait_for(self, pred, timeout: float = 10.0) -> bool:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.results and pred(self.results[-1]):
+                return True
+            time.sleep(0.01)
+        return False
+
+
+BODY = {"model": "fraud", "entities": {"user_id": [1, 2], "merchant_id": [1, 2]}}
+SERVING = f"""
+serving:
+  deadline_ms: {DEADLINE_MS}
+  breaker:
+    failure_threshold: 3
+    reset_ms: 200
+"""
+
+
+def test_promotion_under_load_drops_no_request(fresh_repo: Path, serve) -> None:
+    from featurestore._cli_serve import model_registry
+    from featurestore.store import FeatureStore
+
+    s = serve(fresh_repo)
+    with Load(s.url, BODY) as load:
+        assert load.wait_for(lambda r: r[3].get("version") == 1)
+        time.sleep(0.3)
+        model_registry(FeatureStore(fresh_repo)).set_alias("fraud", 2, "production")
+        assert load.wait_for(lambda r: r[3].get("version") == 2), "the promotion never landed"
+        time.sleep(0.3)
+    assert not load.errors
+    statuses = {r[2] for r in load.results}
+    assert statuses == {200}
+    versions = [r[3]["version"] for r in load.results]
+    assert set(versions) == {1, 2}
+    first2 = versions.index(2)
+    assert all(v == 2 for v in versions[first2:])  # one atomic switch, no flapping
+    assert not any(r[3]["degraded"] for r in load.results)
+    assert len(versions) > 20
+
+
+def test_killed_redis_answers_degraded_within_deadline_and_recovers(
+    tmp_path: Path, serve, redis_proc: Redis
+) -> None:
+    repo = make_repo(tmp_path / "repo", online="redis", redis_url=redis_proc.url, serving=SERVING)
+    s = serve(repo)
+    with Load(s.url, BODY) as load:
+        assert load.wait_for(lambda r: r[2] == 200 and not r[3]["degraded"])
+        time.sleep(0.2)
+        t_kill = time.monotonic()
+        redis_proc.kill()
+        assert load.wait_for(lambda r: r[3].get("degraded") is True), "never degraded"
+        time.sleep(1.0)
+        t_restart = time.monotonic()
+        redis_proc.start()  # same port, empty: recovery means answers stop being degraded
+        assert load.wait_for(lambda r: r[3].get("degraded") is False, timeout=10), (
+            "did not recover after redis came back"
+        )
+        t_back = time.monotonic()
+        time.sleep(0.3)
+    assert not load.errors
+    assert {r[2] for r in load.results} == {200}
+    outage = [r for r in load.results if t_kill <= r[0] <= t_restart]
+    assert outage and all(r[3]["degraded"] for r in outage[3:])
+    slowest = max(r[1] for r in outage)
+    assert slowest < DEADLINE_MS / 1000 + SLACK_S, f"slowest answer in the outage {slowest:.3f}s"
+    assert t_back - t_restart < 5
+    degraded = next(r for r in outage if r[3]["degraded"])
+    assert degraded[3]["scores"] and len(degraded[3]["scores"]) == 2  # scored on defaults
+    after = load.since(t_back + 0.05)
+    assert after and not any(r[3]["degraded"] for r in after)
+
+
+def test_hung_redis_costs_at_most_the_deadline(tmp_path: Path, serve, redis_proc: Redis) -> None:
+    repo = make_repo(tmp_path / "repo", online="redis", redis_url=redis_proc.url, serving=SERVING)
+    s = serve(repo)
+    body = {"feature_service": "everything", "entities": {"user_id": [3], "merchant_id": [3]}}
+    with Load(s.url, body, path="/get-online-features") as load:
+        assert load.wait_for(lambda r: r[2] == 200 and not r[3]["degraded"])
+        t_pause = time.monotonic()
+        redis_proc.pause()  # accepts connections, never answers: the slow-store case
+        assert load.wait_for(lambda r: r[3].get("degraded") is True)
+        time.sleep(1.0)
+        t_resume = time.monotonic()
+        redis_proc.resume()
+        assert load.wait_for(lambda r: r[3].get("degraded") is False, timeout=10)
+        t_back = time.monotonic()
+        time.sleep(0.2)
+    assert not load.errors and {r[2] for r in load.results} == {200}
+    hung = [r for r in load.results if t_pause <= r[0] <= t_resume]
+    assert max(r[1] for r in hung) < DEADLINE_MS / 1000 + SLACK_S
+    d = next(r[3] for r in hung if r[3]["degraded"])
+    cols = dict(zip(d["feature_names"], d["results"], strict=True))
+    assert cols["tx_count"] == {"values": [0], "statuses": ["UNAVAILABLE"]}  # the default
+    assert cols["country"]["values"] == ["??"]
+    after = load.since(t_back + 0.05)
+    assert after and all(r[3]["results"][2]["values"] == [30] for r in after)  # real value again

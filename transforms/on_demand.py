@@ -1,0 +1,141 @@
+"""On-demand features: a compiled row transform of request fields and fetched features.
+
+Offline it runs vectorized over the training set (request fields come from spine columns),
+online it runs once per request; both call kernels compiled from the same function and
+signature (see ``row``). Inputs map positionally onto the function's parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from featurestore.transforms.row import RowTransform
+
+from featurestore.errors import DefinitionError
+from featurestore.field import Field
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from featurestore.types import DType
+
+_KIND = {"float64": "f", "float32": "f", "int64": "i", "int32": "i", "bool": "b", "boolean": "b"}
+
+
+@dataclass(frozen=True)
+class RequestSource:
+    """Fields a request carries (e.g. the transaction amount); offline they are spine columns."""
+
+    name: str
+    schema: tuple[Field, ...]
+
+    def __init__(self, name: str, schema: Sequence[Field]) -> None:
+        if not name or not isinstance(name, str):
+            raise DefinitionError(f"request source name {name!r} must be a non-empty string")
+        fields = tuple(schema or ())
+        if not fields or not all(isinstance(f, Field) for f in fields):
+            raise DefinitionError(f"request source '{name}' needs schema=[Field(...), ...]")
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "schema", fields)
+
+    def field(self, name: str) -> Field | None:
+        return next((f for f in self.schema if f.name == name), None)
+
+
+class OnDemandFeature:
+    """``output`` computed from ``inputs`` (request field names or ``view:feature`` refs)."""
+
+    def __init__(
+        self,
+        func: Callable[..., Any] | RowTransform,
+        *,
+        inputs: Sequence[str],
+        output: Field,
+        sources: Sequence[RequestSource] = (),
+    ) -> None:
+        self.transform = func if isinstance(func, RowTransform) else RowTransform(func)
+        self.name = output.name if isinstance(output, Field) else ""
+        t = self.transform
+        if not isinstance(output, Field):
+            raise DefinitionError(
+                f"on-demand feature '{t.name}' ({t.where}): output must be a Field, got {output!r}"
+            )
+        self.output = output
+        self.inputs = tuple(inputs)
+        self.sources = tuple(sources)
+        if len(self.inputs) != len(t.params):
+            raise DefinitionError(
+                f"on-demand feature '{self.name}' ({t.where}): {len(self.inputs)} inputs "
+                f"{list(self.inputs)} but the function takes {len(t.params)} {list(t.params)}"
+            )
+
+    @property
+    def request_fields(self) -> tuple[str, ...]:
+        """Inputs that come from a request source (the rest are fetched features)."""
+        return tuple(i for i in self.inputs if self._request_field(i) is not None)
+
+    def _request_field(self, name: str) -> Field | None:
+        for s in self.sources:
+            f = s.field(name)
+            if f is not None:
+                return f
+        return None
+
+    def compile(self, feature_types: Mapping[str, DType] | None = None) -> OnDemandFeature:
+        """Check input/output types against the function's annotations, then compile it."""
+        t = self.transform
+        if t._error is not None:
+            raise t._error
+        for inp, param, ptype in zip(self.inputs, t.params, t.param_types, strict=True):
+            f = self._request_field(inp)
+            dtype = f.dtype if f is not None else (feature_types or {}).get(inp)
+            if dtype is not None and not _fits(dtype.name, ptype):
+                raise DefinitionError(
+                    f"on-demand feature '{self.name}': transform '{t.name}' ({t.where}) takes "
+                    f"'{param}' as {ptype} but input '{inp}' is {dtype.name}; change the "
+                    "annotation or the input's type"
+                )
+        if _KIND.get(self.output.dtype.name) != _KIND[t.return_type] and not (
+            _KIND.get(self.output.dtype.name) == "f" and _KIND[t.return_type] == "i"
+        ):
+            raise DefinitionError(
+                f"on-demand feature '{self.name}': transform '{t.name}' ({t.where}) returns "
+                f"{t.return_type} but the output field is {self.output.dtype.name}; make them match"
+            )
+        t.compile()
+        return self
+
+    def compute_row(self, values: Mapping[str, Any]) -> Any:
+        """One request: the njit kernel over ``values[input]``; None when an input is null."""
+        return self.transform(*(values.get(i) for i in self.inputs))
+
+    def compute_columns(self, columns: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        """A whole training set: columns by input name -> (values, valid)."""
+        missing = [i for i in self.inputs if i not in columns]
+        if missing:
+            raise DefinitionError(
+                f"on-demand feature '{self.name}' needs columns {missing}; have {sorted(columns)}"
+            )
+        by_param = {p: columns[i] for p, i in zip(self.transform.params, self.inputs, strict=True)}
+        return self.transform.apply_columns(by_param)
+
+
+def _fits(input_type: str, param_type: str) -> bool:
+    ki, kp = _KIND.get(input_type), _KIND[param_type]
+    if ki is None:
+        return False
+    return ki == kp or (kp == "f" and ki in "ib")
+
+
+def on_demand_feature(
+    *, inputs: Sequence[str], output: Field, sources: Sequence[RequestSource] = ()
+) -> Callable[[Callable[..., Any]], OnDemandFeature]:
+    """Decorator: ``@on_demand_feature(inputs=["amount", "user:amount_mean_7d"], output=...)``."""
+
+    def wrap(func: Callable[..., Any]) -> OnDemandFeature:
+        return OnDemandFeature(func, inputs=inputs, output=output, sources=sources)
+
+    return wrap
