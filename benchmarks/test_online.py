@@ -22,7 +22,7 @@ from benchmarks.conftest import PROJECT, VIEWS, BenchRepo, RedisServer, feature_
 from benchmarks.loadgen import LoadResult, interleaved
 
 CALLS = {1: 4000, 100: 2000}  # lookups per target, per workload (entities per request)
-BLOCKS = 8
+BLOCK = 50  # calls per target before switching: fine-grained, so drift hits all alike
 PEDANTIC_ROUNDS = 300  # extra rounds of ours for pytest-benchmark's own table
 FACTOR, SLACK_US = 1.5, 50.0  # target: ours p99 <= FACTOR * floor p99 + SLACK_US
 
@@ -118,7 +118,7 @@ def _run(
     res = interleaved(
         {"floor": floor, "ours": ours, "ours_no_to_dict": raw},
         n=CALLS[size],
-        blocks=BLOCKS,
+        blocks=CALLS[size] // BLOCK,
         max_seconds=120,
     )
     for r in res.values():

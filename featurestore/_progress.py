@@ -17,13 +17,22 @@ class _Null:
 
 
 @contextmanager
-def progress_bar(total: int | None, desc: str, *, enabled: bool = True, unit: str = "rows") -> Iterator[Any]:
+def progress_bar(
+    total: int | None, desc: str, *, enabled: bool = True, unit: str = "rows"
+) -> Iterator[Any]:
     """A tqdm bar on stderr when enabled, else an object with the same ``update``."""
     if not enabled:
         yield _Null()
         return
     from tqdm import tqdm
 
-    with tqdm(total=total, desc=desc, unit=unit, unit_scale=True, file=sys.stderr,
-              dynamic_ncols=True, leave=True) as bar:
+    with tqdm(
+        total=total,
+        desc=desc,
+        unit=unit,
+        unit_scale=True,
+        file=sys.stderr,
+        dynamic_ncols=True,
+        leave=True,
+    ) as bar:
         yield bar

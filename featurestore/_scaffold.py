@@ -21,11 +21,11 @@ online_store:
 
 _ONLINE = {
     "embedded": "  type: embedded           # LMDB file, no server; safe for several reader processes\n"
-                "  path: data/online_store",
+    "  path: data/online_store",
     "redis": "  type: redis\n  url: ${{REDIS_URL:-redis://localhost:6379/0}}\n"
-             "  connect_timeout: 1.0\n  socket_timeout: 1.0",
+    "  connect_timeout: 1.0\n  socket_timeout: 1.0",
     "redis_cluster": "  type: redis_cluster\n  url: ${{REDIS_URL:-redis://localhost:7000/0}}\n"
-                     "  connect_timeout: 1.0\n  socket_timeout: 1.0",
+    "  connect_timeout: 1.0\n  socket_timeout: 1.0",
 }
 
 
@@ -36,8 +36,9 @@ def write_config(path: Path, project: str, online_store: str = "embedded") -> No
     (path / "featurestore.yaml").write_text(text)
 
 
-def scaffold(path: Path, *, online_store: str = "embedded", n_transactions: int = 50_000,
-             seed: int = 7) -> Path:
+def scaffold(
+    path: Path, *, online_store: str = "embedded", n_transactions: int = 50_000, seed: int = 7
+) -> Path:
     """Create the repo folder with config, definitions and a small generated dataset."""
     from featurestore.quickstart import generate_data
 

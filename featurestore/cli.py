@@ -38,8 +38,14 @@ def _fail(ctx: click.Context, exc: BaseException, prefix: str = "") -> None:
 
 
 @click.group(cls=_Group)
-@click.option("--repo", "-r", default=".", show_default=True, help="Feature repo folder.",
-              type=click.Path(file_okay=False))
+@click.option(
+    "--repo",
+    "-r",
+    default=".",
+    show_default=True,
+    help="Feature repo folder.",
+    type=click.Path(file_okay=False),
+)
 @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
 @click.version_option(package_name="featurestore")
 @click.pass_context
@@ -56,8 +62,12 @@ def _store(ctx: click.Context) -> Any:
 
 @cli.command()
 @click.argument("name")
-@click.option("--online-store", type=click.Choice(["embedded", "redis", "redis_cluster"]),
-              default="embedded", show_default=True)
+@click.option(
+    "--online-store",
+    type=click.Choice(["embedded", "redis", "redis_cluster"]),
+    default="embedded",
+    show_default=True,
+)
 def init(name: str, online_store: str) -> None:
     """Create a new feature repo NAME with a config, definitions and a sample dataset."""
     from featurestore._scaffold import scaffold
@@ -141,39 +151,68 @@ def _report_materialize(res: Any, seconds: float) -> None:
 
 
 @cli.command("training-set")
-@click.option("--spine", required=True, type=click.Path(exists=True), help="Parquet file of entity rows.")
+@click.option(
+    "--spine", required=True, type=click.Path(exists=True), help="Parquet file of entity rows."
+)
 @click.option("--features", help="Comma-separated view:feature references.")
 @click.option("--feature-service", help="A feature service name instead of --features.")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Parquet file to write.")
+@click.option(
+    "--out", required=True, type=click.Path(dir_okay=False), help="Parquet file to write."
+)
 @click.option("--timestamp-column", default="event_timestamp", show_default=True)
 @click.option("--full-feature-names", is_flag=True, help="Name columns view__feature.")
 @click.option("--as-known", is_flag=True, help="Only rows created at or before each spine time.")
 @click.pass_context
-def training_set(ctx: click.Context, spine: str, features: str | None, feature_service: str | None,
-                 out: str, timestamp_column: str, full_feature_names: bool, as_known: bool) -> None:
+def training_set(
+    ctx: click.Context,
+    spine: str,
+    features: str | None,
+    feature_service: str | None,
+    out: str,
+    timestamp_column: str,
+    full_feature_names: bool,
+    as_known: bool,
+) -> None:
     """Build a point-in-time correct training set from a spine and write it to Parquet."""
     if bool(features) == bool(feature_service):
         raise click.UsageError("give exactly one of --features or --feature-service")
     store = _store(ctx)
     t0 = time.perf_counter()
     df = store.get_historical_features(
-        spine, _split(features) or feature_service, full_feature_names=full_feature_names,
-        as_known=as_known, timestamp_column=timestamp_column, progress=True)
+        spine,
+        _split(features) or feature_service,
+        full_feature_names=full_feature_names,
+        as_known=as_known,
+        timestamp_column=timestamp_column,
+        progress=True,
+    )
     df.write_parquet(out)
     dt = time.perf_counter() - t0
-    click.echo(f"wrote {df.height:,} rows x {df.width} columns to {out} in {dt:.2f} s "
-               f"({df.height / dt:,.0f} rows/s)")
+    click.echo(
+        f"wrote {df.height:,} rows x {df.width} columns to {out} in {dt:.2f} s "
+        f"({df.height / dt:,.0f} rows/s)"
+    )
 
 
 @cli.command()
 @click.option("--features", help="Comma-separated view:feature references.")
 @click.option("--feature-service", help="A feature service name instead of --features.")
-@click.option("--entity", "entities", multiple=True, required=True,
-              help="key=value (repeat for more keys or, as key=v1,v2, for more entities).")
+@click.option(
+    "--entity",
+    "entities",
+    multiple=True,
+    required=True,
+    help="key=value (repeat for more keys or, as key=v1,v2, for more entities).",
+)
 @click.option("--full-feature-names", is_flag=True)
 @click.pass_context
-def get(ctx: click.Context, features: str | None, feature_service: str | None,
-        entities: tuple[str, ...], full_feature_names: bool) -> None:
+def get(
+    ctx: click.Context,
+    features: str | None,
+    feature_service: str | None,
+    entities: tuple[str, ...],
+    full_feature_names: bool,
+) -> None:
     """Print an online lookup as JSON, with per-value status and event timestamps."""
     import orjson
 
@@ -187,15 +226,23 @@ def get(ctx: click.Context, features: str | None, feature_service: str | None,
         columns[key] = [_scalar(v) for v in raw.split(",")]
     store = _store(ctx)
     t0 = time.perf_counter()
-    resp = store.get_online_features(_split(features) or feature_service, columns,
-                                     full_feature_names=full_feature_names,
-                                     include_event_timestamps=True)
+    resp = store.get_online_features(
+        _split(features) or feature_service,
+        columns,
+        full_feature_names=full_feature_names,
+        include_event_timestamps=True,
+    )
     ms = (time.perf_counter() - t0) * 1e3
-    out = {"features": resp.to_dict(),
-           "status": {k: [s.name for s in v] for k, v in resp.statuses.items()},
-           "latency_ms": round(ms, 3)}
-    click.echo(orjson.dumps(out, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY,
-                            default=str).decode())
+    out = {
+        "features": resp.to_dict(),
+        "status": {k: [s.name for s in v] for k, v in resp.statuses.items()},
+        "latency_ms": round(ms, 3),
+    }
+    click.echo(
+        orjson.dumps(
+            out, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY, default=str
+        ).decode()
+    )
 
 
 def _scalar(v: str) -> Any:
@@ -210,9 +257,16 @@ def _split(value: str | None) -> list[str] | None:
 
 
 @cli.command()
-@click.option("--dir", "directory", default="fraud_repo", show_default=True,
-              help="Where to create the demo repo.")
-@click.option("--transactions", default=1_000_000, show_default=True, help="Transactions to generate.")
+@click.option(
+    "--dir",
+    "directory",
+    default="fraud_repo",
+    show_default=True,
+    help="Where to create the demo repo.",
+)
+@click.option(
+    "--transactions", default=1_000_000, show_default=True, help="Transactions to generate."
+)
 @click.option("--seed", default=7, show_default=True)
 def quickstart(directory: str, transactions: int, seed: int) -> None:
     """Generate a fraud-style repo, apply, build a training set, materialize and look up online."""

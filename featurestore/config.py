@@ -84,7 +84,9 @@ def config_from_dict(raw: dict[str, Any], repo: Path) -> RepoConfig:
     raw = dict(raw)
     project = raw.pop("project", None)
     if not project or not isinstance(project, str) or not re.fullmatch(r"[A-Za-z0-9_\-]+", project):
-        raise ConfigError(f"{CONFIG_FILE}: 'project' must be a name of letters, digits, _ or -; got {project!r}")
+        raise ConfigError(
+            f"{CONFIG_FILE}: 'project' must be a name of letters, digits, _ or -; got {project!r}"
+        )
     offline = _section(OfflineStoreConfig, raw.pop("offline_store", None), "offline_store")
     online = _section(OnlineStoreConfig, raw.pop("online_store", None), "online_store")
     if online.type not in ("embedded", "redis", "redis_cluster"):
@@ -99,8 +101,15 @@ def config_from_dict(raw: dict[str, Any], repo: Path) -> RepoConfig:
     unknown = set(raw) - known
     if unknown:
         raise ConfigError(f"{CONFIG_FILE}: unknown key(s) {sorted(unknown)}")
-    return RepoConfig(project=project, repo_path=repo, registry=registry, offline_store=offline,
-                      online_store=online, definitions=tuple(defs), extra=raw)
+    return RepoConfig(
+        project=project,
+        repo_path=repo,
+        registry=registry,
+        offline_store=offline,
+        online_store=online,
+        definitions=tuple(defs),
+        extra=raw,
+    )
 
 
 def _section(cls: type, raw: Any, name: str) -> Any:
@@ -113,8 +122,9 @@ def _section(cls: type, raw: Any, name: str) -> Any:
     allowed = {f.name: f for f in fields(cls)}
     unknown = set(raw) - set(allowed)
     if unknown:
-        raise ConfigError(f"{CONFIG_FILE}: unknown key(s) {sorted(unknown)} in '{name}'; "
-                          f"known: {sorted(allowed)}")
+        raise ConfigError(
+            f"{CONFIG_FILE}: unknown key(s) {sorted(unknown)} in '{name}'; known: {sorted(allowed)}"
+        )
     try:
         return cls(**raw)
     except TypeError as exc:

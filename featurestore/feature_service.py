@@ -46,15 +46,30 @@ class FeatureService:
         if len(set(refs)) != len(refs):
             dup = sorted({r for r in refs if refs.count(r) > 1})
             raise DefinitionError(f"feature service '{name}' lists {dup} more than once")
-        for attr, val in (("name", name), ("features", tuple(refs)), ("description", description),
-                          ("owner", owner), ("tags", dict(tags or {}))):
+        for attr, val in (
+            ("name", name),
+            ("features", tuple(refs)),
+            ("description", description),
+            ("owner", owner),
+            ("tags", dict(tags or {})),
+        ):
             object.__setattr__(self, attr, val)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "features": list(self.features), "description": self.description,
-                "owner": self.owner, "tags": self.tags}
+        return {
+            "name": self.name,
+            "features": list(self.features),
+            "description": self.description,
+            "owner": self.owner,
+            "tags": self.tags,
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FeatureService:
-        return cls(name=d["name"], features=d["features"], description=d.get("description", ""),
-                   owner=d.get("owner", ""), tags=d.get("tags") or {})
+        return cls(
+            name=d["name"],
+            features=d["features"],
+            description=d.get("description", ""),
+            owner=d.get("owner", ""),
+            tags=d.get("tags") or {},
+        )

@@ -46,19 +46,25 @@ class FeatureView:
         tags: dict[str, str] | None = None,
     ) -> None:
         if not name or not isinstance(name, str) or ":" in name:
-            raise DefinitionError(f"feature view name {name!r} must be a non-empty string without ':'")
+            raise DefinitionError(
+                f"feature view name {name!r} must be a non-empty string without ':'"
+            )
         ents = tuple(entities or ())
         if not ents:
             raise DefinitionError(f"feature view '{name}' has no entities; add entities=[...]")
         for e in ents:
             if not isinstance(e, Entity):
-                raise DefinitionError(f"feature view '{name}': entities must be Entity objects, got {e!r}")
+                raise DefinitionError(
+                    f"feature view '{name}': entities must be Entity objects, got {e!r}"
+                )
         try:
             ttl_td = parse_duration(ttl)
         except ValueError as exc:
             raise DefinitionError(f"feature view '{name}': {exc}") from None
         if ttl_td is not None and ttl_td <= timedelta(0):
-            raise DefinitionError(f"feature view '{name}' has ttl {ttl!r}; a ttl must be positive or None")
+            raise DefinitionError(
+                f"feature view '{name}' has ttl {ttl!r}; a ttl must be positive or None"
+            )
         keys = {k for e in ents for k in e.join_keys}
         reserved = keys | {source.timestamp_field, source.created_timestamp_field}
         feats = tuple(f for f in schema if f.name not in reserved)
@@ -67,13 +73,23 @@ class FeatureView:
         seen: set[str] = set()
         for f in feats:
             if not isinstance(f, Field):
-                raise DefinitionError(f"feature view '{name}': schema entries must be Field objects, got {f!r}")
+                raise DefinitionError(
+                    f"feature view '{name}': schema entries must be Field objects, got {f!r}"
+                )
             if f.name in seen:
                 raise DefinitionError(f"feature view '{name}' lists feature '{f.name}' twice")
             seen.add(f.name)
-        for attr, val in (("name", name), ("entities", ents), ("source", source), ("schema", feats),
-                          ("ttl", ttl_td), ("online", online), ("description", description),
-                          ("owner", owner), ("tags", dict(tags or {}))):
+        for attr, val in (
+            ("name", name),
+            ("entities", ents),
+            ("source", source),
+            ("schema", feats),
+            ("ttl", ttl_td),
+            ("online", online),
+            ("description", description),
+            ("owner", owner),
+            ("tags", dict(tags or {})),
+        ):
             object.__setattr__(self, attr, val)
 
     @property

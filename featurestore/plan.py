@@ -50,8 +50,11 @@ class Plan:
         chg = sum(c.action == "change" for c in self.changes)
         rem = sum(c.action == "remove" for c in self.changes)
         lines = [str(c) for c in self.changes]
-        lines.append(f"Plan: {adds} to add, {chg} to change, {rem} to remove"
-                     + (f", {len(self.breaking)} breaking" if self.breaking else "") + ".")
+        lines.append(
+            f"Plan: {adds} to add, {chg} to change, {rem} to remove"
+            + (f", {len(self.breaking)} breaking" if self.breaking else "")
+            + "."
+        )
         return "\n".join(lines)
 
 
@@ -60,7 +63,9 @@ def make_plan(current: RegistryState, defs: RepoDefinitions) -> Plan:
     plan = Plan()
     _diff(plan, "entity", current.entities, defs.entities, _entity_details)
     _diff(plan, "feature view", current.feature_views, defs.feature_views, _view_details)
-    _diff(plan, "feature service", current.feature_services, defs.feature_services, _service_details)
+    _diff(
+        plan, "feature service", current.feature_services, defs.feature_services, _service_details
+    )
     return plan
 
 
@@ -99,7 +104,9 @@ def _view_details(old, new) -> tuple[list[str], bool]:  # type: ignore[no-untype
         breaking = True
     for n in sorted(old_f.keys() & new_f.keys()):
         if old_f[n].dtype != new_f[n].dtype:
-            lines.append(f"~ feature {n}: {old_f[n].dtype.name} -> {new_f[n].dtype.name} (breaking)")
+            lines.append(
+                f"~ feature {n}: {old_f[n].dtype.name} -> {new_f[n].dtype.name} (breaking)"
+            )
             breaking = True
         elif old_f[n].to_dict() != new_f[n].to_dict():
             lines.append(f"~ feature {n}: {_field_diffs(old_f[n].to_dict(), new_f[n].to_dict())}")
@@ -111,10 +118,15 @@ def _view_details(old, new) -> tuple[list[str], bool]:  # type: ignore[no-untype
         if od[k] != nd[k]:
             lines.append(f"~ {k}: {od[k]!r} -> {nd[k]!r}")
     if old.schema_version != new.schema_version:
-        lines.append("online rows of the old schema are not served until the view is materialized again")
+        lines.append(
+            "online rows of the old schema are not served until the view is materialized again"
+        )
     return lines, breaking
 
 
 def _field_diffs(old: dict, new: dict) -> list[str]:
-    return [f"~ {k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
-            if old.get(k) != new.get(k)]
+    return [
+        f"~ {k}: {old.get(k)!r} -> {new.get(k)!r}"
+        for k in sorted(set(old) | set(new))
+        if old.get(k) != new.get(k)
+    ]

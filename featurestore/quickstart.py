@@ -11,7 +11,9 @@ from typing import Any
 DAYS = 30
 
 
-def generate_data(folder: Path, *, n_transactions: int, seed: int = 7, end: datetime | None = None) -> dict[str, int]:
+def generate_data(
+    folder: Path, *, n_transactions: int, seed: int = 7, end: datetime | None = None
+) -> dict[str, int]:
     """Write transactions and daily user/merchant feature snapshots as Parquet under ``folder``.
 
     The 30 days of data end at ``end`` (default: today 00:00 UTC), so a fresh repo serves
@@ -35,34 +37,47 @@ def generate_data(folder: Path, *, n_transactions: int, seed: int = 7, end: date
     m_pop = rng.pareto(1.2, n_merchants) + 0.1
     m_risk = rng.choice([0, 1, 2], n_merchants, p=[0.8, 0.15, 0.05])
     user_id = rng.choice(n_users, n_transactions, p=activity / activity.sum()).astype(np.int64) + 1
-    merchant_id = rng.choice(n_merchants, n_transactions, p=m_pop / m_pop.sum()).astype(np.int64) + 1
+    merchant_id = (
+        rng.choice(n_merchants, n_transactions, p=m_pop / m_pop.sum()).astype(np.int64) + 1
+    )
     ts = np.sort(start_us + rng.integers(0, DAYS * 86_400_000_000, n_transactions)).astype(np.int64)
     amount = np.round(spend[user_id - 1] * rng.lognormal(0.0, 0.6, n_transactions), 2)
     hour = (ts // 3_600_000_000) % 24
     night = hour < 6
     risk = m_risk[merchant_id - 1]
-    logit = (-6.0 + 1.3 * risk + 1.1 * night + 0.9 * np.log1p(amount / spend[user_id - 1])
-             + rng.normal(0, 0.5, n_transactions))
+    logit = (
+        -6.0
+        + 1.3 * risk
+        + 1.1 * night
+        + 0.9 * np.log1p(amount / spend[user_id - 1])
+        + rng.normal(0, 0.5, n_transactions)
+    )
     is_fraud = rng.random(n_transactions) < 1 / (1 + np.exp(-logit))
-    tx = pa.table({
-        "transaction_id": np.arange(1, n_transactions + 1, dtype=np.int64),
-        "user_id": user_id,
-        "merchant_id": merchant_id,
-        "amount": amount,
-        "event_timestamp": pa.array(ts, pa.timestamp("us", tz="UTC")),
-        "is_fraud": is_fraud.astype(np.int8),
-    })
+    tx = pa.table(
+        {
+            "transaction_id": np.arange(1, n_transactions + 1, dtype=np.int64),
+            "user_id": user_id,
+            "merchant_id": merchant_id,
+            "amount": amount,
+            "event_timestamp": pa.array(ts, pa.timestamp("us", tz="UTC")),
+            "is_fraud": is_fraud.astype(np.int8),
+        }
+    )
     pq.write_table(tx, folder / "transactions.parquet")
-    users = pa.table({
-        "user_id": np.arange(1, n_users + 1, dtype=np.int64),
-        "credit_limit": np.round(spend * 40, -1),
-        "signup_days_ago": rng.integers(DAYS, 3 * 365, n_users),
-    })
-    merchants = pa.table({
-        "merchant_id": np.arange(1, n_merchants + 1, dtype=np.int64),
-        "category": rng.integers(1, 20, n_merchants),
-        "risk_tier": m_risk.astype(np.int64),
-    })
+    users = pa.table(
+        {
+            "user_id": np.arange(1, n_users + 1, dtype=np.int64),
+            "credit_limit": np.round(spend * 40, -1),
+            "signup_days_ago": rng.integers(DAYS, 3 * 365, n_users),
+        }
+    )
+    merchants = pa.table(
+        {
+            "merchant_id": np.arange(1, n_merchants + 1, dtype=np.int64),
+            "category": rng.integers(1, 20, n_merchants),
+            "risk_tier": m_risk.astype(np.int64),
+        }
+    )
     con = duckdb.connect()
     con.execute("SET TimeZone='UTC'")
     con.register("tx", tx)
@@ -149,8 +164,13 @@ FROM w ORDER BY event_timestamp, merchant_id
 """
 
 
-def run_quickstart(directory: Path, *, n_transactions: int = 1_000_000, seed: int = 7,
-                   echo: Callable[[str], Any] = print) -> dict[str, Any]:
+def run_quickstart(
+    directory: Path,
+    *,
+    n_transactions: int = 1_000_000,
+    seed: int = 7,
+    echo: Callable[[str], Any] = print,
+) -> dict[str, Any]:
     """Every step of the product on generated data, printing what each took; returns the figures."""
     import numpy as np
     import polars as pl
@@ -166,7 +186,9 @@ def run_quickstart(directory: Path, *, n_transactions: int = 1_000_000, seed: in
         write_config(directory, "fraud")
     import shutil
 
-    shutil.copy(Path(__file__).parent / "templates" / "definitions.py", directory / "definitions.py")
+    shutil.copy(
+        Path(__file__).parent / "templates" / "definitions.py", directory / "definitions.py"
+    )
     counts = generate_data(directory / "data", n_transactions=n_transactions, seed=seed)
     echo(f"    {counts} in {time.perf_counter() - t0:.1f} s")
 
@@ -185,10 +207,16 @@ def run_quickstart(directory: Path, *, n_transactions: int = 1_000_000, seed: in
     out = directory / "data" / "training_set.parquet"
     train.write_parquet(out)
     figures["training_rows_per_s"] = train.height / dt
-    echo(f"    {train.height:,} rows x {train.width} columns in {dt:.2f} s "
-         f"({train.height / dt:,.0f} rows/s) -> {out.relative_to(directory)}")
-    nulls = train.select(pl.col("amount_mean_7d").null_count(), pl.col("m_amount_mean_7d").null_count()).row(0)
-    echo(f"    rows without a user snapshot in ttl: {nulls[0]:,}; without a merchant snapshot: {nulls[1]:,}")
+    echo(
+        f"    {train.height:,} rows x {train.width} columns in {dt:.2f} s "
+        f"({train.height / dt:,.0f} rows/s) -> {out.relative_to(directory)}"
+    )
+    nulls = train.select(
+        pl.col("amount_mean_7d").null_count(), pl.col("m_amount_mean_7d").null_count()
+    ).row(0)
+    echo(
+        f"    rows without a user snapshot in ttl: {nulls[0]:,}; without a merchant snapshot: {nulls[1]:,}"
+    )
 
     echo("4/5 materialize the latest values into the embedded online store")
     t0 = time.perf_counter()
@@ -216,15 +244,29 @@ def run_quickstart(directory: Path, *, n_transactions: int = 1_000_000, seed: in
     resp = store.get_online_features(features, rows[:3])
     d = resp.to_dict()
     for i in range(3):
-        shown = {k: d[k][i] for k in ("user_id", "merchant_id", "tx_count_7d", "amount_mean_7d",
-                                      "m_chargeback_rate_30d")}
+        shown = {
+            k: d[k][i]
+            for k in (
+                "user_id",
+                "merchant_id",
+                "tx_count_7d",
+                "amount_mean_7d",
+                "m_chargeback_rate_30d",
+            )
+        }
         echo(f"    {shown}")
     p = np.percentile(np.array(lat) * 1e6, [50, 99])
     pb = np.percentile(np.array(batch_lat) * 1e6, [50, 99])
     figures.update(online_p50_us=p[0], online_p99_us=p[1])
-    echo(f"    1 entity x {len(features.features)} features from 2 views: p50 {p[0]:.0f} us, p99 {p[1]:.0f} us")
-    echo(f"    100 entities x {len(features.features)} features: p50 {pb[0]:.0f} us, p99 {pb[1]:.0f} us")
-    echo(f"Done. Explore with: featurestore -r {directory} get --feature-service fraud_model_v1 "
-         f"--entity user_id={rows[0]['user_id']} --entity merchant_id={rows[0]['merchant_id']}")
+    echo(
+        f"    1 entity x {len(features.features)} features from 2 views: p50 {p[0]:.0f} us, p99 {p[1]:.0f} us"
+    )
+    echo(
+        f"    100 entities x {len(features.features)} features: p50 {pb[0]:.0f} us, p99 {pb[1]:.0f} us"
+    )
+    echo(
+        f"Done. Explore with: featurestore -r {directory} get --feature-service fraud_model_v1 "
+        f"--entity user_id={rows[0]['user_id']} --entity merchant_id={rows[0]['merchant_id']}"
+    )
     store.close()
     return figures

@@ -39,14 +39,18 @@ class RegistryState:
             return self.feature_views[name]
         except KeyError:
             known = _brief(sorted(self.feature_views)) or "none (run `featurestore apply`)"
-            raise FeatureNotFoundError(f"no feature view '{name}' in the registry; known views: {known}") from None
+            raise FeatureNotFoundError(
+                f"no feature view '{name}' in the registry; known views: {known}"
+            ) from None
 
     def feature_service(self, name: str) -> FeatureService:
         try:
             return self.feature_services[name]
         except KeyError:
             known = _brief(sorted(self.feature_services)) or "none"
-            raise FeatureNotFoundError(f"no feature service '{name}' in the registry; known: {known}") from None
+            raise FeatureNotFoundError(
+                f"no feature service '{name}' in the registry; known: {known}"
+            ) from None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -63,13 +67,21 @@ class RegistryState:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RegistryState:
         if d.get("format") != FORMAT:
-            raise RegistryError(f"registry format {d.get('format')!r} is not supported (expected {FORMAT})")
+            raise RegistryError(
+                f"registry format {d.get('format')!r} is not supported (expected {FORMAT})"
+            )
         entities = {e["name"]: Entity.from_dict(e) for e in d["entities"]}
         views = {v["name"]: FeatureView.from_dict(v, entities) for v in d["feature_views"]}
         services = {s["name"]: FeatureService.from_dict(s) for s in d["feature_services"]}
-        return cls(project=d["project"], version=d["version"], applied_at=d.get("applied_at"),
-                   entities=entities, feature_views=views, feature_services=services,
-                   materialization=d.get("materialization") or {})
+        return cls(
+            project=d["project"],
+            version=d["version"],
+            applied_at=d.get("applied_at"),
+            entities=entities,
+            feature_views=views,
+            feature_services=services,
+            materialization=d.get("materialization") or {},
+        )
 
 
 class Registry:
@@ -100,7 +112,9 @@ class Registry:
         try:
             state = RegistryState.from_dict(json.loads(self.path.read_bytes()))
         except (ValueError, KeyError, TypeError) as exc:
-            raise RegistryError(f"registry {self.path} is corrupt ({exc}); re-run `featurestore apply`") from None
+            raise RegistryError(
+                f"registry {self.path} is corrupt ({exc}); re-run `featurestore apply`"
+            ) from None
         if state.project != self.project:
             raise RegistryError(
                 f"registry {self.path} belongs to project '{state.project}', not '{self.project}'; "
@@ -113,15 +127,22 @@ class Registry:
         """The current state, or a RegistryError telling the user to apply first."""
         state = self.load()
         if state.version == 0:
-            raise RegistryError(f"nothing applied yet ({self.path} does not exist); run `featurestore apply`")
+            raise RegistryError(
+                f"nothing applied yet ({self.path} does not exist); run `featurestore apply`"
+            )
         return state
 
-    def apply(self, entities: list[Entity], views: list[FeatureView], services: list[FeatureService]) -> RegistryState:
+    def apply(
+        self, entities: list[Entity], views: list[FeatureView], services: list[FeatureService]
+    ) -> RegistryState:
         """Replace the definitions with these, as a new version; materialization state of kept views stays."""
         with self._lock():
             old = self.load()
-            keep = {n: m for n, m in old.materialization.items()
-                    if n in {v.name for v in views} and _same_schema(old, n, views)}
+            keep = {
+                n: m
+                for n, m in old.materialization.items()
+                if n in {v.name for v in views} and _same_schema(old, n, views)
+            }
             state = RegistryState(
                 project=self.project,
                 version=old.version + 1,
@@ -140,7 +161,9 @@ class Registry:
             self._cache = None
             state = self.require()
             m = state.materialization.setdefault(view, {"watermark_us": None, "intervals": []})
-            m["watermark_us"] = end_us if m["watermark_us"] is None else max(m["watermark_us"], end_us)
+            m["watermark_us"] = (
+                end_us if m["watermark_us"] is None else max(m["watermark_us"], end_us)
+            )
             m["intervals"] = (m["intervals"] + [[start_us, end_us]])[-20:]
             self._write(state, history=False)
 
@@ -158,7 +181,9 @@ class Registry:
 def _same_schema(old: RegistryState, name: str, views: list[FeatureView]) -> bool:
     new = next(v for v in views if v.name == name)
     prev = old.feature_views.get(name)
-    return prev is not None and prev.schema_version == new.schema_version and prev.source == new.source
+    return (
+        prev is not None and prev.schema_version == new.schema_version and prev.source == new.source
+    )
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

@@ -34,7 +34,9 @@ def definition_files(config: RepoConfig) -> list[Path]:
         files = [Path(config.resolve(p)) for p in config.definitions]
         for f in files:
             if not f.is_file():
-                raise DefinitionError(f"featurestore.yaml lists definitions file {f.name}, which does not exist")
+                raise DefinitionError(
+                    f"featurestore.yaml lists definitions file {f.name}, which does not exist"
+                )
         return files
     return sorted(p for p in config.repo_path.glob("*.py") if not p.name.startswith("_"))
 
@@ -93,7 +95,9 @@ def _collect(defs: RepoDefinitions, value: object, filename: str) -> None:
                 _collect(defs, item, filename)
 
 
-def _add(defs: RepoDefinitions, table: dict, kind: str, name: str, value: object, filename: str) -> None:
+def _add(
+    defs: RepoDefinitions, table: dict, kind: str, name: str, value: object, filename: str
+) -> None:
     existing = table.get(name)
     if existing is None:
         table[name] = value

@@ -39,9 +39,15 @@ class ParquetSource:
         return f"read_parquet('{_sql_str(path)}', union_by_name=true)"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": "parquet", "path": self.path, "timestamp_field": self.timestamp_field,
-                "created_timestamp_field": self.created_timestamp_field, "name": self.name,
-                "description": self.description, "tags": self.tags}
+        return {
+            "kind": "parquet",
+            "path": self.path,
+            "timestamp_field": self.timestamp_field,
+            "created_timestamp_field": self.created_timestamp_field,
+            "name": self.name,
+            "description": self.description,
+            "tags": self.tags,
+        }
 
 
 @dataclass(frozen=True)
@@ -67,9 +73,15 @@ class DuckDBSource:
         return f"({self.query.strip().rstrip(';')})"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": "duckdb", "query": self.query, "timestamp_field": self.timestamp_field,
-                "created_timestamp_field": self.created_timestamp_field, "name": self.name,
-                "description": self.description, "tags": self.tags}
+        return {
+            "kind": "duckdb",
+            "query": self.query,
+            "timestamp_field": self.timestamp_field,
+            "created_timestamp_field": self.created_timestamp_field,
+            "name": self.name,
+            "description": self.description,
+            "tags": self.tags,
+        }
 
 
 Source = ParquetSource | DuckDBSource

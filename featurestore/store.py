@@ -42,7 +42,9 @@ class MaterializeResult:
 class FeatureStore:
     """Entry point: apply definitions, build training sets, materialize, and read online features."""
 
-    def __init__(self, repo_path: str | os.PathLike[str] = ".", *, config: RepoConfig | None = None) -> None:
+    def __init__(
+        self, repo_path: str | os.PathLike[str] = ".", *, config: RepoConfig | None = None
+    ) -> None:
         self.config = config or load_config(repo_path)
         self.repo_path = self.config.repo_path
         self.project = self.config.project
@@ -87,8 +89,11 @@ class FeatureStore:
         self._validate_against_data(defs)
         plan = make_plan(self._registry.load(), defs)
         if not plan.empty or not self._registry.exists():
-            self._registry.apply(list(defs.entities.values()), list(defs.feature_views.values()),
-                                 list(defs.feature_services.values()))
+            self._registry.apply(
+                list(defs.entities.values()),
+                list(defs.feature_views.values()),
+                list(defs.feature_services.values()),
+            )
         return plan
 
     def _validate_against_data(self, defs: Any) -> None:
@@ -111,11 +116,15 @@ class FeatureStore:
         else:
             refs = features
         if not refs:
-            raise FeatureNotFoundError("no features requested; pass 'view:feature' references or a feature service")
+            raise FeatureNotFoundError(
+                "no features requested; pass 'view:feature' references or a feature service"
+            )
         grouped: dict[str, list[str]] = {}
         for ref in refs:
             if not isinstance(ref, str) or ref.count(":") != 1:
-                raise FeatureNotFoundError(f"bad feature reference {ref!r}; expected 'view:feature'")
+                raise FeatureNotFoundError(
+                    f"bad feature reference {ref!r}; expected 'view:feature'"
+                )
             view_name, feat = ref.split(":")
             view = state.feature_view(view_name)
             view.field(feat)  # raises with the list of known features
@@ -150,8 +159,12 @@ class FeatureStore:
         timestamp is after t ("as it was known at t").
         """
         return self.offline.get_historical_features(
-            entity_df, self.resolve_features(features), full_feature_names=full_feature_names,
-            as_known=as_known, timestamp_column=timestamp_column, progress=progress,
+            entity_df,
+            self.resolve_features(features),
+            full_feature_names=full_feature_names,
+            as_known=as_known,
+            timestamp_column=timestamp_column,
+            progress=progress,
         )
 
     # ---- materialization --------------------------------------------------------------------
@@ -175,8 +188,10 @@ class FeatureStore:
         start_us, end_us = to_us(start), to_us(end)
         if start_us > end_us:
             raise ValueError(f"materialize: start {to_utc(start_us)} is after end {to_utc(end_us)}")
-        rows = {v.name: self._materialize_view(v, start_us, end_us, progress)
-                for v in self._online_views(views)}
+        rows = {
+            v.name: self._materialize_view(v, start_us, end_us, progress)
+            for v in self._online_views(views)
+        }
         return MaterializeResult(start_us, end_us, rows)
 
     def materialize_incremental(
@@ -209,7 +224,9 @@ class FeatureStore:
             return [state.feature_view(n) for n in names]
         return [v for v in state.feature_views.values() if v.online]
 
-    def _materialize_view(self, view: FeatureView, start_us: int, end_us: int, progress: bool) -> int:
+    def _materialize_view(
+        self, view: FeatureView, start_us: int, end_us: int, progress: bool
+    ) -> int:
         from featurestore._progress import progress_bar
         from featurestore._time import duration_us, parse_duration
         from featurestore.online.writer import write_table
@@ -221,9 +238,15 @@ class FeatureStore:
             for batch in self.offline.iter_latest_rows(view, start_us, end_us):
                 import pyarrow as pa
 
-                n = write_table(self.online, self.project, view, pa.Table.from_batches([batch]),
-                                now_us=now_us(), key_ttl_grace_us=grace,
-                                batch_size=self.config.online_store.write_batch_size)
+                n = write_table(
+                    self.online,
+                    self.project,
+                    view,
+                    pa.Table.from_batches([batch]),
+                    now_us=now_us(),
+                    key_ttl_grace_us=grace,
+                    batch_size=self.config.online_store.write_batch_size,
+                )
                 written += n
                 bar.update(n)
         # the watermark moves only after every batch landed, so a crash means a clean rerun
@@ -247,9 +270,13 @@ class FeatureStore:
         from featurestore.online.lookup import get_online_features
 
         return get_online_features(
-            self.online, self.project, self.resolve_features(features), entity_rows,
+            self.online,
+            self.project,
+            self.resolve_features(features),
+            entity_rows,
             now_us=now_us() if now is None else to_us(now),
-            full_feature_names=full_feature_names, include_event_timestamps=include_event_timestamps,
+            full_feature_names=full_feature_names,
+            include_event_timestamps=include_event_timestamps,
         )
 
     def close(self) -> None:

@@ -47,7 +47,7 @@ Bytes = DType("bytes")
 UnixTimestamp = DType("timestamp", "<i8")  # microseconds since the epoch, UTC
 
 
-def Array(inner: DType) -> DType:  # noqa: N802 - reads like a type constructor
+def Array(inner: DType) -> DType:
     """A list of numbers, e.g. ``Array(Float32)`` for an embedding."""
     if inner.name not in ("int32", "int64", "float32", "float64", "bool"):
         raise ValueError(f"Array() holds numbers or bools, got {inner.name}")

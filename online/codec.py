@@ -158,8 +158,6 @@ class RowCodec:
         self.fixed_only = not self.var
         self._fixed_pos = {f.name: i for i, f in self.fixed}
         self._ver_bytes = _U32.pack(self.schema_version)
-        # position of each fixed feature inside a record tuple (records.tolist())
-        self.tuple_pos = {f.name: 4 + k for k, (_, f) in enumerate(self.fixed)}
         self._inner = {
             f.name: np.dtype(f.dtype.inner.numpy)  # type: ignore[union-attr]
             for _, f in self.var
@@ -260,13 +258,25 @@ class RowCodec:
         size = self.fixed_size
         ver = self._ver_bytes
         if self.fixed_only:
-            idx = [
-                i
-                for i, v in enumerate(values)
-                if v is not None and len(v) == size and v[16:20] == ver
-            ]
-            chosen = values if len(idx) == n else [values[i] for i in idx]
+            if n <= 16:  # a few bytes compares beat numpy's call overhead
+                idx = [
+                    i
+                    for i, v in enumerate(values)
+                    if v is not None and len(v) == size and v[16:20] == ver
+                ]
+                chosen = values if len(idx) == n else [values[i] for i in idx]
+                rec = np.frombuffer(b"".join(chosen), dtype=self.record_dtype)  # type: ignore[arg-type]
+                return DecodedRows(self, n, rec, idx)
+            if None not in values and set(map(len, values)) == {size}:  # type: ignore[arg-type]
+                idx = list(range(n))  # every row present at the current width
+                chosen = values
+            else:
+                idx = [i for i, v in enumerate(values) if v is not None and len(v) == size]
+                chosen = [values[i] for i in idx]
             rec = np.frombuffer(b"".join(chosen), dtype=self.record_dtype)  # type: ignore[arg-type]
+            ok = rec[_H_VER] == self.schema_version
+            if not ok.all():
+                rec, idx = rec[ok], [i for i, k in zip(idx, ok.tolist(), strict=True) if k]
             return DecodedRows(self, n, rec, idx)
         idx = [
             i for i, v in enumerate(values) if v is not None and len(v) >= size and v[16:20] == ver

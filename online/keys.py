@@ -51,6 +51,17 @@ def build_keys(
         raise EntityDataError(f"view '{view_name}' needs at least one join key")
     head = f"{project}:{{{project}|"
     tail = f"}}:{view_name}"
+    if len(join_keys) == 1:  # the common case: one pass over the values
+        pre = head + join_keys[0].translate(_ESCAPE_NAME) + "="
+        values = _as_pylist(key_columns[0])
+        kind = _column_kind(values)
+        if kind is int:  # C-level: join every key into one string, encode once, split
+            if not values:
+                return []
+            joined = pre + (tail + "\0" + pre).join(map(str, values)) + tail
+            return joined.encode().split(b"\0")
+        if kind is str:
+            return [f'{pre}"{v.translate(_ESCAPE_VALUE)}"{tail}'.encode() for v in values]
     parts = [
         _render_column(name, col, view_name)
         for name, col in zip(join_keys, key_columns, strict=True)
@@ -70,7 +81,7 @@ def _render_column(name: str, col: Sequence[Any], view_name: str) -> list[str]:
     """``name=value`` strings for one join-key column."""
     prefix = name.translate(_ESCAPE_NAME) + "="
     values = _as_pylist(col)
-    kind = _column_kind(values, name, view_name)
+    kind = _column_kind(values)
     if kind is int:
         return [prefix + str(v) for v in values]
     if kind is str:
@@ -102,17 +113,16 @@ def _as_pylist(col: Sequence[Any]) -> list[Any]:
     return list(col)
 
 
-def _column_kind(values: list[Any], name: str, view_name: str) -> type | None:
+def _column_kind(values: list[Any]) -> type | None:
     """``int`` or ``str`` when every value has exactly that type, else None (mixed/other)."""
     if not values:
         return int
-    first = type(values[0])
-    if first is not int and first is not str:
-        return None
-    for v in values:
-        if type(v) is not first:
-            return None
-    return first
+    types = set(map(type, values))
+    if len(types) == 1:
+        (kind,) = types
+        if kind is int or kind is str:
+            return kind
+    return None
 
 
 def _render_one(v: Any, name: str, view_name: str) -> str:

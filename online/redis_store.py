@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from featurestore.online import _redis_wire as wire
 from featurestore.online.base import OnlineStore
 
 from featurestore.errors import OnlineStoreError, OnlineStoreUnavailableError
@@ -22,92 +23,6 @@ T = TypeVar("T")
 _GLOB = re.compile(r"([\\*?\[\]])")
 _SCAN_COUNT = 1000
 _DELETE_CHUNK = 500
-_WRITE_CHUNK = 2000  # rows per send: bounds the client's buffer, not the server
-
-
-_SET = b"*3\r\n$3\r\nSET\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n"
-_SET_PXAT = b"*5\r\n$3\r\nSET\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$4\r\nPXAT\r\n$%d\r\n%d\r\n"
-
-
-def _pack_sets(keys: list[bytes], values: list[bytes], expires: list[int | None] | None) -> bytes:
-    """RESP for ``SET key value [PXAT ms]`` per row, in one ``%`` over a repeated template.
-
-    redis-py's pipeline packs each command in Python (~10 us a row); interleaving the columns
-    with slice assignments and one C-level format sends the same bytes for a fraction of that.
-    """
-    m = len(keys)
-    if expires is None or all(e is None for e in expires):
-        args: list[Any] = [None] * (4 * m)
-        args[0::4] = map(len, keys)
-        args[1::4] = keys
-        args[2::4] = map(len, values)
-        args[3::4] = values
-        return (_SET * m) % tuple(args)
-    if all(e is not None and 10**12 <= e < 10**13 for e in expires):  # ms in 2001..2286
-        args = [13] * (6 * m)
-        args[0::6] = map(len, keys)
-        args[1::6] = keys
-        args[2::6] = map(len, values)
-        args[3::6] = values
-        args[5::6] = expires
-        return (_SET_PXAT * m) % tuple(args)
-    parts = []
-    for k, v, e in zip(keys, values, expires, strict=True):
-        if e is None:
-            parts.append(_SET % (len(k), k, len(v), v))
-        else:
-            parts.append(_SET_PXAT % (len(k), k, len(v), v, len(b"%d" % e), e))
-    return b"".join(parts)
-
-
-def _read_replies(conn: Any, count: int) -> Exception | None:
-    """Read ``count`` replies; returns the first error reply (all are read either way).
-
-    Uses the connection's hiredis reader directly when it has one (one C call per reply instead
-    of redis-py's Python layers); otherwise falls back to ``read_response``.
-    """
-    import sys
-
-    import redis
-
-    parser = getattr(conn, "_parser", None)
-    reader = getattr(parser, "_reader", None)
-    # the reader's "incomplete" marker, set by redis-py's hiredis parser
-    more = getattr(sys.modules.get(type(parser).__module__), "NOT_ENOUGH_DATA", None)
-    error: Exception | None = None
-    if reader is None or more is None or not hasattr(parser, "read_from_socket"):
-        for _ in range(count):
-            try:
-                conn.read_response()
-            except redis.ResponseError as exc:
-                error = error or exc
-        return error
-    got = 0
-    gets = reader.gets
-    while got < count:
-        reply = gets()
-        if reply is more:
-            parser.read_from_socket()
-            continue
-        got += 1
-        if isinstance(reply, Exception) and error is None:
-            error = reply
-    return error
-
-
-def _group_by_node(client: Any, keys: list[bytes]) -> dict[Any, list[int]]:
-    """Row indexes per primary node, from the client's slot map."""
-    groups: dict[Any, list[int]] = {}
-    slot_node: dict[int, Any] = {}
-    nodes = client.nodes_manager
-    keyslot = client.keyslot
-    for i, key in enumerate(keys):
-        slot = keyslot(key)
-        node = slot_node.get(slot)
-        if node is None:
-            node = slot_node[slot] = nodes.get_node_from_slot(slot)
-        groups.setdefault(node, []).append(i)
-    return groups
 
 
 def _redact(url: str) -> str:
@@ -137,32 +52,6 @@ def _expiring(
         return keys, values, expire_at_ms
     keep = [i for i, e in enumerate(expire_at_ms) if e is None or e > now_ms]
     return [keys[i] for i in keep], [values[i] for i in keep], [expire_at_ms[i] for i in keep]
-
-
-def _write_pooled(
-    pool: Any, keys: list[bytes], values: list[bytes], expires: list[int | None] | None
-) -> None:
-    """Pipelined SETs on one pooled connection; raises the first error reply."""
-    conn = pool.get_connection()
-    try:
-        # send every chunk before reading: the server works on one chunk while the next is
-        # packed; its replies (5 bytes each) wait in its output buffer
-        for start in range(0, len(keys), _WRITE_CHUNK):
-            stop = start + _WRITE_CHUNK
-            packed = _pack_sets(
-                keys[start:stop],
-                values[start:stop],
-                None if expires is None else expires[start:stop],
-            )
-            conn.send_packed_command([packed], check_health=start == 0)
-        error = _read_replies(conn, len(keys))
-        if error is not None:
-            raise error
-    except BaseException:
-        conn.disconnect()  # replies may be left unread: never reuse this connection
-        raise
-    finally:
-        pool.release(conn)
 
 
 class _RedisBase(OnlineStore):
@@ -264,7 +153,8 @@ class RedisOnlineStore(_RedisBase):
             return
 
         self._call(
-            "write", lambda: _write_pooled(self._client().connection_pool, keys, values, expires)
+            "write",
+            lambda: wire.write_pooled(self._client().connection_pool, keys, values, expires),
         )
 
     def read(self, keys: Sequence[bytes]) -> list[bytes | None]:
@@ -337,26 +227,36 @@ class RedisClusterOnlineStore(_RedisBase):
             return
 
         def run() -> None:
-            import redis
-
             client = self._client()
+            sent = []
+            error: Exception | None = None
             try:
-                for node, idx in _group_by_node(client, keys).items():
-                    _write_pooled(
-                        client.get_redis_connection(node).connection_pool,
+                for node, idx in wire.group_by_node(client, keys).items():
+                    pool = client.get_redis_connection(node).connection_pool
+                    conn = pool.get_connection()
+                    sent.append((pool, conn, len(idx)))
+                    wire.send_sets(
+                        conn,
                         [keys[i] for i in idx],
                         [values[i] for i in idx],
                         None if expires is None else [expires[i] for i in idx],
                     )
-            except (
-                redis.exceptions.MovedError,
-                redis.exceptions.AskError,
-                redis.exceptions.TryAgainError,
-                redis.exceptions.ClusterDownError,
-            ):
-                # slots moved: refresh the map and let the cluster pipeline follow redirects
-                client.nodes_manager.initialize()
-                self._write_pipeline(keys, values, expires)
+                for _, conn, count in sent:  # every node works while we read the first
+                    error = wire.read_replies(conn, count) or error
+            except BaseException:
+                for _, conn, _ in sent:
+                    conn.disconnect()
+                raise
+            finally:
+                for pool, conn, _ in sent:
+                    pool.release(conn)
+            if error is None:
+                return
+            if type(error).__name__ not in wire.REDIRECT_ERRORS:
+                raise error
+            # slots moved: refresh the map and let the cluster pipeline follow redirects
+            client.nodes_manager.initialize()
+            self._write_pipeline(keys, values, expires)
 
         self._call("write", run)
 
@@ -373,10 +273,47 @@ class RedisClusterOnlineStore(_RedisBase):
         pipe.execute()
 
     def read(self, keys: Sequence[bytes]) -> list[bytes | None]:
-        """MGET per slot, sent as one pipeline per node."""
+        """One MGET per slot, all of a node's sent at once: one round trip per node, overlapped.
+
+        Keys of one entity share a hash tag, so a multi-view read of one entity is one MGET.
+        On a stale slot map (MOVED/ASK) the map is refreshed and redis-py's mget_nonatomic,
+        which follows redirects, reads again.
+        """
         if not keys:
             return []
-        return self._call("read", lambda: self._client().mget_nonatomic(list(keys)))
+        return self._call("read", lambda: self._read(keys))
+
+    def _read(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        client = self._client()
+        plan = []
+        out: list[bytes | None] = [None] * len(keys)
+        redirected = False
+        try:
+            for node, slots in wire.group_by_slot(client, keys).items():
+                pool = client.get_redis_connection(node).connection_pool
+                conn = pool.get_connection()
+                plan.append((pool, conn, list(slots.values())))
+                conn.send_packed_command([wire.pack_mgets(keys, plan[-1][2])])
+            for _, conn, groups in plan:
+                for idx, reply in zip(groups, wire.replies(conn, len(groups)), strict=True):
+                    if isinstance(reply, Exception):
+                        if type(reply).__name__ not in wire.REDIRECT_ERRORS:
+                            raise reply
+                        redirected = True
+                        continue
+                    for i, v in zip(idx, reply, strict=True):
+                        out[i] = v
+        except BaseException:
+            for _, conn, _ in plan:
+                conn.disconnect()
+            raise
+        finally:
+            for pool, conn, _ in plan:
+                pool.release(conn)
+        if redirected:
+            client.nodes_manager.initialize()
+            return client.mget_nonatomic(list(keys))
+        return out
 
     def delete_view(self, project: str, view_name: str) -> int:
         pattern = _view_pattern(project, view_name)

@@ -10,9 +10,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from featurestore.online.base import Status
 
 from featurestore import FeatureStore
-from featurestore.online.base import Status
 
 from .conftest import online_config
 
@@ -56,22 +56,34 @@ def write_data(repo, rng: np.random.Generator, t_us: int) -> None:
     spend = rng.normal(100, 30, n)
     spend[rng.random(n) < 0.1] = np.nan
     (repo / "data").mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.table({
-        "user_id": pa.array(user, pa.int64()),
-        "event_timestamp": _ts(ts),
-        "created": _ts(created),
-        "clicks": pa.array(rng.integers(0, 1000, n), pa.int64()),
-        "spend": pa.array(spend, pa.float64(), from_pandas=True),
-        "tier": pa.array(rng.choice(["gold", "silver", None], n).tolist(), pa.string()),
-    }), repo / "data" / "user_stats.parquet")
+    pq.write_table(
+        pa.table(
+            {
+                "user_id": pa.array(user, pa.int64()),
+                "event_timestamp": _ts(ts),
+                "created": _ts(created),
+                "clicks": pa.array(rng.integers(0, 1000, n), pa.int64()),
+                "spend": pa.array(spend, pa.float64(), from_pandas=True),
+                "tier": pa.array(rng.choice(["gold", "silver", None], n).tolist(), pa.string()),
+            }
+        ),
+        repo / "data" / "user_stats.parquet",
+    )
     m = 300
-    pq.write_table(pa.table({
-        "user_id": pa.array(rng.integers(0, USERS, m), pa.int64()),
-        "merchant": pa.array(rng.choice(["acme", "b,c", "d=e", "{f}"], m).tolist(), pa.string()),
-        "event_timestamp": _ts(t_us + rng.integers(-30 * DAY, DAY // 2, m)),
-        "ratio": pa.array(rng.random(m).astype(np.float32), pa.float32()),
-        "flag": pa.array(rng.random(m) < 0.5, pa.bool_()),
-    }), repo / "data" / "pair_stats.parquet")
+    pq.write_table(
+        pa.table(
+            {
+                "user_id": pa.array(rng.integers(0, USERS, m), pa.int64()),
+                "merchant": pa.array(
+                    rng.choice(["acme", "b,c", "d=e", "{f}"], m).tolist(), pa.string()
+                ),
+                "event_timestamp": _ts(t_us + rng.integers(-30 * DAY, DAY // 2, m)),
+                "ratio": pa.array(rng.random(m).astype(np.float32), pa.float32()),
+                "flag": pa.array(rng.random(m) < 0.5, pa.bool_()),
+            }
+        ),
+        repo / "data" / "pair_stats.parquet",
+    )
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -98,19 +110,30 @@ def test_online_equals_training_set_at_T(backend: str, seed: int, tmp_path, requ
         users = list(range(USERS + 5))  # the last five have no rows at all
         merchants = ["acme", "b,c", "d=e", "{f}", "nobody"]
         rows = [{"user_id": u, "merchant": merchants[u % 5]} for u in users]
-        refs = ["user_stats:clicks", "user_stats:spend", "user_stats:tier",
-                "pair_stats:ratio", "pair_stats:flag"]
+        refs = [
+            "user_stats:clicks",
+            "user_stats:spend",
+            "user_stats:tier",
+            "pair_stats:ratio",
+            "pair_stats:flag",
+        ]
         online = store.get_online_features(refs, rows, now=t)
-        spine = pa.table({"user_id": pa.array(users, pa.int64()),
-                          "merchant": [r["merchant"] for r in rows],
-                          "event_timestamp": pa.array([t] * len(users), pa.timestamp("us", tz="UTC"))})
+        spine = pa.table(
+            {
+                "user_id": pa.array(users, pa.int64()),
+                "merchant": [r["merchant"] for r in rows],
+                "event_timestamp": pa.array([t] * len(users), pa.timestamp("us", tz="UTC")),
+            }
+        )
         offline = store.get_historical_features(spine, refs)
 
     got = online.to_dict()
     statuses = online.statuses
     for name in ("clicks", "spend", "tier", "ratio", "flag"):
         expected = offline[name].to_list()
-        diff = [(i, x, y) for i, (x, y) in enumerate(zip(got[name], expected)) if not _same([x], [y])]
+        diff = [
+            (i, x, y) for i, (x, y) in enumerate(zip(got[name], expected, strict=True)) if not _same([x], [y])
+        ]
         assert not diff, (name, backend, diff[:5])
     # the data covers every status, so the comparison above is not vacuous
     clicks_status = set(statuses["clicks"])
@@ -121,7 +144,7 @@ def test_online_equals_training_set_at_T(backend: str, seed: int, tmp_path, requ
 def _same(a: list, b: list) -> bool:
     if len(a) != len(b):
         return False
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         if isinstance(x, float) and isinstance(y, float) and np.isnan(x) and np.isnan(y):
             continue
         if x != y:

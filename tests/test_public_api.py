@@ -15,7 +15,9 @@ def test_all_is_sorted_and_importable() -> None:
 
 
 def test_import_does_not_load_heavy_engines() -> None:
-    code = ("import sys, featurestore, featurestore.cli; "
-            "print(sorted(m for m in ('duckdb','polars','numba','redis','lmdb','pyarrow') if m in sys.modules))")
+    code = (
+        "import sys, featurestore, featurestore.cli; "
+        "print(sorted(m for m in ('duckdb','polars','numba','redis','lmdb','pyarrow') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from featurestore.transforms._errors import LateEventError
 from featurestore.transforms.aggregation import (
-    FUNCTIONS,
     Aggregation,
     WindowOutput,
     WindowPlan,
@@ -34,7 +33,6 @@ from featurestore.transforms.row import (
 )
 
 __all__ = [
-    "FUNCTIONS",
     "Aggregation",
     "LateEventError",
     "OnDemandFeature",

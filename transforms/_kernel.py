@@ -4,9 +4,12 @@
 all entities (sorted once), online ``read`` runs it over one entity's buffered events with one
 query. Windows are ``(t - w, t]``. Per output the pass keeps two pointers into the entity's
 events: ``hi`` (first event with ts > t) and ``lo`` (first event with ts > t - w); events are
-added when ``hi`` passes them and removed when ``lo`` passes them, so the cost is
-O(events + queries) per output. Sums are exact (see ``_exact``), min/max use monotonic deques,
-distinct counts use per-code multiplicities, ``last`` tracks the newest valid event.
+added when ``hi`` passes them and removed when ``lo`` passes them (events that enter and leave
+between two queries are skipped), so the cost is O(events + queries) per output. Each result
+depends only on the set of events in the window, never on the path that led there: that is
+why the online read (one query over a buffer) equals the offline pass bit for bit. Sums are
+exact (see ``_exact``), min/max use monotonic deques, distinct counts use per-code
+multiplicities, ``last`` tracks the newest valid event.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from featurestore.transforms._exact import (
     acc_value,
     acc_variance,
 )
-from numba import njit
+from numba import njit, prange
 
 COUNT, SUM, MEAN, MIN, MAX, LAST, VAR, STDDEV, DISTINCT = range(9)
 
@@ -44,8 +47,11 @@ def window_core(
     max_ev = 0
     for g in range(n_groups):
         max_ev = max(max_ev, ev_hi[g] - ev_lo[g])
+    max_q = 0
+    for g in range(n_groups):
+        max_q = max(max_q, q_hi[g] - q_lo[g])
     dq = np.empty(max_ev + 1, dtype=np.int64)
-    his = np.empty(q_ts.size, dtype=np.int64)
+    his = np.empty(max_q + 1, dtype=np.int64)
     a1 = _new(L1)
     a2 = _new(L2)
     sc1 = np.zeros(L1, dtype=np.int64)
@@ -65,7 +71,7 @@ def window_core(
         for q in range(q0, q1):
             while p < e1 and ev_ts[p] <= q_ts[q]:
                 p += 1
-            his[q] = p
+            his[q - q0] = p
         for o in range(n_out):
             fn = fns[o]
             inp = inps[o]
@@ -87,7 +93,29 @@ def window_core(
             dirty = True  # the window changed since the last value was computed
             value = np.nan
             for q in range(q0, q1):
-                h = his[q]
+                h = his[q - q0]
+                bound = q_ts[q] - w
+                # events leaving the window: remove those in the state ...
+                while lo < cur and ev_ts[lo] <= bound:
+                    dirty = True
+                    if ok[lo]:
+                        cnt -= 1
+                        if fn == SUM or fn == MEAN:
+                            acc_add(a1, x[lo], xb[lo], -1)
+                        elif fn == VAR or fn == STDDEV:
+                            acc_add2(a1, a2, x[lo], xb[lo], -1)
+                        elif fn == DISTINCT:
+                            c = cd[lo]
+                            m[c] -= 1
+                            if m[c] == 0:
+                                distinct -= 1
+                    lo += 1
+                # ... and skip those never added (add-then-remove would give the same exact state)
+                while lo < h and ev_ts[lo] <= bound:
+                    dirty = True
+                    lo += 1
+                if cur < lo:
+                    cur = lo
                 if cur < h:
                     dirty = True
                 while cur < h:
@@ -115,21 +143,6 @@ def window_core(
                                 distinct += 1
                             m[c] += 1
                     cur += 1
-                bound = q_ts[q] - w
-                while lo < h and ev_ts[lo] <= bound:
-                    dirty = True
-                    if ok[lo]:
-                        cnt -= 1
-                        if fn == SUM or fn == MEAN:
-                            acc_add(a1, x[lo], xb[lo], -1)
-                        elif fn == VAR or fn == STDDEV:
-                            acc_add2(a1, a2, x[lo], xb[lo], -1)
-                        elif fn == DISTINCT:
-                            c = cd[lo]
-                            m[c] -= 1
-                            if m[c] == 0:
-                                distinct -= 1
-                    lo += 1
                 if not dirty:
                     out[o, q] = value
                     continue
@@ -159,6 +172,26 @@ def window_core(
                 for i in range(lo, cur):
                     if ok[i]:
                         m[cd[i]] -= 1
+
+
+@njit(cache=True, parallel=True)
+def window_core_parallel(
+    ev_ts, vals, valid, codes, n_codes, q_ts, ev_lo, ev_hi, q_lo, q_hi, fns, inps, wins, dins, out,
+    n_chunks,
+):  # fmt: skip
+    """``window_core`` over ``n_chunks`` disjoint slices of the entity groups, in parallel.
+
+    Each chunk runs the very same serial ``window_core`` the online read runs.
+    """
+    n_groups = ev_lo.size
+    for c in prange(n_chunks):
+        g0 = c * n_groups // n_chunks
+        g1 = (c + 1) * n_groups // n_chunks
+        if g1 > g0:
+            window_core(
+                ev_ts, vals, valid, codes, n_codes, q_ts, ev_lo[g0:g1], ev_hi[g0:g1],
+                q_lo[g0:g1], q_hi[g0:g1], fns, inps, wins, dins, out,
+            )  # fmt: skip
 
 
 @njit(cache=True)

@@ -26,11 +26,15 @@ def compute_window_features(
     events: Mapping[str, Any],
     query_entities: np.ndarray,
     query_ts: np.ndarray,
+    *,
+    parallel: int | None = None,
 ) -> dict[str, np.ndarray]:
     """Window features as of each query point, in query order.
 
     Returns ``{output name: array}``: int64 for count/distinct_count, float64 (NaN = null)
     otherwise. Events are in arrival order (it breaks timestamp ties for ``last``).
+    ``parallel``: threads for the kernel (default: numba's thread count; 1 = serial); the
+    result does not depend on it.
     """
     from featurestore.transforms.aggregation import prepare_inputs
 
@@ -41,7 +45,7 @@ def compute_window_features(
     if ev_e.shape != ev_t.shape or q_e.shape != q_t.shape:
         raise EntityDataError("entity codes and timestamps must have the same length")
     vals, valid, keys = prepare_inputs(plan, events)
-    return compute_prepared(plan, ev_e, ev_t, vals, valid, keys, q_e, q_t)
+    return compute_prepared(plan, ev_e, ev_t, vals, valid, keys, q_e, q_t, parallel=parallel)
 
 
 def compute_prepared(
@@ -53,9 +57,11 @@ def compute_prepared(
     keys: list[np.ndarray],
     q_e: np.ndarray,
     q_t: np.ndarray,
+    *,
+    parallel: int | None = None,
 ) -> dict[str, np.ndarray]:
     """``compute_window_features`` after ``prepare_inputs`` (for callers that reuse inputs)."""
-    from featurestore.transforms._kernel import window_core
+    from featurestore.transforms._kernel import window_core, window_core_parallel
     from featurestore.transforms._sort import group_order, take1d, take2d
 
     if vals.shape[1] != ev_t.size:
@@ -75,16 +81,25 @@ def compute_prepared(
     ev_lo = ev_starts[groups]
     ev_hi = ev_starts[groups + 1]
     out = np.empty((len(plan.outputs), sq_t.size), dtype=np.float64)
-    window_core(
-        s_t, s_vals, s_valid, codes, n_codes, sq_t, ev_lo, ev_hi, q_lo, q_hi,
-        plan.fns, plan.inps, plan.wins, plan.dins, out,
-    )  # fmt: skip
+    args = (s_t, s_vals, s_valid, codes, n_codes, sq_t, ev_lo, ev_hi, q_lo, q_hi,
+            plan.fns, plan.inps, plan.wins, plan.dins, out)  # fmt: skip
+    threads = _threads() if parallel is None else parallel
+    if threads > 1 and s_t.size + sq_t.size >= 200_000:
+        window_core_parallel(*args, 8 * threads)
+    else:
+        window_core(*args)
     result: dict[str, np.ndarray] = {}
     for i, o in enumerate(plan.outputs):
         col = np.empty(sq_t.size, dtype=np.int64 if o.is_int else np.float64)
         col[q_order] = out[i]
         result[o.name] = col
     return result
+
+
+def _threads() -> int:
+    import numba
+
+    return int(numba.get_num_threads())
 
 
 def _dense_entities(ev_e: np.ndarray, q_e: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:

@@ -22,7 +22,7 @@ uint8[n_inputs*n]     validity (1 = counted by the aggregations)
 ====================  =========================================================
 
 Memory per entity: ``64 + n * (8 + 9 * n_inputs + 8 * n_keys)`` bytes for ``n`` buffered
-events, e.g. 100 events of 2 inputs, 1 distinct key: 2,728 bytes.
+events, e.g. 100 events of 2 inputs, 1 distinct key: 3,464 bytes.
 """
 
 from __future__ import annotations

@@ -113,7 +113,15 @@ class RowTransform:
         import numba
 
         try:
-            self._scalar = numba.njit(self.signature, cache=True)(self.func)
+            try:
+                self._scalar = numba.njit(self.signature, cache=True)(self.func)
+            except ImportError:
+                # a cache entry written when the module had another name (numba pickles the
+                # module name): drop the stale index and compile afresh
+                disp = numba.njit(cache=True)(self.func)
+                disp._cache.flush()
+                disp.compile(self.signature)
+                self._scalar = disp
             self._ufunc = numba.vectorize([self.signature], cache=True)(self.func)
         except Exception as exc:  # numba raises many types; all mean "does not compile"
             self._scalar = None

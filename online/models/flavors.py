@@ -80,6 +80,16 @@ def _lightgbm(path: str) -> Predictor:
     def predict(x: np.ndarray) -> np.ndarray:
         return booster.predict(x, num_threads=1)
 
+    try:  # Booster.predict rebuilds this per call (~15 us); keep one (private API: fall back)
+        from lightgbm.basic import _InnerPredictor
+
+        inner = _InnerPredictor.from_booster(booster, {"num_threads": 1})
+        check = np.zeros((1, booster.num_feature()))
+        if np.array_equal(inner.predict(check), booster.predict(check, num_threads=1)):
+            predict = inner.predict
+    except Exception:
+        pass
+
     return Predictor("lightgbm", booster, names_or_none, booster.num_feature(), predict)
 
 

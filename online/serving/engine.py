@@ -41,6 +41,7 @@ from featurestore.errors import (
 
 if TYPE_CHECKING:
     from featurestore.online.models.runtime import LoadedModel, ModelRuntime
+    from featurestore.transforms.on_demand import OnDemandFeature
 
     from featurestore.feature_view import FeatureView
     from featurestore.store import FeatureStore
@@ -49,6 +50,14 @@ log = logging.getLogger("featurestore.serving")
 FeatureRequest = list[tuple["FeatureView", list[str]]]
 _CLIENT_ERRORS = (BadRequestError, EntityDataError, FeatureNotFoundError)
 _STATUS_NAMES = ("PRESENT", "NOT_FOUND", "EXPIRED")
+
+
+def _numeric(values: list[Any]) -> bool:
+    try:
+        np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 class _StoreFailed(Exception):
@@ -110,6 +119,7 @@ class _Prepared:
     full: bool
     include_ts: bool
     deadline: float  # time.monotonic() by which the answer must be out
+    request_data: dict[str, list[Any]] | None = None
 
 
 class Engine:
@@ -123,8 +133,11 @@ class Engine:
         models: ModelRuntime | None = None,
         models_cfg: ModelsConfig | None = None,
         own_store: bool = False,
+        on_demand: Sequence[OnDemandFeature] = (),
     ) -> None:
         self.store = store
+        # on-demand features computed after every lookup whose inputs are all at hand
+        self.on_demand = [f.compile(self._feature_types(f)) for f in on_demand]
         self._own_store = own_store
         self.config = serving or serving_config(store.config)
         self.models_config = models_cfg or models_config(store.config)
@@ -282,10 +295,18 @@ class Engine:
             for k in view.join_keys:
                 needed.setdefault(k, view.name)
         n = rq.check_entities(cols, needed, self.config.max_entities)
+        req_cols = None
         if request_data:
-            rq.check_request_data(rq.to_columns(request_data, "request_data"), n)
+            req_cols = rq.to_columns(request_data, "request_data")
+            rq.check_request_data(req_cols, n)
         return _Prepared(
-            requests, {k: cols[k] for k in needed}, n, full, include_ts, t0 + budget / 1000
+            requests,
+            {k: cols[k] for k in needed},
+            n,
+            full,
+            include_ts,
+            t0 + budget / 1000,
+            req_cols,
         )
 
     def _read_fn(self, p: _Prepared) -> Any:
@@ -366,6 +387,49 @@ class Engine:
         return resp
 
     def _finish(self, p: _Prepared, resp: Any, reason: str | None) -> FeatureResult:
+        res = self._finish_lookup(p, resp, reason)
+        if self.on_demand:
+            self._apply_on_demand(p, res)
+        return res
+
+    def _feature_types(self, odf: OnDemandFeature) -> dict[str, Any]:
+        out = {}
+        for ref in odf.inputs:
+            if ref.count(":") == 1:
+                view, feat = ref.split(":")
+                try:
+                    out[ref] = self.store.registry.feature_view(view).field(feat).dtype
+                except FeatureStoreError:
+                    pass
+        return out
+
+    def _apply_on_demand(self, p: _Prepared, res: FeatureResult) -> None:
+        """Append each on-demand feature whose inputs (request data, fetched features) exist."""
+        req = p.request_data or {}
+        for odf in self.on_demand:
+            cols: dict[str, Any] = {}
+            for ref in odf.inputs:
+                if ref in req:
+                    cols[ref] = [np.nan if v is None else v for v in req[ref]]
+                    continue
+                name = ref.replace(":", "__") if p.full else ref.partition(":")[2]
+                if ":" not in ref or name not in res.columns:
+                    break
+                cols[ref] = [np.nan if v is None else v for v in res.columns[name]]
+            else:
+                try:
+                    values, valid = odf.compute_columns(cols)
+                except (FeatureStoreError, TypeError, ValueError) as exc:
+                    raise BadRequestError(
+                        f"on-demand feature '{odf.name}': {exc}", field="request_data"
+                    ) from None
+                res.columns[odf.name] = [
+                    v if ok else None for v, ok in zip(values.tolist(), valid.tolist(), strict=True)
+                ]
+                res.statuses[odf.name] = ["PRESENT"] * p.n
+                res.feature_names.append(odf.name)
+
+    def _finish_lookup(self, p: _Prepared, resp: Any, reason: str | None) -> FeatureResult:
         self.metrics.breaker_state.set(1 if self.breaker.state is BreakerState.OPEN else 0)
         if reason is None:
             cols = resp.to_dict()
@@ -478,15 +542,20 @@ class Engine:
         t0: float,
     ) -> PredictResult:
         cols = feats.columns
-        x = np.empty((len(next(iter(cols.values()))), len(chosen.feature_names)), dtype=np.float64)
-        for j, name in enumerate(chosen.feature_names):
-            try:
-                x[:, j] = np.asarray(cols[name], dtype=np.float64)
-            except (TypeError, ValueError):
-                raise FeatureStoreError(
-                    f"feature '{name}' of model '{chosen.version.name}' is not numeric; "
-                    "the model needs numbers"
-                ) from None
+        try:  # one C call for the whole matrix (None -> NaN); the model's input order
+            x = np.array([cols[n] for n in chosen.feature_names], dtype=np.float64).T
+        except (TypeError, ValueError):
+            bad = next(n for n in chosen.feature_names if not _numeric(cols[n]))
+            raise FeatureStoreError(
+                f"feature '{bad}' of model '{chosen.version.name}' is not numeric; "
+                "the model needs numbers"
+            ) from None
+        except KeyError as exc:
+            raise FeatureStoreError(
+                f"model '{chosen.version.name}' needs feature {exc} which its feature service "
+                f"'{chosen.version.feature_service}' no longer serves; re-register the model"
+            ) from None
+        x = np.ascontiguousarray(x)
         scores = np.asarray(chosen.predict(x), dtype=np.float64)
         mv = chosen.version
         m = self.metrics

@@ -13,7 +13,7 @@ import pytest
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
-DEFS = '''
+DEFS = """
 from featurestore import Entity, FeatureService, FeatureView, Field, Float64, Int64, ParquetSource
 
 user = Entity("user", join_keys=["user_id"])
@@ -25,19 +25,24 @@ user_stats = FeatureView(
     schema=[Field("clicks", Int64, default=0), Field("spend", Float64)],
 )
 svc = FeatureService(name="svc", features=[user_stats])
-'''
+"""
 
 
 def write_users(path: Path, rows: int = 20) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     ts = [T0 + timedelta(hours=i) for i in range(rows)]
-    pq.write_table(pa.table({
-        "user_id": pa.array([i % 5 for i in range(rows)], pa.int64()),
-        "event_timestamp": pa.array(ts, pa.timestamp("us", tz="UTC")),
-        "created": pa.array(ts, pa.timestamp("us", tz="UTC")),
-        "clicks": pa.array(range(rows), pa.int64()),
-        "spend": pa.array([i * 1.5 for i in range(rows)], pa.float64()),
-    }), path)
+    pq.write_table(
+        pa.table(
+            {
+                "user_id": pa.array([i % 5 for i in range(rows)], pa.int64()),
+                "event_timestamp": pa.array(ts, pa.timestamp("us", tz="UTC")),
+                "created": pa.array(ts, pa.timestamp("us", tz="UTC")),
+                "clicks": pa.array(range(rows), pa.int64()),
+                "spend": pa.array([i * 1.5 for i in range(rows)], pa.float64()),
+            }
+        ),
+        path,
+    )
 
 
 @pytest.fixture

@@ -16,8 +16,14 @@ from .conftest import DEFS
 
 def run(*args: str, cwd: Path, ok: bool = True) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "featurestore.cli", *args]
-    out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    out = subprocess.run(
+        cmd,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
     if ok:
         assert out.returncode == 0, out.stderr
     return out
@@ -47,8 +53,16 @@ def test_materialize_then_get_prints_json(demo_repo: Path) -> None:
     run("apply", cwd=demo_repo)
     out = run("materialize-incremental", "now", cwd=demo_repo)
     assert "materialized" in out.stdout and "rows/s" in out.stdout
-    got = run("get", "--features", "user_stats:tx_count_7d,merchant_stats:m_risk_tier",
-              "--entity", "user_id=1,2", "--entity", "merchant_id=3,999999", cwd=demo_repo)
+    got = run(
+        "get",
+        "--features",
+        "user_stats:tx_count_7d,merchant_stats:m_risk_tier",
+        "--entity",
+        "user_id=1,2",
+        "--entity",
+        "merchant_id=3,999999",
+        cwd=demo_repo,
+    )
     doc = json.loads(got.stdout)
     assert doc["features"]["user_id"] == [1, 2]
     assert doc["status"]["m_risk_tier"][1] == "NOT_FOUND"
@@ -60,8 +74,16 @@ def test_training_set_command_writes_parquet(demo_repo: Path) -> None:
     run("apply", cwd=demo_repo)
     spine = pl.read_parquet(demo_repo / "data" / "transactions.parquet").head(1000)
     spine.write_parquet(demo_repo / "spine.parquet")
-    out = run("training-set", "--spine", "spine.parquet", "--feature-service", "fraud_model_v1",
-              "--out", "train.parquet", cwd=demo_repo)
+    out = run(
+        "training-set",
+        "--spine",
+        "spine.parquet",
+        "--feature-service",
+        "fraud_model_v1",
+        "--out",
+        "train.parquet",
+        cwd=demo_repo,
+    )
     assert "wrote 1,000 rows" in out.stdout
     train = pl.read_parquet(demo_repo / "train.parquet")
     assert train["transaction_id"].to_list() == spine["transaction_id"].to_list()
@@ -85,8 +107,11 @@ def test_errors_are_one_line_unless_debug(tmp_path: Path) -> None:
 
 def test_unknown_feature_in_get_is_one_line(demo_repo: Path) -> None:
     run("apply", cwd=demo_repo)
-    out = run("get", "--features", "user_stats:nope", "--entity", "user_id=1", cwd=demo_repo, ok=False)
+    out = run(
+        "get", "--features", "user_stats:nope", "--entity", "user_id=1", cwd=demo_repo, ok=False
+    )
     assert out.returncode == 1
     assert out.stderr.strip() == (
         "error: feature view 'user_stats' has no feature 'nope'; it has tx_count_1d, tx_count_7d, "
-        "tx_count_30d, amount_sum_1d, amount_sum_7d, amount_mean_7d, ... (13 in all)")
+        "tx_count_30d, amount_sum_1d, amount_sum_7d, amount_mean_7d, ... (13 in all)"
+    )

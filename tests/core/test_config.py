@@ -27,7 +27,7 @@ def test_env_expansion_with_default(tmp_path, monkeypatch) -> None:
 
 
 def test_missing_file_says_how_to_create_one(tmp_path) -> None:
-    with pytest.raises(ConfigError, match="no featurestore.yaml in .*featurestore init"):
+    with pytest.raises(ConfigError, match=r"no featurestore\.yaml in .*featurestore init"):
         load_config(tmp_path)
 
 
@@ -35,7 +35,10 @@ def test_missing_file_says_how_to_create_one(tmp_path) -> None:
     ("text", "message"),
     [
         ("project: demo\nonline_store:\n  type: cassandra\n", "online_store.type is 'cassandra'"),
-        ("project: demo\nonline_store:\n  hots: x\n", r"unknown key\(s\) \['hots'\] in 'online_store'"),
+        (
+            "project: demo\nonline_store:\n  hots: x\n",
+            r"unknown key\(s\) \['hots'\] in 'online_store'",
+        ),
         ("project: demo\nfoo: 1\n", r"unknown key\(s\) \['foo'\]"),
         ("project: 'a b'\n", "'project' must be a name"),
         ("project: [unclosed\n", "not valid YAML"),

@@ -82,8 +82,11 @@ def test_schema_version_tracks_names_and_types_only() -> None:
 
 
 def test_view_round_trips_through_dict() -> None:
-    v = view(ttl="7d", schema=[Field("f", Float64, default=1.5), Field("s", String),
-                               Field("e", Array(Float32))], tags={"team": "risk"})
+    v = view(
+        ttl="7d",
+        schema=[Field("f", Float64, default=1.5), Field("s", String), Field("e", Array(Float32))],
+        tags={"team": "risk"},
+    )
     assert FeatureView.from_dict(v.to_dict(), {"user": user}) == v
 
 
@@ -115,8 +118,18 @@ def test_durations_and_times() -> None:
 
 
 def test_dtype_names_round_trip() -> None:
-    for t in ("int32", "int64", "float32", "float64", "bool", "string", "bytes", "timestamp",
-              "array<float32>", "array<int64>"):
+    for t in (
+        "int32",
+        "int64",
+        "float32",
+        "float64",
+        "bool",
+        "string",
+        "bytes",
+        "timestamp",
+        "array<float32>",
+        "array<int64>",
+    ):
         assert dtype_from_name(t).name == t
     with pytest.raises(ValueError, match="unknown type"):
         dtype_from_name("decimal")

@@ -101,7 +101,8 @@ def _spine_input(table: pa.Table, kind: str, tz: str | None, folder: Path) -> An
 @given(
     a=rows_a,
     b=rows_b,
-    spine=spine_rows,
+    free_spine=spine_rows,
+    data=st.data(),
     ttl_a=ttls,
     ttl_b=ttls,
     as_known=st.booleans(),
@@ -113,7 +114,8 @@ def test_join_matches_python_loop_and_handwritten_asof(
     tmp_path_factory: pytest.TempPathFactory,
     a: list[dict[str, Any]],
     b: list[dict[str, Any]],
-    spine: list[tuple[Any, int, int]],
+    free_spine: list[tuple[Any, int, int]],
+    data: st.DataObject,
     ttl_a: int | None,
     ttl_b: int | None,
     as_known: bool,
@@ -141,8 +143,11 @@ def test_join_matches_python_loop_and_handwritten_asof(
         schema=[Field("n", Int64, default=7), Field("x", Float64, default=-1.5)],
         ttl=None if ttl_b is None else f"{ttl_b}s",
     )
-    keys = [k for k, _, _ in spine]
-    times = [T0 + j * SEC + d for _, j, d in spine]
+    spine = [(k, T0 + j * SEC + d) for k, j, d in free_spine]
+    spine += data.draw(_anchored_spine(a + b, [0, ttl_a_us, ttl_b_us]), label="anchored")
+    spine = data.draw(st.permutations(spine), label="order")
+    keys = [k for k, _ in spine]
+    times = [t for _, t in spine]
     spine_table = pa.table(
         {
             "user_id": pa.array(keys, pa.int64()),
@@ -199,6 +204,23 @@ def test_join_matches_python_loop_and_handwritten_asof(
                     for v, hit in zip(hand[feat], hand["__hit"], strict=True)
                 ]
                 assert df[f"{prefix}__{feat}"].to_list() == expected, ("asof", prefix, feat)
+
+
+def _anchored_spine(
+    rows: list[dict[str, Any]], ttls_us: list[int | None]
+) -> st.SearchStrategy[list[tuple[Any, int]]]:
+    """Spine rows placed on a source row's time, its ttl edge, and 1 us either side of them."""
+    rows = [r for r in rows if r["ev"] is not None]
+    if not rows:
+        return st.just([])
+    edges = sorted({t for t in ttls_us if t is not None})
+    offsets = [e + d for e in edges for d in (-1, 0, 1)]
+    return st.lists(
+        st.tuples(st.sampled_from(rows), st.sampled_from(offsets)).map(
+            lambda p: (p[0]["key"], p[0]["ev"] + p[1])
+        ),
+        max_size=20,
+    )
 
 
 def _key(v: Any) -> int | None:

@@ -212,18 +212,3 @@ def test_null_event_timestamp_is_rejected() -> None:
     t = pa.table({"x": [1.0], "__event_ts": pa.array([None], pa.int64())})
     with pytest.raises(Exception, match="null event timestamp"):
         RowCodec(view).encode_table(t)
-
-
-def test_encodes_a_million_float_rows_per_second_or_better() -> None:
-    import time
-
-    view = make_view()
-    codec = RowCodec(view)
-    table = float_table(view, np.arange(200_000), 1)
-    best = float("inf")
-    for _ in range(3):
-        t0 = time.perf_counter()
-        codec.encode_table(table)
-        best = min(best, time.perf_counter() - t0)
-    # target >= 1M rows/s; allow 2x for a loaded 2-core CI machine
-    assert 200_000 / best >= 500_000, f"{200_000 / best:.0f} rows/s"

@@ -153,9 +153,9 @@ def test_error_reply_surfaces_and_the_store_keeps_working(
 
 def test_plain_reply_reading_fallback(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Without a hiredis reader, replies are read one by one through redis-py."""
-    from featurestore.online import redis_store
+    from featurestore.online import _redis_wire as wire
 
-    real = redis_store._read_replies
+    real = wire.read_replies
 
     def without_reader(conn: Any, count: int) -> Any:
         class _Plain:
@@ -164,7 +164,7 @@ def test_plain_reply_reading_fallback(redis_url: str, monkeypatch: pytest.Monkey
 
         return real(_Plain(), count)
 
-    monkeypatch.setattr(redis_store, "_read_replies", without_reader)
+    monkeypatch.setattr(wire, "read_replies", without_reader)
     store = RedisOnlineStore(redis_url)
     keys = build_keys("p", "v", ("id",), [list(range(3000))])
     now_ms = int(time.time() * 1000)
@@ -176,16 +176,37 @@ def test_plain_reply_reading_fallback(redis_url: str, monkeypatch: pytest.Monkey
 def test_cluster_write_with_a_stale_slot_map_falls_back_to_redirects(
     redis_cluster_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from featurestore.online import redis_store
+    from featurestore.online import _redis_wire as wire
 
     store = RedisClusterOnlineStore(redis_cluster_url)
     client = store._client()
     one_node = client.get_primaries()[0]
     # pretend every key lives on one node: the others' keys come back MOVED
-    monkeypatch.setattr(
-        redis_store, "_group_by_node", lambda c, keys: {one_node: list(range(len(keys)))}
-    )
+    monkeypatch.setattr(wire, "group_by_node", lambda c, keys: {one_node: list(range(len(keys)))})
     keys = build_keys("p", "v", ("id",), [list(range(300))])
     store.write_batch(keys, [b"%d" % i for i in range(300)])
+    assert store.read(keys) == [b"%d" % i for i in range(300)]
+    store.close()
+
+
+def test_cluster_read_with_a_stale_slot_map_falls_back_to_redirects(
+    redis_cluster_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from featurestore.online import _redis_wire as wire
+
+    store = RedisClusterOnlineStore(redis_cluster_url)
+    keys = build_keys("p", "v", ("id",), [list(range(300))])
+    store.write_batch(keys, [b"%d" % i for i in range(300)])
+    client = store._client()
+    one_node = client.get_primaries()[0]
+    real = wire.group_by_slot
+
+    def stale(c: Any, ks: Any) -> Any:
+        merged: dict[int, list[int]] = {}
+        for slots in real(c, ks).values():
+            merged.update(slots)
+        return {one_node: merged}  # every slot sent to one node: the others answer MOVED
+
+    monkeypatch.setattr(wire, "group_by_slot", stale)
     assert store.read(keys) == [b"%d" % i for i in range(300)]
     store.close()

@@ -15,12 +15,18 @@ from hypothesis import strategies as st
 
 from featurestore.config import config_from_dict
 from featurestore.errors import ConfigError
-from tests.serving.conftest import expected_user
+from tests.serving.conftest import expected_user, make_repo
 
 
 @pytest.fixture(scope="module")
-def engine(served_repo: Path):
-    e = Engine.from_repo(str(served_repo)).start(poll=False)
+def engine_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # its own repo: an embedded store opens once per process, and the shared server has its own
+    return make_repo(tmp_path_factory.mktemp("engine") / "repo")
+
+
+@pytest.fixture(scope="module")
+def engine(engine_repo: Path):
+    e = Engine.from_repo(str(engine_repo)).start(poll=False)
     yield e
     e.close()
 
@@ -47,12 +53,12 @@ def test_rows_or_columns_give_the_same_answer(engine: Engine) -> None:
     assert a.to_dict() == b.to_dict()
 
 
-def test_a_tiny_deadline_degrades_instead_of_waiting(served_repo: Path) -> None:
+def test_a_tiny_deadline_degrades_instead_of_waiting(engine_repo: Path) -> None:
     from featurestore.online.serving.config import ServingConfig
 
     from featurestore.store import FeatureStore
 
-    store = FeatureStore(served_repo)
+    store = FeatureStore(engine_repo)
     e = Engine(store, serving=ServingConfig(isolate_reads="always"), own_store=True)
     slow_read = store.online.read
 
@@ -76,11 +82,11 @@ def test_a_tiny_deadline_degrades_instead_of_waiting(served_repo: Path) -> None:
     e.close()
 
 
-def test_breaker_opens_and_skips_the_store(served_repo: Path) -> None:
+def test_breaker_opens_and_skips_the_store(engine_repo: Path) -> None:
     from featurestore.errors import OnlineStoreUnavailableError
     from featurestore.store import FeatureStore
 
-    store = FeatureStore(served_repo)
+    store = FeatureStore(engine_repo)
     e = Engine(store, own_store=True)
     calls = 0
 
@@ -154,3 +160,36 @@ def test_non_key_values_are_rejected_naming_the_key(values) -> None:
 def test_entity_cap() -> None:
     with pytest.raises(TooManyEntitiesError, match="limit is 3"):
         rq.check_entities({"a": [1, 2, 3, 4]}, {"a": "v"}, 3)
+
+
+def test_on_demand_features_use_request_data_and_fetched_features(engine: Engine) -> None:
+    from featurestore.transforms import RequestSource, on_demand_feature
+
+    from featurestore.field import Field
+    from featurestore.types import Float64
+
+    txn = RequestSource("txn", schema=[Field("amount", Float64)])
+
+    @on_demand_feature(
+        inputs=["amount", "user_stats:amount_mean"],
+        output=Field("amount_ratio", Float64),
+        sources=[txn],
+    )
+    def amount_ratio(amount: float, mean: float) -> float:
+        return amount / (mean + 1.0)
+
+    # the embedded store opens once per process: share the module engine's store
+    e = Engine(engine.store, on_demand=[amount_ratio])
+    res = e.get_features(
+        feature_service="everything",
+        entities={"user_id": [4, 5], "merchant_id": [1, 1]},
+        request_data={"amount": [70.0, None]},
+    )
+    mean4 = expected_user(4)["amount_mean"]
+    assert res.columns["amount_ratio"] == [70.0 / (mean4 + 1.0), None]
+    assert "amount_ratio" in res.to_dict()["feature_names"]
+    without = e.get_features(
+        feature_service="everything", entities={"user_id": [4], "merchant_id": [1]}
+    )
+    assert "amount_ratio" not in without.columns  # its request input was not sent
+    e.close()

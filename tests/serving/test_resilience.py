@@ -18,8 +18,17 @@ import pytest
 from tests.serving.conftest import free_port, make_repo
 
 DEADLINE_MS = 50
-# loopback HTTP + a loaded 2-core CI box: the slack allowed on top of the engine's deadline
-SLACK_S = 0.25
+# Loopback HTTP on a loaded 2-core box: 98 % of answers must arrive within deadline + SLACK_S;
+# every answer within HANG_S (the OS may deschedule the whole process for a few 100 ms).
+SLACK_S = 0.1
+HANG_S = 1.0
+
+
+def assert_within_deadline(phase: list[tuple[float, float, int, dict[str, Any]]]) -> None:
+    lat = sorted(r[1] for r in phase)
+    late = [x for x in lat if x >= DEADLINE_MS / 1000 + SLACK_S]
+    assert len(late) <= 0.02 * len(lat), f"{len(late)} of {len(lat)} late: {late[-5:]}"
+    assert lat[-1] < HANG_S, f"an answer took {lat[-1]:.3f} s"
 
 
 class Redis:
@@ -189,9 +198,10 @@ def test_killed_redis_answers_degraded_within_deadline_and_recovers(
     assert not load.errors
     assert {r[2] for r in load.results} == {200}
     outage = [r for r in load.results if t_kill <= r[0] <= t_restart]
-    assert outage and all(r[3]["degraded"] for r in outage[3:])
-    slowest = max(r[1] for r in outage)
-    assert slowest < DEADLINE_MS / 1000 + SLACK_S, f"slowest answer in the outage {slowest:.3f}s"
+    assert outage and all(r[3]["degraded"] for r in outage[3:]), [
+        (round(r[0] - t_kill, 3), r[3]["degraded"]) for r in outage[:10]
+    ]
+    assert_within_deadline(outage)
     assert t_back - t_restart < 5
     degraded = next(r for r in outage if r[3]["degraded"])
     assert degraded[3]["scores"] and len(degraded[3]["scores"]) == 2  # scored on defaults
@@ -216,7 +226,8 @@ def test_hung_redis_costs_at_most_the_deadline(tmp_path: Path, serve, redis_proc
         time.sleep(0.2)
     assert not load.errors and {r[2] for r in load.results} == {200}
     hung = [r for r in load.results if t_pause <= r[0] <= t_resume]
-    assert max(r[1] for r in hung) < DEADLINE_MS / 1000 + SLACK_S
+    assert len(hung) > 20
+    assert_within_deadline(hung)
     d = next(r[3] for r in hung if r[3]["degraded"])
     cols = dict(zip(d["feature_names"], d["results"], strict=True))
     assert cols["tx_count"] == {"values": [0], "statuses": ["UNAVAILABLE"]}  # the default

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import httpx
@@ -348,3 +349,42 @@ def test_batch_of_entities_in_one_predict(client: httpx.Client) -> None:
     )
     assert r.status_code == 200
     assert len(r.json()["scores"]) == n
+
+
+def test_unapplied_repo_is_live_but_not_ready_until_apply(tmp_path: Path) -> None:
+    from featurestore.online.serving.engine import Engine
+    from featurestore.online.serving.rest import create_app
+
+    from tests.serving.conftest import DEFS, _write_data
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "featurestore.yaml").write_text(
+        "project: late\nonline_store:\n  type: embedded\n  path: data/online\n  map_size: 64MB\n"
+    )
+    (repo / "definitions.py").write_text(DEFS)
+    _write_data(repo)
+    app = create_app(Engine.from_repo(str(repo)), own_engine=True)
+    s = ServerThread(app)
+    s.thread.start()
+    try:
+        while not s.server.started:
+            time.sleep(0.01)
+        with httpx.Client(base_url=s.url, timeout=10) as c:
+            assert c.get("/health/live").status_code == 200
+            r = c.get("/health/ready")
+            assert r.status_code == 503 and r.json()["registry_version"] is None
+            r = c.post(
+                "/get-online-features",
+                json={"feature_service": "scoring", "entities": {"user_id": [1]}},
+            )
+            assert r.status_code == 503 and "featurestore apply" in r.json()["error"]
+            from featurestore.store import FeatureStore
+
+            FeatureStore(repo).apply()
+            deadline = time.monotonic() + 10
+            while c.get("/health/ready").status_code != 200:
+                assert time.monotonic() < deadline, "never became ready after apply"
+                time.sleep(0.1)
+    finally:
+        s.stop()

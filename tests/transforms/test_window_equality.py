@@ -5,17 +5,18 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from _wf_helpers import close, oracle, same
 from featurestore.transforms import (
-    FUNCTIONS,
     Aggregation,
     OnlineWindows,
     compile_plan,
     compute_window_features,
     transform,
 )
+from featurestore.transforms.aggregation import FUNCTIONS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from tests.transforms._wf_helpers import close, oracle, same
 
 S = 1_000_000  # one second in microseconds; timestamps sit on a 1 s grid so edges are hit often
 
@@ -81,7 +82,7 @@ def _online(events, queries, roundtrip):
     return results
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(events=events_st, queries=queries_st, roundtrip=st.booleans())
 def test_offline_online_and_oracle_agree(events, queries, roundtrip):
     off = _offline(events, queries)
@@ -183,3 +184,20 @@ def test_single_entity_with_1e5_events_matches_online_and_reference():
             assert off["x_min_30m"][qi] == win.min() and off["x_max_30m"][qi] == win.max()
             assert close(off["x_stddev_30m"][qi], float(np.std(win)), 1e-9)
             assert off["x_last_30m"][qi] == win[-1]
+
+
+def test_parallel_kernel_equals_serial_kernel_bit_for_bit():
+    rng = np.random.default_rng(3)
+    n, m = 200_000, 50_000
+    ent = rng.integers(0, 20_000, n)
+    ts = rng.integers(0, 1_000, n) * S
+    x = rng.normal(0, 1e3, n)
+    x[rng.random(n) < 0.1] = np.nan
+    cols = {"x": x, "k": rng.integers(0, 50, n)}
+    qe, qt = rng.integers(0, 20_001, m), rng.integers(0, 1_100, m) * S
+    serial = compute_window_features(PLAN, ent, ts, cols, qe, qt, parallel=1)
+    par = compute_window_features(PLAN, ent, ts, cols, qe, qt, parallel=2)
+    for name in PLAN.names:
+        a, b = serial[name], par[name]
+        assert a.dtype == b.dtype
+        assert np.array_equal(a.view(np.int64), b.view(np.int64)), name

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _wf_helpers import same
 from featurestore.transforms import (
     Aggregation,
     LateEventError,
@@ -14,6 +13,7 @@ from featurestore.transforms import (
 )
 
 from featurestore.errors import DefinitionError, FeatureStoreError
+from tests.transforms._wf_helpers import same
 
 S = 1_000_000
 PLAN = compile_plan(
