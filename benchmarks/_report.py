@@ -27,6 +27,7 @@ class Row:
 
 
 ROWS: list[Row] = []
+NOTES: list[str] = []  # extra lines under the table
 FAILED: list[tuple[str, str]] = []  # (nodeid, one-line reason) of benchmarks that errored
 
 
@@ -134,8 +135,8 @@ def write_results(path: Path, scale: dict[str, int], notes: Sequence[str] = ()) 
     if FAILED:
         lines += ["", "Benchmarks that did not finish:", ""]
         lines += [f"- `{nodeid}`: {why}" for nodeid, why in FAILED]
-    if notes:
-        lines += ["", *notes]
+    if notes or NOTES:
+        lines += ["", *NOTES, *notes]
     text = "\n".join(lines) + "\n"
     path.write_text(text)
     return text

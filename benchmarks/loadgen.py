@@ -111,6 +111,7 @@ class LoadResult:
             f"{head}{s['calls']} calls ({s['errors']} errors) at concurrency {s['concurrency']} "
             f"in {s['duration_s']} s: {s['throughput_per_s']}/s, p50 {s['p50_us']} us, "
             f"p99 {s['p99_us']} us, p99.9 {s['p99.9_us']} us"
+            + (f"; first error: {self.first_error[:200]}" if self.first_error else "")
         )
 
 
@@ -367,7 +368,8 @@ def _grpc_parts(url: str) -> tuple[str, str]:
     if parts.scheme != "grpc" or not parts.hostname or not parts.port or parts.path.count("/") != 2:
         raise ValueError(f"expected grpc://host:port/package.Service/Method, got {url!r}")
     check_loopback(parts.hostname)
-    return f"{parts.hostname}:{parts.port}", parts.path
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"{host}:{parts.port}", parts.path
 
 
 def grpc_call(
@@ -438,6 +440,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"loadgen: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # the target failed during warm-up: say so in one line
+        first = (str(exc).strip().splitlines() or [""])[0]
+        print(
+            f"loadgen: {a.url} failed during warm-up: {type(exc).__name__}: {first}",
+            file=sys.stderr,
+        )
+        return 1
     print(json.dumps(result.summary()) if a.json else str(result))
     return 1 if result.errors and not result.n else 0
 

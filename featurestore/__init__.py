@@ -21,8 +21,17 @@ from featurestore.errors import (
 from featurestore.feature_service import FeatureService
 from featurestore.feature_view import FeatureView
 from featurestore.field import Field
+from featurestore.on_demand_view import OnDemandFeatureView
 from featurestore.sources import DuckDBSource, ParquetSource
 from featurestore.store import FeatureStore, MaterializeResult
+from featurestore.transforms import (
+    Aggregation,
+    OnDemandFeature,
+    RequestSource,
+    RowTransform,
+    on_demand_feature,
+    transform,
+)
 from featurestore.types import (
     Array,
     Bool,
@@ -36,6 +45,7 @@ from featurestore.types import (
 )
 
 __all__ = [
+    "Aggregation",
     "Array",
     "Bool",
     "Bytes",
@@ -56,12 +66,18 @@ __all__ = [
     "Int64",
     "MaterializeResult",
     "OfflineStoreError",
+    "OnDemandFeature",
+    "OnDemandFeatureView",
     "OnlineStoreError",
     "OnlineStoreUnavailableError",
     "ParquetSource",
     "RegistryError",
     "RepoConfig",
+    "RequestSource",
+    "RowTransform",
     "String",
     "UnixTimestamp",
     "load_config",
+    "on_demand_feature",
+    "transform",
 ]

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from featurestore._cli_serve import register_commands
 from featurestore.errors import FeatureStoreError
 
 
@@ -273,6 +274,9 @@ def quickstart(directory: str, transactions: int, seed: int) -> None:
     from featurestore.quickstart import run_quickstart
 
     run_quickstart(Path(directory), n_transactions=transactions, seed=seed, echo=click.echo)
+
+
+register_commands(cli)
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ from featurestore.entity import Entity
 from featurestore.errors import DefinitionError
 from featurestore.field import Field
 from featurestore.sources import Source, source_from_dict
+from featurestore.window_spec import WindowSpec
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,12 @@ class FeatureView:
 
     ``schema`` lists the feature columns (join keys and timestamps may be listed too; they are
     recognised and left out of the features).
+
+    With ``aggregations=[Aggregation(...)]`` the view is a window view: each source row is an
+    event and the features are the aggregation outputs (``schema`` is then optional; when given
+    it must name outputs with their types). ``derived`` adds row-transform columns aggregations
+    can read; ``allowed_lateness`` widens the online state for late events (see
+    featurestore.transforms.online).
     """
 
     name: str
@@ -31,6 +38,7 @@ class FeatureView:
     description: str = ""
     owner: str = ""
     tags: dict[str, str] = field(default_factory=dict, hash=False)
+    window: WindowSpec | None = field(default=None, hash=False, repr=False)
 
     def __init__(
         self,
@@ -38,12 +46,16 @@ class FeatureView:
         name: str,
         entities: list[Entity] | tuple[Entity, ...],
         source: Source,
-        schema: list[Field] | tuple[Field, ...],
+        schema: list[Field] | tuple[Field, ...] | None = None,
         ttl: timedelta | str | int | None = None,
         online: bool = True,
         description: str = "",
         owner: str = "",
         tags: dict[str, str] | None = None,
+        aggregations: list[Any] | None = None,
+        derived: dict[str, tuple[Any, list[str]]] | None = None,
+        allowed_lateness: timedelta | str | int | None = None,
+        _window: WindowSpec | None = None,
     ) -> None:
         if not name or not isinstance(name, str) or ":" in name:
             raise DefinitionError(
@@ -67,6 +79,22 @@ class FeatureView:
             )
         keys = {k for e in ents for k in e.join_keys}
         reserved = keys | {source.timestamp_field, source.created_timestamp_field}
+        window = _window
+        if window is None and (aggregations or derived or allowed_lateness is not None):
+            if not aggregations:
+                raise DefinitionError(
+                    f"feature view '{name}' has derived columns or allowed_lateness but no "
+                    "aggregations; add aggregations=[Aggregation(...)]"
+                )
+            window = WindowSpec(name, aggregations, derived, allowed_lateness)
+        schema = list(schema or ())
+        if window is not None:
+            if ttl_td is not None:
+                raise DefinitionError(
+                    f"feature view '{name}' has aggregations and a ttl; window features need "
+                    "no ttl (the windows bound the events), remove ttl"
+                )
+            schema = _window_schema(name, window, [f for f in schema if f.name not in reserved])
         feats = tuple(f for f in schema if f.name not in reserved)
         if not feats:
             raise DefinitionError(f"feature view '{name}' has no features in its schema")
@@ -89,8 +117,14 @@ class FeatureView:
             ("description", description),
             ("owner", owner),
             ("tags", dict(tags or {})),
+            ("window", window),
         ):
             object.__setattr__(self, attr, val)
+
+    @property
+    def is_window(self) -> bool:
+        """Whether the features are window aggregations over events."""
+        return self.window is not None
 
     @property
     def join_keys(self) -> tuple[str, ...]:
@@ -122,8 +156,17 @@ class FeatureView:
     @property
     def schema_version(self) -> int:
         """A 32-bit fingerprint of the feature names and types; online rows carry it."""
+        cached = self.__dict__.get("_schema_version")
+        if cached is not None:
+            return cached
         text = "|".join(f"{f.name}:{f.dtype.name}" for f in self.schema)
-        return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=4).digest(), "little")
+        if self.window is not None:  # a new plan means new state bytes: re-materialize
+            import json
+
+            text += "|window:" + json.dumps(self.window.spec, sort_keys=True)
+        version = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=4).digest(), "little")
+        object.__setattr__(self, "_schema_version", version)  # immutable view: compute once
+        return version
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -136,10 +179,14 @@ class FeatureView:
             "description": self.description,
             "owner": self.owner,
             "tags": self.tags,
+            **({"window": self.window.spec} if self.window is not None else {}),
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], entities: dict[str, Entity]) -> FeatureView:
+    def from_dict(
+        cls, d: dict[str, Any], entities: dict[str, Entity], repo_path: Any = None
+    ) -> FeatureView:
+        win = d.get("window")
         return cls(
             name=d["name"],
             entities=[entities[n] for n in d["entities"]],
@@ -150,7 +197,32 @@ class FeatureView:
             description=d.get("description", ""),
             owner=d.get("owner", ""),
             tags=d.get("tags") or {},
+            _window=None if win is None else WindowSpec(d["name"], spec=win, repo_path=repo_path),
         )
+
+
+def _window_schema(name: str, window: WindowSpec, declared: list[Field]) -> list[Field]:
+    """The outputs of ``window`` as fields; a declared field must be an output of that type."""
+    outputs = {f.name: f for f in window.output_fields()}
+    by_name = {f.name: f for f in declared}
+    for f in declared:
+        out = outputs.get(f.name)
+        if out is None:
+            raise DefinitionError(
+                f"feature view '{name}' declares '{f.name}', which no aggregation produces; "
+                f"its outputs are {_brief(list(outputs))}"
+            )
+        if f.dtype != out.dtype:
+            raise DefinitionError(
+                f"feature view '{name}': '{f.name}' is {out.dtype.name} but declared "
+                f"{f.dtype.name}; declare it {out.dtype.name}"
+            )
+        if f.default is not None:
+            raise DefinitionError(
+                f"feature view '{name}': window feature '{f.name}' cannot have a default (an "
+                "empty window is 0 for counts and null otherwise); remove default="
+            )
+    return [by_name.get(n, f) for n, f in outputs.items()]
 
 
 def _brief(names: tuple[str, ...] | list[str]) -> str:

@@ -64,6 +64,13 @@ def make_plan(current: RegistryState, defs: RepoDefinitions) -> Plan:
     _diff(plan, "entity", current.entities, defs.entities, _entity_details)
     _diff(plan, "feature view", current.feature_views, defs.feature_views, _view_details)
     _diff(
+        plan,
+        "on-demand feature view",
+        current.on_demand_views,
+        defs.on_demand_views,
+        lambda old, new: (_field_diffs(old.to_dict(), new.to_dict()), False),
+    )
+    _diff(
         plan, "feature service", current.feature_services, defs.feature_services, _service_details
     )
     return plan
@@ -114,9 +121,9 @@ def _view_details(old, new) -> tuple[list[str], bool]:  # type: ignore[no-untype
         lines.append(f"~ join keys {list(old.join_keys)} -> {list(new.join_keys)} (breaking)")
         breaking = True
     od, nd = old.to_dict(), new.to_dict()
-    for k in ("source", "ttl", "online", "description", "owner", "tags"):
-        if od[k] != nd[k]:
-            lines.append(f"~ {k}: {od[k]!r} -> {nd[k]!r}")
+    for k in ("source", "ttl", "online", "description", "owner", "tags", "window"):
+        if od.get(k) != nd.get(k):
+            lines.append(f"~ {k}: {od.get(k)!r} -> {nd.get(k)!r}")
     if old.schema_version != new.schema_version:
         lines.append(
             "online rows of the old schema are not served until the view is materialized again"

@@ -18,6 +18,7 @@ from featurestore.entity import Entity
 from featurestore.errors import FeatureNotFoundError, RegistryError
 from featurestore.feature_service import FeatureService
 from featurestore.feature_view import FeatureView, _brief
+from featurestore.on_demand_view import OnDemandFeatureView
 
 FORMAT = 1
 
@@ -33,12 +34,24 @@ class RegistryState:
     feature_views: dict[str, FeatureView] = field(default_factory=dict)
     feature_services: dict[str, FeatureService] = field(default_factory=dict)
     materialization: dict[str, dict[str, Any]] = field(default_factory=dict)
+    on_demand_views: dict[str, OnDemandFeatureView] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for odfv in self.on_demand_views.values():  # lookups fetch their inputs from these
+            odfv._source_views = {
+                n: self.feature_views[n] for n in odfv.source_views if n in self.feature_views
+            }
 
     def feature_view(self, name: str) -> FeatureView:
+        """A feature view (or an on-demand feature view, which answers the same questions)."""
         try:
             return self.feature_views[name]
         except KeyError:
-            known = _brief(sorted(self.feature_views)) or "none (run `featurestore apply`)"
+            odfv = self.on_demand_views.get(name)
+            if odfv is not None:
+                return odfv  # type: ignore[return-value]
+            names = sorted([*self.feature_views, *self.on_demand_views])
+            known = _brief(names) or "none (run `featurestore apply`)"
             raise FeatureNotFoundError(
                 f"no feature view '{name}' in the registry; known views: {known}"
             ) from None
@@ -62,16 +75,24 @@ class RegistryState:
             "feature_views": [v.to_dict() for v in self.feature_views.values()],
             "feature_services": [s.to_dict() for s in self.feature_services.values()],
             "materialization": self.materialization,
+            "on_demand_feature_views": [v.to_dict() for v in self.on_demand_views.values()],
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> RegistryState:
+    def from_dict(cls, d: dict[str, Any], repo_path: Path | None = None) -> RegistryState:
+        """Inverse of ``to_dict``; transform functions resolve against ``repo_path`` on use."""
         if d.get("format") != FORMAT:
             raise RegistryError(
                 f"registry format {d.get('format')!r} is not supported (expected {FORMAT})"
             )
         entities = {e["name"]: Entity.from_dict(e) for e in d["entities"]}
-        views = {v["name"]: FeatureView.from_dict(v, entities) for v in d["feature_views"]}
+        views = {
+            v["name"]: FeatureView.from_dict(v, entities, repo_path) for v in d["feature_views"]
+        }
+        odfvs = {
+            v["name"]: OnDemandFeatureView.from_dict(v, repo_path)
+            for v in d.get("on_demand_feature_views") or ()
+        }
         services = {s["name"]: FeatureService.from_dict(s) for s in d["feature_services"]}
         return cls(
             project=d["project"],
@@ -81,15 +102,17 @@ class RegistryState:
             feature_views=views,
             feature_services=services,
             materialization=d.get("materialization") or {},
+            on_demand_views=odfvs,
         )
 
 
 class Registry:
     """Reads and writes the registry file; every write is atomic (temp file + rename) and locked."""
 
-    def __init__(self, path: Path, project: str) -> None:
+    def __init__(self, path: Path, project: str, repo_path: Path | None = None) -> None:
         self.path = Path(path)
         self.project = project
+        self.repo_path = repo_path
         self._cache: tuple[float, int, RegistryState] | None = None
 
     def _lock(self) -> Any:
@@ -110,7 +133,7 @@ class Registry:
         if self._cache and self._cache[0] == st.st_mtime and self._cache[1] == st.st_size:
             return self._cache[2]
         try:
-            state = RegistryState.from_dict(json.loads(self.path.read_bytes()))
+            state = RegistryState.from_dict(json.loads(self.path.read_bytes()), self.repo_path)
         except (ValueError, KeyError, TypeError) as exc:
             raise RegistryError(
                 f"registry {self.path} is corrupt ({exc}); re-run `featurestore apply`"
@@ -133,7 +156,11 @@ class Registry:
         return state
 
     def apply(
-        self, entities: list[Entity], views: list[FeatureView], services: list[FeatureService]
+        self,
+        entities: list[Entity],
+        views: list[FeatureView],
+        services: list[FeatureService],
+        on_demand_views: list[OnDemandFeatureView] | None = None,
     ) -> RegistryState:
         """Replace the definitions with these, as a new version; materialization state of kept views stays."""
         with self._lock():
@@ -151,6 +178,7 @@ class Registry:
                 feature_views={v.name: v for v in views},
                 feature_services={s.name: s for s in services},
                 materialization=keep,
+                on_demand_views={v.name: v for v in on_demand_views or ()},
             )
             self._write(state, history=True)
             return state

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +11,7 @@ from featurestore.entity import Entity
 from featurestore.errors import DefinitionError, FeatureStoreError
 from featurestore.feature_service import FeatureService
 from featurestore.feature_view import FeatureView
+from featurestore.on_demand_view import OnDemandFeatureView
 
 
 @dataclass
@@ -22,6 +21,7 @@ class RepoDefinitions:
     entities: dict[str, Entity] = field(default_factory=dict)
     feature_views: dict[str, FeatureView] = field(default_factory=dict)
     feature_services: dict[str, FeatureService] = field(default_factory=dict)
+    on_demand_views: dict[str, OnDemandFeatureView] = field(default_factory=dict)
     origin: dict[tuple[str, str], str] = field(default_factory=dict)  # (kind, name) -> file
 
     def where(self, kind: str, name: str) -> str:
@@ -53,21 +53,21 @@ def load_definitions(config: RepoConfig) -> RepoDefinitions:
 
 
 def _import_file(path: Path, config: RepoConfig) -> object:
-    name = f"_featurestore_defs_{config.project}_{path.stem}".replace("-", "_")
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise DefinitionError(f"{path.name}: cannot be imported as Python")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
+    """Import one definitions file under a stable module name (numba's disk cache needs it)."""
+    from featurestore._transform_refs import CURRENT_REPO
+    from featurestore.transforms.row import load_module_from_path
+
+    token = CURRENT_REPO.set(Path(config.repo_path))
     try:
-        spec.loader.exec_module(module)
+        return load_module_from_path(str(path))
     except FeatureStoreError as exc:
         raise DefinitionError(f"{path.name}:{_line_in(exc, path)}: {exc}") from None
     except Exception as exc:  # the user's file failed: name the file and line, not our stack
         raise DefinitionError(
             f"{path.name}:{_line_in(exc, path)}: {type(exc).__name__}: {exc}"
         ) from None
-    return module
+    finally:
+        CURRENT_REPO.reset(token)
 
 
 def _line_in(exc: BaseException, path: Path) -> int | str:
@@ -89,9 +89,11 @@ def _collect(defs: RepoDefinitions, value: object, filename: str) -> None:
                 _add(defs, defs.entities, "entity", e.name, e, filename)
     elif isinstance(value, FeatureService):
         _add(defs, defs.feature_services, "feature service", value.name, value, filename)
+    elif isinstance(value, OnDemandFeatureView):
+        _add(defs, defs.on_demand_views, "feature view", value.name, value, filename)
     elif isinstance(value, (list, tuple)):
         for item in value:
-            if isinstance(item, (Entity, FeatureView, FeatureService)):
+            if isinstance(item, (Entity, FeatureView, FeatureService, OnDemandFeatureView)):
                 _collect(defs, item, filename)
 
 
@@ -118,10 +120,27 @@ def _check_references(defs: RepoDefinitions) -> None:
                     f"entity '{e.name}' than the one declared in {defs.where('entity', e.name)}; "
                     "use the same Entity object"
                 )
+    for name in defs.on_demand_views.keys() & defs.feature_views.keys():
+        raise DefinitionError(
+            f"{defs.where('feature view', name)}: '{name}' is both a feature view and an "
+            "on-demand feature view; rename one"
+        )
+    for odfv in defs.on_demand_views.values():
+        for feat in odfv.feature_names:
+            for ref in odfv.inputs_of(feat):
+                if ":" not in ref:
+                    continue
+                view_name, name = ref.split(":", 1)
+                view = defs.feature_views.get(view_name)
+                if view is None or name not in view.feature_names:
+                    raise DefinitionError(
+                        f"{defs.where('feature view', odfv.name)}: on-demand feature "
+                        f"'{odfv.name}:{feat}' reads '{ref}', which no feature view defines"
+                    )
     for s in defs.feature_services.values():
         for ref in s.features:
             view_name, feat = ref.split(":")
-            view = defs.feature_views.get(view_name)
+            view = defs.feature_views.get(view_name) or defs.on_demand_views.get(view_name)
             where = defs.where("feature service", s.name)
             if view is None:
                 raise DefinitionError(

@@ -48,7 +48,7 @@ class FeatureStore:
         self.config = config or load_config(repo_path)
         self.repo_path = self.config.repo_path
         self.project = self.config.project
-        self._registry = Registry(self.config.registry_path, self.project)
+        self._registry = Registry(self.config.registry_path, self.project, self.repo_path)
         self._offline: OfflineStore | None = None
         self._online: OnlineStore | None = None
 
@@ -93,14 +93,26 @@ class FeatureStore:
                 list(defs.entities.values()),
                 list(defs.feature_views.values()),
                 list(defs.feature_services.values()),
+                list(defs.on_demand_views.values()),
             )
         return plan
 
     def _validate_against_data(self, defs: Any) -> None:
+        """Views against their sources, then every transform compiled (numba disk-cached)."""
+        from featurestore._compile import compile_definitions
+
         problems: list[str] = []
         for view in defs.feature_views.values():
-            for p in self.offline.validate_view(view):
+            if view.is_window:
+                from featurestore.offline.windows import window_problems
+
+                found = window_problems(self.offline, view)
+            else:
+                found = self.offline.validate_view(view)
+            for p in found:
                 problems.append(f"{defs.where('feature view', view.name)}: {p}")
+        if not problems:
+            problems = compile_definitions(self.offline, defs)
         if problems:
             more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
             raise DefinitionError(problems[0] + more)
@@ -131,7 +143,7 @@ class FeatureStore:
             names = grouped.setdefault(view_name, [])
             if feat not in names:
                 names.append(feat)
-        return [(state.feature_views[v], f) for v, f in grouped.items()]
+        return [(state.feature_view(v), f) for v, f in grouped.items()]
 
     # ---- offline ----------------------------------------------------------------------------
     @property
@@ -157,10 +169,26 @@ class FeatureStore:
         ``entity_df`` is a polars/pandas DataFrame, a pyarrow Table or a Parquet path holding the
         join keys and ``timestamp_column``. ``as_known=True`` also drops rows whose created
         timestamp is after t ("as it was known at t").
+
+        Window views are aggregated as of each spine time (``(t - w, t]``); on-demand features
+        are computed from the other columns and the spine's request-field columns.
         """
+        requests = self.resolve_features(features)
+        if any(v.is_window or not v.join_keys for v, _ in requests):
+            from featurestore.offline.mixed import historical_features
+
+            return historical_features(
+                self.offline,
+                entity_df,
+                requests,
+                full_feature_names=full_feature_names,
+                as_known=as_known,
+                timestamp_column=timestamp_column,
+                progress=progress,
+            )
         return self.offline.get_historical_features(
             entity_df,
-            self.resolve_features(features),
+            requests,
             full_feature_names=full_feature_names,
             as_known=as_known,
             timestamp_column=timestamp_column,
@@ -184,7 +212,11 @@ class FeatureStore:
         views: Sequence[str] | None = None,
         progress: bool = False,
     ) -> MaterializeResult:
-        """Write the latest row per entity with start <= event_timestamp <= end to the online store."""
+        """Write the latest row per entity with start <= event_timestamp <= end to the online store.
+
+        A window view writes each entity's window state as of ``end`` instead (built from its
+        events in ``(end - max window - allowed lateness, end]``; ``start`` is not used).
+        """
         start_us, end_us = to_us(start), to_us(end)
         if start_us > end_us:
             raise ValueError(f"materialize: start {to_utc(start_us)} is after end {to_utc(end_us)}")
@@ -231,8 +263,23 @@ class FeatureStore:
         from featurestore._time import duration_us, parse_duration
         from featurestore.online.writer import write_table
 
-        total = self.offline.count_latest_rows(view, start_us, end_us)
         grace = duration_us(parse_duration(self.config.online_store.key_ttl_grace)) or 0
+        if view.is_window:
+            from featurestore.online.windows import materialize_window_view
+
+            written = materialize_window_view(
+                self.offline,
+                self.online,
+                self.project,
+                view,
+                end_us,
+                key_ttl_grace_us=grace,
+                batch_size=self.config.online_store.write_batch_size,
+                now_us=now_us(),
+            )
+            self._registry.update_materialization(view.name, start_us, end_us)
+            return written
+        total = self.offline.count_latest_rows(view, start_us, end_us)
         written = 0
         with progress_bar(total, f"materialize {view.name}", enabled=progress) as bar:
             for batch in self.offline.iter_latest_rows(view, start_us, end_us):
@@ -262,10 +309,13 @@ class FeatureStore:
         full_feature_names: bool = False,
         include_event_timestamps: bool = False,
         now: datetime | str | int | None = None,
+        request_data: dict[str, Sequence[Any]] | None = None,
     ) -> OnlineResponse:
         """Latest values for each entity row, with a status per value; one store round trip.
 
-        ``now`` sets the time TTLs are judged at (default: the wall clock).
+        ``now`` sets the time TTLs are judged at and window features are read at (default: the
+        wall clock). ``request_data`` gives on-demand features their request fields, one value
+        per entity row.
         """
         from featurestore.online.lookup import get_online_features
 
@@ -277,6 +327,7 @@ class FeatureStore:
             now_us=now_us() if now is None else to_us(now),
             full_feature_names=full_feature_names,
             include_event_timestamps=include_event_timestamps,
+            request_data=request_data,
         )
 
     def close(self) -> None:

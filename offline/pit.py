@@ -179,7 +179,7 @@ def join_sql(plan: SourcePlan, feats: list[str], *, as_known: bool) -> str:
             f"SELECT s.{ROW}, ({hit}) AS {HIT}, "
             + _case_list(plan, feats, hit if ttl is not None else None)
             + f" FROM {SPINE} s ASOF LEFT JOIN f ON {match} AND s.{TS} >= f.__fs_ev "
-            f""
+            f"ORDER BY s.{ROW}"
         )
     casted = ", ".join(f"{plan.feature_cast(x, 'f')} AS {ident(x)}" for x in feats)
     cond = f"{match} AND f.__fs_ev <= s.{TS} AND coalesce(f.__fs_cr, f.__fs_ev) <= s.{TS}"
@@ -192,7 +192,7 @@ def join_sql(plan: SourcePlan, feats: list[str], *, as_known: bool) -> str:
         "ORDER BY f.__fs_ev DESC, f.__fs_cr DESC NULLS LAST) = 1) "
         f"SELECT s.{ROW}, (m.{ROW} IS NOT NULL) AS {HIT}, "
         + ", ".join(f"m.{ident(x)}" for x in feats)
-        + f" FROM {SPINE} s LEFT JOIN m ON s.{ROW} = m.{ROW} "
+        + f" FROM {SPINE} s LEFT JOIN m ON s.{ROW} = m.{ROW} ORDER BY s.{ROW}"
     )
 
 

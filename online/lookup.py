@@ -3,6 +3,11 @@
 The hot path for a few entities is a handful of numpy calls per view: one ``np.frombuffer``
 decodes every present row of a view, and ``records.tolist()`` + ``zip`` turns them into
 per-feature Python lists without a Python loop per value.
+
+Window views (online/windows.py) are read in the same ``store.read``: their values are
+OnlineWindows states, read at ``now``. On-demand features are computed after the fetch, per
+entity row, from ``request_data`` and the fetched features (inputs not requested by the caller
+are fetched too and left out of the response).
 """
 
 from __future__ import annotations
@@ -65,13 +70,21 @@ class _ViewPlan:
                 self.matrix_cols = cols
 
 
-def _plan(view: FeatureView, features: list[str]) -> _ViewPlan:
+def _plan(view: Any, features: list[str]) -> Any:
     key = (id(view), tuple(features))
     plan = _PLANS.get(key)
     if plan is None or plan.view is not view:
         if len(_PLANS) >= _MAX_PLANS:
             _PLANS.clear()
-        plan = _PLANS[key] = _ViewPlan(view, key[1])
+        from featurestore.online._computed import OnDemandPlan, WindowPlan
+
+        if getattr(view, "is_window", False):
+            plan = WindowPlan(view, key[1])
+        elif not view.join_keys and hasattr(view, "inputs_of"):
+            plan = OnDemandPlan(view, key[1])
+        else:
+            plan = _ViewPlan(view, key[1])
+        _PLANS[key] = plan
     return plan
 
 
@@ -178,17 +191,19 @@ class OnlineResponse:
         results: list[_ViewResult],
         names: list[list[str]],
         include_event_timestamps: bool,
+        hidden: frozenset[str] = frozenset(),
     ) -> None:
         self._entity_columns = entity_columns
         self._results = results
         self._names = names
         self._include_ts = include_event_timestamps
+        self._hidden = hidden  # fetched only as inputs of on-demand features
         self._dict: dict[str, list[Any]] | None = None
 
     @property
     def feature_names(self) -> list[str]:
         """Output feature names in request order (``view__feature`` with full names)."""
-        return [n for names in self._names for n in names]
+        return [n for names in self._names for n in names if n not in self._hidden]
 
     def __len__(self) -> int:
         return self._results[0].decoded.n if self._results else 0
@@ -199,8 +214,12 @@ class OnlineResponse:
             out: dict[str, list[Any]] = {k: _as_pylist(v) for k, v in self._entity_columns.items()}
             for res, names in zip(self._results, self._names, strict=True):
                 out.update(zip(names, res.served_lists(), strict=True))
+            for name in self._hidden:
+                out.pop(name, None)
             if self._include_ts:
-                for res in self._results:
+                for res, names in zip(self._results, self._names, strict=True):
+                    if all(n in self._hidden for n in names):
+                        continue
                     ts = res.decoded.event_ts.tolist()
                     present = res.decoded.present.tolist()
                     out[f"{res.plan.view.name}__event_timestamp"] = [
@@ -216,7 +235,8 @@ class OnlineResponse:
         for res, names in zip(self._results, self._names, strict=True):
             st = [_STATUS[s] for s in res.status.tolist()]
             for name in names:
-                out[name] = list(st)
+                if name not in self._hidden:
+                    out[name] = list(st)
         return out
 
     def status_array(self, view_name: str) -> np.ndarray:
@@ -234,8 +254,9 @@ class OnlineResponse:
         types: dict[str, pa.DataType] = {}
         for res, names in zip(self._results, self._names, strict=True):
             for name, f in zip(names, res.plan.fields, strict=True):
-                types[name] = f.dtype.to_arrow()
-            if self._include_ts:
+                if name in d:
+                    types[name] = f.dtype.to_arrow()
+            if self._include_ts and f"{res.plan.view.name}__event_timestamp" in d:
                 types[f"{res.plan.view.name}__event_timestamp"] = pa.timestamp("us", tz="UTC")
         return pa.table({k: pa.array(v, type=types.get(k)) for k, v in d.items()})
 
@@ -254,21 +275,46 @@ def get_online_features(
     now_us: int,
     full_feature_names: bool = False,
     include_event_timestamps: bool = False,
+    request_data: dict[str, Sequence[Any]] | None = None,
 ) -> OnlineResponse:
-    """Read ``requests`` (view, feature names) for ``entity_rows`` with one ``store.read``."""
+    """Read ``requests`` (view, feature names) for ``entity_rows`` with one ``store.read``.
+
+    ``request_data`` holds, per request field of the on-demand features asked for, one value
+    per entity row.
+    """
+    hidden: frozenset[str] = frozenset()
+    if any(not v.join_keys and hasattr(v, "inputs_of") for v, _ in requests):
+        from featurestore.online._computed import with_on_demand_inputs
+
+        requests, hidden = with_on_demand_inputs(requests, full_feature_names)
     plans, names, needed = _request_plan(requests, full_feature_names)
     columns, n = _entity_columns(entity_rows, needed)
+    if not needed and request_data:  # only on-demand features: rows come from the request
+        n = len(next(iter(request_data.values())))
     keys: list[bytes] = []
-    for plan in plans:
+    fetched = [p for p in plans if not getattr(p, "on_demand", False)]
+    for plan in fetched:
         keys += build_keys(
             project, plan.view.name, plan.join_keys, [columns[k] for k in plan.join_keys]
         )
     values = store.read(keys) if keys else []
-    results = [
-        _ViewResult(plan, plan.codec.decode(values[v * n : (v + 1) * n]), now_us)
-        for v, plan in enumerate(plans)
-    ]
-    return OnlineResponse(columns, results, names, include_event_timestamps)
+    results: list[Any] = []
+    v = 0
+    for plan in plans:
+        if getattr(plan, "on_demand", False):
+            results.append(None)
+            continue
+        chunk = values[v * n : (v + 1) * n]
+        v += 1
+        if isinstance(plan, _ViewPlan):
+            results.append(_ViewResult(plan, plan.codec.decode(chunk), now_us))
+        else:
+            results.append(plan.result(chunk, now_us))
+    if len(fetched) < len(plans):
+        from featurestore.online._computed import compute_on_demand
+
+        compute_on_demand(plans, results, request_data, n)
+    return OnlineResponse(columns, results, names, include_event_timestamps, hidden)
 
 
 _REQUESTS: dict[tuple[Any, ...], tuple[list[_ViewPlan], list[list[str]], dict[str, str]]] = {}

@@ -21,11 +21,19 @@ def test_compose_services_use_real_commands_and_redis() -> None:
     for name, svc in services.items():
         if name == "redis":
             continue
-        assert svc["build"] == "."
+        assert svc.get("build") == "." or svc["image"] == services["materialize"]["image"]
         assert svc["command"][0] in commands, f"{name} runs unknown command {svc['command'][0]}"
         url = svc["environment"]["REDIS_URL"]
         assert url.startswith("redis://redis:6379"), url
         assert "redis" in svc["depends_on"]
+    # the server's flags are real options of `featurestore serve`
+    serve_opts = {o for p in cli.commands["serve"].params for o in getattr(p, "opts", [])}
+    flags = [a for a in services["server"]["command"][1:] if a.startswith("--")]
+    assert flags and set(flags) <= serve_opts, (flags, serve_opts)
+    ports = {p.split(":")[1] for p in services["server"]["ports"]}
+    args = services["server"]["command"]
+    assert {args[args.index("--port") + 1], args[args.index("--grpc-port") + 1]} == ports
+    assert "/health/ready" in str(services["server"]["healthcheck"]["test"])
     # the config key the compose file documents exists and reads the same env var
     assert "url" in OnlineStoreConfig.__dataclass_fields__
     assert "REDIS_URL" in (ROOT / "featurestore" / "_scaffold.py").read_text()

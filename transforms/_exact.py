@@ -10,6 +10,8 @@ Layout of one accumulator (int64 array): ``[lo, hi, n_pos_inf, n_neg_inf, limb_0
 where ``lo..hi`` is the range of limbs ever touched (a speed hint only) and limb ``k`` weighs
 ``2**(24*k + base)``. Sums of values use ``BASE1``; sums of exact squares use ``BASE2``.
 Rounding to float64 is round-to-nearest-even of the exact value, except for subnormal results.
+Limits: a limb absorbs < 2**24 per update, so 2**39 updates fit before int64 overflow; the
+variance numerator needs windows under 2**31 events.
 """
 
 from __future__ import annotations
@@ -26,11 +28,6 @@ BASE1 = -1130  # below the smallest subnormal's lowest bit (2**-1074 = 2**52 * 2
 BASE2 = 2 * BASE1
 L1 = 96  # (1024 - BASE1 + 64 bits of growth) / 24 + margin
 L2 = 194  # squares: (2048 - BASE2 + 64) / 24 + margin; also fits S1**2 (2 * L1 limbs)
-
-
-def new_acc(n_limbs: int) -> np.ndarray:
-    """An empty accumulator with ``n_limbs`` limbs (used from Python; kernels call ``_new``)."""
-    return _new(n_limbs)
 
 
 @njit(cache=True)

@@ -178,7 +178,8 @@ class ModelRuntime:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.loaded = False
-        self.last_error: str | None = None
+        self.errors: dict[str, str] = {}  # per model: why its latest index could not be served
+        self._failed: dict[str, int] = {}  # per model: index mtime that failed (no retry storm)
         self.swaps = 0
 
     # ---- request path -----------------------------------------------------------------------
@@ -240,7 +241,9 @@ class ModelRuntime:
                 except FileNotFoundError:
                     continue
                 old = routes.get(name)
-                if old is not None and old.index_mtime == mtime:
+                if (old is not None and old.index_mtime == mtime) or self._failed.get(
+                    name
+                ) == mtime:
                     continue
                 try:
                     entry = self.registry.get(name)
@@ -255,9 +258,12 @@ class ModelRuntime:
                     if "shadow" in entry.aliases:
                         shadow = self._reuse(entry.alias("shadow"), old)
                 except Exception as exc:  # keep serving the old route; report the problem
-                    self.last_error = f"model '{name}': {exc}"
-                    log.error("cannot load %s", self.last_error)
+                    self.errors[name] = f"model '{name}': {exc}"
+                    self._failed[name] = mtime
+                    log.error("cannot load %s", self.errors[name])
                     continue
+                self.errors.pop(name, None)
+                self._failed.pop(name, None)
                 routes[name] = Route(prod, canary, share, shadow, mtime)
                 changed = True
             for gone in set(routes) - set(names):
@@ -279,8 +285,7 @@ class ModelRuntime:
         while not self._stop.wait(self.poll_interval_s):
             try:
                 self.refresh()
-            except Exception as exc:  # never let the poller die
-                self.last_error = str(exc)
+            except Exception:  # never let the poller die
                 log.exception("model refresh failed")
 
     def close(self) -> None:
@@ -291,6 +296,19 @@ class ModelRuntime:
         self.shadow.close()
 
     # ---- introspection ----------------------------------------------------------------------
+    @property
+    def last_error(self) -> str | None:
+        """The load errors of models whose newest index is not being served, or None."""
+        return "; ".join(self.errors.values()) or None
+
+    def unserved(self) -> list[str]:
+        """Models with a production alias in the registry but nothing loaded for them."""
+        out = []
+        for name in self.registry.names():
+            if name not in self._routes and "production" in self.registry.get(name).aliases:
+                out.append(name)
+        return out
+
     @property
     def routes(self) -> dict[str, Route]:
         return self._routes

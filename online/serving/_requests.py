@@ -96,7 +96,30 @@ def check_entities(cols: Columns, join_keys: dict[str, str], max_entities: int) 
     return n
 
 
-def check_request_data(cols: Columns, n: int) -> None:
+def request_fields(requests: Sequence[tuple[Any, list[str]]]) -> dict[str, str]:
+    """Request fields the on-demand views among ``requests`` read, mapped to a view name."""
+    out: dict[str, str] = {}
+    for view, feats in requests:
+        inputs_of = getattr(view, "inputs_of", None)
+        if inputs_of is None:
+            continue
+        request = {f.name for f in view.request_schema}
+        for f in feats:
+            for i in inputs_of(f):
+                if i in request:
+                    out.setdefault(i, view.name)
+    return out
+
+
+def check_request_data(cols: Columns, n: int, needed: dict[str, str]) -> None:
+    """Every needed request field present, one value per entity row."""
+    for k, view in needed.items():
+        if k not in cols:
+            raise BadRequestError(
+                f"request_data lacks '{k}', an input of on-demand feature view '{view}'; "
+                f"given: {sorted(cols) or 'none'}",
+                field=f"request_data.{k}",
+            )
     for k, v in cols.items():
         if len(v) != n:
             raise BadRequestError(
@@ -166,7 +189,14 @@ def push_table(view: FeatureView, rows: Columns, now_us: int, max_rows: int) -> 
                     field=f"rows.{f.name}",
                 )
         if f.dtype.name == "timestamp":
-            vals = [None if v is None else to_us(v) for v in vals]
+            try:
+                vals = [None if v is None else to_us(v) for v in vals]
+            except (TypeError, ValueError) as exc:
+                raise BadRequestError(
+                    f"push: rows.{f.name} holds a bad time ({exc}); give microseconds since the "
+                    "epoch or an ISO 8601 time",
+                    field=f"rows.{f.name}",
+                ) from None
             data[f.name] = pa.array(vals, pa.int64()).cast(f.dtype.to_arrow())
         elif f.dtype.name == "bytes":
             data[f.name] = pa.array(

@@ -66,6 +66,13 @@ class CircuitBreaker:
             self._failures = 0
             self._probe_out = False
 
+    def release(self) -> None:
+        """The allowed call never reached the store (a bad request): free the probe slot."""
+        if self._state is BreakerState.CLOSED:
+            return
+        with self._lock:
+            self._probe_out = False
+
     def failure(self) -> None:
         with self._lock:
             self._failures += 1

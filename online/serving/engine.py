@@ -14,11 +14,10 @@ import logging
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from featurestore.online.models.errors import ModelLoadError
 from featurestore.online.serving import _requests as rq
 from featurestore.online.serving.breaker import BreakerState, CircuitBreaker
 from featurestore.online.serving.config import (
@@ -29,27 +28,30 @@ from featurestore.online.serving.config import (
 )
 from featurestore.online.serving.errors import BadRequestError, NotReadyError
 from featurestore.online.serving.metrics import Metrics
+from featurestore.online.serving.results import (
+    FeatureRequest,
+    FeatureResult,
+    PredictResult,
+    Prepared,
+    degraded_result,
+    from_response,
+)
 
-from featurestore._time import EPOCH, duration_us, now_us, parse_duration
+from featurestore._time import duration_us, now_us, parse_duration
 from featurestore.errors import (
-    EntityDataError,
     FeatureNotFoundError,
     FeatureStoreError,
+    OnlineStoreError,
     OnlineStoreUnavailableError,
     RegistryError,
 )
 
 if TYPE_CHECKING:
     from featurestore.online.models.runtime import LoadedModel, ModelRuntime
-    from featurestore.transforms.on_demand import OnDemandFeature
 
-    from featurestore.feature_view import FeatureView
     from featurestore.store import FeatureStore
 
 log = logging.getLogger("featurestore.serving")
-FeatureRequest = list[tuple["FeatureView", list[str]]]
-_CLIENT_ERRORS = (BadRequestError, EntityDataError, FeatureNotFoundError)
-_STATUS_NAMES = ("PRESENT", "NOT_FOUND", "EXPIRED")
 
 
 def _numeric(values: list[Any]) -> bool:
@@ -67,61 +69,6 @@ class _StoreFailed(Exception):
         self.reason = reason
 
 
-@dataclass
-class FeatureResult:
-    """Columnar features of n entities: join keys first, then features (request order)."""
-
-    columns: dict[str, list[Any]]
-    statuses: dict[str, list[str]]  # per feature: PRESENT / NOT_FOUND / EXPIRED / UNAVAILABLE
-    feature_names: list[str]
-    degraded: bool = False
-    degraded_reason: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        names = list(self.columns)
-        return {
-            "feature_names": names,
-            "results": [
-                {"values": self.columns[n], "statuses": self.statuses.get(n)} for n in names
-            ],
-            "degraded": self.degraded,
-        }
-
-
-@dataclass
-class PredictResult:
-    """Scores (one per entity), the version that produced them, optionally the features."""
-
-    model: str
-    version: int
-    scores: list[float]
-    degraded: bool
-    features: FeatureResult | None = None
-    timings_us: dict[str, float] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "model": self.model,
-            "version": self.version,
-            "scores": self.scores,
-            "degraded": self.degraded,
-        }
-        if self.features is not None:
-            out["features"] = self.features.to_dict()
-        return out
-
-
-@dataclass
-class _Prepared:
-    requests: FeatureRequest
-    entities: dict[str, list[Any]]
-    n: int
-    full: bool
-    include_ts: bool
-    deadline: float  # time.monotonic() by which the answer must be out
-    request_data: dict[str, list[Any]] | None = None
-
-
 class Engine:
     """Features, predictions and pushes with a deadline; safe to share across threads and loops."""
 
@@ -133,11 +80,8 @@ class Engine:
         models: ModelRuntime | None = None,
         models_cfg: ModelsConfig | None = None,
         own_store: bool = False,
-        on_demand: Sequence[OnDemandFeature] = (),
     ) -> None:
         self.store = store
-        # on-demand features computed after every lookup whose inputs are all at hand
-        self.on_demand = [f.compile(self._feature_types(f)) for f in on_demand]
         self._own_store = own_store
         self.config = serving or serving_config(store.config)
         self.models_config = models_cfg or models_config(store.config)
@@ -193,15 +137,21 @@ class Engine:
             self._check_store()
             for svc in list(self.store.registry.feature_services):
                 try:  # first lookups build codecs and plans; pay that before traffic
-                    self.get_features(feature_service=svc, entities=self._dummy_entities(svc))
+                    self.get_features(feature_service=svc, **self._warm_request(svc))
                 except Exception as exc:  # warm-up is best effort; real requests report errors
                     log.warning("warm-up of feature service %s failed: %s", svc, exc)
             self._started = True
         return self
 
-    def _dummy_entities(self, service: str) -> dict[str, list[Any]]:
-        keys = {k for v, _ in self._resolve(None, service) for k in v.join_keys}
-        return {k: [0] for k in keys}
+    def _warm_request(self, service: str) -> dict[str, Any]:
+        """Arguments of a throwaway lookup of ``service`` (zero keys, zero request fields)."""
+        requests = self._resolve(None, service)
+        keys = {k for v, _ in requests for k in v.join_keys}
+        fields = rq.request_fields(requests)
+        return {
+            "entities": {k: [0] for k in keys},
+            "request_data": {f: [0] for f in fields} or None,
+        }
 
     def close(self) -> None:
         self.models.close()
@@ -229,7 +179,11 @@ class Engine:
         except FeatureStoreError:
             registry_version = None
         store_ok = time.monotonic() - self._store_ok_at < 1.0 or self._check_store()
-        models_ok = self.models.loaded and self.models.last_error is None
+        try:  # a failed promotion keeps the old version serving: reported, still ready
+            unserved = self.models.unserved()
+        except FeatureStoreError as exc:
+            unserved = [str(exc)]
+        models_ok = self.models.loaded and not unserved
         ready = self._started and registry_version is not None and store_ok and models_ok
         return {
             "ready": bool(ready),
@@ -240,6 +194,7 @@ class Engine:
                 name: r.production.version.version for name, r in self.models.routes.items()
             },
             "model_error": self.models.last_error,
+            "models_not_loaded": unserved,
         }
 
     # ---- features ---------------------------------------------------------------------------
@@ -281,7 +236,7 @@ class Engine:
         full: bool,
         include_ts: bool,
         deadline_ms: float | None,
-    ) -> _Prepared:
+    ) -> Prepared:
         t0 = time.monotonic()
         budget = self.config.deadline_ms if deadline_ms is None else deadline_ms
         if not isinstance(budget, (int, float)) or isinstance(budget, bool) or budget <= 0:
@@ -294,12 +249,17 @@ class Engine:
         for view, _ in requests:
             for k in view.join_keys:
                 needed.setdefault(k, view.name)
-        n = rq.check_entities(cols, needed, self.config.max_entities)
-        req_cols = None
-        if request_data:
-            req_cols = rq.to_columns(request_data, "request_data")
-            rq.check_request_data(req_cols, n)
-        return _Prepared(
+        req_cols = rq.to_columns(request_data, "request_data") if request_data else None
+        if needed or not req_cols:
+            n = rq.check_entities(cols, needed, self.config.max_entities)
+        else:  # only on-demand features: the rows are the request data's
+            n = rq.check_entities(req_cols, {}, self.config.max_entities)
+        fields = rq.request_fields(requests)
+        if fields:
+            rq.check_request_data(req_cols or {}, n, fields)
+        elif req_cols:
+            rq.check_request_data(req_cols, n, {})
+        return Prepared(
             requests,
             {k: cols[k] for k in needed},
             n,
@@ -309,10 +269,11 @@ class Engine:
             req_cols,
         )
 
-    def _read_fn(self, p: _Prepared) -> Any:
+    def _read_fn(self, p: Prepared) -> Any:
         from featurestore.online.lookup import get_online_features
 
         store, project = self.store.online, self.store.project
+        extra = {"request_data": p.request_data} if p.request_data else {}
 
         def read() -> Any:
             return get_online_features(
@@ -323,11 +284,12 @@ class Engine:
                 now_us=now_us(),
                 full_feature_names=p.full,
                 include_event_timestamps=p.include_ts,
+                **extra,
             )
 
         return read
 
-    def _read_sync(self, p: _Prepared) -> Any:
+    def _read_sync(self, p: Prepared) -> Any:
         if not self.breaker.allow():
             raise _StoreFailed("breaker_open")
         if not self._isolate:
@@ -339,30 +301,26 @@ class Engine:
             fut.cancel()
             self.breaker.failure()
             raise _StoreFailed("timeout") from None
-        except _CLIENT_ERRORS:
-            self.breaker.success()
-            raise
         except Exception as exc:
-            self.breaker.failure()
-            log.warning("online store read failed: %s", exc)
-            raise _StoreFailed("store_error") from exc
+            err = self._classify(exc)
+            if err is exc:
+                raise
+            raise err from exc
         self.breaker.success()
         return resp
 
-    def _read_inline(self, p: _Prepared) -> Any:
+    def _read_inline(self, p: Prepared) -> Any:
         try:
             resp = self._read_fn(p)()
-        except _CLIENT_ERRORS:
-            self.breaker.success()
-            raise
         except Exception as exc:
-            self.breaker.failure()
-            log.warning("online store read failed: %s", exc)
-            raise _StoreFailed("store_error") from exc
+            err = self._classify(exc)
+            if err is exc:
+                raise
+            raise err from exc
         self.breaker.success()
         return resp
 
-    async def _read_async(self, p: _Prepared) -> Any:
+    async def _read_async(self, p: Prepared) -> Any:
         if not self.breaker.allow():
             raise _StoreFailed("breaker_open")
         if not self._isolate:
@@ -376,90 +334,36 @@ class Engine:
             fut.cancel()
             self.breaker.failure()
             raise _StoreFailed("timeout") from None
-        except _CLIENT_ERRORS:
-            self.breaker.success()
-            raise
         except Exception as exc:
-            self.breaker.failure()
-            log.warning("online store read failed: %s", exc)
-            raise _StoreFailed("store_error") from exc
+            err = self._classify(exc)
+            if err is exc:
+                raise
+            raise err from exc
         self.breaker.success()
         return resp
 
-    def _finish(self, p: _Prepared, resp: Any, reason: str | None) -> FeatureResult:
-        res = self._finish_lookup(p, resp, reason)
-        if self.on_demand:
-            self._apply_on_demand(p, res)
-        return res
+    def _classify(self, exc: Exception) -> Exception:
+        """A failed read: the request's fault (re-raised, store untouched) or the store's."""
+        if isinstance(exc, FeatureStoreError) and not isinstance(exc, OnlineStoreError):
+            self.breaker.release()  # bad entity values, name clashes: a 4xx, not an outage
+            return exc
+        self.breaker.failure()
+        if isinstance(exc, (OnlineStoreError, OSError, TimeoutError)):
+            log.warning("online store read failed: %s", exc)
+        else:  # a bug, not an outage: keep serving (degraded) but leave a traceback in the log
+            log.error("online read raised %s", type(exc).__name__, exc_info=exc)
+        return _StoreFailed("store_error")
 
-    def _feature_types(self, odf: OnDemandFeature) -> dict[str, Any]:
-        out = {}
-        for ref in odf.inputs:
-            if ref.count(":") == 1:
-                view, feat = ref.split(":")
-                try:
-                    out[ref] = self.store.registry.feature_view(view).field(feat).dtype
-                except FeatureStoreError:
-                    pass
-        return out
-
-    def _apply_on_demand(self, p: _Prepared, res: FeatureResult) -> None:
-        """Append each on-demand feature whose inputs (request data, fetched features) exist."""
-        req = p.request_data or {}
-        for odf in self.on_demand:
-            cols: dict[str, Any] = {}
-            for ref in odf.inputs:
-                if ref in req:
-                    cols[ref] = [np.nan if v is None else v for v in req[ref]]
-                    continue
-                name = ref.replace(":", "__") if p.full else ref.partition(":")[2]
-                if ":" not in ref or name not in res.columns:
-                    break
-                cols[ref] = [np.nan if v is None else v for v in res.columns[name]]
-            else:
-                try:
-                    values, valid = odf.compute_columns(cols)
-                except (FeatureStoreError, TypeError, ValueError) as exc:
-                    raise BadRequestError(
-                        f"on-demand feature '{odf.name}': {exc}", field="request_data"
-                    ) from None
-                res.columns[odf.name] = [
-                    v if ok else None for v, ok in zip(values.tolist(), valid.tolist(), strict=True)
-                ]
-                res.statuses[odf.name] = ["PRESENT"] * p.n
-                res.feature_names.append(odf.name)
-
-    def _finish_lookup(self, p: _Prepared, resp: Any, reason: str | None) -> FeatureResult:
+    def _finish(self, p: Prepared, resp: Any, reason: str | None) -> FeatureResult:
         self.metrics.breaker_state.set(1 if self.breaker.state is BreakerState.OPEN else 0)
         if reason is None:
-            cols = resp.to_dict()
-            st: dict[str, list[str]] = {}
-            for view, feats in p.requests:
-                codes = resp.status_array(view.name).tolist()
-                names_ = [_STATUS_NAMES[c] for c in codes]
-                for f in feats:
-                    st[f"{view.name}__{f}" if p.full else f] = names_
-            return FeatureResult(cols, st, resp.feature_names)
-        self.metrics.child(self.metrics.degraded, reason).inc()
-        if reason != "breaker_open":
-            self.metrics.store_errors.inc()
-        cols = {k: list(v) for k, v in p.entities.items()}
-        st = {}
-        names: list[str] = []
-        for view, feats in p.requests:
-            for f in feats:
-                fld = view.field(f)
-                name = f"{view.name}__{f}" if p.full else f
-                d = fld.default
-                if d is not None and fld.dtype.name == "timestamp":
-                    d = EPOCH + timedelta(microseconds=d)
-                cols[name] = [d] * p.n
-                st[name] = ["UNAVAILABLE"] * p.n
-                names.append(name)
-        if p.include_ts:
-            for view, _ in p.requests:
-                cols[f"{view.name}__event_timestamp"] = [None] * p.n
-        return FeatureResult(cols, st, names, degraded=True, degraded_reason=reason)
+            res = from_response(p, resp)
+        else:
+            self.metrics.child(self.metrics.degraded, reason).inc()
+            if reason != "breaker_open":
+                self.metrics.store_errors.inc()
+            res = degraded_result(p, reason)
+        return res
 
     def get_features(
         self,
@@ -546,12 +450,12 @@ class Engine:
             x = np.array([cols[n] for n in chosen.feature_names], dtype=np.float64).T
         except (TypeError, ValueError):
             bad = next(n for n in chosen.feature_names if not _numeric(cols[n]))
-            raise FeatureStoreError(
+            raise ModelLoadError(
                 f"feature '{bad}' of model '{chosen.version.name}' is not numeric; "
                 "the model needs numbers"
             ) from None
         except KeyError as exc:
-            raise FeatureStoreError(
+            raise ModelLoadError(
                 f"model '{chosen.version.name}' needs feature {exc} which its feature service "
                 f"'{chosen.version.feature_service}' no longer serves; re-register the model"
             ) from None
@@ -666,7 +570,7 @@ class Engine:
         return max(1.0, (deadline_ms or self.config.deadline_ms) * 10 / 1000)
 
     def _push_error(self, exc: BaseException) -> BaseException:
-        if isinstance(exc, _CLIENT_ERRORS):
+        if isinstance(exc, FeatureStoreError) and not isinstance(exc, OnlineStoreError):
             return exc
         self.metrics.child(self.metrics.requests, "push", "error").inc()
         if isinstance(exc, (asyncio.TimeoutError, cf.TimeoutError)):

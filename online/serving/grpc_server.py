@@ -156,7 +156,7 @@ class FeatureServingServicer(pb_grpc.FeatureServingServicer):
             await self._fail(context, exc)
 
     async def Live(self, request: Any, context: Any) -> Any:
-        return pb.HealthResponse(live=True, ready=False, detail="{}")
+        return pb.HealthResponse(live=True, ready=False, detail="{}")  # see Ready for readiness
 
     async def Ready(self, request: Any, context: Any) -> Any:
         import asyncio

@@ -26,16 +26,18 @@ USER = Entity("user", ["user_id"])
 
 source_row = st.fixed_dictionaries(
     {
-        "key": st.sampled_from([0, 1, 2, 3, None]),
-        "ev": st.one_of(st.integers(0, 8), st.none()),
-        "cr": st.one_of(st.integers(0, 10), st.none()),
+        "key": st.sampled_from([0, 1, 2, None]),
+        "ev": st.one_of(st.integers(0, 4), st.none()),
+        "cr": st.one_of(st.integers(0, 8), st.none()),
         "x": st.one_of(st.floats(-1e6, 1e6, allow_nan=False), st.none()),
         "n": st.one_of(st.integers(-5, 5), st.none()),
     }
 )
 # rows equal in key and both timestamps are a data error the join may resolve either way
-rows_a = st.lists(source_row, max_size=25, unique_by=lambda r: (r["key"], r["ev"], r["cr"]))
-rows_b = st.lists(source_row, max_size=25, unique_by=lambda r: (r["key"], r["ev"]))
+rows_a = st.lists(
+    source_row, min_size=4, max_size=25, unique_by=lambda r: (r["key"], r["ev"], r["cr"])
+)
+rows_b = st.lists(source_row, min_size=2, max_size=15, unique_by=lambda r: (r["key"], r["ev"]))
 spine_rows = st.lists(
     st.tuples(
         st.sampled_from([0, 1, 2, 3, 4, None]), st.integers(-1, 11), st.sampled_from([-1, 0, 1])
@@ -144,7 +146,7 @@ def test_join_matches_python_loop_and_handwritten_asof(
         ttl=None if ttl_b is None else f"{ttl_b}s",
     )
     spine = [(k, T0 + j * SEC + d) for k, j, d in free_spine]
-    spine += data.draw(_anchored_spine(a + b, [0, ttl_a_us, ttl_b_us]), label="anchored")
+    spine += data.draw(_anchored_spine([(a, ttl_a_us), (b, ttl_b_us)]), label="anchored")
     spine = data.draw(st.permutations(spine), label="order")
     keys = [k for k, _ in spine]
     times = [t for _, t in spine]
@@ -207,20 +209,21 @@ def test_join_matches_python_loop_and_handwritten_asof(
 
 
 def _anchored_spine(
-    rows: list[dict[str, Any]], ttls_us: list[int | None]
+    views: list[tuple[list[dict[str, Any]], int | None]],
 ) -> st.SearchStrategy[list[tuple[Any, int]]]:
-    """Spine rows placed on a source row's time, its ttl edge, and 1 us either side of them."""
-    rows = [r for r in rows if r["ev"] is not None]
-    if not rows:
+    """Spine rows on a source row's time (+-1 us), or on the ttl edge (+-1 us) of a key's latest row."""
+    points: list[tuple[Any, int]] = []
+    for rows, ttl_us in views:
+        timed = [r for r in rows if r["ev"] is not None]
+        for r in timed:
+            points += [(r["key"], r["ev"] + d) for d in (-1, 0, 1)]
+        for key in {r["key"] for r in timed}:
+            last = max(r["ev"] for r in timed if r["key"] == key)
+            if ttl_us is not None:
+                points += [(key, last + ttl_us + d) for d in (-1, 0, 1)] * 3
+    if not points:
         return st.just([])
-    edges = sorted({t for t in ttls_us if t is not None})
-    offsets = [e + d for e in edges for d in (-1, 0, 1)]
-    return st.lists(
-        st.tuples(st.sampled_from(rows), st.sampled_from(offsets)).map(
-            lambda p: (p[0]["key"], p[0]["ev"] + p[1])
-        ),
-        max_size=20,
-    )
+    return st.lists(st.sampled_from(points), min_size=8, max_size=30)
 
 
 def _key(v: Any) -> int | None:

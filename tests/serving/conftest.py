@@ -109,7 +109,12 @@ def train_model(
 
 
 def make_repo(
-    root: Path, *, online: str = "embedded", redis_url: str = "", serving: str = ""
+    root: Path,
+    *,
+    online: str = "embedded",
+    redis_url: str = "",
+    serving: str = "",
+    defs: str = DEFS,
 ) -> Path:
     """Write config + definitions + data, apply, materialize, register model 'fraud' v1 and v2."""
     from featurestore._cli_serve import model_registry, service_feature_names
@@ -130,7 +135,7 @@ def make_repo(
         + "models:\n  poll_interval_s: 0.05\n"
         + (textwrap.dedent(serving) if serving else "")
     )
-    (repo / "definitions.py").write_text(DEFS)
+    (repo / "definitions.py").write_text(defs)
     _write_data(repo)
     store = FeatureStore(repo)
     store.apply()

@@ -81,3 +81,14 @@ def test_never_more_than_one_probe_while_half_open(ops) -> None:
             probes = 0
         if b._state is BreakerState.OPEN and clock.t - b._opened_at < 1.0:
             assert not b.allow()  # open and inside the reset period: nothing gets through
+
+
+def test_a_bad_request_in_half_open_frees_the_probe_without_closing() -> None:
+    clock = Clock()
+    b = CircuitBreaker(failure_threshold=1, reset_s=1.0, clock=clock)
+    b.failure()
+    clock.t = 1.0
+    assert b.allow()
+    b.release()  # the probe was a bad request: the store was never asked
+    assert b.state is BreakerState.HALF_OPEN
+    assert b.allow()  # the next call may probe

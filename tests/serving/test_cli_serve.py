@@ -142,3 +142,49 @@ def test_serve_starts_rest_and_grpc_from_the_config(fresh_repo: Path, workers: i
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def test_train_demo_model_registers_production_and_predicts(fresh_repo: Path) -> None:
+    import numpy as np
+    import polars as pl
+
+    from featurestore._cli_serve import model_registry, train_demo_model
+    from featurestore.store import FeatureStore
+
+    rng = np.random.default_rng(0)
+    n = 2000
+    risk = rng.random(n)
+    df = pl.DataFrame({
+        "user_id": rng.integers(1, 50, n), "merchant_id": rng.integers(1, 10, n),
+        "tx_count": rng.integers(0, 500, n), "amount_mean": rng.random(n) * 75,
+        "risk": risk, "is_fraud": (risk + rng.normal(0, 0.1, n) > 0.7).astype(np.int8),
+    })  # fmt: skip
+    lines: list[str] = []
+    with FeatureStore(fresh_repo) as store:
+        figures = train_demo_model(store, df, "is_fraud", "scoring", lines.append)
+        entry = model_registry(store).get("fraud")
+    assert figures["model_version"] == 3 and entry.aliases["production"].version == 3
+    assert figures["test_auc"] > 0.8  # the label follows 'risk'
+    assert figures["predict_p50_us"] > 0
+    assert any("registered fraud v3 as production" in x for x in lines)
+    assert any("predict fraud" in x for x in lines)
+
+
+def test_register_against_a_service_with_text_features_is_refused(
+    fresh_repo: Path, tmp_path: Path
+) -> None:
+    art = train_model(tmp_path / "m.txt", seed=5)
+    r = run(
+        fresh_repo,
+        "models",
+        "register",
+        "fraud",
+        "--flavor",
+        "lightgbm",
+        "--path",
+        str(art),
+        "--features",
+        "everything",
+    )
+    assert r.exit_code == 1
+    assert "'user_stats:country' of type string" in r.output

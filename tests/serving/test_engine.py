@@ -162,34 +162,122 @@ def test_entity_cap() -> None:
         rq.check_entities({"a": [1, 2, 3, 4]}, {"a": "v"}, 3)
 
 
-def test_on_demand_features_use_request_data_and_fetched_features(engine: Engine) -> None:
-    from featurestore.transforms import RequestSource, on_demand_feature
+def test_push_timestamp_features_are_validated() -> None:
+    from featurestore import Entity, FeatureView, Field, ParquetSource, UnixTimestamp
 
-    from featurestore.field import Field
-    from featurestore.types import Float64
-
-    txn = RequestSource("txn", schema=[Field("amount", Float64)])
-
-    @on_demand_feature(
-        inputs=["amount", "user_stats:amount_mean"],
-        output=Field("amount_ratio", Float64),
-        sources=[txn],
+    view = FeatureView(
+        name="v",
+        entities=[Entity("e", join_keys=["k"])],
+        source=ParquetSource("x.parquet"),
+        schema=[Field("seen", UnixTimestamp)],
     )
-    def amount_ratio(amount: float, mean: float) -> float:
-        return amount / (mean + 1.0)
+    t = rq.push_table(view, {"k": [1, 2], "seen": ["2026-01-01T00:00:00Z", 5]}, 10, 100)
+    assert t.column("seen").cast("int64").to_pylist() == [1_767_225_600_000_000, 5]
+    assert t.column("__event_ts").to_pylist() == [10, 10]
+    with pytest.raises(BadRequestError, match=r"rows\.seen holds a bad time") as info:
+        rq.push_table(view, {"k": [1], "seen": ["noon"]}, 10, 100)
+    assert info.value.field == "rows.seen"
 
-    # the embedded store opens once per process: share the module engine's store
-    e = Engine(engine.store, on_demand=[amount_ratio])
-    res = e.get_features(
-        feature_service="everything",
-        entities={"user_id": [4, 5], "merchant_id": [1, 1]},
-        request_data={"amount": [70.0, None]},
-    )
-    mean4 = expected_user(4)["amount_mean"]
-    assert res.columns["amount_ratio"] == [70.0 / (mean4 + 1.0), None]
-    assert "amount_ratio" in res.to_dict()["feature_names"]
-    without = e.get_features(
-        feature_service="everything", entities={"user_id": [4], "merchant_id": [1]}
-    )
-    assert "amount_ratio" not in without.columns  # its request input was not sent
+
+def test_request_faults_are_4xx_and_leave_the_breaker_alone(engine_repo: Path) -> None:
+    from featurestore.errors import EntityDataError
+    from featurestore.store import FeatureStore
+
+    store = FeatureStore(engine_repo)
+    e = Engine(store, own_store=True)
+
+    def bad(keys):
+        raise EntityDataError("entity rows lack join key 'x'")
+
+    store.online.read = bad  # type: ignore[method-assign]
+    for _ in range(10):
+        with pytest.raises(EntityDataError, match="lack join key"):
+            e.get_features(features=["user_stats:tx_count"], entities={"user_id": [1]})
+    assert e.breaker.state.value == "closed"
+
+    def buggy(keys):
+        raise ValueError("decoder bug")
+
+    store.online.read = buggy  # type: ignore[method-assign]
+    res = e.get_features(features=["user_stats:tx_count"], entities={"user_id": [1]})
+    assert res.degraded and res.degraded_reason == "store_error"
     e.close()
+
+
+ODFV_DEFS = """
+from featurestore import OnDemandFeatureView, RequestSource, on_demand_feature
+
+txn = RequestSource("txn", schema=[Field("amount", Float64)])
+
+
+@on_demand_feature(inputs=["amount", "user_stats:amount_mean"],
+                   output=Field("amount_ratio", Float64), sources=[txn])
+def amount_ratio(amount: float, mean: float) -> float:
+    return amount / (mean + 1.0)
+
+
+ratios = OnDemandFeatureView(name="ratios", sources=[txn, user_stats], features=[amount_ratio])
+with_ratio = FeatureService(name="with_ratio",
+                            features=["user_stats:tx_count", "ratios:amount_ratio"])
+"""
+
+
+def test_on_demand_features_from_request_data_feed_the_model(tmp_path: Path, serve) -> None:
+    import httpx
+    import numpy as np
+
+    from featurestore._cli_serve import model_registry, service_feature_names
+    from featurestore.store import FeatureStore
+    from tests.serving.conftest import DEFS, train_model
+
+    repo = make_repo(tmp_path / "repo", defs=DEFS + ODFV_DEFS)
+    with FeatureStore(repo) as store:
+        names = service_feature_names(store, "with_ratio")
+        assert names == ["tx_count", "amount_ratio"]
+        art = train_model(tmp_path / "r.txt", seed=4, names=names)
+        reg = model_registry(store)
+        mv = reg.register(
+            "ratio",
+            flavor="lightgbm",
+            artifact=art,
+            feature_service="with_ratio",
+            service_features=names,
+        )
+        reg.set_alias("ratio", mv.version, "production")
+    s = serve(repo)
+    with httpx.Client(base_url=s.url, timeout=10) as c:
+        body = {
+            "model": "ratio",
+            "entities": {"user_id": [4, 5]},
+            "request_data": {"amount": [70.0, None]},
+            "return_features": True,
+        }
+        got = c.post("/predict", json=body)
+        assert got.status_code == 200, got.text
+        feats = dict(
+            zip(
+                got.json()["features"]["feature_names"],
+                got.json()["features"]["results"],
+                strict=True,
+            )
+        )
+        ratio4 = 70.0 / (expected_user(4)["amount_mean"] + 1.0)
+        assert feats["amount_ratio"]["values"] == [ratio4, None]
+        booster_scores = s.app.state.engine.models.select("ratio")[0].predict(
+            np.array(
+                [[expected_user(4)["tx_count"], ratio4], [expected_user(5)["tx_count"], np.nan]]
+            )
+        )
+        assert got.json()["scores"] == booster_scores.tolist()
+        missing = c.post("/predict", json={"model": "ratio", "entities": {"user_id": [4]}})
+        assert missing.status_code == 400
+        assert "request_data lacks 'amount'" in missing.json()["error"]
+        short = c.post(
+            "/predict",
+            json={
+                "model": "ratio",
+                "entities": {"user_id": [4, 5]},
+                "request_data": {"amount": [1.0]},
+            },
+        )
+        assert short.status_code == 400 and "request_data.amount" in short.json()["error"]

@@ -388,3 +388,60 @@ def test_unapplied_repo_is_live_but_not_ready_until_apply(tmp_path: Path) -> Non
                 time.sleep(0.1)
     finally:
         s.stop()
+
+
+def test_shadow_version_scores_are_recorded_not_returned(fresh_repo: Path, serve) -> None:
+    from featurestore._cli_serve import model_registry
+    from featurestore.store import FeatureStore
+
+    model_registry(FeatureStore(fresh_repo)).set_alias("fraud", 2, "shadow")
+    s = serve(fresh_repo)
+    engine = s.app.state.engine
+    deadline = time.monotonic() + 10
+    while engine.models.routes["fraud"].shadow is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    body = {"model": "fraud", "entities": {"user_id": [1, 2], "merchant_id": [3, 4]}}
+    with httpx.Client(base_url=s.url, timeout=10) as c:
+        got = c.post("/predict", json=body).json()
+        assert got["version"] == 1 and set(got) == {"model", "version", "scores", "degraded"}
+        engine.models.shadow.flush()
+        rec = engine.models.shadow.records[-1]
+        assert rec["shadow_version"] == 2 and rec["primary_scores"] == got["scores"]
+        assert len(rec["scores"]) == 2 and rec["scores"] != got["scores"]
+        metrics = c.get("/metrics").text
+        assert 'featurestore_shadow_predictions_total{model="fraud",version="2"} 2.0' in metrics
+
+
+def test_a_failed_promotion_keeps_serving_and_ready(fresh_repo: Path, serve, tmp_path) -> None:
+    from featurestore._cli_serve import model_registry, service_feature_names
+    from featurestore.store import FeatureStore
+
+    s = serve(fresh_repo)
+    bad = tmp_path / "bad.py"
+    bad.write_text(
+        "FEATURE_NAMES = ['tx_count', 'amount_mean', 'risk']\n"
+        "def predict(x):\n    raise RuntimeError('broken model')\n"
+    )
+    with FeatureStore(fresh_repo) as store:
+        reg = model_registry(store)
+        mv = reg.register(
+            "fraud",
+            flavor="python",
+            artifact=bad,
+            feature_service="scoring",
+            service_features=service_feature_names(store, "scoring"),
+        )
+        reg.set_alias("fraud", mv.version, "production")
+    engine = s.app.state.engine
+    deadline = time.monotonic() + 10
+    while "broken model" not in (engine.models.last_error or ""):
+        assert time.monotonic() < deadline, "the failed warm-up was never reported"
+        time.sleep(0.02)
+    with httpx.Client(base_url=s.url, timeout=10) as c:
+        ready = c.get("/health/ready")
+        assert ready.status_code == 200 and "broken model" in ready.json()["model_error"]
+        got = c.post(
+            "/predict", json={"model": "fraud", "entities": {"user_id": [1], "merchant_id": [1]}}
+        )
+        assert got.status_code == 200 and got.json()["version"] == 1

@@ -1,0 +1,196 @@
+"""Online results that are computed, not decoded: window states read at now, on-demand features.
+
+Both quack like lookup's ``_ViewResult`` (``plan``, ``decoded.n/event_ts/present``, ``status``,
+``served_lists()``) so ``OnlineResponse`` treats every view alike.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from featurestore.errors import EntityDataError
+
+_PRESENT, _NOT_FOUND, _EXPIRED = 0, 1, 2
+
+
+class _Rows:
+    """The per-row facts OnlineResponse reads besides values."""
+
+    __slots__ = ("event_ts", "n", "present")
+
+    def __init__(self, n: int, event_ts: np.ndarray, present: np.ndarray) -> None:
+        self.n = n
+        self.event_ts = event_ts
+        self.present = present
+
+
+class _Result:
+    __slots__ = ("_lists", "decoded", "plan", "status")
+
+    def __init__(self, plan: Any, lists: list[list[Any]], status: np.ndarray, rows: _Rows) -> None:
+        self.plan = plan
+        self._lists = lists
+        self.status = status
+        self.decoded = rows
+
+    def served_lists(self) -> list[list[Any]]:
+        return self._lists
+
+
+class WindowPlan:
+    """What reading some features of one window view needs."""
+
+    on_demand = False
+
+    def __init__(self, view: Any, features: tuple[str, ...]) -> None:
+        self.view = view
+        self.features = features
+        self.fields = [view.field(f) for f in features]
+        self.join_keys = view.join_keys
+        names = [o.name for o in view.window.plan.outputs]
+        outputs = view.window.plan.outputs
+        self.idx = [names.index(f) for f in features]
+        self.is_int = [outputs[i].is_int for i in self.idx]
+        ow = view.window.online()
+        blank = ow.read_array(ow.new_state(), 0)  # the empty window: counts/sums 0, rest null
+        self.empty = [_py(float(blank[j]), k) for j, k in zip(self.idx, self.is_int, strict=True)]
+
+    def result(self, values: list[bytes | None], now_us: int) -> _Result:
+        """Decode each entity's state and read every requested output at ``now_us``."""
+        from featurestore.online.windows import decode_value
+        from featurestore.transforms._errors import LateEventError
+
+        ow = self.view.window.online()
+        n = len(values)
+        status = np.zeros(n, dtype=np.int8)
+        event_ts = np.zeros(n, dtype=np.int64)
+        present = np.zeros(n, dtype=bool)
+        empty = self.empty
+        lists: list[list[Any]] = [[e] * n for e in empty]
+        for i, value in enumerate(values):
+            st = decode_value(self.view, value)
+            if st is None:
+                status[i] = _NOT_FOUND
+                continue
+            present[i] = True
+            event_ts[i] = st.watermark or 0
+            try:
+                arr = ow.read_array(st, now_us)
+            except LateEventError:
+                status[i] = _EXPIRED
+                for col in lists:
+                    col[i] = None
+                continue
+            for col, j, is_int in zip(lists, self.idx, self.is_int, strict=True):
+                col[i] = _py(float(arr[j]), is_int)
+        return _Result(self, lists, status, _Rows(n, event_ts, present))
+
+
+def _py(x: float, is_int: bool) -> int | float | None:
+    return int(x) if is_int else (None if math.isnan(x) else x)
+
+
+class OnDemandPlan:
+    """Some outputs of one on-demand feature view."""
+
+    on_demand = True
+    join_keys: tuple[str, ...] = ()
+
+    def __init__(self, view: Any, features: tuple[str, ...]) -> None:
+        self.view = view
+        self.features = features
+        self.fields = [view.field(f) for f in features]
+
+
+def with_on_demand_inputs(
+    requests: list[tuple[Any, list[str]]], full: bool
+) -> tuple[list[tuple[Any, list[str]]], frozenset[str]]:
+    """``requests`` plus the fetched inputs of its on-demand features; names of the extras."""
+    from featurestore.errors import FeatureNotFoundError
+
+    out = [(v, list(f)) for v, f in requests]
+    have = {(v.name, f) for v, feats in out for f in feats}
+    hidden: set[str] = set()
+    for view, feats in requests:
+        if view.join_keys or not hasattr(view, "inputs_of"):
+            continue
+        for feat in feats:
+            for ref in view.inputs_of(feat):
+                if ":" not in ref:
+                    continue
+                vname, fname = ref.split(":", 1)
+                if (vname, fname) in have:
+                    continue
+                target = next((e for e in out if e[0].name == vname), None)
+                if target is None:
+                    src = getattr(view, "_source_views", {}).get(vname)
+                    if src is None:
+                        raise FeatureNotFoundError(
+                            f"on-demand feature '{view.name}:{feat}' needs '{ref}'; the "
+                            "registry has no such view"
+                        )
+                    target = (src, [])
+                    out.append(target)
+                target[1].append(fname)
+                have.add((vname, fname))
+                hidden.add(f"{vname}__{fname}" if full else fname)
+    return out, frozenset(hidden)
+
+
+def compute_on_demand(
+    plans: list[Any],
+    results: list[Any],
+    request_data: dict[str, Sequence[Any]] | None,
+    n: int,
+) -> None:
+    """Fill the on-demand slots of ``results`` from fetched results and ``request_data``."""
+    fetched: dict[str, list[Any]] = {}
+    for plan, res in zip(plans, results, strict=True):
+        if res is not None:
+            for feat, col in zip(plan.features, res.served_lists(), strict=True):
+                fetched[f"{plan.view.name}:{feat}"] = col
+    req = request_data or {}
+    for i, plan in enumerate(plans):
+        if not getattr(plan, "on_demand", False):
+            continue
+        lists: list[list[Any]] = []
+        status = np.zeros(n, dtype=np.int8)
+        for feat, field in zip(plan.features, plan.fields, strict=True):
+            odf = plan.view.feature(feat)
+            inputs = []
+            for name in odf.inputs:
+                if ":" in name:
+                    inputs.append(fetched[name])
+                    continue
+                col = req.get(name)
+                if col is None:
+                    raise EntityDataError(
+                        f"on-demand feature '{plan.view.name}:{feat}' needs request field "
+                        f"'{name}'; pass request_data={{'{name}': [one value per entity row]}}"
+                    )
+                if len(col) != n:
+                    raise EntityDataError(
+                        f"request field '{name}' has {len(col)} values for {n} entity rows; "
+                        "give one value per entity row"
+                    )
+                inputs.append(list(col))
+            to_float = field.dtype.name in ("float64", "float32")
+            col_out: list[Any] = []
+            for r in range(n):
+                v = odf.compute_row(
+                    {name: inp[r] for name, inp in zip(odf.inputs, inputs, strict=True)}
+                )
+                if v is not None:
+                    v = float(v) if to_float else v
+                    if to_float and math.isnan(v):
+                        v = None
+                if v is None:
+                    status[r] = _NOT_FOUND
+                col_out.append(v)
+            lists.append(col_out)
+        rows = _Rows(n, np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool))
+        results[i] = _Result(plan, lists, status, rows)

@@ -1,0 +1,105 @@
+"""What the engine hands back: columnar feature results and predictions, built from a lookup
+response or, when the store is unavailable, from the fields' defaults (degraded)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from featurestore._time import EPOCH
+
+if TYPE_CHECKING:
+    from featurestore.feature_view import FeatureView
+
+FeatureRequest = list[tuple["FeatureView", list[str]]]
+_STATUS_NAMES = ("PRESENT", "NOT_FOUND", "EXPIRED")
+
+
+@dataclass
+class FeatureResult:
+    """Columnar features of n entities: join keys first, then features (request order)."""
+
+    columns: dict[str, list[Any]]
+    statuses: dict[str, list[str]]  # per feature: PRESENT / NOT_FOUND / EXPIRED / UNAVAILABLE
+    feature_names: list[str]
+    degraded: bool = False
+    degraded_reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        names = list(self.columns)
+        return {
+            "feature_names": names,
+            "results": [
+                {"values": self.columns[n], "statuses": self.statuses.get(n)} for n in names
+            ],
+            "degraded": self.degraded,
+        }
+
+
+@dataclass
+class PredictResult:
+    """Scores (one per entity), the version that produced them, optionally the features."""
+
+    model: str
+    version: int
+    scores: list[float]
+    degraded: bool
+    features: FeatureResult | None = None
+    timings_us: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "model": self.model,
+            "version": self.version,
+            "scores": self.scores,
+            "degraded": self.degraded,
+        }
+        if self.features is not None:
+            out["features"] = self.features.to_dict()
+        return out
+
+
+@dataclass
+class Prepared:
+    """A validated request: views and features, entity columns, and its deadline."""
+
+    requests: FeatureRequest
+    entities: dict[str, list[Any]]
+    n: int
+    full: bool
+    include_ts: bool
+    deadline: float  # time.monotonic() by which the answer must be out
+    request_data: dict[str, list[Any]] | None = None
+
+
+def from_response(p: Prepared, resp: Any) -> FeatureResult:
+    """A lookup's OnlineResponse as a FeatureResult (statuses by name, shared per view)."""
+    cols = resp.to_dict()
+    st: dict[str, list[str]] = {}
+    for view, feats in p.requests:
+        names = [_STATUS_NAMES[c] for c in resp.status_array(view.name).tolist()]
+        for f in feats:
+            st[f"{view.name}__{f}" if p.full else f] = names
+    return FeatureResult(cols, st, resp.feature_names)
+
+
+def degraded_result(p: Prepared, reason: str) -> FeatureResult:
+    """Every feature at its field default, status UNAVAILABLE: the answer when the store is not."""
+    cols: dict[str, list[Any]] = {k: list(v) for k, v in p.entities.items()}
+    st: dict[str, list[str]] = {}
+    names: list[str] = []
+    for view, feats in p.requests:
+        for f in feats:
+            fld = view.field(f)
+            name = f"{view.name}__{f}" if p.full else f
+            d = fld.default
+            if d is not None and fld.dtype.name == "timestamp":
+                d = EPOCH + timedelta(microseconds=d)
+            cols[name] = [d] * p.n
+            st[name] = ["UNAVAILABLE"] * p.n
+            names.append(name)
+    if p.include_ts:
+        for view, _ in p.requests:
+            cols[f"{view.name}__event_timestamp"] = [None] * p.n
+    return FeatureResult(cols, st, names, degraded=True, degraded_reason=reason)
