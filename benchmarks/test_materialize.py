@@ -97,6 +97,7 @@ def dump_lmdb(path: Path) -> list[tuple[bytes, bytes]]:
 def lmdb_floor_write(path: Path, items: list[tuple[bytes, bytes]]) -> None:
     """Raw lmdb: a fresh environment, every item put in one write transaction."""
     import lmdb
+
     from featurestore.online.embedded import parse_size
 
     env = lmdb.open(str(path), map_size=parse_size(MAP_SIZE), subdir=True, readahead=False)
@@ -213,9 +214,8 @@ def latest_tables(fs: Any, repo: BenchRepo) -> list[tuple[Any, Any]]:
 
 def write_path(fs: Any, tables: list[tuple[Any, Any]]) -> Callable[[], int]:
     """A call doing materialize's write half: keys + encode + store writes, for every view."""
-    from featurestore.online.writer import write_table
-
     from featurestore._time import duration_us, now_us, parse_duration
+    from featurestore.online.writer import write_table
 
     cfg = fs.config.online_store
     grace = duration_us(parse_duration(cfg.key_ttl_grace)) or 0

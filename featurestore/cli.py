@@ -104,6 +104,8 @@ def list_(ctx: click.Context) -> None:
         click.echo(f"entity          {e.name}  join_keys={list(e.join_keys)}")
     for v in store.list_feature_views():
         click.echo(f"feature view    {v.name}  {len(v.schema)} features  ttl={v.to_dict()['ttl']}")
+    for o in store.registry.on_demand_views.values():
+        click.echo(f"on-demand view  {o.name}  {len(o.feature_names)} features")
     for s in store.list_feature_services():
         click.echo(f"feature service {s.name}  {len(s.features)} features")
 
@@ -205,6 +207,12 @@ def training_set(
     required=True,
     help="key=value (repeat for more keys or, as key=v1,v2, for more entities).",
 )
+@click.option(
+    "--request",
+    "request",
+    multiple=True,
+    help="field=value request data for on-demand features (v1,v2 for more entities).",
+)
 @click.option("--full-feature-names", is_flag=True)
 @click.pass_context
 def get(
@@ -212,6 +220,7 @@ def get(
     features: str | None,
     feature_service: str | None,
     entities: tuple[str, ...],
+    request: tuple[str, ...],
     full_feature_names: bool,
 ) -> None:
     """Print an online lookup as JSON, with per-value status and event timestamps."""
@@ -225,6 +234,12 @@ def get(
             raise click.BadParameter(f"--entity {item!r}: expected key=value")
         key, raw = item.split("=", 1)
         columns[key] = [_scalar(v) for v in raw.split(",")]
+    request_data: dict[str, list[Any]] = {}
+    for item in request:
+        if "=" not in item:
+            raise click.BadParameter(f"--request {item!r}: expected field=value")
+        key, raw = item.split("=", 1)
+        request_data[key] = [_number(v) for v in raw.split(",")]
     store = _store(ctx)
     t0 = time.perf_counter()
     resp = store.get_online_features(
@@ -232,6 +247,7 @@ def get(
         columns,
         full_feature_names=full_feature_names,
         include_event_timestamps=True,
+        request_data=request_data or None,
     )
     ms = (time.perf_counter() - t0) * 1e3
     out = {
@@ -251,6 +267,16 @@ def _scalar(v: str) -> Any:
         return int(v)
     except ValueError:
         return v
+
+
+def _number(v: str) -> Any:
+    try:
+        return int(v)
+    except ValueError:
+        try:
+            return float(v)
+        except ValueError:
+            return v
 
 
 def _split(value: str | None) -> list[str] | None:

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from featurestore.offline.store import OfflineStore
     from featurestore.online.base import OnlineStore
     from featurestore.online.lookup import OnlineResponse
+    from featurestore.online.serving.engine import Engine
+    from featurestore.online.serving.results import PredictResult
 
 FeatureRequest = list[tuple[FeatureView, list[str]]]
 
@@ -51,6 +53,7 @@ class FeatureStore:
         self._registry = Registry(self.config.registry_path, self.project, self.repo_path)
         self._offline: OfflineStore | None = None
         self._online: OnlineStore | None = None
+        self._engine: Engine | None = None
 
     # ---- registry ---------------------------------------------------------------------------
     @property
@@ -330,7 +333,37 @@ class FeatureStore:
             request_data=request_data,
         )
 
+    def predict(
+        self,
+        model: str,
+        entity_rows: Any,
+        *,
+        request_data: dict[str, Sequence[Any]] | None = None,
+        return_features: bool = False,
+        deadline_ms: float | None = None,
+    ) -> PredictResult:
+        """Score entities in process: lookup -> on-demand features -> model, as ``POST /predict``.
+
+        ``model`` is ``name``, ``name@alias`` or ``name@version``; ``entity_rows`` holds join-key
+        columns (``{"user_id": [1, 2]}``) or a list of rows. The serving engine is started on
+        first use and shares this store's online connection.
+        """
+        if self._engine is None:
+            from featurestore.online.serving.engine import Engine
+
+            self._engine = Engine(self).start(poll=False)
+        return self._engine.predict(
+            model,
+            entities=entity_rows,
+            request_data=request_data,
+            return_features=return_features,
+            deadline_ms=deadline_ms,
+        )
+
     def close(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
         if self._online is not None:
             self._online.close()
             self._online = None

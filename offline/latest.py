@@ -11,16 +11,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from featurestore.offline._sql import ident
-
 from featurestore.errors import OfflineStoreError
+from featurestore.offline._sql import ident
 
 if TYPE_CHECKING:
     import pyarrow as pa
-    from featurestore.offline._sql import SourcePlan
-    from featurestore.offline.store import OfflineStore
 
     from featurestore.feature_view import FeatureView
+    from featurestore.offline._sql import SourcePlan
+    from featurestore.offline.store import OfflineStore
 
 EVENT_TS = "__event_ts"
 CREATED_TS = "__created_ts"
@@ -59,6 +58,7 @@ def iter_latest_rows(
     """See ``OfflineStore.iter_latest_rows``; batches hold at most ``batch_rows`` rows."""
     import duckdb
     import pyarrow as pa
+
     from featurestore.offline.store import fetch_reader
 
     if batch_rows < 1:

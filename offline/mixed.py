@@ -16,6 +16,7 @@ from featurestore.errors import EntityDataError, FeatureStoreError
 
 if TYPE_CHECKING:
     import polars as pl
+
     from featurestore.offline.store import OfflineStore
 
 
@@ -33,6 +34,7 @@ def historical_features(
     import numpy as np
     import polars as pl
     import pyarrow as pa
+
     from featurestore.offline.pit import output_names
     from featurestore.offline.spine import normalize_spine
     from featurestore.offline.windows import window_features

@@ -21,19 +21,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from featurestore.errors import EntityDataError, FeatureStoreError, OfflineStoreError
 from featurestore.offline._sql import ident, key_match
 from featurestore.offline.spine import Spine, normalize_spine
-
-from featurestore.errors import EntityDataError, FeatureStoreError, OfflineStoreError
 
 if TYPE_CHECKING:
     import duckdb
     import polars as pl
     import pyarrow as pa
-    from featurestore.offline._sql import SourcePlan
-    from featurestore.offline.store import OfflineStore
 
     from featurestore.feature_view import FeatureView
+    from featurestore.offline._sql import SourcePlan
+    from featurestore.offline.store import OfflineStore
 
 ROW = "__fs_row"
 TS = "__fs_ts"
@@ -210,6 +209,7 @@ def _join_view(
     cur: duckdb.DuckDBPyConnection, plan: SourcePlan, feats: list[str], *, as_known: bool
 ) -> pa.Table:
     import duckdb
+
     from featurestore.offline.store import fetch_table
 
     sql = join_sql(plan, feats, as_known=as_known)

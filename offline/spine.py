@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 DEFAULT_TIMESTAMP_COLUMN = "event_timestamp"
-_UNIT_PER_US = {"s": None, "ms": None, "us": 1, "ns": 1000}
 _US_PER_UNIT = {"s": 1_000_000, "ms": 1_000}
 
 

@@ -13,9 +13,8 @@ import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from featurestore.offline._sql import SourcePlan, time_us_expr
-
 from featurestore.errors import OfflineStoreError
+from featurestore.offline._sql import SourcePlan, time_us_expr
 
 if TYPE_CHECKING:
     import duckdb
@@ -140,7 +139,10 @@ class OfflineStore:
         Per view and spine row (keys, t): the source row with the largest event timestamp
         <= t (ties: largest created timestamp; rows equal in both are a data error resolved
         either way), used only if t - event_ts <= ttl; else the field default (or null).
-        ``as_known=True`` only uses rows whose created timestamp is <= t.
+        ``as_known=True`` only uses rows whose created timestamp is <= t (a null created
+        timestamp counts as known at its event time). An empty feature list means all of the
+        view's features. Spine rows with a null join key get defaults; naive spine times are
+        UTC.
         """
         from featurestore.offline.pit import historical_features
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from featurestore.offline._sql import time_us_expr
-
 from featurestore.types import compatible, dtype_from_arrow
 
 if TYPE_CHECKING:

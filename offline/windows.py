@@ -13,15 +13,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from featurestore.offline._sql import ident, time_us_expr
 
 from featurestore.errors import EntityDataError, OfflineStoreError
+from featurestore.offline._sql import ident, time_us_expr
 
 if TYPE_CHECKING:
     import pyarrow as pa
-    from featurestore.offline.store import OfflineStore
 
     from featurestore.feature_view import FeatureView
+    from featurestore.offline.store import OfflineStore
 
 EV = "__fs_ev"
 
@@ -89,6 +89,7 @@ def read_events(
 ) -> pa.Table:
     """The events of ``view`` in (lo_us, hi_us] as an Arrow table (keys, __fs_ev, inputs)."""
     import duckdb
+
     from featurestore.offline.store import fetch_table
 
     sql = events_sql(store, view, lo_us, hi_us, by_key=by_key)
@@ -109,6 +110,7 @@ def window_features(
 ) -> dict[str, pa.Array]:
     """Every output of ``view`` at each spine row's (keys, t), as Arrow arrays in spine order."""
     import pyarrow as pa
+
     from featurestore.transforms.offline import compute_window_features
 
     assert view.window is not None

@@ -14,10 +14,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from featurestore.errors import ConfigError, OnlineStoreError, OnlineStoreUnavailableError
 from featurestore.online.base import OnlineStore
 from featurestore.online.keys import key_prefix, key_suffix
-
-from featurestore.errors import ConfigError, OnlineStoreError, OnlineStoreUnavailableError
 
 _EXPIRE = struct.Struct("<q")  # value prefix: expire-at in ms since the epoch, 0 = never
 _NEVER = _EXPIRE.pack(0)

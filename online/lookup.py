@@ -17,12 +17,12 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from featurestore.online.base import OnlineStore, Status
-from featurestore.online.codec import DecodedRows, RowCodec
-from featurestore.online.keys import _as_pylist, build_keys
 
 from featurestore._time import EPOCH
 from featurestore.errors import EntityDataError, FeatureStoreError
+from featurestore.online.base import OnlineStore, Status
+from featurestore.online.codec import DecodedRows, RowCodec
+from featurestore.online.keys import _as_pylist, build_keys
 
 if TYPE_CHECKING:
     import polars as pl

@@ -11,10 +11,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from featurestore.errors import OnlineStoreError, OnlineStoreUnavailableError
 from featurestore.online import _redis_wire as wire
 from featurestore.online.base import OnlineStore
-
-from featurestore.errors import OnlineStoreError, OnlineStoreUnavailableError
 
 if TYPE_CHECKING:
     from featurestore.config import OnlineStoreConfig

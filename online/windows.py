@@ -20,7 +20,11 @@ Value layout (little endian)::
               uint8[k*n]          validity
 
 Memory per entity: ``72 + n * (8 + 9k + 8d)`` bytes for ``n`` events in the horizon, e.g.
-the quickstart's user view (k=2, d=1) with 40 events in 30 days: 1.1 KB. The key expires at
+the quickstart's user view (k=2 inputs: amount, merchant_id; d=1) holds its 30-day horizon:
+50 events (the average user at 200k transactions / 4k users) take 1,772 bytes.
+Measured on the quickstart (200k transactions): mean 1.7 KB, p50 650 B, p99 17 KB, max 379 KB
+(a user with ~11k transactions in 30 days): memory follows events in the horizon, so a long
+window over a very active entity is the expensive case (tiles would bound it; not done yet). The key expires at
 the newest event + max window + key_ttl_grace, after which its state would read empty anyway.
 A read at ``now`` earlier than the newest stored event minus ``allowed_lateness`` cannot be
 exact (the buffer may miss older events): it serves nulls with status EXPIRED.
@@ -34,10 +38,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
+    from featurestore.feature_view import FeatureView
     from featurestore.offline.store import OfflineStore
     from featurestore.online.base import OnlineStore
-
-    from featurestore.feature_view import FeatureView
 
 MAGIC = b"FSW1"
 _HEAD = struct.Struct("<4sI")

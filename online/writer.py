@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from featurestore.errors import EntityDataError
 from featurestore.online.base import OnlineStore
 from featurestore.online.codec import EVENT_TS, RowCodec
 from featurestore.online.keys import build_keys
-
-from featurestore.errors import EntityDataError
 
 if TYPE_CHECKING:
     import pyarrow as pa

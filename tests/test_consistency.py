@@ -10,9 +10,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from featurestore.online.base import Status
 
 from featurestore import FeatureStore
+from featurestore.online.base import Status
 
 from .conftest import online_config
 
@@ -132,7 +132,9 @@ def test_online_equals_training_set_at_T(backend: str, seed: int, tmp_path, requ
     for name in ("clicks", "spend", "tier", "ratio", "flag"):
         expected = offline[name].to_list()
         diff = [
-            (i, x, y) for i, (x, y) in enumerate(zip(got[name], expected, strict=True)) if not _same([x], [y])
+            (i, x, y)
+            for i, (x, y) in enumerate(zip(got[name], expected, strict=True))
+            if not _same([x], [y])
         ]
         assert not diff, (name, backend, diff[:5])
     # the data covers every status, so the comparison above is not vacuous

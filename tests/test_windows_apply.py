@@ -40,7 +40,9 @@ def make_repo(tmp_path: Path, body: str) -> FeatureStore:
         pa.table(
             {
                 "user_id": pa.array([1, 1, 2], pa.int64()),
-                "event_timestamp": pa.array([T0 + H, T0 + 2 * H, T0 + 3 * H], pa.timestamp("us", tz="UTC")),
+                "event_timestamp": pa.array(
+                    [T0 + H, T0 + 2 * H, T0 + 3 * H], pa.timestamp("us", tz="UTC")
+                ),
                 "amount": pa.array([1.5, None, 3.0], pa.float64()),
                 "merchant": pa.array(["a", "b", "a"], pa.string()),
             }
@@ -117,7 +119,9 @@ def test_derived_type_mismatch(tmp_path: Path) -> None:
 
 
 def test_string_column_is_not_aggregated(tmp_path: Path) -> None:
-    msg = apply_error(tmp_path, VIEW.format(body='aggregations=[Aggregation("merchant", "sum", "1h")]'))
+    msg = apply_error(
+        tmp_path, VIEW.format(body='aggregations=[Aggregation("merchant", "sum", "1h")]')
+    )
     assert "'merchant'" in msg and "string" in msg and "numeric" in msg, msg
 
 
@@ -127,9 +131,7 @@ def test_missing_event_column(tmp_path: Path) -> None:
 
 
 def test_on_demand_type_mismatch(tmp_path: Path) -> None:
-    body = (
-        VIEW.format(body='aggregations=[Aggregation("amount", "mean", "1h")]')
-        + textwrap.dedent("""
+    body = VIEW.format(body='aggregations=[Aggregation("amount", "mean", "1h")]') + textwrap.dedent("""
     req = RequestSource("req", schema=[Field("code", String)])
 
     @on_demand_feature(inputs=["code", "tx:amount_mean_1h"], output=Field("r", Float64),
@@ -139,15 +141,12 @@ def test_on_demand_type_mismatch(tmp_path: Path) -> None:
 
     od = OnDemandFeatureView(name="od", sources=[req, tx], features=[ratio])
     """)
-    )
     msg = apply_error(tmp_path, body)
     assert "'ratio'" in msg and "'code' as float64" in msg and "string" in msg, msg
 
 
 def test_on_demand_input_of_unknown_view(tmp_path: Path) -> None:
-    body = (
-        VIEW.format(body='aggregations=[Aggregation("amount", "mean", "1h")]')
-        + textwrap.dedent("""
+    body = VIEW.format(body='aggregations=[Aggregation("amount", "mean", "1h")]') + textwrap.dedent("""
     req = RequestSource("req", schema=[Field("x", Float64)])
 
     @on_demand_feature(inputs=["x", "tx:amount_mean_9h"], output=Field("r", Float64),
@@ -157,7 +156,6 @@ def test_on_demand_input_of_unknown_view(tmp_path: Path) -> None:
 
     od = OnDemandFeatureView(name="od", sources=[req, tx], features=[ratio])
     """)
-    )
     msg = apply_error(tmp_path, body)
     assert "'tx:amount_mean_9h'" in msg, msg
 
@@ -171,7 +169,8 @@ def test_declared_schema_is_checked(tmp_path: Path) -> None:
     assert "'amount_count_1h' is int64 but declared float64" in msg, msg
 
 
-GOOD = """
+GOOD = (
+    """
 @transform
 def half(amount: float) -> float:
     return amount / 2.0
@@ -181,13 +180,16 @@ req = RequestSource("req", schema=[Field("x", Float64)])
 @on_demand_feature(inputs=["x", "tx:h_sum_24h"], output=Field("x_plus", Float64), sources=[req])
 def plus(x: float, s: float) -> float:
     return x + s
-""" + VIEW.format(
-    body='derived={"h": (half, ["amount"])}, '
-    'aggregations=[Aggregation("h", "sum", ["24h"]), '
-    'Aggregation("amount", "count", "24h", name="n")]'
-) + """
+"""
+    + VIEW.format(
+        body='derived={"h": (half, ["amount"])}, '
+        'aggregations=[Aggregation("h", "sum", ["24h"]), '
+        'Aggregation("amount", "count", "24h", name="n")]'
+    )
+    + """
 od = OnDemandFeatureView(name="od", sources=[req, tx], features=[plus])
 """
+)
 
 CHILD = """
 import json, sys, time

@@ -263,12 +263,22 @@ def test_online_equals_offline_equals_oracle(
         for t in (t_us - 3 * H, t_us):  # the second run overwrites the first one's states
             res = store.materialize(t - 72 * H, t, views=["tx", "profile"])
             assert res.rows["tx"] > 0
+            reads: list[int] = []
+            real_read = store.online.read
+
+            def counting(keys, reads=reads, real_read=real_read):  # type: ignore[no-untyped-def]
+                reads.append(len(keys))
+                return real_read(keys)
+
+            store.online.read = counting  # type: ignore[method-assign]
             online = store.get_online_features(
                 [*REFS, "profile:tier", "scores:vs_mean"],
                 [{"user_id": u} for u in users],
                 now=t,
                 request_data={"amount": [10.0 + u for u in users]},
             )
+            store.online.read = real_read  # type: ignore[method-assign]
+            assert reads == [2 * USERS]  # one round trip for the window and the plain view
             got = online.to_dict()
             offline = _offline(store, users, [t] * USERS, [*REFS, "profile:tier", "scores:vs_mean"])
             for f in [*FEATURES, "tier", "vs_mean"]:
@@ -277,7 +287,9 @@ def test_online_equals_offline_equals_oracle(
                 exact = fn in ("count", "distinct_count", "min", "max", "last", "sum")
                 want = [oracle(events, u, t, f) for u in users]
                 assert all(close(g, w, exact) for g, w in zip(got[f], want, strict=True)), (
-                    f, got[f], want,
+                    f,
+                    got[f],
+                    want,
                 )
             st = online.statuses["amount_count_24h"]
             assert st[-1] == Status.NOT_FOUND and st[0] == Status.PRESENT
@@ -306,3 +318,12 @@ def test_on_demand_needs_its_request_field(tmp_path: Path, defs_file: Path) -> N
         )
         with pytest.raises(EntityDataError, match="request field 'amount'"):
             store.get_historical_features(spine, ["scores:vs_mean"])
+        # a read before the newest stored event cannot be exact (allowed_lateness 0): nulls
+        early = store.get_online_features(REFS, [{"user_id": 1}], now=t_us - 3 * H)
+        assert early.statuses["amount_sum_24h"] == [Status.EXPIRED]
+        assert early.to_dict()["amount_sum_24h"] == [None]
+        # include_event_timestamps gives the newest event of the state
+        ts = store.get_online_features(
+            ["tx:amount_count_24h"], [{"user_id": 1}], now=t_us, include_event_timestamps=True
+        ).to_dict()["tx__event_timestamp"][0]
+        assert ts is not None and ts <= datetime.fromtimestamp(t_us / 1e6, timezone.utc)

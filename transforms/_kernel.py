@@ -15,6 +15,8 @@ multiplicities, ``last`` tracks the newest valid event.
 from __future__ import annotations
 
 import numpy as np
+from numba import njit, prange
+
 from featurestore.transforms._exact import (
     BASE1,
     L1,
@@ -26,7 +28,6 @@ from featurestore.transforms._exact import (
     acc_value,
     acc_variance,
 )
-from numba import njit, prange
 
 COUNT, SUM, MEAN, MIN, MAX, LAST, VAR, STDDEV, DISTINCT = range(9)
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-from featurestore.transforms._kernel import dense_codes, window_core
 from numba import njit
+
+from featurestore.transforms._kernel import dense_codes, window_core
 
 # meta slots: live events are ts[START : START + N] (a sliding prefix is dropped lazily)
 N, WATERMARK, HAS_WM, REJECTED, START = range(5)

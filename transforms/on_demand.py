@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from featurestore.transforms.row import RowTransform
 
 from featurestore.errors import DefinitionError
 from featurestore.field import Field
+from featurestore.transforms.row import RowTransform
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence

@@ -31,9 +31,9 @@ import math
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from featurestore.transforms._errors import LateEventError
 
 from featurestore.errors import DefinitionError
+from featurestore.transforms._errors import LateEventError
 
 if TYPE_CHECKING:
     from collections.abc import Mapping

@@ -116,6 +116,11 @@ fraud_model_v1 = FeatureService(
 # training spine carries an ``amount`` column (transactions.parquet does).
 fraud_model_v2 = FeatureService(
     name="fraud_model_v2",
-    features=[user_stats, merchant_stats, user_tx_windows, "transaction_features:amount_vs_mean_7d"],
+    features=[
+        user_stats,
+        merchant_stats,
+        user_tx_windows,
+        "transaction_features:amount_vs_mean_7d",
+    ],
     description="fraud_model_v1 plus the request amount relative to the user's 7-day mean.",
 )

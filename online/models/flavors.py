@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import numpy as np
+
 from featurestore.online.models.errors import ModelLoadError, ModelRegistryError
 
 Flavor = Literal["lightgbm", "sklearn", "xgboost", "onnx", "python"]

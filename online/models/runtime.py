@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
 from featurestore.online.models.errors import ModelLoadError, ModelNotFoundError
 from featurestore.online.models.flavors import Predictor, load_predictor
 from featurestore.online.models.registry import ALIASES, ModelRegistry, ModelVersion

@@ -8,9 +8,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from featurestore.online.serving.errors import BadRequestError, TooManyEntitiesError
-
 from featurestore._time import to_us
+from featurestore.online.serving.errors import BadRequestError, TooManyEntitiesError
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -152,6 +151,7 @@ def _check_value(v: Any, dtype_name: str) -> bool:
 def push_table(view: FeatureView, rows: Columns, now_us: int, max_rows: int) -> pa.Table:
     """The validated Arrow table ``online.writer.write_table`` takes for ``view``."""
     import pyarrow as pa
+
     from featurestore.online.codec import CREATED_TS, EVENT_TS
 
     n = n_rows(rows)

@@ -17,6 +17,15 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from featurestore._time import duration_us, now_us, parse_duration
+from featurestore.errors import (
+    FeatureNotFoundError,
+    FeatureStoreError,
+    OnlineStoreError,
+    OnlineStoreUnavailableError,
+    RegistryError,
+)
 from featurestore.online.models.errors import ModelLoadError
 from featurestore.online.serving import _requests as rq
 from featurestore.online.serving.breaker import BreakerState, CircuitBreaker
@@ -37,18 +46,8 @@ from featurestore.online.serving.results import (
     from_response,
 )
 
-from featurestore._time import duration_us, now_us, parse_duration
-from featurestore.errors import (
-    FeatureNotFoundError,
-    FeatureStoreError,
-    OnlineStoreError,
-    OnlineStoreUnavailableError,
-    RegistryError,
-)
-
 if TYPE_CHECKING:
     from featurestore.online.models.runtime import LoadedModel, ModelRuntime
-
     from featurestore.store import FeatureStore
 
 log = logging.getLogger("featurestore.serving")

@@ -8,12 +8,12 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import grpc
-from featurestore.online.serving._proto import featurestore_pb2 as pb
-from featurestore.online.serving._proto import featurestore_pb2_grpc as pb_grpc
-from featurestore.online.serving.errors import BadRequestError
 
 from featurestore._time import to_us
 from featurestore.errors import FeatureStoreError
+from featurestore.online.serving._proto import featurestore_pb2 as pb
+from featurestore.online.serving._proto import featurestore_pb2_grpc as pb_grpc
+from featurestore.online.serving.errors import BadRequestError
 
 if TYPE_CHECKING:
     from featurestore.online.serving.engine import Engine, FeatureResult

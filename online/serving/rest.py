@@ -18,12 +18,6 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from featurestore.online.models.errors import (
-    ModelLoadError,
-    ModelNotFoundError,
-    ModelRegistryError,
-)
-from featurestore.online.serving.errors import BadRequestError, NotReadyError, TooManyEntitiesError
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from featurestore.errors import (
@@ -33,6 +27,12 @@ from featurestore.errors import (
     OnlineStoreUnavailableError,
     RegistryError,
 )
+from featurestore.online.models.errors import (
+    ModelLoadError,
+    ModelNotFoundError,
+    ModelRegistryError,
+)
+from featurestore.online.serving.errors import BadRequestError, NotReadyError, TooManyEntitiesError
 
 if TYPE_CHECKING:
     from featurestore.online.serving.engine import Engine

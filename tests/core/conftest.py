@@ -28,9 +28,9 @@ svc = FeatureService(name="svc", features=[user_stats])
 """
 
 
-def write_users(path: Path, rows: int = 20) -> None:
+def write_users(path: Path, rows: int = 20, t0: datetime = T0) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    ts = [T0 + timedelta(hours=i) for i in range(rows)]
+    ts = [t0 + timedelta(hours=i) for i in range(rows)]
     pq.write_table(
         pa.table(
             {

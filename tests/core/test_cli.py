@@ -115,3 +115,25 @@ def test_unknown_feature_in_get_is_one_line(demo_repo: Path) -> None:
         "error: feature view 'user_stats' has no feature 'nope'; it has tx_count_1d, tx_count_7d, "
         "tx_count_30d, amount_sum_1d, amount_sum_7d, amount_mean_7d, ... (13 in all)"
     )
+
+
+def test_get_with_request_data_computes_on_demand_features(demo_repo: Path) -> None:
+    run("apply", cwd=demo_repo)
+    run("materialize-incremental", "now", cwd=demo_repo)
+    args = (
+        "get",
+        "--features",
+        "user_tx_windows:rt_amount_mean_7d,transaction_features:amount_vs_mean_7d",
+        "--entity",
+        "user_id=1,2",
+    )
+    got = json.loads(run(*args, "--request", "amount=50,0.5", cwd=demo_repo).stdout)["features"]
+    for amount, mean, ratio in zip(
+        [50, 0.5], got["rt_amount_mean_7d"], got["amount_vs_mean_7d"], strict=True
+    ):
+        assert mean is not None and mean > 0
+        assert ratio == pytest.approx(amount / mean, rel=1e-12)
+    missing = run(*args, cwd=demo_repo, ok=False)
+    assert missing.returncode == 1
+    assert "amount" in missing.stderr and len(missing.stderr.strip().splitlines()) == 1
+    assert "on-demand view  transaction_features  1 features" in run("list", cwd=demo_repo).stdout

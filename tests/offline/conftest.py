@@ -10,10 +10,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from featurestore.offline import OfflineStore
 
 from featurestore.config import config_from_dict
 from featurestore.entity import Entity
+from featurestore.offline import OfflineStore
 
 MISS = object()  # the oracle's "no usable row" marker (becomes the default or null)
 

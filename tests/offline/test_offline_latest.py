@@ -9,13 +9,13 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
-from featurestore.offline import OfflineStore
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from featurestore.entity import Entity
 from featurestore.feature_view import FeatureView
 from featurestore.field import Field
+from featurestore.offline import OfflineStore
 from featurestore.sources import ParquetSource
 from featurestore.types import Float32, Int64
 

@@ -9,7 +9,6 @@ from types import SimpleNamespace
 import polars as pl
 import pyarrow as pa
 import pytest
-from featurestore.offline import OfflineStore
 
 from featurestore.entity import Entity
 from featurestore.errors import (
@@ -20,6 +19,7 @@ from featurestore.errors import (
 )
 from featurestore.feature_view import FeatureView
 from featurestore.field import Field
+from featurestore.offline import OfflineStore
 from featurestore.sources import DuckDBSource, ParquetSource
 from featurestore.types import Array, Bool, Float32, Float64, Int64, String, UnixTimestamp
 

@@ -10,9 +10,9 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from featurestore.offline.spine import normalize_spine, to_arrow_table
 
 from featurestore.errors import EntityDataError
+from featurestore.offline.spine import normalize_spine, to_arrow_table
 
 US_2024 = 1_704_067_200_000_000  # 2024-01-01T00:00:00Z in microseconds
 

@@ -7,12 +7,12 @@ from types import SimpleNamespace
 
 import pyarrow as pa
 import pytest
-from featurestore.offline import OfflineStore
 
 from featurestore.entity import Entity
 from featurestore.errors import OfflineStoreError
 from featurestore.feature_view import FeatureView
 from featurestore.field import Field
+from featurestore.offline import OfflineStore
 from featurestore.sources import DuckDBSource, ParquetSource
 from featurestore.types import Float64, Int64, String, UnixTimestamp
 

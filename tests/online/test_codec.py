@@ -9,12 +9,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pytest
-from featurestore.online.codec import NULL_TS, RowCodec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from featurestore import types as T
 from featurestore.field import Field
+from featurestore.online.codec import NULL_TS, RowCodec
 from tests.online._online_views import float_table, make_view
 
 ALL_TYPES = [

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from featurestore.online.embedded import EmbeddedOnlineStore, parse_size
-from featurestore.online.keys import build_keys
 
 from featurestore.errors import ConfigError, OnlineStoreError
+from featurestore.online.embedded import EmbeddedOnlineStore, parse_size
+from featurestore.online.keys import build_keys
 
 N_KEYS = 200
 KEYS = build_keys("test", "v", ("user_id",), [list(range(N_KEYS))])

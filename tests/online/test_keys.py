@@ -6,11 +6,11 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pytest
-from featurestore.online.keys import build_key, build_keys, key_prefix, key_suffix
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from featurestore.errors import EntityDataError
+from featurestore.online.keys import build_key, build_keys, key_prefix, key_suffix
 
 
 def _hash_tag(key: bytes) -> bytes:

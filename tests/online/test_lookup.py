@@ -8,9 +8,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pytest
-from featurestore.online.base import Status
-from featurestore.online.lookup import get_online_features
-from featurestore.online.writer import write_table
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -18,6 +15,9 @@ from featurestore import types as T
 from featurestore._time import to_utc
 from featurestore.errors import EntityDataError, FeatureNotFoundError, FeatureStoreError
 from featurestore.field import Field
+from featurestore.online.base import Status
+from featurestore.online.lookup import get_online_features
+from featurestore.online.writer import write_table
 from tests.online._online_views import MERCHANT, USER, float_table, make_view
 
 T0 = 1_700_000_000_000_000  # an event time in us

@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 import redis
+
+from featurestore.errors import OnlineStoreUnavailableError
 from featurestore.online.base import open_online_store
 from featurestore.online.keys import build_keys
 from featurestore.online.redis_store import RedisClusterOnlineStore, RedisOnlineStore
-
-from featurestore.errors import OnlineStoreUnavailableError
 
 
 def _cmdstats(client: Any) -> dict[str, int]:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 
 import pytest
-from featurestore.online.base import OnlineStore
-from featurestore.online.keys import build_keys
 
 from featurestore.errors import OnlineStoreError
+from featurestore.online.base import OnlineStore
+from featurestore.online.keys import build_keys
 
 
 def _keys(view: str, ids: list[int], project: str = "test") -> list[bytes]:

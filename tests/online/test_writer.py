@@ -8,13 +8,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pytest
-from featurestore.online.codec import RowCodec
-from featurestore.online.keys import build_keys
-from featurestore.online.writer import write_table
 
 from featurestore import types as T
 from featurestore.errors import EntityDataError
 from featurestore.field import Field
+from featurestore.online.codec import RowCodec
+from featurestore.online.keys import build_keys
+from featurestore.online.writer import write_table
 from tests.online._online_views import float_table, make_view
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from featurestore.online.serving.breaker import BreakerState, CircuitBreaker
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from featurestore.online.serving.breaker import BreakerState, CircuitBreaker
 
 
 class Clock:

@@ -11,11 +11,11 @@ import grpc
 import httpx
 import pytest
 from click.testing import CliRunner
-from featurestore.online.serving._proto import featurestore_pb2 as pb
-from featurestore.online.serving._proto import featurestore_pb2_grpc as pb_grpc
 
 from featurestore._cli_serve import register_commands
 from featurestore.cli import cli
+from featurestore.online.serving._proto import featurestore_pb2 as pb
+from featurestore.online.serving._proto import featurestore_pb2_grpc as pb_grpc
 from tests.serving.conftest import free_port, train_model
 
 register_commands(cli)

@@ -6,15 +6,15 @@ import time
 from pathlib import Path
 
 import pytest
-from featurestore.online.serving import _requests as rq
-from featurestore.online.serving.config import models_config, serving_config
-from featurestore.online.serving.engine import Engine
-from featurestore.online.serving.errors import BadRequestError, TooManyEntitiesError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from featurestore.config import config_from_dict
 from featurestore.errors import ConfigError
+from featurestore.online.serving import _requests as rq
+from featurestore.online.serving.config import models_config, serving_config
+from featurestore.online.serving.engine import Engine
+from featurestore.online.serving.errors import BadRequestError, TooManyEntitiesError
 from tests.serving.conftest import expected_user, make_repo
 
 
@@ -55,7 +55,6 @@ def test_rows_or_columns_give_the_same_answer(engine: Engine) -> None:
 
 def test_a_tiny_deadline_degrades_instead_of_waiting(engine_repo: Path) -> None:
     from featurestore.online.serving.config import ServingConfig
-
     from featurestore.store import FeatureStore
 
     store = FeatureStore(engine_repo)

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import grpc
 import pytest
+
 from featurestore.online.serving._proto import featurestore_pb2 as pb
 from featurestore.online.serving._proto import featurestore_pb2_grpc as pb_grpc
 from featurestore.online.serving.grpc_server import from_value, to_value
-
 from tests.serving.conftest import ServerThread, expected_user
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from featurestore.online.models import (
     ModelLoadError,
     ModelNotFoundError,
@@ -18,7 +19,6 @@ from featurestore.online.models import (
     ModelRuntime,
     load_predictor,
 )
-
 from tests.serving.conftest import MODEL_FEATURES, train_model
 
 SERVICE = ["tx_count", "amount_mean", "risk"]

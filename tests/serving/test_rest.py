@@ -354,7 +354,6 @@ def test_batch_of_entities_in_one_predict(client: httpx.Client) -> None:
 def test_unapplied_repo_is_live_but_not_ready_until_apply(tmp_path: Path) -> None:
     from featurestore.online.serving.engine import Engine
     from featurestore.online.serving.rest import create_app
-
     from tests.serving.conftest import DEFS, _write_data
 
     repo = tmp_path / "repo"

@@ -11,8 +11,8 @@ import time
 import duckdb
 import numpy as np
 import pyarrow as pa
-from featurestore.transforms import compile_plan, compute_window_features
 
+from featurestore.transforms import compile_plan, compute_window_features
 from tests.transforms.bench_windows import AGGS, DAY, data
 
 H = 3_600_000_000

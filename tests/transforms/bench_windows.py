@@ -12,6 +12,7 @@ import math
 import time
 
 import numpy as np
+
 from featurestore.transforms import (
     Aggregation,
     OnlineWindows,

@@ -6,12 +6,12 @@ import math
 
 import numpy as np
 import pytest
-from featurestore.transforms import OnDemandFeature, RequestSource, on_demand_feature
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from featurestore.errors import DefinitionError
 from featurestore.field import Field
+from featurestore.transforms import OnDemandFeature, RequestSource, on_demand_feature
 from featurestore.types import Float64, Int64, String
 
 txn = RequestSource("txn", schema=[Field("amount", Float64), Field("hour", Int64)])

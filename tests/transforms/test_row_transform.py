@@ -7,10 +7,11 @@ import math
 import numpy as np
 import polars as pl
 import pyarrow as pa
-from featurestore.transforms import RowTransform, transform
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+
+from featurestore.transforms import RowTransform, transform
 
 
 @transform

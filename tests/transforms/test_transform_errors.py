@@ -7,6 +7,9 @@ from datetime import timedelta
 
 import numpy as np
 import pytest
+
+from featurestore.errors import DefinitionError
+from featurestore.field import Field
 from featurestore.transforms import (
     Aggregation,
     compile_plan,
@@ -14,9 +17,6 @@ from featurestore.transforms import (
     on_demand_feature,
     transform,
 )
-
-from featurestore.errors import DefinitionError
-from featurestore.field import Field
 from featurestore.types import Float64, Int64, String
 
 THIS = __file__

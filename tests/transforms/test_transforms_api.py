@@ -5,10 +5,11 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import featurestore.transforms as tf
 import numpy as np
 import polars as pl
 import pyarrow as pa
+
+import featurestore.transforms as tf
 
 
 def test_all_is_sorted_and_resolves():

@@ -5,6 +5,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from featurestore.transforms import (
     Aggregation,
     OnlineWindows,
@@ -13,9 +16,6 @@ from featurestore.transforms import (
     transform,
 )
 from featurestore.transforms.aggregation import FUNCTIONS
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from tests.transforms._wf_helpers import close, oracle, same
 
 S = 1_000_000  # one second in microseconds; timestamps sit on a 1 s grid so edges are hit often

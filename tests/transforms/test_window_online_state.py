@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
+from featurestore.errors import DefinitionError, FeatureStoreError
 from featurestore.transforms import (
     Aggregation,
     LateEventError,
@@ -11,8 +13,6 @@ from featurestore.transforms import (
     compile_plan,
     compute_window_features,
 )
-
-from featurestore.errors import DefinitionError, FeatureStoreError
 from tests.transforms._wf_helpers import same
 
 S = 1_000_000
