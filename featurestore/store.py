@@ -54,6 +54,7 @@ class FeatureStore:
         self._offline: OfflineStore | None = None
         self._online: OnlineStore | None = None
         self._engine: Engine | None = None
+        self._resolved: tuple[RegistryState | None, dict[Any, FeatureRequest]] = (None, {})
 
     # ---- registry ---------------------------------------------------------------------------
     @property
@@ -122,8 +123,26 @@ class FeatureStore:
 
     # ---- feature references -----------------------------------------------------------------
     def resolve_features(self, features: Sequence[str] | FeatureService | str) -> FeatureRequest:
-        """``view:feature`` references (or a feature service, or its name) grouped by view in order."""
+        """``view:feature`` references (or a feature service, or its name) grouped by view in order.
+
+        Cached per registry version: online lookups resolve the same references on every call.
+        """
         state = self.registry
+        key = features if isinstance(features, (str, FeatureService)) else tuple(features)
+        cached_state, cache = self._resolved
+        if cached_state is not state:
+            cache = {}
+            self._resolved = (state, cache)
+        hit = cache.get(key)
+        if hit is None:
+            hit = self._resolve(state, features)
+            if len(cache) < 1024:
+                cache[key] = hit
+        return [(view, list(feats)) for view, feats in hit]
+
+    def _resolve(
+        self, state: RegistryState, features: Sequence[str] | FeatureService | str
+    ) -> FeatureRequest:
         if isinstance(features, FeatureService):
             refs: Sequence[str] = features.features
         elif isinstance(features, str):

@@ -158,28 +158,38 @@ class _ViewResult:
         return out
 
     def served_lists(self) -> list[list[Any]]:
-        """One Python list per requested feature: value, None (null) or the default."""
+        """One Python list per requested feature: value, None (null) or the default.
+
+        Starts from the present rows' values and patches only the cells that need it (rows not
+        found or expired, null cells), so a batch with a few misses stays cheap.
+        """
         lists = self._present_lists()
         d = self.decoded
         if self.all_served and not d.has_nulls:
             return lists
         plan = self.plan
-        n = d.n
-        served = (self.status == 0).tolist()
-        valid_all = d.valid
-        pidx = d.present_idx
-        out: list[list[Any]] = []
-        for f, j, vals in zip(plan.fields, plan.field_idx.tolist(), lists, strict=True):
-            default = f.default
-            if default is not None and f.dtype.name == "timestamp":
-                default = _us_to_datetime(default)
-            col: list[Any] = [default] * n
-            valid = valid_all[:, j].tolist()
-            for v, i in zip(vals, pidx, strict=True):
-                if served[i]:
-                    col[i] = v if valid[i] else None
-            out.append(col)
-        return out
+        lists = [list(col) for col in lists]  # patched in place below
+        defaults = [
+            _us_to_datetime(f.default)
+            if f.default is not None and f.dtype.name == "timestamp"
+            else f.default
+            for f in plan.fields
+        ]
+        status = self.status
+        missing = np.flatnonzero(~d.present).tolist()  # ascending, so inserts land in place
+        if missing:
+            for col, default in zip(lists, defaults, strict=True):
+                for i in missing:
+                    col.insert(i, default)
+        for i in np.flatnonzero(status == Status.EXPIRED).tolist():
+            for col, default in zip(lists, defaults, strict=True):
+                col[i] = default
+        if d.has_nulls:
+            null = ~d.valid[:, plan.field_idx] & (status == Status.PRESENT)[:, None]
+            rows, cols = np.nonzero(null)
+            for r, c in zip(rows.tolist(), cols.tolist(), strict=True):
+                lists[c][r] = None
+        return lists
 
 
 class OnlineResponse:
