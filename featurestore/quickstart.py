@@ -258,8 +258,10 @@ def run_quickstart(
     p = np.percentile(np.array(lat) * 1e6, [50, 99])
     pb = np.percentile(np.array(batch_lat) * 1e6, [50, 99])
     figures.update(online_p50_us=p[0], online_p99_us=p[1])
+    n_views = len({ref.split(":")[0] for ref in features.features})
     echo(
-        f"    1 entity x {len(features.features)} features from 2 views: p50 {p[0]:.0f} us, p99 {p[1]:.0f} us"
+        f"    1 entity x {len(features.features)} features from {n_views} views: "
+        f"p50 {p[0]:.0f} us, p99 {p[1]:.0f} us"
     )
     echo(
         f"    100 entities x {len(features.features)} features: p50 {pb[0]:.0f} us, p99 {pb[1]:.0f} us"
