@@ -22,15 +22,29 @@ from featurestore.transforms.aggregation import (
     compile_plan,
     prepare_inputs,
 )
-from featurestore.transforms.offline import compute_window_features
 from featurestore.transforms.on_demand import OnDemandFeature, RequestSource, on_demand_feature
-from featurestore.transforms.online import OnlineWindows, WindowState
 from featurestore.transforms.row import (
     RowTransform,
     load_module_from_path,
     row_transform,
     transform,
 )
+
+# The compute side (numba kernels, numpy) loads on first use, so definitions import fast.
+_LAZY = {
+    "compute_window_features": "featurestore.transforms.offline",
+    "OnlineWindows": "featurestore.transforms.online",
+    "WindowState": "featurestore.transforms.online",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'featurestore.transforms' has no attribute {name!r}")
+
 
 __all__ = [
     "Aggregation",

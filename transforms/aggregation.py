@@ -33,7 +33,9 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
+
 
 from featurestore._time import duration_us, format_duration, parse_duration
 from featurestore.errors import DefinitionError
@@ -203,6 +205,8 @@ class WindowPlan:
 
 def compile_plan(aggregations: Sequence[Aggregation], *, view: str = "") -> WindowPlan:
     """Flatten aggregations into one plan; duplicate output names -> DefinitionError."""
+    import numpy as np
+
     where_ctx = f"feature view '{view}': " if view else ""
     inputs: list[tuple[str, Any]] = []
     distinct: list[int] = []
@@ -249,6 +253,8 @@ def prepare_inputs(
     NaN / null values and rows the input's predicate rejects are invalid; -0.0 becomes 0.0.
     Used offline for all events and online for each ingested batch, so both see equal inputs.
     """
+    import numpy as np
+
     from featurestore.transforms._columns import to_numpy
 
     n_in = len(plan.inputs)

@@ -23,7 +23,8 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 from featurestore.errors import DefinitionError
 
@@ -39,8 +40,8 @@ _NAMED = {
     "np.int32": "int32", "np.bool_": "boolean", "Float64": "float64", "Int64": "int64",
     "Float32": "float32", "Int32": "int32", "Bool": "boolean",
 }  # fmt: skip
-_NUMPY = {"float64": np.float64, "int64": np.int64, "float32": np.float32, "int32": np.int32,
-          "boolean": np.bool_}  # fmt: skip
+_NUMPY = {"float64": "float64", "int64": "int64", "float32": "float32", "int32": "int32",
+          "boolean": "bool"}  # numpy dtype names; numpy itself loads on first use  # fmt: skip
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -86,7 +87,8 @@ class RowTransform:
         t = _PY_TYPES.get(key) if not isinstance(key, str) else _NAMED.get(key)
         if t is None and not isinstance(key, str):
             t = _NAMED.get(getattr(key, "__name__", None) or getattr(key, "name", ""))
-            if t is None and isinstance(key, type) and issubclass(key, np.generic):
+            np_mod = sys.modules.get("numpy")  # a numpy annotation means numpy is loaded
+            if t is None and np_mod and isinstance(key, type) and issubclass(key, np_mod.generic):
                 t = _NAMED.get(key.__name__)
         if t is None:
             shown = getattr(ann, "__name__", ann)
@@ -159,6 +161,8 @@ class RowTransform:
         return self._scalar(*args)
 
     def apply_columns(self, columns: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        import numpy as np
+
         """Columns by parameter name -> (values, valid); the vectorized kernel over all rows."""
         self._require()
         from featurestore.transforms._columns import to_numpy
@@ -190,6 +194,7 @@ class RowTransform:
         return out, valid
 
     def _cast(self, param: str, t: str, arr: np.ndarray) -> np.ndarray:
+
         want = _NUMPY[t]
         kind = arr.dtype.kind
         if t in ("float64", "float32") and kind in "biuf":
