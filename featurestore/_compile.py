@@ -112,4 +112,6 @@ def warm_kernels() -> None:
     ow.ingest(st, t, {"x": np.array([1.0, 2.0])})
     ow.update(st, 3, {"x": 3.0})
     ow.read_array(ow.decode(ow.encode(st)), 3)
+    ow.tile_min_events = 1  # also compile the tile builder and the tiled read
+    ow.read_array(ow.decode(ow.encode(st)), 3)
     _WARM = True

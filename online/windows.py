@@ -13,18 +13,22 @@ Value layout (little endian)::
     4s      magic b"FSW1"
     uint32  schema_version of the view (a mismatch reads as absent; re-materialize)
     bytes   OnlineWindows.encode(state):
-              int64[8]            header (version, n, n_inputs, n_keys, watermark, ...)
+              int64[12]           header (version 2, n, n_inputs, n_keys, watermark, ...,
+                                  tile_us, n_tiles, n_tiled_inputs, pool size)
               int64[n]            event timestamps, sorted
               float64[k*n]        input values (k = distinct (column, where) inputs)
               int64[d*n]          distinct-count keys (d = inputs used by distinct_count)
               uint8[k*n]          validity
+              tiles               from 256 events on: per tile of max_window / 64 the
+                                  count, min, max and exact sums (see transforms/online.py)
 
-Memory per entity: ``72 + n * (8 + 9k + 8d)`` bytes for ``n`` events in the horizon, e.g.
-the quickstart's user view (k=2 inputs: amount, merchant_id; d=1) holds its 30-day horizon:
-50 events (the average user at 200k transactions / 4k users) take 1,772 bytes.
-Measured on the quickstart (200k transactions): mean 1.7 KB, p50 650 B, p99 17 KB, max 379 KB
-(a user with ~11k transactions in 30 days): memory follows events in the horizon, so a long
-window over a very active entity is the expensive case (tiles would bound it; not done yet). The key expires at
+Memory per entity: ``104 + n * (8 + 9k + 8d)`` bytes for ``n`` events in the horizon, plus the
+tiles of states with 256+ events (~150-250 bytes per non-empty tile and tiled input, at most
+~65 tiles), e.g. the quickstart's user view (k=2 inputs: amount, merchant_id; d=1): 50 events
+take 1,804 bytes. A lookup's read merges the tiles inside each window and scans raw events only
+in the two edge tiles, so its kernel cost no longer grows with the events buffered (a 30-day
+stddev over ~11k events: ~1.6 ms -> ~75 us); decoding still copies the whole buffer, so
+memory and decode time follow the events in the horizon. The key expires at
 the newest event + max window + key_ttl_grace, after which its state would read empty anyway.
 A read at ``now`` earlier than the newest stored event minus ``allowed_lateness`` cannot be
 exact (the buffer may miss older events): it serves nulls with status EXPIRED.

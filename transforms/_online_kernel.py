@@ -1,11 +1,35 @@
-"""Numba kernels of the online window state: sorted insert with eviction, read via window_core."""
+"""Numba kernels of the online window state: sorted insert with eviction, tiles, exact reads."""
 
 from __future__ import annotations
 
 import numpy as np
 from numba import njit
 
-from featurestore.transforms._kernel import dense_codes, window_core
+from featurestore.transforms._exact import (
+    BASE1,
+    HDR,
+    L1,
+    L2,
+    _new,
+    _reset,
+    acc_add,
+    acc_add2,
+    acc_value,
+    acc_variance,
+)
+from featurestore.transforms._kernel import (
+    COUNT,
+    DISTINCT,
+    LAST,
+    MAX,
+    MEAN,
+    MIN,
+    STDDEV,
+    SUM,
+    VAR,
+    dense_codes,
+    window_core,
+)
 
 # meta slots: live events are ts[START : START + N] (a sliding prefix is dropped lazily)
 N, WATERMARK, HAS_WM, REJECTED, START = range(5)
@@ -90,31 +114,256 @@ def insert_many(meta, ts, vals, valid, keys, b_ts, b_vals, b_valid, b_keys, hori
     return b_ts.size, OK
 
 
+# tile record fields: rec[row, tile] = (count, min bits, max bits, sum offset, squares offset)
+T_CNT, T_MIN, T_MAX, T_S1, T_S2 = range(5)
+
+
 @njit(cache=True)
-def read(meta, ts, vals, valid, keys, t, fns, inps, wins, dins):
-    """Every output at time ``t`` over the buffered events, by the offline ``window_core``."""
+def _tile_of(ts, tile_us):
+    """Index b of the tile ``(b * tile_us, (b + 1) * tile_us]`` holding time ``ts``."""
+    return (ts - 1) // tile_us
+
+
+@njit(cache=True)
+def _put_acc(pool, off, a):
+    """Append accumulator ``a`` as ``[lo, hi, n_pos_inf, n_neg_inf, limbs lo..hi]``."""
+    lo = a[0]
+    hi = a[1]
+    pool[off] = lo
+    pool[off + 1] = hi
+    pool[off + 2] = a[2]
+    pool[off + 3] = a[3]
+    off += 4
+    for k in range(lo, hi + 1):
+        pool[off] = a[HDR + k]
+        off += 1
+    return off
+
+
+@njit(cache=True)
+def _merge_acc(a, pool, off):
+    """Add the stored accumulator at ``pool[off]`` into ``a`` (exact: integer limb sums)."""
+    lo = pool[off]
+    hi = pool[off + 1]
+    a[2] += pool[off + 2]
+    a[3] += pool[off + 3]
+    if hi < lo:
+        return
+    if lo < a[0]:
+        a[0] = lo
+    if hi > a[1]:
+        a[1] = hi
+    for k in range(lo, hi + 1):
+        a[HDR + k] += pool[off + 4 + k - lo]
+
+
+@njit(cache=True)
+def build_tiles(meta, ts, vals, valid, tin, need2, tile_us):
+    """Partial aggregates per ``tile_us``-aligned tile of the buffer, for inputs ``tin``.
+
+    Returns (tile ids, rec[len(tin), n_tiles, 5], pool): per non-empty tile and input the
+    count of valid events, min and max (float64 bits; among equal values the newest, as the
+    kernel's deques keep), and offsets into ``pool`` of the exact sum (and, if ``need2``, of
+    the exact sum of squares; else -1).
+    """
     n = meta[N]
     s = meta[START]
-    ev_ts = np.ascontiguousarray(ts[s : s + n])
-    v = np.ascontiguousarray(vals[:, s : s + n])
-    ok = np.ascontiguousarray(valid[:, s : s + n])
+    nt = 0
+    prev = np.int64(0)
+    for j in range(s, s + n):
+        b = _tile_of(ts[j], tile_us)
+        if nt == 0 or b != prev:
+            nt += 1
+            prev = b
+    ids = np.empty(nt, dtype=np.int64)
+    starts = np.empty(nt + 1, dtype=np.int64)
+    nt = 0
+    for j in range(s, s + n):
+        b = _tile_of(ts[j], tile_us)
+        if nt == 0 or b != ids[nt - 1]:
+            ids[nt] = b
+            starts[nt] = j
+            nt += 1
+    starts[nt] = s + n
+    rec = np.zeros((tin.size, nt, 5), dtype=np.int64)
+    pool = np.empty(tin.size * nt * (2 * HDR + L1 + L2), dtype=np.int64)
+    off = 0
+    a1 = _new(L1)
+    a2 = _new(L2)
+    for r in range(tin.size):
+        x = vals[tin[r]]
+        xb = x.view(np.int64)
+        ok = valid[tin[r]]
+        for b in range(nt):
+            _reset(a1)
+            _reset(a2)
+            cnt = 0
+            mn = np.inf
+            mx = -np.inf
+            for j in range(starts[b], starts[b + 1]):
+                if ok[j]:
+                    v = x[j]
+                    if cnt == 0 or v <= mn:
+                        mn = v
+                    if cnt == 0 or v >= mx:
+                        mx = v
+                    cnt += 1
+                    if need2[r]:
+                        acc_add2(a1, a2, v, xb[j], 1)
+                    else:
+                        acc_add(a1, v, xb[j], 1)
+            rec[r, b, T_CNT] = cnt
+            rec[r, b, T_MIN] = np.float64(mn).view(np.int64)
+            rec[r, b, T_MAX] = np.float64(mx).view(np.int64)
+            rec[r, b, T_S1] = off
+            off = _put_acc(pool, off, a1)
+            if need2[r]:
+                rec[r, b, T_S2] = off
+                off = _put_acc(pool, off, a2)
+            else:
+                rec[r, b, T_S2] = -1
+    return ids, rec, pool[:off].copy()
+
+
+@njit(cache=True)
+def _scan_min_max(fn, x, ok, j0, j1, have, cur):
+    """Fold raw events j0..j1 into (have, cur): a value equal to ``cur`` replaces it (newest)."""
+    for j in range(j0, j1):
+        if ok[j]:
+            v = x[j]
+            if not have or (v <= cur if fn == MIN else v >= cur):
+                cur = v
+                have = True
+    return have, cur
+
+
+@njit(cache=True)
+def _scan_sums(fn, x, xb, ok, j0, j1, a1, a2):
+    """Add raw events j0..j1 to the exact sums (as ``fn`` needs); returns their valid count."""
+    cnt = 0
+    for j in range(j0, j1):
+        if ok[j]:
+            cnt += 1
+            if fn == SUM or fn == MEAN:
+                acc_add(a1, x[j], xb[j], 1)
+            elif fn == VAR or fn == STDDEV:
+                acc_add2(a1, a2, x[j], xb[j], 1)
+    return cnt
+
+
+@njit(cache=True)
+def _tiled_value(
+    fn, x, xb, ok, ts, lo, hi, t, w, tile_us, tids, rec_r, pool, a1, a2, sc1, sc2, sc3
+):
+    """One output over events ``lo..hi`` (its window), merging the full tiles inside it.
+
+    Events in tiles only partly inside the window are scanned raw; the merged exact sums and
+    counts equal the raw ones, so the final rounding below (window_core's) gives its bits.
+    """
+    if fn == LAST:
+        for j in range(hi - 1, lo - 1, -1):
+            if ok[j]:
+                return x[j]
+        return np.nan
+    b0 = -((w - t) // tile_us)  # first tile starting at or after t - w
+    b1 = t // tile_us - 1  # last tile ending at or before t
+    e0 = hi
+    e1 = hi
+    k0 = 0
+    k1 = 0
+    if tids.size > 0 and b0 <= b1:
+        e0 = lo + np.searchsorted(ts[lo:hi], b0 * tile_us, side="right")
+        e1 = e0 + np.searchsorted(ts[e0:hi], (b1 + 1) * tile_us, side="right")
+        k0 = np.searchsorted(tids, b0, side="left")
+        k1 = np.searchsorted(tids, b1, side="right")
+    if fn == MIN or fn == MAX:
+        have, cur = _scan_min_max(fn, x, ok, lo, e0, False, 0.0)
+        f = T_MIN if fn == MIN else T_MAX
+        for k in range(k0, k1):
+            if rec_r[k, T_CNT] > 0:
+                v = np.int64(rec_r[k, f]).view(np.float64)
+                if not have or (v <= cur if fn == MIN else v >= cur):
+                    cur = v
+                    have = True
+        have, cur = _scan_min_max(fn, x, ok, e1, hi, have, cur)
+        return cur if have else np.nan
+    _reset(a1)
+    _reset(a2)
+    sq = fn == VAR or fn == STDDEV
+    cnt = 0
+    for k in range(k0, k1):
+        cnt += rec_r[k, T_CNT]
+        if fn != COUNT:
+            _merge_acc(a1, pool, rec_r[k, T_S1])
+            if sq:
+                _merge_acc(a2, pool, rec_r[k, T_S2])
+    cnt += _scan_sums(fn, x, xb, ok, lo, e0, a1, a2)
+    cnt += _scan_sums(fn, x, xb, ok, e1, hi, a1, a2)
+    if fn == COUNT:
+        return float(cnt)
+    if fn == SUM:
+        return acc_value(a1, BASE1, sc1)
+    if cnt == 0:
+        return np.nan
+    if fn == MEAN:
+        return acc_value(a1, BASE1, sc1) / cnt
+    var = acc_variance(a1, a2, cnt, sc1, sc2, sc3)
+    return var if fn == VAR else np.sqrt(var)
+
+
+@njit(cache=True)
+def read(
+    meta, ts, vals, valid, keys, t, fns, inps, wins, dins, tile_us, tids, tmap, rec, pool,
+):  # fmt: skip
+    """Every output at time ``t`` over the buffered events, bit-identical to ``window_core``.
+
+    Each output scans only its own events ``(t - w, t]`` (binary search on the sorted
+    buffer); with tiles (``tids`` non-empty, input row ``tmap[input]``) the tiles wholly
+    inside the window are merged instead of scanned. distinct_count runs ``window_core`` over
+    its window's events. A value depends only on the set of events in its window, hence
+    equals the offline pass bit for bit.
+    """
+    n = meta[N]
+    s = meta[START]
+    live = ts[s : s + n]
+    hi = s + np.searchsorted(live, t, side="right")
+    n_out = fns.size
+    out = np.empty(n_out, dtype=np.float64)
+    a1 = _new(L1)
+    a2 = _new(L2)
+    sc1 = np.zeros(L1, dtype=np.int64)
+    sc2 = np.zeros(L2, dtype=np.int64)
+    sc3 = np.zeros(L2, dtype=np.int64)
     nk = keys.shape[0]
-    if nk == 0:
-        codes = np.zeros((1, 0), dtype=np.int64)
-        n_codes = np.zeros(0, dtype=np.int64)
-    else:
-        codes = np.empty((nk, n), dtype=np.int64)
-        n_codes = np.empty(nk, dtype=np.int64)
-        for i in range(nk):
-            c, k = dense_codes(keys[i, s : s + n])
-            codes[i] = c
-            n_codes[i] = k
-    q_ts = np.empty(1, dtype=np.int64)
-    q_ts[0] = t
-    lo = np.zeros(1, dtype=np.int64)
-    ev_hi = np.empty(1, dtype=np.int64)
-    ev_hi[0] = n
+    q_ts = np.full(1, t, dtype=np.int64)
+    q_lo = np.zeros(1, dtype=np.int64)
     q_hi = np.ones(1, dtype=np.int64)
-    out = np.empty((fns.size, 1), dtype=np.float64)
-    window_core(ev_ts, v, ok, codes, n_codes, q_ts, lo, ev_hi, lo, q_hi, fns, inps, wins, dins, out)
-    return out[:, 0]
+    ev_lo = np.empty(1, dtype=np.int64)
+    ev_hi = np.full(1, hi, dtype=np.int64)
+    for o in range(n_out):
+        w = wins[o]
+        lo = min(s + np.searchsorted(live, t - w, side="right"), hi)
+        fn = fns[o]
+        if fn != DISTINCT:
+            x = vals[inps[o]]
+            r = tmap[inps[o]] if tids.size > 0 else -1
+            ids = tids if r >= 0 else tids[:0]
+            out[o] = _tiled_value(
+                fn, x, x.view(np.int64), valid[inps[o]], ts, lo, hi, t, w, tile_us, ids,
+                rec[max(r, 0)], pool, a1, a2, sc1, sc2, sc3,
+            )  # fmt: skip
+            continue
+        d = dins[o]
+        codes = np.empty((nk, hi), dtype=np.int64)
+        n_codes = np.zeros(nk, dtype=np.int64)
+        c, k = dense_codes(keys[d, lo:hi])
+        codes[d, lo:hi] = c
+        n_codes[d] = k
+        ev_lo[0] = lo
+        sub = np.empty((1, 1), dtype=np.float64)
+        window_core(
+            ts, vals, valid, codes, n_codes, q_ts, ev_lo, ev_hi, q_lo, q_hi, fns[o : o + 1],
+            inps[o : o + 1], wins[o : o + 1], dins[o : o + 1], sub,
+        )  # fmt: skip
+        out[o] = sub[0, 0]
+    return out

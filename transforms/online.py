@@ -2,32 +2,52 @@
 
 Per entity the state buffers the events newer than ``watermark - horizon`` where the watermark
 is the largest event time ingested and ``horizon = plan.max_window_us + allowed_lateness_us``.
-``read(t)`` runs ``window_core`` (the offline kernel) over the buffer with the one query ``t``,
-so the online value at t equals the offline value at t to the last bit.
+``read(t)`` computes each output over the events of its own window ``(t - w, t]`` only (binary
+search on the sorted buffer): distinct_count by ``window_core`` (the offline kernel), the others
+from the same exact accumulators and the same final rounding. Every value depends only on the
+set of events in its window, so the online value at t equals the offline value at t to the
+last bit.
 
 Late events: an event older than events already buffered is inserted in (ts, arrival) order
 and handled exactly while ``event_ts > watermark - horizon``; older ones are rejected: counted
 in ``state.rejected`` and, with ``on_late="raise"`` (the default), raised as LateEventError.
 Reads are exact for ``t >= watermark - allowed_lateness``; earlier reads raise LateEventError.
 
+Tiles: a state with at least ``TILE_MIN_EVENTS`` events is encoded with partial aggregates per
+tile ``(b * tile_us, (b + 1) * tile_us]`` (``tile_us`` = largest window / 64): per non-empty
+tile and input (those read by count/sum/mean/var/stddev/min/max) the valid count, min, max
+and the exact sum (and sum of squares) limbs. A read merges the tiles wholly inside
+``(t - w, t]`` and scans raw events only in the two edge tiles, so its cost no longer grows
+with the events buffered. Exact sums are integers, so merged tiles give the bits of a raw
+scan. Tiles describe the buffer they were built from: ``update``/``ingest`` drop them (reads
+then scan raw events) and ``encode`` rebuilds them.
+
 Encoded layout (little-endian, one bytes value per entity, e.g. one Redis/LMDB value):
 
-====================  =========================================================
-int64[8] header       version, n, n_inputs, n_keys, watermark, has_watermark,
-                      rejected, horizon_us
-int64[n]              event timestamps (sorted)
-float64[n_inputs*n]   input values, input-major
-int64[n_keys*n]       distinct-count keys, key-major
-uint8[n_inputs*n]     validity (1 = counted by the aggregations)
-====================  =========================================================
+========================  =====================================================
+int64[12] header          version (2), n, n_inputs, n_keys, watermark,
+                          has_watermark, rejected, horizon_us, tile_us,
+                          n_tiles, n_tiled_inputs (r), pool size (p)
+int64[n]                  event timestamps (sorted)
+float64[n_inputs*n]       input values, input-major
+int64[n_keys*n]           distinct-count keys, key-major
+uint8[n_inputs*n]         validity (1 = counted by the aggregations)
+int64[n_tiles]            tile ids b (sorted)
+int64[r*n_tiles*5]        per tiled input and tile: count, min bits, max bits,
+                          sum offset, squares offset (-1: not kept)
+int64[p]                  exact sums: [lo, hi, n_pos_inf, n_neg_inf, limbs lo..hi]
+========================  =====================================================
 
-Memory per entity: ``64 + n * (8 + 9 * n_inputs + 8 * n_keys)`` bytes for ``n`` buffered
-events, e.g. 100 events of 2 inputs, 1 distinct key: 3,464 bytes.
+Version 1 (an 8-field header, no tiles) still decodes. Memory per entity:
+``96 + n * (8 + 9 * n_inputs + 8 * n_keys)`` bytes for ``n`` buffered events, e.g. 100
+events of 2 inputs, 1 distinct key: 3,496 bytes; tiles add about 150-250 bytes per
+non-empty tile and tiled input (at most ~65 tiles, from TILE_MIN_EVENTS events on).
 """
 
 from __future__ import annotations
 
 import math
+import struct
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -35,19 +55,34 @@ import numpy as np
 from featurestore.errors import DefinitionError
 from featurestore.transforms._errors import LateEventError
 
+_LAST, _VAR, _STDDEV, _DISTINCT = 5, 6, 7, 8  # function codes (transforms._kernel, no numba here)
+
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from featurestore.transforms.aggregation import WindowPlan
 
-_VERSION = 1
-_HEADER = 8
+_VERSION = 2
+_HEADER = 12
+_HEADER_V1 = 8
+_I8 = struct.Struct("<q")
+_HEAD = struct.Struct(f"<{_HEADER}q")
+_HEAD_V1 = struct.Struct(f"<{_HEADER_V1}q")
+_I64 = np.dtype("<i8")
+_F64 = np.dtype("<f8")
+TILE_MIN_EVENTS = 256  # fewer buffered events: reads scan them raw, the state keeps no tiles
+TILES_PER_WINDOW = 64
+_NO_TILES = (
+    np.zeros(0, dtype=np.int64),
+    np.zeros((1, 0, 5), dtype=np.int64),
+    np.zeros(0, dtype=np.int64),
+)
 
 
 class WindowState:
     """One entity's buffered events for a plan; mutate with ``update``/``ingest``."""
 
-    __slots__ = ("keys", "meta", "ts", "valid", "vals")
+    __slots__ = ("keys", "meta", "tiles", "ts", "valid", "vals")
 
     def __init__(self, n_inputs: int, n_keys: int, capacity: int = 16) -> None:
         self.meta = np.zeros(5, dtype=np.int64)  # n, watermark, has_watermark, rejected, start
@@ -55,6 +90,7 @@ class WindowState:
         self.vals = np.empty((n_inputs, capacity), dtype=np.float64)
         self.valid = np.empty((n_inputs, capacity), dtype=np.uint8)
         self.keys = np.empty((n_keys, capacity), dtype=np.int64)
+        self.tiles: tuple[int, np.ndarray, np.ndarray, np.ndarray] | None = None
 
     @property
     def n_events(self) -> int:
@@ -73,6 +109,18 @@ class WindowState:
         """The buffered part of array ``name`` ("ts", "vals", "valid" or "keys"), a view."""
         s, n = int(self.meta[4]), int(self.meta[0])
         return getattr(self, name)[..., s : s + n]
+
+    def thaw(self) -> None:
+        """Copy read-only arrays (a decoded state views its bytes) into growable ones."""
+        if self.ts.flags.writeable and self.ts.flags.aligned:
+            return
+        n = self.n_events
+        for name in ("ts", "vals", "valid", "keys"):
+            old = self.live(name)
+            new = np.empty((*old.shape[:-1], max(16, n + 8)), dtype=old.dtype.newbyteorder("="))
+            new[..., :n] = old
+            setattr(self, name, new)
+        self.meta[4] = 0
 
     def _grow(self) -> None:
         cap = self.ts.size * 2
@@ -107,6 +155,19 @@ class OnlineWindows:
         self.on_late = on_late
         self._n_in = len(plan.inputs)
         self._n_keys = len(plan.distinct_inputs)
+        self.tile_us = max(1, -(-plan.max_window_us // TILES_PER_WINDOW))
+        self.tile_min_events = TILE_MIN_EVENTS
+        fns = plan.fns.tolist()
+        inps = plan.inps.tolist()
+        tin = sorted({i for f, i in zip(fns, inps, strict=True) if f not in (_LAST, _DISTINCT)})
+        self._tin = np.array(tin, dtype=np.int64)
+        self._need2 = np.array(
+            [any(f in (_VAR, _STDDEV) and i == r for f, i in zip(fns, inps, strict=True))
+             for r in tin],
+            dtype=np.bool_,
+        )  # fmt: skip
+        self._tmap = np.full(self._n_in, -1, dtype=np.int64)
+        self._tmap[self._tin] = np.arange(len(tin), dtype=np.int64)
 
     def new_state(self) -> WindowState:
         return WindowState(self._n_in, self._n_keys)
@@ -144,6 +205,8 @@ class OnlineWindows:
         valid8 = np.ascontiguousarray(valid).view(np.uint8)
         ts = np.ascontiguousarray(event_ts, dtype=np.int64)
         before = state.rejected
+        state.tiles = None
+        state.thaw()
         i = 0
         while True:
             i, code = self._k.insert_many(
@@ -165,6 +228,8 @@ class OnlineWindows:
         )
 
     def _insert(self, st: WindowState, ts: int, vals: Any, valid: Any, keys: Any) -> bool:
+        st.tiles = None
+        st.thaw()
         while True:
             code = self._k.insert(
                 st.meta, st.ts, st.vals, st.valid, st.keys, ts,
@@ -197,47 +262,80 @@ class OnlineWindows:
                 f"{self.lateness_us} us; events it needs may have been evicted"
             )
         p = self.plan
+        tile_us, tids, rec, pool = state.tiles or (1, *_NO_TILES)
         return self._k.read(
             state.meta, state.ts, state.vals, state.valid, state.keys, int(t),
-            p.fns, p.inps, p.wins, p.dins,
+            p.fns, p.inps, p.wins, p.dins, tile_us, tids, self._tmap, rec, pool,
         )  # fmt: skip
+
+    def build_tiles(self, state: WindowState) -> None:
+        """Attach tiles of the current buffer to ``state`` (``encode`` does it when worth it)."""
+        ids, rec, pool = self._k.build_tiles(
+            state.meta, state.ts, state.vals, state.valid, self._tin, self._need2, self.tile_us
+        )
+        state.tiles = (self.tile_us, ids, rec, pool)
 
     def encode(self, state: WindowState) -> bytes:
         """The state as one bytes value (layout in the module docstring)."""
         n = state.n_events
+        if state.tiles is None and n >= self.tile_min_events and self._tin.size:
+            self.build_tiles(state)
+        tile_us, tids, rec, pool = state.tiles or (0, *_NO_TILES)
         head = np.array(
             [_VERSION, n, self._n_in, self._n_keys, state.meta[1], state.meta[2],
-             state.meta[3], self.horizon_us],
+             state.meta[3], self.horizon_us, tile_us, tids.size, self._tin.size, pool.size],
             dtype="<i8",
         )  # fmt: skip
-        return b"".join(
-            (
-                head.tobytes(),
-                state.live("ts").astype("<i8").tobytes(),
-                np.ascontiguousarray(state.live("vals")).astype("<f8").tobytes(),
-                np.ascontiguousarray(state.live("keys")).astype("<i8").tobytes(),
-                np.ascontiguousarray(state.live("valid")).tobytes(),
-            )
-        )
+        parts = [
+            head.tobytes(),
+            state.live("ts").astype("<i8").tobytes(),
+            np.ascontiguousarray(state.live("vals")).astype("<f8").tobytes(),
+            np.ascontiguousarray(state.live("keys")).astype("<i8").tobytes(),
+            np.ascontiguousarray(state.live("valid")).tobytes(),
+        ]
+        if tids.size:
+            parts += [tids.astype("<i8").tobytes(), rec.astype("<i8").tobytes(),
+                      pool.astype("<i8").tobytes()]  # fmt: skip
+        return b"".join(parts)
 
     def decode(self, data: bytes) -> WindowState:
         """Inverse of ``encode``; a layout that does not match the plan -> DefinitionError."""
-        head = np.frombuffer(data, dtype="<i8", count=_HEADER)
-        version, n, n_in, n_keys = (int(v) for v in head[:4])
-        if version != _VERSION or n_in != self._n_in or n_keys != self._n_keys:
+        version = _I8.unpack_from(data)[0]
+        size = _HEADER if version == _VERSION else _HEADER_V1
+        head = (_HEAD if version == _VERSION else _HEAD_V1).unpack_from(data)
+        _, n, n_in, n_keys = head[:4]
+        n_tiles, n_tin = (head[9], head[10]) if version == _VERSION else (0, 0)
+        if (
+            version not in (1, _VERSION)
+            or n_in != self._n_in
+            or n_keys != self._n_keys
+            or (n_tiles and n_tin != self._tin.size)
+        ):
             raise DefinitionError(
                 f"window state layout (version {version}, {n_in} inputs, {n_keys} keys) does "
                 f"not match the plan ({self._n_in} inputs, {self._n_keys} keys); "
                 "re-materialize the view"
             )
-        st = WindowState(n_in, n_keys, capacity=max(16, n + 8))
-        st.meta[:] = (n, head[4], head[5], head[6], 0)
-        off = 8 * _HEADER
-        st.ts[:n] = np.frombuffer(data, "<i8", n, off)
+        # read-only views of ``data`` (no copy: a lookup only reads); the first update copies
+        st = WindowState.__new__(WindowState)
+        st.meta = np.array((n, head[4], head[5], head[6], 0), dtype=np.int64)
+        off = 8 * size
+        st.ts = np.frombuffer(data, _I64, n, off)
         off += 8 * n
-        st.vals[:, :n] = np.frombuffer(data, "<f8", n * n_in, off).reshape(n_in, n)
+        st.vals = np.frombuffer(data, _F64, n * n_in, off).reshape(n_in, n)
         off += 8 * n * n_in
-        st.keys[:, :n] = np.frombuffer(data, "<i8", n * n_keys, off).reshape(n_keys, n)
+        st.keys = np.frombuffer(data, _I64, n * n_keys, off).reshape(n_keys, n)
         off += 8 * n * n_keys
-        st.valid[:, :n] = np.frombuffer(data, "u1", n * n_in, off).reshape(n_in, n)
+        st.valid = np.frombuffer(data, np.uint8, n * n_in, off).reshape(n_in, n)
+        off += n * n_in
+        st.tiles = None
+        if not (st.ts.flags.aligned and st.vals.flags.aligned and st.keys.flags.aligned):
+            st.thaw()
+        if n_tiles:
+            tids = np.frombuffer(data, _I64, n_tiles, off).astype(np.int64)
+            off += 8 * n_tiles
+            rec = np.frombuffer(data, _I64, n_tin * n_tiles * 5, off).astype(np.int64)
+            off += 8 * rec.size
+            pool = np.frombuffer(data, _I64, head[11], off).astype(np.int64)
+            st.tiles = (head[8], tids, rec.reshape(n_tin, n_tiles, 5), pool)
         return st
