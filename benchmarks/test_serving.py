@@ -360,6 +360,7 @@ def _check_answer(proto: str, w: Workload, raw: bytes) -> None:
             assert not body["degraded"]
         return
     from featurestore.online.serving._proto import featurestore_pb2 as pb
+    from featurestore.online.serving.grpc_server import column_values
 
     if w.kind == "predict":
         p = pb.PredictResponse.FromString(raw)
@@ -367,7 +368,7 @@ def _check_answer(proto: str, w: Workload, raw: bytes) -> None:
     else:
         g = pb.GetOnlineFeaturesResponse.FromString(raw)
         assert len(g.columns) == len(w.join_keys) + w.n_features and not g.degraded
-        assert all(len(c.values) == w.size for c in g.columns)
+        assert all(len(column_values(c)) == w.size for c in g.columns)
 
 
 @pytest.mark.parametrize("concurrency", [1, 32], ids=["c1", "c32"])

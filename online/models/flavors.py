@@ -90,7 +90,9 @@ def _lightgbm(path: str) -> Predictor:
             predict = inner.predict
     except Exception:
         pass
+    from featurestore.online.models._lgb_fast import fast_row_predict
 
+    predict = fast_row_predict(booster, predict)  # one row: the C API's prepared path
     return Predictor("lightgbm", booster, names_or_none, booster.num_feature(), predict)
 
 

@@ -34,7 +34,9 @@ class ServingConfig:
     max_entities: int = 1000
     read_threads: int = 8  # store reads run here, so a hung store cannot hang a request
     # "auto": network stores (redis, redis_cluster) read on the thread pool under the deadline,
-    # the embedded LMDB store reads inline (a memory-mapped read; a thread hop would cost more)
+    # the embedded LMDB store reads inline (a memory-mapped read; a thread hop would cost more);
+    # synchronous calls on a single Redis read on the caller's thread, on its own connection,
+    # with the remaining deadline as the socket timeout ("always": the pool for every read)
     isolate_reads: str = "auto"  # auto | always | never
     breaker: BreakerConfig = BreakerConfig()
     log_level: str = "warning"

@@ -1,9 +1,11 @@
 """The serving engine: lookup -> model in one pass, inside a per-request deadline.
 
 One ``Engine`` is shared by the REST server, the gRPC server and in-process callers. Store reads
-run on a small thread pool and are awaited with a timeout, so a slow or dead store costs at most
-the request's deadline: the answer then carries each feature's default and ``degraded=True``,
-and the circuit breaker stops sending reads until a probe succeeds.
+run on a small thread pool and are awaited with a timeout (synchronous calls on a single Redis
+read on their own thread instead, with the remaining deadline as the socket timeout: see
+``_inline``), so a slow or dead store costs at most the request's deadline: the answer then
+carries each feature's default and ``degraded=True``, and the circuit breaker stops sending
+reads until a probe succeeds.
 """
 
 from __future__ import annotations
@@ -28,6 +30,12 @@ from featurestore.errors import (
 )
 from featurestore.online.models.errors import ModelLoadError
 from featurestore.online.serving import _requests as rq
+from featurestore.online.serving._inline import (
+    DeadlineExceeded,
+    DeadlineStore,
+    InlineRedisReader,
+    NotReady,
+)
 from featurestore.online.serving.breaker import BreakerState, CircuitBreaker
 from featurestore.online.serving.config import (
     ModelsConfig,
@@ -51,6 +59,7 @@ if TYPE_CHECKING:
     from featurestore.store import FeatureStore
 
 log = logging.getLogger("featurestore.serving")
+REGISTRY_CHECK_S = 0.1  # the registry file is stat'ed at most this often on the request path
 
 
 def _numeric(values: list[Any]) -> bool:
@@ -108,6 +117,8 @@ class Engine:
             max(1, self.config.read_threads), thread_name_prefix="store-read"
         )
         self._resolved: dict[Any, tuple[Any, FeatureRequest]] = {}
+        # per resolved request: (join key -> a view needing it, request field -> view)
+        self._needs: dict[int, tuple[FeatureRequest, dict[str, str], dict[str, str]]] = {}
         self._started = False
         self._store_ok_at = 0.0
         self._grace_us = duration_us(parse_duration(store.config.online_store.key_ttl_grace)) or 0
@@ -116,6 +127,13 @@ class Engine:
         self._isolate = iso == "always" or (
             iso == "auto" and store.config.online_store.type != "embedded"
         )
+        # "auto" on a single Redis: synchronous calls read on their own thread, bounded by the
+        # remaining deadline as the socket timeout (no pool hop); event-loop calls keep the pool
+        self._inline: InlineRedisReader | None = None
+        if iso == "auto" and store.config.online_store.type == "redis":
+            self._inline = InlineRedisReader(lambda: store.online, self._pool)
+        self._registry_state: Any = None
+        self._registry_at = 0.0
 
     @classmethod
     def from_repo(cls, repo_path: str = ".") -> Engine:
@@ -154,6 +172,8 @@ class Engine:
 
     def close(self) -> None:
         self.models.close()
+        if self._inline is not None:
+            self._inline.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
         if self._own_store:
             self.store.close()
@@ -197,8 +217,17 @@ class Engine:
         }
 
     # ---- features ---------------------------------------------------------------------------
+    def _registry(self) -> Any:
+        """The registry state, re-checked (one stat) at most every REGISTRY_CHECK_S."""
+        now = time.monotonic()
+        state = self._registry_state
+        if state is None or now - self._registry_at >= REGISTRY_CHECK_S:
+            state = self.store.registry  # RegistryError until applied: never cached
+            self._registry_state, self._registry_at = state, now
+        return state
+
     def _resolve(self, features: Sequence[str] | None, service: str | None) -> FeatureRequest:
-        state = self.store.registry
+        state = self._registry()
         if (features is None) == (service is None):
             raise BadRequestError(
                 "give exactly one of 'features' or 'feature_service'", field="features"
@@ -244,16 +273,12 @@ class Engine:
             )
         requests = self._resolve(features, service)
         cols = rq.to_columns(entities, "entities")
-        needed: dict[str, str] = {}
-        for view, _ in requests:
-            for k in view.join_keys:
-                needed.setdefault(k, view.name)
+        needed, fields = self._needs_of(requests)
         req_cols = rq.to_columns(request_data, "request_data") if request_data else None
         if needed or not req_cols:
             n = rq.check_entities(cols, needed, self.config.max_entities)
         else:  # only on-demand features: the rows are the request data's
             n = rq.check_entities(req_cols, {}, self.config.max_entities)
-        fields = rq.request_fields(requests)
         if fields:
             rq.check_request_data(req_cols or {}, n, fields)
         elif req_cols:
@@ -268,10 +293,25 @@ class Engine:
             req_cols,
         )
 
-    def _read_fn(self, p: Prepared) -> Any:
+    def _needs_of(self, requests: FeatureRequest) -> tuple[dict[str, str], dict[str, str]]:
+        """Join keys and request fields a resolved request needs, computed once per request."""
+        hit = self._needs.get(id(requests))
+        if hit is not None and hit[0] is requests:
+            return hit[1], hit[2]
+        needed: dict[str, str] = {}
+        for view, _ in requests:
+            for k in view.join_keys:
+                needed.setdefault(k, view.name)
+        fields = rq.request_fields(requests)
+        if len(self._needs) > 1024:
+            self._needs.clear()
+        self._needs[id(requests)] = (requests, needed, fields)  # holds requests: id stays unique
+        return needed, fields
+
+    def _read_fn(self, p: Prepared, store: Any = None) -> Any:
         from featurestore.online.lookup import get_online_features
 
-        store, project = self.store.online, self.store.project
+        store, project = store or self.store.online, self.store.project
         extra = {"request_data": p.request_data} if p.request_data else {}
 
         def read() -> Any:
@@ -293,6 +333,11 @@ class Engine:
             raise _StoreFailed("breaker_open")
         if not self._isolate:
             return self._read_inline(p)
+        if self._inline is not None:
+            try:
+                return self._read_inline(p, DeadlineStore(self._inline, p.deadline))
+            except NotReady:
+                pass  # this thread's connection is being made: read through the pool meanwhile
         fut = self._pool.submit(self._read_fn(p))
         try:
             resp = fut.result(timeout=max(0.0, p.deadline - time.monotonic()))
@@ -308,9 +353,14 @@ class Engine:
         self.breaker.success()
         return resp
 
-    def _read_inline(self, p: Prepared) -> Any:
+    def _read_inline(self, p: Prepared, store: Any = None) -> Any:
         try:
-            resp = self._read_fn(p)()
+            resp = self._read_fn(p, store)()
+        except (NotReady, _StoreFailed):
+            raise
+        except DeadlineExceeded:
+            self.breaker.failure()
+            raise _StoreFailed("timeout") from None
         except Exception as exc:
             err = self._classify(exc)
             if err is exc:
@@ -445,10 +495,14 @@ class Engine:
         t0: float,
     ) -> PredictResult:
         cols = feats.columns
+        names = chosen.feature_names
         try:  # one C call for the whole matrix (None -> NaN); the model's input order
-            x = np.array([cols[n] for n in chosen.feature_names], dtype=np.float64).T
+            if len(next(iter(cols.values()), ())) == 1:  # one entity: a flat row is cheaper
+                x = np.array([[cols[n][0] for n in names]], dtype=np.float64)
+            else:
+                x = np.array([cols[n] for n in names], dtype=np.float64).T
         except (TypeError, ValueError):
-            bad = next(n for n in chosen.feature_names if not _numeric(cols[n]))
+            bad = next(n for n in names if not _numeric(cols[n]))
             raise ModelLoadError(
                 f"feature '{bad}' of model '{chosen.version.name}' is not numeric; "
                 "the model needs numbers"

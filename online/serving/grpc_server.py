@@ -74,18 +74,76 @@ def _columns(m: Any, what: str) -> dict[str, list[Any]]:
     return {k: [from_value(x) for x in col.values] for k, col in m.items()}
 
 
-def _feature_columns(res: FeatureResult) -> list[pb.FeatureColumn]:
-    out = []
+# packed FeatureColumn fields by the Python type of every non-null value, with the filler of
+# a null row; other columns (timestamps, bytes, lists, mixed types) go as generic Values
+_PACKED: dict[type, tuple[str, Any]] = {
+    float: ("doubles", 0.0),
+    int: ("ints", 0),
+    bool: ("bools", False),
+    str: ("strings", ""),
+}
+_NONE = type(None)
+
+
+def to_column(
+    name: str,
+    values: list[Any],
+    statuses: list[int] | pb.FeatureColumn | None = None,
+    *,
+    into: pb.FeatureColumn | None = None,
+) -> pb.FeatureColumn:
+    """One response column, packed (one C-level fill per column) when its values allow.
+
+    ``statuses``: FieldStatus codes, or a FeatureColumn holding them (merged: cheaper when
+    many columns share one status list). ``into``: an empty column to fill (e.g. one just
+    added to a response, which saves copying the column into it).
+    """
+    col = pb.FeatureColumn() if into is None else into
+    col.name = name
+    kinds = set(map(type, values))
+    has_null = _NONE in kinds
+    kinds.discard(_NONE)
+    packed = _PACKED.get(kinds.pop()) if len(kinds) == 1 else None
+    if packed is None:
+        col.values.extend([to_value(x) for x in values])
+    else:
+        field, zero = packed
+        if has_null:
+            col.nulls.extend([v is None for v in values])
+            values = [zero if v is None else v for v in values]
+        sub = getattr(col, field)
+        sub.SetInParent()  # the oneof is set even for zero rows
+        sub.values.extend(values)  # one C-level fill (cheaper than a constructor's copy)
+    if isinstance(statuses, pb.FeatureColumn):
+        col.statuses.MergeFrom(statuses.statuses)
+    elif statuses:
+        col.statuses.extend(statuses)
+    return col
+
+
+def column_values(col: pb.FeatureColumn) -> list[Any]:
+    """A response column's values as Python values (None for nulls), packed or generic."""
+    kind = col.WhichOneof("packed")
+    if kind is None:
+        return [from_value(x) for x in col.values]
+    values = list(getattr(col, kind).values)
+    if col.nulls:
+        return [None if null else v for v, null in zip(values, col.nulls, strict=True)]
+    return values
+
+
+def _feature_columns(res: FeatureResult, out: Any) -> None:
+    """Append ``res``'s columns to the repeated FeatureColumn field ``out``."""
+    # features of one view share one status list: encode it once, merge it into each column
+    shared: dict[int, pb.FeatureColumn] = {}
     for name, values in res.columns.items():
         st = res.statuses.get(name)
-        out.append(
-            pb.FeatureColumn(
-                name=name,
-                values=[to_value(x) for x in values],
-                statuses=[_STATUS[s] for s in st] if st else [],
-            )
-        )
-    return out
+        tmpl = None
+        if st:
+            tmpl = shared.get(id(st))
+            if tmpl is None:
+                tmpl = shared[id(st)] = pb.FeatureColumn(statuses=[_STATUS[s] for s in st])
+        to_column(name, values, tmpl, into=out.add())
 
 
 class FeatureServingServicer(pb_grpc.FeatureServingServicer):
@@ -117,9 +175,9 @@ class FeatureServingServicer(pb_grpc.FeatureServingServicer):
                 include_event_timestamps=request.include_event_timestamps,
                 deadline_ms=request.deadline_ms or None,
             )
-            return pb.GetOnlineFeaturesResponse(
-                columns=_feature_columns(res), degraded=res.degraded
-            )
+            out = pb.GetOnlineFeaturesResponse(degraded=res.degraded)
+            _feature_columns(res, out.columns)
+            return out
         except Exception as exc:
             await self._fail(context, exc)
 
@@ -134,13 +192,12 @@ class FeatureServingServicer(pb_grpc.FeatureServingServicer):
                 return_features=request.return_features,
                 deadline_ms=request.deadline_ms or None,
             )
-            return pb.PredictResponse(
-                model=res.model,
-                version=res.version,
-                scores=res.scores,
-                degraded=res.degraded,
-                features=_feature_columns(res.features) if res.features is not None else [],
+            out = pb.PredictResponse(
+                model=res.model, version=res.version, scores=res.scores, degraded=res.degraded
             )
+            if res.features is not None:
+                _feature_columns(res.features, out.features)
+            return out
         except Exception as exc:
             await self._fail(context, exc)
 

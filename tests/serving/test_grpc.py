@@ -11,7 +11,7 @@ import pytest
 
 from featurestore.online.serving._proto import featurestore_pb2 as pb
 from featurestore.online.serving._proto import featurestore_pb2_grpc as pb_grpc
-from featurestore.online.serving.grpc_server import from_value, to_value
+from featurestore.online.serving.grpc_server import column_values, from_value, to_column, to_value
 from tests.serving.conftest import ServerThread, expected_user
 
 
@@ -27,14 +27,48 @@ def _col(values: list) -> pb.ValueList:
 
 def _by_name(columns) -> dict:
     return {
-        c.name: ([from_value(v) for v in c.values], [pb.FieldStatus.Name(s) for s in c.statuses])
-        for c in columns
+        c.name: (column_values(c), [pb.FieldStatus.Name(s) for s in c.statuses]) for c in columns
     }
 
 
 def test_value_round_trip() -> None:
     for v in (None, True, 0, -5, 2**62, 1.5, "x", b"\x00b", [1, 2], [1.5, 2.0]):
         assert from_value(to_value(v)) == v
+
+
+@pytest.mark.parametrize(
+    ("values", "packed"),
+    [
+        ([1.5, None, -2.0], "doubles"),
+        ([1, 2**62, -3], "ints"),
+        ([None, 7], "ints"),
+        ([True, None, False], "bools"),
+        (["a", "", None], "strings"),
+        ([None, None], None),
+        ([1, 2.5], None),  # mixed types keep their own kinds
+        ([b"x", None], None),
+        ([[1, 2], None], None),
+    ],
+)
+def test_column_round_trip(values: list, packed: str | None) -> None:
+    col = pb.FeatureColumn.FromString(to_column("c", values, [0] * len(values)).SerializeToString())
+    assert col.WhichOneof("packed") == packed
+    assert len(col.values) == (0 if packed else len(values))
+    got = column_values(col)
+    assert got == values and [type(v) for v in got] == [type(v) for v in values]
+
+
+def test_feature_columns_are_packed(stub) -> None:
+    resp = stub.GetOnlineFeatures(
+        pb.GetOnlineFeaturesRequest(
+            feature_service="everything",
+            entities={"user_id": _col([4, 5]), "merchant_id": _col([1, 2])},
+        )
+    )
+    kinds = {c.name: c.WhichOneof("packed") for c in resp.columns}
+    assert kinds["user_id"] == "ints" and kinds["tx_count"] == "ints"
+    assert kinds["country"] == "strings" and kinds["risk"] == "doubles"
+    assert all(not c.values for c in resp.columns)
 
 
 def test_get_online_features(stub) -> None:

@@ -234,3 +234,69 @@ def test_hung_redis_costs_at_most_the_deadline(tmp_path: Path, serve, redis_proc
     assert cols["country"]["values"] == ["??"]
     after = load.since(t_back + 0.05)
     assert after and all(r[3]["results"][2]["values"] == [30] for r in after)  # real value again
+
+
+class SyncLoad(Load):
+    """In-process callers of the synchronous Engine.predict (reads on the caller's thread)."""
+
+    def __init__(self, engine: Any, threads: int = 2) -> None:
+        self.engine = engine
+        self.results = []
+        self.errors = []
+        self._stop = threading.Event()
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+        self.thread = self.threads[0]
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            t = time.perf_counter()
+            try:
+                res = self.engine.predict("fraud", entities=BODY["entities"])
+                self.results.append((time.monotonic(), time.perf_counter() - t, 200, res.to_dict()))
+            except Exception as exc:
+                self.errors.append(repr(exc))
+
+    def __enter__(self) -> SyncLoad:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self.threads:
+            t.join(timeout=20)
+
+
+@pytest.mark.parametrize("outage", ["pause", "kill"])
+def test_sync_reads_on_the_callers_thread_keep_the_deadline(
+    tmp_path: Path, redis_proc: Redis, outage: str
+) -> None:
+    from featurestore.online.serving.engine import Engine
+
+    repo = make_repo(tmp_path / "repo", online="redis", redis_url=redis_proc.url, serving=SERVING)
+    engine = Engine.from_repo(str(repo)).start()
+    try:
+        with SyncLoad(engine) as load:
+            assert load.wait_for(lambda r: not r[3]["degraded"])
+            time.sleep(0.3)
+            # every caller thread has its own ready connection: reads skip the pool
+            slots = engine._inline._slots
+            assert len(slots) >= 2 and all(s.ready for s in slots)
+            t_out = time.monotonic()
+            redis_proc.pause() if outage == "pause" else redis_proc.kill()
+            assert load.wait_for(lambda r: r[3]["degraded"]), "never degraded"
+            time.sleep(1.0)
+            t_end = time.monotonic()
+            redis_proc.resume() if outage == "pause" else redis_proc.start()
+            assert load.wait_for(lambda r: not r[3]["degraded"], timeout=10), "did not recover"
+            t_back = time.monotonic()
+            time.sleep(0.3)
+        assert not load.errors, load.errors[:3]
+        during = [r for r in load.results if t_out <= r[0] <= t_end]
+        assert len(during) > 20
+        assert_within_deadline(during)
+        after = load.since(t_back + 0.05)
+        assert after and not any(r[3]["degraded"] for r in after)
+        assert any(s.ready for s in engine._inline._slots)  # back on the inline path
+    finally:
+        engine.close()

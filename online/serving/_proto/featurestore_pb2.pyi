@@ -71,6 +71,18 @@ class Int64List(_message.Message):
     values: _containers.RepeatedScalarFieldContainer[int]
     def __init__(self, values: _Optional[_Iterable[int]] = ...) -> None: ...
 
+class BoolList(_message.Message):
+    __slots__ = ("values",)
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedScalarFieldContainer[bool]
+    def __init__(self, values: _Optional[_Iterable[bool]] = ...) -> None: ...
+
+class StringList(_message.Message):
+    __slots__ = ("values",)
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, values: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class ValueList(_message.Message):
     __slots__ = ("values",)
     VALUES_FIELD_NUMBER: _ClassVar[int]
@@ -78,18 +90,33 @@ class ValueList(_message.Message):
     def __init__(self, values: _Optional[_Iterable[_Union[Value, _Mapping]]] = ...) -> None: ...
 
 class FeatureColumn(_message.Message):
-    __slots__ = ("name", "values", "statuses")
+    __slots__ = ("name", "values", "statuses", "doubles", "ints", "bools", "strings", "nulls")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VALUES_FIELD_NUMBER: _ClassVar[int]
     STATUSES_FIELD_NUMBER: _ClassVar[int]
+    DOUBLES_FIELD_NUMBER: _ClassVar[int]
+    INTS_FIELD_NUMBER: _ClassVar[int]
+    BOOLS_FIELD_NUMBER: _ClassVar[int]
+    STRINGS_FIELD_NUMBER: _ClassVar[int]
+    NULLS_FIELD_NUMBER: _ClassVar[int]
     name: str
     values: _containers.RepeatedCompositeFieldContainer[Value]
     statuses: _containers.RepeatedScalarFieldContainer[FieldStatus]
+    doubles: DoubleList
+    ints: Int64List
+    bools: BoolList
+    strings: StringList
+    nulls: _containers.RepeatedScalarFieldContainer[bool]
     def __init__(
         self,
         name: _Optional[str] = ...,
         values: _Optional[_Iterable[_Union[Value, _Mapping]]] = ...,
         statuses: _Optional[_Iterable[_Union[FieldStatus, str]]] = ...,
+        doubles: _Optional[_Union[DoubleList, _Mapping]] = ...,
+        ints: _Optional[_Union[Int64List, _Mapping]] = ...,
+        bools: _Optional[_Union[BoolList, _Mapping]] = ...,
+        strings: _Optional[_Union[StringList, _Mapping]] = ...,
+        nulls: _Optional[_Iterable[bool]] = ...,
     ) -> None: ...
 
 class GetOnlineFeaturesRequest(_message.Message):
