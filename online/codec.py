@@ -33,6 +33,8 @@ EVENT_TS = "__event_ts"
 CREATED_TS = "__created_ts"
 _H_EV, _H_CR, _H_VER, _H_NULLS = "h_ev", "h_cr", "h_ver", "h_nulls"
 _U32 = struct.Struct("<I")
+# struct codes that unpack exactly as numpy's tolist() does for these dtypes
+_STRUCT_CODE = {"<i4": "i", "<i8": "q", "<f4": "f", "<f8": "d", "|b1": "?"}
 _BLOCK_BYTES = 256 * 1024  # records filled per block: stays in L2 while columns are copied in
 
 
@@ -42,6 +44,8 @@ class DecodedRows:
     ``present[i]``: a current-schema value exists for row i. ``valid[i, j]``: row i is present
     and feature j is not null. ``event_ts``/``created_ts`` are 0 / NULL_TS where absent.
     ``records`` holds the fixed part of the present rows, in order; ``present_idx`` their rows.
+    ``raw``: the present rows' bytes, kept for a few rows of a fixed-only view (see
+    ``RowCodec.row_struct``), else None.
     """
 
     def __init__(
@@ -51,8 +55,10 @@ class DecodedRows:
         records: np.ndarray,
         present_idx: list[int],
         var_values: dict[str, list[Any]] | None = None,
+        raw: list[bytes] | None = None,
     ) -> None:
         self.codec = codec
+        self.raw = raw
         self.names = codec.names
         self.n = n
         self.records = records
@@ -158,6 +164,13 @@ class RowCodec:
         self.fixed_only = not self.var
         self._fixed_pos = {f.name: i for i, f in self.fixed}
         self._ver_bytes = _U32.pack(self.schema_version)
+        # One row's fixed part as a struct (fixed-only views): unpacking a few rows in Python
+        # is cheaper than numpy's per-call overhead.
+        codes = [_STRUCT_CODE.get(np.dtype(f.dtype.numpy).str) for _, f in self.fixed]
+        fmt = f"<qqI{self.n_null_bytes}s" + "".join(c or "" for c in codes)
+        self.row_struct: struct.Struct | None = None
+        if self.fixed_only and None not in codes and struct.calcsize(fmt) == self.fixed_size:
+            self.row_struct = struct.Struct(fmt)
         self._inner = {
             f.name: np.dtype(f.dtype.inner.numpy)  # type: ignore[union-attr]
             for _, f in self.var
@@ -266,7 +279,7 @@ class RowCodec:
                 ]
                 chosen = values if len(idx) == n else [values[i] for i in idx]
                 rec = np.frombuffer(b"".join(chosen), dtype=self.record_dtype)  # type: ignore[arg-type]
-                return DecodedRows(self, n, rec, idx)
+                return DecodedRows(self, n, rec, idx, None, chosen)  # type: ignore[arg-type]
             if None not in values and set(map(len, values)) == {size}:  # type: ignore[arg-type]
                 idx = list(range(n))  # every row present at the current width
                 chosen = values

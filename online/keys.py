@@ -77,6 +77,31 @@ def build_keys(
     return [(head + "|".join(row) + tail).encode() for row in zip(*parts, strict=True)]
 
 
+def build_keys_views(
+    project: str,
+    view_names: Sequence[str],
+    join_keys: tuple[str, ...],
+    key_columns: list[Sequence[Any]],
+) -> list[bytes]:
+    """:func:`build_keys` for several views with the same join keys, concatenated in order.
+
+    Int values of a single join key are rendered once for all views.
+    """
+    if len(join_keys) == 1 and len(key_columns) == 1 and len(view_names) > 1:
+        values = _as_pylist(key_columns[0])
+        if values and _column_kind(values) is int:
+            pre = f"{project}:{{{project}|" + join_keys[0].translate(_ESCAPE_NAME) + "="
+            body = "\0".join(map(str, values))
+            joined = "\0".join(
+                pre + body.replace("\0", f"}}:{name}\0{pre}") + f"}}:{name}" for name in view_names
+            )
+            return joined.encode().split(b"\0")
+    out: list[bytes] = []
+    for name in view_names:
+        out += build_keys(project, name, join_keys, key_columns)
+    return out
+
+
 def _render_column(name: str, col: Sequence[Any], view_name: str) -> list[str]:
     """``name=value`` strings for one join-key column."""
     prefix = name.translate(_ESCAPE_NAME) + "="

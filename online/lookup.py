@@ -12,6 +12,7 @@ are fetched too and left out of the response).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -22,7 +23,7 @@ from featurestore._time import EPOCH
 from featurestore.errors import EntityDataError, FeatureStoreError
 from featurestore.online.base import OnlineStore, Status
 from featurestore.online.codec import DecodedRows, RowCodec
-from featurestore.online.keys import _as_pylist, build_keys
+from featurestore.online.keys import _as_pylist, build_keys, build_keys_views
 
 if TYPE_CHECKING:
     import polars as pl
@@ -30,7 +31,10 @@ if TYPE_CHECKING:
 
     from featurestore.feature_view import FeatureView
 
+_NONZERO = re.compile(b"[^\\x00]")
 _STATUS = (Status.PRESENT, Status.NOT_FOUND, Status.EXPIRED)
+# plain ints: comparing a numpy array with an IntEnum member is ~10x slower
+_PRESENT, _NOT_FOUND, _EXPIRED = int(Status.PRESENT), int(Status.NOT_FOUND), int(Status.EXPIRED)
 _PLANS: dict[tuple[int, tuple[str, ...]], _ViewPlan] = {}
 _MAX_PLANS = 4096
 
@@ -68,6 +72,24 @@ class _ViewPlan:
             has_ts = any(f.dtype.name == "timestamp" for f in fields)
             if has_ts or cols != list(range(len(fixed))):
                 self.matrix_cols = cols
+        # For a few rows of a fixed-only view: each row is one struct.unpack (see codec.row_struct)
+        # and feature j is item 4 + (its place among the fixed features) of the tuple.
+        self.row_struct = self.codec.row_struct
+        self.no_nulls = bytes(self.codec.n_null_bytes)
+        fixed_order = {f.name: c for c, (_, f) in enumerate(fixed)}
+        self.struct_cols = [4 + fixed_order.get(f, 0) for f in features]
+        self.ts_out = [c for c, f in enumerate(fields) if f.dtype.name == "timestamp"]
+        self.defaults = [
+            _us_to_datetime(f.default)
+            if f.default is not None and f.dtype.name == "timestamp"
+            else f.default
+            for f in fields
+        ]
+        cols_of: dict[int, list[int]] = {}
+        for c, j in enumerate(self.field_idx.tolist()):
+            cols_of.setdefault(j, []).append(c)
+        self.cols_of_field = cols_of  # schema field index -> output columns
+        self.unique = len(set(features)) == len(features)  # else output lists may be shared
 
 
 def _plan(view: Any, features: list[str]) -> Any:
@@ -91,22 +113,40 @@ def _plan(view: Any, features: list[str]) -> Any:
 class _ViewResult:
     """Decoded rows and per-row status of one view in a response."""
 
-    __slots__ = ("_status", "all_served", "decoded", "now_us", "plan")
+    __slots__ = ("_rows", "_status", "_status_py", "all_served", "decoded", "now_us", "plan")
 
     def __init__(self, plan: _ViewPlan, decoded: DecodedRows, now_us: int) -> None:
         self.plan = plan
         self.decoded = decoded
         self.now_us = now_us
         self._status: np.ndarray | None = None
+        self._status_py: list[int] | None = None
         ttl = plan.ttl_us
+        raw = decoded.raw
+        # a few rows of a fixed-only view: unpacked in plain Python on first use (see _unpacked)
+        self._rows: list[tuple[Any, ...]] | bool = raw is not None and plan.row_struct is not None
         if not decoded.all_present:
             self.all_served = False
         elif ttl is None:
             self.all_served = True
+        elif raw is not None:
+            self.all_served = all(
+                now_us - int.from_bytes(r[:8], "little", signed=True) <= ttl for r in raw
+            )
         elif decoded.n <= 64:  # plain Python beats numpy's call overhead for a few rows
             self.all_served = all(now_us - e <= ttl for e in decoded.records["h_ev"].tolist())
         else:
             self.all_served = not bool((now_us - decoded.records["h_ev"] > ttl).any())
+
+    def _unpacked(self) -> list[tuple[Any, ...]] | None:
+        """The present rows as struct tuples, or None when this view is decoded by numpy."""
+        rows = self._rows
+        if rows is True:
+            unpack = self.plan.row_struct.unpack  # type: ignore[union-attr]
+            rows = self._rows = [unpack(r) for r in self.decoded.raw]  # type: ignore[union-attr]
+        elif rows is False:
+            return None
+        return rows  # type: ignore[return-value]
 
     @property
     def status(self) -> np.ndarray:
@@ -115,17 +155,77 @@ class _ViewResult:
             d = self.decoded
             if self.all_served:
                 self._status = np.zeros(d.n, dtype=np.int8)
+            elif self._status_py is not None or self._rows is not False or d.n <= 1024:
+                self._status = np.array(self._statuses(), dtype=np.int8)
             else:
                 status = (~d.present).view(np.int8).copy()
                 ttl = self.plan.ttl_us
                 if ttl is not None:
-                    status[d.present & (self.now_us - d.event_ts > ttl)] = Status.EXPIRED
+                    status[d.present & (self.now_us - d.event_ts > ttl)] = _EXPIRED
                 self._status = status
         return self._status
+
+    def _statuses(self) -> list[int]:
+        """Status per row as Python ints."""
+        if self._status_py is None:
+            rows = self._unpacked()
+            d = self.decoded
+            if self._status is not None or d.n > 1024:
+                self._status_py = self.status.tolist()
+            else:  # a Python pass beats a dozen numpy calls for a request-sized batch
+                st = [_NOT_FOUND] * d.n
+                ttl = self.plan.ttl_us
+                now = self.now_us
+                if self.all_served:
+                    st = [_PRESENT] * d.n
+                elif ttl is None:
+                    for i in d.present_idx:
+                        st[i] = _PRESENT
+                else:
+                    ev = [r[0] for r in rows] if rows is not None else d.records["h_ev"].tolist()
+                    for i, e in zip(d.present_idx, ev, strict=True):
+                        st[i] = _EXPIRED if now - e > ttl else _PRESENT
+                self._status_py = st
+        return self._status_py
+
+    def _null_rows(self) -> list[tuple[int, int]]:
+        """(row, null bitmap as an int) of the present rows with a null feature."""
+        d = self.decoded
+        pidx = d.present_idx
+        rows = self._unpacked()
+        if rows is not None:
+            zero = self.plan.no_nulls
+            return [
+                (i, int.from_bytes(r[3], "little"))
+                for i, r in zip(pidx, rows, strict=True)
+                if r[3] != zero
+            ]
+        if not len(d.records):
+            return []
+        nb = d.records["h_nulls"]
+        w = nb.shape[1]
+        flat = nb.tobytes()  # row k's bitmap is flat[k * w : (k + 1) * w]
+        if not flat.strip(b"\0"):
+            return []
+        ks = dict.fromkeys(m.start() // w for m in _NONZERO.finditer(flat))
+        return [(pidx[k], int.from_bytes(flat[k * w : (k + 1) * w], "little")) for k in ks]
 
     def _present_lists(self) -> list[list[Any]]:
         """Per requested feature, the raw values of the present rows (nulls not yet applied)."""
         plan, d = self.plan, self.decoded
+        rows = self._unpacked()
+        if rows is not None:
+            if len(rows) == 1:
+                row = rows[0]
+                out = [[row[c]] for c in plan.struct_cols]
+            elif rows:
+                by_col = list(zip(*rows, strict=True))
+                out = [list(by_col[c]) for c in plan.struct_cols]
+            else:
+                return [[] for _ in plan.features]
+            for c in plan.ts_out:
+                out[c] = [_us_to_datetime(v) for v in out[c]]
+            return out
         rec = d.records
         if not len(rec):
             return [[] for _ in plan.features]
@@ -144,7 +244,7 @@ class _ViewResult:
             ]
         else:
             fixed_lists = [None if c is None else rec[c].tolist() for c in plan.record_fields]
-        out: list[list[Any]] = []
+        out = []
         pidx = d.present_idx
         for f, vals in zip(plan.fields, fixed_lists, strict=True):
             if vals is None:
@@ -164,31 +264,32 @@ class _ViewResult:
         found or expired, null cells), so a batch with a few misses stays cheap.
         """
         lists = self._present_lists()
-        d = self.decoded
-        if self.all_served and not d.has_nulls:
+        null_rows = self._null_rows()
+        if self.all_served and not null_rows:
             return lists
         plan = self.plan
-        lists = [list(col) for col in lists]  # patched in place below
-        defaults = [
-            _us_to_datetime(f.default)
-            if f.default is not None and f.dtype.name == "timestamp"
-            else f.default
-            for f in plan.fields
-        ]
-        status = self.status
-        missing = np.flatnonzero(~d.present).tolist()  # ascending, so inserts land in place
-        if missing:
-            for col, default in zip(lists, defaults, strict=True):
+        if not plan.unique:  # one list may back two output columns: patch copies
+            lists = [list(col) for col in lists]
+        defaults = plan.defaults
+        st = self._statuses()
+        if not self.decoded.all_present:
+            missing = [i for i, s in enumerate(st) if s == _NOT_FOUND]
+            for col, default in zip(lists, defaults, strict=True):  # ascending: lands in place
                 for i in missing:
                     col.insert(i, default)
-        for i in np.flatnonzero(status == Status.EXPIRED).tolist():
-            for col, default in zip(lists, defaults, strict=True):
-                col[i] = default
-        if d.has_nulls:
-            null = ~d.valid[:, plan.field_idx] & (status == Status.PRESENT)[:, None]
-            rows, cols = np.nonzero(null)
-            for r, c in zip(rows.tolist(), cols.tolist(), strict=True):
-                lists[c][r] = None
+        if not self.all_served:
+            for i in [i for i, s in enumerate(st) if s == _EXPIRED]:
+                for col, default in zip(lists, defaults, strict=True):
+                    col[i] = default
+        cols_of = plan.cols_of_field
+        for i, bits in null_rows:
+            if st[i] != _PRESENT:
+                continue
+            while bits:
+                low = bits & -bits
+                for c in cols_of.get(low.bit_length() - 1, ()):
+                    lists[c][i] = None
+                bits ^= low
         return lists
 
 
@@ -303,10 +404,16 @@ def get_online_features(
         n = len(next(iter(request_data.values())))
     keys: list[bytes] = []
     fetched = [p for p in plans if not getattr(p, "on_demand", False)]
-    for plan in fetched:
-        keys += build_keys(
-            project, plan.view.name, plan.join_keys, [columns[k] for k in plan.join_keys]
+    if len(fetched) > 1 and all(p.join_keys == fetched[0].join_keys for p in fetched):
+        jk = fetched[0].join_keys  # render the entity values once for every view
+        keys = build_keys_views(
+            project, [p.view.name for p in fetched], jk, [columns[k] for k in jk]
         )
+    else:
+        for plan in fetched:
+            keys += build_keys(
+                project, plan.view.name, plan.join_keys, [columns[k] for k in plan.join_keys]
+            )
     values = store.read(keys) if keys else []
     results: list[Any] = []
     v = 0
