@@ -1,7 +1,7 @@
 """Offline window features: every aggregation of a plan at every (entity, t) query point.
 
-Events and queries are sorted once (stable ``np.lexsort``, so equal timestamps keep arrival
-order), then ``window_core`` makes one numba pass per entity. Entity keys come in as int64
+Events and queries are sorted once (``_sort.group_sort``: counting sort by entity, then a
+stable per-entity time sort, so equal timestamps keep arrival order), then ``window_core`` makes one numba pass per entity. Entity keys come in as int64
 codes from the same factorisation for events and queries (the caller joins keys to codes).
 """
 
@@ -62,18 +62,16 @@ def compute_prepared(
 ) -> dict[str, np.ndarray]:
     """``compute_window_features`` after ``prepare_inputs`` (for callers that reuse inputs)."""
     from featurestore.transforms._kernel import window_core, window_core_parallel
-    from featurestore.transforms._sort import group_order, take1d, take2d
+    from featurestore.transforms._sort import group_sort, take2d
 
     if vals.shape[1] != ev_t.size:
         raise EntityDataError(f"event columns have {vals.shape[1]} rows, timestamps {ev_t.size}")
     ev_e, q_e, n_codes_e = _dense_entities(ev_e, q_e)
-    ev_order, ev_starts = group_order(ev_e, ev_t, n_codes_e)
-    q_order, q_starts = group_order(q_e, q_t, n_codes_e)
-    s_t = take1d(ev_t, ev_order)
-    s_vals = take2d(np.ascontiguousarray(vals, dtype=np.float64), ev_order)
+    ev_order, ev_starts, s_t = group_sort(ev_e, ev_t, n_codes_e)
+    q_order, q_starts, sq_t = group_sort(q_e, q_t, n_codes_e)
+    s_vals = _take_values(plan, np.ascontiguousarray(vals, dtype=np.float64), ev_order)
     s_valid = take2d(np.ascontiguousarray(valid).view(np.uint8), ev_order)
     codes, n_codes = _codes(keys, ev_order, s_t.size)
-    sq_t = take1d(q_t, q_order)
     # one group per entity that has queries
     groups = np.flatnonzero(q_starts[1:] > q_starts[:-1])
     q_lo = q_starts[groups]
@@ -116,18 +114,35 @@ def _dense_entities(ev_e: np.ndarray, q_e: np.ndarray) -> tuple[np.ndarray, np.n
     return inv[: ev_e.size], inv[ev_e.size :], int(uniq.size)
 
 
+def _take_values(plan: WindowPlan, vals: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """``vals[:, order]`` for the inputs whose values the kernel reads; other rows stay 0.
+
+    count and distinct_count read only validity (and key codes), so a value row used by
+    nothing else is not gathered (one 8-byte random read per event saved).
+    """
+    from featurestore.transforms._kernel import COUNT, DISTINCT
+    from featurestore.transforms._sort import take_into
+
+    out = np.zeros((vals.shape[0], order.size), dtype=np.float64)
+    pairs = zip(plan.fns, plan.inps, strict=True)
+    read = {int(i) for f, i in pairs if int(f) not in (COUNT, DISTINCT)}
+    for i in sorted(read):
+        take_into(vals[i], order, out[i])
+    return out
+
+
 def _codes(keys: list[np.ndarray], order: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     if not keys:
         return np.zeros((1, 0), dtype=np.int64), np.zeros(0, dtype=np.int64)
     codes = np.empty((len(keys), n), dtype=np.int64)
     n_codes = np.empty(len(keys), dtype=np.int64)
-    for j, k in enumerate(keys):
-        from featurestore.transforms._sort import take1d
+    from featurestore.transforms._sort import take_into
 
-        ks = take1d(np.ascontiguousarray(k, dtype=np.int64), order)
+    for j, k in enumerate(keys):
+        ks = codes[j]
+        take_into(np.ascontiguousarray(k, dtype=np.int64), order, ks)  # gathered in place
         if ks.size and ks.min() >= 0 and ks.max() < 4 * ks.size + 1024:
-            codes[j] = ks  # small non-negative ids are their own codes: no sort needed
-            n_codes[j] = int(ks.max()) + 1
+            n_codes[j] = int(ks.max()) + 1  # small non-negative ids are their own codes
         else:
             uniq, inv = np.unique(ks, return_inverse=True)
             codes[j] = inv
