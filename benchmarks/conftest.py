@@ -9,9 +9,6 @@ per view, ``FS_BENCH_ROWS_PER_ENTITY`` [10] feature rows per entity (so ~2M rows
 from __future__ import annotations
 
 import os
-import shutil
-import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +18,7 @@ from typing import Any
 import pytest
 
 from benchmarks import _report
+from tests.conftest import RedisProcess, start_redis
 
 HOST = "127.0.0.1"
 PROJECT = "bench"
@@ -175,66 +173,10 @@ def bench_repo(tmp_path_factory: pytest.TempPathFactory) -> BenchRepo:
 # ---------------------------------------------------------------------------- redis-server
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class RedisServer:
-    """A private redis-server on a loopback port."""
-
-    port: int
-    proc: subprocess.Popen[bytes]
-
-    @property
-    def url(self) -> str:
-        return f"redis://{HOST}:{self.port}/0"
-
-    def client(self) -> Any:
-        import redis
-
-        return redis.Redis(host=HOST, port=self.port, socket_timeout=30)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-
-
-def _start_redis(workdir: Path) -> RedisServer:
-    import redis
-
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.fail("redis-server is not installed; install Redis 7 (apt-get install redis-server)")
-    for _ in range(3):  # the port may be taken between _free_port() and bind
-        port = _free_port()
-        log = open(workdir / f"redis-{port}.log", "wb")
-        cmd = [binary, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no"]
-        proc = subprocess.Popen([*cmd, "--dir", str(workdir)], stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-        server = RedisServer(port, proc)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                if server.client().ping():
-                    return server
-            except redis.RedisError:
-                time.sleep(0.02)
-        server.stop()
-    raise RuntimeError(f"redis-server did not start; see the logs in {workdir}")
-
-
 @pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
     """``redis-server --port N --save '' --appendonly no`` for the session, stopped after."""
-    server = _start_redis(tmp_path_factory.mktemp("redis"))
+    server = start_redis(tmp_path_factory.mktemp("redis"))
     yield server
     server.stop()
 

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from benchmarks import _report
-from benchmarks.conftest import PROJECT, VIEWS, BenchRepo, RedisServer
+from benchmarks.conftest import PROJECT, VIEWS, BenchRepo, RedisProcess
 
 ROUNDS = 3
 WRITE_PATH_ROUNDS = 2  # keeps the whole suite within ~10 minutes on 2 shared cores
@@ -112,7 +112,7 @@ def lmdb_floor_write(path: Path, items: list[tuple[bytes, bytes]]) -> None:
 
 
 @pytest.fixture(scope="module")
-def redis_fs(bench_repo: BenchRepo, redis_server: RedisServer) -> Any:
+def redis_fs(bench_repo: BenchRepo, redis_server: RedisProcess) -> Any:
     fs = bench_repo.store({"type": "redis", "url": redis_server.url, "socket_timeout": 60.0})
     yield fs
     fs.close()
@@ -155,10 +155,10 @@ def test_materialize_redis(
     benchmark: Any,
     bench_repo: BenchRepo,
     redis_fs: Any,
-    redis_server: RedisServer,
+    redis_server: RedisProcess,
     request: pytest.FixtureRequest,
 ) -> None:
-    client = redis_server.client()
+    client = redis_server.client(socket_timeout=30)
     client.flushall()
     first = redis_fs.materialize(bench_repo.start_us, bench_repo.end_us)  # untimed warm-up
     items = dump_redis(client)
@@ -235,11 +235,11 @@ def test_materialize_redis_write_path(
     benchmark: Any,
     bench_repo: BenchRepo,
     redis_fs: Any,
-    redis_server: RedisServer,
+    redis_server: RedisProcess,
     request: pytest.FixtureRequest,
 ) -> None:
     """Encode + keys + write only: the Arrow batches come from the offline store beforehand."""
-    client = redis_server.client()
+    client = redis_server.client(socket_timeout=30)
     ours = write_path(redis_fs, latest_tables(redis_fs, bench_repo))
     client.flushall()
     ours()

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from benchmarks import _report
-from benchmarks.conftest import PROJECT, VIEWS, BenchRepo, RedisServer, feature_refs
+from benchmarks.conftest import PROJECT, VIEWS, BenchRepo, RedisProcess, feature_refs
 from benchmarks.loadgen import LoadResult, interleaved
 
 CALLS = {1: 4000, 100: 2000}  # lookups per target, per workload (entities per request)
@@ -58,10 +58,10 @@ def cycling(fn: Callable[[Any], Any], inputs: list[Any]) -> Callable[[], Any]:
 
 
 @pytest.fixture(scope="module")
-def redis_online(bench_repo: BenchRepo, redis_server: RedisServer) -> Any:
+def redis_online(bench_repo: BenchRepo, redis_server: RedisProcess) -> Any:
     """A FeatureStore on the session redis-server with every view materialized."""
     fs = bench_repo.store({"type": "redis", "url": redis_server.url, "socket_timeout": 30.0})
-    redis_server.client().flushall()
+    redis_server.client(socket_timeout=30).flushall()
     fs.materialize(bench_repo.start_us, bench_repo.end_us)
     yield fs
     fs.close()
@@ -172,7 +172,7 @@ def test_online_redis(
     request: pytest.FixtureRequest,
     bench_repo: BenchRepo,
     redis_online: Any,
-    redis_server: RedisServer,
+    redis_server: RedisProcess,
     size: int,
     views: tuple[str, ...],
 ) -> None:

@@ -32,11 +32,11 @@ from benchmarks.conftest import (
     PROJECT,
     VIEWS,
     BenchRepo,
-    RedisServer,
-    _free_port,
+    RedisProcess,
     feature_refs,
 )
 from benchmarks.loadgen import LoadResult, interleaved
+from tests.conftest import free_port
 
 FACTOR = 1.3  # REST/gRPC p99 <= FACTOR * (endpoint + store [+ model]) floors' p99
 INPROC_BUDGET_US = 300.0  # in-process predict p99 <= store p99 + this
@@ -136,7 +136,7 @@ def cycling(fn: Callable[[Any], Any], inputs: list[Any]) -> Callable[[], Any]:
 
 @pytest.fixture(scope="module")
 def serving(
-    bench_repo: BenchRepo, redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+    bench_repo: BenchRepo, redis_server: RedisProcess, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Serving]:
     """Apply + materialize the served repo into Redis db 1, register the model, start both
     servers (each one worker process); stopped after the module."""
@@ -162,8 +162,8 @@ def serving(
     booster = lgb.Booster(model_file=str(artifact))
     started: list[sv.ServerProcess] = []
     try:
-        started.append(sv.start_bare(_free_port(), _free_port(), root))
-        started.append(sv.start_ours(repo, _free_port(), _free_port(), root))
+        started.append(sv.start_bare(free_port(), free_port(), root))
+        started.append(sv.start_ours(repo, free_port(), free_port(), root))
         _report.NOTES.append(
             "- serving rows: ours is `featurestore serve` with one worker process (REST and "
             f"gRPC on one event loop) over Redis, serving.deadline_ms {DEADLINE_MS}; the "

@@ -26,7 +26,7 @@ import pytest
 
 from benchmarks import _report
 from benchmarks import _transforms as tx
-from benchmarks.conftest import RedisServer
+from benchmarks.conftest import RedisProcess
 from benchmarks.loadgen import LoadResult, interleaved
 
 OFFLINE_ROUNDS = 3  # ours and polars each round; DuckDB (slowest) in the first round only
@@ -130,7 +130,7 @@ KEY_PREFIX = b"bench_transforms:w:"
 class OnlineSetup:
     """States of many entities in redis (one encoded value per key) and in memory."""
 
-    def __init__(self, plan: Any, server: RedisServer) -> None:
+    def __init__(self, plan: Any, server: RedisProcess) -> None:
         import redis
 
         from featurestore.transforms import OnlineWindows
@@ -166,7 +166,7 @@ class OnlineSetup:
 
 
 @pytest.fixture(scope="module")
-def online(plan: Any, redis_server: RedisServer) -> Any:
+def online(plan: Any, redis_server: RedisProcess) -> Any:
     s = OnlineSetup(plan, redis_server)
     yield s
     s.close()

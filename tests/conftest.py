@@ -66,10 +66,10 @@ class RedisProcess:
     def url(self) -> str:
         return f"redis://{HOST}:{self.port}/0"
 
-    def client(self) -> Any:
+    def client(self, *, socket_timeout: float = 5.0) -> Any:
         import redis
 
-        return redis.Redis(host=HOST, port=self.port, socket_timeout=5)
+        return redis.Redis(host=HOST, port=self.port, socket_timeout=socket_timeout)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
