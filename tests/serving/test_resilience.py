@@ -24,6 +24,18 @@ SLACK_S = 0.1
 HANG_S = 1.0
 
 
+def assert_recovered(after: list[tuple[float, float, int, dict[str, Any]]], real: Any) -> None:
+    """After the store is back every answer is real; the only exception is an answer that a
+    scheduling stall pushed past deadline + slack (as assert_within_deadline allows), never a
+    fast degraded one (a breaker stuck open) and never wrong data."""
+    assert after and real(after[-1][3]), after[-1]
+    for r in after:
+        if r[3]["degraded"]:
+            assert r[1] >= DEADLINE_MS / 1000 + SLACK_S, ("degraded after recovery", r[:3])
+        else:
+            assert real(r[3]), r
+
+
 def assert_within_deadline(phase: list[tuple[float, float, int, dict[str, Any]]]) -> None:
     lat = sorted(r[1] for r in phase)
     late = [x for x in lat if x >= DEADLINE_MS / 1000 + SLACK_S]
@@ -205,8 +217,7 @@ def test_killed_redis_answers_degraded_within_deadline_and_recovers(
     assert t_back - t_restart < 5
     degraded = next(r for r in outage if r[3]["degraded"])
     assert degraded[3]["scores"] and len(degraded[3]["scores"]) == 2  # scored on defaults
-    after = load.since(t_back + 0.05)
-    assert after and not any(r[3]["degraded"] for r in after)
+    assert_recovered(load.since(t_back + 0.05), lambda body: not body["degraded"])
 
 
 def test_hung_redis_costs_at_most_the_deadline(tmp_path: Path, serve, redis_proc: Redis) -> None:
@@ -223,7 +234,7 @@ def test_hung_redis_costs_at_most_the_deadline(tmp_path: Path, serve, redis_proc
         redis_proc.resume()
         assert load.wait_for(lambda r: r[3].get("degraded") is False, timeout=10)
         t_back = time.monotonic()
-        time.sleep(0.2)
+        time.sleep(0.5)
     assert not load.errors and {r[2] for r in load.results} == {200}
     hung = [r for r in load.results if t_pause <= r[0] <= t_resume]
     assert len(hung) > 20
@@ -232,8 +243,8 @@ def test_hung_redis_costs_at_most_the_deadline(tmp_path: Path, serve, redis_proc
     cols = dict(zip(d["feature_names"], d["results"], strict=True))
     assert cols["tx_count"] == {"values": [0], "statuses": ["UNAVAILABLE"]}  # the default
     assert cols["country"]["values"] == ["??"]
-    after = load.since(t_back + 0.05)
-    assert after and all(r[3]["results"][2]["values"] == [30] for r in after)  # real value again
+    real = [30]  # tx_count of user 3 once the store answers again
+    assert_recovered(load.since(t_back + 0.05), lambda b: b["results"][2]["values"] == real)
 
 
 class SyncLoad(Load):
