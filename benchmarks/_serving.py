@@ -34,7 +34,13 @@ SERVICES = {"user20": ("user_stats",), "all40": ("user_stats", "merchant_stats")
 N_TREES = 100
 
 # ``featurestore serve`` runs uvicorn with exactly these (see featurestore/_cli_serve.py)
-UVICORN = {"loop": "asyncio", "access_log": False, "workers": 1, "log_level": "warning"}
+UVICORN = {
+    "loop": "asyncio",
+    "http": "httptools",
+    "access_log": False,
+    "workers": 1,
+    "log_level": "warning",
+}
 
 _SERVICES_DEFS = """
 from featurestore import FeatureService
@@ -260,9 +266,7 @@ def rest_body(kind: str, service: str, entities: dict[str, list]) -> bytes:
 def grpc_request(kind: str, service: str, entities: dict[str, list]) -> bytes:
     from featurestore.online.serving._proto import featurestore_pb2 as pb
 
-    cols = {
-        k: pb.ValueList(values=[pb.Value(int64_val=v) for v in vs]) for k, vs in entities.items()
-    }
+    cols = {k: pb.ValueList(ints=vs) for k, vs in entities.items()}  # the packed form
     if kind == "predict":
         return pb.PredictRequest(model=MODEL, entities=cols).SerializeToString()
     return pb.GetOnlineFeaturesRequest(feature_service=service, entities=cols).SerializeToString()
@@ -388,6 +392,28 @@ def grpc_async(target: str, method: str, requests: Sequence[bytes]) -> AsyncFact
 
         async def close() -> None:
             await channel.close()
+
+        return call, close
+
+    return make
+
+
+def redis_async(port: int, db: int, keysets: Sequence[list[bytes]]) -> AsyncFactory:
+    """A factory of a raw redis-py asyncio read of the next key set (GET for one key, else
+    MGET) over its own connection pool: the store floor at concurrency > 1."""
+
+    async def make() -> tuple[AsyncCall, Callable[[], Awaitable[None]]]:
+        import redis.asyncio as aredis
+
+        client = aredis.Redis(host=HOST, port=port, db=db, socket_timeout=30)
+        nxt = _cycler(keysets)
+
+        async def call() -> Any:
+            keys = nxt()
+            return await (client.get(keys[0]) if len(keys) == 1 else client.mget(keys))
+
+        async def close() -> None:
+            await client.aclose()
 
         return call, close
 

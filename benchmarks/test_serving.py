@@ -10,8 +10,10 @@ Redis online store. Ours and the endpoint floor alternate in blocks so machine l
 The client does not decode responses (bytes only); it checks HTTP 200 / gRPC OK.
 
 Targets (issue 4): in-process predict p99 <= store round-trip p99 + 300 us; REST/gRPC p99 <=
-1.3 x (bare endpoint p99 + store p99 [+ model p99]). At concurrency 32 the endpoint floor is
-measured at 32 as well; the store and model floors are single-caller service times.
+1.3 x (bare endpoint p99 + store p99 [+ model p99]). At concurrency 32 latency is queueing
+(about 32 x the per-request cost on one worker), so the endpoint and store floors are measured
+at 32 as well (the store by 32 asyncio callers of redis-py's asyncio client); the model floor
+stays the single-caller predict time (the stricter choice).
 """
 
 from __future__ import annotations
@@ -215,7 +217,23 @@ def floors(serving: Serving) -> dict[str, LoadResult]:
     )
     for v in res.values():
         assert not v.errors, v.first_error
-    return res
+    # the same reads by 32 concurrent asyncio callers (one client process, redis-py's asyncio
+    # client): at concurrency 32 every floor is queued like the server's own work is
+    port = r.connection_pool.connection_kwargs["port"]
+    res32 = sv.interleaved_async(
+        {
+            f"{name}@32": sv.redis_async(port, REDIS_DB, keysets)
+            for name, keysets in (("GET", one), ("MGET2", two), ("MGET200", many))
+        },
+        n=3000,
+        blocks=10,
+        concurrency=32,
+        max_seconds=40,
+        warmup=64,
+    )
+    for v in res32.values():
+        assert not v.errors, v.first_error
+    return {**res, **res32}
 
 
 def _pcts(r: LoadResult) -> str:
@@ -408,11 +426,12 @@ def test_serving_remote(
     for v in res.values():
         assert not v.errors, v.first_error
     o, f = res["ours"], res["floor"]
-    store = floors[w.store_floor]
+    store = floors[w.store_floor + ("@32" if concurrency > 1 else "")]
     model = floors["model"] if w.kind == "predict" else None
     budget = f.p99_us + store.p99_us + (model.p99_us if model else 0.0)
     parts = [f"bare {proto} p99 {_report.fmt_us(f.p99_us)} ({_rate(f)})"]
-    parts.append(f"store p99 {_report.fmt_us(store.p99_us)} ({STORE_FLOOR[w.store_floor]})")
+    at = f" at {concurrency}" if concurrency > 1 else ""
+    parts.append(f"store p99 {_report.fmt_us(store.p99_us)} ({STORE_FLOOR[w.store_floor]}{at})")
     if model:
         parts.append(f"model p99 {_report.fmt_us(model.p99_us)}")
     _report.record(

@@ -101,6 +101,7 @@ def serve(
         port=port,
         workers=workers,
         loop="asyncio",
+        http="httptools",
         log_level=log_level or cfg.log_level,
         access_log=False,
     )

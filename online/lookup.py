@@ -377,8 +377,64 @@ class OnlineResponse:
         return pl.from_arrow(self.to_arrow())  # type: ignore[return-value]
 
 
-def get_online_features(
-    store: OnlineStore,
+class Lookup:
+    """A planned read: the keys to fetch, and how their values become an OnlineResponse.
+
+    Split from the read itself so an event-loop caller can await the store in between.
+    """
+
+    __slots__ = (
+        "_columns",
+        "_hidden",
+        "_include_ts",
+        "_n",
+        "_names",
+        "_now",
+        "_plans",
+        "_request_data",
+        "keys",
+    )
+
+    def __init__(
+        self,
+        plans: list[Any],
+        names: list[list[str]],
+        columns: dict[str, list[Any]],
+        n: int,
+        keys: list[bytes],
+        now_us: int,
+        include_ts: bool,
+        hidden: frozenset[str],
+        request_data: dict[str, Sequence[Any]] | None,
+    ) -> None:
+        self._plans, self._names, self._columns, self._n = plans, names, columns, n
+        self.keys = keys
+        self._now, self._include_ts, self._hidden = now_us, include_ts, hidden
+        self._request_data = request_data
+
+    def finish(self, values: Sequence[bytes | None]) -> OnlineResponse:
+        """Decode ``values`` (one per key, in key order) into the response."""
+        plans, n, now = self._plans, self._n, self._now
+        results: list[Any] = []
+        v = 0
+        for plan in plans:
+            if getattr(plan, "on_demand", False):
+                results.append(None)
+                continue
+            chunk = values[v * n : (v + 1) * n]
+            v += 1
+            if isinstance(plan, _ViewPlan):
+                results.append(_ViewResult(plan, plan.codec.decode(chunk), now))
+            else:
+                results.append(plan.result(chunk, now))
+        if v < len(plans):
+            from featurestore.online._computed import compute_on_demand
+
+            compute_on_demand(plans, results, self._request_data, n)
+        return OnlineResponse(self._columns, results, self._names, self._include_ts, self._hidden)
+
+
+def plan_lookup(
     project: str,
     requests: list[tuple[FeatureView, list[str]]],
     entity_rows: list[dict[str, Any]] | dict[str, Sequence[Any]],
@@ -387,12 +443,8 @@ def get_online_features(
     full_feature_names: bool = False,
     include_event_timestamps: bool = False,
     request_data: dict[str, Sequence[Any]] | None = None,
-) -> OnlineResponse:
-    """Read ``requests`` (view, feature names) for ``entity_rows`` with one ``store.read``.
-
-    ``request_data`` holds, per request field of the on-demand features asked for, one value
-    per entity row.
-    """
+) -> Lookup:
+    """The keys ``requests`` need for ``entity_rows`` (entity values checked), not yet read."""
     hidden: frozenset[str] = frozenset()
     if any(not v.join_keys and hasattr(v, "inputs_of") for v, _ in requests):
         from featurestore.online._computed import with_on_demand_inputs
@@ -414,24 +466,37 @@ def get_online_features(
             keys += build_keys(
                 project, plan.view.name, plan.join_keys, [columns[k] for k in plan.join_keys]
             )
-    values = store.read(keys) if keys else []
-    results: list[Any] = []
-    v = 0
-    for plan in plans:
-        if getattr(plan, "on_demand", False):
-            results.append(None)
-            continue
-        chunk = values[v * n : (v + 1) * n]
-        v += 1
-        if isinstance(plan, _ViewPlan):
-            results.append(_ViewResult(plan, plan.codec.decode(chunk), now_us))
-        else:
-            results.append(plan.result(chunk, now_us))
-    if len(fetched) < len(plans):
-        from featurestore.online._computed import compute_on_demand
+    return Lookup(
+        plans, names, columns, n, keys, now_us, include_event_timestamps, hidden, request_data
+    )
 
-        compute_on_demand(plans, results, request_data, n)
-    return OnlineResponse(columns, results, names, include_event_timestamps, hidden)
+
+def get_online_features(
+    store: OnlineStore,
+    project: str,
+    requests: list[tuple[FeatureView, list[str]]],
+    entity_rows: list[dict[str, Any]] | dict[str, Sequence[Any]],
+    *,
+    now_us: int,
+    full_feature_names: bool = False,
+    include_event_timestamps: bool = False,
+    request_data: dict[str, Sequence[Any]] | None = None,
+) -> OnlineResponse:
+    """Read ``requests`` (view, feature names) for ``entity_rows`` with one ``store.read``.
+
+    ``request_data`` holds, per request field of the on-demand features asked for, one value
+    per entity row.
+    """
+    lk = plan_lookup(
+        project,
+        requests,
+        entity_rows,
+        now_us=now_us,
+        full_feature_names=full_feature_names,
+        include_event_timestamps=include_event_timestamps,
+        request_data=request_data,
+    )
+    return lk.finish(store.read(lk.keys) if lk.keys else [])
 
 
 _REQUESTS: dict[tuple[Any, ...], tuple[list[_ViewPlan], list[list[str]], dict[str, str]]] = {}

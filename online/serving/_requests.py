@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from featurestore.feature_view import FeatureView
 
 Columns = dict[str, list[Any]]
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 def to_columns(
@@ -85,11 +86,22 @@ def check_entities(cols: Columns, join_keys: dict[str, str], max_entities: int) 
             field="entities",
         )
     for key in join_keys:
-        for i, v in enumerate(cols[key]):
+        col = cols[key]
+        kinds = set(map(type, col))  # the usual case: C-level passes only
+        if kinds == {int} and _INT64_MIN <= min(col) and max(col) <= _INT64_MAX:
+            continue
+        if kinds == {str}:
+            continue
+        for i, v in enumerate(col):
             if isinstance(v, bool) or not isinstance(v, (int, str)):
                 raise BadRequestError(
                     f"entities.{key}[{i}] is {v!r} ({type(v).__name__}); "
                     "join keys are ints or strings",
+                    field=f"entities.{key}",
+                )
+            if isinstance(v, int) and not _INT64_MIN <= v <= _INT64_MAX:
+                raise BadRequestError(
+                    f"entities.{key}[{i}] is {v}, outside the 64-bit range of integer join keys",
                     field=f"entities.{key}",
                 )
     return n

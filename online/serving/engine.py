@@ -30,6 +30,7 @@ from featurestore.errors import (
 )
 from featurestore.online.models.errors import ModelLoadError
 from featurestore.online.serving import _requests as rq
+from featurestore.online.serving._aredis import AsyncRedisReader
 from featurestore.online.serving._inline import (
     DeadlineExceeded,
     DeadlineStore,
@@ -113,6 +114,10 @@ class Engine:
         self.breaker = CircuitBreaker(
             failure_threshold=br.failure_threshold, reset_s=br.reset_ms / 1000
         )
+        # read at scrape time: no per-request cost
+        self.metrics.breaker_state.set_function(
+            lambda: 1.0 if self.breaker.state is BreakerState.OPEN else 0.0
+        )
         self._pool = cf.ThreadPoolExecutor(
             max(1, self.config.read_threads), thread_name_prefix="store-read"
         )
@@ -130,8 +135,15 @@ class Engine:
         # "auto" on a single Redis: synchronous calls read on their own thread, bounded by the
         # remaining deadline as the socket timeout (no pool hop); event-loop calls keep the pool
         self._inline: InlineRedisReader | None = None
-        if iso == "auto" and store.config.online_store.type == "redis":
+        # and event-loop calls on a single Redis await a pipelined asyncio connection instead
+        self._aredis: AsyncRedisReader | None = None
+        osc = store.config.online_store
+        if iso == "auto" and osc.type == "redis":
             self._inline = InlineRedisReader(lambda: store.online, self._pool)
+            if AsyncRedisReader.supports(osc.url):
+                self._aredis = AsyncRedisReader(
+                    osc.url, connect_timeout=osc.connect_timeout, socket_timeout=osc.socket_timeout
+                )
         self._registry_state: Any = None
         self._registry_at = 0.0
 
@@ -174,6 +186,8 @@ class Engine:
         self.models.close()
         if self._inline is not None:
             self._inline.close()
+        if self._aredis is not None:
+            self._aredis.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
         if self._own_store:
             self.store.close()
@@ -370,6 +384,8 @@ class Engine:
         return resp
 
     async def _read_async(self, p: Prepared) -> Any:
+        if self._aredis is not None:
+            return await self._read_aredis(p, self._aredis)
         if not self.breaker.allow():
             raise _StoreFailed("breaker_open")
         if not self._isolate:
@@ -391,6 +407,41 @@ class Engine:
         self.breaker.success()
         return resp
 
+    async def _read_aredis(self, p: Prepared, reader: AsyncRedisReader) -> Any:
+        from featurestore.online.lookup import plan_lookup
+
+        lk = plan_lookup(  # bad entity values raise here, before the store is asked
+            self.store.project,
+            p.requests,
+            p.entities,
+            now_us=now_us(),
+            full_feature_names=p.full,
+            include_event_timestamps=p.include_ts,
+            request_data=p.request_data,
+        )
+        if not self.breaker.allow():
+            raise _StoreFailed("breaker_open")
+        try:
+            resp = lk.finish(await reader.mget(lk.keys, p.deadline))
+        except DeadlineExceeded:
+            self.breaker.failure()
+            raise _StoreFailed("timeout") from None
+        except Exception as exc:
+            err = self._classify(exc)
+            if err is exc:
+                raise
+            raise err from exc
+        self.breaker.success()
+        return resp
+
+    async def awarm(self) -> None:
+        """Connect the event loop's store reads and run each feature service once on them."""
+        for svc in list(self._registry().feature_services):
+            try:
+                await self.aget_features(feature_service=svc, **self._warm_request(svc))
+            except Exception as exc:  # best effort, as in start()
+                log.warning("event-loop warm-up of feature service %s failed: %s", svc, exc)
+
     def _classify(self, exc: Exception) -> Exception:
         """A failed read: the request's fault (re-raised, store untouched) or the store's."""
         if isinstance(exc, FeatureStoreError) and not isinstance(exc, OnlineStoreError):
@@ -404,7 +455,6 @@ class Engine:
         return _StoreFailed("store_error")
 
     def _finish(self, p: Prepared, resp: Any, reason: str | None) -> FeatureResult:
-        self.metrics.breaker_state.set(1 if self.breaker.state is BreakerState.OPEN else 0)
         if reason is None:
             res = from_response(p, resp)
         else:

@@ -4,19 +4,36 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from featurestore._time import to_us
 from featurestore.errors import FeatureStoreError
 from featurestore.online.serving._proto import featurestore_pb2 as pb
 from featurestore.online.serving._proto import featurestore_pb2_grpc as pb_grpc
+from featurestore.online.serving._wire import (
+    column_values,
+    encode_features_response,
+    encode_predict_response,
+    from_value,
+    read_columns,
+    to_column,
+    to_value,
+)
 from featurestore.online.serving.errors import BadRequestError
 
 if TYPE_CHECKING:
-    from featurestore.online.serving.engine import Engine, FeatureResult
+    from featurestore.online.serving.engine import Engine
+
+__all__ = [
+    "SERVICE",
+    "FeatureServingServicer",
+    "column_values",
+    "from_value",
+    "start_grpc_server",
+    "to_column",
+    "to_value",
+]
 
 log = logging.getLogger("featurestore.serving")
 
@@ -28,126 +45,15 @@ _HTTP_TO_GRPC = {
     503: grpc.StatusCode.UNAVAILABLE,
     500: grpc.StatusCode.INTERNAL,
 }
-_STATUS = {
-    "PRESENT": pb.PRESENT,
-    "NOT_FOUND": pb.NOT_FOUND,
-    "EXPIRED": pb.EXPIRED,
-    "UNAVAILABLE": pb.UNAVAILABLE,
-}
-
-
-def to_value(v: Any) -> pb.Value:
-    """A Python value as a protobuf Value (None -> no kind set)."""
-    if v is None:
-        return pb.Value()
-    if isinstance(v, bool):
-        return pb.Value(bool_val=v)
-    if isinstance(v, int):
-        return pb.Value(int64_val=v)
-    if isinstance(v, float):
-        return pb.Value(double_val=v)
-    if isinstance(v, str):
-        return pb.Value(string_val=v)
-    if isinstance(v, bytes):
-        return pb.Value(bytes_val=v)
-    if isinstance(v, datetime):
-        return pb.Value(timestamp_us_val=to_us(v))
-    if hasattr(v, "tolist"):
-        return to_value(v.tolist())
-    if isinstance(v, (list, tuple)):
-        if all(isinstance(x, int) and not isinstance(x, bool) for x in v):
-            return pb.Value(int64_list_val=pb.Int64List(values=v))
-        return pb.Value(double_list_val=pb.DoubleList(values=[float(x) for x in v]))
-    raise TypeError(f"cannot send a {type(v).__name__} value over gRPC")
-
-
-def from_value(v: pb.Value) -> Any:
-    kind = v.WhichOneof("kind")
-    if kind is None:
-        return None
-    if kind in ("double_list_val", "int64_list_val"):
-        return list(getattr(v, kind).values)
-    return getattr(v, kind)
-
-
-def _columns(m: Any, what: str) -> dict[str, list[Any]]:
-    return {k: [from_value(x) for x in col.values] for k, col in m.items()}
-
-
-# packed FeatureColumn fields by the Python type of every non-null value, with the filler of
-# a null row; other columns (timestamps, bytes, lists, mixed types) go as generic Values
-_PACKED: dict[type, tuple[str, Any]] = {
-    float: ("doubles", 0.0),
-    int: ("ints", 0),
-    bool: ("bools", False),
-    str: ("strings", ""),
-}
-_NONE = type(None)
-
-
-def to_column(
-    name: str,
-    values: list[Any],
-    statuses: list[int] | pb.FeatureColumn | None = None,
-    *,
-    into: pb.FeatureColumn | None = None,
-) -> pb.FeatureColumn:
-    """One response column, packed (one C-level fill per column) when its values allow.
-
-    ``statuses``: FieldStatus codes, or a FeatureColumn holding them (merged: cheaper when
-    many columns share one status list). ``into``: an empty column to fill (e.g. one just
-    added to a response, which saves copying the column into it).
-    """
-    col = pb.FeatureColumn() if into is None else into
-    col.name = name
-    kinds = set(map(type, values))
-    has_null = _NONE in kinds
-    kinds.discard(_NONE)
-    packed = _PACKED.get(kinds.pop()) if len(kinds) == 1 else None
-    if packed is None:
-        col.values.extend([to_value(x) for x in values])
-    else:
-        field, zero = packed
-        if has_null:
-            col.nulls.extend([v is None for v in values])
-            values = [zero if v is None else v for v in values]
-        sub = getattr(col, field)
-        sub.SetInParent()  # the oneof is set even for zero rows
-        sub.values.extend(values)  # one C-level fill (cheaper than a constructor's copy)
-    if isinstance(statuses, pb.FeatureColumn):
-        col.statuses.MergeFrom(statuses.statuses)
-    elif statuses:
-        col.statuses.extend(statuses)
-    return col
-
-
-def column_values(col: pb.FeatureColumn) -> list[Any]:
-    """A response column's values as Python values (None for nulls), packed or generic."""
-    kind = col.WhichOneof("packed")
-    if kind is None:
-        return [from_value(x) for x in col.values]
-    values = list(getattr(col, kind).values)
-    if col.nulls:
-        return [None if null else v for v, null in zip(values, col.nulls, strict=True)]
-    return values
-
-
-def _feature_columns(res: FeatureResult, out: Any) -> None:
-    """Append ``res``'s columns to the repeated FeatureColumn field ``out``."""
-    # features of one view share one status list: encode it once, merge it into each column
-    shared: dict[int, pb.FeatureColumn] = {}
-    for name, values in res.columns.items():
-        st = res.statuses.get(name)
-        tmpl = None
-        if st:
-            tmpl = shared.get(id(st))
-            if tmpl is None:
-                tmpl = shared[id(st)] = pb.FeatureColumn(statuses=[_STATUS[s] for s in st])
-        to_column(name, values, tmpl, into=out.add())
 
 
 class FeatureServingServicer(pb_grpc.FeatureServingServicer):
-    """Every RPC maps engine errors to gRPC status codes with the same messages as REST."""
+    """Every RPC maps engine errors to gRPC status codes with the same messages as REST.
+
+    GetOnlineFeatures and Predict return the response's wire bytes (written by ``_wire``, far
+    cheaper than protobuf objects), so register the servicer with ``_handlers`` (which passes
+    those bytes through), not with the generated ``add_FeatureServingServicer_to_server``.
+    """
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -169,15 +75,13 @@ class FeatureServingServicer(pb_grpc.FeatureServingServicer):
             res = await self.engine.aget_features(
                 features=list(request.features) or None,
                 feature_service=request.feature_service or None,
-                entities=_columns(request.entities, "entities"),
-                request_data=_columns(request.request_data, "request_data") or None,
+                entities=read_columns(request.entities, "entities"),
+                request_data=read_columns(request.request_data, "request_data") or None,
                 full_feature_names=request.full_feature_names,
                 include_event_timestamps=request.include_event_timestamps,
                 deadline_ms=request.deadline_ms or None,
             )
-            out = pb.GetOnlineFeaturesResponse(degraded=res.degraded)
-            _feature_columns(res, out.columns)
-            return out
+            return encode_features_response(res)  # wire bytes: see _handlers
         except Exception as exc:
             await self._fail(context, exc)
 
@@ -187,17 +91,12 @@ class FeatureServingServicer(pb_grpc.FeatureServingServicer):
                 raise BadRequestError("model is required", field="model")
             res = await self.engine.apredict(
                 request.model,
-                entities=_columns(request.entities, "entities"),
-                request_data=_columns(request.request_data, "request_data") or None,
+                entities=read_columns(request.entities, "entities"),
+                request_data=read_columns(request.request_data, "request_data") or None,
                 return_features=request.return_features,
                 deadline_ms=request.deadline_ms or None,
             )
-            out = pb.PredictResponse(
-                model=res.model, version=res.version, scores=res.scores, degraded=res.degraded
-            )
-            if res.features is not None:
-                _feature_columns(res.features, out.features)
-            return out
+            return encode_predict_response(res)  # wire bytes: see _handlers
         except Exception as exc:
             await self._fail(context, exc)
 
@@ -205,7 +104,7 @@ class FeatureServingServicer(pb_grpc.FeatureServingServicer):
         try:
             n = await self.engine.apush(
                 request.feature_view,
-                _columns(request.rows, "rows"),
+                read_columns(request.rows, "rows"),
                 deadline_ms=request.deadline_ms or None,
             )
             return pb.PushResponse(rows_written=n)
@@ -253,6 +152,14 @@ class FeatureServingServicer(pb_grpc.FeatureServingServicer):
         return pb.ListModelsResponse(models=out)
 
 
+# these servicer methods return the response's wire bytes (built by _wire), passed through as is
+_RAW_RESPONSES = frozenset({"GetOnlineFeatures", "Predict"})
+
+
+def _raw(b: bytes) -> bytes:
+    return b
+
+
 _METHODS = {
     "GetOnlineFeatures": (pb.GetOnlineFeaturesRequest, pb.GetOnlineFeaturesResponse),
     "Predict": (pb.PredictRequest, pb.PredictResponse),
@@ -288,7 +195,8 @@ def _handlers(servicer: FeatureServingServicer) -> grpc.GenericRpcHandler:
         SERVICE,
         {
             name: grpc.unary_unary_rpc_method_handler(
-                wrap(name, req), response_serializer=resp.SerializeToString
+                wrap(name, req),
+                response_serializer=_raw if name in _RAW_RESPONSES else resp.SerializeToString,
             )
             for name, (req, resp) in _METHODS.items()
         },

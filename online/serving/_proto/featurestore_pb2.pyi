@@ -84,10 +84,28 @@ class StringList(_message.Message):
     def __init__(self, values: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ValueList(_message.Message):
-    __slots__ = ("values",)
+    __slots__ = ("values", "ints", "doubles", "strings", "bools", "nulls")
     VALUES_FIELD_NUMBER: _ClassVar[int]
+    INTS_FIELD_NUMBER: _ClassVar[int]
+    DOUBLES_FIELD_NUMBER: _ClassVar[int]
+    STRINGS_FIELD_NUMBER: _ClassVar[int]
+    BOOLS_FIELD_NUMBER: _ClassVar[int]
+    NULLS_FIELD_NUMBER: _ClassVar[int]
     values: _containers.RepeatedCompositeFieldContainer[Value]
-    def __init__(self, values: _Optional[_Iterable[_Union[Value, _Mapping]]] = ...) -> None: ...
+    ints: _containers.RepeatedScalarFieldContainer[int]
+    doubles: _containers.RepeatedScalarFieldContainer[float]
+    strings: _containers.RepeatedScalarFieldContainer[str]
+    bools: _containers.RepeatedScalarFieldContainer[bool]
+    nulls: _containers.RepeatedScalarFieldContainer[bool]
+    def __init__(
+        self,
+        values: _Optional[_Iterable[_Union[Value, _Mapping]]] = ...,
+        ints: _Optional[_Iterable[int]] = ...,
+        doubles: _Optional[_Iterable[float]] = ...,
+        strings: _Optional[_Iterable[str]] = ...,
+        bools: _Optional[_Iterable[bool]] = ...,
+        nulls: _Optional[_Iterable[bool]] = ...,
+    ) -> None: ...
 
 class FeatureColumn(_message.Message):
     __slots__ = ("name", "values", "statuses", "doubles", "ints", "bools", "strings", "nulls")

@@ -1,0 +1,253 @@
+"""Hand-written response bytes equal the protobuf API's; packed request columns equal generic."""
+
+from __future__ import annotations
+
+import math
+import struct
+from datetime import datetime, timezone
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from featurestore.online.serving._proto import featurestore_pb2 as pb
+from featurestore.online.serving._wire import (
+    build_features_response,
+    build_predict_response,
+    column_values,
+    encode_features_response,
+    encode_predict_response,
+    from_value,
+    read_column,
+    read_columns,
+    to_value,
+)
+from featurestore.online.serving.errors import BadRequestError
+from featurestore.online.serving.results import FeatureResult, PredictResult
+
+INT64 = st.integers(-(2**63), 2**63 - 1)
+EDGE_INTS = st.sampled_from([0, 1, 127, 128, 255, 256, 2**31, -1, -128, -(2**63), 2**63 - 1])
+FLOATS = st.floats(allow_nan=True, allow_infinity=True) | st.sampled_from([0.0, -0.0, math.nan])
+TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=140)  # no lone surrogates
+STATUSES = st.sampled_from(["PRESENT", "NOT_FOUND", "EXPIRED", "UNAVAILABLE"])
+SCALARS = {
+    "float": FLOATS,
+    "int": INT64 | EDGE_INTS,
+    "bool": st.booleans(),
+    "str": TEXT,
+    "bytes": st.binary(max_size=5),
+    "ts": st.datetimes(timezones=st.just(timezone.utc)),
+    "list": st.lists(st.integers(-5, 5), max_size=3) | st.lists(st.floats(-9, 9), max_size=3),
+}
+
+
+def _values(draw: Any, n: int) -> list[Any]:
+    """One column: one kind (maybe with Nones), or mixed kinds."""
+    kind = draw(st.sampled_from([*SCALARS, "mixed", "none"]))
+    if kind == "none":
+        return [None] * n
+    elem = st.one_of(*SCALARS.values()) if kind == "mixed" else SCALARS[kind]
+    if draw(st.booleans()):
+        elem = elem | st.none()
+    return draw(st.lists(elem, min_size=n, max_size=n))
+
+
+@st.composite
+def feature_results(draw: Any) -> FeatureResult:
+    """A FeatureResult: join keys without statuses, features sharing per-view status lists."""
+    n = draw(st.sampled_from([0, 1, 1, 2, 3, 5, 9, 20]))
+    names = draw(st.lists(TEXT | st.just(""), min_size=1, max_size=6, unique=True))
+    views = draw(st.lists(st.lists(STATUSES, min_size=n, max_size=n), min_size=1, max_size=3))
+    cols: dict[str, list[Any]] = {}
+    sts: dict[str, list[str]] = {}
+    for name in names:
+        cols[name] = _values(draw, n)
+        which = draw(st.integers(-1, len(views) - 1))
+        if which >= 0:
+            sts[name] = views[which]  # shared list objects, as the engine makes them
+    return FeatureResult(cols, sts, names[1:], degraded=draw(st.booleans()))
+
+
+def _same(ours: bytes, ref: Any) -> None:
+    parsed = type(ref).FromString(ours)
+    assert parsed == ref
+    assert ours == ref.SerializeToString()  # even byte-identical (field order, packing)
+
+
+@settings(max_examples=150, deadline=None)
+@given(feature_results())
+def test_features_response_equals_protobuf_api(res: FeatureResult) -> None:
+    _same(encode_features_response(res), build_features_response(res))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    feature_results() | st.none(),
+    TEXT,
+    INT64,
+    st.lists(FLOATS, max_size=20),
+    st.booleans(),
+)
+def test_predict_response_equals_protobuf_api(
+    feats: FeatureResult | None, model: str, version: int, scores: list[float], degraded: bool
+) -> None:
+    res = PredictResult(model, version, scores, degraded, feats)
+    _same(encode_predict_response(res), build_predict_response(res))
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [],
+        [None],
+        [1.5],
+        [math.nan, math.inf, -math.inf, -0.0],
+        [0],
+        [127],
+        [128],
+        [-1],
+        [2**40],
+        [-(2**63)],
+        [2**63 - 1, -(2**63)],
+        list(range(-3, 200)),
+        list(range(100)),
+        [True],
+        [False, None, True],
+        ["é"],
+        ["x" * 130],
+        ["x" * 125],
+        ["y" * 20_000, "z"],  # lengths past two varint bytes
+        [0.5] * 3000,
+        ["a", "ü", "日本", "🙂", ""] * 3,
+        [1, True],
+        [1, 1.5],
+        ["a", b"a"],
+        [None, 3, None],
+        [datetime(2024, 1, 2, tzinfo=timezone.utc)],
+    ],
+)
+def test_corner_columns(values: list[Any]) -> None:
+    res = FeatureResult({"c": values}, {"c": ["EXPIRED"] * len(values)}, ["c"], degraded=True)
+    ours = encode_features_response(res)
+    _same(ours, build_features_response(res))
+    back = column_values(pb.GetOnlineFeaturesResponse.FromString(ours).columns[0])
+    expect = [from_value(to_value(v)) for v in values]  # datetimes come back as microseconds
+    if values and all(type(v) is float for v in values):  # NaN-aware: compare the bits
+        assert struct.pack(f"<{len(back)}d", *back) == struct.pack(f"<{len(values)}d", *values)
+    else:
+        assert back == expect
+
+
+def test_zero_rows_set_no_packed_kind_like_protobuf_api() -> None:
+    res = FeatureResult({"k": [], "f": []}, {"f": []}, ["f"])
+    msg = pb.GetOnlineFeaturesResponse.FromString(encode_features_response(res))
+    assert [c.WhichOneof("packed") for c in msg.columns] == [None, None]
+    assert msg == build_features_response(res)
+
+
+@pytest.mark.parametrize(
+    "values", [[2**63], [-(2**63) - 1], [1, 2**64], [*range(10), 2**70], [5, -(2**80)]]
+)
+def test_ints_outside_int64_raise_like_protobuf(values: list[int]) -> None:
+    res = FeatureResult({"c": values}, {}, ["c"])
+    with pytest.raises(ValueError) as ref:
+        build_features_response(res)
+    with pytest.raises(ValueError) as ours:
+        encode_features_response(res)
+    assert str(ours.value) == str(ref.value)
+    with pytest.raises(ValueError):
+        encode_predict_response(PredictResult("m", 2**63, [], False))
+
+
+@pytest.mark.parametrize("values", [["\ud800"], ["ok"] * 12 + ["a\udcff"]])
+def test_lone_surrogates_raise_like_protobuf(values: list[str]) -> None:
+    res = FeatureResult({"c": values}, {}, ["c"])
+    with pytest.raises(UnicodeEncodeError) as ref:
+        build_features_response(res)
+    with pytest.raises(UnicodeEncodeError) as ours:
+        encode_features_response(res)
+    assert str(ours.value) == str(ref.value)
+
+
+def test_shared_status_list_encoded_per_column() -> None:
+    st1 = ["PRESENT", "NOT_FOUND", "EXPIRED"]
+    res = FeatureResult({"k": [1, 2, 3], "a": [1.0, 2.0, 3.0], "b": ["x", "y", "z"]}, {}, [])
+    res.statuses = {"a": st1, "b": st1}
+    msg = pb.GetOnlineFeaturesResponse.FromString(encode_features_response(res))
+    assert [list(c.statuses) for c in msg.columns] == [[], [0, 1, 2], [0, 1, 2]]
+
+
+# ------------------------------------------------------------------------------- requests
+
+PACKABLE = {
+    "ints": INT64,
+    "doubles": st.floats(allow_nan=False),
+    "strings": TEXT,
+    "bools": st.booleans(),
+}
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.data())
+def test_packed_and_generic_columns_read_alike(data: Any) -> None:
+    field = data.draw(st.sampled_from(sorted(PACKABLE)))
+    nullable = data.draw(st.booleans())
+    elem = PACKABLE[field] | st.none() if nullable else PACKABLE[field]
+    values = data.draw(st.lists(elem, max_size=30))
+    zero = {"ints": 0, "doubles": 0.0, "strings": "", "bools": False}[field]
+    packed = pb.ValueList(**{field: [zero if v is None else v for v in values]})
+    if any(v is None for v in values):
+        packed.nulls.extend([v is None for v in values])
+    generic = pb.ValueList(values=[to_value(v) for v in values])
+    packed = pb.ValueList.FromString(packed.SerializeToString())
+    generic = pb.ValueList.FromString(generic.SerializeToString())
+    got_packed = read_column(packed, "entities.k")
+    got_generic = read_column(generic, "entities.k")
+    assert got_packed == got_generic == values
+    assert [type(v) for v in got_packed] == [type(v) for v in values]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.one_of(*SCALARS.values(), st.none()), max_size=12))
+def test_generic_column_reads_like_from_value(values: list[Any]) -> None:
+    col = pb.ValueList.FromString(
+        pb.ValueList(values=[to_value(v) for v in values]).SerializeToString()
+    )
+    got, want = read_column(col, "x"), [from_value(v) for v in col.values]
+    assert repr(got) == repr(want)  # repr: NaN-aware, and tells 1 from 1.0 and True
+
+
+def test_request_map_reads_both_forms() -> None:
+    req = pb.GetOnlineFeaturesRequest(
+        entities={
+            "user_id": pb.ValueList(ints=[4, 5, -6]),
+            "merchant_id": pb.ValueList(values=[to_value(v) for v in (1, 2, 3)]),
+            "country": pb.ValueList(strings=["nl", "", "de"], nulls=[False, True, False]),
+            "empty": pb.ValueList(),
+        }
+    )
+    req = pb.GetOnlineFeaturesRequest.FromString(req.SerializeToString())
+    assert read_columns(req.entities, "entities") == {
+        "user_id": [4, 5, -6],
+        "merchant_id": [1, 2, 3],
+        "country": ["nl", None, "de"],
+        "empty": [],
+    }
+
+
+@pytest.mark.parametrize(
+    ("col", "needle"),
+    [
+        (pb.ValueList(values=[pb.Value(int64_val=1)], ints=[1]), "values and ints"),
+        (pb.ValueList(ints=[1], strings=["a"]), "ints and strings"),
+        (pb.ValueList(ints=[1, 2], nulls=[True]), "1 `nulls` for 2 values"),
+        (pb.ValueList(values=[pb.Value(int64_val=1)], nulls=[True]), "without a packed field"),
+    ],
+)
+def test_bad_request_columns_name_the_key(col: pb.ValueList, needle: str) -> None:
+    req = pb.PredictRequest(entities={"user_id": col})
+    with pytest.raises(BadRequestError) as info:
+        read_columns(req.entities, "entities")
+    assert "entities.user_id" in str(info.value) and needle in str(info.value)
+    assert info.value.field == "entities.user_id"
