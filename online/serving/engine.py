@@ -1,11 +1,10 @@
 """The serving engine: lookup -> model in one pass, inside a per-request deadline.
 
-One ``Engine`` is shared by the REST server, the gRPC server and in-process callers. Store reads
-run on a small thread pool and are awaited with a timeout (synchronous calls on a single Redis
-read on their own thread instead, with the remaining deadline as the socket timeout: see
-``_inline``), so a slow or dead store costs at most the request's deadline: the answer then
-carries each feature's default and ``degraded=True``, and the circuit breaker stops sending
-reads until a probe succeeds.
+One ``Engine`` is shared by the REST server, the gRPC server and in-process callers. How it reads
+the store under the deadline is in ``_reads`` (awaited on the event loop for a single Redis,
+on the caller's own connection for synchronous calls, on a thread pool otherwise), so a slow or
+dead store costs at most the request's deadline: the answer then carries each feature's default
+and ``degraded=True``, and the circuit breaker stops sending reads until a probe succeeds.
 """
 
 from __future__ import annotations
@@ -32,11 +31,9 @@ from featurestore.online.models.errors import ModelLoadError
 from featurestore.online.serving import _requests as rq
 from featurestore.online.serving._aredis import AsyncRedisReader
 from featurestore.online.serving._inline import (
-    DeadlineExceeded,
-    DeadlineStore,
     InlineRedisReader,
-    NotReady,
 )
+from featurestore.online.serving._reads import StoreReads, _StoreFailed
 from featurestore.online.serving.breaker import BreakerState, CircuitBreaker
 from featurestore.online.serving.config import (
     ModelsConfig,
@@ -71,14 +68,7 @@ def _numeric(values: list[Any]) -> bool:
     return True
 
 
-class _StoreFailed(Exception):
-    """Internal: the read did not produce an answer in time (or the store raised)."""
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-
-
-class Engine:
+class Engine(StoreReads):
     """Features, predictions and pushes with a deadline; safe to share across threads and loops."""
 
     def __init__(
@@ -322,118 +312,6 @@ class Engine:
         self._needs[id(requests)] = (requests, needed, fields)  # holds requests: id stays unique
         return needed, fields
 
-    def _read_fn(self, p: Prepared, store: Any = None) -> Any:
-        from featurestore.online.lookup import get_online_features
-
-        store, project = store or self.store.online, self.store.project
-        extra = {"request_data": p.request_data} if p.request_data else {}
-
-        def read() -> Any:
-            return get_online_features(
-                store,
-                project,
-                p.requests,
-                p.entities,
-                now_us=now_us(),
-                full_feature_names=p.full,
-                include_event_timestamps=p.include_ts,
-                **extra,
-            )
-
-        return read
-
-    def _read_sync(self, p: Prepared) -> Any:
-        if not self.breaker.allow():
-            raise _StoreFailed("breaker_open")
-        if not self._isolate:
-            return self._read_inline(p)
-        if self._inline is not None:
-            try:
-                return self._read_inline(p, DeadlineStore(self._inline, p.deadline))
-            except NotReady:
-                pass  # this thread's connection is being made: read through the pool meanwhile
-        fut = self._pool.submit(self._read_fn(p))
-        try:
-            resp = fut.result(timeout=max(0.0, p.deadline - time.monotonic()))
-        except cf.TimeoutError:
-            fut.cancel()
-            self.breaker.failure()
-            raise _StoreFailed("timeout") from None
-        except Exception as exc:
-            err = self._classify(exc)
-            if err is exc:
-                raise
-            raise err from exc
-        self.breaker.success()
-        return resp
-
-    def _read_inline(self, p: Prepared, store: Any = None) -> Any:
-        try:
-            resp = self._read_fn(p, store)()
-        except (NotReady, _StoreFailed):
-            raise
-        except DeadlineExceeded:
-            self.breaker.failure()
-            raise _StoreFailed("timeout") from None
-        except Exception as exc:
-            err = self._classify(exc)
-            if err is exc:
-                raise
-            raise err from exc
-        self.breaker.success()
-        return resp
-
-    async def _read_async(self, p: Prepared) -> Any:
-        if self._aredis is not None:
-            return await self._read_aredis(p, self._aredis)
-        if not self.breaker.allow():
-            raise _StoreFailed("breaker_open")
-        if not self._isolate:
-            return self._read_inline(p)
-        fut = self._pool.submit(self._read_fn(p))
-        try:
-            resp = await asyncio.wait_for(
-                asyncio.wrap_future(fut), max(0.0, p.deadline - time.monotonic())
-            )
-        except (asyncio.TimeoutError, cf.TimeoutError):
-            fut.cancel()
-            self.breaker.failure()
-            raise _StoreFailed("timeout") from None
-        except Exception as exc:
-            err = self._classify(exc)
-            if err is exc:
-                raise
-            raise err from exc
-        self.breaker.success()
-        return resp
-
-    async def _read_aredis(self, p: Prepared, reader: AsyncRedisReader) -> Any:
-        from featurestore.online.lookup import plan_lookup
-
-        lk = plan_lookup(  # bad entity values raise here, before the store is asked
-            self.store.project,
-            p.requests,
-            p.entities,
-            now_us=now_us(),
-            full_feature_names=p.full,
-            include_event_timestamps=p.include_ts,
-            request_data=p.request_data,
-        )
-        if not self.breaker.allow():
-            raise _StoreFailed("breaker_open")
-        try:
-            resp = lk.finish(await reader.mget(lk.keys, p.deadline))
-        except DeadlineExceeded:
-            self.breaker.failure()
-            raise _StoreFailed("timeout") from None
-        except Exception as exc:
-            err = self._classify(exc)
-            if err is exc:
-                raise
-            raise err from exc
-        self.breaker.success()
-        return resp
-
     async def awarm(self) -> None:
         """Connect the event loop's store reads and run each feature service once on them."""
         for svc in list(self._registry().feature_services):
@@ -441,18 +319,6 @@ class Engine:
                 await self.aget_features(feature_service=svc, **self._warm_request(svc))
             except Exception as exc:  # best effort, as in start()
                 log.warning("event-loop warm-up of feature service %s failed: %s", svc, exc)
-
-    def _classify(self, exc: Exception) -> Exception:
-        """A failed read: the request's fault (re-raised, store untouched) or the store's."""
-        if isinstance(exc, FeatureStoreError) and not isinstance(exc, OnlineStoreError):
-            self.breaker.release()  # bad entity values, name clashes: a 4xx, not an outage
-            return exc
-        self.breaker.failure()
-        if isinstance(exc, (OnlineStoreError, OSError, TimeoutError)):
-            log.warning("online store read failed: %s", exc)
-        else:  # a bug, not an outage: keep serving (degraded) but leave a traceback in the log
-            log.error("online read raised %s", type(exc).__name__, exc_info=exc)
-        return _StoreFailed("store_error")
 
     def _finish(self, p: Prepared, resp: Any, reason: str | None) -> FeatureResult:
         if reason is None:

@@ -1,0 +1,172 @@
+"""How the engine reads the online store under a request's deadline (a mixin of Engine).
+
+Four ways, picked per store and caller (see ``serving.isolate_reads``): event-loop callers on a
+single Redis await the pipelined asyncio connection (``_aredis``); synchronous callers on a single
+Redis read on their own thread's connection with the remaining deadline as the socket timeout
+(``_inline``); other network stores read on the thread pool, awaited with a timeout; the
+embedded store reads inline. Every way reports to the circuit breaker and turns a late or failed
+read into ``_StoreFailed`` (the engine then answers with defaults, degraded).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from featurestore._time import now_us
+from featurestore.errors import FeatureStoreError, OnlineStoreError
+from featurestore.online.serving._inline import DeadlineExceeded, DeadlineStore, NotReady
+
+if TYPE_CHECKING:
+    from featurestore.online.serving._aredis import AsyncRedisReader
+    from featurestore.online.serving._inline import InlineRedisReader
+    from featurestore.online.serving.breaker import CircuitBreaker
+    from featurestore.online.serving.results import Prepared
+    from featurestore.store import FeatureStore
+
+log = logging.getLogger("featurestore.serving")
+
+
+class _StoreFailed(Exception):
+    """Internal: the read did not produce an answer in time (or the store raised)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+class StoreReads:
+    """Store reads with a deadline, the breaker and error classification (Engine's part)."""
+
+    store: FeatureStore
+    breaker: CircuitBreaker
+    _pool: cf.ThreadPoolExecutor
+    _isolate: bool
+    _inline: InlineRedisReader | None
+    _aredis: AsyncRedisReader | None
+
+    def _read_fn(self, p: Prepared, store: Any = None) -> Any:
+        from featurestore.online.lookup import get_online_features
+
+        store, project = store or self.store.online, self.store.project
+        extra = {"request_data": p.request_data} if p.request_data else {}
+
+        def read() -> Any:
+            return get_online_features(
+                store,
+                project,
+                p.requests,
+                p.entities,
+                now_us=now_us(),
+                full_feature_names=p.full,
+                include_event_timestamps=p.include_ts,
+                **extra,
+            )
+
+        return read
+
+    def _read_sync(self, p: Prepared) -> Any:
+        if not self.breaker.allow():
+            raise _StoreFailed("breaker_open")
+        if not self._isolate:
+            return self._read_inline(p)
+        if self._inline is not None:
+            try:
+                return self._read_inline(p, DeadlineStore(self._inline, p.deadline))
+            except NotReady:
+                pass  # this thread's connection is being made: read through the pool meanwhile
+        fut = self._pool.submit(self._read_fn(p))
+        try:
+            resp = fut.result(timeout=max(0.0, p.deadline - time.monotonic()))
+        except cf.TimeoutError:
+            fut.cancel()
+            self.breaker.failure()
+            raise _StoreFailed("timeout") from None
+        except Exception as exc:
+            err = self._classify(exc)
+            if err is exc:
+                raise
+            raise err from exc
+        self.breaker.success()
+        return resp
+
+    def _read_inline(self, p: Prepared, store: Any = None) -> Any:
+        try:
+            resp = self._read_fn(p, store)()
+        except (NotReady, _StoreFailed):
+            raise
+        except DeadlineExceeded:
+            self.breaker.failure()
+            raise _StoreFailed("timeout") from None
+        except Exception as exc:
+            err = self._classify(exc)
+            if err is exc:
+                raise
+            raise err from exc
+        self.breaker.success()
+        return resp
+
+    async def _read_async(self, p: Prepared) -> Any:
+        if self._aredis is not None:
+            return await self._read_aredis(p, self._aredis)
+        if not self.breaker.allow():
+            raise _StoreFailed("breaker_open")
+        if not self._isolate:
+            return self._read_inline(p)
+        fut = self._pool.submit(self._read_fn(p))
+        try:
+            resp = await asyncio.wait_for(
+                asyncio.wrap_future(fut), max(0.0, p.deadline - time.monotonic())
+            )
+        except (asyncio.TimeoutError, cf.TimeoutError):
+            fut.cancel()
+            self.breaker.failure()
+            raise _StoreFailed("timeout") from None
+        except Exception as exc:
+            err = self._classify(exc)
+            if err is exc:
+                raise
+            raise err from exc
+        self.breaker.success()
+        return resp
+
+    async def _read_aredis(self, p: Prepared, reader: AsyncRedisReader) -> Any:
+        from featurestore.online.lookup import plan_lookup
+
+        lk = plan_lookup(  # bad entity values raise here, before the store is asked
+            self.store.project,
+            p.requests,
+            p.entities,
+            now_us=now_us(),
+            full_feature_names=p.full,
+            include_event_timestamps=p.include_ts,
+            request_data=p.request_data,
+        )
+        if not self.breaker.allow():
+            raise _StoreFailed("breaker_open")
+        try:
+            resp = lk.finish(await reader.mget(lk.keys, p.deadline))
+        except DeadlineExceeded:
+            self.breaker.failure()
+            raise _StoreFailed("timeout") from None
+        except Exception as exc:
+            err = self._classify(exc)
+            if err is exc:
+                raise
+            raise err from exc
+        self.breaker.success()
+        return resp
+
+    def _classify(self, exc: Exception) -> Exception:
+        """A failed read: the request's fault (re-raised, store untouched) or the store's."""
+        if isinstance(exc, FeatureStoreError) and not isinstance(exc, OnlineStoreError):
+            self.breaker.release()  # bad entity values, name clashes: a 4xx, not an outage
+            return exc
+        self.breaker.failure()
+        if isinstance(exc, (OnlineStoreError, OSError, TimeoutError)):
+            log.warning("online store read failed: %s", exc)
+        else:  # a bug, not an outage: keep serving (degraded) but leave a traceback in the log
+            log.error("online read raised %s", type(exc).__name__, exc_info=exc)
+        return _StoreFailed("store_error")
