@@ -400,6 +400,10 @@ class Engine(StoreReads):
     def _model(self, model: str) -> tuple[LoadedModel, LoadedModel | None]:
         if not isinstance(model, str) or not model:
             raise BadRequestError("model must be a name, NAME@ALIAS or NAME@VERSION", field="model")
+        if not self.models.loaded:  # a worker still starting: "retry", not "no such model"
+            raise NotReadyError(
+                f"model '{model}': this server is still loading its models; retry shortly"
+            )
         return self.models.select(model)
 
     def _score(

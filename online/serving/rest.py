@@ -39,6 +39,7 @@ from featurestore.online.serving.errors import BadRequestError, NotReadyError, T
 
 if TYPE_CHECKING:
     from featurestore.online.serving.engine import Engine
+    from featurestore.online.serving.results import FeatureResult
 
 log = logging.getLogger("featurestore.serving")
 
@@ -117,6 +118,23 @@ _ERRORS: dict[int, dict[str, Any]] = {c: {"model": ErrorOut} for c in (400, 404,
 
 def _dumps(data: Any) -> bytes:
     return orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
+
+
+def features_dict(res: FeatureResult) -> dict[str, Any]:
+    """``res.to_dict()`` for orjson, each status list dumped once: the features of one view
+    share one list, which plain dumping would write out again for every feature."""
+    done: dict[int, Any] = {}
+    statuses = res.statuses
+    results = []
+    for name, values in res.columns.items():
+        st = statuses.get(name)
+        if st is not None:
+            frag = done.get(id(st))
+            if frag is None:
+                frag = done[id(st)] = orjson.Fragment(orjson.dumps(st))
+            st = frag
+        results.append({"values": values, "statuses": st})
+    return {"feature_names": list(res.columns), "results": results, "degraded": res.degraded}
 
 
 def _raw(body: bytes, status: int = 200) -> Response:
@@ -218,7 +236,7 @@ def create_app(
             include_event_timestamps=req.include_event_timestamps,
             deadline_ms=req.deadline_ms,
         )
-        return _dumps(res.to_dict())
+        return _dumps(features_dict(res))
 
     async def predict_json(req: PredictRequest) -> bytes:
         res = await engine.apredict(
@@ -228,7 +246,10 @@ def create_app(
             return_features=req.return_features,
             deadline_ms=req.deadline_ms,
         )
-        return _dumps(res.to_dict())
+        out = res.to_dict()
+        if res.features is not None:
+            out["features"] = features_dict(res.features)
+        return _dumps(out)
 
     @app.post("/get-online-features", response_model=FeaturesOut, responses=_ERRORS)
     async def get_online_features(req: GetOnlineFeaturesRequest) -> Response:

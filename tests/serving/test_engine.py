@@ -81,6 +81,20 @@ def test_a_tiny_deadline_degrades_instead_of_waiting(engine_repo: Path) -> None:
     e.close()
 
 
+def test_predict_on_a_worker_still_loading_its_models_is_not_ready(engine_repo: Path) -> None:
+    from featurestore.online.serving.errors import NotReadyError
+    from featurestore.store import FeatureStore
+
+    e = Engine(FeatureStore(engine_repo), own_store=True)  # not started: no model loaded yet
+    try:
+        with pytest.raises(NotReadyError, match="still loading its models"):
+            e.predict("fraud", entities={"user_id": [1], "merchant_id": [2]})
+        e.start(poll=False)
+        assert len(e.predict("fraud", entities={"user_id": [1], "merchant_id": [2]}).scores) == 1
+    finally:
+        e.close()
+
+
 def test_breaker_opens_and_skips_the_store(engine_repo: Path) -> None:
     from featurestore.errors import OnlineStoreUnavailableError
     from featurestore.store import FeatureStore
