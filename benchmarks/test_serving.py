@@ -465,6 +465,12 @@ def test_serving_remote(
             f"p50 sum {_report.fmt_us(p50_floor)} ({o.p50_us / p50_floor:.2f}x)."
         )
     else:
+        single = floors[w.store_floor].p99_us
+        strict = f.p99_us + single + (model.p99_us if model else 0.0)
+        _report.NOTES.append(
+            f"- {proto} {w.describe()}, {concurrency} callers, against the single-caller store "
+            f"floor instead (p99 {_report.fmt_us(single)}): ratio {o.p99_us / strict:.2f}."
+        )
         _report.NOTES.append(
             f"- sustained, one worker process, {proto} {w.describe()}, {concurrency} callers: "
             f"{_rate(o)} ({o.throughput * w.size:,.0f} entities/s); bare {proto} endpoint "
