@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from benchmarks.loadgen import LoadResult, _async_load, check_loopback
+from benchmarks.loadgen import LoadResult, _async_load, check_loopback, frozen_heap
 
 HOST = "127.0.0.1"
 ROOT = Path(__file__).resolve().parent.parent
@@ -449,7 +449,8 @@ def interleaved_async(
                 await close()
         return out
 
-    return asyncio.run(main())
+    with frozen_heap():
+        return asyncio.run(main())
 
 
 # ---------------------------------------------------------------------------- metrics scrape

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import gc
 import ipaddress
 import json
 import math
@@ -20,7 +22,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -278,14 +280,31 @@ def interleaved(
     out: dict[str, LoadResult] = {}
     per_block = max(1, n // blocks)
     budget = max_seconds / (blocks * len(targets))
-    for fn in targets.values():
-        for _ in range(warmup):
-            fn()
-    for _ in range(blocks):
-        for name, fn in targets.items():
-            res = run_load(fn, n=per_block, concurrency=concurrency, max_seconds=budget, label=name)
-            out[name] = out[name].merged(res) if name in out else res
+    with frozen_heap():
+        for fn in targets.values():
+            for _ in range(warmup):
+                fn()
+        for _ in range(blocks):
+            for name, fn in targets.items():
+                res = run_load(
+                    fn, n=per_block, concurrency=concurrency, max_seconds=budget, label=name
+                )
+                out[name] = out[name].merged(res) if name in out else res
     return out
+
+
+@contextlib.contextmanager
+def frozen_heap() -> Iterator[None]:
+    """Keep what the benchmark process already holds (generated data, earlier results) out of
+    the garbage collector while targets run, as a serving worker freezes its startup heap: else
+    a full collection over unrelated data lands on whichever target allocated last (tens of ms
+    on a fat process). Collections of what the targets themselves allocate still happen."""
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def _check_bounds(n: int, concurrency: int, max_seconds: float) -> None:
