@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -77,8 +78,6 @@ def serve(
     log_level: str | None,
 ) -> None:
     """Run the REST and gRPC servers of this repo (settings from featurestore.yaml 'serving:')."""
-    import uvicorn
-
     from featurestore.config import load_config
     from featurestore.online.serving.config import serving_config
 
@@ -93,7 +92,22 @@ def serve(
     os.environ["FEATURESTORE_GRPC_HOST"] = host
     grpc_note = f", gRPC on {host}:{grpc_port}" if grpc_port else ""
     click.echo(f"serving {repo}: REST on http://{host}:{port}{grpc_note}, {workers} worker(s)")
-    # every worker process builds its own engine and gRPC server (SO_REUSEPORT shares the port)
+    # every worker process builds its own engine and gRPC server (SO_REUSEPORT shares the port);
+    # several workers keep their metrics in one folder so any worker's /metrics shows them all
+    metrics_dir = None
+    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        metrics_dir = tempfile.mkdtemp(prefix="featurestore-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    try:
+        _run_uvicorn(host, port, workers, log_level or cfg.log_level)
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _run_uvicorn(host: str, port: int, workers: int, log_level: str) -> None:
+    import uvicorn
+
     uvicorn.run(
         "featurestore.online.serving.rest:app_from_env",
         factory=True,
@@ -102,7 +116,7 @@ def serve(
         workers=workers,
         loop="asyncio",
         http="httptools",
-        log_level=log_level or cfg.log_level,
+        log_level=log_level,
         access_log=False,
     )
 

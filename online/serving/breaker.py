@@ -38,6 +38,11 @@ class CircuitBreaker:
                 return BreakerState.HALF_OPEN
             return self._state
 
+    @property
+    def is_open(self) -> bool:
+        """Open and not yet probed (lock-free: one attribute read on the request path)."""
+        return self._state is BreakerState.OPEN
+
     def _now(self) -> float:
         return self._clock()  # type: ignore[operator]
 

@@ -34,7 +34,7 @@ from featurestore.online.serving._inline import (
     InlineRedisReader,
 )
 from featurestore.online.serving._reads import StoreReads, _StoreFailed
-from featurestore.online.serving.breaker import BreakerState, CircuitBreaker
+from featurestore.online.serving.breaker import CircuitBreaker
 from featurestore.online.serving.config import (
     ModelsConfig,
     ServingConfig,
@@ -104,10 +104,7 @@ class Engine(StoreReads):
         self.breaker = CircuitBreaker(
             failure_threshold=br.failure_threshold, reset_s=br.reset_ms / 1000
         )
-        # read at scrape time: no per-request cost
-        self.metrics.breaker_state.set_function(
-            lambda: 1.0 if self.breaker.state is BreakerState.OPEN else 0.0
-        )
+        self._breaker_open = False  # as last reported to the gauge
         self._pool = cf.ThreadPoolExecutor(
             max(1, self.config.read_threads), thread_name_prefix="store-read"
         )
@@ -321,6 +318,10 @@ class Engine(StoreReads):
                 log.warning("event-loop warm-up of feature service %s failed: %s", svc, exc)
 
     def _finish(self, p: Prepared, resp: Any, reason: str | None) -> FeatureResult:
+        is_open = self.breaker.is_open
+        if is_open is not self._breaker_open:  # the gauge moves only when the breaker does
+            self._breaker_open = is_open
+            self.metrics.breaker_state.set(1.0 if is_open else 0.0)
         if reason is None:
             res = from_response(p, resp)
         else:

@@ -1,4 +1,10 @@
-"""Prometheus metrics of one engine (own CollectorRegistry, so several engines can coexist)."""
+"""Prometheus metrics of one engine (own CollectorRegistry, so several engines can coexist).
+
+With several worker processes (``featurestore serve --workers N``) the server sets
+``PROMETHEUS_MULTIPROC_DIR`` before the workers start, prometheus_client keeps every worker's
+values in files there, and ``/metrics`` on any worker renders all of them merged: one scrape
+sees the whole server, whichever worker answers it.
+"""
 
 from __future__ import annotations
 
@@ -53,8 +59,9 @@ class Metrics:
         )
         self.breaker_state = Gauge(
             "featurestore_breaker_open",
-            "1 while the online-store circuit breaker is open",
+            "1 while the online-store circuit breaker is open (any worker)",
             registry=r,
+            multiprocess_mode="max",
         )
         self.predictions = Counter(
             "featurestore_predictions_total", "Rows scored", ["model", "version"], registry=r
@@ -77,6 +84,13 @@ class Metrics:
         return c
 
     def render(self) -> tuple[bytes, str]:
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+        from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+        from prometheus_client import values as pv
 
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        if pv.ValueClass is pv.MutexValue:  # one process: this engine's own registry
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        from prometheus_client import multiprocess
+
+        merged = CollectorRegistry()  # several workers: every worker's values, from the files
+        multiprocess.MultiProcessCollector(merged)
+        return generate_latest(merged), CONTENT_TYPE_LATEST

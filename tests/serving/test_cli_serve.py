@@ -125,14 +125,26 @@ def test_serve_starts_rest_and_grpc_from_the_config(fresh_repo: Path, workers: i
         assert ready is not None and ready.status_code == 200, proc.stdout.read1().decode()  # type: ignore[union-attr]
         body = {"model": "fraud", "entities": {"user_id": [1], "merchant_id": [1]}}
 
+        answered = [0]
+
         def predict_ok() -> bool:
             r = httpx.post(f"http://127.0.0.1:{rest}/predict", json=body, timeout=5)
+            answered[0] += r.status_code == 200
             return r.status_code == 200 and r.json().get("version") == 1
 
         # with several workers, one still starting answers 503 until it is warm; wait for all
         while time.monotonic() < deadline and not predict_ok():
             time.sleep(0.2)
         assert all(predict_ok() for _ in range(10))  # new connections, spread over the workers
+        # every scrape, whichever worker answers it, counts every worker's predictions
+        for _ in range(6):
+            text = httpx.get(f"http://127.0.0.1:{rest}/metrics", timeout=5).text
+            ok = [
+                float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines()
+                if line.startswith('featurestore_requests_total{endpoint="predict",outcome="ok"}')
+            ]
+            assert ok == [answered[0]], text
         with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as ch:
             stub = pb_grpc.FeatureServingStub(ch)
             for _ in range(50):

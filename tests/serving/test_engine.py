@@ -113,6 +113,11 @@ def test_breaker_opens_and_skips_the_store(engine_repo: Path) -> None:
         assert e.get_features(features=["user_stats:tx_count"], entities={"user_id": [1]}).degraded
     assert calls == e.config.breaker.failure_threshold  # then the breaker stopped the calls
     assert e.breaker.state.value == "open"
+    assert "featurestore_breaker_open 1.0" in e.metrics.render()[0].decode()
+    store.online.read = lambda keys: [None] * len(keys)  # type: ignore[method-assign]
+    e.breaker.reset_s = 0.0  # probe now: it succeeds and closes the breaker
+    assert not e.get_features(features=["user_stats:tx_count"], entities={"user_id": [1]}).degraded
+    assert "featurestore_breaker_open 0.0" in e.metrics.render()[0].decode()
     e.close()
 
 
