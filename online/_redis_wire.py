@@ -148,6 +148,26 @@ def send_sets(
         conn.send_packed_command([packed], check_health=start == 0)
 
 
+def pack_mget(keys: Sequence[bytes]) -> bytes:
+    """RESP for ``MGET key...`` (one join: redis-py packs each argument in Python)."""
+    head = b"*%d\r\n$4\r\nMGET\r\n" % (len(keys) + 1)
+    return head + b"".join([b"$%d\r\n%b\r\n" % (len(k), k) for k in keys])
+
+
+def read_pooled(pool: Any, keys: Sequence[bytes]) -> list[bytes | None]:
+    """One MGET on a pooled connection, past redis-py's per-command layers (command lookup,
+    retry wrapper, response callbacks: ~70 us a call here, a third of a loopback read)."""
+    conn = pool.get_connection()
+    try:
+        conn.send_packed_command([pack_mget(keys)])
+        return conn.read_response()  # type: ignore[no-any-return]
+    except BaseException:
+        conn.disconnect()  # a reply may be left unread: never reuse this connection
+        raise
+    finally:
+        pool.release(conn)
+
+
 def write_pooled(
     pool: Any, keys: list[bytes], values: list[bytes], expires: list[int | None] | None
 ) -> None:

@@ -160,7 +160,7 @@ class RedisOnlineStore(_RedisBase):
         """One MGET for all keys."""
         if not keys:
             return []
-        return self._call("read", lambda: self._client().mget(keys))
+        return self._call("read", lambda: wire.read_pooled(self._client().connection_pool, keys))
 
     def delete_view(self, project: str, view_name: str) -> int:
         pattern = _view_pattern(project, view_name)

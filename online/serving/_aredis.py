@@ -26,6 +26,7 @@ from urllib.parse import unquote, urlsplit
 import hiredis
 
 from featurestore.errors import OnlineStoreError, OnlineStoreUnavailableError
+from featurestore.online._redis_wire import pack_mget
 from featurestore.online.serving._inline import DeadlineExceeded
 
 MAX_PENDING = 10_000  # unanswered commands on one connection before it counts as hung
@@ -36,11 +37,6 @@ def _command(*parts: bytes) -> bytes:
     for p in parts:
         out.append(b"$%d\r\n%b\r\n" % (len(p), p))
     return b"".join(out)
-
-
-def _mget(keys: Sequence[bytes]) -> bytes:
-    head = b"*%d\r\n$4\r\nMGET\r\n" % (len(keys) + 1)
-    return head + b"".join([b"$%d\r\n%b\r\n" % (len(k), k) for k in keys])
 
 
 class _Connection(asyncio.Protocol):
@@ -158,7 +154,7 @@ class AsyncRedisReader:
             conn = await self._connected(loop, deadline)
         if not keys:
             return []
-        command = _mget(keys)
+        command = pack_mget(keys)
         try:
             return await self._wait(loop, conn, conn.send(command), deadline)
         except OnlineStoreUnavailableError:

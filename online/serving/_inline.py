@@ -17,6 +17,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from typing import Any
 
+from featurestore.online._redis_wire import pack_mget
+
 
 class NotReady(Exception):
     """Internal: this thread has no connected connection yet; read through the pool."""
@@ -86,7 +88,7 @@ class InlineRedisReader:
 
         def mget() -> list[bytes | None]:
             try:
-                conn.send_command("MGET", *keys)
+                conn.send_packed_command([pack_mget(keys)])
                 return conn.read_response(timeout=remaining)  # a timeout drops the connection
             except redis.TimeoutError:
                 slot.ready = False
