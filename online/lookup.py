@@ -412,6 +412,10 @@ class Lookup:
         self._now, self._include_ts, self._hidden = now_us, include_ts, hidden
         self._request_data = request_data
 
+    def read(self, store: OnlineStore) -> OnlineResponse:
+        """One ``store.read`` of the keys (none when there are none), decoded."""
+        return self.finish(store.read(self.keys) if self.keys else [])
+
     def finish(self, values: Sequence[bytes | None]) -> OnlineResponse:
         """Decode ``values`` (one per key, in key order) into the response."""
         plans, n, now = self._plans, self._n, self._now
@@ -487,7 +491,7 @@ def get_online_features(
     ``request_data`` holds, per request field of the on-demand features asked for, one value
     per entity row.
     """
-    lk = plan_lookup(
+    return plan_lookup(
         project,
         requests,
         entity_rows,
@@ -495,8 +499,7 @@ def get_online_features(
         full_feature_names=full_feature_names,
         include_event_timestamps=include_event_timestamps,
         request_data=request_data,
-    )
-    return lk.finish(store.read(lk.keys) if lk.keys else [])
+    ).read(store)
 
 
 _REQUESTS: dict[tuple[Any, ...], tuple[list[_ViewPlan], list[list[str]], dict[str, str]]] = {}

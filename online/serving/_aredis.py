@@ -149,9 +149,7 @@ class AsyncRedisReader:
     async def mget(self, keys: Sequence[bytes], deadline: float) -> list[bytes | None]:
         """The values of ``keys`` (None where missing), answered by ``deadline`` (monotonic)."""
         loop = asyncio.get_running_loop()
-        conn = self._conns.get(loop)
-        if conn is None or not conn.usable:
-            conn = await self._connected(loop, deadline)
+        conn = self._usable(loop) or await self._connected(loop, deadline)
         if not keys:
             return []
         command = pack_mget(keys)
@@ -166,11 +164,15 @@ class AsyncRedisReader:
         return await self._wait(loop, conn, conn.send(command), deadline)
 
     async def ping(self, deadline: float) -> None:
+        """One PING answered by ``deadline`` (connecting first if needed)."""
         loop = asyncio.get_running_loop()
-        conn = self._conns.get(loop)
-        if conn is None or not conn.usable:
-            conn = await self._connected(loop, deadline)
+        conn = self._usable(loop) or await self._connected(loop, deadline)
         await self._wait(loop, conn, conn.send(_command(b"PING")), deadline)
+
+    def _usable(self, loop: asyncio.AbstractEventLoop) -> _Connection | None:
+        """The loop's connection if it is up (no await on the hot path)."""
+        conn = self._conns.get(loop)
+        return conn if conn is not None and conn.usable else None
 
     async def _wait(
         self,

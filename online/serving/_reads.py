@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from featurestore._time import now_us
@@ -21,6 +23,7 @@ from featurestore.errors import FeatureStoreError, OnlineStoreError
 from featurestore.online.serving._inline import DeadlineExceeded, DeadlineStore, NotReady
 
 if TYPE_CHECKING:
+    from featurestore.online.lookup import Lookup
     from featurestore.online.serving._aredis import AsyncRedisReader
     from featurestore.online.serving._inline import InlineRedisReader
     from featurestore.online.serving.breaker import CircuitBreaker
@@ -47,25 +50,47 @@ class StoreReads:
     _inline: InlineRedisReader | None
     _aredis: AsyncRedisReader | None
 
+    def _plan(self, p: Prepared) -> Lookup:
+        """The keys ``p`` needs (bad entity values raise here, before the store is asked)."""
+        from featurestore.online.lookup import plan_lookup
+
+        return plan_lookup(
+            self.store.project,
+            p.requests,
+            p.entities,
+            now_us=now_us(),
+            full_feature_names=p.full,
+            include_event_timestamps=p.include_ts,
+            request_data=p.request_data,
+        )
+
     def _read_fn(self, p: Prepared, store: Any = None) -> Any:
-        from featurestore.online.lookup import get_online_features
+        store = store or self.store.online
 
-        store, project = store or self.store.online, self.store.project
-        extra = {"request_data": p.request_data} if p.request_data else {}
+        return lambda: self._plan(p).read(store)
 
-        def read() -> Any:
-            return get_online_features(
-                store,
-                project,
-                p.requests,
-                p.entities,
-                now_us=now_us(),
-                full_feature_names=p.full,
-                include_event_timestamps=p.include_ts,
-                **extra,
-            )
-
-        return read
+    @contextlib.contextmanager
+    def _judged(
+        self, timeouts: tuple[type[BaseException], ...], fut: cf.Future[Any] | None = None
+    ) -> Iterator[None]:
+        """Tell the breaker how the read inside went: a success, a timeout (``fut``, the read
+        on the pool, is cancelled), or a failure that ``_classify`` sorts into the request's
+        fault (re-raised) or the store's (``_StoreFailed``)."""
+        try:
+            yield
+        except (NotReady, _StoreFailed):
+            raise
+        except timeouts:
+            if fut is not None:
+                fut.cancel()
+            self.breaker.failure()
+            raise _StoreFailed("timeout") from None
+        except Exception as exc:
+            err = self._classify(exc)
+            if err is exc:
+                raise
+            raise err from exc
+        self.breaker.success()
 
     def _read_sync(self, p: Prepared) -> Any:
         if not self.breaker.allow():
@@ -78,35 +103,12 @@ class StoreReads:
             except NotReady:
                 pass  # this thread's connection is being made: read through the pool meanwhile
         fut = self._pool.submit(self._read_fn(p))
-        try:
-            resp = fut.result(timeout=max(0.0, p.deadline - time.monotonic()))
-        except cf.TimeoutError:
-            fut.cancel()
-            self.breaker.failure()
-            raise _StoreFailed("timeout") from None
-        except Exception as exc:
-            err = self._classify(exc)
-            if err is exc:
-                raise
-            raise err from exc
-        self.breaker.success()
-        return resp
+        with self._judged((cf.TimeoutError,), fut):
+            return fut.result(timeout=max(0.0, p.deadline - time.monotonic()))
 
     def _read_inline(self, p: Prepared, store: Any = None) -> Any:
-        try:
-            resp = self._read_fn(p, store)()
-        except (NotReady, _StoreFailed):
-            raise
-        except DeadlineExceeded:
-            self.breaker.failure()
-            raise _StoreFailed("timeout") from None
-        except Exception as exc:
-            err = self._classify(exc)
-            if err is exc:
-                raise
-            raise err from exc
-        self.breaker.success()
-        return resp
+        with self._judged((DeadlineExceeded,)):
+            return self._read_fn(p, store)()
 
     async def _read_async(self, p: Prepared) -> Any:
         if self._aredis is not None:
@@ -116,48 +118,16 @@ class StoreReads:
         if not self._isolate:
             return self._read_inline(p)
         fut = self._pool.submit(self._read_fn(p))
-        try:
-            resp = await asyncio.wait_for(
-                asyncio.wrap_future(fut), max(0.0, p.deadline - time.monotonic())
-            )
-        except (asyncio.TimeoutError, cf.TimeoutError):
-            fut.cancel()
-            self.breaker.failure()
-            raise _StoreFailed("timeout") from None
-        except Exception as exc:
-            err = self._classify(exc)
-            if err is exc:
-                raise
-            raise err from exc
-        self.breaker.success()
-        return resp
+        with self._judged((asyncio.TimeoutError, cf.TimeoutError), fut):
+            remaining = max(0.0, p.deadline - time.monotonic())
+            return await asyncio.wait_for(asyncio.wrap_future(fut), remaining)
 
     async def _read_aredis(self, p: Prepared, reader: AsyncRedisReader) -> Any:
-        from featurestore.online.lookup import plan_lookup
-
-        lk = plan_lookup(  # bad entity values raise here, before the store is asked
-            self.store.project,
-            p.requests,
-            p.entities,
-            now_us=now_us(),
-            full_feature_names=p.full,
-            include_event_timestamps=p.include_ts,
-            request_data=p.request_data,
-        )
+        lk = self._plan(p)
         if not self.breaker.allow():
             raise _StoreFailed("breaker_open")
-        try:
-            resp = lk.finish(await reader.mget(lk.keys, p.deadline))
-        except DeadlineExceeded:
-            self.breaker.failure()
-            raise _StoreFailed("timeout") from None
-        except Exception as exc:
-            err = self._classify(exc)
-            if err is exc:
-                raise
-            raise err from exc
-        self.breaker.success()
-        return resp
+        with self._judged((DeadlineExceeded,)):
+            return lk.finish(await reader.mget(lk.keys, p.deadline))
 
     def _classify(self, exc: Exception) -> Exception:
         """A failed read: the request's fault (re-raised, store untouched) or the store's."""
