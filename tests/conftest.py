@@ -81,15 +81,22 @@ class RedisProcess:
                 self.proc.wait(timeout=10)
 
 
-def start_redis(workdir: Path, *extra: str, with_bus: bool = False) -> RedisProcess:
-    """Start ``redis-server --port N --save '' --appendonly no`` and wait until it answers."""
+def start_redis(
+    workdir: Path, *extra: str, with_bus: bool = False, port: int | None = None
+) -> RedisProcess:
+    """Start ``redis-server --port N --save '' --appendonly no`` and wait until it answers.
+
+    ``port``: that port (e.g. a restart in place of a killed server), else a free one.
+    """
     import redis
 
     binary = redis_server_binary()
     workdir.mkdir(parents=True, exist_ok=True)
     last: Exception | None = None
-    for _attempt in range(3):  # a port taken between free_port() and bind: try another
-        port = free_port(with_bus=with_bus)
+    fixed = port
+    # a free port taken between free_port() and bind: try another
+    for _attempt in range(3 if fixed is None else 1):
+        port = free_port(with_bus=with_bus) if fixed is None else fixed
         log = open(workdir / f"redis-{port}.log", "wb")
         proc = subprocess.Popen(
             [

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
 import tempfile
 import time
 import uuid
@@ -20,7 +19,7 @@ from hypothesis import strategies as st
 from featurestore.errors import OnlineStoreError, OnlineStoreUnavailableError
 from featurestore.online.serving._aredis import AsyncRedisReader
 from featurestore.online.serving._inline import DeadlineExceeded
-from tests.conftest import HOST, RedisProcess, redis_server_binary, start_redis
+from tests.conftest import HOST, RedisProcess, start_redis
 
 SLACK = 2.0  # generous: the box is shared; only upper bounds on deadline behaviour
 
@@ -354,39 +353,6 @@ def test_short_deadlines_still_find_a_hung_connection(private_redis: RedisProces
     reader.close()
 
 
-def _start_on_port(port: int, workdir: Path) -> RedisProcess:
-    import redis
-
-    workdir.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(
-        [
-            redis_server_binary(),
-            "--port",
-            str(port),
-            "--bind",
-            HOST,
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(workdir),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    server = RedisProcess(port, proc, workdir)
-    deadline = _soon(10)
-    while time.monotonic() < deadline:
-        try:
-            if redis.Redis(host=HOST, port=port, socket_timeout=1).ping():
-                return server
-        except redis.RedisError:
-            time.sleep(0.05)
-    server.stop()
-    raise RuntimeError(f"redis-server did not start again on port {port}")
-
-
 def test_killed_redis_fails_fast_and_a_restart_on_the_same_port_recovers(
     private_redis: RedisProcess, tmp_path: Path, runner
 ) -> None:
@@ -411,7 +377,7 @@ def test_killed_redis_fails_fast_and_a_restart_on_the_same_port_recovers(
     with pytest.raises(OnlineStoreUnavailableError):  # connection refused now
         runner.run(reader.mget([b"a"], _soon(20)))
     assert time.monotonic() - t < SLACK
-    again = _start_on_port(private_redis.port, tmp_path / "again")
+    again = start_redis(tmp_path / "again", port=private_redis.port)
     try:
         again.client().set("a", "2")
         assert runner.run(reader.mget([b"a", b"b"], _soon())) == [b"2", None]  # same reader

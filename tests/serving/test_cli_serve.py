@@ -25,22 +25,17 @@ def run(repo: Path, *args: str):
     return CliRunner().invoke(cli, ["-r", str(repo), *args], catch_exceptions=False)
 
 
+def register(repo: Path, name: str, artifact: Path, service: str, *more: str):
+    """``featurestore models register NAME --flavor lightgbm --path ART --features SERVICE``."""
+    return run(
+        repo, "models", "register", name, "--flavor", "lightgbm", "--path", str(artifact),
+        "--features", service, *more,
+    )  # fmt: skip
+
+
 def test_models_register_list_promote(fresh_repo: Path, tmp_path: Path) -> None:
     art = train_model(tmp_path / "new.txt", seed=5)
-    r = run(
-        fresh_repo,
-        "models",
-        "register",
-        "fraud",
-        "--flavor",
-        "lightgbm",
-        "--path",
-        str(art),
-        "--features",
-        "scoring",
-        "--description",
-        "retrained",
-    )
+    r = register(fresh_repo, "fraud", art, "scoring", "--description", "retrained")
     assert r.exit_code == 0, r.output
     assert "registered fraud v3" in r.output
     r = run(fresh_repo, "models", "promote", "fraud", "v3", "--alias", "production")
@@ -54,35 +49,13 @@ def test_models_register_list_promote(fresh_repo: Path, tmp_path: Path) -> None:
 
 def test_models_register_mismatch_is_one_clear_line(fresh_repo: Path, tmp_path: Path) -> None:
     art = train_model(tmp_path / "bad.txt", seed=5, names=["tx_count", "amount_mean", "zip"])
-    r = run(
-        fresh_repo,
-        "models",
-        "register",
-        "fraud",
-        "--flavor",
-        "lightgbm",
-        "--path",
-        str(art),
-        "--features",
-        "scoring",
-    )
+    r = register(fresh_repo, "fraud", art, "scoring")
     assert r.exit_code == 1
     assert "error: model 'fraud' takes 3 inputs" in r.output and "['zip']" in r.output
     assert "Traceback" not in r.output
     r = run(fresh_repo, "models", "promote", "fraud", "9")
     assert r.exit_code == 1 and "no version 9" in r.output
-    r = run(
-        fresh_repo,
-        "models",
-        "register",
-        "x",
-        "--flavor",
-        "lightgbm",
-        "--path",
-        str(art),
-        "--features",
-        "nope",
-    )
+    r = register(fresh_repo, "x", art, "nope")
     assert r.exit_code == 1 and "no feature service 'nope'" in r.output
 
 
@@ -194,17 +167,6 @@ def test_register_against_a_service_with_text_features_is_refused(
     fresh_repo: Path, tmp_path: Path
 ) -> None:
     art = train_model(tmp_path / "m.txt", seed=5)
-    r = run(
-        fresh_repo,
-        "models",
-        "register",
-        "fraud",
-        "--flavor",
-        "lightgbm",
-        "--path",
-        str(art),
-        "--features",
-        "everything",
-    )
+    r = register(fresh_repo, "fraud", art, "everything")
     assert r.exit_code == 1
     assert "'user_stats:country' of type string" in r.output
