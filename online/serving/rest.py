@@ -178,7 +178,11 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        retry = asyncio.create_task(_start_engine(engine))
+        # warm before taking traffic: uvicorn accepts (and with several workers, the kernel
+        # hands this worker connections) only after startup, so a starting worker answers
+        # nothing rather than 503; an engine that cannot start yet (e.g. apply not run)
+        # keeps retrying in the background while the server reports not ready
+        retry = None if await _try_start(engine) else asyncio.create_task(_start_engine(engine))
         if grpc_port is not None:
             from featurestore.online.serving.grpc_server import start_grpc_server
 
@@ -189,7 +193,8 @@ def create_app(
         try:
             yield
         finally:
-            retry.cancel()
+            if retry is not None:
+                retry.cancel()
             if "server" in grpc_box:
                 await grpc_box["server"].stop(grace=1.0)
             if own_engine:
@@ -300,17 +305,22 @@ def create_app(
     return app
 
 
+async def _try_start(engine: Engine) -> bool:
+    """Start and warm the engine off the loop (blocking and event-loop paths); False if not yet."""
+    try:
+        await asyncio.to_thread(engine.start)
+        await engine.awarm()
+    except Exception as exc:
+        log.warning("engine not started yet: %s; retrying every second", exc)
+        return False
+    _freeze_heap()
+    return True
+
+
 async def _start_engine(engine: Engine) -> None:
-    """Start the engine off the loop; retry every second until it works (e.g. apply not run yet)."""
-    while True:
-        try:
-            await asyncio.to_thread(engine.start)
-            await engine.awarm()
-            _freeze_heap()
-            return
-        except Exception as exc:
-            log.warning("engine not started yet: %s; retrying in 1 s", exc)
-            await asyncio.sleep(1.0)
+    """Retry the engine's start every second until it works (e.g. apply not run yet)."""
+    while not await _try_start(engine):
+        await asyncio.sleep(1.0)
 
 
 def _freeze_heap() -> None:

@@ -105,7 +105,7 @@ def test_serve_starts_rest_and_grpc_from_the_config(fresh_repo: Path, workers: i
             answered[0] += r.status_code == 200
             return r.status_code == 200 and r.json().get("version") == 1
 
-        # with several workers, one still starting answers 503 until it is warm; wait for all
+        # a worker takes connections only once warm, so after the first answer every one is real
         while time.monotonic() < deadline and not predict_ok():
             time.sleep(0.2)
         assert all(predict_ok() for _ in range(10))  # new connections, spread over the workers
