@@ -164,13 +164,15 @@ class RowCodec:
         self.fixed_only = not self.var
         self._fixed_pos = {f.name: i for i, f in self.fixed}
         self._ver_bytes = _U32.pack(self.schema_version)
-        # One row's fixed part as a struct (fixed-only views): unpacking a few rows in Python
-        # is cheaper than numpy's per-call overhead.
+        # A value's fixed part as a struct (header, null bitmap, then fixed feature k at item
+        # 4 + k): unpacking a few rows in Python is cheaper than numpy's per-call overhead.
+        # ``row_struct`` is the whole value of a fixed-only view.
         codes = [_STRUCT_CODE.get(np.dtype(f.dtype.numpy).str) for _, f in self.fixed]
         fmt = f"<qqI{self.n_null_bytes}s" + "".join(c or "" for c in codes)
-        self.row_struct: struct.Struct | None = None
-        if self.fixed_only and None not in codes and struct.calcsize(fmt) == self.fixed_size:
-            self.row_struct = struct.Struct(fmt)
+        self.fixed_struct: struct.Struct | None = None
+        if None not in codes and struct.calcsize(fmt) == self.fixed_size:
+            self.fixed_struct = struct.Struct(fmt)
+        self.row_struct = self.fixed_struct if self.fixed_only else None
         self._inner = {
             f.name: np.dtype(f.dtype.inner.numpy)  # type: ignore[union-attr]
             for _, f in self.var

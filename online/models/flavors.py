@@ -105,6 +105,7 @@ def _sklearn(path: str) -> Predictor:
             model = pickle.load(fh)
     names = getattr(model, "feature_names_in_", None)
     n = getattr(model, "n_features_in_", None)
+    _forget_fitted_names(model)
     proba = getattr(model, "predict_proba", None)
     classes = getattr(model, "classes_", None)
     if proba is not None and classes is not None and len(classes) == 2:
@@ -120,6 +121,21 @@ def _sklearn(path: str) -> Predictor:
         None if n is None else int(n),
         predict,
     )
+
+
+def _forget_fitted_names(est: Any) -> None:
+    """Drop the column names a model was fitted with, so numpy rows pass sklearn's name check.
+
+    The registry already put the columns in the fitted order by those names; left in place,
+    sklearn warns "X does not have valid feature names" on every prediction (~30 us and a log
+    line per request). Pipelines: only the first step saw the names. A ColumnTransformer that
+    selects columns by name keeps them (it needs a DataFrame, not a float matrix, anyway).
+    """
+    steps = getattr(est, "steps", None)
+    if isinstance(steps, list) and steps:
+        _forget_fitted_names(steps[0][1])
+    elif "feature_names_in_" in getattr(est, "__dict__", {}) and not hasattr(est, "transformers_"):
+        del est.feature_names_in_
 
 
 def _xgboost(path: str) -> Predictor:
@@ -147,17 +163,35 @@ def _onnx(path: str) -> Predictor:
     outputs = sess.get_outputs()
     # classifiers converted by skl2onnx emit (label, probabilities): score with the probabilities
     out_name = outputs[1].name if len(outputs) > 1 else outputs[0].name
+    dtype = np.float64 if inp.type == "tensor(double)" else np.float32  # feed what it declares
 
     def predict(x: np.ndarray) -> np.ndarray:
-        out = sess.run([out_name], {inp.name: x.astype(np.float32)})[0]
+        out = sess.run([out_name], {inp.name: x.astype(dtype, copy=False)})[0]
         if isinstance(out, list):  # ZipMap output: list of {class: p}
-            return np.array([row.get(1, row.get("1", 0.0)) for row in out])
+            return _zipmap_positive(out)
         out = np.asarray(out)
         if out.ndim == 2 and out.shape[1] == 2:
             return out[:, 1]
         return out
 
     return Predictor("onnx", sess, None, width, predict)
+
+
+def _zipmap_positive(rows: list[dict[Any, float]]) -> np.ndarray:
+    """P(positive class) from ZipMap rows: the larger of the two labels (column 1 when sorted).
+
+    That is sklearn's ``classes_[1]`` (skl2onnx keeps the order) for int and string labels
+    alike, matching the ``[:, 1]`` of a plain probability tensor.
+    """
+    if not rows:
+        return np.zeros(0)
+    if len(rows[0]) != 2:
+        raise ModelLoadError(
+            f"onnx classifier has {len(rows[0])} classes {sorted(rows[0])}; only a binary "
+            "classifier gives one score per row"
+        )
+    positive = max(rows[0])
+    return np.array([row[positive] for row in rows], dtype=np.float64)
 
 
 def _python(path: str) -> Predictor:

@@ -15,7 +15,7 @@ import concurrent.futures as cf
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from featurestore._time import now_us
@@ -64,10 +64,9 @@ class StoreReads:
             request_data=p.request_data,
         )
 
-    def _read_fn(self, p: Prepared, store: Any = None) -> Any:
-        store = store or self.store.online
-
-        return lambda: self._plan(p).read(store)
+    def _read_fn(self, p: Prepared) -> Callable[[Any], Any]:
+        """``store -> response``: plan ``p`` and read it (on whichever thread runs it)."""
+        return lambda store: self._plan(p).read(store)
 
     @contextlib.contextmanager
     def _judged(
@@ -93,41 +92,55 @@ class StoreReads:
         self.breaker.success()
 
     def _read_sync(self, p: Prepared) -> Any:
+        return self._sync_read(self._read_fn(p), p.deadline)
+
+    def _sync_read(self, read: Callable[[Any], Any], deadline: float) -> Any:
+        """``read(store)`` for a synchronous caller, judged, answered by ``deadline``."""
         if not self.breaker.allow():
             raise _StoreFailed("breaker_open")
         if not self._isolate:
-            return self._read_inline(p)
+            with self._judged((DeadlineExceeded,)):
+                return read(self.store.online)
         if self._inline is not None:
             try:
-                return self._read_inline(p, DeadlineStore(self._inline, p.deadline))
+                with self._judged((DeadlineExceeded,)):
+                    return read(DeadlineStore(self._inline, deadline))
             except NotReady:
                 pass  # this thread's connection is being made: read through the pool meanwhile
-        fut = self._pool.submit(self._read_fn(p))
+        fut = self._pool.submit(read, self.store.online)
         with self._judged((cf.TimeoutError,), fut):
-            return fut.result(timeout=max(0.0, p.deadline - time.monotonic()))
-
-    def _read_inline(self, p: Prepared, store: Any = None) -> Any:
-        with self._judged((DeadlineExceeded,)):
-            return self._read_fn(p, store)()
+            return fut.result(timeout=max(0.0, deadline - time.monotonic()))
 
     async def _read_async(self, p: Prepared) -> Any:
         if self._aredis is not None:
-            return await self._read_aredis(p, self._aredis)
+            lk = self._plan(p)
+            return lk.finish(await self._aredis_values(lk.keys, p.deadline))
+        return await self._async_read(self._read_fn(p), p.deadline)
+
+    async def _async_values(self, keys: list[bytes], deadline: float) -> Any:
+        """The stored values of ``keys`` for an event-loop caller, judged, by ``deadline``."""
+        if self._aredis is not None:
+            return await self._aredis_values(keys, deadline)
+        return await self._async_read(lambda store: store.read(keys), deadline)
+
+    async def _async_read(self, read: Callable[[Any], Any], deadline: float) -> Any:
         if not self.breaker.allow():
             raise _StoreFailed("breaker_open")
         if not self._isolate:
-            return self._read_inline(p)
-        fut = self._pool.submit(self._read_fn(p))
+            with self._judged((DeadlineExceeded,)):
+                return read(self.store.online)
+        fut = self._pool.submit(read, self.store.online)
         with self._judged((asyncio.TimeoutError, cf.TimeoutError), fut):
-            remaining = max(0.0, p.deadline - time.monotonic())
+            remaining = max(0.0, deadline - time.monotonic())
             return await asyncio.wait_for(asyncio.wrap_future(fut), remaining)
 
-    async def _read_aredis(self, p: Prepared, reader: AsyncRedisReader) -> Any:
-        lk = self._plan(p)
+    async def _aredis_values(self, keys: list[bytes], deadline: float) -> Any:
         if not self.breaker.allow():
             raise _StoreFailed("breaker_open")
+        if not keys:
+            return []
         with self._judged((DeadlineExceeded,)):
-            return lk.finish(await reader.mget(lk.keys, p.deadline))
+            return await self._aredis.mget(keys, deadline)  # type: ignore[union-attr]
 
     def _classify(self, exc: Exception) -> Exception:
         """A failed read: the request's fault (re-raised, store untouched) or the store's."""

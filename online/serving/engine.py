@@ -34,6 +34,7 @@ from featurestore.online.serving._inline import (
     InlineRedisReader,
 )
 from featurestore.online.serving._reads import StoreReads, _StoreFailed
+from featurestore.online.serving._vector import VectorPlan, vector_plan
 from featurestore.online.serving.breaker import CircuitBreaker
 from featurestore.online.serving.config import (
     ModelsConfig,
@@ -131,6 +132,8 @@ class Engine(StoreReads):
                 self._aredis = AsyncRedisReader(
                     osc.url, connect_timeout=osc.connect_timeout, socket_timeout=osc.socket_timeout
                 )
+        # per loaded model: (model, registry state, its one-entity shortcut or None)
+        self._vectors: dict[int, tuple[LoadedModel, Any, VectorPlan | None]] = {}
         self._registry_state: Any = None
         self._registry_at = 0.0
 
@@ -266,12 +269,7 @@ class Engine(StoreReads):
         include_ts: bool,
         deadline_ms: float | None,
     ) -> Prepared:
-        t0 = time.monotonic()
-        budget = self.config.deadline_ms if deadline_ms is None else deadline_ms
-        if not isinstance(budget, (int, float)) or isinstance(budget, bool) or budget <= 0:
-            raise BadRequestError(
-                f"deadline_ms must be a positive number, got {budget!r}", field="deadline_ms"
-            )
+        deadline = self._deadline(deadline_ms)
         requests = self._resolve(features, service)
         cols = rq.to_columns(entities, "entities")
         needed, fields = self._needs_of(requests)
@@ -290,9 +288,19 @@ class Engine(StoreReads):
             n,
             full,
             include_ts,
-            t0 + budget / 1000,
+            deadline,
             req_cols,
         )
+
+    def _deadline(self, deadline_ms: float | None) -> float:
+        """The request's deadline on time.monotonic(): now + its budget (or the default)."""
+        t0 = time.monotonic()
+        budget = self.config.deadline_ms if deadline_ms is None else deadline_ms
+        if not isinstance(budget, (int, float)) or isinstance(budget, bool) or budget <= 0:
+            raise BadRequestError(
+                f"deadline_ms must be a positive number, got {budget!r}", field="deadline_ms"
+            )
+        return t0 + budget / 1000
 
     def _needs_of(self, requests: FeatureRequest) -> tuple[dict[str, str], dict[str, str]]:
         """Join keys and request fields a resolved request needs, computed once per request."""
@@ -318,18 +326,19 @@ class Engine(StoreReads):
                 log.warning("event-loop warm-up of feature service %s failed: %s", svc, exc)
 
     def _finish(self, p: Prepared, resp: Any, reason: str | None) -> FeatureResult:
+        self._count_read(reason)
+        return from_response(p, resp) if reason is None else degraded_result(p, reason)
+
+    def _count_read(self, reason: str | None) -> None:
+        """Metrics of one store read: the breaker gauge, and why an answer is degraded."""
         is_open = self.breaker.is_open
         if is_open is not self._breaker_open:  # the gauge moves only when the breaker does
             self._breaker_open = is_open
             self.metrics.breaker_state.set(1.0 if is_open else 0.0)
-        if reason is None:
-            res = from_response(p, resp)
-        else:
+        if reason is not None:
             self.metrics.child(self.metrics.degraded, reason).inc()
             if reason != "breaker_open":
                 self.metrics.store_errors.inc()
-            res = degraded_result(p, reason)
-        return res
 
     def get_features(
         self,
@@ -433,17 +442,46 @@ class Engine(StoreReads):
                 f"model '{chosen.version.name}' needs feature {exc} which its feature service "
                 f"'{chosen.version.feature_service}' no longer serves; re-register the model"
             ) from None
-        x = np.ascontiguousarray(x)
+        return self._scored(
+            chosen, shadow, np.ascontiguousarray(x), feats.degraded, t0,
+            feats if return_features else None,
+        )  # fmt: skip
+
+    def _scored(
+        self,
+        chosen: LoadedModel,
+        shadow: LoadedModel | None,
+        x: np.ndarray,
+        degraded: bool,
+        t0: float,
+        feats: FeatureResult | None = None,
+    ) -> PredictResult:
+        """Score the input rows ``x`` (shadow on the side), counted in the metrics."""
         scores = np.asarray(chosen.predict(x), dtype=np.float64)
         mv = chosen.version
         m = self.metrics
         m.child(m.predictions, mv.name, str(mv.version)).inc(x.shape[0])
         if shadow is not None:
             self.models.shadow.submit(shadow, chosen, x, scores)
-        self._observe("predict", t0, feats.degraded, x.shape[0])
-        return PredictResult(
-            mv.name, mv.version, scores.tolist(), feats.degraded, feats if return_features else None
-        )
+        self._observe("predict", t0, degraded, x.shape[0])
+        return PredictResult(mv.name, mv.version, scores.tolist(), degraded, feats)
+
+    def _vector(self, chosen: LoadedModel, entities: Any) -> tuple[VectorPlan, list[bytes]] | None:
+        """The one-entity shortcut for ``chosen`` (see _vector): its plan and the entity's keys,
+        or None when this request takes the general path."""
+        state = self._registry()
+        hit = self._vectors.get(id(chosen))
+        if hit is None or hit[0] is not chosen or hit[1] is not state:
+            requests = self._resolve(None, chosen.version.feature_service)
+            plan = vector_plan(self.store.project, requests, chosen.feature_names)
+            if len(self._vectors) > 64:
+                self._vectors.clear()
+            hit = self._vectors[id(chosen)] = (chosen, state, plan)  # holds chosen: id unique
+        plan = hit[2]
+        if plan is None:
+            return None
+        keys = plan.keys(entities)
+        return None if keys is None else (plan, keys)
 
     def _count_shadow(self, rec: dict[str, Any]) -> None:
         if "scores" in rec:
@@ -462,6 +500,17 @@ class Engine(StoreReads):
         """Features for each entity -> model -> one score per entity (shadow scored on the side)."""
         t0 = time.perf_counter()
         chosen, shadow = self._model(model)
+        fast = None if return_features or request_data else self._vector(chosen, entities)
+        if fast is not None:
+            plan, keys = fast
+            deadline, now = self._deadline(deadline_ms), now_us()
+            try:
+                x = plan.row(self._sync_read(lambda store: store.read(keys), deadline), now)
+                reason = None
+            except _StoreFailed as f:
+                x, reason = plan.defaults, f.reason
+            self._count_read(reason)
+            return self._scored(chosen, shadow, x, reason is not None, t0)
         p = self._prepare(
             None, chosen.version.feature_service, entities, request_data, False, False, deadline_ms
         )
@@ -482,6 +531,16 @@ class Engine(StoreReads):
     ) -> PredictResult:
         t0 = time.perf_counter()
         chosen, shadow = self._model(model)
+        fast = None if return_features or request_data else self._vector(chosen, entities)
+        if fast is not None:
+            plan, keys = fast
+            deadline, now = self._deadline(deadline_ms), now_us()
+            try:
+                x, reason = plan.row(await self._async_values(keys, deadline), now), None
+            except _StoreFailed as f:
+                x, reason = plan.defaults, f.reason
+            self._count_read(reason)
+            return self._scored(chosen, shadow, x, reason is not None, t0)
         p = self._prepare(
             None, chosen.version.feature_service, entities, request_data, False, False, deadline_ms
         )

@@ -42,6 +42,48 @@ def test_in_process_predict_equals_features_through_the_model(engine: Engine) ->
     assert res.features is not None and res.features.columns["tx_count"] == [u["tx_count"]]
 
 
+def test_one_entity_predict_shortcut_scores_as_the_general_path(engine: Engine) -> None:
+    # return_features=True takes the general path (the columnar result); without it, one entity
+    # takes the shortcut that builds the model's row straight from the stored rows
+    for uid, mid in [(9, 4), (1, 10), (77, 4), (3, 99), (77, 99)]:  # 77, 99: never stored
+        ents = {"user_id": [uid], "merchant_id": [mid]}
+        fast = engine.predict("fraud", entities=ents)
+        general = engine.predict("fraud", entities=ents, return_features=True)
+        assert fast.scores == general.scores and not fast.degraded
+    assert [v[2] is not None for v in engine._vectors.values()] == [True]
+
+
+def _store_errors(e: Engine) -> float:
+    """The degraded-answer count for store errors (metrics may be shared within a process)."""
+    prefix = 'featurestore_degraded_total{reason="store_error"} '
+    lines = [x for x in e.metrics.render()[0].decode().splitlines() if x.startswith(prefix)]
+    return float(lines[0][len(prefix) :]) if lines else 0.0
+
+
+def test_predict_shortcut_degrades_to_the_defaults_row(engine_repo: Path) -> None:
+    import numpy as np
+
+    from featurestore.errors import OnlineStoreUnavailableError
+    from featurestore.store import FeatureStore
+
+    store = FeatureStore(engine_repo)
+    e = Engine(store, own_store=True).start(poll=False)
+    try:
+
+        def dead(keys):
+            raise OnlineStoreUnavailableError("down")
+
+        store.online.read = dead  # type: ignore[method-assign]
+        errors_before = _store_errors(e)
+        res = e.predict("fraud", entities={"user_id": [9], "merchant_id": [4]})
+        chosen, _ = e.models.select("fraud")
+        defaults = np.array([[0, -1.0, 0.5]])  # tx_count, amount_mean, risk field defaults
+        assert res.degraded and res.scores == chosen.predict(defaults).tolist()
+        assert _store_errors(e) == errors_before + 1
+    finally:
+        e.close()
+
+
 def test_rows_or_columns_give_the_same_answer(engine: Engine) -> None:
     a = engine.get_features(
         feature_service="everything",

@@ -1,0 +1,128 @@
+"""The model's input row for one entity, straight from the stored rows (single-entity predict).
+
+A predict of one entity needs one float row in the model's input order, not the columnar result
+(dicts of lists, statuses, names) that get-features answers with. When every feature the model
+reads is a number stored in a fixed-width view, the row is built from each view's struct unpack
+directly, with the same rules as the lookup (online/lookup.py): a missing value, an older schema
+version or a value older than the view's TTL gives the feature's default; a null gives NaN.
+Anything else (on-demand or window features, strings, timestamps, several entities, request
+data) takes the general path. tests/serving/test_vector.py checks both agree on random rows.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from featurestore.online.keys import build_keys
+from featurestore.online.lookup import _request_plan, _ViewPlan
+
+_NUMERIC = frozenset({"int32", "int64", "float32", "float64", "bool"})
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
+class _View:
+    """What one view contributes: its key, its stored row layout and the model slots it fills."""
+
+    __slots__ = ("join_keys", "name", "size", "slots", "struct", "ttl", "var_codec", "ver", "zero")
+
+    def __init__(self, plan: _ViewPlan, slots: list[tuple[int, int, int]]) -> None:
+        codec = plan.codec
+        self.name = plan.view.name
+        self.join_keys = plan.join_keys
+        self.size = codec.fixed_size
+        self.ver = codec._ver_bytes
+        self.struct = codec.fixed_struct
+        # a view with strings or arrays: the codec itself says whether a value is readable
+        self.var_codec = None if codec.fixed_only else codec
+        self.ttl = plan.ttl_us
+        self.zero = plan.no_nulls
+        self.slots = slots  # (input position, struct item, null bit)
+
+
+class VectorPlan:
+    """Keys and input-row assembly of one model over its feature service (one entity a call)."""
+
+    def __init__(
+        self, project: str, views: list[_View], defaults: list[float], join_keys: frozenset[str]
+    ) -> None:
+        self.project = project
+        self.views = views  # only those the model reads
+        self.join_keys = join_keys  # every key the feature service needs, as the general path
+        self._defaults = defaults
+        self.defaults = np.array([defaults], dtype=np.float64)  # the degraded answer's row
+
+    def keys(self, entities: Any) -> list[bytes] | None:
+        """The views' keys for one entity given as ``{key: [value]}``, or None when the request
+        is anything else (the general path then validates it and names what is wrong)."""
+        if type(entities) is not dict or entities.keys() != self.join_keys:
+            return None
+        for col in entities.values():
+            if type(col) is not list or len(col) != 1:
+                return None
+            v = col[0]
+            kind = type(v)
+            if not (kind is str or (kind is int and _INT64_MIN <= v <= _INT64_MAX)):
+                return None
+        project = self.project
+        return [
+            build_keys(project, v.name, v.join_keys, [entities[k] for k in v.join_keys])[0]
+            for v in self.views
+        ]
+
+    def row(self, values: Sequence[bytes | None], now_us: int) -> np.ndarray:
+        """The (1, k) input row from the views' stored values (in ``keys`` order)."""
+        x = list(self._defaults)
+        for view, value in zip(self.views, values, strict=True):
+            if view.var_codec is not None:
+                if value is None or not view.var_codec.decode([value]).present_idx:
+                    continue  # not found, another schema version or unreadable: defaults
+            elif value is None or len(value) != view.size or value[16:20] != view.ver:
+                continue  # not found (or another schema version): defaults
+            r = view.struct.unpack_from(value)  # the fixed part: header, then fixed features
+            if view.ttl is not None and now_us - r[0] > view.ttl:
+                continue  # expired: defaults
+            if r[3] == view.zero:
+                for pos, item, _ in view.slots:
+                    x[pos] = r[item]
+            else:
+                nulls = int.from_bytes(r[3], "little")
+                for pos, item, bit in view.slots:
+                    x[pos] = math.nan if nulls >> bit & 1 else r[item]
+        return np.array([x], dtype=np.float64)
+
+
+def vector_plan(
+    project: str, requests: list[tuple[Any, list[str]]], inputs: Sequence[str]
+) -> VectorPlan | None:
+    """The plan for a model reading ``inputs`` from ``requests`` (a feature service, resolved),
+    or None when some input is not a number stored in a fixed-width view."""
+    try:
+        plans, names, needed = _request_plan(requests, False)
+    except Exception:  # name clashes and the like: the general path reports them
+        return None
+    if any(type(p) is not _ViewPlan or p.codec.fixed_struct is None for p in plans):
+        return None  # on-demand inputs, windows: the general path
+    where: dict[str, tuple[int, int]] = {}
+    for p, view_names in enumerate(names):
+        for j, name in enumerate(view_names):
+            where[name] = (p, j)
+    slots: dict[int, list[tuple[int, int, int]]] = {}
+    defaults: list[float] = []
+    for pos, name in enumerate(inputs):
+        hit = where.get(name)
+        if hit is None:
+            return None
+        p, j = hit
+        plan = plans[p]
+        field = plan.fields[j]
+        if field.dtype.name not in _NUMERIC:
+            return None
+        default = field.default
+        defaults.append(math.nan if default is None else float(default))
+        slots.setdefault(p, []).append((pos, plan.struct_cols[j], int(plan.field_idx[j])))
+    views = [_View(plans[p], s) for p, s in sorted(slots.items())]
+    return VectorPlan(project, views, defaults, frozenset(needed))
