@@ -148,10 +148,21 @@ def send_sets(
         conn.send_packed_command([packed], check_health=start == 0)
 
 
+_BULK_HEADS = [b"$%d" % n for n in range(4096)]  # "$<length>" of a bulk string, by length
+
+
 def pack_mget(keys: Sequence[bytes]) -> bytes:
-    """RESP for ``MGET key...`` (one join: redis-py packs each argument in Python)."""
-    head = b"*%d\r\n$4\r\nMGET\r\n" % (len(keys) + 1)
-    return head + b"".join([b"$%d\r\n%b\r\n" % (len(k), k) for k in keys])
+    """RESP for ``MGET key...``: the length heads by table lookup and one ``\r\n`` join, all
+    C-level passes (redis-py packs each argument in Python; a format per key is 3x slower)."""
+    m = len(keys)
+    parts = [b""] * (2 * m + 1)
+    parts[0] = b"*%d\r\n$4\r\nMGET" % (m + 1)
+    try:
+        parts[1::2] = map(_BULK_HEADS.__getitem__, map(len, keys))
+    except IndexError:  # a key of 4 KiB or more
+        parts[1::2] = [b"$%d" % len(k) for k in keys]
+    parts[2::2] = keys
+    return b"\r\n".join(parts) + b"\r\n"
 
 
 def read_pooled(pool: Any, keys: Sequence[bytes]) -> list[bytes | None]:

@@ -55,11 +55,11 @@ def build_keys(
         pre = head + join_keys[0].translate(_ESCAPE_NAME) + "="
         values = _as_pylist(key_columns[0])
         kind = _column_kind(values)
-        if kind is int:  # C-level: join every key into one string, encode once, split
+        if kind is int:  # C-level: one format over a repeated template, split
             if not values:
                 return []
-            joined = pre + (tail + "\0" + pre).join(map(str, values)) + tail
-            return joined.encode().split(b"\0")
+            one = _literal(pre) + b"%d" + _literal(tail) + b"\0"
+            return ((one * len(values))[:-1] % tuple(values)).split(b"\0")
         if kind is str:
             return [f'{pre}"{v.translate(_ESCAPE_VALUE)}"{tail}'.encode() for v in values]
     parts = [
@@ -75,6 +75,11 @@ def build_keys(
                 f"join key '{name}' of view '{view_name}' has {len(p)} values, expected {n}"
             )
     return [(head + "|".join(row) + tail).encode() for row in zip(*parts, strict=True)]
+
+
+def _literal(text: str) -> bytes:
+    """``text`` as bytes that a ``%`` format leaves as they are."""
+    return text.encode().replace(b"%", b"%%")
 
 
 def build_keys_views(

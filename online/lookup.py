@@ -230,13 +230,7 @@ class _ViewResult:
         if not len(rec):
             return [[] for _ in plan.features]
         if plan.matrix is not None:  # every fixed feature has one dtype: one tolist for all
-            dtype, offset, k = plan.matrix
-            raw = rec.view(np.uint8)
-            mat = np.ndarray(
-                (len(rec), k), dtype=dtype, buffer=raw, offset=offset,
-                strides=(plan.codec.fixed_size, dtype.itemsize),
-            )  # fmt: skip
-            per_field = mat.T.tolist()
+            per_field = self._matrix().T.tolist()
             if plan.matrix_cols is None:
                 return per_field
             fixed_lists: list[list[Any] | None] = [
@@ -256,6 +250,32 @@ class _ViewResult:
                 vals = [_us_to_datetime(v) for v in vals]
             out.append(vals)
         return out
+
+    def _matrix(self) -> np.ndarray:
+        """(rows, fixed features) over the present rows' records: a strided view, no copy."""
+        dtype, offset, k = self.plan.matrix  # type: ignore[misc]
+        return np.ndarray(
+            (len(self.decoded.records), k), dtype=dtype, buffer=self.decoded.records.view(np.uint8),
+            offset=offset, strides=(self.plan.codec.fixed_size, dtype.itemsize),
+        )  # fmt: skip
+
+    def dense(self) -> list[np.ndarray | None] | None:
+        """Per requested feature, a float64 array equal to its served list when no cell needed
+        patching (all rows served, no nulls, stored as float64), else None: encoders write
+        these as bytes instead of walking the lists."""
+        plan = self.plan
+        if (
+            self._rows is not False
+            or plan.matrix is None
+            or plan.matrix[0] != np.float64
+            or not self.all_served
+            or not len(self.decoded.records)
+            or self._null_rows()
+        ):
+            return None
+        rows = np.ascontiguousarray(self._matrix().T)  # one copy: feature c is row c
+        cols = plan.matrix_cols or range(len(rows))
+        return [None if c is None else rows[c] for c in cols]
 
     def served_lists(self) -> list[list[Any]]:
         """One Python list per requested feature: value, None (null) or the default.
@@ -349,6 +369,25 @@ class OnlineResponse:
                 if name not in self._hidden:
                     out[name] = list(st)
         return out
+
+    def dense_columns(self) -> dict[str, np.ndarray]:
+        """Output name -> float64 array, for the features whose served list it equals exactly
+        (see ``_ViewResult.dense``); the others are only in :meth:`to_dict`."""
+        out: dict[str, np.ndarray] = {}
+        for res, names in zip(self._results, self._names, strict=True):
+            arrays = res.dense() if type(res) is _ViewResult else None
+            if arrays is not None:
+                for name, arr in zip(names, arrays, strict=True):
+                    if arr is not None and name not in self._hidden:
+                        out[name] = arr
+        return out
+
+    def status_codes(self, view_name: str) -> list[int]:
+        """:meth:`status_array` as a list of ints (shared by the view's features: do not edit)."""
+        for res in self._results:
+            if res.plan.view.name == view_name:  # windows and on-demand results: status only
+                return res._statuses() if type(res) is _ViewResult else res.status.tolist()
+        raise KeyError(view_name)
 
     def status_array(self, view_name: str) -> np.ndarray:
         """The int8 Status codes of one view's rows (every feature of a view shares them)."""

@@ -25,6 +25,9 @@ class FeatureResult:
     feature_names: list[str]
     degraded: bool = False
     degraded_reason: str | None = None
+    # float64 arrays equal to some columns' lists (features read as stored, no defaults or
+    # nulls): the gRPC encoder writes them as bytes instead of walking the lists
+    arrays: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         names = list(self.columns)
@@ -78,10 +81,10 @@ def from_response(p: Prepared, resp: Any) -> FeatureResult:
     cols = resp.to_dict()
     st: dict[str, list[str]] = {}
     for view, feats in p.requests:
-        names = [_STATUS_NAMES[c] for c in resp.status_array(view.name).tolist()]
+        names = list(map(_STATUS_NAMES.__getitem__, resp.status_codes(view.name)))
         for f in feats:
             st[f"{view.name}__{f}" if p.full else f] = names
-    return FeatureResult(cols, st, resp.feature_names)
+    return FeatureResult(cols, st, resp.feature_names, arrays=resp.dense_columns())
 
 
 def degraded_result(p: Prepared, reason: str) -> FeatureResult:

@@ -26,6 +26,20 @@ def test_key_layout_matches_the_documented_form() -> None:
     ]
 
 
+_name = st.text(st.sampled_from("ab%d=|{}_"), min_size=1, max_size=6)
+
+
+@settings(max_examples=100, deadline=None)
+@given(_name, _name, _name, st.lists(st.integers(-(2**63), 2**63 - 1), max_size=20))
+def test_int_keys_follow_the_documented_form(
+    project: str, view: str, key: str, values: list[int]
+) -> None:
+    escaped = key.translate(str.maketrans({"%": "%25", "=": "%3D", "|": "%7C", "{": "%7B"}))
+    escaped = escaped.replace("}", "%7D")
+    want = [f"{project}:{{{project}|{escaped}={v}}}:{view}".encode() for v in values]
+    assert build_keys(project, view, (key,), [values]) == want
+
+
 def test_numpy_and_python_ints_give_the_same_key() -> None:
     a = build_keys("p", "v", ("user_id",), [[42, 7]])
     b = build_keys("p", "v", ("user_id",), [np.array([42, 7], dtype=np.int64)])

@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 import redis
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from featurestore.errors import OnlineStoreUnavailableError
 from featurestore.online.base import open_online_store
@@ -210,3 +212,13 @@ def test_cluster_read_with_a_stale_slot_map_falls_back_to_redirects(
     monkeypatch.setattr(wire, "group_by_slot", stale)
     assert store.read(keys) == [b"%d" % i for i in range(300)]
     store.close()
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.binary(max_size=5000), max_size=40))
+def test_packed_mget_is_the_resp_a_client_library_sends(keys: list[bytes]) -> None:
+    import hiredis
+
+    from featurestore.online._redis_wire import pack_mget
+
+    assert pack_mget(keys) == hiredis.pack_command(("MGET", *keys))

@@ -251,3 +251,65 @@ def test_bad_request_columns_name_the_key(col: pb.ValueList, needle: str) -> Non
         read_columns(req.entities, "entities")
     assert "entities.user_id" in str(info.value) and needle in str(info.value)
     assert info.value.field == "entities.user_id"
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(17, 90),  # past the few-rows struct path: the numpy matrix path
+    seed=st.integers(0, 2**32 - 1),
+    damage=st.sampled_from([None, None, "null", "missing"]),
+    subset=st.permutations(["f0", "f1", "f2", "f3", "f4"]),
+)
+def test_dense_float_columns_encode_like_their_lists(
+    n: int, seed: int, damage: str | None, subset: list[str]
+) -> None:
+    import numpy as np
+    import pyarrow as pa
+
+    from featurestore import types as T
+    from featurestore.field import Field
+    from featurestore.online.codec import RowCodec
+    from featurestore.online.keys import build_keys
+    from featurestore.online.lookup import get_online_features
+    from featurestore.online.serving.results import Prepared, from_response
+    from tests.online._online_views import make_view
+
+    rng = np.random.default_rng(seed)
+    view = make_view("v", [Field(f"f{i}", T.Float64, default=i) for i in range(5)])
+    ids = list(range(n))
+    cols: dict[str, Any] = {"user_id": ids}
+    for i in range(5):
+        x = rng.standard_normal(n) * 10.0 ** rng.integers(-30, 30, n)
+        x[rng.random(n) < 0.1] = rng.choice([math.nan, math.inf, -math.inf, -0.0])
+        nulls = rng.random(n) < (0.2 if damage == "null" else 0.0)
+        cols[f"f{i}"] = pa.array(x, mask=nulls)
+    cols["__event_ts"] = [1] * n
+    stored = dict(
+        zip(
+            build_keys("t", "v", ("user_id",), [ids]),
+            RowCodec(view).encode_table(pa.table(cols)),
+            strict=True,
+        )
+    )
+
+    class _Dict:
+        def read(self, keys: Any) -> list[Any]:
+            return [stored.get(k) for k in keys]
+
+    asked = [*ids, n + 5] if damage == "missing" else ids  # a never-stored entity
+    feats = subset[: 1 + seed % 5]
+    resp = get_online_features(_Dict(), "t", [(view, feats)], {"user_id": asked}, now_us=2)
+    res = from_response(
+        Prepared([(view, feats)], {"user_id": asked}, len(asked), False, False, 0.0), resp
+    )
+    if damage is None:
+        assert set(res.arrays) == set(feats)  # the dense path is the one taken
+    elif damage == "missing" or any(None in res.columns[f] for f in feats):
+        assert not res.arrays  # a default or a null in a view: its lists only
+    for name, arr in res.arrays.items():
+        assert arr.tobytes() == struct.pack(f"<{len(arr)}d", *res.columns[name])
+    ours = encode_features_response(res)
+    _same(ours, build_features_response(res))  # the protobuf API builds from the lists
+    assert ours == encode_features_response(
+        FeatureResult(res.columns, res.statuses, res.feature_names)
+    )
