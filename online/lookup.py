@@ -342,22 +342,33 @@ class OnlineResponse:
     def to_dict(self) -> dict[str, list[Any]]:
         """Join keys, then features, then ``<view>__event_timestamp`` columns when asked for."""
         if self._dict is None:
-            out: dict[str, list[Any]] = {k: _as_pylist(v) for k, v in self._entity_columns.items()}
-            for res, names in zip(self._results, self._names, strict=True):
-                out.update(zip(names, res.served_lists(), strict=True))
-            for name in self._hidden:
-                out.pop(name, None)
-            if self._include_ts:
-                for res, names in zip(self._results, self._names, strict=True):
-                    if all(n in self._hidden for n in names):
-                        continue
-                    ts = res.decoded.event_ts.tolist()
-                    present = res.decoded.present.tolist()
-                    out[f"{res.plan.view.name}__event_timestamp"] = [
-                        _us_to_datetime(t) if p else None for t, p in zip(ts, present, strict=True)
-                    ]
-            self._dict = out
+            self._dict = self._columns(dense=False)
         return dict(self._dict)
+
+    def wire_columns(self) -> dict[str, Any]:
+        """:meth:`to_dict` for an encoder: the features of a view read as stored (no defaults,
+        no nulls, float64) come as float64 arrays equal to their lists, built without them."""
+        return self._columns(dense=True) if self._dict is None else self.to_dict()
+
+    def _columns(self, *, dense: bool) -> dict[str, Any]:
+        out: dict[str, Any] = {k: _as_pylist(v) for k, v in self._entity_columns.items()}
+        for res, names in zip(self._results, self._names, strict=True):
+            arrays = res.dense() if dense and type(res) is _ViewResult else None
+            if arrays is None or any(a is None for a in arrays):
+                arrays = res.served_lists()
+            out.update(zip(names, arrays, strict=True))
+        for name in self._hidden:
+            out.pop(name, None)
+        if self._include_ts:
+            for res, names in zip(self._results, self._names, strict=True):
+                if all(n in self._hidden for n in names):
+                    continue
+                ts = res.decoded.event_ts.tolist()
+                present = res.decoded.present.tolist()
+                out[f"{res.plan.view.name}__event_timestamp"] = [
+                    _us_to_datetime(t) if p else None for t, p in zip(ts, present, strict=True)
+                ]
+        return out
 
     @property
     def statuses(self) -> dict[str, list[Status]]:
@@ -368,18 +379,6 @@ class OnlineResponse:
             for name in names:
                 if name not in self._hidden:
                     out[name] = list(st)
-        return out
-
-    def dense_columns(self) -> dict[str, np.ndarray]:
-        """Output name -> float64 array, for the features whose served list it equals exactly
-        (see ``_ViewResult.dense``); the others are only in :meth:`to_dict`."""
-        out: dict[str, np.ndarray] = {}
-        for res, names in zip(self._results, self._names, strict=True):
-            arrays = res.dense() if type(res) is _ViewResult else None
-            if arrays is not None:
-                for name, arr in zip(names, arrays, strict=True):
-                    if arr is not None and name not in self._hidden:
-                        out[name] = arr
         return out
 
     def status_codes(self, view_name: str) -> list[int]:

@@ -13,6 +13,8 @@ import struct
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from featurestore._time import to_us
 from featurestore.online.serving._proto import featurestore_pb2 as pb
 from featurestore.online.serving.errors import BadRequestError
@@ -314,15 +316,16 @@ def _columns(res: FeatureResult, tag: bytes, parts: list[bytes]) -> None:
     shared: dict[int, tuple[bytes, list[int]]] = {}  # one view's features share one list
     statuses = res.statuses
     no_status = (b"", None)
-    arrays = res.arrays
-    for name, values in res.columns.items():
+    for name, values in res.wire_columns().items():
         st = statuses.get(name)
         if st:
             status, codes = shared.get(id(st)) or _status_field(st, shared)
         else:
             status, codes = no_status
-        arr = arrays.get(name) if arrays else None
-        packed = _packed_fields(values) if arr is None or len(arr) < 2 else _dense_doubles(arr)
+        if type(values) is np.ndarray:  # float64, read as stored: bytes, no walk
+            packed = _dense_doubles(values) if len(values) > 1 else _packed_fields(values.tolist())
+        else:
+            packed = _packed_fields(values)
         if packed is None:  # timestamps, bytes, lists, mixed types: built with the protobuf API
             body = to_column(name, values, codes).SerializeToString()
         else:

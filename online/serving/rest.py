@@ -126,7 +126,8 @@ def features_dict(res: FeatureResult) -> dict[str, Any]:
     done: dict[int, Any] = {}
     statuses = res.statuses
     results = []
-    for name, values in res.columns.items():
+    columns = res.wire_columns()  # float64 arrays dump exactly as their lists would
+    for name, values in columns.items():
         st = statuses.get(name)
         if st is not None:
             frag = done.get(id(st))
@@ -134,7 +135,7 @@ def features_dict(res: FeatureResult) -> dict[str, Any]:
                 frag = done[id(st)] = orjson.Fragment(orjson.dumps(st))
             st = frag
         results.append({"values": values, "statuses": st})
-    return {"feature_names": list(res.columns), "results": results, "degraded": res.degraded}
+    return {"feature_names": list(columns), "results": results, "degraded": res.degraded}
 
 
 def _raw(body: bytes, status: int = 200) -> Response:

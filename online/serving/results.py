@@ -16,18 +16,59 @@ FeatureRequest = list[tuple["FeatureView", list[str]]]
 _STATUS_NAMES = ("PRESENT", "NOT_FOUND", "EXPIRED")
 
 
-@dataclass
 class FeatureResult:
-    """Columnar features of n entities: join keys first, then features (request order)."""
+    """Columnar features of n entities: join keys first, then features (request order).
 
-    columns: dict[str, list[Any]]
-    statuses: dict[str, list[str]]  # per feature: PRESENT / NOT_FOUND / EXPIRED / UNAVAILABLE
-    feature_names: list[str]
-    degraded: bool = False
-    degraded_reason: str | None = None
-    # float64 arrays equal to some columns' lists (features read as stored, no defaults or
-    # nulls): the gRPC encoder writes them as bytes instead of walking the lists
-    arrays: dict[str, Any] = field(default_factory=dict)
+    From a lookup, ``columns`` (plain lists) are built on first use: the servers encode
+    :meth:`wire_columns` instead, where features read as stored are float64 arrays.
+    """
+
+    __slots__ = ("_columns", "_source", "degraded", "degraded_reason", "feature_names", "statuses")
+
+    def __init__(
+        self,
+        columns: dict[str, list[Any]] | None,
+        statuses: dict[str, list[str]],  # per feature: PRESENT / NOT_FOUND / EXPIRED / UNAVAILABLE
+        feature_names: list[str],
+        degraded: bool = False,
+        degraded_reason: str | None = None,
+        *,
+        source: Any = None,  # an OnlineResponse, when columns is None
+    ) -> None:
+        self._columns = columns
+        self._source = source
+        self.statuses = statuses
+        self.feature_names = feature_names
+        self.degraded = degraded
+        self.degraded_reason = degraded_reason
+
+    @property
+    def columns(self) -> dict[str, list[Any]]:
+        if self._columns is None:
+            self._columns = self._source.to_dict()
+        return self._columns
+
+    def wire_columns(self) -> dict[str, Any]:
+        """The columns as encoders write them: lists, or float64 arrays equal to the lists."""
+        if self._columns is None:
+            return self._source.wire_columns()  # type: ignore[no-any-return]
+        return self._columns
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, FeatureResult):
+            return NotImplemented
+        return (self.columns, self.statuses, self.feature_names, self.degraded) == (
+            other.columns, other.statuses, other.feature_names, other.degraded,
+        ) and self.degraded_reason == other.degraded_reason  # fmt: skip
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return (
+            f"FeatureResult(columns={self.columns!r}, statuses={self.statuses!r}, "
+            f"feature_names={self.feature_names!r}, degraded={self.degraded!r}, "
+            f"degraded_reason={self.degraded_reason!r})"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         names = list(self.columns)
@@ -78,13 +119,12 @@ class Prepared:
 
 def from_response(p: Prepared, resp: Any) -> FeatureResult:
     """A lookup's OnlineResponse as a FeatureResult (statuses by name, shared per view)."""
-    cols = resp.to_dict()
     st: dict[str, list[str]] = {}
     for view, feats in p.requests:
         names = list(map(_STATUS_NAMES.__getitem__, resp.status_codes(view.name)))
         for f in feats:
             st[f"{view.name}__{f}" if p.full else f] = names
-    return FeatureResult(cols, st, resp.feature_names, arrays=resp.dense_columns())
+    return FeatureResult(None, st, resp.feature_names, source=resp)
 
 
 def degraded_result(p: Prepared, reason: str) -> FeatureResult:

@@ -271,6 +271,7 @@ def test_dense_float_columns_encode_like_their_lists(
     from featurestore.online.codec import RowCodec
     from featurestore.online.keys import build_keys
     from featurestore.online.lookup import get_online_features
+    from featurestore.online.serving.rest import _dumps, features_dict
     from featurestore.online.serving.results import Prepared, from_response
     from tests.online._online_views import make_view
 
@@ -302,14 +303,17 @@ def test_dense_float_columns_encode_like_their_lists(
     res = from_response(
         Prepared([(view, feats)], {"user_id": asked}, len(asked), False, False, 0.0), resp
     )
+    # encode first: once ``columns`` is built, encoders use the lists
+    ours, body, wire = encode_features_response(res), _dumps(features_dict(res)), res.wire_columns()
+    dense = {k for k, v in wire.items() if type(v) is np.ndarray}
     if damage is None:
-        assert set(res.arrays) == set(feats)  # the dense path is the one taken
+        assert dense == set(feats)  # the dense path is the one taken
     elif damage == "missing" or any(None in res.columns[f] for f in feats):
-        assert not res.arrays  # a default or a null in a view: its lists only
-    for name, arr in res.arrays.items():
-        assert arr.tobytes() == struct.pack(f"<{len(arr)}d", *res.columns[name])
-    ours = encode_features_response(res)
+        assert not dense  # a default or a null in a view: its lists only
+    assert list(wire) == list(res.columns)
+    for name in dense:
+        assert wire[name].tobytes() == struct.pack(f"<{n}d", *res.columns[name])
     _same(ours, build_features_response(res))  # the protobuf API builds from the lists
-    assert ours == encode_features_response(
-        FeatureResult(res.columns, res.statuses, res.feature_names)
-    )
+    as_lists = FeatureResult(res.columns, res.statuses, res.feature_names)
+    assert ours == encode_features_response(as_lists)
+    assert body == _dumps(as_lists.to_dict())  # REST JSON alike
