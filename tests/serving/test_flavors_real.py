@@ -84,6 +84,14 @@ def _sklearn_scores(model: Any, x: np.ndarray, names: list[str]) -> np.ndarray:
     return model.predict_proba(df)[:, 1] if hasattr(model, "predict_proba") else model.predict(df)
 
 
+def _registered(reg: ModelRegistry, name: str, flavor: str, artifact: Any) -> tuple[Any, Any]:
+    """Register ``artifact`` over the test service and load it as serving would."""
+    mv = reg.register(
+        name, flavor=flavor, artifact=artifact, feature_service="svc", service_features=SERVICE
+    )
+    return mv, load_predictor(flavor, reg.artifact_path(mv))
+
+
 @pytest.mark.parametrize(
     ("kind", "suffix"),
     [("logreg", ".joblib"), ("gbc", ".pkl"), ("pipeline", ".joblib"), ("regressor", ".pkl")],
@@ -91,11 +99,8 @@ def _sklearn_scores(model: Any, x: np.ndarray, names: list[str]) -> np.ndarray:
 def test_sklearn_scores_are_the_models_own(reg: ModelRegistry, tmp_path, kind, suffix) -> None:
     model = _sklearn_model(kind, ORDER)
     art = _save_sklearn(model, tmp_path / f"model{suffix}")
-    mv = reg.register(
-        "sk", flavor="sklearn", artifact=art, feature_service="svc", service_features=SERVICE
-    )
+    mv, pred = _registered(reg, "sk", "sklearn", art)
     assert mv.feature_names == tuple(ORDER)  # the fitted names decide the input order
-    pred = load_predictor(mv.flavor, reg.artifact_path(mv))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no "X does not have valid feature names" per call
         for x in (_rows(ORDER, 1), _rows(ORDER, 64)):
@@ -128,15 +133,8 @@ def _xgb_regressor_booster(names: list[str] | None, seed: int = 0) -> Any:
 def test_xgboost_classifier_scores_are_its_predict_proba(reg: ModelRegistry, tmp_path) -> None:
     clf = _xgb_classifier(ORDER)
     clf.save_model(tmp_path / "clf.json")
-    mv = reg.register(
-        "xg",
-        flavor="xgboost",
-        artifact=tmp_path / "clf.json",
-        feature_service="svc",
-        service_features=SERVICE,
-    )
+    mv, pred = _registered(reg, "xg", "xgboost", tmp_path / "clf.json")
     assert mv.feature_names == tuple(ORDER)
-    pred = load_predictor("xgboost", reg.artifact_path(mv))
     for x in (_rows(ORDER, 1), _rows(ORDER, 64)):
         np.testing.assert_array_equal(
             pred.predict(x), clf.predict_proba(pd.DataFrame(x, columns=ORDER))[:, 1]
@@ -149,14 +147,7 @@ def test_xgboost_booster_in_ubjson_scores_are_its_predict(reg: ModelRegistry, tm
 
     booster = _xgb_regressor_booster(ORDER)
     booster.save_model(tmp_path / "reg.ubj")
-    mv = reg.register(
-        "xg",
-        flavor="xgboost",
-        artifact=tmp_path / "reg.ubj",
-        feature_service="svc",
-        service_features=SERVICE,
-    )
-    pred = load_predictor("xgboost", reg.artifact_path(mv))
+    _, pred = _registered(reg, "xg", "xgboost", tmp_path / "reg.ubj")
     assert (pred.input_names, pred.n_inputs) == (ORDER, 3)
     for x in (_rows(ORDER, 1), _rows(ORDER, 64)):
         want = booster.predict(xgb.DMatrix(x, feature_names=ORDER))
@@ -263,11 +254,8 @@ def test_onnx_classifier_scores_the_positive_class(
 ) -> None:
     lr = _sklearn_model("unnamed", SERVICE)
     art = _onnx_logreg(tmp_path / "clf.onnx", lr, zipmap=zipmap, labels=labels)
-    mv = reg.register(
-        "ox", flavor="onnx", artifact=art, feature_service="svc", service_features=SERVICE
-    )
+    mv, pred = _registered(reg, "ox", "onnx", art)
     assert mv.feature_names == tuple(SERVICE)  # ONNX inputs are unnamed: the service's order
-    pred = load_predictor("onnx", reg.artifact_path(mv))
     for x in (_rows(SERVICE, 1), _rows(SERVICE, 64)):
         got = pred.predict(x)
         assert got.shape == (len(x),)
@@ -281,10 +269,7 @@ def test_onnx_classifier_scores_the_positive_class(
 def test_onnx_regressor_is_fed_the_dtype_it_declares(reg: ModelRegistry, tmp_path, double) -> None:
     w, b = np.array([0.002, -0.01, 3.0]), 0.25
     art = _onnx_linear(tmp_path / "lin.onnx", w, b, double=double)
-    mv = reg.register(
-        "ox", flavor="onnx", artifact=art, feature_service="svc", service_features=SERVICE
-    )
-    pred = load_predictor("onnx", reg.artifact_path(mv))
+    _, pred = _registered(reg, "ox", "onnx", art)
     for x in (_rows(SERVICE, 1), _rows(SERVICE, 64)):
         got = pred.predict(x)
         assert got.shape == (len(x),) and got.dtype == (np.float64 if double else np.float32)
