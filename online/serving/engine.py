@@ -424,7 +424,7 @@ class Engine(StoreReads):
         return_features: bool,
         t0: float,
     ) -> PredictResult:
-        cols = feats.columns
+        cols = feats.wire_columns()  # float64 arrays where read as stored: no lists built
         names = chosen.feature_names
         try:  # one C call for the whole matrix (None -> NaN); the model's input order
             if len(next(iter(cols.values()), ())) == 1:  # one entity: a flat row is cheaper

@@ -53,6 +53,19 @@ def test_one_entity_predict_shortcut_scores_as_the_general_path(engine: Engine) 
     assert [v[2] is not None for v in engine._vectors.values()] == [True]
 
 
+def test_batch_predict_scores_each_row_as_one_entity(engine: Engine) -> None:
+    # 30 rows: the batch reads float columns as arrays (not lists); each row alone takes the
+    # one-entity shortcut; 77 is never stored (defaults)
+    users = [*range(1, 30), 77]
+    merchants = [u % 10 + 1 for u in users]
+    batch = engine.predict("fraud", entities={"user_id": users, "merchant_id": merchants})
+    one = [
+        engine.predict("fraud", entities={"user_id": [u], "merchant_id": [m]}).scores[0]
+        for u, m in zip(users, merchants, strict=True)
+    ]
+    assert batch.scores == one and len(set(one)) > 1
+
+
 def _store_errors(e: Engine) -> float:
     """The degraded-answer count for store errors (metrics may be shared within a process)."""
     prefix = 'featurestore_degraded_total{reason="store_error"} '
