@@ -92,8 +92,12 @@ class _Connection(asyncio.Protocol):
 
     def send(self, command: bytes) -> asyncio.Future[Any]:
         fut = self.loop.create_future()
+        idle = not self.pending and not self.out
         self.pending.append((fut, time.monotonic()))
-        self.out.append(command)
+        if idle and self.transport is not None and self.lost is None:
+            self.transport.write(command)  # nothing else in flight: no batching to wait for
+            return fut
+        self.out.append(command)  # others in flight: this loop pass's commands go out together
         if not self.flush_scheduled:
             self.flush_scheduled = True
             self.loop.call_soon(self._flush)

@@ -130,6 +130,14 @@ def test_many_concurrent_mgets_get_their_own_answers_on_one_connection(
             writes.append(len(self.out))
         flush(self)
 
+    send = _aredis._Connection.send
+
+    def counting_send(self: Any, command: bytes) -> Any:
+        fut = send(self, command)
+        if not self.out or self.out[-1] is not command:  # written at once (connection idle)
+            writes.append(1)
+        return fut
+
     async def one(i: int) -> tuple[int, list[bytes | None]]:
         await asyncio.sleep(0)
         keys = [f"k{i}".encode(), f"missing{i}".encode(), f"k{(i * 7) % n}".encode()]
@@ -140,6 +148,7 @@ def test_many_concurrent_mgets_get_their_own_answers_on_one_connection(
 
     mp = pytest.MonkeyPatch()
     mp.setattr(_aredis._Connection, "_flush", counting_flush)
+    mp.setattr(_aredis._Connection, "send", counting_send)
     try:
         results = runner.run(many())
     finally:
@@ -541,3 +550,21 @@ def test_engine_aget_features_over_aredis_equals_the_sync_paths(
         assert a.columns[tx] == [10, 70, 0, 30]
     finally:
         engine.close()
+
+
+def test_a_command_on_an_idle_connection_goes_out_at_once(redis_url: str, runner: Any) -> None:
+    from featurestore.online._redis_wire import pack_mget
+
+    reader = _reader(redis_url)
+    runner.run(reader.ping(_soon()))
+
+    async def check() -> list[Any]:
+        conn = reader._usable(asyncio.get_running_loop())
+        first = conn.send(pack_mget([b"idle-a"]))
+        assert not conn.out and not conn.flush_scheduled  # written now: no loop pass to wait
+        second = conn.send(pack_mget([b"idle-b"]))
+        assert conn.out and conn.flush_scheduled  # one in flight: batched into this pass
+        return [await first, await second]
+
+    assert runner.run(check()) == [[None], [None]]
+    reader.close()
