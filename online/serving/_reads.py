@@ -137,7 +137,8 @@ class StoreReads:
     async def _aredis_values(self, keys: list[bytes], deadline: float) -> Any:
         if not self.breaker.allow():
             raise _StoreFailed("breaker_open")
-        if not keys:
+        if not keys:  # nothing to read (only on-demand features): not a probe of the store
+            self.breaker.release()
             return []
         with self._judged((DeadlineExceeded,)):
             return await self._aredis.mget(keys, deadline)  # type: ignore[union-attr]

@@ -93,3 +93,17 @@ def test_a_bad_request_in_half_open_frees_the_probe_without_closing() -> None:
     b.release()  # the probe was a bad request: the store was never asked
     assert b.state is BreakerState.HALF_OPEN
     assert b.allow()  # the next call may probe
+
+
+def test_an_empty_event_loop_read_frees_the_half_open_probe() -> None:
+    import asyncio
+    import time
+
+    from featurestore.online.serving._reads import StoreReads
+
+    reads = StoreReads()
+    reads.breaker = CircuitBreaker(failure_threshold=1, reset_s=0.0)
+    reads._aredis = None  # an empty read never reaches the store
+    reads.breaker.failure()  # open; with reset_s 0 the next call is the half-open probe
+    assert asyncio.run(reads._aredis_values([], time.monotonic() + 1)) == []
+    assert reads.breaker.allow()  # the probe is still free for a read that reaches the store
