@@ -64,10 +64,6 @@ class StoreReads:
             request_data=p.request_data,
         )
 
-    def _read_fn(self, p: Prepared) -> Callable[[Any], Any]:
-        """``store -> response``: plan ``p`` and read it (on whichever thread runs it)."""
-        return lambda store: self._plan(p).read(store)
-
     @contextlib.contextmanager
     def _judged(
         self, timeouts: tuple[type[BaseException], ...], fut: cf.Future[Any] | None = None
@@ -92,7 +88,10 @@ class StoreReads:
         self.breaker.success()
 
     def _read_sync(self, p: Prepared) -> Any:
-        return self._sync_read(self._read_fn(p), p.deadline)
+        lk = self._plan(p)
+        if not lk.keys:  # only on-demand features: nothing to read, nothing to tell the breaker
+            return lk.finish([])
+        return lk.finish(self._sync_read(lambda store: store.read(lk.keys), p.deadline))
 
     def _sync_read(self, read: Callable[[Any], Any], deadline: float) -> Any:
         """``read(store)`` for a synchronous caller, judged, answered by ``deadline``."""
@@ -112,10 +111,8 @@ class StoreReads:
             return fut.result(timeout=max(0.0, deadline - time.monotonic()))
 
     async def _read_async(self, p: Prepared) -> Any:
-        if self._aredis is not None:
-            lk = self._plan(p)
-            return lk.finish(await self._aredis_values(lk.keys, p.deadline))
-        return await self._async_read(self._read_fn(p), p.deadline)
+        lk = self._plan(p)
+        return lk.finish(await self._async_values(lk.keys, p.deadline) if lk.keys else [])
 
     async def _async_values(self, keys: list[bytes], deadline: float) -> Any:
         """The stored values of ``keys`` for an event-loop caller, judged, by ``deadline``."""
@@ -137,9 +134,6 @@ class StoreReads:
     async def _aredis_values(self, keys: list[bytes], deadline: float) -> Any:
         if not self.breaker.allow():
             raise _StoreFailed("breaker_open")
-        if not keys:  # nothing to read (only on-demand features): not a probe of the store
-            self.breaker.release()
-            return []
         with self._judged((DeadlineExceeded,)):
             return await self._aredis.mget(keys, deadline)  # type: ignore[union-attr]
 

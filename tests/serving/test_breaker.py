@@ -95,15 +95,27 @@ def test_a_bad_request_in_half_open_frees_the_probe_without_closing() -> None:
     assert b.allow()  # the next call may probe
 
 
-def test_an_empty_event_loop_read_frees_the_half_open_probe() -> None:
+def test_a_request_with_nothing_to_read_leaves_the_breaker_alone() -> None:
     import asyncio
-    import time
 
     from featurestore.online.serving._reads import StoreReads
 
-    reads = StoreReads()
+    class _NoKeys:  # the lookup of a request for on-demand features only
+        keys: list[bytes] = []
+
+        def finish(self, values: list) -> str:
+            assert values == []
+            return "computed"
+
+    class _Reads(StoreReads):
+        def _plan(self, p: object) -> _NoKeys:  # type: ignore[override]
+            return _NoKeys()
+
+    reads = _Reads()
     reads.breaker = CircuitBreaker(failure_threshold=1, reset_s=0.0)
-    reads._aredis = None  # an empty read never reaches the store
-    reads.breaker.failure()  # open; with reset_s 0 the next call is the half-open probe
-    assert asyncio.run(reads._aredis_values([], time.monotonic() + 1)) == []
-    assert reads.breaker.allow()  # the probe is still free for a read that reaches the store
+    reads._aredis = None
+    reads.breaker.failure()  # open; with reset_s 0 the next call would be the half-open probe
+    assert reads._read_sync(None) == "computed"  # type: ignore[arg-type]
+    assert asyncio.run(reads._read_async(None)) == "computed"  # type: ignore[arg-type]
+    assert reads.breaker.state is BreakerState.HALF_OPEN  # neither a probe nor a verdict
+    assert reads.breaker.allow()  # the probe is still there for a read that reaches the store
