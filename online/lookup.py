@@ -259,10 +259,12 @@ class _ViewResult:
             offset=offset, strides=(self.plan.codec.fixed_size, dtype.itemsize),
         )  # fmt: skip
 
-    def dense(self) -> list[np.ndarray | None] | None:
-        """Per requested feature, a float64 array equal to its served list when no cell needed
-        patching (all rows served, no nulls, stored as float64), else None: encoders write
-        these as bytes instead of walking the lists."""
+    def dense(self) -> list[Any] | None:
+        """Per requested feature, its served values without building the view's lists: a
+        float64 array when the column has no null, else a list with None at the nulls; None
+        for a feature outside the view's float64 matrix. None for the whole view unless every
+        row is served as stored (no defaults) and the view is decoded by numpy. Encoders write
+        the arrays as bytes instead of walking lists."""
         plan = self.plan
         if (
             self._rows is not False
@@ -270,12 +272,22 @@ class _ViewResult:
             or plan.matrix[0] != np.float64
             or not self.all_served
             or not len(self.decoded.records)
-            or self._null_rows()
         ):
             return None
         rows = np.ascontiguousarray(self._matrix().T)  # one copy: feature c is row c
         cols = plan.matrix_cols or range(len(rows))
-        return [None if c is None else rows[c] for c in cols]
+        out: list[Any] = [None if c is None else rows[c] for c in cols]
+        null_rows = self._null_rows()  # all rows served: row i of the view is entity i
+        if null_rows:
+            for j, field in enumerate(plan.field_idx.tolist()):
+                bit = 1 << field
+                hit = [i for i, bits in null_rows if bits & bit]
+                if hit and out[j] is not None:
+                    values = out[j].tolist()
+                    for i in hit:
+                        values[i] = None
+                    out[j] = values
+        return out
 
     def served_lists(self) -> list[list[Any]]:
         """One Python list per requested feature: value, None (null) or the default.
@@ -346,8 +358,8 @@ class OnlineResponse:
         return dict(self._dict)
 
     def wire_columns(self) -> dict[str, Any]:
-        """:meth:`to_dict` for an encoder: the features of a view read as stored (no defaults,
-        no nulls, float64) come as float64 arrays equal to their lists, built without them."""
+        """:meth:`to_dict` for an encoder: float64 features of a view served as stored (no
+        defaults) come as float64 arrays equal to their lists when they hold no null."""
         return self._columns(dense=True) if self._dict is None else self.to_dict()
 
     def _columns(self, *, dense: bool) -> dict[str, Any]:

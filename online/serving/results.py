@@ -20,7 +20,7 @@ class FeatureResult:
     """Columnar features of n entities: join keys first, then features (request order).
 
     From a lookup, ``columns`` (plain lists) are built on first use: the servers encode
-    :meth:`wire_columns` instead, where features read as stored are float64 arrays.
+    :meth:`wire_columns` instead, where float features served as stored are float64 arrays.
     """
 
     __slots__ = ("_columns", "_source", "degraded", "degraded_reason", "feature_names", "statuses")

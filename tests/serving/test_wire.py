@@ -306,10 +306,10 @@ def test_dense_float_columns_encode_like_their_lists(
     # encode first: once ``columns`` is built, encoders use the lists
     ours, body, wire = encode_features_response(res), _dumps(features_dict(res)), res.wire_columns()
     dense = {k for k, v in wire.items() if type(v) is np.ndarray}
-    if damage is None:
-        assert dense == set(feats)  # the dense path is the one taken
-    elif damage == "missing" or any(None in res.columns[f] for f in feats):
-        assert not dense  # a default or a null in a view: its lists only
+    if damage == "missing":
+        assert not dense  # a default in a view: its lists only
+    else:  # every column without a null is an array, the others lists
+        assert dense == {f for f in feats if None not in res.columns[f]}
     assert list(wire) == list(res.columns)
     for name in dense:
         assert wire[name].tobytes() == struct.pack(f"<{n}d", *res.columns[name])
