@@ -123,13 +123,7 @@ def group_by_node(client: Any, keys: list[bytes]) -> dict[Any, list[int]]:
 
 def pack_mgets(keys: Sequence[bytes], groups: list[list[int]]) -> bytes:
     """RESP for one ``MGET`` per group of key indexes."""
-    parts: list[bytes] = []
-    for idx in groups:
-        parts.append(b"*%d\r\n$4\r\nMGET\r\n" % (len(idx) + 1))
-        for i in idx:
-            k = keys[i]
-            parts.append(b"$%d\r\n%b\r\n" % (len(k), k))
-    return b"".join(parts)
+    return b"".join([pack_mget([keys[i] for i in idx]) for idx in groups])
 
 
 REDIRECT_ERRORS = ("MovedError", "AskError", "TryAgainError", "ClusterDownError")

@@ -13,7 +13,7 @@ are fetched too and left out of the response).
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -277,17 +277,28 @@ class _ViewResult:
         rows = np.ascontiguousarray(self._matrix().T)  # one copy: feature c is row c
         cols = plan.matrix_cols or range(len(rows))
         out: list[Any] = [None if c is None else rows[c] for c in cols]
-        null_rows = self._null_rows()  # all rows served: row i of the view is entity i
-        if null_rows:
-            for j, field in enumerate(plan.field_idx.tolist()):
-                bit = 1 << field
-                hit = [i for i, bits in null_rows if bits & bit]
-                if hit and out[j] is not None:
-                    values = out[j].tolist()
-                    for i in hit:
-                        values[i] = None
-                    out[j] = values
+        # all rows served: row i of the view is entity i
+        for c, i in self._null_cells(self._null_rows(), None):
+            if type(out[c]) is np.ndarray:
+                out[c] = out[c].tolist()
+            if out[c] is not None:
+                out[c][i] = None
         return out
+
+    def _null_cells(
+        self, null_rows: list[tuple[int, int]], statuses: list[int] | None
+    ) -> Iterator[tuple[int, int]]:
+        """(output column, row) of each null cell in ``null_rows`` (of a PRESENT row when
+        ``statuses`` are given): what serving turns into None."""
+        cols_of = self.plan.cols_of_field
+        for i, bits in null_rows:
+            if statuses is not None and statuses[i] != _PRESENT:
+                continue
+            while bits:
+                low = bits & -bits
+                for c in cols_of.get(low.bit_length() - 1, ()):
+                    yield c, i
+                bits ^= low
 
     def served_lists(self) -> list[list[Any]]:
         """One Python list per requested feature: value, None (null) or the default.
@@ -313,15 +324,8 @@ class _ViewResult:
             for i in [i for i, s in enumerate(st) if s == _EXPIRED]:
                 for col, default in zip(lists, defaults, strict=True):
                     col[i] = default
-        cols_of = plan.cols_of_field
-        for i, bits in null_rows:
-            if st[i] != _PRESENT:
-                continue
-            while bits:
-                low = bits & -bits
-                for c in cols_of.get(low.bit_length() - 1, ()):
-                    lists[c][i] = None
-                bits ^= low
+        for c, i in self._null_cells(null_rows, st):
+            lists[c][i] = None
         return lists
 
 
@@ -393,19 +397,20 @@ class OnlineResponse:
                     out[name] = list(st)
         return out
 
+    def _result(self, view_name: str) -> Any:
+        for res in self._results:
+            if res.plan.view.name == view_name:
+                return res
+        raise KeyError(view_name)
+
     def status_codes(self, view_name: str) -> list[int]:
         """:meth:`status_array` as a list of ints (shared by the view's features: do not edit)."""
-        for res in self._results:
-            if res.plan.view.name == view_name:  # windows and on-demand results: status only
-                return res._statuses() if type(res) is _ViewResult else res.status.tolist()
-        raise KeyError(view_name)
+        res = self._result(view_name)  # windows and on-demand results: status only
+        return res._statuses() if type(res) is _ViewResult else res.status.tolist()
 
     def status_array(self, view_name: str) -> np.ndarray:
         """The int8 Status codes of one view's rows (every feature of a view shares them)."""
-        for res in self._results:
-            if res.plan.view.name == view_name:
-                return res.status
-        raise KeyError(view_name)
+        return self._result(view_name).status  # type: ignore[no-any-return]
 
     def to_arrow(self) -> pa.Table:
         """An Arrow table with the declared feature types."""

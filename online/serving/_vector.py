@@ -19,9 +19,9 @@ import numpy as np
 
 from featurestore.online.keys import build_keys
 from featurestore.online.lookup import _request_plan, _ViewPlan
+from featurestore.online.serving._requests import _INT64_MAX, _INT64_MIN
 
 _NUMERIC = frozenset({"int32", "int64", "float32", "float64", "bool"})
-_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 class _View:

@@ -150,22 +150,22 @@ def test_zero_rows_set_no_packed_kind_like_protobuf_api() -> None:
     "values", [[2**63], [-(2**63) - 1], [1, 2**64], [*range(10), 2**70], [5, -(2**80)]]
 )
 def test_ints_outside_int64_raise_like_protobuf(values: list[int]) -> None:
-    res = FeatureResult({"c": values}, {}, ["c"])
-    with pytest.raises(ValueError) as ref:
-        build_features_response(res)
-    with pytest.raises(ValueError) as ours:
-        encode_features_response(res)
-    assert str(ours.value) == str(ref.value)
+    _raises_like_protobuf(values, ValueError)
     with pytest.raises(ValueError):
         encode_predict_response(PredictResult("m", 2**63, [], False))
 
 
 @pytest.mark.parametrize("values", [["\ud800"], ["ok"] * 12 + ["a\udcff"]])
 def test_lone_surrogates_raise_like_protobuf(values: list[str]) -> None:
+    _raises_like_protobuf(values, UnicodeEncodeError)
+
+
+def _raises_like_protobuf(values: list[Any], error: type[Exception]) -> None:
+    """A column of ``values`` fails to encode with the protobuf API's own error and message."""
     res = FeatureResult({"c": values}, {}, ["c"])
-    with pytest.raises(UnicodeEncodeError) as ref:
+    with pytest.raises(error) as ref:
         build_features_response(res)
-    with pytest.raises(UnicodeEncodeError) as ours:
+    with pytest.raises(error) as ours:
         encode_features_response(res)
     assert str(ours.value) == str(ref.value)
 
