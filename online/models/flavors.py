@@ -1,14 +1,15 @@
 """Model flavors: load an artifact into a ``Predictor`` (2-D float array in, 1-D scores out).
 
 Each loader imports its library lazily, so only the flavors in use cost anything; a missing
-library is a clear "install X" error, not an ImportError from deep inside.
+library is a clear "install X" error, not an ImportError from deep inside. The scikit-learn
+and ONNX loaders live in ``_sklearn.py`` and ``_onnx.py``.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
-import pickle
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,13 +25,18 @@ FLAVORS: tuple[str, ...] = get_args(Flavor)
 
 @dataclass
 class Predictor:
-    """A loaded model: ``predict(X)`` with X of shape (rows, n_inputs), float64."""
+    """A loaded model: ``predict(X)`` with X of shape (rows, n_inputs), float64.
+
+    ``predict`` returns one score per row for the models the registry accepts; a multiclass
+    or multi-output model returns its (rows, k) matrix, which the registry refuses.
+    """
 
     flavor: str
     model: Any
     input_names: list[str] | None  # None: the artifact does not name its inputs
     n_inputs: int | None
     _predict: Any
+    n_classes: int | None = None  # a classifier's class count, when the artifact says
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         out = np.asarray(self._predict(x))
@@ -93,49 +99,27 @@ def _lightgbm(path: str) -> Predictor:
     from featurestore.online.models._lgb_fast import fast_row_predict
 
     predict = fast_row_predict(booster, predict)  # one row: the C API's prepared path
-    return Predictor("lightgbm", booster, names_or_none, booster.num_feature(), predict)
+    k = booster.num_model_per_iteration()  # num_class of a multiclass objective, else 1
+    n_classes = k if k > 1 else None
+    if k == 2:  # a two-class softmax: P(class 1), like a binary model
+        predict = _positive_column(predict)
+    n = booster.num_feature()
+    return Predictor("lightgbm", booster, names_or_none, n, predict, n_classes)
+
+
+def _positive_column(predict: Any) -> Any:
+    """``predict`` of a two-class model that returns (rows, 2) probabilities, as P(class 1)."""
+
+    def positive(x: np.ndarray) -> np.ndarray:
+        return np.asarray(predict(x))[:, 1]
+
+    return positive
 
 
 def _sklearn(path: str) -> Predictor:
-    if path.endswith(".joblib"):
-        joblib = _require("joblib", "joblib", "sklearn")
-        model = joblib.load(path)
-    else:
-        with open(path, "rb") as fh:
-            model = pickle.load(fh)
-    names = getattr(model, "feature_names_in_", None)
-    n = getattr(model, "n_features_in_", None)
-    _forget_fitted_names(model)
-    proba = getattr(model, "predict_proba", None)
-    classes = getattr(model, "classes_", None)
-    if proba is not None and classes is not None and len(classes) == 2:
+    from featurestore.online.models._sklearn import load_sklearn
 
-        def predict(x: np.ndarray) -> np.ndarray:
-            return proba(x)[:, 1]
-    else:
-        predict = model.predict
-    return Predictor(
-        "sklearn",
-        model,
-        None if names is None else [str(s) for s in names],
-        None if n is None else int(n),
-        predict,
-    )
-
-
-def _forget_fitted_names(est: Any) -> None:
-    """Drop the column names a model was fitted with, so numpy rows pass sklearn's name check.
-
-    The registry already put the columns in the fitted order by those names; left in place,
-    sklearn warns "X does not have valid feature names" on every prediction (~30 us and a log
-    line per request). Pipelines: only the first step saw the names. A ColumnTransformer that
-    selects columns by name keeps them (it needs a DataFrame, not a float matrix, anyway).
-    """
-    steps = getattr(est, "steps", None)
-    if isinstance(steps, list) and steps:
-        _forget_fitted_names(steps[0][1])
-    elif "feature_names_in_" in getattr(est, "__dict__", {}) and not hasattr(est, "transformers_"):
-        del est.feature_names_in_
+    return load_sklearn(path)
 
 
 def _xgboost(path: str) -> Predictor:
@@ -145,53 +129,31 @@ def _xgboost(path: str) -> Predictor:
     booster.set_param({"nthread": 1})
     names = booster.feature_names
     n = booster.num_features()
+    n_classes = _xgb_class_count(booster)
 
     def predict(x: np.ndarray) -> np.ndarray:
         return booster.inplace_predict(x, validate_features=False)
 
-    return Predictor("xgboost", booster, None if names is None else list(names), n, predict)
+    if n_classes == 2 and predict(np.zeros((1, n))).ndim == 2:  # multi:softprob, two classes
+        predict = _positive_column(predict)
+    names = None if names is None else list(names)
+    return Predictor("xgboost", booster, names, n, predict, n_classes)
+
+
+def _xgb_class_count(booster: Any) -> int | None:
+    """``num_class`` of a multi:softmax / multi:softprob booster; None for other objectives."""
+    try:
+        params = json.loads(booster.save_config())["learner"]["learner_model_param"]
+        k = int(params.get("num_class", 0))
+    except (ValueError, KeyError, TypeError):
+        return None
+    return k if k > 1 else None
 
 
 def _onnx(path: str) -> Predictor:
-    ort = _require("onnxruntime", "onnxruntime", "onnx")
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    sess = ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
-    inp = sess.get_inputs()[0]
-    width = inp.shape[1] if len(inp.shape) == 2 and isinstance(inp.shape[1], int) else None
-    outputs = sess.get_outputs()
-    # classifiers converted by skl2onnx emit (label, probabilities): score with the probabilities
-    out_name = outputs[1].name if len(outputs) > 1 else outputs[0].name
-    dtype = np.float64 if inp.type == "tensor(double)" else np.float32  # feed what it declares
+    from featurestore.online.models._onnx import load_onnx
 
-    def predict(x: np.ndarray) -> np.ndarray:
-        out = sess.run([out_name], {inp.name: x.astype(dtype, copy=False)})[0]
-        if isinstance(out, list):  # ZipMap output: list of {class: p}
-            return _zipmap_positive(out)
-        out = np.asarray(out)
-        if out.ndim == 2 and out.shape[1] == 2:
-            return out[:, 1]
-        return out
-
-    return Predictor("onnx", sess, None, width, predict)
-
-
-def _zipmap_positive(rows: list[dict[Any, float]]) -> np.ndarray:
-    """P(positive class) from ZipMap rows: the larger of the two labels (column 1 when sorted).
-
-    That is sklearn's ``classes_[1]`` (skl2onnx keeps the order) for int and string labels
-    alike, matching the ``[:, 1]`` of a plain probability tensor.
-    """
-    if not rows:
-        return np.zeros(0)
-    if len(rows[0]) != 2:
-        raise ModelLoadError(
-            f"onnx classifier has {len(rows[0])} classes {sorted(rows[0])}; only a binary "
-            "classifier gives one score per row"
-        )
-    positive = max(rows[0])
-    return np.array([row[positive] for row in rows], dtype=np.float64)
+    return load_onnx(path)
 
 
 def _python(path: str) -> Predictor:

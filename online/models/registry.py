@@ -22,8 +22,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from featurestore.online.models.errors import ModelNotFoundError, ModelRegistryError
-from featurestore.online.models.flavors import check_flavor, load_predictor
+from featurestore.online.models.flavors import Predictor, check_flavor, load_predictor
 
 ALIASES = ("production", "shadow", "canary")
 INDEX = "index.json"
@@ -156,6 +158,58 @@ def check_features(
     return tuple(service_names)  # unnamed inputs: the service's order
 
 
+_ONE_SCORE = (
+    "the service returns one score per entity: binary classifiers score P(positive class), "
+    "regressors the value"
+)
+
+
+def check_scores(model: str, pred: Predictor, n_features: int) -> None:
+    """Refuse a model that does not give one number per row, by a trial prediction on zeros.
+
+    Catches what the artifact's metadata cannot: multiclass and multi-output models, inputs
+    of a free width that do not fit, predict functions that fail or return labels.
+    """
+    if pred.n_classes is not None and pred.n_classes > 2:
+        raise ModelRegistryError(
+            f"model '{model}' is a {pred.n_classes}-class {pred.flavor} classifier; "
+            f"{_ONE_SCORE}; register a binary classifier or a regressor"
+        )
+    x = np.zeros((2, n_features), dtype=np.float64)
+    try:
+        out = np.asarray(pred.predict(x))
+    except Exception as exc:
+        cause = " ".join(str(exc).split())[:300] or "no message"
+        hint = ""
+        if pred.n_inputs is None:
+            hint = f" (the model does not declare its input count: does it take {n_features}?)"
+        raise ModelRegistryError(
+            f"model '{model}' failed a trial prediction on 2 rows of the service's "
+            f"{n_features} features{hint}: {type(exc).__name__}: {cause}"
+        ) from exc
+    if out.ndim == 2 and out.shape[0] == 2 and out.shape[1] > 1:
+        k = out.shape[1]
+        raise ModelRegistryError(
+            f"model '{model}' returns {k} numbers per row (a {k}-class or {k}-output model); "
+            f"{_ONE_SCORE}; register a binary classifier or a single-output regressor"
+        )
+    if out.shape != (2,):
+        raise ModelRegistryError(
+            f"model '{model}' returns shape {out.shape} for 2 rows; {_ONE_SCORE}, so predict "
+            "must return one number per row"
+        )
+    if out.dtype.kind not in "biuf":
+        raise ModelRegistryError(
+            f"model '{model}' returns {out.dtype} values {out.tolist()} for 2 rows, not numbers; "
+            f"{_ONE_SCORE}"
+        )
+    if np.isinf(out).any():
+        raise ModelRegistryError(
+            f"model '{model}' returns {out.tolist()} for 2 rows of zeros; scores must be "
+            "finite numbers (or NaN)"
+        )
+
+
 class ModelRegistry:
     """Versions and aliases of models under one folder (default ``data/models`` in the repo)."""
 
@@ -217,7 +271,11 @@ class ModelRegistry:
         service_features: list[str],
         description: str = "",
     ) -> ModelVersion:
-        """Copy the artifact in as the next version after checking it loads and fits the service."""
+        """Copy the artifact in as the next version after checking it loads and fits the service.
+
+        Checked before anything is copied: the model loads, its input names or count match
+        the service's features, and a trial prediction gives one number per row.
+        """
         if not _NAME.match(name):
             raise ModelRegistryError(f"model name {name!r} must be letters, digits, _ or -")
         check_flavor(flavor)
@@ -229,6 +287,7 @@ class ModelRegistry:
         order = check_features(
             name, pred.input_names, pred.n_inputs, feature_service, service_features
         )
+        check_scores(name, pred, len(order))
         with self._lock(name):
             entry = self._get_or_new(name)
             version = max(entry.versions, default=0) + 1

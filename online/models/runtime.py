@@ -68,7 +68,7 @@ def warm(model: LoadedModel) -> None:
             f"model '{model.version.name}' v{model.version.version} failed its warm-up "
             f"prediction: {exc}"
         ) from exc
-    if np.asarray(out).shape[:1] != (1,):
+    if np.asarray(out).shape != (1,):  # a (1, k) answer is a multiclass / multi-output model
         raise ModelLoadError(
             f"model '{model.version.name}' v{model.version.version} returned shape "
             f"{np.asarray(out).shape} for one row; expected one score per row"

@@ -64,6 +64,20 @@ def _sklearn_model(kind: str, names: list[str], seed: int = 0) -> Any:
         return GradientBoostingRegressor(n_estimators=20, random_state=0).fit(x, x.iloc[:, 0])
     if kind == "unnamed":
         return LogisticRegression().fit(x.to_numpy(), y)
+    if kind in ("columns", "selector"):  # a ColumnTransformer picking columns by name
+        from sklearn.compose import ColumnTransformer, make_column_selector
+
+        if kind == "selector":
+            pick = make_column_selector(pattern="^(?:tx_count|amount_mean)$")
+            ct = ColumnTransformer([("scale", StandardScaler(), pick)], remainder="passthrough")
+        else:
+            ct = ColumnTransformer(
+                [
+                    ("scale", StandardScaler(), ["tx_count", "amount_mean"]),
+                    ("keep", "passthrough", ["risk"]),
+                ]
+            )
+        return make_pipeline(ct, LogisticRegression()).fit(x, y)
     raise AssertionError(kind)
 
 
@@ -94,7 +108,14 @@ def _registered(reg: ModelRegistry, name: str, flavor: str, artifact: Any) -> tu
 
 @pytest.mark.parametrize(
     ("kind", "suffix"),
-    [("logreg", ".joblib"), ("gbc", ".pkl"), ("pipeline", ".joblib"), ("regressor", ".pkl")],
+    [
+        ("logreg", ".joblib"),
+        ("gbc", ".pkl"),
+        ("pipeline", ".joblib"),
+        ("regressor", ".pkl"),
+        ("columns", ".joblib"),
+        ("selector", ".pkl"),
+    ],
 )
 def test_sklearn_scores_are_the_models_own(reg: ModelRegistry, tmp_path, kind, suffix) -> None:
     model = _sklearn_model(kind, ORDER)
@@ -107,6 +128,9 @@ def test_sklearn_scores_are_the_models_own(reg: ModelRegistry, tmp_path, kind, s
             got = pred.predict(x)
             assert got.shape == (len(x),)
             np.testing.assert_array_equal(got, _sklearn_scores(model, x, ORDER))
+            if kind in ("columns", "selector"):  # fed a DataFrame: any matrix layout, same score
+                for layout in (np.ascontiguousarray(x), np.asfortranarray(x)):
+                    np.testing.assert_array_equal(pred.predict(layout), got)
     if kind != "regressor":  # a probability, and not the same number for every row
         scores = pred.predict(_rows(ORDER, 64))
         assert ((scores >= 0) & (scores <= 1)).all() and np.ptp(scores) > 0.1
@@ -348,11 +372,17 @@ def loaded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, _Case]:
     xg.save_model(tmp / "xg.json")
     lr = _sklearn_model("unnamed", SERVICE)
     ox = _onnx_logreg(tmp / "ox.onnx", lr, zipmap=True, labels=[0, 1])
+    ct = _sklearn_model("columns", ORDER)
     return {
         "sklearn": _Case(
             ORDER,
             load_predictor("sklearn", _save_sklearn(sk, tmp / "sk.joblib")),
             lambda x: _sklearn_scores(sk, x, ORDER),
+        ),
+        "sklearn-columns": _Case(
+            ORDER,
+            load_predictor("sklearn", _save_sklearn(ct, tmp / "ct.joblib")),
+            lambda x: _sklearn_scores(ct, x, ORDER),
         ),
         "xgboost": _Case(
             ORDER,
@@ -368,7 +398,7 @@ _finite = st.floats(-1e6, 1e6, allow_nan=False, width=32)
 
 @settings(max_examples=40, deadline=None)
 @given(
-    flavor=st.sampled_from(["sklearn", "xgboost", "onnx"]),
+    flavor=st.sampled_from(["sklearn", "sklearn-columns", "xgboost", "onnx"]),
     x=hnp.arrays(np.float64, st.tuples(st.integers(1, 12), st.just(3)), elements=_finite),
 )
 def test_any_rows_score_alike_alone_batched_and_by_the_library(
@@ -406,8 +436,10 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, dict
     xg.save_model(root / "xg.json")
     lr = _sklearn_model("unnamed", SERVICE, seed=7)
     ox = _onnx_logreg(root / "ox.onnx", lr, zipmap=True, labels=[0, 1])
+    ct = _sklearn_model("selector", ORDER, seed=8)
     arts = {
         "sk": ("sklearn", _save_sklearn(sk, root / "sk.joblib")),
+        "ct": ("sklearn", _save_sklearn(ct, root / "ct.pkl")),
         "xg": ("xgboost", root / "xg.json"),
         "ox": ("onnx", ox),
     }
@@ -425,6 +457,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, dict
         store.close()
     models = {
         "sk": _Served(lambda x: _sklearn_scores(sk, x, ORDER)),
+        "ct": _Served(lambda x: _sklearn_scores(ct, x, ORDER)),
         "xg": _Served(lambda x: xg.predict_proba(pd.DataFrame(x, columns=ORDER))[:, 1]),
         "ox": _Served(lambda x: _onnx_positive(ox, x)),
     }
@@ -433,7 +466,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, dict
     engine.close()
 
 
-@pytest.mark.parametrize("model", ["sk", "xg", "ox"])
+@pytest.mark.parametrize("model", ["sk", "ct", "xg", "ox"])
 @pytest.mark.parametrize(
     "entities",
     [{"user_id": [9], "merchant_id": [4]}, {"user_id": [9, 3, 77], "merchant_id": [4, 10, 2]}],

@@ -166,16 +166,18 @@ def test_runtime_swaps_only_to_warm_versions(reg, tmp_path) -> None:
     rt = ModelRuntime(reg)
     rt.refresh()
     assert rt.select("m")[0].version.version == 1
-    (tmp_path / "bad.py").write_text(
-        "FEATURE_NAMES = ['tx_count', 'amount_mean', 'risk']\n"
-        "def predict(x):\n    raise RuntimeError('boom')\n"
-    )
+    (tmp_path / "bad.py").write_text(PY_MODEL)
     mv = reg.register(
         "m",
         flavor="python",
         artifact=tmp_path / "bad.py",
         feature_service="svc",
         service_features=SERVICE,
+    )
+    # broken after registering (register's trial prediction refuses a model that raises)
+    Path(reg.artifact_path(mv)).write_text(
+        "FEATURE_NAMES = ['tx_count', 'amount_mean', 'risk']\n"
+        "def predict(x):\n    raise RuntimeError('boom')\n"
     )
     reg.set_alias("m", mv.version, "production")
     assert rt.refresh() is False
@@ -185,6 +187,27 @@ def test_runtime_swaps_only_to_warm_versions(reg, tmp_path) -> None:
     reg.set_alias("m", 3, "production")
     assert rt.refresh() is True
     assert rt.select("m")[0].version.version == 3
+
+
+def test_runtime_refuses_a_version_scoring_several_numbers_per_row(reg, tmp_path) -> None:
+    # e.g. an artifact registered before register checked scores, or replaced on disk since
+    _register(reg, tmp_path, 1)
+    reg.set_alias("m", 1, "production")
+    rt = ModelRuntime(reg)
+    rt.refresh()
+    (tmp_path / "multi.py").write_text(PY_MODEL)
+    mv = reg.register(
+        "m", flavor="python", artifact=tmp_path / "multi.py", feature_service="svc",
+        service_features=SERVICE,
+    )  # fmt: skip
+    Path(reg.artifact_path(mv)).write_text(
+        "import numpy as np\nFEATURE_NAMES = ['tx_count', 'amount_mean', 'risk']\n"
+        "def predict(x):\n    return np.column_stack([x[:, 0], x[:, 1], x[:, 2]])\n"
+    )
+    reg.set_alias("m", mv.version, "production")
+    assert rt.refresh() is False
+    assert "(1, 3)" in (rt.last_error or "")
+    assert rt.select("m")[0].version.version == 1
 
 
 def test_canary_share_splits_traffic(reg, tmp_path) -> None:

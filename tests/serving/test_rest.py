@@ -420,7 +420,7 @@ def test_a_failed_promotion_keeps_serving_and_ready(fresh_repo: Path, serve, tmp
     bad = tmp_path / "bad.py"
     bad.write_text(
         "FEATURE_NAMES = ['tx_count', 'amount_mean', 'risk']\n"
-        "def predict(x):\n    raise RuntimeError('broken model')\n"
+        "def predict(x):\n    return x[:, 2]\n"
     )
     with FeatureStore(fresh_repo) as store:
         reg = model_registry(store)
@@ -430,6 +430,11 @@ def test_a_failed_promotion_keeps_serving_and_ready(fresh_repo: Path, serve, tmp
             artifact=bad,
             feature_service="scoring",
             service_features=service_feature_names(store, "scoring"),
+        )
+        # broken after registering (register's trial prediction refuses a model that raises)
+        Path(reg.artifact_path(mv)).write_text(
+            "FEATURE_NAMES = ['tx_count', 'amount_mean', 'risk']\n"
+            "def predict(x):\n    raise RuntimeError('broken model')\n"
         )
         reg.set_alias("fraud", mv.version, "production")
     engine = s.app.state.engine
