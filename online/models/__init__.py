@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from featurestore.online.models.errors import ModelLoadError, ModelNotFoundError, ModelRegistryError
+from featurestore.online.models.errors import (
+    ModelLoadError,
+    ModelNotFoundError,
+    ModelPredictError,
+    ModelRegistryError,
+)
 from featurestore.online.models.flavors import FLAVORS, Predictor, load_predictor
 from featurestore.online.models.registry import (
     ALIASES,
@@ -11,6 +16,7 @@ from featurestore.online.models.registry import (
     ModelRegistry,
     ModelVersion,
     check_features,
+    check_scores,
 )
 from featurestore.online.models.runtime import LoadedModel, ModelRuntime, Route, ShadowRecorder
 
@@ -22,6 +28,7 @@ __all__ = [
     "ModelEntry",
     "ModelLoadError",
     "ModelNotFoundError",
+    "ModelPredictError",
     "ModelRegistry",
     "ModelRegistryError",
     "ModelRuntime",
@@ -30,5 +37,6 @@ __all__ = [
     "Route",
     "ShadowRecorder",
     "check_features",
+    "check_scores",
     "load_predictor",
 ]

@@ -15,3 +15,7 @@ class ModelNotFoundError(ModelRegistryError):
 
 class ModelLoadError(ModelRegistryError):
     """A model artifact could not be loaded or failed its warm-up prediction."""
+
+
+class ModelPredictError(FeatureStoreError):
+    """A loaded model raised while scoring a request's rows (HTTP 500 / INTERNAL, with why)."""

@@ -20,7 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from featurestore.online.models.errors import ModelLoadError, ModelNotFoundError
+from featurestore.online.models.errors import (
+    ModelLoadError,
+    ModelNotFoundError,
+    ModelPredictError,
+)
 from featurestore.online.models.flavors import Predictor, load_predictor
 from featurestore.online.models.registry import ALIASES, ModelRegistry, ModelVersion
 
@@ -40,6 +44,38 @@ class LoadedModel:
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         return self.predictor.predict(x)
+
+    def score(self, x: np.ndarray) -> tuple[np.ndarray, int]:
+        """float64 scores of the rows ``x``, and how many rows were left unscored (NaN).
+
+        Many models (most of sklearn's) refuse a missing input: when the model raises on rows
+        holding NaN (a null feature with no default), those rows score NaN, answered as null,
+        and the others are scored without them, so one incomplete entity does not fail its
+        batch. Any other failure is a ModelPredictError naming the model and the cause.
+        """
+        try:
+            return np.asarray(self.predictor.predict(x), dtype=np.float64), 0
+        except Exception as exc:
+            missing = np.isnan(x).any(axis=1)
+            if not missing.any():
+                raise self._failed(exc, len(x)) from exc
+        out = np.full(len(x), np.nan)
+        ok = ~missing
+        if ok.any():
+            try:
+                out[ok] = self.predictor.predict(np.ascontiguousarray(x[ok]))
+            except Exception as exc:
+                raise self._failed(exc, int(ok.sum())) from exc
+        return out, int(missing.sum())
+
+    def _failed(self, exc: Exception, rows: int) -> ModelPredictError:
+        v = self.version
+        cause = " ".join(str(exc).split())[:300] or "no message"
+        log.warning("model '%s' v%s failed to score %d row(s): %r", v.name, v.version, rows, exc)
+        return ModelPredictError(
+            f"model '{v.name}' v{v.version} failed to score {rows} row(s): "
+            f"{type(exc).__name__}: {cause}"
+        )
 
 
 @dataclass(frozen=True)

@@ -457,10 +457,12 @@ class Engine(StoreReads):
         feats: FeatureResult | None = None,
     ) -> PredictResult:
         """Score the input rows ``x`` (shadow on the side), counted in the metrics."""
-        scores = np.asarray(chosen.predict(x), dtype=np.float64)
+        scores, unscored = chosen.score(x)
         mv = chosen.version
         m = self.metrics
-        m.child(m.predictions, mv.name, str(mv.version)).inc(x.shape[0])
+        m.child(m.predictions, mv.name, str(mv.version)).inc(x.shape[0] - unscored)
+        if unscored:
+            m.child(m.unscored, mv.name, str(mv.version)).inc(unscored)
         if shadow is not None:
             self.models.shadow.submit(shadow, chosen, x, scores)
         self._observe("predict", t0, degraded, x.shape[0])

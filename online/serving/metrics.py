@@ -66,6 +66,12 @@ class Metrics:
         self.predictions = Counter(
             "featurestore_predictions_total", "Rows scored", ["model", "version"], registry=r
         )
+        self.unscored = Counter(
+            "featurestore_unscored_rows_total",
+            "Rows answered with a null score: the model refused their missing (NaN) inputs",
+            ["model", "version"],
+            registry=r,
+        )
         self.shadow = Counter(
             "featurestore_shadow_predictions_total",
             "Rows scored by shadow versions",

@@ -32,6 +32,7 @@ from featurestore.errors import (
 from featurestore.online.models.errors import (
     ModelLoadError,
     ModelNotFoundError,
+    ModelPredictError,
     ModelRegistryError,
 )
 from featurestore.online.serving._fast_rest import HotRoutes
@@ -113,7 +114,9 @@ class ErrorOut(BaseModel):
     error: str
 
 
-_ERRORS: dict[int, dict[str, Any]] = {c: {"model": ErrorOut} for c in (400, 404, 413, 422, 503)}
+_ERRORS: dict[int, dict[str, Any]] = {
+    c: {"model": ErrorOut} for c in (400, 404, 413, 422, 500, 503)
+}
 
 
 def _dumps(data: Any) -> bytes:
@@ -162,6 +165,8 @@ def _status_of(exc: BaseException) -> int:
         return 400
     if isinstance(exc, (OnlineStoreUnavailableError, NotReadyError, RegistryError, ModelLoadError)):
         return 503
+    if isinstance(exc, ModelPredictError):
+        return 500
     if isinstance(exc, (ModelRegistryError, FeatureStoreError)):
         return 400
     return 500

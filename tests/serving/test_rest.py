@@ -419,8 +419,7 @@ def test_a_failed_promotion_keeps_serving_and_ready(fresh_repo: Path, serve, tmp
     s = serve(fresh_repo)
     bad = tmp_path / "bad.py"
     bad.write_text(
-        "FEATURE_NAMES = ['tx_count', 'amount_mean', 'risk']\n"
-        "def predict(x):\n    return x[:, 2]\n"
+        "FEATURE_NAMES = ['tx_count', 'amount_mean', 'risk']\ndef predict(x):\n    return x[:, 2]\n"
     )
     with FeatureStore(fresh_repo) as store:
         reg = model_registry(store)
