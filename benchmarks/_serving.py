@@ -35,7 +35,7 @@ N_TREES = 100
 
 # ``featurestore serve`` runs uvicorn with exactly these (see featurestore/_cli_serve.py)
 UVICORN = {
-    "loop": "asyncio",
+    "loop": "auto",
     "http": "httptools",
     "access_log": False,
     "workers": 1,

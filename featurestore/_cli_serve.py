@@ -114,7 +114,7 @@ def _run_uvicorn(host: str, port: int, workers: int, log_level: str) -> None:
         host=host,
         port=port,
         workers=workers,
-        loop="asyncio",
+        loop="auto",  # uvloop when installed (a dependency off Windows), else asyncio
         http="httptools",
         log_level=log_level,
         access_log=False,

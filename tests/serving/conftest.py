@@ -179,7 +179,7 @@ class ServerThread:
             app,
             host="127.0.0.1",
             port=self.port,
-            loop="asyncio",
+            loop="auto",
             log_level="warning",
             lifespan="on",
             access_log=False,
@@ -189,7 +189,12 @@ class ServerThread:
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        asyncio.run(self.server.serve())
+        try:  # the loop `featurestore serve` runs on (uvicorn's "auto"): uvloop when installed
+            import uvloop
+        except ImportError:
+            asyncio.run(self.server.serve())
+        else:
+            uvloop.run(self.server.serve())
 
     def start(self) -> ServerThread:
         self.thread.start()
