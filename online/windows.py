@@ -42,6 +42,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from featurestore.feature_view import FeatureView
     from featurestore.offline.store import OfflineStore
     from featurestore.online.base import OnlineStore
@@ -65,6 +67,18 @@ def decode_value(view: FeatureView, value: bytes | None) -> Any:
         return None
     assert view.window is not None
     return view.window.online().decode(memoryview(value)[_HEAD.size :])
+
+
+def read_values(
+    view: FeatureView, values: Sequence[bytes | None], now_us: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every output of many entities' values at ``now_us`` in one kernel call.
+
+    (out, code, watermark) of ``OnlineWindows.read_values``; absent by ``decode_value``'s rules.
+    """
+    assert view.window is not None
+    prefix = _HEAD.pack(MAGIC, view.schema_version)
+    return view.window.online().read_values(values, now_us, prefix)
 
 
 def materialize_window_view(

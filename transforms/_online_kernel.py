@@ -27,8 +27,6 @@ from featurestore.transforms._kernel import (
     STDDEV,
     SUM,
     VAR,
-    dense_codes,
-    window_core,
 )
 
 # meta slots: live events are ts[START : START + N] (a sliding prefix is dropped lazily)
@@ -312,6 +310,15 @@ def _tiled_value(
 
 
 @njit(cache=True)
+def _work():
+    """Scratch reused by ``_read_into``: exact sums and their rounding space."""
+    return (
+        _new(L1), _new(L2), np.zeros(L1, dtype=np.int64), np.zeros(L2, dtype=np.int64),
+        np.zeros(L2, dtype=np.int64),
+    )  # fmt: skip
+
+
+@njit(cache=True)
 def read(
     meta, ts, vals, valid, keys, t, fns, inps, wins, dins, tile_us, tids, tmap, rec, pool,
 ):  # fmt: skip
@@ -319,27 +326,30 @@ def read(
 
     Each output scans only its own events ``(t - w, t]`` (binary search on the sorted
     buffer); with tiles (``tids`` non-empty, input row ``tmap[input]``) the tiles wholly
-    inside the window are merged instead of scanned. distinct_count runs ``window_core`` over
-    its window's events. A value depends only on the set of events in its window, hence
-    equals the offline pass bit for bit.
+    inside the window are merged instead of scanned. distinct_count counts the distinct keys
+    of its window's counted events, as ``window_core``'s multiset does. A value depends only
+    on the set of events in its window, hence equals the offline pass bit for bit.
     """
+    out = np.empty(fns.size, dtype=np.float64)
+    _read_into(
+        meta, ts, vals, valid, keys, t, fns, inps, wins, dins, tile_us, tids, tmap, rec, pool,
+        out, _work(),
+    )  # fmt: skip
+    return out
+
+
+@njit(cache=True)
+def _read_into(
+    meta, ts, vals, valid, keys, t, fns, inps, wins, dins, tile_us, tids, tmap, rec, pool, out,
+    work,
+):  # fmt: skip
+    """``read`` into ``out`` with the scratch ``work`` of ``_work()`` (left as ``_reset`` does)."""
+    a1, a2, sc1, sc2, sc3 = work
     n = meta[N]
     s = meta[START]
     live = ts[s : s + n]
     hi = s + np.searchsorted(live, t, side="right")
     n_out = fns.size
-    out = np.empty(n_out, dtype=np.float64)
-    a1 = _new(L1)
-    a2 = _new(L2)
-    sc1 = np.zeros(L1, dtype=np.int64)
-    sc2 = np.zeros(L2, dtype=np.int64)
-    sc3 = np.zeros(L2, dtype=np.int64)
-    nk = keys.shape[0]
-    q_ts = np.full(1, t, dtype=np.int64)
-    q_lo = np.zeros(1, dtype=np.int64)
-    q_hi = np.ones(1, dtype=np.int64)
-    ev_lo = np.empty(1, dtype=np.int64)
-    ev_hi = np.full(1, hi, dtype=np.int64)
     for o in range(n_out):
         w = wins[o]
         lo = min(s + np.searchsorted(live, t - w, side="right"), hi)
@@ -353,17 +363,133 @@ def read(
                 rec[max(r, 0)], pool, a1, a2, sc1, sc2, sc3,
             )  # fmt: skip
             continue
-        d = dins[o]
-        codes = np.empty((nk, hi), dtype=np.int64)
-        n_codes = np.zeros(nk, dtype=np.int64)
-        c, k = dense_codes(keys[d, lo:hi])
-        codes[d, lo:hi] = c
-        n_codes[d] = k
-        ev_lo[0] = lo
-        sub = np.empty((1, 1), dtype=np.float64)
-        window_core(
-            ts, vals, valid, codes, n_codes, q_ts, ev_lo, ev_hi, q_lo, q_hi, fns[o : o + 1],
-            inps[o : o + 1], wins[o : o + 1], dins[o : o + 1], sub,
+        # distinct_count: how many distinct keys the window's counted events hold, by sorting
+        ok = valid[inps[o]]
+        kd = keys[dins[o]]
+        ks = np.empty(hi - lo, dtype=np.int64)
+        m = 0
+        for j in range(lo, hi):
+            if ok[j]:
+                ks[m] = kd[j]
+                m += 1
+        ks = np.sort(ks[:m])
+        c = 1 if m > 0 else 0
+        for j in range(1, m):
+            if ks[j] != ks[j - 1]:
+                c += 1
+        out[o] = float(c)
+
+
+# read_batch codes per value: read, absent (None / short / other prefix), read before the
+# watermark minus the allowed lateness, or a header the caller must decode itself (it raises)
+R_OK, R_ABSENT, R_LATE, R_BAD = range(4)
+
+
+@njit(cache=True)
+def read_batch(buf, lens, prefix, t, lateness, plan, dims, out, code, wm):
+    """``read`` at ``t`` of each encoded state in ``buf``: int64 words, value i of ``lens[i]``
+    bytes starting at the next multiple of 8 (absent if ``lens[i] < 0``).
+
+    A value that does not start with ``prefix`` (a multiple of 8 bytes) is absent; the rest is
+    parsed as ``OnlineWindows.decode`` does (layout in transforms/online.py) into read-only
+    views of ``buf`` (the tile arrays after the uint8 validity block are copied to aligned
+    scratch, as decode copies them) and read by ``read``'s code: the bits of decode +
+    read_array. Read-only views have the types decode gives, so ``read``'s compiled callees
+    serve both (a cold start compiles only this function more). ``plan`` stacks ``read``'s
+    fns, inps, wins and dins; ``dims`` = (inputs, keys, tiled inputs, then ``read``'s tmap).
+    A header that does not match them or overruns its value gets R_BAD, its row left to the
+    caller. Fills ``out[i]`` (NaN unless R_OK), ``code[i]`` and ``wm[i]`` (the watermark, 0
+    without one); returns how many got R_BAD.
+    """
+    fns = plan[0]
+    inps = plan[1]
+    wins = plan[2]
+    dins = plan[3]
+    n_in = dims[0]
+    n_keys = dims[1]
+    n_tin = dims[2]
+    tmap = dims[3:]
+    n_bad = 0
+    skip = prefix.size
+    b8 = buf.view(np.uint8)
+    big = 0
+    for i in range(lens.size):
+        big = max(big, lens[i])
+    tiles = np.zeros(big // 8 + 2, dtype=np.int64)
+    meta = np.zeros(5, dtype=np.int64)
+    no_tids = np.zeros(0, dtype=np.int64)
+    no_rec = np.zeros((1, 0, 5), dtype=np.int64)
+    work = _work()
+    end = 0
+    for i in range(lens.size):
+        size = lens[i]
+        start = end
+        end += (max(size, 0) + 7) // 8 * 8
+        out[i, :] = np.nan
+        wm[i] = 0
+        code[i] = R_ABSENT
+        if size < skip:
+            continue
+        same = True
+        for k in range(skip):
+            if b8[start + k] != prefix[k]:
+                same = False
+                break
+        if not same:
+            continue
+        code[i] = R_BAD
+        n_bad += 1
+        p = start + skip
+        size -= skip
+        src = buf
+        w = p // 8
+        if size < 8 or p % 8 != 0:
+            continue
+        version = src[w]
+        if version != 1 and version != 2:
+            continue
+        hs = 12 if version == 2 else 8
+        if size < 8 * hs:
+            continue
+        n = src[w + 1]
+        n_tiles = src[w + 9] if version == 2 else 0
+        n_pool = src[w + 11] if version == 2 else 0
+        if src[w + 2] != n_in or src[w + 3] != n_keys or (n_tiles != 0 and src[w + 10] != n_tin):
+            continue
+        if n < 0 or n > size or n_tiles < 0 or n_tiles > size or n_pool < 0 or n_pool > size:
+            continue
+        a_end = 8 * hs + 8 * n * (1 + n_in + n_keys) + n * n_in
+        need = a_end + (8 * (n_tiles * (1 + 5 * n_tin) + n_pool) if n_tiles != 0 else 0)
+        if need > size:
+            continue
+        if src[w + 5] != 0:
+            wm[i] = src[w + 4]
+            if t < src[w + 4] - lateness:
+                code[i] = R_LATE
+                continue
+        o = w + hs
+        ts = src[o : o + n]
+        o += n
+        vals = src.view(np.float64)[o : o + n_in * n].reshape((n_in, n))
+        o += n_in * n
+        keys = src[o : o + n_keys * n].reshape((n_keys, n))
+        o += n_keys * n
+        valid = src.view(np.uint8)[8 * o : 8 * o + n_in * n].reshape((n_in, n))
+        tile_us = np.int64(1)
+        tids = no_tids
+        rec = no_rec
+        pool = no_tids
+        if n_tiles != 0:
+            tiles.view(np.uint8)[: need - a_end] = src.view(np.uint8)[8 * w + a_end : 8 * w + need]
+            tile_us = src[w + 8]
+            tids = tiles[:n_tiles]
+            rec = tiles[n_tiles : n_tiles * (1 + 5 * n_tin)].reshape((n_tin, n_tiles, 5))
+            pool = tiles[n_tiles * (1 + 5 * n_tin) : n_tiles * (1 + 5 * n_tin) + n_pool]
+        meta[N] = n
+        _read_into(
+            meta, ts, vals, valid, keys, t, fns, inps, wins, dins, tile_us, tids, tmap, rec,
+            pool, out[i], work,
         )  # fmt: skip
-        out[o] = sub[0, 0]
-    return out
+        code[i] = R_OK
+        n_bad -= 1
+    return n_bad

@@ -3,10 +3,11 @@
 Per entity the state buffers the events newer than ``watermark - horizon`` where the watermark
 is the largest event time ingested and ``horizon = plan.max_window_us + allowed_lateness_us``.
 ``read(t)`` computes each output over the events of its own window ``(t - w, t]`` only (binary
-search on the sorted buffer): distinct_count by ``window_core`` (the offline kernel), the others
-from the same exact accumulators and the same final rounding. Every value depends only on the
-set of events in its window, so the online value at t equals the offline value at t to the
-last bit.
+search on the sorted buffer): distinct_count as the distinct keys of the window's counted
+events (an integer, as the offline kernel's multiset gives), the others from the same exact
+accumulators and the same final rounding. Every value depends only on the set of events in its
+window, so the online value at t equals the offline value at t to the last bit.
+``read_values`` reads many encoded states (a lookup's entities) in one kernel call.
 
 Late events: an event older than events already buffered is inserted in (ts, arrival) order
 and handled exactly while ``event_ts > watermark - horizon``; older ones are rejected: counted
@@ -58,7 +59,7 @@ from featurestore.transforms._errors import LateEventError
 _LAST, _VAR, _STDDEV, _DISTINCT = 5, 6, 7, 8  # function codes (transforms._kernel, no numba here)
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
 
     from featurestore.transforms.aggregation import WindowPlan
 
@@ -72,6 +73,8 @@ _I64 = np.dtype("<i8")
 _F64 = np.dtype("<f8")
 TILE_MIN_EVENTS = 256  # fewer buffered events: reads scan them raw, the state keeps no tiles
 TILES_PER_WINDOW = 64
+READ, ABSENT, LATE = 0, 1, 2  # read_values codes (transforms._online_kernel R_*)
+_PADS = [b"\0" * (-r % 8) for r in range(8)]
 _NO_TILES = (
     np.zeros(0, dtype=np.int64),
     np.zeros((1, 0, 5), dtype=np.int64),
@@ -168,6 +171,8 @@ class OnlineWindows:
         )  # fmt: skip
         self._tmap = np.full(self._n_in, -1, dtype=np.int64)
         self._tmap[self._tin] = np.arange(len(tin), dtype=np.int64)
+        self._dims = np.array([self._n_in, self._n_keys, len(tin), *self._tmap], dtype=np.int64)
+        self._stack = np.stack([plan.fns, plan.inps, plan.wins, plan.dins]).astype(np.int64)
 
     def new_state(self) -> WindowState:
         return WindowState(self._n_in, self._n_keys)
@@ -267,6 +272,52 @@ class OnlineWindows:
             state.meta, state.ts, state.vals, state.valid, state.keys, int(t),
             p.fns, p.inps, p.wins, p.dins, tile_us, tids, self._tmap, rec, pool,
         )  # fmt: skip
+
+    def read_values(
+        self, values: Sequence[bytes | None], t: int, prefix: bytes = b""
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``read_array`` at ``t`` of many encoded states in one kernel call (batched lookups).
+
+        Each value is ``prefix + encode(state)`` (``prefix``: 0, 8, 16... bytes); one that is
+        None, shorter than ``prefix`` or starts otherwise is absent. Returns ``out``
+        float64[n, n_outputs] (NaN rows unless read), ``code`` int8[n] (READ, ABSENT, or LATE
+        where ``read_array`` raises LateEventError) and the watermarks int64[n] (0 when absent
+        or without one). Bit for bit ``decode`` + ``read_array``; a layout that does not match
+        the plan raises as ``decode`` does.
+        """
+        if len(prefix) % 8:
+            raise ValueError(f"prefix must be a multiple of 8 bytes, got {len(prefix)}")
+        n = len(values)
+        out = np.empty((n, len(self.plan.outputs)), dtype=np.float64)
+        code = np.empty(n, dtype=np.int8)
+        wm = np.zeros(n, dtype=np.int64)
+        if n == 0:
+            return out, code, wm
+        blobs = [b"" if v is None else v for v in values]
+        lens = np.fromiter(map(len, blobs), np.int64, n)
+        parts: list[Any] = [b""] * (2 * n)  # each value padded to 8 bytes: its words align
+        parts[::2] = blobs
+        parts[1::2] = map(_PADS.__getitem__, (lens & 7).tolist())
+        buf = np.frombuffer(b"".join(parts), np.int64)  # read-only, as decode's arrays
+        if not buf.flags.aligned:
+            buf = buf.copy()
+            buf.flags.writeable = False
+        if not prefix:
+            lens[[i for i, v in enumerate(values) if v is None]] = -1
+        n_bad = self._k.read_batch(
+            buf, lens, np.frombuffer(prefix, np.uint8), int(t), self.lateness_us, self._stack,
+            self._dims, out, code, wm,
+        )  # fmt: skip
+        bad = np.flatnonzero(code == self._k.R_BAD).tolist() if n_bad else []
+        for i in bad:  # decode raises for these (or reads them, exactly as before)
+            st = self.decode(memoryview(blobs[i])[len(prefix) :])
+            wm[i] = st.watermark or 0
+            try:
+                out[i] = self.read_array(st, t)
+                code[i] = READ
+            except LateEventError:
+                code[i] = LATE
+        return out, code, wm
 
     def build_tiles(self, state: WindowState) -> None:
         """Attach tiles of the current buffer to ``state`` (``encode`` does it when worth it)."""
