@@ -160,26 +160,27 @@ def test_corrupt_artifact_is_a_load_error_naming_the_file(tmp_path) -> None:
         load_predictor("lightgbm", tmp_path / "m.txt")
 
 
+def _promote_replaced(reg: ModelRegistry, tmp_path: Path, body: str) -> None:
+    """Register a good python version of 'm', replace its stored file by ``body`` (a broken
+    model: register's trial prediction would refuse it) and make it production."""
+    (tmp_path / "good.py").write_text(PY_MODEL)
+    mv = reg.register(
+        "m", flavor="python", artifact=tmp_path / "good.py", feature_service="svc",
+        service_features=SERVICE,
+    )  # fmt: skip
+    Path(reg.artifact_path(mv)).write_text(
+        "import numpy as np\nFEATURE_NAMES = ['tx_count', 'amount_mean', 'risk']\n" + body
+    )
+    reg.set_alias("m", mv.version, "production")
+
+
 def test_runtime_swaps_only_to_warm_versions(reg, tmp_path) -> None:
     _register(reg, tmp_path, 1)
     reg.set_alias("m", 1, "production")
     rt = ModelRuntime(reg)
     rt.refresh()
     assert rt.select("m")[0].version.version == 1
-    (tmp_path / "bad.py").write_text(PY_MODEL)
-    mv = reg.register(
-        "m",
-        flavor="python",
-        artifact=tmp_path / "bad.py",
-        feature_service="svc",
-        service_features=SERVICE,
-    )
-    # broken after registering (register's trial prediction refuses a model that raises)
-    Path(reg.artifact_path(mv)).write_text(
-        "FEATURE_NAMES = ['tx_count', 'amount_mean', 'risk']\n"
-        "def predict(x):\n    raise RuntimeError('boom')\n"
-    )
-    reg.set_alias("m", mv.version, "production")
+    _promote_replaced(reg, tmp_path, "def predict(x):\n    raise RuntimeError('boom')\n")
     assert rt.refresh() is False
     assert "warm-up" in (rt.last_error or "")
     assert rt.select("m")[0].version.version == 1  # still serving the old, good version
@@ -195,16 +196,7 @@ def test_runtime_refuses_a_version_scoring_several_numbers_per_row(reg, tmp_path
     reg.set_alias("m", 1, "production")
     rt = ModelRuntime(reg)
     rt.refresh()
-    (tmp_path / "multi.py").write_text(PY_MODEL)
-    mv = reg.register(
-        "m", flavor="python", artifact=tmp_path / "multi.py", feature_service="svc",
-        service_features=SERVICE,
-    )  # fmt: skip
-    Path(reg.artifact_path(mv)).write_text(
-        "import numpy as np\nFEATURE_NAMES = ['tx_count', 'amount_mean', 'risk']\n"
-        "def predict(x):\n    return np.column_stack([x[:, 0], x[:, 1], x[:, 2]])\n"
-    )
-    reg.set_alias("m", mv.version, "production")
+    _promote_replaced(reg, tmp_path, "def predict(x):\n    return np.column_stack([x, x])[:, :3]\n")
     assert rt.refresh() is False
     assert "(1, 3)" in (rt.last_error or "")
     assert rt.select("m")[0].version.version == 1
