@@ -181,16 +181,37 @@ def test_xgboost_booster_in_ubjson_scores_are_its_predict(reg: ModelRegistry, tm
 # ---- ONNX ----------------------------------------------------------------------------------
 
 
-def _onnx_logreg(path: Path, model: Any, *, zipmap: bool, labels: list[Any]) -> Path:
-    """A fitted binary LogisticRegression as an ai.onnx.ml LinearClassifier graph.
+def onnx_save(graph: Any, path: Path, meta: dict[str, str] | None = None) -> Path:
+    """Save ``graph`` as a checked model (default and ai.onnx.ml opsets), metadata ``meta``."""
+    import onnx
+    from onnx import helper
+
+    proto = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)]
+    )
+    if meta:
+        helper.set_model_props(proto, meta)
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
+    return path
+
+
+def onnx_linear_classifier(
+    path: Path,
+    coefficients: list[float],
+    intercepts: list[float],
+    labels: list[Any],
+    *,
+    post_transform: str,
+    zipmap: bool,
+) -> Path:
+    """An ai.onnx.ml LinearClassifier over one float [batch, n] input, one class per label.
 
     Outputs (label, probabilities) like a skl2onnx classifier; with ``zipmap`` the
     probabilities are a list of {label: p} maps, as skl2onnx emits by default.
     """
-    import onnx
     from onnx import TensorProto, helper
 
-    coef, b = model.coef_[0].astype(float), float(model.intercept_[0])
     by_str = isinstance(labels[0], str)
     label_attr = {"classlabels_strings" if by_str else "classlabels_ints": labels}
     label_type = TensorProto.STRING if by_str else TensorProto.INT64
@@ -200,9 +221,9 @@ def _onnx_logreg(path: Path, model: Any, *, zipmap: bool, labels: list[Any]) -> 
             ["X"],
             ["label", "probabilities"],
             domain="ai.onnx.ml",
-            coefficients=[*(-coef), *coef],
-            intercepts=[-b, b],
-            post_transform="LOGISTIC",
+            coefficients=coefficients,
+            intercepts=intercepts,
+            post_transform=post_transform,
             **label_attr,
         )
     ]
@@ -222,39 +243,64 @@ def _onnx_logreg(path: Path, model: Any, *, zipmap: bool, labels: list[Any]) -> 
             )
         )
     else:
-        outputs.append(helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 2]))
-    n = len(coef)
-    graph = helper.make_graph(
-        nodes, "logreg", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, n])], outputs
-    )
-    proto = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)]
-    )
-    onnx.checker.check_model(proto)
-    onnx.save(proto, str(path))
-    return path
+        outputs.append(
+            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, len(labels)])
+        )
+    n = len(coefficients) // len(labels)
+    x = helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, n])
+    return onnx_save(helper.make_graph(nodes, "clf", [x], outputs), path)
 
 
-def _onnx_linear(path: Path, w: np.ndarray, b: float, *, double: bool) -> Path:
-    """y = X @ w + b with a float32 or float64 input and an (N, 1) output."""
-    import onnx
+def _onnx_logreg(path: Path, model: Any, *, zipmap: bool, labels: list[Any]) -> Path:
+    """A fitted binary LogisticRegression as a LinearClassifier graph (see above)."""
+    coef, b = model.coef_[0].astype(float), float(model.intercept_[0])
+    return onnx_linear_classifier(
+        path, [*(-coef), *coef], [-b, b], labels, post_transform="LOGISTIC", zipmap=zipmap
+    )
+
+
+def onnx_linear(
+    path: Path,
+    w: np.ndarray,
+    *,
+    b: float = 0.5,
+    double: bool = False,
+    inputs: list[tuple[str, list[Any]]] | None = None,
+    meta: dict[str, str] | None = None,
+) -> Path:
+    """y = X @ w + b, output [batch, 1], over float32 (or float64) ``inputs`` (name, shape):
+    by default one X of [batch, len(w)]; several are concatenated in their order."""
     from onnx import TensorProto, helper
 
     t = TensorProto.DOUBLE if double else TensorProto.FLOAT
+    inputs = inputs or [("X", [None, len(w)])]
+    nodes, cols = [], []
+    for name, shape in inputs:
+        if len(shape) == 1:  # [batch] -> [batch, 1]
+            nodes.append(helper.make_node("Unsqueeze", [name, "axis1"], [f"{name}_2d"]))
+            cols.append(f"{name}_2d")
+        else:
+            cols.append(name)
+    if len(inputs) > 1:
+        nodes.append(helper.make_node("Concat", cols, ["X"], axis=1))
+    x = "X" if len(inputs) > 1 else cols[0]
+    nodes += [
+        helper.make_node("MatMul", [x, "W"], ["XW"]),
+        helper.make_node("Add", ["XW", "B"], ["Y"]),
+    ]
+    init = [
+        helper.make_tensor("W", t, [len(w), 1], list(w)),
+        helper.make_tensor("B", t, [1], [b]),
+        helper.make_tensor("axis1", TensorProto.INT64, [1], [1]),
+    ]
     graph = helper.make_graph(
-        [
-            helper.make_node("MatMul", ["X", "W"], ["XW"]),
-            helper.make_node("Add", ["XW", "B"], ["Y"]),
-        ],
+        nodes,
         "linear",
-        [helper.make_tensor_value_info("X", t, [None, len(w)])],
+        [helper.make_tensor_value_info(n, t, s) for n, s in inputs],
         [helper.make_tensor_value_info("Y", t, [None, 1])],
-        [helper.make_tensor("W", t, [len(w), 1], list(w)), helper.make_tensor("B", t, [1], [b])],
+        init,
     )
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    onnx.checker.check_model(proto)
-    onnx.save(proto, str(path))
-    return path
+    return onnx_save(graph, path, meta)
 
 
 def _onnx_positive(path: Path, x: np.ndarray) -> np.ndarray:
@@ -292,7 +338,7 @@ def test_onnx_classifier_scores_the_positive_class(
 @pytest.mark.parametrize("double", [False, True], ids=["float32", "float64"])
 def test_onnx_regressor_is_fed_the_dtype_it_declares(reg: ModelRegistry, tmp_path, double) -> None:
     w, b = np.array([0.002, -0.01, 3.0]), 0.25
-    art = _onnx_linear(tmp_path / "lin.onnx", w, b, double=double)
+    art = onnx_linear(tmp_path / "lin.onnx", w, b=b, double=double)
     _, pred = _registered(reg, "ox", "onnx", art)
     for x in (_rows(SERVICE, 1), _rows(SERVICE, 64)):
         got = pred.predict(x)
@@ -323,7 +369,7 @@ def _wrong_artifact(case: str, tmp_path: Path) -> tuple[str, Path]:
         booster.save_model(tmp_path / "m.json")
         return "xgboost", tmp_path / "m.json"
     if case == "onnx-count":
-        return "onnx", _onnx_linear(tmp_path / "m.onnx", np.ones(2), 0.0, double=False)
+        return "onnx", onnx_linear(tmp_path / "m.onnx", np.ones(2), b=0.0)
     if case == "onnx-classifier-count":
         lr = _sklearn_model("unnamed", [*SERVICE, "extra"])
         return "onnx", _onnx_logreg(tmp_path / "m.onnx", lr, zipmap=True, labels=[0, 1])

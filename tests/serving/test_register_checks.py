@@ -20,6 +20,7 @@ from featurestore.online.models import (
     load_predictor,
 )
 from tests.serving import test_models
+from tests.serving.test_flavors_real import onnx_linear, onnx_linear_classifier, onnx_save
 
 SERVICE = test_models.SERVICE  # ["tx_count", "amount_mean", "risk"], feature service "svc"
 reg = test_models.reg  # the registry fixture of the model tests
@@ -93,54 +94,17 @@ def _lgb_art(tmp_path: Path, n_classes: int) -> Path:
     return tmp_path / "m.txt"
 
 
-def _onnx_save(graph: Any, path: Path, meta: dict[str, str] | None = None) -> Path:
-    import onnx
-    from onnx import helper
-
-    proto = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)]
-    )
-    if meta:
-        helper.set_model_props(proto, meta)
-    onnx.checker.check_model(proto)
-    onnx.save(proto, str(path))
-    return path
-
-
 def _onnx_classifier(path: Path, n_classes: int, *, zipmap: bool) -> Path:
     """A softmax LinearClassifier over 3 inputs with ``n_classes`` int labels."""
-    from onnx import TensorProto, helper
-
     rng = np.random.default_rng(n_classes)
-    labels = list(range(n_classes))
-    nodes = [
-        helper.make_node(
-            "LinearClassifier",
-            ["X"],
-            ["label", "probabilities"],
-            domain="ai.onnx.ml",
-            coefficients=rng.normal(size=3 * n_classes).tolist(),
-            intercepts=rng.normal(size=n_classes).tolist(),
-            post_transform="SOFTMAX",
-            classlabels_ints=labels,
-        )
-    ]
-    outputs = [helper.make_tensor_value_info("label", TensorProto.INT64, [None])]
-    if zipmap:
-        nodes.append(
-            helper.make_node(
-                "ZipMap", ["probabilities"], ["zm"], domain="ai.onnx.ml", classlabels_int64s=labels
-            )
-        )
-        value = helper.make_tensor_type_proto(TensorProto.FLOAT, [])
-        seq = helper.make_sequence_type_proto(helper.make_map_type_proto(TensorProto.INT64, value))
-        outputs.append(helper.make_value_info("zm", seq))
-    else:
-        outputs.append(
-            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, n_classes])
-        )
-    x = helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, 3])
-    return _onnx_save(helper.make_graph(nodes, "clf", [x], outputs), path)
+    return onnx_linear_classifier(
+        path,
+        rng.normal(size=3 * n_classes).tolist(),
+        rng.normal(size=n_classes).tolist(),
+        list(range(n_classes)),
+        post_transform="SOFTMAX",
+        zipmap=zipmap,
+    )
 
 
 def _python_art(tmp_path: Path, body: str) -> Path:
@@ -255,45 +219,6 @@ def test_two_class_softmax_models_score_the_second_class(
 # ---- ONNX: input names from one input per feature, or from metadata --------------------------
 
 
-def _onnx_linear(
-    path: Path,
-    w: np.ndarray,
-    *,
-    inputs: list[tuple[str, list[Any]]],
-    meta: dict[str, str] | None = None,
-) -> Path:
-    """y = X @ w + 0.5 over float32 inputs; several inputs are concatenated in their order."""
-    from onnx import TensorProto, helper
-
-    nodes, cols = [], []
-    for name, shape in inputs:
-        if len(shape) == 1:  # [batch] -> [batch, 1]
-            nodes.append(helper.make_node("Unsqueeze", [name, "axis1"], [f"{name}_2d"]))
-            cols.append(f"{name}_2d")
-        else:
-            cols.append(name)
-    if len(inputs) > 1:
-        nodes.append(helper.make_node("Concat", cols, ["X"], axis=1))
-    x = "X" if len(inputs) > 1 else cols[0]
-    nodes += [
-        helper.make_node("MatMul", [x, "W"], ["XW"]),
-        helper.make_node("Add", ["XW", "B"], ["Y"]),
-    ]
-    init = [
-        helper.make_tensor("W", TensorProto.FLOAT, [len(w), 1], list(w)),
-        helper.make_tensor("B", TensorProto.FLOAT, [1], [0.5]),
-        helper.make_tensor("axis1", TensorProto.INT64, [1], [1]),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "linear",
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs],
-        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [None, 1])],
-        init,
-    )
-    return _onnx_save(graph, path, meta)
-
-
 W = np.array([3.0, 0.002, -0.01])  # weights of ORDER = risk, tx_count, amount_mean
 
 
@@ -322,11 +247,11 @@ def test_onnx_inputs_per_feature_are_named_and_fed_by_name(
     reg: ModelRegistry, tmp_path: Path, shapes: list[list[Any]]
 ) -> None:
     inputs = list(zip(ORDER, shapes, strict=True))
-    _check_linear(reg, _onnx_linear(tmp_path / "m.onnx", W, inputs=inputs), ORDER)
+    _check_linear(reg, onnx_linear(tmp_path / "m.onnx", W, inputs=inputs), ORDER)
 
 
 def test_onnx_single_vector_input_is_one_feature(reg, tmp_path) -> None:
-    art = _onnx_linear(tmp_path / "m.onnx", W[:1], inputs=[("v", [None])])
+    art = onnx_linear(tmp_path / "m.onnx", W[:1], inputs=[("v", [None])])
     mv = reg.register(
         "m", flavor="onnx", artifact=art, feature_service="one", service_features=["risk"]
     )
@@ -348,7 +273,7 @@ def test_onnx_single_vector_input_is_one_feature(reg, tmp_path) -> None:
 def test_onnx_feature_names_metadata_names_a_matrix_input(
     reg: ModelRegistry, tmp_path: Path, meta: str
 ) -> None:
-    art = _onnx_linear(
+    art = onnx_linear(
         tmp_path / "m.onnx", W, inputs=[("X", [None, 3])], meta={"feature_names": meta}
     )
     _check_linear(reg, art, ORDER)
@@ -356,7 +281,7 @@ def test_onnx_feature_names_metadata_names_a_matrix_input(
 
 def test_onnx_input_names_are_checked_against_the_service(reg, tmp_path) -> None:
     per_feature = [("risk", [None, 1]), ("tx_count", [None, 1]), ("colour", [None, 1])]
-    art = _onnx_linear(tmp_path / "a.onnx", W, inputs=per_feature)
+    art = onnx_linear(tmp_path / "a.onnx", W, inputs=per_feature)
     _refused(
         reg,
         "onnx",
@@ -365,13 +290,13 @@ def test_onnx_input_names_are_checked_against_the_service(reg, tmp_path) -> None
         r"\['amount_mean'\]",
     )
     meta = {"feature_names": "risk,tx_count,colour"}
-    art = _onnx_linear(tmp_path / "b.onnx", W, inputs=[("X", [None, 3])], meta=meta)
+    art = onnx_linear(tmp_path / "b.onnx", W, inputs=[("X", [None, 3])], meta=meta)
     _refused(reg, "onnx", art, r"not in the service: \['colour'\]")
 
 
 def test_onnx_free_width_is_checked_by_the_trial_prediction(reg, tmp_path) -> None:
     free = [("X", [None, None])]
-    wide = _onnx_linear(tmp_path / "wide.onnx", np.ones(4), inputs=free)
+    wide = onnx_linear(tmp_path / "wide.onnx", np.ones(4), inputs=free)
     msg = _refused(
         reg,
         "onnx",
@@ -380,7 +305,7 @@ def test_onnx_free_width_is_checked_by_the_trial_prediction(reg, tmp_path) -> No
         r"model does not declare its input count: does it take 3\?\): \w+: ",
     )
     assert "MatMul" in msg  # onnxruntime's own reason follows, on the same line
-    fits = _onnx_linear(tmp_path / "fits.onnx", W, inputs=free)
+    fits = onnx_linear(tmp_path / "fits.onnx", W, inputs=free)
     mv = _register(reg, "onnx", fits)
     assert mv.feature_names == tuple(SERVICE)  # unnamed: the service's order
     x = _model_rows(8)
@@ -391,7 +316,7 @@ def test_onnx_free_width_is_checked_by_the_trial_prediction(reg, tmp_path) -> No
 
 def test_onnx_free_width_takes_its_count_from_the_metadata(reg, tmp_path) -> None:
     meta = {"feature_names": '["risk", "tx_count"]'}
-    art = _onnx_linear(tmp_path / "m.onnx", np.ones(2), inputs=[("X", [None, None])], meta=meta)
+    art = onnx_linear(tmp_path / "m.onnx", np.ones(2), inputs=[("X", [None, None])], meta=meta)
     _refused(reg, "onnx", art, "'m' takes 2 inputs but feature service 'svc' has 3 features")
 
 
@@ -424,9 +349,9 @@ def test_onnx_inputs_the_registry_cannot_feed_are_load_errors(
         x = helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, 3, 1])
         y = helper.make_tensor_value_info("Y", TensorProto.FLOAT, [None, 3, 1])
         graph = helper.make_graph([helper.make_node("Identity", ["X"], ["Y"])], "g", [x], [y])
-        art = _onnx_save(graph, tmp_path / "m.onnx")
+        art = onnx_save(graph, tmp_path / "m.onnx")
     else:
-        art = _onnx_linear(
+        art = onnx_linear(
             tmp_path / "m.onnx",
             W,
             inputs=inputs,
@@ -443,6 +368,6 @@ def test_onnx_integer_inputs_are_a_load_error(reg, tmp_path) -> None:
     x = helper.make_tensor_value_info("X", TensorProto.INT64, [None, 3])
     y = helper.make_tensor_value_info("Y", TensorProto.INT64, [None, 3])
     graph = helper.make_graph([helper.make_node("Identity", ["X"], ["Y"])], "g", [x], [y])
-    art = _onnx_save(graph, tmp_path / "m.onnx")
+    art = onnx_save(graph, tmp_path / "m.onnx")
     with pytest.raises(ModelLoadError, match=r"input 'X' is a tensor\(int64\); the service feeds"):
         _register(reg, "onnx", art)
