@@ -19,3 +19,8 @@ class ModelLoadError(ModelRegistryError):
 
 class ModelPredictError(FeatureStoreError):
     """A loaded model raised while scoring a request's rows (HTTP 500 / INTERNAL, with why)."""
+
+
+def one_line(exc: BaseException) -> str:
+    """``exc``'s message on one line, at most 300 characters: what a one-line error quotes."""
+    return " ".join(str(exc).split())[:300] or "no message"

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from featurestore.online.models.errors import ModelNotFoundError, ModelRegistryError
+from featurestore.online.models.errors import ModelNotFoundError, ModelRegistryError, one_line
 from featurestore.online.models.flavors import Predictor, check_flavor, load_predictor
 
 ALIASES = ("production", "shadow", "canary")
@@ -179,13 +179,12 @@ def check_scores(model: str, pred: Predictor, n_features: int) -> None:
     try:
         out = np.asarray(pred.predict(x))
     except Exception as exc:
-        cause = " ".join(str(exc).split())[:300] or "no message"
         hint = ""
         if pred.n_inputs is None:
             hint = f" (the model does not declare its input count: does it take {n_features}?)"
         raise ModelRegistryError(
             f"model '{model}' failed a trial prediction on 2 rows of the service's "
-            f"{n_features} features{hint}: {type(exc).__name__}: {cause}"
+            f"{n_features} features{hint}: {type(exc).__name__}: {one_line(exc)}"
         ) from exc
     if out.ndim == 2 and out.shape[0] == 2 and out.shape[1] > 1:
         k = out.shape[1]

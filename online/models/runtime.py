@@ -24,6 +24,7 @@ from featurestore.online.models.errors import (
     ModelLoadError,
     ModelNotFoundError,
     ModelPredictError,
+    one_line,
 )
 from featurestore.online.models.flavors import Predictor, load_predictor
 from featurestore.online.models.registry import ALIASES, ModelRegistry, ModelVersion
@@ -70,11 +71,10 @@ class LoadedModel:
 
     def _failed(self, exc: Exception, rows: int) -> ModelPredictError:
         v = self.version
-        cause = " ".join(str(exc).split())[:300] or "no message"
         log.warning("model '%s' v%s failed to score %d row(s): %r", v.name, v.version, rows, exc)
         return ModelPredictError(
             f"model '{v.name}' v{v.version} failed to score {rows} row(s): "
-            f"{type(exc).__name__}: {cause}"
+            f"{type(exc).__name__}: {one_line(exc)}"
         )
 
 
