@@ -228,19 +228,21 @@ def get(
 
     if bool(features) == bool(feature_service):
         raise click.UsageError("give exactly one of --features or --feature-service")
+    store = _store(ctx)
+    kinds = store.registry.join_key_kinds  # a key of strings keeps "42" a string
     columns: dict[str, list[Any]] = {}
     for item in entities:
         if "=" not in item:
             raise click.BadParameter(f"--entity {item!r}: expected key=value")
         key, raw = item.split("=", 1)
-        columns[key] = [_scalar(v) for v in raw.split(",")]
+        parse = str if kinds.get(key) == "str" else _scalar
+        columns[key] = [parse(v) for v in raw.split(",")]
     request_data: dict[str, list[Any]] = {}
     for item in request:
         if "=" not in item:
             raise click.BadParameter(f"--request {item!r}: expected field=value")
         key, raw = item.split("=", 1)
         request_data[key] = [_number(v) for v in raw.split(",")]
-    store = _store(ctx)
     t0 = time.perf_counter()
     resp = store.get_online_features(
         _split(features) or feature_service,

@@ -35,6 +35,9 @@ class RegistryState:
     feature_services: dict[str, FeatureService] = field(default_factory=dict)
     materialization: dict[str, dict[str, Any]] = field(default_factory=dict)
     on_demand_views: dict[str, OnDemandFeatureView] = field(default_factory=dict)
+    # join key -> "int" or "str": the type of its columns in the sources, which lookups check
+    # entity values against (empty in a registry written before these were recorded: no check)
+    join_key_kinds: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for odfv in self.on_demand_views.values():  # lookups fetch their inputs from these
@@ -76,6 +79,7 @@ class RegistryState:
             "feature_services": [s.to_dict() for s in self.feature_services.values()],
             "materialization": self.materialization,
             "on_demand_feature_views": [v.to_dict() for v in self.on_demand_views.values()],
+            "join_key_kinds": self.join_key_kinds,
         }
 
     @classmethod
@@ -103,6 +107,7 @@ class RegistryState:
             feature_services=services,
             materialization=d.get("materialization") or {},
             on_demand_views=odfvs,
+            join_key_kinds=d.get("join_key_kinds") or {},
         )
 
 
@@ -161,6 +166,8 @@ class Registry:
         views: list[FeatureView],
         services: list[FeatureService],
         on_demand_views: list[OnDemandFeatureView] | None = None,
+        *,
+        join_key_kinds: dict[str, str] | None = None,
     ) -> RegistryState:
         """Replace the definitions with these, as a new version; materialization state of kept views stays."""
         with self._lock():
@@ -179,6 +186,7 @@ class Registry:
                 feature_services={s.name: s for s in services},
                 materialization=keep,
                 on_demand_views={v.name: v for v in on_demand_views or ()},
+                join_key_kinds=dict(join_key_kinds or {}),
             )
             self._write(state, history=True)
             return state

@@ -90,19 +90,23 @@ class FeatureStore:
         from featurestore.repo import load_definitions
 
         defs = load_definitions(self.config)
-        self._validate_against_data(defs)
-        plan = make_plan(self._registry.load(), defs)
-        if not plan.empty or not self._registry.exists():
+        kinds = self._validate_against_data(defs)
+        current = self._registry.load()
+        plan = make_plan(current, defs)
+        # a registry written before join-key kinds were recorded gets them on the next apply
+        if not plan.empty or not self._registry.exists() or current.join_key_kinds != kinds:
             self._registry.apply(
                 list(defs.entities.values()),
                 list(defs.feature_views.values()),
                 list(defs.feature_services.values()),
                 list(defs.on_demand_views.values()),
+                join_key_kinds=kinds,
             )
         return plan
 
-    def _validate_against_data(self, defs: Any) -> None:
-        """Views against their sources, then every transform compiled (numba disk-cached)."""
+    def _validate_against_data(self, defs: Any) -> dict[str, str]:
+        """Views against their sources, then every transform compiled (numba disk-cached);
+        returns whether each join key holds integers or strings ("int" / "str")."""
         from featurestore._compile import compile_definitions
 
         problems: list[str] = []
@@ -115,11 +119,26 @@ class FeatureStore:
                 found = self.offline.validate_view(view)
             for p in found:
                 problems.append(f"{defs.where('feature view', view.name)}: {p}")
+        kinds: dict[str, str] = {}
+        if not problems:
+            kinds, problems = self._join_key_kinds(defs)
         if not problems:
             problems = compile_definitions(self.offline, defs)
         if problems:
             more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
             raise DefinitionError(problems[0] + more)
+        return kinds
+
+    def _join_key_kinds(self, defs: Any) -> tuple[dict[str, str], list[str]]:
+        """Integers or strings per join key, from the views' sources (see join_key_kinds)."""
+        from featurestore.offline.validation import join_key_kinds
+
+        off = self.offline
+        sources = [
+            (v, off.source_schema(v.source), off.relation_label(v.source))
+            for v in defs.feature_views.values()
+        ]
+        return join_key_kinds(sources, defs.entities.values())
 
     # ---- feature references -----------------------------------------------------------------
     def resolve_features(self, features: Sequence[str] | FeatureService | str) -> FeatureRequest:
@@ -127,7 +146,11 @@ class FeatureStore:
 
         Cached per registry version: online lookups resolve the same references on every call.
         """
-        state = self.registry
+        return self._resolved_in(self.registry, features)
+
+    def _resolved_in(
+        self, state: RegistryState, features: Sequence[str] | FeatureService | str
+    ) -> FeatureRequest:
         key = features if isinstance(features, (str, FeatureService)) else tuple(features)
         cached_state, cache = self._resolved
         if cached_state is not state:
@@ -341,15 +364,17 @@ class FeatureStore:
         """
         from featurestore.online.lookup import get_online_features
 
+        state = self.registry
         return get_online_features(
             self.online,
             self.project,
-            self.resolve_features(features),
+            self._resolved_in(state, features),
             entity_rows,
             now_us=now_us() if now is None else to_us(now),
             full_feature_names=full_feature_names,
             include_event_timestamps=include_event_timestamps,
             request_data=request_data,
+            key_kinds=state.join_key_kinds,
         )
 
     def predict(

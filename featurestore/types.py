@@ -68,6 +68,10 @@ _ARROW = {
 }
 
 
+# what a join key holds, as the registry's join_key_kinds records it, in messages
+KEY_KIND_NOUNS = {"int": "integers", "str": "strings"}
+
+
 def dtype_from_name(name: str) -> DType:
     """Inverse of ``DType.name``, used when loading the registry."""
     if name in _SCALARS:

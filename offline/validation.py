@@ -5,12 +5,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from featurestore.offline._sql import time_us_expr
-from featurestore.types import compatible, dtype_from_arrow
+from featurestore.types import KEY_KIND_NOUNS, compatible, dtype_from_arrow
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     import pyarrow as pa
 
+    from featurestore.entity import Entity
     from featurestore.feature_view import FeatureView
+    from featurestore.types import DType
 
 
 def view_problems(view: FeatureView, schema: pa.Schema, label: str) -> list[str]:
@@ -62,6 +66,64 @@ def view_problems(view: FeatureView, schema: pa.Schema, label: str) -> list[str]
                 f"{declared.name}; change the Field dtype or cast the column in the source"
             )
     return problems
+
+
+def key_kind(d: DType | None) -> str | None:
+    """How keys of a join-key column of type ``d`` are written: "int", "str" or None (a type
+    join keys cannot have)."""
+    name = d.name if d is not None else None
+    return "int" if name in ("int32", "int64") else "str" if name == "string" else None
+
+
+def join_key_kinds(
+    sources: Iterable[tuple[FeatureView, pa.Schema, str]], entities: Iterable[Entity]
+) -> tuple[dict[str, str], list[str]]:
+    """Whether each join key holds integers or strings, read from its columns in the views'
+    sources (view, schema, label) and the entities' declared value types; a problem for each
+    column of another type, each key whose sources disagree and each entity that disagrees
+    with its sources. Requests are checked against these: a string never finds a key written
+    from an integer column."""
+    seen: dict[str, tuple[str, str]] = {}  # join key -> (kind, what said so)
+    problems: list[str] = []
+    for view, schema, label in sources:
+        types = {f.name: f.type for f in schema}
+        for key in view.join_keys:
+            if key not in types:
+                continue  # the view's own checks report it
+            kind = key_kind(dtype_from_arrow(types[key]))
+            if kind is None:
+                problems.append(
+                    f"feature view '{view.name}': join key column '{key}' is {types[key]} in "
+                    f"source '{label}'; join keys must be integer or string columns, so cast it "
+                    "in the source"
+                )
+                continue
+            where = f"the source of feature view '{view.name}'"
+            known = seen.setdefault(key, (kind, where))
+            if known[0] != kind:
+                problems.append(
+                    f"join key '{key}' holds {KEY_KIND_NOUNS[known[0]]} in {known[1]} but "
+                    f"{KEY_KIND_NOUNS[kind]} in {where} ({label}); keys of one never match the "
+                    "other, so give both columns one type"
+                )
+    for entity in entities:
+        if entity.value_type is None or len(entity.join_keys) != 1:
+            continue
+        key, name = entity.join_keys[0], entity.value_type.name
+        kind = key_kind(entity.value_type)
+        if kind is None:
+            problems.append(
+                f"entity '{entity.name}' declares value_type {name}; join keys are integers "
+                "(Int64) or strings (String)"
+            )
+            continue
+        known = seen.setdefault(key, (kind, f"entity '{entity.name}'"))
+        if known[0] != kind:
+            problems.append(
+                f"entity '{entity.name}' declares value_type {name} but its join key '{key}' "
+                f"holds {KEY_KIND_NOUNS[known[0]]} in {known[1]}; fix the value_type or the column"
+            )
+    return {key: kind for key, (kind, _) in seen.items()}, problems
 
 
 def _brief(names: list[str]) -> str:

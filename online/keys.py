@@ -9,10 +9,11 @@ close the hash tag or fake a separator.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from featurestore.errors import EntityDataError
+from featurestore.types import KEY_KIND_NOUNS
 
 # Characters that would end the hash tag, split join keys or quotes: escaped in string values.
 _ESCAPE_VALUE = str.maketrans({"%": "%25", '"': "%22", "|": "%7C", "{": "%7B", "}": "%7D"})
@@ -40,8 +41,13 @@ def build_keys(
     view_name: str,
     join_keys: tuple[str, ...],
     key_columns: list[Sequence[Any]],
+    kinds: Mapping[str, str] | None = None,
 ) -> list[bytes]:
-    """One key per row; ``key_columns`` holds one column (ints or strings) per join key."""
+    """One key per row; ``key_columns`` holds one column (ints or strings) per join key.
+
+    ``kinds`` (join key -> "int" / "str", the registry's ``join_key_kinds``) makes a value of
+    the other kind an EntityDataError: it could only ever read as not found.
+    """
     if len(join_keys) != len(key_columns):
         raise EntityDataError(
             f"view '{view_name}' has join keys {list(join_keys)} but {len(key_columns)} key "
@@ -55,6 +61,8 @@ def build_keys(
         pre = head + join_keys[0].translate(_ESCAPE_NAME) + "="
         values = _as_pylist(key_columns[0])
         kind = _column_kind(values)
+        if kinds:
+            _check_kind(join_keys[0], values, kind, kinds)
         if kind is int:  # C-level: one format over a repeated template, split
             if not values:
                 return []
@@ -63,7 +71,7 @@ def build_keys(
         if kind is str:
             return [f'{pre}"{v.translate(_ESCAPE_VALUE)}"{tail}'.encode() for v in values]
     parts = [
-        _render_column(name, col, view_name)
+        _render_column(name, col, view_name, kinds)
         for name, col in zip(join_keys, key_columns, strict=True)
     ]
     if len(parts) == 1:
@@ -87,6 +95,7 @@ def build_keys_views(
     view_names: Sequence[str],
     join_keys: tuple[str, ...],
     key_columns: list[Sequence[Any]],
+    kinds: Mapping[str, str] | None = None,
 ) -> list[bytes]:
     """:func:`build_keys` for several views with the same join keys, concatenated in order.
 
@@ -94,7 +103,10 @@ def build_keys_views(
     """
     if len(join_keys) == 1 and len(key_columns) == 1 and len(view_names) > 1:
         values = _as_pylist(key_columns[0])
-        if values and _column_kind(values) is int:
+        kind = _column_kind(values)
+        if kinds:
+            _check_kind(join_keys[0], values, kind, kinds)
+        if values and kind is int:
             pre = f"{project}:{{{project}|" + join_keys[0].translate(_ESCAPE_NAME) + "="
             body = "\0".join(map(str, values))
             joined = "\0".join(
@@ -103,15 +115,54 @@ def build_keys_views(
             return joined.encode().split(b"\0")
     out: list[bytes] = []
     for name in view_names:
-        out += build_keys(project, name, join_keys, key_columns)
+        out += build_keys(project, name, join_keys, key_columns, kinds)
     return out
 
 
-def _render_column(name: str, col: Sequence[Any], view_name: str) -> list[str]:
+def kind_mismatch(values: Sequence[Any], want: str) -> tuple[int, Any] | None:
+    """The first (row, value) of ``values`` that is of the other join-key kind than ``want``
+    ("int": a string; "str": an integer), or None. Other types are not judged here."""
+    if want == "int":
+        bad = next((i for i, v in enumerate(values) if isinstance(v, str)), None)
+    else:
+        bad = next((i for i, v in enumerate(values) if _is_int(v)), None)
+    return None if bad is None else (bad, values[bad])
+
+
+def _is_int(v: Any) -> bool:
+    """An int or a numpy integer, not a bool."""
+    if hasattr(v, "item") and not isinstance(v, (int, str)):
+        v = v.item()
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_kind(name: str, values: list[Any], kind: type | None, kinds: Mapping[str, str]) -> None:
+    """EntityDataError when join key ``name`` is given a value of the other kind."""
+    want = kinds.get(name)
+    if want is None or kind is KIND_TYPES[want]:
+        return
+    hit = kind_mismatch(values, want)
+    if hit is not None:
+        i, v = hit
+        raise EntityDataError(
+            f"join key '{name}' holds {KEY_KIND_NOUNS[want]} (its column in the feature views' "
+            f"sources), but entity row {i} gives {v!r} ({type(v).__name__}); pass "
+            f"{KEY_KIND_NOUNS[want]}, as no key written from the sources can match it"
+        )
+
+
+KIND_TYPES = {"int": int, "str": str}  # join_key_kinds values -> the Python type of such keys
+
+
+def _render_column(
+    name: str, col: Sequence[Any], view_name: str, kinds: Mapping[str, str] | None = None
+) -> list[str]:
     """``name=value`` strings for one join-key column."""
     prefix = name.translate(_ESCAPE_NAME) + "="
     values = _as_pylist(col)
     kind = _column_kind(values)
+    if kinds:
+        _check_kind(name, values, kind, kinds)
     if kind is int:
         return [prefix + str(v) for v in values]
     if kind is str:

@@ -13,7 +13,7 @@ are fetched too and left out of the response).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -502,8 +502,10 @@ def plan_lookup(
     full_feature_names: bool = False,
     include_event_timestamps: bool = False,
     request_data: dict[str, Sequence[Any]] | None = None,
+    key_kinds: Mapping[str, str] | None = None,
 ) -> Lookup:
-    """The keys ``requests`` need for ``entity_rows`` (entity values checked), not yet read."""
+    """The keys ``requests`` need for ``entity_rows`` (entity values checked, against
+    ``key_kinds`` when given: see online.keys.build_keys), not yet read."""
     hidden: frozenset[str] = frozenset()
     if any(not v.join_keys and hasattr(v, "inputs_of") for v, _ in requests):
         from featurestore.online._computed import with_on_demand_inputs
@@ -518,13 +520,12 @@ def plan_lookup(
     if len(fetched) > 1 and all(p.join_keys == fetched[0].join_keys for p in fetched):
         jk = fetched[0].join_keys  # render the entity values once for every view
         keys = build_keys_views(
-            project, [p.view.name for p in fetched], jk, [columns[k] for k in jk]
+            project, [p.view.name for p in fetched], jk, [columns[k] for k in jk], key_kinds
         )
     else:
         for plan in fetched:
-            keys += build_keys(
-                project, plan.view.name, plan.join_keys, [columns[k] for k in plan.join_keys]
-            )
+            cols = [columns[k] for k in plan.join_keys]
+            keys += build_keys(project, plan.view.name, plan.join_keys, cols, key_kinds)
     return Lookup(
         plans, names, columns, n, keys, now_us, include_event_timestamps, hidden, request_data
     )
@@ -540,11 +541,12 @@ def get_online_features(
     full_feature_names: bool = False,
     include_event_timestamps: bool = False,
     request_data: dict[str, Sequence[Any]] | None = None,
+    key_kinds: Mapping[str, str] | None = None,
 ) -> OnlineResponse:
     """Read ``requests`` (view, feature names) for ``entity_rows`` with one ``store.read``.
 
     ``request_data`` holds, per request field of the on-demand features asked for, one value
-    per entity row.
+    per entity row; ``key_kinds`` is the registry's ``join_key_kinds``.
     """
     return plan_lookup(
         project,
@@ -554,6 +556,7 @@ def get_online_features(
         full_feature_names=full_feature_names,
         include_event_timestamps=include_event_timestamps,
         request_data=request_data,
+        key_kinds=key_kinds,
     ).read(store)
 
 

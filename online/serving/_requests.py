@@ -9,7 +9,9 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from featurestore._time import to_us
+from featurestore.online.keys import kind_mismatch
 from featurestore.online.serving.errors import BadRequestError, TooManyEntitiesError
+from featurestore.types import KEY_KIND_NOUNS
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -65,10 +67,17 @@ def n_rows(cols: Columns) -> int:
     return len(next(iter(cols.values()))) if cols else 0
 
 
-def check_entities(cols: Columns, join_keys: dict[str, str], max_entities: int) -> int:
+def check_entities(
+    cols: Columns,
+    join_keys: dict[str, str],
+    max_entities: int,
+    kinds: Mapping[str, str] | None = None,
+    where: str = "entities",
+) -> int:
     """Validate join-key columns (ints or strings, no nulls); returns the entity count.
 
-    ``join_keys`` maps each needed key to a view that needs it (for the message).
+    ``join_keys`` maps each needed key to a view that needs it (for the message); ``kinds``
+    (the registry's join_key_kinds) is whether each key holds integers or strings.
     """
     for key, view in join_keys.items():
         if key not in cols:
@@ -87,23 +96,33 @@ def check_entities(cols: Columns, join_keys: dict[str, str], max_entities: int) 
         )
     for key in join_keys:
         col = cols[key]
-        kinds = set(map(type, col))  # the usual case: C-level passes only
-        if kinds == {int} and _INT64_MIN <= min(col) and max(col) <= _INT64_MAX:
+        want = kinds.get(key) if kinds else None
+        types = set(map(type, col))  # the usual case: C-level passes only
+        if types == {int} and want != "str" and _INT64_MIN <= min(col) and max(col) <= _INT64_MAX:
             continue
-        if kinds == {str}:
+        if types == {str} and want != "int":
             continue
         for i, v in enumerate(col):
             if isinstance(v, bool) or not isinstance(v, (int, str)):
                 raise BadRequestError(
-                    f"entities.{key}[{i}] is {v!r} ({type(v).__name__}); "
+                    f"{where}.{key}[{i}] is {v!r} ({type(v).__name__}); "
                     "join keys are ints or strings",
-                    field=f"entities.{key}",
+                    field=f"{where}.{key}",
                 )
             if isinstance(v, int) and not _INT64_MIN <= v <= _INT64_MAX:
                 raise BadRequestError(
-                    f"entities.{key}[{i}] is {v}, outside the 64-bit range of integer join keys",
-                    field=f"entities.{key}",
+                    f"{where}.{key}[{i}] is {v}, outside the 64-bit range of integer join keys",
+                    field=f"{where}.{key}",
                 )
+        hit = kind_mismatch(col, want) if want else None
+        if hit is not None:
+            i, v = hit
+            noun = KEY_KIND_NOUNS[want]
+            raise BadRequestError(
+                f"{where}.{key}[{i}] is {v!r} ({type(v).__name__}), but join key '{key}' holds "
+                f"{noun} (its column in the feature views' sources); send {noun}",
+                field=f"{where}.{key}",
+            )
     return n
 
 
@@ -160,8 +179,15 @@ def _check_value(v: Any, dtype_name: str) -> bool:
     return False
 
 
-def push_table(view: FeatureView, rows: Columns, now_us: int, max_rows: int) -> pa.Table:
-    """The validated Arrow table ``online.writer.write_table`` takes for ``view``."""
+def push_table(
+    view: FeatureView,
+    rows: Columns,
+    now_us: int,
+    max_rows: int,
+    kinds: Mapping[str, str] | None = None,
+) -> pa.Table:
+    """The validated Arrow table ``online.writer.write_table`` takes for ``view`` (join keys
+    checked against ``kinds``, the registry's join_key_kinds)."""
     import pyarrow as pa
 
     from featurestore.online.codec import CREATED_TS, EVENT_TS
@@ -182,7 +208,7 @@ def push_table(view: FeatureView, rows: Columns, now_us: int, max_rows: int) -> 
             f"{list(view.join_keys)} and features {list(view.feature_names)}",
             field=f"rows.{unknown[0]}",
         )
-    check_entities(rows, dict.fromkeys(view.join_keys, view.name), max_rows)
+    check_entities(rows, dict.fromkeys(view.join_keys, view.name), max_rows, kinds, "rows")
     missing = [f for f in view.feature_names if f not in rows]
     if missing:
         raise BadRequestError(

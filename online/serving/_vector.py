@@ -12,12 +12,12 @@ data) takes the general path. tests/serving/test_vector.py checks both agree on 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from featurestore.online.keys import build_keys
+from featurestore.online.keys import KIND_TYPES, build_keys
 from featurestore.online.lookup import _request_plan, _ViewPlan
 from featurestore.online.serving._requests import _INT64_MAX, _INT64_MIN
 
@@ -47,11 +47,18 @@ class VectorPlan:
     """Keys and input-row assembly of one model over its feature service (one entity a call)."""
 
     def __init__(
-        self, project: str, views: list[_View], defaults: list[float], join_keys: frozenset[str]
+        self,
+        project: str,
+        views: list[_View],
+        defaults: list[float],
+        join_keys: frozenset[str],
+        kinds: Mapping[str, str] | None = None,
     ) -> None:
         self.project = project
         self.views = views  # only those the model reads
         self.join_keys = join_keys  # every key the feature service needs, as the general path
+        # the type each key's values must have (the registry's join_key_kinds)
+        self.kinds = {k: KIND_TYPES[v] for k, v in (kinds or {}).items() if k in join_keys}
         self._defaults = defaults
         self.defaults = np.array([defaults], dtype=np.float64)  # the degraded answer's row
 
@@ -60,13 +67,16 @@ class VectorPlan:
         is anything else (the general path then validates it and names what is wrong)."""
         if type(entities) is not dict or entities.keys() != self.join_keys:
             return None
-        for col in entities.values():
+        kinds = self.kinds
+        for key, col in entities.items():
             if type(col) is not list or len(col) != 1:
                 return None
             v = col[0]
             kind = type(v)
             if not (kind is str or (kind is int and _INT64_MIN <= v <= _INT64_MAX)):
                 return None
+            if kinds.get(key, kind) is not kind:
+                return None  # a string for an integer key or the reverse: the general path says so
         project = self.project
         return [
             build_keys(project, v.name, v.join_keys, [entities[k] for k in v.join_keys])[0]
@@ -96,7 +106,10 @@ class VectorPlan:
 
 
 def vector_plan(
-    project: str, requests: list[tuple[Any, list[str]]], inputs: Sequence[str]
+    project: str,
+    requests: list[tuple[Any, list[str]]],
+    inputs: Sequence[str],
+    kinds: Mapping[str, str] | None = None,
 ) -> VectorPlan | None:
     """The plan for a model reading ``inputs`` from ``requests`` (a feature service, resolved),
     or None when some input is not a number stored in a fixed-width view."""
@@ -125,4 +138,4 @@ def vector_plan(
         defaults.append(math.nan if default is None else float(default))
         slots.setdefault(p, []).append((pos, plan.struct_cols[j], int(plan.field_idx[j])))
     views = [_View(plans[p], s) for p, s in sorted(slots.items())]
-    return VectorPlan(project, views, defaults, frozenset(needed))
+    return VectorPlan(project, views, defaults, frozenset(needed), kinds)

@@ -275,7 +275,8 @@ class Engine(StoreReads):
         needed, fields = self._needs_of(requests)
         req_cols = rq.to_columns(request_data, "request_data") if request_data else None
         if needed or not req_cols:
-            n = rq.check_entities(cols, needed, self.config.max_entities)
+            kinds = self._registry().join_key_kinds
+            n = rq.check_entities(cols, needed, self.config.max_entities, kinds)
         else:  # only on-demand features: the rows are the request data's
             n = rq.check_entities(req_cols, {}, self.config.max_entities)
         if fields:
@@ -475,7 +476,9 @@ class Engine(StoreReads):
         hit = self._vectors.get(id(chosen))
         if hit is None or hit[0] is not chosen or hit[1] is not state:
             requests = self._resolve(None, chosen.version.feature_service)
-            plan = vector_plan(self.store.project, requests, chosen.feature_names)
+            plan = vector_plan(
+                self.store.project, requests, chosen.feature_names, state.join_key_kinds
+            )
             if len(self._vectors) > 64:
                 self._vectors.clear()
             hit = self._vectors[id(chosen)] = (chosen, state, plan)  # holds chosen: id unique
@@ -558,9 +561,11 @@ class Engine(StoreReads):
 
         if not isinstance(feature_view, str):
             raise BadRequestError("feature_view must be a string", field="feature_view")
-        view = self.store.registry.feature_view(feature_view)
+        state = self.store.registry
+        view = state.feature_view(feature_view)
         now = now_us()
-        table = rq.push_table(view, rq.to_columns(rows, "rows"), now, self.config.max_entities)
+        cols = rq.to_columns(rows, "rows")
+        table = rq.push_table(view, cols, now, self.config.max_entities, state.join_key_kinds)
         store, project = self.store.online, self.store.project
         batch = self.store.config.online_store.write_batch_size
 
