@@ -78,14 +78,52 @@ class HotRoutes:
         except Exception as exc:
             log.exception("unhandled error on %s", scope["path"])
             out, status = self.error_body(exc)
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [*_JSON_HEADERS, (b"content-length", b"%d" % len(out))],
-            }
-        )
-        await send({"type": "http.response.body", "body": out})
+        await _answer(send, status, out)
+
+
+class AnswerErrors:
+    """ASGI middleware: an unexpected exception under it becomes the JSON 500 answer here.
+
+    Starlette's outermost error middleware would answer it too, but then re-raises, and uvicorn
+    closes the connection of an app that raised: a client's next request on that kept-alive
+    connection would fail. Answered here, the connection stays open.
+    """
+
+    def __init__(self, app: Any, *, error_body: ErrorBody) -> None:
+        self.app = app
+        self.error_body = error_body
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: dict[str, Any]) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception as exc:
+            if started:  # half an answer is out: all that is left is to drop the connection
+                raise
+            log.exception("unhandled error on %s", scope["path"])
+            body, status = self.error_body(exc)
+            await _answer(send, status, body)
+
+
+async def _answer(send: Any, status: int, body: bytes) -> None:
+    """Send a complete JSON answer."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [*_JSON_HEADERS, (b"content-length", b"%d" % len(body))],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 def _replay(body: bytes, receive: Any) -> Any:

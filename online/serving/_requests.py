@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 Columns = dict[str, list[Any]]
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_INT_RANGE = {"int32": (-(2**31), 2**31 - 1), "int64": (_INT64_MIN, _INT64_MAX)}
 
 
 def to_columns(
@@ -162,7 +163,8 @@ def _check_value(v: Any, dtype_name: str) -> bool:
     if v is None:
         return True
     if dtype_name in ("int32", "int64"):
-        return isinstance(v, int) and not isinstance(v, bool)
+        lo, hi = _INT_RANGE[dtype_name]
+        return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
     if dtype_name in ("float32", "float64"):
         return isinstance(v, (int, float)) and not isinstance(v, bool)
     if dtype_name == "bool":
@@ -221,9 +223,14 @@ def push_table(
         vals = rows[f.name]
         for i, v in enumerate(vals):
             if not _check_value(v, f.dtype.name):
+                big = (
+                    " and outside its range"
+                    if type(v) is int and f.dtype.name in _INT_RANGE
+                    else ""
+                )
                 raise BadRequestError(
                     f"push: rows.{f.name}[{i}] is {v!r} ({type(v).__name__}); feature "
-                    f"'{f.name}' of view '{view.name}' is {f.dtype.name}",
+                    f"'{f.name}' of view '{view.name}' is {f.dtype.name}{big}",
                     field=f"rows.{f.name}",
                 )
         if f.dtype.name == "timestamp":

@@ -35,7 +35,7 @@ from featurestore.online.models.errors import (
     ModelPredictError,
     ModelRegistryError,
 )
-from featurestore.online.serving._fast_rest import HotRoutes
+from featurestore.online.serving._fast_rest import AnswerErrors, HotRoutes
 from featurestore.online.serving.errors import BadRequestError, NotReadyError, TooManyEntitiesError
 
 if TYPE_CHECKING:
@@ -270,6 +270,8 @@ def create_app(
     async def predict(req: PredictRequest) -> Response:
         return _raw(await predict_json(req))
 
+    # an unexpected error is answered inside Starlette's error middleware (see AnswerErrors)
+    app.add_middleware(AnswerErrors, error_body=_error_body)
     # well-formed requests to these two skip FastAPI's router (see _fast_rest); the routes
     # above stay for the OpenAPI spec and answer every request the fast path hands back
     app.add_middleware(

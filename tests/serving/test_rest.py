@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -317,6 +318,20 @@ def test_predict_errors_name_the_field(
             400,
             "event_timestamp",
         ),
+        (  # beyond int64: refused here, not an overflow deep in the writer (a 500)
+            {
+                "feature_view": "user_stats",
+                "rows": {
+                    "user_id": [1],
+                    "tx_count": [2**70],
+                    "amount_mean": [1.0],
+                    "country": ["a"],
+                },
+            },
+            400,
+            "rows.tx_count[0] is 1180591620717411303424 (int); feature 'tx_count' of view "
+            "'user_stats' is int64 and outside its range",
+        ),
     ],
 )
 def test_push_errors_name_the_field(
@@ -448,3 +463,30 @@ def test_a_failed_promotion_keeps_serving_and_ready(fresh_repo: Path, serve, tmp
             "/predict", json={"model": "fraud", "entities": {"user_id": [1], "merchant_id": [1]}}
         )
         assert got.status_code == 200 and got.json()["version"] == 1
+
+
+def test_an_unexpected_error_is_a_json_500_and_keeps_the_connection(
+    fresh_repo: Path, serve
+) -> None:
+    """uvicorn closes the connection of an app that raises: the 500 is answered before that."""
+    import http.client
+
+    server = serve(fresh_repo)
+    engine = server.app.state.engine
+
+    async def broken(*args: object, **kwargs: object) -> int:
+        raise RuntimeError("a bug")
+
+    engine.apush = broken
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    body = json.dumps({"feature_view": "user_stats", "rows": {"user_id": [1]}})
+    conn.request("POST", "/push", body, {"content-type": "application/json"})
+    r = conn.getresponse()
+    assert r.status == 500
+    assert json.loads(r.read()) == {"error": "internal error (RuntimeError); see the server log"}
+    sock = conn.sock
+    conn.request("GET", "/health/live")  # the same connection, still open
+    r = conn.getresponse()
+    assert r.status == 200 and json.loads(r.read()) == {"live": True}
+    assert conn.sock is sock
+    conn.close()
