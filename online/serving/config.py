@@ -42,6 +42,10 @@ class ServingConfig:
     log_level: str = "warning"
 
 
+# the longest per-request budget (config or request): a read must have an end
+MAX_DEADLINE_MS = 60_000
+
+
 @dataclass(frozen=True)
 class ModelsConfig:
     """The model registry folder and how the server follows it."""
@@ -80,6 +84,11 @@ def _build(cls: type, raw: Any, name: str) -> Any:
         v = getattr(out, f.name)
         if isinstance(v, (int, float)) and not isinstance(v, bool) and v < 0:
             raise ConfigError(f"featurestore.yaml: {name}.{f.name} is {v}; it must not be negative")
+    if cls is ServingConfig and not 0 < out.deadline_ms <= MAX_DEADLINE_MS:
+        raise ConfigError(
+            f"featurestore.yaml: serving.deadline_ms is {out.deadline_ms}; give milliseconds "
+            f"above 0 and up to {MAX_DEADLINE_MS}"
+        )
     return out
 
 

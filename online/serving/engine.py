@@ -37,6 +37,7 @@ from featurestore.online.serving._reads import StoreReads, _StoreFailed
 from featurestore.online.serving._vector import VectorPlan, vector_plan
 from featurestore.online.serving.breaker import CircuitBreaker
 from featurestore.online.serving.config import (
+    MAX_DEADLINE_MS,
     ModelsConfig,
     ServingConfig,
     models_config,
@@ -297,9 +298,15 @@ class Engine(StoreReads):
         """The request's deadline on time.monotonic(): now + its budget (or the default)."""
         t0 = time.monotonic()
         budget = self.config.deadline_ms if deadline_ms is None else deadline_ms
-        if not isinstance(budget, (int, float)) or isinstance(budget, bool) or budget <= 0:
+        if (
+            not isinstance(budget, (int, float))
+            or isinstance(budget, bool)
+            or not 0 < budget <= MAX_DEADLINE_MS  # NaN fails too: a read with no end is a hang
+        ):
             raise BadRequestError(
-                f"deadline_ms must be a positive number, got {budget!r}", field="deadline_ms"
+                f"deadline_ms must be a number of milliseconds above 0 and up to "
+                f"{MAX_DEADLINE_MS}, got {budget!r}",
+                field="deadline_ms",
             )
         return t0 + budget / 1000
 
@@ -559,8 +566,8 @@ class Engine(StoreReads):
     def _push_fn(self, feature_view: str, rows: Any) -> Any:
         from featurestore.online.writer import write_table
 
-        if not isinstance(feature_view, str):
-            raise BadRequestError("feature_view must be a string", field="feature_view")
+        if not isinstance(feature_view, str) or not feature_view:
+            raise BadRequestError("feature_view must be a view's name", field="feature_view")
         state = self.store.registry
         view = state.feature_view(feature_view)
         now = now_us()

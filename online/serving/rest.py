@@ -36,6 +36,7 @@ from featurestore.online.models.errors import (
     ModelRegistryError,
 )
 from featurestore.online.serving._fast_rest import AnswerErrors, HotRoutes
+from featurestore.online.serving.config import MAX_DEADLINE_MS
 from featurestore.online.serving.errors import BadRequestError, NotReadyError, TooManyEntitiesError
 
 if TYPE_CHECKING:
@@ -64,7 +65,7 @@ class GetOnlineFeaturesRequest(_Body):
     request_data: dict[StrictStr, list[AnyValue]] | None = None
     full_feature_names: StrictBool = False
     include_event_timestamps: StrictBool = False
-    deadline_ms: float | None = Field(None, gt=0, le=60_000)
+    deadline_ms: float | None = Field(None, gt=0, le=MAX_DEADLINE_MS)
 
 
 class PredictRequest(_Body):
@@ -74,7 +75,7 @@ class PredictRequest(_Body):
     entities: dict[StrictStr, list[Key]]
     request_data: dict[StrictStr, list[AnyValue]] | None = None
     return_features: StrictBool = False
-    deadline_ms: float | None = Field(None, gt=0, le=60_000)
+    deadline_ms: float | None = Field(None, gt=0, le=MAX_DEADLINE_MS)
 
 
 class PushRequest(_Body):
@@ -84,7 +85,7 @@ class PushRequest(_Body):
     rows: dict[StrictStr, list[AnyValue]] = Field(
         ..., description="column -> one value per row (event_timestamp: us since epoch or ISO)"
     )
-    deadline_ms: float | None = Field(None, gt=0, le=60_000)
+    deadline_ms: float | None = Field(None, gt=0, le=MAX_DEADLINE_MS)
 
 
 class ColumnOut(BaseModel):

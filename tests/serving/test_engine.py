@@ -202,6 +202,20 @@ def test_serving_config_parsing(tmp_path: Path) -> None:
         serving_config(
             config_from_dict({"project": "p", "serving": {"isolate_reads": "x"}}, tmp_path)
         )
+    for ms in (0, 60_001):  # a zero budget fails every request; one without end is no budget
+        with pytest.raises(ConfigError, match=rf"serving.deadline_ms is {ms}; give milliseconds"):
+            serving_config(
+                config_from_dict({"project": "p", "serving": {"deadline_ms": ms}}, tmp_path)
+            )
+
+
+@pytest.mark.parametrize("ms", [-5.0, 0.0, float("nan"), float("inf"), 60_001.0, True])
+def test_a_request_deadline_out_of_bounds_is_a_bad_request(engine: Engine, ms: float) -> None:
+    """gRPC hands any double through (REST's schema bounds it): NaN or inf would never expire."""
+    with pytest.raises(BadRequestError, match=r"deadline_ms must be a number of milliseconds"):
+        engine.get_features(
+            features=["user_stats:tx_count"], entities={"user_id": [1]}, deadline_ms=ms
+        )
 
 
 keys = st.one_of(st.integers(-(2**63), 2**63 - 1), st.text(max_size=5))

@@ -215,6 +215,22 @@ def test_health_and_listings(stub) -> None:
             grpc.StatusCode.INVALID_ARGUMENT,
             "rows.tx_count",
         ),
+        (  # a NaN budget would never expire
+            lambda s: s.GetOnlineFeatures(
+                pb.GetOnlineFeaturesRequest(
+                    features=["user_stats:tx_count"],
+                    entities={"user_id": _col([1])},
+                    deadline_ms=float("nan"),
+                )
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "deadline_ms must be a number of milliseconds above 0 and up to 60000, got nan",
+        ),
+        (
+            lambda s: s.Push(pb.PushRequest(rows={"user_id": _col([1])})),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "feature_view must be a view's name",
+        ),
     ],
 )
 def test_errors_map_to_status_codes(stub, call, code: grpc.StatusCode, needle: str) -> None:
