@@ -64,9 +64,17 @@ def register_commands(cli: click.Group) -> None:
 
 @click.command()
 @click.option("--host", help="Interface to listen on (default: serving.host).")
-@click.option("--port", type=int, help="REST port (default: serving.rest_port).")
-@click.option("--grpc-port", type=int, help="gRPC port, 0 for none (default: serving.grpc_port).")
-@click.option("--workers", type=int, help="Worker processes (default: serving.workers).")
+@click.option(
+    "--port", type=click.IntRange(0, 65535), help="REST port (default: serving.rest_port)."
+)
+@click.option(
+    "--grpc-port",
+    type=click.IntRange(0, 65535),
+    help="gRPC port, 0 for none (default: serving.grpc_port).",
+)
+@click.option(
+    "--workers", type=click.IntRange(min=1), help="Worker processes (default: serving.workers)."
+)
 @click.option("--log-level", help="uvicorn log level (default: serving.log_level).")
 @click.pass_context
 def serve(

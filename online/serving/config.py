@@ -84,6 +84,17 @@ def _build(cls: type, raw: Any, name: str) -> Any:
         v = getattr(out, f.name)
         if isinstance(v, (int, float)) and not isinstance(v, bool) and v < 0:
             raise ConfigError(f"featurestore.yaml: {name}.{f.name} is {v}; it must not be negative")
+    if cls is ServingConfig:
+        if out.workers < 1:
+            raise ConfigError(
+                f"featurestore.yaml: serving.workers is {out.workers}; give 1 or more"
+            )
+        for port in ("rest_port", "grpc_port"):
+            if getattr(out, port) > 65535:
+                raise ConfigError(
+                    f"featurestore.yaml: serving.{port} is {getattr(out, port)}; ports go up to "
+                    "65535"
+                )
     if cls is ServingConfig and not 0 < out.deadline_ms <= MAX_DEADLINE_MS:
         raise ConfigError(
             f"featurestore.yaml: serving.deadline_ms is {out.deadline_ms}; give milliseconds "

@@ -170,3 +170,18 @@ def test_register_against_a_service_with_text_features_is_refused(
     r = register(fresh_repo, "fraud", art, "everything")
     assert r.exit_code == 1
     assert "'user_stats:country' of type string" in r.output
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--port", "-1"], "'--port': -1 is not in the range 0<=x<=65535"),
+        (["--grpc-port", "70000"], "'--grpc-port': 70000 is not in the range 0<=x<=65535"),
+        (["--workers", "0"], "'--workers': 0 is not in the range x>=1"),
+    ],
+)
+def test_serve_refuses_bad_ports_and_worker_counts(
+    fresh_repo: Path, args: list[str], needle: str
+) -> None:
+    out = run(fresh_repo, "serve", *args)
+    assert out.exit_code == 2 and needle in out.output

@@ -202,6 +202,12 @@ def test_serving_config_parsing(tmp_path: Path) -> None:
         serving_config(
             config_from_dict({"project": "p", "serving": {"isolate_reads": "x"}}, tmp_path)
         )
+    for key, value, needle in (
+        ("rest_port", 70000, "ports go up to 65535"),
+        ("workers", 0, "give 1 or more"),
+    ):
+        with pytest.raises(ConfigError, match=rf"serving.{key} is {value}; {needle}"):
+            serving_config(config_from_dict({"project": "p", "serving": {key: value}}, tmp_path))
     for ms in (0, 60_001):  # a zero budget fails every request; one without end is no budget
         with pytest.raises(ConfigError, match=rf"serving.deadline_ms is {ms}; give milliseconds"):
             serving_config(
