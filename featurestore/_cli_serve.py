@@ -98,6 +98,9 @@ def serve(
     os.environ["FEATURESTORE_REPO"] = str(Path(repo).resolve())
     os.environ["FEATURESTORE_GRPC_PORT"] = str(grpc_port)
     os.environ["FEATURESTORE_GRPC_HOST"] = host
+    for what, p in (("REST", port), ("gRPC", grpc_port)):
+        if p:  # in one line here, rather than a traceback from inside a starting worker
+            _check_bindable(host, p, what)
     grpc_note = f", gRPC on {host}:{grpc_port}" if grpc_port else ""
     click.echo(f"serving {repo}: REST on http://{host}:{port}{grpc_note}, {workers} worker(s)")
     # every worker process builds its own engine and gRPC server (SO_REUSEPORT shares the port);
@@ -111,6 +114,26 @@ def serve(
     finally:
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _check_bindable(host: str, port: int, what: str) -> None:
+    """A ClickException naming the port when ``host:port`` cannot be listened on."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise click.ClickException(f"cannot serve on host {host!r}: {exc.strerror}") from None
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind
+        try:
+            sock.bind(addr)
+        except OSError as exc:
+            raise click.ClickException(
+                f"{what} port {port} on {host} cannot be used: {exc.strerror}; pick another "
+                f"with --{'grpc-' if what == 'gRPC' else ''}port or in featurestore.yaml"
+            ) from None
 
 
 def _run_uvicorn(host: str, port: int, workers: int, log_level: str) -> None:

@@ -185,3 +185,21 @@ def test_serve_refuses_bad_ports_and_worker_counts(
 ) -> None:
     out = run(fresh_repo, "serve", *args)
     assert out.exit_code == 2 and needle in out.output
+
+
+@pytest.mark.parametrize("flag", ["--port", "--grpc-port"])
+def test_serve_names_a_port_in_use_in_one_line(fresh_repo: Path, flag: str) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        other = "--grpc-port" if flag == "--port" else "--port"
+        out = run(fresh_repo, "serve", flag, str(port), other, str(free_port()))
+    what = "REST" if flag == "--port" else "gRPC"
+    assert out.exit_code == 1
+    assert out.output.strip() == (
+        f"Error: {what} port {port} on 127.0.0.1 cannot be used: Address already in use; pick "
+        f"another with {flag} or in featurestore.yaml"
+    )
