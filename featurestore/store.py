@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from featurestore._inputs import entity_input
 from featurestore._time import now_us, to_us, to_utc
 from featurestore.config import RepoConfig, load_config
 from featurestore.errors import DefinitionError, FeatureNotFoundError
@@ -349,7 +350,7 @@ class FeatureStore:
     def get_online_features(
         self,
         features: Sequence[str] | FeatureService | str,
-        entity_rows: Sequence[dict[str, Any]] | dict[str, Sequence[Any]],
+        entity_rows: Any,
         *,
         full_feature_names: bool = False,
         include_event_timestamps: bool = False,
@@ -357,6 +358,9 @@ class FeatureStore:
         request_data: dict[str, Sequence[Any]] | None = None,
     ) -> OnlineResponse:
         """Latest values for each entity row, with a status per value; one store round trip.
+
+        ``entity_rows``: join-key columns (``{"user_id": [1, 2]}``, lists or arrays), a list of
+        row dicts, or a DataFrame (polars, pandas) or Arrow table.
 
         ``now`` sets the time TTLs are judged at and window features are read at (default: the
         wall clock). ``request_data`` gives on-demand features their request fields, one value
@@ -369,7 +373,7 @@ class FeatureStore:
             self.online,
             self.project,
             self._resolved_in(state, features),
-            entity_rows,
+            entity_input(entity_rows),
             now_us=now_us() if now is None else to_us(now),
             full_feature_names=full_feature_names,
             include_event_timestamps=include_event_timestamps,
@@ -389,8 +393,8 @@ class FeatureStore:
         """Score entities in process: lookup -> on-demand features -> model, as ``POST /predict``.
 
         ``model`` is ``name``, ``name@alias`` or ``name@version``; ``entity_rows`` holds join-key
-        columns (``{"user_id": [1, 2]}``) or a list of rows. The serving engine is started on
-        first use and shares this store's online connection.
+        columns (``{"user_id": [1, 2]}``), a list of rows or a DataFrame. The serving engine is
+        started on first use and shares this store's online connection.
         """
         if self._engine is None:
             from featurestore.online.serving.engine import Engine
@@ -398,7 +402,7 @@ class FeatureStore:
             self._engine = Engine(self).start(poll=False)
         return self._engine.predict(
             model,
-            entities=entity_rows,
+            entities=entity_input(entity_rows),
             request_data=request_data,
             return_features=return_features,
             deadline_ms=deadline_ms,

@@ -59,7 +59,7 @@ def build_keys(
     tail = f"}}:{view_name}"
     if len(join_keys) == 1:  # the common case: one pass over the values
         pre = head + join_keys[0].translate(_ESCAPE_NAME) + "="
-        values = _as_pylist(key_columns[0])
+        values = as_pylist(key_columns[0])
         kind = _column_kind(values)
         if kinds:
             _check_kind(join_keys[0], values, kind, kinds)
@@ -102,7 +102,7 @@ def build_keys_views(
     Int values of a single join key are rendered once for all views.
     """
     if len(join_keys) == 1 and len(key_columns) == 1 and len(view_names) > 1:
-        values = _as_pylist(key_columns[0])
+        values = as_pylist(key_columns[0])
         kind = _column_kind(values)
         if kinds:
             _check_kind(join_keys[0], values, kind, kinds)
@@ -159,7 +159,7 @@ def _render_column(
 ) -> list[str]:
     """``name=value`` strings for one join-key column."""
     prefix = name.translate(_ESCAPE_NAME) + "="
-    values = _as_pylist(col)
+    values = as_pylist(col)
     kind = _column_kind(values)
     if kinds:
         _check_kind(name, values, kind, kinds)
@@ -181,7 +181,7 @@ def _is_null(v: Any) -> bool:
         return False
 
 
-def _as_pylist(col: Sequence[Any]) -> list[Any]:
+def as_pylist(col: Sequence[Any]) -> list[Any]:
     """Python scalars from a list, tuple, numpy array or Arrow array (numpy ints -> int)."""
     if isinstance(col, list):
         return col

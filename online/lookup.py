@@ -23,7 +23,7 @@ from featurestore._time import EPOCH
 from featurestore.errors import EntityDataError, FeatureStoreError
 from featurestore.online.base import OnlineStore, Status
 from featurestore.online.codec import DecodedRows, RowCodec
-from featurestore.online.keys import _as_pylist, build_keys, build_keys_views
+from featurestore.online.keys import as_pylist, build_keys, build_keys_views
 
 if TYPE_CHECKING:
     import polars as pl
@@ -367,7 +367,7 @@ class OnlineResponse:
         return self._columns(dense=True) if self._dict is None else self.to_dict()
 
     def _columns(self, *, dense: bool) -> dict[str, Any]:
-        out: dict[str, Any] = {k: _as_pylist(v) for k, v in self._entity_columns.items()}
+        out: dict[str, Any] = {k: as_pylist(v) for k, v in self._entity_columns.items()}
         for res, names in zip(self._results, self._names, strict=True):
             arrays = res.dense() if dense and type(res) is _ViewResult else None
             if arrays is None or any(a is None for a in arrays):

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
+import numpy as np
+import pandas as pd
+import polars as pl
+import pyarrow as pa
 import pytest
 
 from featurestore import FeatureStore
+from featurestore.errors import EntityDataError
 
 from .conftest import write_users
 
@@ -43,6 +48,23 @@ def test_predict_scores_what_the_online_features_say(make_repo, tmp_path) -> Non
         res = store.predict(
             "toy@production", {"user_id": [1, 3, 99]}, return_features=True, deadline_ms=5_000
         )
+        # the same entities as a numpy column, a polars, pandas or Arrow frame, a row list
+        frames = [
+            {"user_id": np.array([1, 3, 99])},
+            pl.DataFrame({"user_id": [1, 3, 99]}),
+            pd.DataFrame({"user_id": [1, 3, 99]}),
+            pa.table({"user_id": [1, 3, 99]}),
+            [{"user_id": 1}, {"user_id": 3}, {"user_id": 99}],
+        ]
+        for rows in frames:
+            assert store.get_online_features("svc", rows).to_dict() == feats
+            np.testing.assert_array_equal(
+                store.predict("toy", rows, deadline_ms=5_000).scores, res.scores
+            )
+        with pytest.raises(EntityDataError, match=r"entity column 'user_id' must hold one value"):
+            store.predict("toy", {"user_id": 1})
+        with pytest.raises(EntityDataError, match=r"entity rows must be a dict of columns"):
+            store.get_online_features("svc", 1)
     assert not res.degraded
     expected = [
         c * 1000.0 + (s if s is not None else 0.0)
