@@ -194,6 +194,12 @@ def push_table(
 
     from featurestore.online.codec import CREATED_TS, EVENT_TS
 
+    if getattr(view, "is_window", False):
+        raise BadRequestError(
+            f"push: feature view '{view.name}' aggregates events over windows; its online state "
+            "is written by materialize, and push takes rows of plain feature views only",
+            field="feature_view",
+        )
     n = n_rows(rows)
     if n == 0:
         raise BadRequestError("push: no rows given", field="rows")

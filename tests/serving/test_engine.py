@@ -272,6 +272,20 @@ def test_push_timestamp_features_are_validated() -> None:
     assert info.value.field == "rows.seen"
 
 
+def test_push_to_a_window_view_says_push_takes_plain_views() -> None:
+    from featurestore import Aggregation, Entity, FeatureView, ParquetSource
+
+    view = FeatureView(
+        name="tx",
+        entities=[Entity("e", join_keys=["k"])],
+        source=ParquetSource("x.parquet"),
+        aggregations=[Aggregation("amount", "sum", "1h")],
+    )
+    with pytest.raises(BadRequestError, match=r"'tx' aggregates events over windows") as info:
+        rq.push_table(view, {"k": [1], "amount_sum_1h": [2.0]}, 10, 100)
+    assert info.value.field == "feature_view"
+
+
 def test_request_faults_are_4xx_and_leave_the_breaker_alone(engine_repo: Path) -> None:
     from featurestore.errors import EntityDataError
     from featurestore.store import FeatureStore
