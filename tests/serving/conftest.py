@@ -251,3 +251,12 @@ def shared_server(served_repo: Path) -> Iterator[ServerThread]:
     s = ServerThread(create_app(engine, grpc_port=0, own_engine=True)).start()
     yield s
     s.stop()
+
+
+@pytest.fixture(scope="module")
+def client(shared_server: ServerThread) -> Iterator[Any]:
+    """An HTTP client of the shared server."""
+    import httpx
+
+    with httpx.Client(base_url=shared_server.url, timeout=10) as c:
+        yield c

@@ -215,6 +215,25 @@ def test_health_and_listings(stub) -> None:
             grpc.StatusCode.INVALID_ARGUMENT,
             "rows.tx_count",
         ),
+        (  # a string for an integer join key: it could only read as not found
+            lambda s: s.GetOnlineFeatures(
+                pb.GetOnlineFeaturesRequest(
+                    feature_service="scoring",
+                    entities={"user_id": _col(["3"]), "merchant_id": _col([1])},
+                )
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "entities.user_id[0] is '3' (str), but join key 'user_id' holds integers",
+        ),
+        (  # one entity: the predict shortcut hands it to the same checks
+            lambda s: s.Predict(
+                pb.PredictRequest(
+                    model="fraud", entities={"user_id": _col(["3"]), "merchant_id": _col([1])}
+                )
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "entities.user_id[0] is '3'",
+        ),
         (  # a NaN budget would never expire
             lambda s: s.GetOnlineFeatures(
                 pb.GetOnlineFeaturesRequest(

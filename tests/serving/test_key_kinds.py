@@ -1,22 +1,11 @@
 """A join-key value of the wrong kind (a string for an integer key, or the reverse) is a 4xx
 naming the field on every endpoint, never a silent all-defaults answer: keys written from
-integer columns can never match a string."""
+integer columns can never match a string. (gRPC: see test_grpc's error cases.)"""
 
 from __future__ import annotations
 
-import grpc
 import httpx
 import pytest
-
-from featurestore.online.serving._proto import featurestore_pb2 as pb
-from featurestore.online.serving.grpc_server import to_value
-from tests.serving.conftest import ServerThread
-
-
-@pytest.fixture(scope="module")
-def client(shared_server: ServerThread):
-    with httpx.Client(base_url=shared_server.url, timeout=10) as c:
-        yield c
 
 
 @pytest.mark.parametrize(
@@ -70,25 +59,3 @@ def test_rest_right_kinds_still_answer(client: httpx.Client) -> None:
     assert r.status_code == 200, r.text
     statuses = [s for col in r.json()["results"] for s in col["statuses"] or []]
     assert statuses and set(statuses) == {"PRESENT"}
-
-
-def test_grpc_wrong_key_kind_is_invalid_argument(shared_server: ServerThread) -> None:
-    from featurestore.online.serving._proto import featurestore_pb2_grpc as pb_grpc
-
-    def col(values: list) -> pb.ValueList:
-        return pb.ValueList(values=[to_value(v) for v in values])
-
-    with grpc.insecure_channel(shared_server.grpc_target) as ch:
-        stub = pb_grpc.FeatureServingStub(ch)
-        entities = {"user_id": col(["3"]), "merchant_id": col([1])}
-        for call, req in (
-            (
-                stub.GetOnlineFeatures,
-                pb.GetOnlineFeaturesRequest(feature_service="scoring", entities=entities),
-            ),
-            (stub.Predict, pb.PredictRequest(model="fraud", entities=entities)),
-        ):
-            with pytest.raises(grpc.RpcError) as err:
-                call(req)
-            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-            assert "entities.user_id[0] is '3'" in err.value.details()

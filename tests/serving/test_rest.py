@@ -12,12 +12,6 @@ import pytest
 from tests.serving.conftest import N_USERS, ServerThread, expected_user
 
 
-@pytest.fixture(scope="module")
-def client(shared_server: ServerThread) -> httpx.Client:
-    with httpx.Client(base_url=shared_server.url, timeout=10) as c:
-        yield c
-
-
 def _cols(body: dict) -> dict:
     return {n: r for n, r in zip(body["feature_names"], body["results"], strict=True)}
 
