@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -70,6 +71,31 @@ _ARROW = {
 
 # what a join key holds, as the registry's join_key_kinds records it, in messages
 KEY_KIND_NOUNS = {"int": "integers", "str": "strings"}
+INT_RANGES = {"int32": (-(2**31), 2**31 - 1), "int64": (-(2**63), 2**63 - 1)}
+
+
+def value_fits(v: Any, dtype_name: str) -> bool:
+    """Whether the Python value ``v`` (None: a null) can be stored as ``dtype_name``: how pushed
+    rows and request data are checked before they reach the codec or a transform."""
+    if v is None:
+        return True
+    if dtype_name in INT_RANGES:  # numbers.*: numpy scalars count too
+        lo, hi = INT_RANGES[dtype_name]
+        return isinstance(v, numbers.Integral) and not isinstance(v, bool) and lo <= v <= hi
+    if dtype_name in ("float32", "float64"):
+        return isinstance(v, numbers.Real) and not isinstance(v, bool)
+    if dtype_name == "bool":
+        return isinstance(v, bool)
+    if dtype_name == "string":
+        return isinstance(v, str)
+    if dtype_name == "bytes":
+        return isinstance(v, (bytes, str))
+    if dtype_name == "timestamp":
+        return (isinstance(v, int) and not isinstance(v, bool)) or isinstance(v, str)
+    if dtype_name.startswith("array<"):
+        inner = dtype_name[6:-1]
+        return isinstance(v, list) and all(x is not None and value_fits(x, inner) for x in v)
+    return False
 
 
 def dtype_from_name(name: str) -> DType:

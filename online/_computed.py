@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 
 from featurestore.errors import EntityDataError
+from featurestore.online.keys import as_pylist
+from featurestore.types import value_fits
 
 _PRESENT, _NOT_FOUND, _EXPIRED = 0, 1, 2
 
@@ -196,6 +198,7 @@ def compute_on_demand(
             continue
         lists: list[list[Any]] = []
         status = np.zeros(n, dtype=np.int8)
+        request_types = {f.name: f.dtype.name for f in plan.view.request_schema}
         for feat, field in zip(plan.features, plan.fields, strict=True):
             odf = plan.view.feature(feat)
             inputs = []
@@ -214,7 +217,16 @@ def compute_on_demand(
                         f"request field '{name}' has {len(col)} values for {n} entity rows; "
                         "give one value per entity row"
                     )
-                inputs.append(list(col))
+                col = as_pylist(col)
+                dtype = request_types.get(name, "")
+                bad = next((r for r, v in enumerate(col) if not value_fits(v, dtype)), None)
+                if bad is not None:
+                    v = col[bad]
+                    raise EntityDataError(
+                        f"request field '{name}' is {v!r} ({type(v).__name__}) at entity row "
+                        f"{bad}; on-demand feature view '{plan.view.name}' declares it {dtype}"
+                    )
+                inputs.append(col)
             to_float = field.dtype.name in ("float64", "float32")
             col_out: list[Any] = []
             for r in range(n):

@@ -11,8 +11,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from featurestore import FeatureStore
+from featurestore.errors import EntityDataError
 
 from .conftest import online_config
 
@@ -87,6 +89,24 @@ def test_on_demand_offline_equals_online(tmp_path: Path) -> None:
             }
         )
         offline = store.get_historical_features(spine, refs, full_feature_names=True)
+        # request data of another type than its field: one error naming the field and the row
+        bad = {"amount": [1.0, "2"], "n_items": [1, 2]}
+        with pytest.raises(
+            EntityDataError, match=r"request field 'amount' is '2' \(str\) at entity row 1"
+        ):
+            store.get_online_features(refs, {"user_id": [1, 2]}, now=t_us, request_data=bad)
+        with pytest.raises(EntityDataError, match=r"'n_items' is 1.5 .*declares it int64"):
+            store.get_online_features(
+                refs, {"user_id": [1]}, now=t_us, request_data={"amount": [1.0], "n_items": [1.5]}
+            )
+        as_arrays = store.get_online_features(  # numpy columns are fine
+            refs,
+            [{"user_id": u} for u in users],
+            now=t_us,
+            full_feature_names=True,
+            request_data={"amount": np.array(amount), "n_items": np.array(n_items)},
+        ).to_dict()
+        assert as_arrays == online
     assert offline.columns == [
         "user_id", "event_timestamp", "amount", "n_items",
         "checks__headroom", "checks__risky", "acct__age",

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from featurestore._time import to_us
 from featurestore.online.keys import kind_mismatch
 from featurestore.online.serving.errors import BadRequestError, TooManyEntitiesError
-from featurestore.types import KEY_KIND_NOUNS
+from featurestore.types import INT_RANGES, KEY_KIND_NOUNS, value_fits
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -19,8 +19,8 @@ if TYPE_CHECKING:
     from featurestore.feature_view import FeatureView
 
 Columns = dict[str, list[Any]]
+RequestFields = dict[str, tuple[str, str]]  # request field -> (a view reading it, its dtype)
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
-_INT_RANGE = {"int32": (-(2**31), 2**31 - 1), "int64": (_INT64_MIN, _INT64_MAX)}
 
 
 def to_columns(
@@ -127,58 +127,44 @@ def check_entities(
     return n
 
 
-def request_fields(requests: Sequence[tuple[Any, list[str]]]) -> dict[str, str]:
-    """Request fields the on-demand views among ``requests`` read, mapped to a view name."""
-    out: dict[str, str] = {}
+def request_fields(requests: Sequence[tuple[Any, list[str]]]) -> RequestFields:
+    """Request fields the on-demand views among ``requests`` read -> (a view reading it, the
+    field's dtype name)."""
+    out: RequestFields = {}
     for view, feats in requests:
         inputs_of = getattr(view, "inputs_of", None)
         if inputs_of is None:
             continue
-        request = {f.name for f in view.request_schema}
+        request = {f.name: f.dtype.name for f in view.request_schema}
         for f in feats:
             for i in inputs_of(f):
                 if i in request:
-                    out.setdefault(i, view.name)
+                    out.setdefault(i, (view.name, request[i]))
     return out
 
 
-def check_request_data(cols: Columns, n: int, needed: dict[str, str]) -> None:
-    """Every needed request field present, one value per entity row."""
-    for k, view in needed.items():
+def check_request_data(cols: Columns, n: int, needed: RequestFields) -> None:
+    """Every needed request field present, of its declared type, one value per entity row."""
+    for k, (view, dtype) in needed.items():
         if k not in cols:
             raise BadRequestError(
                 f"request_data lacks '{k}', an input of on-demand feature view '{view}'; "
                 f"given: {sorted(cols) or 'none'}",
                 field=f"request_data.{k}",
             )
+        for i, v in enumerate(cols[k]):
+            if not value_fits(v, dtype):
+                raise BadRequestError(
+                    f"request_data.{k}[{i}] is {v!r} ({type(v).__name__}); request field "
+                    f"'{k}' of on-demand feature view '{view}' is {dtype}",
+                    field=f"request_data.{k}",
+                )
     for k, v in cols.items():
         if len(v) != n:
             raise BadRequestError(
                 f"request_data.{k} has {len(v)} values but there are {n} entities",
                 field=f"request_data.{k}",
             )
-
-
-def _check_value(v: Any, dtype_name: str) -> bool:
-    if v is None:
-        return True
-    if dtype_name in ("int32", "int64"):
-        lo, hi = _INT_RANGE[dtype_name]
-        return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
-    if dtype_name in ("float32", "float64"):
-        return isinstance(v, (int, float)) and not isinstance(v, bool)
-    if dtype_name == "bool":
-        return isinstance(v, bool)
-    if dtype_name == "string":
-        return isinstance(v, str)
-    if dtype_name == "bytes":
-        return isinstance(v, (bytes, str))
-    if dtype_name == "timestamp":
-        return (isinstance(v, int) and not isinstance(v, bool)) or isinstance(v, str)
-    if dtype_name.startswith("array<"):
-        inner = dtype_name[6:-1]
-        return isinstance(v, list) and all(x is not None and _check_value(x, inner) for x in v)
-    return False
 
 
 def push_table(
@@ -228,10 +214,10 @@ def push_table(
     for f in view.features:
         vals = rows[f.name]
         for i, v in enumerate(vals):
-            if not _check_value(v, f.dtype.name):
+            if not value_fits(v, f.dtype.name):
                 big = (
                     " and outside its range"
-                    if type(v) is int and f.dtype.name in _INT_RANGE
+                    if type(v) is int and f.dtype.name in INT_RANGES
                     else ""
                 )
                 raise BadRequestError(

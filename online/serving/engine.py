@@ -59,6 +59,8 @@ if TYPE_CHECKING:
     from featurestore.store import FeatureStore
 
 log = logging.getLogger("featurestore.serving")
+# a request field's value in the warm-up lookup, by dtype (numbers: 0)
+_WARM_VALUE: dict[str, Any] = {"string": "", "bytes": "", "bool": False}
 REGISTRY_CHECK_S = 0.1  # the registry file is stat'ed at most this often on the request path
 
 
@@ -112,7 +114,7 @@ class Engine(StoreReads):
         )
         self._resolved: dict[Any, tuple[Any, FeatureRequest]] = {}
         # per resolved request: (join key -> a view needing it, request field -> view)
-        self._needs: dict[int, tuple[FeatureRequest, dict[str, str], dict[str, str]]] = {}
+        self._needs: dict[int, tuple[FeatureRequest, dict[str, str], rq.RequestFields]] = {}
         self._started = False
         self._store_ok_at = 0.0
         self._grace_us = duration_us(parse_duration(store.config.online_store.key_ttl_grace)) or 0
@@ -170,7 +172,7 @@ class Engine(StoreReads):
         fields = rq.request_fields(requests)
         return {
             "entities": {k: [0] for k in keys},
-            "request_data": {f: [0] for f in fields} or None,
+            "request_data": {f: [_WARM_VALUE.get(t, 0)] for f, (_, t) in fields.items()} or None,
         }
 
     def close(self) -> None:
@@ -310,7 +312,7 @@ class Engine(StoreReads):
             )
         return t0 + budget / 1000
 
-    def _needs_of(self, requests: FeatureRequest) -> tuple[dict[str, str], dict[str, str]]:
+    def _needs_of(self, requests: FeatureRequest) -> tuple[dict[str, str], rq.RequestFields]:
         """Join keys and request fields a resolved request needs, computed once per request."""
         hit = self._needs.get(id(requests))
         if hit is not None and hit[0] is requests:

@@ -388,3 +388,18 @@ def test_on_demand_features_from_request_data_feed_the_model(tmp_path: Path, ser
             },
         )
         assert short.status_code == 400 and "request_data.amount" in short.json()["error"]
+        for bad, shown in (("x", "'x' (str)"), (True, "True (bool)"), ([1.0], "[1.0] (list)")):
+            # a 400 naming the field, not the compiled function's TypeError (a 500)
+            wrong = c.post(
+                "/predict",
+                json={
+                    "model": "ratio",
+                    "entities": {"user_id": [4]},
+                    "request_data": {"amount": [bad]},
+                },
+            )
+            assert wrong.status_code == 400, wrong.text
+            assert wrong.json()["error"] == (
+                f"request_data.amount[0] is {shown}; request field 'amount' of on-demand "
+                "feature view 'ratios' is float64"
+            )
