@@ -29,7 +29,7 @@ from featurestore.online.models.flavors import Predictor, check_flavor, load_pre
 
 ALIASES = ("production", "shadow", "canary")
 INDEX = "index.json"
-_NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
+_NAME = re.compile(r"^[A-Za-z0-9_\-]{1,100}$")  # a folder name on every file system
 
 
 @dataclass(frozen=True)
@@ -225,15 +225,20 @@ class ModelRegistry:
         return self.root / name / INDEX
 
     def get(self, name: str) -> ModelEntry:
-        path = self.index_path(name)
+        # a name register refuses is never a folder here: no path is built from it (a name
+        # with "/" or ".." must not reach outside the registry, a huge one not hit the OS limit)
+        path = self.index_path(name) if _NAME.match(name) else None
         try:
+            if path is None:
+                raise FileNotFoundError
             return ModelEntry.from_dict(json.loads(path.read_text()))
         except FileNotFoundError:
             known = (
                 ", ".join(self.names()) or "none (register one with `featurestore models register`)"
             )
+            shown = name if len(name) <= 80 else name[:80] + "..."
             raise ModelNotFoundError(
-                f"no model '{name}' in {self.root}; known models: {known}"
+                f"no model '{shown}' in {self.root}; known models: {known}"
             ) from None
         except (ValueError, KeyError, TypeError) as exc:
             raise ModelRegistryError(f"model index {path} is corrupt: {exc}") from None
@@ -276,7 +281,7 @@ class ModelRegistry:
         the service's features, and a trial prediction gives one number per row.
         """
         if not _NAME.match(name):
-            raise ModelRegistryError(f"model name {name!r} must be letters, digits, _ or -")
+            raise ModelRegistryError(f"model name {name!r} must be 1-100 letters, digits, _ or -")
         check_flavor(flavor)
         src = str(artifact)
         is_module = flavor == "python" and not src.endswith(".py")

@@ -94,7 +94,14 @@ def test_bad_names_aliases_and_shares(reg, tmp_path) -> None:
         reg.resolve("m")
     with pytest.raises(ModelNotFoundError, match="known models: m"):
         reg.resolve("zz")
-    with pytest.raises(ModelRegistryError, match="must be letters"):
+    # names register refuses are not looked up on disk: no way out of the registry folder,
+    # no OS error for a name longer than a file name may be
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "index.json").write_text("{}")
+    for name in ("../outside", "x" * 5000):
+        with pytest.raises(ModelNotFoundError, match="known models: m"):
+            reg.resolve(name)
+    with pytest.raises(ModelRegistryError, match="must be 1-100 letters"):
         reg.register(
             "a b",
             flavor="lightgbm",
