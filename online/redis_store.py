@@ -99,8 +99,8 @@ class _RedisBase(OnlineStore):
         return OnlineStoreUnavailableError(
             f"{what}: the {self.kind} online store at {_redact(self.url)} did not answer "
             f"(connect timeout {self.connect_timeout}s, socket timeout {self.socket_timeout}s): "
-            f"{exc}. Check that the server runs and that online_store.url in featurestore.yaml "
-            "points at it"
+            f"{str(exc).rstrip('.')}. Check that the server runs and that online_store.url in "
+            "featurestore.yaml points at it"
         )
 
     def ping(self) -> None:
