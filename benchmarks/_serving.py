@@ -28,6 +28,7 @@ HOST = "127.0.0.1"
 ROOT = Path(__file__).resolve().parent.parent
 GRPC_SERVICE = "/featurestore.serving.v1.FeatureServing/"
 BARE_GRPC = "/bench.Bare/Const"
+BARE_SIZED_GRPC = "/bench.Bare/SizedConst"  # answers the bytes last PUT to /bare-sized/grpc
 BARE_BODY = b'{"ok":true}'
 MODEL = "bench_lgb"
 SERVICES = {"user20": ("user_stats",), "all40": ("user_stats", "merchant_stats")}
@@ -214,15 +215,27 @@ def bare_app(grpc_port: int) -> Any:
     import grpc
     from fastapi import FastAPI
     from fastapi.responses import Response
+    from starlette.routing import Route
+
+    # what the sized constants answer: set once per workload to a real answer of ours, so a
+    # floor of the same size shows what the answer's bytes alone cost (reported, not a target)
+    sized = {"rest": BARE_BODY, "grpc": BARE_BODY}
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async def const(request: bytes, context: Any) -> bytes:
             return BARE_BODY
 
+        async def sized_const(request: bytes, context: Any) -> bytes:
+            return sized["grpc"]
+
         server = grpc.aio.server()
         handler = grpc.method_handlers_generic_handler(
-            "bench.Bare", {"Const": grpc.unary_unary_rpc_method_handler(const)}
+            "bench.Bare",
+            {
+                "Const": grpc.unary_unary_rpc_method_handler(const),
+                "SizedConst": grpc.unary_unary_rpc_method_handler(sized_const),
+            },
         )
         server.add_generic_rpc_handlers((handler,))
         if server.add_insecure_port(f"{HOST}:{grpc_port}") == 0:
@@ -242,6 +255,19 @@ def bare_app(grpc_port: int) -> Any:
     @app.get("/health")
     async def health() -> Response:
         return Response(BARE_BODY, media_type="application/json")
+
+    @app.post("/bare-sized")
+    async def bare_sized() -> Response:
+        return Response(sized["rest"], media_type="application/json")
+
+    async def set_sized(request: Any) -> Response:  # a plain Starlette route: raw body in
+        proto = request.path_params["proto"]
+        if proto not in sized:
+            return Response(status_code=404)
+        sized[proto] = await request.body()
+        return Response(BARE_BODY, media_type="application/json")
+
+    app.router.routes.append(Route("/bare-sized/{proto}", set_sized, methods=["PUT"]))
 
     return app
 
@@ -363,6 +389,14 @@ def _content_length(header: bytes) -> int:
         raise RuntimeError(f"no Content-Length in response: {header[:200]!r}")
     j = header.index(b"\r\n", i + 2)
     return int(header[i + 17 : j])
+
+
+def set_bare_sized(bare_url: str, proto: str, answer: bytes) -> None:
+    """Make the bare server's sized constant (REST or gRPC) answer ``answer``."""
+    import httpx
+
+    r = httpx.put(f"{bare_url}/bare-sized/{proto.lower()}", content=answer, timeout=10.0)
+    r.raise_for_status()
 
 
 def grpc_sync(

@@ -321,8 +321,10 @@ def _targets(
     proto: str, w: Workload, serving: Serving, concurrency: int
 ) -> tuple[dict[str, Any], Callable[[], Any], Callable[[], None]]:
     """(endpoint floor + store floor + ours calls (sync, or async factories at concurrency > 1),
-    a sync ours call, its close). The store floor reads the same entities' keys with redis-py,
-    in the same interleaved blocks as the endpoints, so all three see the same minute."""
+    a sync ours call, a close of the clients). The store floor reads the same entities' keys
+    with redis-py, in the same interleaved blocks as the endpoints, so all three see the same
+    minute. A 100-entity workload at one caller also gets "sized": the bare endpoint answering
+    a constant as large as ours (set by the caller before the run; reported, not a target)."""
     batches = pairs(serving.n_entities, w.size, N_DISTINCT, 300 + w.size)
     ents = [sv.entity_columns(w.join_keys, b) for b in batches]
     keysets = [keys_of(w.views, b) for b in batches]
@@ -341,7 +343,11 @@ def _targets(
         if concurrency == 1:
             f_call, f_close = sv.rest_sync(floor_url, bodies)
             targets = {"floor": f_call, "store": store, "ours": sync_call}
-            return targets, sync_call, f_close
+            closes = [close, f_close]
+            if w.size > 1:
+                targets["sized"], s_close = sv.rest_sync(serving.bare.url + "/bare-sized", bodies)
+                closes.append(s_close)
+            return targets, sync_call, _all(closes)
         targets = {
             "floor": sv.rest_async(floor_url, bodies, concurrency),
             "store": store,
@@ -352,13 +358,30 @@ def _targets(
     sync_call, close = sv.grpc_sync(serving.ours.grpc_target, sv.grpc_method(w.kind), reqs)
     if concurrency == 1:
         f_call, f_close = sv.grpc_sync(serving.bare.grpc_target, sv.BARE_GRPC, reqs)
-        return {"floor": f_call, "store": store, "ours": sync_call}, sync_call, f_close
+        targets = {"floor": f_call, "store": store, "ours": sync_call}
+        closes = [close, f_close]
+        if w.size > 1:
+            targets["sized"], s_close = sv.grpc_sync(
+                serving.bare.grpc_target, sv.BARE_SIZED_GRPC, reqs
+            )
+            closes.append(s_close)
+        return targets, sync_call, _all(closes)
     targets = {
         "floor": sv.grpc_async(serving.bare.grpc_target, sv.BARE_GRPC, reqs),
         "store": store,
         "ours": sv.grpc_async(serving.ours.grpc_target, sv.grpc_method(w.kind), reqs),
     }
     return targets, sync_call, close
+
+
+def _all(closes: list[Callable[[], None]]) -> Callable[[], None]:
+    """One close for several clients."""
+
+    def close() -> None:
+        for c in closes:
+            c()
+
+    return close
 
 
 def r_port(serving: Serving) -> int:
@@ -408,7 +431,10 @@ def test_serving_remote(
     sv.wait_breaker_closed(serving.ours.url)
     degraded_before = sv.degraded_count(serving.ours.url)
     try:
-        _check_answer(proto, w, sync_call())
+        answer = sync_call()
+        _check_answer(proto, w, answer)
+        if "sized" in targets:  # the bare endpoint's sized constant: this very answer
+            sv.set_bare_sized(serving.bare.url, proto, answer)
         if concurrency == 1:
             res = interleaved(targets, n=n, blocks=BLOCKS[1], max_seconds=MAX_SECONDS, warmup=30)
         else:
@@ -465,6 +491,17 @@ def test_serving_remote(
             f"- {proto} {w.describe()}, one caller: p50 {_report.fmt_us(o.p50_us)} vs floors' "
             f"p50 sum {_report.fmt_us(p50_floor)} ({o.p50_us / p50_floor:.2f}x)."
         )
+        if "sized" in res:
+            sz = res["sized"]
+            _report.NOTES.append(
+                f"- {proto} {w.describe()}, one caller, against a bare endpoint answering a "
+                f"constant as large as ours ({len(answer):,} B; not the target's floor): "
+                f"endpoint p50 {_report.fmt_us(sz.p50_us)} / p99 {_report.fmt_us(sz.p99_us)} "
+                f"(the small constant's: {_report.fmt_us(f.p50_us)} / "
+                f"{_report.fmt_us(f.p99_us)}); ratio "
+                f"{o.p99_us / (sz.p99_us + store.p99_us):.2f} at p99, "
+                f"{o.p50_us / (sz.p50_us + store.p50_us):.2f}x at p50."
+            )
     else:
         single = floors[w.store_floor].p99_us
         strict = f.p99_us + single + (model.p99_us if model else 0.0)
