@@ -29,7 +29,7 @@ from featurestore.online.models.flavors import Predictor, check_flavor, load_pre
 
 ALIASES = ("production", "shadow", "canary")
 INDEX = "index.json"
-_NAME = re.compile(r"^[A-Za-z0-9_\-]{1,100}$")  # a folder name on every file system
+_NAME = re.compile(r"[A-Za-z0-9_\-]{1,100}")  # fullmatch: a folder name on every file system
 
 
 @dataclass(frozen=True)
@@ -227,21 +227,20 @@ class ModelRegistry:
     def get(self, name: str) -> ModelEntry:
         # a name register refuses is never a folder here: no path is built from it (a name
         # with "/" or ".." must not reach outside the registry, a huge one not hit the OS limit)
-        path = self.index_path(name) if _NAME.match(name) else None
+        if not _NAME.fullmatch(name):
+            raise self._not_found(name)
+        path = self.index_path(name)
         try:
-            if path is None:
-                raise FileNotFoundError
             return ModelEntry.from_dict(json.loads(path.read_text()))
         except FileNotFoundError:
-            known = (
-                ", ".join(self.names()) or "none (register one with `featurestore models register`)"
-            )
-            shown = name if len(name) <= 80 else name[:80] + "..."
-            raise ModelNotFoundError(
-                f"no model '{shown}' in {self.root}; known models: {known}"
-            ) from None
+            raise self._not_found(name) from None
         except (ValueError, KeyError, TypeError) as exc:
             raise ModelRegistryError(f"model index {path} is corrupt: {exc}") from None
+
+    def _not_found(self, name: str) -> ModelNotFoundError:
+        known = ", ".join(self.names()) or "none (register one with `featurestore models register`)"
+        shown = name if len(name) <= 80 else name[:80] + "..."
+        return ModelNotFoundError(f"no model '{shown}' in {self.root}; known models: {known}")
 
     def resolve(self, ref: str) -> ModelVersion:
         """``name`` (production), ``name@alias`` or ``name@3`` / ``name@v3`` -> a version."""
@@ -280,7 +279,7 @@ class ModelRegistry:
         Checked before anything is copied: the model loads, its input names or count match
         the service's features, and a trial prediction gives one number per row.
         """
-        if not _NAME.match(name):
+        if not _NAME.fullmatch(name):
             raise ModelRegistryError(f"model name {name!r} must be 1-100 letters, digits, _ or -")
         check_flavor(flavor)
         src = str(artifact)
