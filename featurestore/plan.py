@@ -7,6 +7,7 @@ from typing import Literal
 
 from featurestore.registry import RegistryState
 from featurestore.repo import RepoDefinitions
+from featurestore.types import KEY_KIND_NOUNS
 
 Action = Literal["add", "change", "remove"]
 
@@ -58,8 +59,11 @@ class Plan:
         return "\n".join(lines)
 
 
-def make_plan(current: RegistryState, defs: RepoDefinitions) -> Plan:
-    """Compare the applied registry with the definitions loaded from the repo."""
+def make_plan(
+    current: RegistryState, defs: RepoDefinitions, key_kinds: dict[str, str] | None = None
+) -> Plan:
+    """Compare the applied registry with the definitions loaded from the repo (and with the
+    join-key kinds read from the sources, when given)."""
     plan = Plan()
     _diff(plan, "entity", current.entities, defs.entities, _entity_details)
     _diff(plan, "feature view", current.feature_views, defs.feature_views, _view_details)
@@ -73,7 +77,21 @@ def make_plan(current: RegistryState, defs: RepoDefinitions) -> Plan:
     _diff(
         plan, "feature service", current.feature_services, defs.feature_services, _service_details
     )
+    if key_kinds is not None:
+        _diff_kinds(plan, current.join_key_kinds, key_kinds)
     return plan
+
+
+def _diff_kinds(plan: Plan, old: dict[str, str], new: dict[str, str]) -> None:
+    """Join keys whose kind (integers or strings) apply records, drops or changes."""
+    for key in sorted(new.keys() - old.keys()):
+        plan.changes.append(Change("join key", key, "add", (f"holds {KEY_KIND_NOUNS[new[key]]}",)))
+    for key in sorted(old.keys() - new.keys()):
+        plan.changes.append(Change("join key", key, "remove"))
+    for key in sorted(k for k in old.keys() & new.keys() if old[k] != new[k]):
+        was, now = KEY_KIND_NOUNS[old[key]], KEY_KIND_NOUNS[new[key]]
+        line = f"{was} -> {now} (breaking: rows stored under the old keys are not found)"
+        plan.changes.append(Change("join key", key, "change", (line,), breaking=True))
 
 
 def _diff(plan: Plan, kind: str, old: dict, new: dict, details) -> None:  # type: ignore[no-untyped-def]

@@ -83,8 +83,8 @@ class FeatureStore:
         from featurestore.repo import load_definitions
 
         defs = load_definitions(self.config)
-        self._validate_against_data(defs)
-        return make_plan(self._registry.load(), defs)
+        kinds = self._validate_against_data(defs)
+        return make_plan(self._registry.load(), defs, kinds)
 
     def apply(self) -> Plan:
         """Validate the repo's definitions and write them as a new registry version (atomically)."""
@@ -92,10 +92,8 @@ class FeatureStore:
 
         defs = load_definitions(self.config)
         kinds = self._validate_against_data(defs)
-        current = self._registry.load()
-        plan = make_plan(current, defs)
-        # a registry written before join-key kinds were recorded gets them on the next apply
-        if not plan.empty or not self._registry.exists() or current.join_key_kinds != kinds:
+        plan = make_plan(self._registry.load(), defs, kinds)
+        if not plan.empty or not self._registry.exists():
             self._registry.apply(
                 list(defs.entities.values()),
                 list(defs.feature_views.values()),

@@ -19,6 +19,7 @@ def test_apply_writes_a_versioned_registry(make_repo) -> None:
         ("entity", "user", "add"),
         ("feature view", "user_stats", "add"),
         ("feature service", "svc", "add"),
+        ("join key", "user_id", "add"),
     }
     assert store.registry.version == 1
     assert store.plan().empty  # applying again would change nothing

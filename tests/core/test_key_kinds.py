@@ -144,8 +144,9 @@ def test_a_registry_from_before_kinds_is_not_checked_until_the_next_apply(make_r
     old = FeatureStore(repo)
     resp = old.get_online_features(["user_stats:spend"], [{"user_id": "1"}])
     assert resp.to_dict()["spend"] == [None]  # as before: the string finds nothing
-    assert old.plan().empty
-    old.apply()  # nothing changed in the definitions, but the kinds get recorded
+    plan = old.plan()  # nothing changed in the definitions, but the kinds get recorded
+    assert [(c.kind, c.name, c.action) for c in plan.changes] == [("join key", "user_id", "add")]
+    old.apply()
     assert old.registry.version == 2 and old.registry.join_key_kinds == {"user_id": "int"}
     with pytest.raises(EntityDataError, match="join key 'user_id' holds integers"):
         old.get_online_features(["user_stats:spend"], [{"user_id": "1"}])
@@ -163,3 +164,20 @@ def test_cli_get_keeps_a_string_key_a_string(make_repo) -> None:
     assert doc["features"]["city"] == ["1234", "oslo"]
     assert doc["features"]["temp"] == [20.0, 1.5]
     assert doc["status"]["temp"] == ["PRESENT", "PRESENT"]
+
+
+def test_a_join_key_changing_kind_is_a_breaking_change(make_repo) -> None:
+    repo = make_repo()
+    FeatureStore(repo).apply()
+    users = repo / "data" / "users.parquet"
+    table = pq.read_table(users)
+    i = table.schema.get_field_index("user_id")
+    pq.write_table(table.set_column(i, "user_id", table.column(i).cast(pa.string())), users)
+    (change,) = FeatureStore(repo).plan().changes
+    assert (change.kind, change.name, change.action, change.breaking) == (
+        "join key",
+        "user_id",
+        "change",
+        True,
+    )
+    assert "integers -> strings (breaking" in str(change)
