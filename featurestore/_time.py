@@ -51,12 +51,20 @@ def format_duration(value: timedelta | None) -> str | None:
 def to_utc(value: datetime | str | int) -> datetime:
     """A timezone-aware UTC datetime. Naive datetimes are taken as UTC (documented), not shifted.
 
-    Integers are microseconds since the epoch; strings are ISO 8601.
+    Integers are microseconds since the epoch; strings are ISO 8601 or "now" (as in the CLI).
     """
     if isinstance(value, int):
         return EPOCH + timedelta(microseconds=value)
     if isinstance(value, str):
-        value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        if value == "now":
+            return datetime.now(timezone.utc)
+        try:
+            value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(
+                f"{value!r} is not a time: give an ISO 8601 string, 'now', a datetime or "
+                "microseconds since the epoch"
+            ) from None
     if value.tzinfo is None:
         return value.replace(tzinfo=timezone.utc)
     return value.astimezone(timezone.utc)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -115,6 +115,10 @@ def test_durations_and_times() -> None:
     assert to_us("1970-01-01T00:00:01Z") == 1_000_000
     # naive datetimes are documented as UTC, not shifted by the local zone
     assert to_us("1970-01-01T00:00:01") == 1_000_000
+    before = to_us(datetime.now(timezone.utc))
+    assert before <= to_us("now") <= to_us(datetime.now(timezone.utc))  # as the CLI takes it
+    with pytest.raises(ValueError, match=r"'yesterday' is not a time: give an ISO 8601 string"):
+        to_us("yesterday")
 
 
 def test_dtype_names_round_trip() -> None:
