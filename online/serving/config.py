@@ -95,11 +95,11 @@ def _build(cls: type, raw: Any, name: str) -> Any:
                     f"featurestore.yaml: serving.{port} is {getattr(out, port)}; ports go up to "
                     "65535"
                 )
-    if cls is ServingConfig and not 0 < out.deadline_ms <= MAX_DEADLINE_MS:
-        raise ConfigError(
-            f"featurestore.yaml: serving.deadline_ms is {out.deadline_ms}; give milliseconds "
-            f"above 0 and up to {MAX_DEADLINE_MS}"
-        )
+        if not 0 < out.deadline_ms <= MAX_DEADLINE_MS:
+            raise ConfigError(
+                f"featurestore.yaml: serving.deadline_ms is {out.deadline_ms}; give milliseconds "
+                f"above 0 and up to {MAX_DEADLINE_MS}"
+            )
     return out
 
 
