@@ -71,6 +71,7 @@ _ARROW = {
 
 # what a join key holds, as the registry's join_key_kinds records it, in messages
 KEY_KIND_NOUNS = {"int": "integers", "str": "strings"}
+KEY_KIND_TYPES = {"int": int, "str": str}  # the Python type of such keys' values
 INT_RANGES = {"int32": (-(2**31), 2**31 - 1), "int64": (-(2**63), 2**63 - 1)}
 
 

@@ -143,6 +143,8 @@ class OnDemandPlan:
         self.view = view
         self.features = features
         self.fields = [view.field(f) for f in features]
+        # request field -> dtype name, to check request data (the view rebuilds its schema)
+        self.request_types = {f.name: f.dtype.name for f in view.request_schema}
 
 
 def with_on_demand_inputs(
@@ -198,7 +200,6 @@ def compute_on_demand(
             continue
         lists: list[list[Any]] = []
         status = np.zeros(n, dtype=np.int8)
-        request_types = {f.name: f.dtype.name for f in plan.view.request_schema}
         for feat, field in zip(plan.features, plan.fields, strict=True):
             odf = plan.view.feature(feat)
             inputs = []
@@ -218,7 +219,7 @@ def compute_on_demand(
                         "give one value per entity row"
                     )
                 col = as_pylist(col)
-                dtype = request_types.get(name, "")
+                dtype = plan.request_types.get(name, "")
                 bad = next((r for r, v in enumerate(col) if not value_fits(v, dtype)), None)
                 if bad is not None:
                     v = col[bad]

@@ -9,11 +9,12 @@ close the hash tag or fake a separator.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from featurestore.errors import EntityDataError
-from featurestore.types import KEY_KIND_NOUNS
+from featurestore.types import KEY_KIND_NOUNS, KEY_KIND_TYPES
 
 # Characters that would end the hash tag, split join keys or quotes: escaped in string values.
 _ESCAPE_VALUE = str.maketrans({"%": "%25", '"': "%22", "|": "%7C", "{": "%7B", "}": "%7D"})
@@ -131,15 +132,13 @@ def kind_mismatch(values: Sequence[Any], want: str) -> tuple[int, Any] | None:
 
 def _is_int(v: Any) -> bool:
     """An int or a numpy integer, not a bool."""
-    if hasattr(v, "item") and not isinstance(v, (int, str)):
-        v = v.item()
-    return isinstance(v, int) and not isinstance(v, bool)
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
 def _check_kind(name: str, values: list[Any], kind: type | None, kinds: Mapping[str, str]) -> None:
     """EntityDataError when join key ``name`` is given a value of the other kind."""
     want = kinds.get(name)
-    if want is None or kind is KIND_TYPES[want]:
+    if want is None or kind is KEY_KIND_TYPES[want]:
         return
     hit = kind_mismatch(values, want)
     if hit is not None:
@@ -149,9 +148,6 @@ def _check_kind(name: str, values: list[Any], kind: type | None, kinds: Mapping[
             f"sources), but entity row {i} gives {v!r} ({type(v).__name__}); pass "
             f"{KEY_KIND_NOUNS[want]}, as no key written from the sources can match it"
         )
-
-
-KIND_TYPES = {"int": int, "str": str}  # join_key_kinds values -> the Python type of such keys
 
 
 def _render_column(

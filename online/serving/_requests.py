@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 Columns = dict[str, list[Any]]
 RequestFields = dict[str, tuple[str, str]]  # request field -> (a view reading it, its dtype)
-_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_INT64_MIN, _INT64_MAX = INT_RANGES["int64"]
 
 
 def to_columns(

@@ -17,9 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from featurestore.online.keys import KIND_TYPES, build_keys
+from featurestore.online.keys import build_keys
 from featurestore.online.lookup import _request_plan, _ViewPlan
 from featurestore.online.serving._requests import _INT64_MAX, _INT64_MIN
+from featurestore.types import KEY_KIND_TYPES
 
 _NUMERIC = frozenset({"int32", "int64", "float32", "float64", "bool"})
 
@@ -58,7 +59,7 @@ class VectorPlan:
         self.views = views  # only those the model reads
         self.join_keys = join_keys  # every key the feature service needs, as the general path
         # the type each key's values must have (the registry's join_key_kinds)
-        self.kinds = {k: KIND_TYPES[v] for k, v in (kinds or {}).items() if k in join_keys}
+        self.kinds = {k: KEY_KIND_TYPES[v] for k, v in (kinds or {}).items() if k in join_keys}
         self._defaults = defaults
         self.defaults = np.array([defaults], dtype=np.float64)  # the degraded answer's row
 
