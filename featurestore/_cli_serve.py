@@ -87,10 +87,16 @@ def serve(
 ) -> None:
     """Run the REST and gRPC servers of this repo (settings from featurestore.yaml 'serving:')."""
     from featurestore.config import load_config
+    from featurestore.online.serving.auth import check_keys_file
     from featurestore.online.serving.config import serving_config
+    from featurestore.online.serving.tls import uvicorn_options
 
     repo = (ctx.obj or {}).get("repo", ".")
-    cfg = serving_config(load_config(repo))
+    repo_config = load_config(repo)
+    cfg = serving_config(repo_config)
+    # checked here, before any port is opened: a worker that fails its start is restarted
+    tls = uvicorn_options(cfg.tls, repo_config.resolve)
+    check_keys_file(cfg.auth, repo_config.resolve)
     host = host or cfg.host
     port = cfg.rest_port if port is None else port
     grpc_port = cfg.grpc_port if grpc_port is None else grpc_port
@@ -101,8 +107,9 @@ def serve(
     for what, p in (("REST", port), ("gRPC", grpc_port)):
         if p:  # in one line here, rather than a traceback from inside a starting worker
             _check_bindable(host, p, what)
-    grpc_note = f", gRPC on {host}:{grpc_port}" if grpc_port else ""
-    click.echo(f"serving {repo}: REST on http://{host}:{port}{grpc_note}, {workers} worker(s)")
+    grpc_note = f", gRPC{' (TLS)' if tls else ''} on {host}:{grpc_port}" if grpc_port else ""
+    scheme = "https" if tls else "http"
+    click.echo(f"serving {repo}: REST on {scheme}://{host}:{port}{grpc_note}, {workers} worker(s)")
     # every worker process builds its own engine and gRPC server (SO_REUSEPORT shares the port);
     # several workers keep their metrics in one folder so any worker's /metrics shows them all
     metrics_dir = None
@@ -110,7 +117,7 @@ def serve(
         metrics_dir = tempfile.mkdtemp(prefix="featurestore-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     try:
-        _run_uvicorn(host, port, workers, log_level or cfg.log_level)
+        _run_uvicorn(host, port, workers, log_level or cfg.log_level, tls)
     finally:
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
@@ -136,7 +143,7 @@ def _check_bindable(host: str, port: int, what: str) -> None:
             ) from None
 
 
-def _run_uvicorn(host: str, port: int, workers: int, log_level: str) -> None:
+def _run_uvicorn(host: str, port: int, workers: int, log_level: str, tls: dict[str, Any]) -> None:
     import uvicorn
 
     uvicorn.run(
@@ -149,6 +156,7 @@ def _run_uvicorn(host: str, port: int, workers: int, log_level: str) -> None:
         http="httptools",
         log_level=log_level,
         access_log=False,
+        **tls,
     )
 
 

@@ -387,6 +387,7 @@ class FeatureStore:
         request_data: dict[str, Sequence[Any]] | None = None,
         return_features: bool = False,
         deadline_ms: float | None = None,
+        explain: bool = False,
     ) -> PredictResult:
         """Score entities in process: lookup -> on-demand features -> model, as ``POST /predict``.
 
@@ -404,6 +405,7 @@ class FeatureStore:
             request_data=request_data,
             return_features=return_features,
             deadline_ms=deadline_ms,
+            explain=explain,
         )
 
     def close(self) -> None:

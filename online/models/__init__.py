@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from featurestore.online.models.errors import (
+    ModelExplainError,
     ModelLoadError,
     ModelNotFoundError,
     ModelPredictError,
     ModelRegistryError,
 )
+from featurestore.online.models.explain import Explanation
 from featurestore.online.models.flavors import FLAVORS, Predictor, load_predictor
 from featurestore.online.models.registry import (
     ALIASES,
@@ -24,8 +26,10 @@ __all__ = [
     "ALIASES",
     "FLAVORS",
     "Alias",
+    "Explanation",
     "LoadedModel",
     "ModelEntry",
+    "ModelExplainError",
     "ModelLoadError",
     "ModelNotFoundError",
     "ModelPredictError",

@@ -17,6 +17,7 @@ from featurestore.online.models.errors import ModelLoadError
 from featurestore.online.models.flavors import Predictor, _require
 
 _DTYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64}
+_OPAQUE = "an ONNX graph has no per-feature contributions the service can compute"
 
 
 def load_onnx(path: str) -> Predictor:
@@ -59,7 +60,7 @@ def load_onnx(path: str) -> Predictor:
             return _score(run(out, {name: x.astype(dtype, copy=False)})[0])
 
     n = len(names) if names is not None else width
-    return Predictor("onnx", sess, names, n, predict)
+    return Predictor("onnx", sess, names, n, predict, unexplainable=_OPAQUE)
 
 
 def _per_feature(path: str, sess: Any, inputs: list[Any], out: list[str]) -> Predictor:
@@ -82,7 +83,7 @@ def _per_feature(path: str, sess: Any, inputs: list[Any], out: list[str]) -> Pre
         return _score(run(out, feed)[0])
 
     names = [i.name for i in inputs]
-    return Predictor("onnx", sess, names, len(names), predict)
+    return Predictor("onnx", sess, names, len(names), predict, unexplainable=_OPAQUE)
 
 
 def _metadata_names(path: str, sess: Any, input_name: str, width: int | None) -> list[str] | None:

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from featurestore.online.models.explain import sklearn_explainer
 from featurestore.online.models.flavors import Predictor, _require
 
 
@@ -39,13 +40,17 @@ def load_sklearn(path: str) -> Predictor:
     else:
         score = model.predict
     predict = _framed(score, [str(s) for s in names]) if frame else score
+    n = None if n is None else int(n)
+    explainer, why = sklearn_explainer(model, n)
     return Predictor(
         "sklearn",
         model,
         None if names is None else [str(s) for s in names],
-        None if n is None else int(n),
+        n,
         predict,
         n_classes,
+        explainer,
+        why,
     )
 
 

@@ -17,6 +17,10 @@ class ModelLoadError(ModelRegistryError):
     """A model artifact could not be loaded or failed its warm-up prediction."""
 
 
+class ModelExplainError(ModelRegistryError):
+    """A request asked a model that cannot explain its scores for feature contributions (400)."""
+
+
 class ModelPredictError(FeatureStoreError):
     """A loaded model raised while scoring a request's rows (HTTP 500 / INTERNAL, with why)."""
 

@@ -18,6 +18,12 @@ from typing import Any, Literal, get_args
 import numpy as np
 
 from featurestore.online.models.errors import ModelLoadError, ModelRegistryError
+from featurestore.online.models.explain import (
+    Explainer,
+    lightgbm_explainer,
+    python_explainer,
+    xgboost_explainer,
+)
 
 Flavor = Literal["lightgbm", "sklearn", "xgboost", "onnx", "python"]
 FLAVORS: tuple[str, ...] = get_args(Flavor)
@@ -37,6 +43,8 @@ class Predictor:
     n_inputs: int | None
     _predict: Any
     n_classes: int | None = None  # a classifier's class count, when the artifact says
+    explainer: Explainer | None = None  # per-row feature contributions, when the flavor has them
+    unexplainable: str = ""  # why ``explainer`` is None, for the error a request gets
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         out = np.asarray(self._predict(x))
@@ -104,7 +112,8 @@ def _lightgbm(path: str) -> Predictor:
     if k == 2:  # a two-class softmax: P(class 1), like a binary model
         predict = _positive_column(predict)
     n = booster.num_feature()
-    return Predictor("lightgbm", booster, names_or_none, n, predict, n_classes)
+    explainer, why = lightgbm_explainer(booster, path)
+    return Predictor("lightgbm", booster, names_or_none, n, predict, n_classes, explainer, why)
 
 
 def _positive_column(predict: Any) -> Any:
@@ -137,7 +146,8 @@ def _xgboost(path: str) -> Predictor:
     if n_classes == 2 and predict(np.zeros((1, n))).ndim == 2:  # multi:softprob, two classes
         predict = _positive_column(predict)
     names = None if names is None else list(names)
-    return Predictor("xgboost", booster, names, n, predict, n_classes)
+    explainer, why = xgboost_explainer(booster, n_classes)
+    return Predictor("xgboost", booster, names, n, predict, n_classes, explainer, why)
 
 
 def _xgb_class_count(booster: Any) -> int | None:
@@ -174,7 +184,9 @@ def _python(path: str) -> Predictor:
         )
     names = getattr(module, "FEATURE_NAMES", None)
     names = None if names is None else [str(n) for n in names]
-    return Predictor("python", module, names, None if names is None else len(names), fn)
+    explainer, why = python_explainer(module)
+    n = None if names is None else len(names)
+    return Predictor("python", module, names, n, fn, None, explainer, why)
 
 
 _LOADERS = {

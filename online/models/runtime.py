@@ -21,11 +21,13 @@ from typing import Any
 import numpy as np
 
 from featurestore.online.models.errors import (
+    ModelExplainError,
     ModelLoadError,
     ModelNotFoundError,
     ModelPredictError,
     one_line,
 )
+from featurestore.online.models.explain import EXPLAINABLE, Explanation
 from featurestore.online.models.flavors import Predictor, load_predictor
 from featurestore.online.models.registry import ALIASES, ModelRegistry, ModelVersion
 
@@ -69,11 +71,69 @@ class LoadedModel:
                 raise self._failed(exc, int(ok.sum())) from exc
         return out, int(missing.sum())
 
-    def _failed(self, exc: Exception, rows: int) -> ModelPredictError:
+    @property
+    def explainable(self) -> bool:
+        """Whether ``explain`` can answer, decided at load so a request is refused up front.
+
+        From the model's structure: a scikit-learn model with coefficients whose output turns
+        out not to be linear in them is refused at its first explanation instead.
+        """
+        return self.predictor.explainer is not None
+
+    def require_explainable(self) -> None:
+        """Raise ModelExplainError when this model gives no explanations (before any work)."""
+        if self.predictor.explainer is None:
+            raise self._cannot_explain(self.predictor.unexplainable)
+
+    def explain(self, x: np.ndarray) -> Explanation:
+        """Per-row feature contributions of the rows ``x`` (as ``score`` gets them, NaN missing).
+
+        ``base_values + contributions.sum(axis=1)`` equals the model's output in the space
+        ``output`` names ("raw": log-odds of binary classifiers, the value of identity-link
+        regressors; see ``featurestore.online.models.explain``). A model that cannot explain
+        raises ModelExplainError; rows of the wrong width a ValueError; a library failure a
+        ModelPredictError. Only runs when asked: scoring never pays for it.
+        """
+        self.require_explainable()
+        ex = self.predictor.explainer
+        k = len(self.feature_names)
+        x = np.asarray(x, dtype=np.float64)
+        if x.ndim != 2 or x.shape[1] != k:
+            raise ValueError(
+                f"model '{self.version.name}' v{self.version.version} explains rows of its "
+                f"{k} inputs {list(self.feature_names)}; got an array of shape {x.shape}"
+            )
+        if len(x) == 0:
+            return Explanation(self.feature_names, np.zeros((0, k)), np.zeros(0), ex.output)
+        try:
+            contributions, base = ex.fn(np.ascontiguousarray(x))
+            contributions = np.ascontiguousarray(contributions, dtype=np.float64)
+            base = np.ascontiguousarray(base, dtype=np.float64)
+            if contributions.shape != x.shape or base.shape != (len(x),):
+                raise ValueError(
+                    f"contributions of shape {contributions.shape} and base values of shape "
+                    f"{base.shape} for {len(x)} row(s) of {k} inputs"
+                )
+        except ModelExplainError as exc:  # found out on first use (a sklearn model's probe)
+            raise self._cannot_explain(str(exc)) from None
+        except Exception as exc:
+            raise self._failed(exc, len(x), "explain") from exc
+        return Explanation(self.feature_names, contributions, base, ex.output)
+
+    def _cannot_explain(self, why: str) -> ModelExplainError:
         v = self.version
-        log.warning("model '%s' v%s failed to score %d row(s): %r", v.name, v.version, rows, exc)
+        why = why or "its flavor gives no feature contributions"
+        return ModelExplainError(
+            f"model '{v.name}' v{v.version} ({v.flavor} flavor) cannot explain its scores: "
+            f"{why}; explanations are available for {EXPLAINABLE}. Ask for scores without "
+            "an explanation, or serve an explainable version"
+        )
+
+    def _failed(self, exc: Exception, rows: int, what: str = "score") -> ModelPredictError:
+        v = self.version
+        log.warning("model '%s' v%s failed to %s %d row(s): %r", v.name, v.version, what, rows, exc)
         return ModelPredictError(
-            f"model '{v.name}' v{v.version} failed to score {rows} row(s): "
+            f"model '{v.name}' v{v.version} failed to {what} {rows} row(s): "
             f"{type(exc).__name__}: {one_line(exc)}"
         )
 
@@ -370,6 +430,8 @@ class ModelRuntime:
                         "production": route.production.version.version,
                         "canary": route.canary.version.version if route.canary else None,
                         "shadow": route.shadow.version.version if route.shadow else None,
+                        # whether predict can explain the production version's scores
+                        "explainable": route.production.explainable,
                     },
                 }
             )

@@ -7,6 +7,9 @@ validates against the route's pydantic model (the same model the OpenAPI spec is
 validated by pydantic-core straight from the bytes). Anything else (another content type, bad
 JSON, a body that does not validate) is handed to FastAPI with the body replayed, so error
 answers come from the one place that makes them.
+
+``RequestGate`` sits outside them all (installed only when auth or the audit log is on): it
+gives every request its id and, with API keys on, lets through only keys with the route's scope.
 """
 
 from __future__ import annotations
@@ -18,6 +21,18 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from featurestore.errors import FeatureStoreError
+from featurestore.online.serving.auth import (
+    OPEN_PATHS,
+    REQUEST_ID_ERROR,
+    REST_SCOPES,
+    AuthenticationError,
+    KeyRing,
+    PermissionDeniedError,
+    bearer,
+    valid_request_id,
+)
+from featurestore.online.serving.context import CALLER, REQUEST_ID, new_request_id
+from featurestore.online.serving.errors import BadRequestError
 
 log = logging.getLogger("featurestore.serving")
 
@@ -114,13 +129,82 @@ class AnswerErrors:
             await _answer(send, status, body)
 
 
-async def _answer(send: Any, status: int, body: bytes) -> None:
+class RequestGate:
+    """ASGI middleware, outermost: the request's id, and its API key when ``keyring`` is set.
+
+    The id is the client's ``x-request-id`` when valid (an invalid one is a 400), else a fresh
+    one; it goes back as ``x-request-id`` on every answer. With a key ring, a request names
+    its key as ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``: none or an unknown one is a
+    401, one without the route's scope a 403. Both land in contextvars (REQUEST_ID, CALLER)
+    for the engine, e.g. its audit log.
+    """
+
+    def __init__(self, app: Any, *, keyring: KeyRing | None, error_body: ErrorBody) -> None:
+        self.app = app
+        self.keyring = keyring
+        self.error_body = error_body
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        client_id = authorization = api_key = None
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                client_id = value if client_id is None else client_id
+            elif name == b"authorization":
+                authorization = value
+            elif name == b"x-api-key":
+                api_key = value
+        if client_id is None:
+            request_id = new_request_id()
+        elif valid_request_id(client_id):
+            request_id = client_id.decode("ascii")
+        else:  # answered under an id of ours: the client's cannot be echoed safely
+            request_id = new_request_id()
+            id_header = (b"x-request-id", request_id.encode("ascii"))
+            await self._refuse(send, BadRequestError(REQUEST_ID_ERROR), id_header)
+            return
+        id_header = (b"x-request-id", request_id.encode("ascii"))
+        caller = None
+        if self.keyring is not None and scope["path"] not in OPEN_PATHS:
+            try:
+                entry = self.keyring.authorize(
+                    bearer(authorization) or api_key, REST_SCOPES.get(scope["path"])
+                )
+            except (AuthenticationError, PermissionDeniedError) as exc:
+                await self._refuse(send, exc, id_header)
+                return
+            caller = entry.name
+
+        async def send_with_id(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()), id_header]}
+            await send(message)
+
+        id_token = REQUEST_ID.set(request_id)
+        caller_token = CALLER.set(caller)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            CALLER.reset(caller_token)
+            REQUEST_ID.reset(id_token)
+
+    async def _refuse(self, send: Any, exc: FeatureStoreError, id_header: Any) -> None:
+        body, status = self.error_body(exc)
+        headers = [id_header]
+        if isinstance(exc, AuthenticationError):
+            headers.append((b"www-authenticate", b"Bearer"))
+        await _answer(send, status, body, headers)
+
+
+async def _answer(send: Any, status: int, body: bytes, headers: Any = ()) -> None:
     """Send a complete JSON answer."""
     await send(
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [*_JSON_HEADERS, (b"content-length", b"%d" % len(body))],
+            "headers": [*_JSON_HEADERS, (b"content-length", b"%d" % len(body)), *headers],
         }
     )
     await send({"type": "http.response.body", "body": body})

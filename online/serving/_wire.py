@@ -20,6 +20,7 @@ from featurestore.online.serving._proto import featurestore_pb2 as pb
 from featurestore.online.serving.errors import BadRequestError
 
 if TYPE_CHECKING:
+    from featurestore.online.models import Explanation
     from featurestore.online.serving.results import FeatureResult, PredictResult
 
 _STATUS = {
@@ -149,6 +150,18 @@ def build_predict_response(res: PredictResult) -> pb.PredictResponse:
     )
     if res.features is not None:
         _feature_columns(res.features, out.features)
+    if res.request_id:
+        out.request_id = res.request_id
+    ex = res.explanation
+    if ex is not None:
+        out.explanation.CopyFrom(
+            pb.Explanation(
+                output=ex.output,
+                feature_names=ex.feature_names,
+                base_values=ex.base_values.tolist(),
+                contributions=ex.contributions.ravel().tolist(),
+            )
+        )
     return out
 
 
@@ -368,6 +381,20 @@ def encode_predict_response(res: PredictResult) -> bytes:
         parts.append(b"\x20\x01")
     if res.features is not None:
         _columns(res.features, b"*", parts)
+    if res.request_id:
+        parts.append(_len_field(b"2", res.request_id.encode()))
+    if res.explanation is not None:
+        parts.append(_len_field(b":", _explanation(res.explanation)))
+    return b"".join(parts)
+
+
+def _explanation(ex: Explanation) -> bytes:
+    """An Explanation message's bytes (empty fields left out, as protobuf does)."""
+    parts = [_len_field(b"\n", ex.output.encode())] if ex.output else []
+    parts += [_len_field(b"\x12", name.encode()) for name in ex.feature_names]
+    for tag, values in ((b"\x1a", ex.base_values), (b'"', ex.contributions)):
+        if values.size:
+            parts.append(_len_field(tag, values.astype("<f8", copy=False).tobytes()))
     return b"".join(parts)
 
 

@@ -23,6 +23,41 @@ class BreakerConfig:
 
 
 @dataclass(frozen=True)
+class TLSConfig:
+    """TLS for both servers: PEM files, repo-relative; ``client_ca_file`` also requires every
+    client to present a certificate signed by that CA (mutual TLS)."""
+
+    cert_file: str = ""
+    key_file: str = ""
+    client_ca_file: str | None = None
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """API keys: every request but the health checks names a key with the scope it needs.
+
+    The keys file (repo-relative, written by ``featurestore keys``) holds key hashes, never
+    keys; a server re-reads it when it changes, so a revoked key stops working without a restart.
+    """
+
+    keys_file: str = "secrets/api_keys.json"
+    reload_interval_s: float = 1.0
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """The audit log: one JSON line per prediction and per push, written off the request path.
+
+    ``path`` is a folder (repo-relative); each worker process writes its own files in it,
+    starting a new one after ``max_file_mb``.
+    """
+
+    path: str = "data/audit"
+    include_features: bool = True
+    max_file_mb: float = 100.0
+
+
+@dataclass(frozen=True)
 class ServingConfig:
     """Where the servers listen and the latency budget of a request."""
 
@@ -32,6 +67,7 @@ class ServingConfig:
     workers: int = 1
     deadline_ms: int = 50  # per request; a request may ask for another
     max_entities: int = 1000
+    max_explained_entities: int = 100  # explain costs ~1 ms per entity (a 100-tree model)
     read_threads: int = 8  # store reads run here, so a hung store cannot hang a request
     # "auto": network stores (redis, redis_cluster) read on the thread pool under the deadline,
     # the embedded LMDB store reads inline (a memory-mapped read; a thread hop would cost more);
@@ -40,6 +76,9 @@ class ServingConfig:
     isolate_reads: str = "auto"  # auto | always | never
     breaker: BreakerConfig = BreakerConfig()
     log_level: str = "warning"
+    tls: TLSConfig | None = None  # None: plain TCP
+    auth: AuthConfig | None = None  # None: no API keys asked for
+    audit: AuditConfig | None = None  # None: no audit log
 
 
 # the longest per-request budget (config or request): a read must have an end
@@ -69,8 +108,10 @@ def _build(cls: type, raw: Any, name: str) -> Any:
             f"known: {sorted(known)}"
         )
     raw = dict(raw)
-    if cls is ServingConfig and "breaker" in raw:
-        raw["breaker"] = _build(BreakerConfig, raw["breaker"], "serving.breaker")
+    if cls is ServingConfig:
+        for key, sub in _SECTIONS.items():
+            if key in raw:
+                raw[key] = _build(sub, raw[key] if raw[key] is not None else {}, f"serving.{key}")
     if cls is ServingConfig and raw.get("isolate_reads", "auto") not in ("auto", "always", "never"):
         raise ConfigError(
             f"featurestore.yaml: serving.isolate_reads is {raw['isolate_reads']!r}; "
@@ -84,6 +125,12 @@ def _build(cls: type, raw: Any, name: str) -> Any:
         v = getattr(out, f.name)
         if isinstance(v, (int, float)) and not isinstance(v, bool) and v < 0:
             raise ConfigError(f"featurestore.yaml: {name}.{f.name} is {v}; it must not be negative")
+    if cls is TLSConfig:
+        for f in ("cert_file", "key_file"):
+            if not isinstance(getattr(out, f), str) or not getattr(out, f):
+                raise ConfigError(
+                    f"featurestore.yaml: serving.tls.{f} is missing; give the PEM file's path"
+                )
     if cls is ServingConfig:
         if out.workers < 1:
             raise ConfigError(
@@ -101,6 +148,14 @@ def _build(cls: type, raw: Any, name: str) -> Any:
                 f"above 0 and up to {MAX_DEADLINE_MS}"
             )
     return out
+
+
+_SECTIONS: dict[str, type] = {
+    "breaker": BreakerConfig,
+    "tls": TLSConfig,
+    "auth": AuthConfig,
+    "audit": AuditConfig,
+}
 
 
 def serving_config(config: RepoConfig) -> ServingConfig:

@@ -43,7 +43,11 @@ from featurestore.online.serving.config import (
     models_config,
     serving_config,
 )
-from featurestore.online.serving.errors import BadRequestError, NotReadyError
+from featurestore.online.serving.errors import (
+    BadRequestError,
+    NotReadyError,
+    TooManyEntitiesError,
+)
 from featurestore.online.serving.metrics import Metrics
 from featurestore.online.serving.results import (
     FeatureRequest,
@@ -56,6 +60,7 @@ from featurestore.online.serving.results import (
 
 if TYPE_CHECKING:
     from featurestore.online.models.runtime import LoadedModel, ModelRuntime
+    from featurestore.online.serving.audit import AuditLog
     from featurestore.store import FeatureStore
 
 log = logging.getLogger("featurestore.serving")
@@ -139,6 +144,22 @@ class Engine(StoreReads):
         self._vectors: dict[int, tuple[LoadedModel, Any, VectorPlan | None]] = {}
         self._registry_state: Any = None
         self._registry_at = 0.0
+        self._audit: AuditLog | None = None  # serving.audit: a record per prediction and push
+        if self.config.audit is not None:
+            from featurestore.online.serving.audit import AuditLog
+
+            ac = self.config.audit
+            self._audit = AuditLog(
+                store.config.resolve(ac.path),
+                include_features=ac.include_features,
+                max_file_mb=ac.max_file_mb,
+                metrics=self.metrics,
+            )
+
+    @property
+    def audit(self) -> AuditLog | None:
+        """The audit log (``serving.audit``), or None when it is off."""
+        return self._audit
 
     @classmethod
     def from_repo(cls, repo_path: str = ".") -> Engine:
@@ -177,6 +198,8 @@ class Engine(StoreReads):
 
     def close(self) -> None:
         self.models.close()
+        if self._audit is not None:
+            self._audit.close()
         if self._inline is not None:
             self._inline.close()
         if self._aredis is not None:
@@ -417,14 +440,17 @@ class Engine(StoreReads):
         m.entities.inc(n)
 
     # ---- predict ----------------------------------------------------------------------------
-    def _model(self, model: str) -> tuple[LoadedModel, LoadedModel | None]:
+    def _model(self, model: str, explain: bool) -> tuple[LoadedModel, LoadedModel | None]:
         if not isinstance(model, str) or not model:
             raise BadRequestError("model must be a name, NAME@ALIAS or NAME@VERSION", field="model")
         if not self.models.loaded:  # a worker still starting: "retry", not "no such model"
             raise NotReadyError(
                 f"model '{model}': this server is still loading its models; retry shortly"
             )
-        return self.models.select(model)
+        chosen, shadow = self.models.select(model)
+        if explain:  # refused before any read, not after
+            chosen.require_explainable()
+        return chosen, shadow
 
     def _score(
         self,
@@ -433,6 +459,8 @@ class Engine(StoreReads):
         feats: FeatureResult,
         return_features: bool,
         t0: float,
+        entities: dict[str, list[Any]],
+        explain: bool,
     ) -> PredictResult:
         cols = feats.wire_columns()  # float64 arrays where read as stored: no lists built
         names = chosen.feature_names
@@ -453,7 +481,7 @@ class Engine(StoreReads):
                 f"'{chosen.version.feature_service}' no longer serves; re-register the model"
             ) from None
         return self._scored(
-            chosen, shadow, np.ascontiguousarray(x), feats.degraded, t0,
+            chosen, shadow, np.ascontiguousarray(x), feats.degraded, t0, entities, explain,
             feats if return_features else None,
         )  # fmt: skip
 
@@ -464,9 +492,18 @@ class Engine(StoreReads):
         x: np.ndarray,
         degraded: bool,
         t0: float,
+        entities: dict[str, list[Any]],
+        explain: bool,
         feats: FeatureResult | None = None,
     ) -> PredictResult:
-        """Score the input rows ``x`` (shadow on the side), counted in the metrics."""
+        """Score the input rows ``x`` of ``entities`` (shadow on the side), counted in the
+        metrics and, when on, recorded in the audit log; ``explain``: with contributions."""
+        if explain and x.shape[0] > self.config.max_explained_entities:
+            raise TooManyEntitiesError(
+                f"explain: {x.shape[0]} entities; an explained request takes at most "
+                f"{self.config.max_explained_entities} (serving.max_explained_entities): an "
+                "explanation costs about a millisecond per entity"
+            )
         scores, unscored = chosen.score(x)
         mv = chosen.version
         m = self.metrics
@@ -476,7 +513,22 @@ class Engine(StoreReads):
         if shadow is not None:
             self.models.shadow.submit(shadow, chosen, x, scores)
         self._observe("predict", t0, degraded, x.shape[0])
-        return PredictResult(mv.name, mv.version, scores.tolist(), degraded, feats)
+        res = PredictResult(mv.name, mv.version, scores.tolist(), degraded, feats)
+        if explain:
+            res.explanation = chosen.explain(x)
+        if self._audit is not None:
+            res.request_id = self._audit.predict(
+                model=mv.name,
+                version=mv.version,
+                shadow_version=None if shadow is None else shadow.version.version,
+                entities=entities,
+                x=x,
+                feature_names=chosen.feature_names,
+                scores=scores,
+                degraded=degraded,
+                latency_us=int((time.perf_counter() - t0) * 1e6),
+            )
+        return res
 
     def _vector(self, chosen: LoadedModel, entities: Any) -> tuple[VectorPlan, list[bytes]] | None:
         """The one-entity shortcut for ``chosen`` (see _vector): its plan and the entity's keys,
@@ -510,10 +562,12 @@ class Engine(StoreReads):
         request_data: Any = None,
         return_features: bool = False,
         deadline_ms: float | None = None,
+        explain: bool = False,
     ) -> PredictResult:
-        """Features for each entity -> model -> one score per entity (shadow scored on the side)."""
+        """Features for each entity -> model -> one score per entity (shadow scored on the side);
+        with ``explain``, each feature's contribution to each score too."""
         t0 = time.perf_counter()
-        chosen, shadow = self._model(model)
+        chosen, shadow = self._model(model, explain)
         fast = None if return_features or request_data else self._vector(chosen, entities)
         if fast is not None:
             plan, keys = fast
@@ -524,7 +578,7 @@ class Engine(StoreReads):
             except _StoreFailed as f:
                 x, reason = plan.defaults, f.reason
             self._count_read(reason)
-            return self._scored(chosen, shadow, x, reason is not None, t0)
+            return self._scored(chosen, shadow, x, reason is not None, t0, entities, explain)
         p = self._prepare(
             None, chosen.version.feature_service, entities, request_data, False, False, deadline_ms
         )
@@ -532,7 +586,8 @@ class Engine(StoreReads):
             resp, reason = self._read_sync(p), None
         except _StoreFailed as f:
             resp, reason = None, f.reason
-        return self._score(chosen, shadow, self._finish(p, resp, reason), return_features, t0)
+        out = self._finish(p, resp, reason)
+        return self._score(chosen, shadow, out, return_features, t0, p.entities, explain)
 
     async def apredict(
         self,
@@ -542,9 +597,10 @@ class Engine(StoreReads):
         request_data: Any = None,
         return_features: bool = False,
         deadline_ms: float | None = None,
+        explain: bool = False,
     ) -> PredictResult:
         t0 = time.perf_counter()
-        chosen, shadow = self._model(model)
+        chosen, shadow = self._model(model, explain)
         fast = None if return_features or request_data else self._vector(chosen, entities)
         if fast is not None:
             plan, keys = fast
@@ -554,7 +610,7 @@ class Engine(StoreReads):
             except _StoreFailed as f:
                 x, reason = plan.defaults, f.reason
             self._count_read(reason)
-            return self._scored(chosen, shadow, x, reason is not None, t0)
+            return self._scored(chosen, shadow, x, reason is not None, t0, entities, explain)
         p = self._prepare(
             None, chosen.version.feature_service, entities, request_data, False, False, deadline_ms
         )
@@ -562,10 +618,12 @@ class Engine(StoreReads):
             resp, reason = await self._read_async(p), None
         except _StoreFailed as f:
             resp, reason = None, f.reason
-        return self._score(chosen, shadow, self._finish(p, resp, reason), return_features, t0)
+        out = self._finish(p, resp, reason)
+        return self._score(chosen, shadow, out, return_features, t0, p.entities, explain)
 
     # ---- push -------------------------------------------------------------------------------
-    def _push_fn(self, feature_view: str, rows: Any) -> Any:
+    def _push_fn(self, feature_view: str, rows: Any) -> tuple[Any, dict[str, list[Any]]]:
+        """The write of a validated push, and its entity keys (for the audit log)."""
         from featurestore.online.writer import write_table
 
         if not isinstance(feature_view, str) or not feature_view:
@@ -589,29 +647,33 @@ class Engine(StoreReads):
                 batch_size=batch,
             )
 
-        return write
+        return write, {k: cols[k] for k in view.join_keys}
 
     def push(self, feature_view: str, rows: Any, *, deadline_ms: float | None = None) -> int:
         """Validate rows against the view's schema and write them; returns rows written."""
         t0 = time.perf_counter()
-        write = self._push_fn(feature_view, rows)
+        write, keys = self._push_fn(feature_view, rows)
         fut = self._pool.submit(write)
         try:
             n = fut.result(timeout=self._push_timeout(deadline_ms))
         except Exception as exc:
             raise self._push_error(exc) from None
         self._observe("push", t0, False, n)
+        if self._audit is not None:
+            self._audit.push(feature_view, n, keys)
         return n
 
     async def apush(self, feature_view: str, rows: Any, *, deadline_ms: float | None = None) -> int:
         t0 = time.perf_counter()
-        write = self._push_fn(feature_view, rows)
+        write, keys = self._push_fn(feature_view, rows)
         fut = self._pool.submit(write)
         try:
             n = await asyncio.wait_for(asyncio.wrap_future(fut), self._push_timeout(deadline_ms))
         except Exception as exc:
             raise self._push_error(exc) from None
         self._observe("push", t0, False, n)
+        if self._audit is not None:
+            self._audit.push(feature_view, n, keys)
         return n
 
     def _push_timeout(self, deadline_ms: float | None) -> float:

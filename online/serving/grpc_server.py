@@ -20,7 +20,20 @@ from featurestore.online.serving._wire import (
     to_column,
     to_value,
 )
+from featurestore.online.serving.auth import (
+    GRPC_OPEN,
+    GRPC_SCOPES,
+    REQUEST_ID_ERROR,
+    AuthenticationError,
+    KeyRing,
+    PermissionDeniedError,
+    bearer,
+    keyring_for,
+    valid_request_id,
+)
+from featurestore.online.serving.context import CALLER, REQUEST_ID, new_request_id
 from featurestore.online.serving.errors import BadRequestError
+from featurestore.online.serving.tls import grpc_credentials
 
 if TYPE_CHECKING:
     from featurestore.online.serving.engine import Engine
@@ -40,6 +53,8 @@ log = logging.getLogger("featurestore.serving")
 SERVICE = "featurestore.serving.v1.FeatureServing"
 _HTTP_TO_GRPC = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
     404: grpc.StatusCode.NOT_FOUND,
     413: grpc.StatusCode.RESOURCE_EXHAUSTED,
     503: grpc.StatusCode.UNAVAILABLE,
@@ -95,6 +110,7 @@ class FeatureServingServicer(pb_grpc.FeatureServingServicer):
                 request_data=read_columns(request.request_data, "request_data") or None,
                 return_features=request.return_features,
                 deadline_ms=request.deadline_ms or None,
+                explain=request.explain,
             )
             return encode_predict_response(res)  # wire bytes: see _handlers
         except Exception as exc:
@@ -147,6 +163,7 @@ class FeatureServingServicer(pb_grpc.FeatureServingServicer):
                     canary_share=canary,
                     feature_service=svc,
                     loaded_version=(m["loaded"] or {}).get("production") or 0,
+                    explainable=bool((m["loaded"] or {}).get("explainable")),
                 )
             )
         return pb.ListModelsResponse(models=out)
@@ -171,9 +188,15 @@ _METHODS = {
 }
 
 
-def _handlers(servicer: FeatureServingServicer) -> grpc.GenericRpcHandler:
+def _handlers(
+    servicer: FeatureServingServicer, *, keyring: KeyRing | None = None, gate: bool = False
+) -> grpc.GenericRpcHandler:
     """Handlers that parse the request bytes themselves, so a corrupt message is an
-    INVALID_ARGUMENT naming the message type (grpc's own deserializer would answer UNKNOWN)."""
+    INVALID_ARGUMENT naming the message type (grpc's own deserializer would answer UNKNOWN).
+
+    With ``gate`` (or a ``keyring``) each call first gets its request id and, with a key
+    ring, has its API key checked (see ``_gated``); without, calls pay nothing for either.
+    """
     from google.protobuf.message import DecodeError
 
     def wrap(name: str, req_type: Any) -> Any:
@@ -189,7 +212,9 @@ def _handlers(servicer: FeatureServingServicer) -> grpc.GenericRpcHandler:
                 )
             return await method(request, context)
 
-        return handle
+        if keyring is None and not gate:
+            return handle
+        return _gated(handle, None if name in GRPC_OPEN else keyring, GRPC_SCOPES.get(name))
 
     return grpc.method_handlers_generic_handler(
         SERVICE,
@@ -203,13 +228,70 @@ def _handlers(servicer: FeatureServingServicer) -> grpc.GenericRpcHandler:
     )
 
 
+def _gated(handle: Any, keyring: KeyRing | None, scope: str | None) -> Any:
+    """``handle`` behind the request id and (with ``keyring``) the API key check.
+
+    The id is the client's ``x-request-id`` metadata when valid (else INVALID_ARGUMENT),
+    or a fresh one, and goes back in the initial metadata; the key comes as
+    ``authorization: Bearer KEY`` or ``x-api-key: KEY`` (UNAUTHENTICATED when missing or
+    unknown, PERMISSION_DENIED without ``scope``: the same messages as REST).
+    """
+
+    async def gated(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+        client_id = authorization = api_key = None
+        for item in context.invocation_metadata() or ():
+            key, value = item
+            if key == "x-request-id":
+                client_id = value if client_id is None else client_id
+            elif key == "authorization":
+                authorization = value
+            elif key == "x-api-key":
+                api_key = value
+        ok_id = client_id is not None and valid_request_id(client_id)
+        request_id = client_id if ok_id else new_request_id()
+        await context.send_initial_metadata((("x-request-id", request_id),))
+        if client_id is not None and not ok_id:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, REQUEST_ID_ERROR)
+        caller = None
+        if keyring is not None:
+            try:
+                caller = keyring.authorize(bearer(authorization) or api_key, scope).name
+            except AuthenticationError as exc:
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+            except PermissionDeniedError as exc:
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        id_token = REQUEST_ID.set(request_id)
+        caller_token = CALLER.set(caller)
+        try:
+            return await handle(raw, context)
+        finally:
+            CALLER.reset(caller_token)
+            REQUEST_ID.reset(id_token)
+
+    return gated
+
+
 async def start_grpc_server(
-    engine: Engine, port: int, *, host: str = "127.0.0.1"
+    engine: Engine, port: int, *, host: str = "127.0.0.1", keyring: KeyRing | None = None
 ) -> tuple[Any, int]:
-    """Start a grpc.aio server on ``host:port`` (0: a free port); returns (server, bound port)."""
+    """Start a grpc.aio server on ``host:port`` (0: a free port), over TLS when the engine's
+    config asks for it; returns (server, bound port).
+
+    With ``serving.auth`` on, calls are checked against ``keyring`` (default: one loaded from
+    the keys file here); with auth or the audit log on, every call gets a request id.
+    """
+    if keyring is None:
+        keyring = keyring_for(engine)
+    gate = keyring is not None or engine.config.audit is not None
     server = grpc.aio.server(options=[("grpc.so_reuseport", 1)])
-    server.add_generic_rpc_handlers((_handlers(FeatureServingServicer(engine)),))
-    bound = server.add_insecure_port(f"{host}:{port}")
+    servicer = FeatureServingServicer(engine)
+    server.add_generic_rpc_handlers((_handlers(servicer, keyring=keyring, gate=gate),))
+    tls = engine.config.tls
+    if tls is None:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    else:
+        creds = grpc_credentials(tls, engine.store.config.resolve)
+        bound = server.add_secure_port(f"{host}:{port}", creds)
     if bound == 0:
         raise OSError(f"gRPC server cannot bind {host}:{port}")
     await server.start()

@@ -12,7 +12,8 @@ from typing import Any
 
 
 class Metrics:
-    """Request counts and latencies, degraded answers, breaker state, model and shadow scores."""
+    """Request counts and latencies, degraded answers, breaker state, model and shadow scores,
+    audit records written and dropped."""
 
     def __init__(self) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -79,6 +80,24 @@ class Metrics:
             registry=r,
         )
         self.entities = Counter("featurestore_entities_total", "Entities looked up", registry=r)
+        self.audit_records = Counter(
+            "featurestore_audit_records_total",
+            "Audit records written (serving.audit)",
+            ["kind"],
+            registry=r,
+        )
+        self.audit_dropped = Counter(
+            "featurestore_audit_dropped_total",
+            "Audit records lost: queue_full (the disk stalled), write_error, unserialisable, "
+            "closed",
+            ["reason"],
+            registry=r,
+        )
+        self.audit_write_errors = Counter(
+            "featurestore_audit_write_errors_total",
+            "Audit log writes that failed (disk full, folder removed); their records are dropped",
+            registry=r,
+        )
         self._children: dict[tuple[Any, ...], Any] = {}
 
     def child(self, metric: Any, *labels: str) -> Any:

@@ -35,7 +35,13 @@ from featurestore.online.models.errors import (
     ModelPredictError,
     ModelRegistryError,
 )
-from featurestore.online.serving._fast_rest import AnswerErrors, HotRoutes
+from featurestore.online.serving._fast_rest import AnswerErrors, HotRoutes, RequestGate
+from featurestore.online.serving.auth import (
+    OPEN_PATHS,
+    AuthenticationError,
+    PermissionDeniedError,
+    keyring_for,
+)
 from featurestore.online.serving.config import MAX_DEADLINE_MS
 from featurestore.online.serving.errors import BadRequestError, NotReadyError, TooManyEntitiesError
 
@@ -76,6 +82,7 @@ class PredictRequest(_Body):
     request_data: dict[StrictStr, list[AnyValue]] | None = None
     return_features: StrictBool = False
     deadline_ms: float | None = Field(None, gt=0, le=MAX_DEADLINE_MS)
+    explain: StrictBool = Field(False, description="also each feature's contribution to each score")
 
 
 class PushRequest(_Body):
@@ -99,12 +106,24 @@ class FeaturesOut(BaseModel):
     degraded: bool
 
 
+class ExplanationOut(BaseModel):
+    """base_values[i] + sum(contributions[i]) is the model's output for entity i in the space
+    ``output`` names ("raw": the margin, log-odds for a binary classifier)."""
+
+    output: str
+    feature_names: list[str]
+    base_values: list[float | None]
+    contributions: list[list[float | None]]
+
+
 class PredictOut(BaseModel):
     model: str
     version: int
     scores: list[float | None]
     degraded: bool
     features: FeaturesOut | None = None
+    request_id: str | None = Field(None, description="with serving.audit: its record's id")
+    explanation: ExplanationOut | None = None
 
 
 class PushOut(BaseModel):
@@ -158,6 +177,10 @@ def _error_body(exc: BaseException) -> tuple[bytes, int]:
 
 
 def _status_of(exc: BaseException) -> int:
+    if isinstance(exc, AuthenticationError):
+        return 401
+    if isinstance(exc, PermissionDeniedError):
+        return 403
     if isinstance(exc, TooManyEntitiesError):
         return 413
     if isinstance(exc, (FeatureNotFoundError, ModelNotFoundError)):
@@ -180,8 +203,13 @@ def create_app(
     own_engine: bool = False,
     grpc_host: str = "127.0.0.1",
 ) -> FastAPI:
-    """The FastAPI app over ``engine``; starts the engine (and a gRPC server) in its lifespan."""
+    """The FastAPI app over ``engine``; starts the engine (and a gRPC server) in its lifespan.
+
+    With ``serving.auth`` on, the keys file is loaded here: a missing or bad one is a
+    ConfigError before anything listens.
+    """
     grpc_box: dict[str, Any] = {}
+    keyring = keyring_for(engine)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -194,7 +222,7 @@ def create_app(
             from featurestore.online.serving.grpc_server import start_grpc_server
 
             grpc_box["server"], grpc_box["port"] = await start_grpc_server(
-                engine, grpc_port, host=grpc_host
+                engine, grpc_port, host=grpc_host, keyring=keyring
             )
             app.state.grpc_port = grpc_box["port"]
         try:
@@ -257,6 +285,7 @@ def create_app(
             request_data=req.request_data,
             return_features=req.return_features,
             deadline_ms=req.deadline_ms,
+            explain=req.explain,
         )
         out = res.to_dict()
         if res.features is not None:
@@ -283,6 +312,14 @@ def create_app(
         },
         error_body=_error_body,
     )
+
+    # outermost, so the fast path is covered too; only with auth or the audit log on, so the
+    # default hot path pays nothing for it
+    if keyring is not None or engine.config.audit is not None:
+        app.add_middleware(RequestGate, keyring=keyring, error_body=_error_body)
+    if keyring is not None:
+        _declare_security(app)
+    app.state.keyring = keyring
 
     @app.post("/push", response_model=PushOut, responses=_ERRORS)
     async def push(req: PushRequest) -> Response:
@@ -312,6 +349,34 @@ def create_app(
         return _json({"models": await asyncio.to_thread(engine.list_models)})
 
     return app
+
+
+def _declare_security(app: FastAPI) -> None:
+    """Name the API key schemes in the OpenAPI spec, on every operation that needs a key."""
+    build = app.openapi
+    ref = {"$ref": "#/components/schemas/ErrorOut"}
+
+    def openapi() -> dict[str, Any]:
+        spec = build()  # cached by FastAPI: patching it in place once is enough
+        schemes = spec.setdefault("components", {}).setdefault("securitySchemes", {})
+        if "bearer" in schemes:
+            return spec
+        schemes["bearer"] = {"type": "http", "scheme": "bearer", "description": "API key"}
+        schemes["apiKey"] = {"type": "apiKey", "in": "header", "name": "X-API-Key"}
+        for path, operations in spec.get("paths", {}).items():
+            if path in OPEN_PATHS:
+                continue
+            for op in operations.values():
+                op["security"] = [{"bearer": []}, {"apiKey": []}]
+                responses = op.setdefault("responses", {})
+                for code, what in (("401", "no or unknown API key"), ("403", "scope missing")):
+                    responses[code] = {
+                        "description": what,
+                        "content": {"application/json": {"schema": ref}},
+                    }
+        return spec
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 async def _try_start(engine: Engine) -> bool:

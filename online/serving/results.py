@@ -11,6 +11,7 @@ from featurestore._time import EPOCH
 
 if TYPE_CHECKING:
     from featurestore.feature_view import FeatureView
+    from featurestore.online.models import Explanation
 
 FeatureRequest = list[tuple["FeatureView", list[str]]]
 _STATUS_NAMES = ("PRESENT", "NOT_FOUND", "EXPIRED")
@@ -83,7 +84,8 @@ class FeatureResult:
 
 @dataclass
 class PredictResult:
-    """Scores (one per entity), the version that produced them, optionally the features."""
+    """Scores (one per entity), the version that produced them, optionally the features, and
+    (audit on) the request id its audit record carries."""
 
     model: str
     version: int
@@ -91,6 +93,9 @@ class PredictResult:
     degraded: bool
     features: FeatureResult | None = None
     timings_us: dict[str, float] = field(default_factory=dict)
+    # the id of this prediction's audit record (serving.audit on), else None
+    request_id: str | None = None
+    explanation: Explanation | None = None  # asked for with explain=True
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -101,6 +106,16 @@ class PredictResult:
         }
         if self.features is not None:
             out["features"] = self.features.to_dict()
+        if self.request_id is not None:
+            out["request_id"] = self.request_id
+        ex = self.explanation
+        if ex is not None:
+            out["explanation"] = {
+                "output": ex.output,
+                "feature_names": list(ex.feature_names),
+                "base_values": ex.base_values.tolist(),
+                "contributions": ex.contributions.tolist(),
+            }
         return out
 
 

@@ -7,10 +7,12 @@ import struct
 from datetime import datetime, timezone
 from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from featurestore.online.models import Explanation
 from featurestore.online.serving._proto import featurestore_pb2 as pb
 from featurestore.online.serving._wire import (
     build_features_response,
@@ -81,18 +83,39 @@ def test_features_response_equals_protobuf_api(res: FeatureResult) -> None:
     _same(encode_features_response(res), build_features_response(res))
 
 
-@settings(max_examples=60, deadline=None)
+@st.composite
+def explanations(draw: Any) -> Explanation:
+    """An Explanation of n rows x k features (NaN and infinities included)."""
+    n, k = draw(st.integers(0, 4)), draw(st.integers(0, 5))
+    names = draw(st.lists(TEXT, min_size=k, max_size=k))
+    contributions = np.array(draw(st.lists(FLOATS, min_size=n * k, max_size=n * k)))
+    base = np.array(draw(st.lists(FLOATS, min_size=n, max_size=n)))
+    output = draw(st.sampled_from(["raw", "value", ""]))
+    return Explanation(tuple(names), contributions.reshape(n, k), base, output)
+
+
+@settings(max_examples=80, deadline=None)
 @given(
     feature_results() | st.none(),
     TEXT,
     INT64,
     st.lists(FLOATS, max_size=20),
     st.booleans(),
+    TEXT | st.none(),
+    explanations() | st.none(),
 )
 def test_predict_response_equals_protobuf_api(
-    feats: FeatureResult | None, model: str, version: int, scores: list[float], degraded: bool
+    feats: FeatureResult | None,
+    model: str,
+    version: int,
+    scores: list[float],
+    degraded: bool,
+    request_id: str | None,
+    explanation: Explanation | None,
 ) -> None:
-    res = PredictResult(model, version, scores, degraded, feats)
+    res = PredictResult(
+        model, version, scores, degraded, feats, request_id=request_id, explanation=explanation
+    )
     _same(encode_predict_response(res), build_predict_response(res))
 
 

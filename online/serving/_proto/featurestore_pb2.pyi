@@ -205,7 +205,7 @@ class GetOnlineFeaturesResponse(_message.Message):
     ) -> None: ...
 
 class PredictRequest(_message.Message):
-    __slots__ = ("model", "entities", "request_data", "return_features", "deadline_ms")
+    __slots__ = ("model", "entities", "request_data", "return_features", "deadline_ms", "explain")
     class EntitiesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -231,11 +231,13 @@ class PredictRequest(_message.Message):
     REQUEST_DATA_FIELD_NUMBER: _ClassVar[int]
     RETURN_FEATURES_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
+    EXPLAIN_FIELD_NUMBER: _ClassVar[int]
     model: str
     entities: _containers.MessageMap[str, ValueList]
     request_data: _containers.MessageMap[str, ValueList]
     return_features: bool
     deadline_ms: float
+    explain: bool
     def __init__(
         self,
         model: _Optional[str] = ...,
@@ -243,20 +245,43 @@ class PredictRequest(_message.Message):
         request_data: _Optional[_Mapping[str, ValueList]] = ...,
         return_features: _Optional[bool] = ...,
         deadline_ms: _Optional[float] = ...,
+        explain: _Optional[bool] = ...,
+    ) -> None: ...
+
+class Explanation(_message.Message):
+    __slots__ = ("output", "feature_names", "base_values", "contributions")
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_NAMES_FIELD_NUMBER: _ClassVar[int]
+    BASE_VALUES_FIELD_NUMBER: _ClassVar[int]
+    CONTRIBUTIONS_FIELD_NUMBER: _ClassVar[int]
+    output: str
+    feature_names: _containers.RepeatedScalarFieldContainer[str]
+    base_values: _containers.RepeatedScalarFieldContainer[float]
+    contributions: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(
+        self,
+        output: _Optional[str] = ...,
+        feature_names: _Optional[_Iterable[str]] = ...,
+        base_values: _Optional[_Iterable[float]] = ...,
+        contributions: _Optional[_Iterable[float]] = ...,
     ) -> None: ...
 
 class PredictResponse(_message.Message):
-    __slots__ = ("model", "version", "scores", "degraded", "features")
+    __slots__ = ("model", "version", "scores", "degraded", "features", "request_id", "explanation")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SCORES_FIELD_NUMBER: _ClassVar[int]
     DEGRADED_FIELD_NUMBER: _ClassVar[int]
     FEATURES_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPLANATION_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: int
     scores: _containers.RepeatedScalarFieldContainer[float]
     degraded: bool
     features: _containers.RepeatedCompositeFieldContainer[FeatureColumn]
+    request_id: str
+    explanation: Explanation
     def __init__(
         self,
         model: _Optional[str] = ...,
@@ -264,6 +289,8 @@ class PredictResponse(_message.Message):
         scores: _Optional[_Iterable[float]] = ...,
         degraded: _Optional[bool] = ...,
         features: _Optional[_Iterable[_Union[FeatureColumn, _Mapping]]] = ...,
+        request_id: _Optional[str] = ...,
+        explanation: _Optional[_Union[Explanation, _Mapping]] = ...,
     ) -> None: ...
 
 class PushRequest(_message.Message):
@@ -348,7 +375,15 @@ class ListModelsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "versions", "aliases", "canary_share", "feature_service", "loaded_version")
+    __slots__ = (
+        "name",
+        "versions",
+        "aliases",
+        "canary_share",
+        "feature_service",
+        "loaded_version",
+        "explainable",
+    )
     class AliasesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -363,12 +398,14 @@ class ModelInfo(_message.Message):
     CANARY_SHARE_FIELD_NUMBER: _ClassVar[int]
     FEATURE_SERVICE_FIELD_NUMBER: _ClassVar[int]
     LOADED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    EXPLAINABLE_FIELD_NUMBER: _ClassVar[int]
     name: str
     versions: _containers.RepeatedScalarFieldContainer[int]
     aliases: _containers.ScalarMap[str, int]
     canary_share: float
     feature_service: str
     loaded_version: int
+    explainable: bool
     def __init__(
         self,
         name: _Optional[str] = ...,
@@ -377,6 +414,7 @@ class ModelInfo(_message.Message):
         canary_share: _Optional[float] = ...,
         feature_service: _Optional[str] = ...,
         loaded_version: _Optional[int] = ...,
+        explainable: _Optional[bool] = ...,
     ) -> None: ...
 
 class ListModelsResponse(_message.Message):
