@@ -9,7 +9,6 @@ and ``degraded=True``, and the circuit breaker stops sending reads until a probe
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures as cf
 import logging
 import threading
@@ -23,8 +22,6 @@ from featurestore._time import duration_us, now_us, parse_duration
 from featurestore.errors import (
     FeatureNotFoundError,
     FeatureStoreError,
-    OnlineStoreError,
-    OnlineStoreUnavailableError,
     RegistryError,
 )
 from featurestore.online.models.errors import ModelLoadError
@@ -33,6 +30,7 @@ from featurestore.online.serving._aredis import AsyncRedisReader
 from featurestore.online.serving._inline import (
     InlineRedisReader,
 )
+from featurestore.online.serving._push import Pushes
 from featurestore.online.serving._reads import StoreReads, _StoreFailed
 from featurestore.online.serving._vector import VectorPlan, vector_plan
 from featurestore.online.serving.breaker import CircuitBreaker
@@ -77,7 +75,7 @@ def _numeric(values: list[Any]) -> bool:
     return True
 
 
-class Engine(StoreReads):
+class Engine(StoreReads, Pushes):
     """Features, predictions and pushes with a deadline; safe to share across threads and loops."""
 
     def __init__(
@@ -620,73 +618,6 @@ class Engine(StoreReads):
             resp, reason = None, f.reason
         out = self._finish(p, resp, reason)
         return self._score(chosen, shadow, out, return_features, t0, p.entities, explain)
-
-    # ---- push -------------------------------------------------------------------------------
-    def _push_fn(self, feature_view: str, rows: Any) -> tuple[Any, dict[str, list[Any]]]:
-        """The write of a validated push, and its entity keys (for the audit log)."""
-        from featurestore.online.writer import write_table
-
-        if not isinstance(feature_view, str) or not feature_view:
-            raise BadRequestError("feature_view must be a view's name", field="feature_view")
-        state = self.store.registry
-        view = state.feature_view(feature_view)
-        now = now_us()
-        cols = rq.to_columns(rows, "rows")
-        table = rq.push_table(view, cols, now, self.config.max_entities, state.join_key_kinds)
-        store, project = self.store.online, self.store.project
-        batch = self.store.config.online_store.write_batch_size
-
-        def write() -> int:
-            return write_table(
-                store,
-                project,
-                view,
-                table,
-                now_us=now,
-                key_ttl_grace_us=self._grace_us,
-                batch_size=batch,
-            )
-
-        return write, {k: cols[k] for k in view.join_keys}
-
-    def push(self, feature_view: str, rows: Any, *, deadline_ms: float | None = None) -> int:
-        """Validate rows against the view's schema and write them; returns rows written."""
-        t0 = time.perf_counter()
-        write, keys = self._push_fn(feature_view, rows)
-        fut = self._pool.submit(write)
-        try:
-            n = fut.result(timeout=self._push_timeout(deadline_ms))
-        except Exception as exc:
-            raise self._push_error(exc) from None
-        self._observe("push", t0, False, n)
-        if self._audit is not None:
-            self._audit.push(feature_view, n, keys)
-        return n
-
-    async def apush(self, feature_view: str, rows: Any, *, deadline_ms: float | None = None) -> int:
-        t0 = time.perf_counter()
-        write, keys = self._push_fn(feature_view, rows)
-        fut = self._pool.submit(write)
-        try:
-            n = await asyncio.wait_for(asyncio.wrap_future(fut), self._push_timeout(deadline_ms))
-        except Exception as exc:
-            raise self._push_error(exc) from None
-        self._observe("push", t0, False, n)
-        if self._audit is not None:
-            self._audit.push(feature_view, n, keys)
-        return n
-
-    def _push_timeout(self, deadline_ms: float | None) -> float:
-        # writes may legitimately take longer than reads: 10x the read budget, at least 1 s
-        return max(1.0, (deadline_ms or self.config.deadline_ms) * 10 / 1000)
-
-    def _push_error(self, exc: BaseException) -> BaseException:
-        if isinstance(exc, FeatureStoreError) and not isinstance(exc, OnlineStoreError):
-            return exc
-        self.metrics.child(self.metrics.requests, "push", "error").inc()
-        if isinstance(exc, (asyncio.TimeoutError, cf.TimeoutError)):
-            return OnlineStoreUnavailableError("push: the online store did not answer in time")
-        return OnlineStoreUnavailableError(f"push: the online store failed: {exc}")
 
     # ---- listings ---------------------------------------------------------------------------
     def feature_services(self) -> list[dict[str, Any]]:

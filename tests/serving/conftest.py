@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+import subprocess
+import sys
 import textwrap
 import threading
 import time
@@ -41,6 +44,29 @@ scoring = FeatureService(name="scoring", features=[
     "user_stats:tx_count", "user_stats:amount_mean", "merchant_stats:risk"])
 everything = FeatureService(name="everything", features=[user_stats, merchant_stats])
 """
+
+
+@contextlib.contextmanager
+def cli_serve(repo: Path, *args: str) -> Iterator[subprocess.Popen[bytes]]:
+    """``featurestore -r REPO serve ARGS`` in a subprocess (output piped), stopped at exit."""
+    code = (
+        "from featurestore.cli import cli; from featurestore._cli_serve import register_commands;"
+        " register_commands(cli); cli()"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, "-r", str(repo), "serve", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def free_port() -> int:

@@ -34,7 +34,7 @@ from featurestore.online.serving.auth import (
 )
 from featurestore.online.serving.context import REQUEST_ID, current_caller
 from featurestore.online.serving.grpc_server import to_value
-from tests.serving.conftest import ServerThread, free_port, make_repo
+from tests.serving.conftest import ServerThread, cli_serve, free_port, make_repo
 
 AUTH_YAML = "serving:\n  auth:\n    reload_interval_s: 0.05\n"
 ENTITIES = {"user_id": [1], "merchant_id": [1]}
@@ -489,15 +489,8 @@ def test_serve_with_auth_refuses_a_request_without_a_key(
     auth_repo: Path, keys: dict[str, str]
 ) -> None:
     rest = free_port()
-    code = "from featurestore.cli import cli; cli()"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code, "-r", str(auth_repo), "serve", "--port", str(rest),
-         "--grpc-port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )  # fmt: skip
     url = f"http://127.0.0.1:{rest}"
-    try:
+    with cli_serve(auth_repo, "--port", str(rest), "--grpc-port", "0") as proc:
 
         def ready() -> bool:
             assert proc.poll() is None, proc.stdout.read().decode()  # type: ignore[union-attr]
@@ -512,13 +505,6 @@ def test_serve_with_auth_refuses_a_request_without_a_key(
         assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer")
         r = httpx.post(f"{url}/predict", json=body, headers={"x-api-key": keys["all"]}, timeout=5)
         assert r.status_code == 200 and r.json()["version"] == 1
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def test_serve_with_auth_and_no_keys_file_stops_with_the_fix(tmp_path: Path) -> None:

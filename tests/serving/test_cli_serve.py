@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,7 +14,7 @@ from featurestore._cli_serve import register_commands
 from featurestore.cli import cli
 from featurestore.online.serving._proto import featurestore_pb2 as pb
 from featurestore.online.serving._proto import featurestore_pb2_grpc as pb_grpc
-from tests.serving.conftest import free_port, train_model
+from tests.serving.conftest import cli_serve, free_port, train_model
 
 register_commands(cli)
 
@@ -62,29 +60,8 @@ def test_models_register_mismatch_is_one_clear_line(fresh_repo: Path, tmp_path: 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_serve_starts_rest_and_grpc_from_the_config(fresh_repo: Path, workers: int) -> None:
     rest, grpc_port = free_port(), free_port()
-    code = (
-        "from featurestore.cli import cli; from featurestore._cli_serve import register_commands;"
-        " register_commands(cli); cli()"
-    )
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            code,
-            "-r",
-            str(fresh_repo),
-            "serve",
-            "--port",
-            str(rest),
-            "--grpc-port",
-            str(grpc_port),
-            "--workers",
-            str(workers),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    try:
+    args = ("--port", str(rest), "--grpc-port", str(grpc_port), "--workers", str(workers))
+    with cli_serve(fresh_repo, *args) as proc:
         deadline = time.monotonic() + 60
         ready = None
         while time.monotonic() < deadline:
@@ -128,13 +105,6 @@ def test_serve_starts_rest_and_grpc_from_the_config(fresh_repo: Path, workers: i
                     pass
                 time.sleep(0.2)
             assert stub.Ready(pb.HealthRequest(), timeout=5).ready
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def test_train_demo_model_registers_production_and_predicts(fresh_repo: Path) -> None:

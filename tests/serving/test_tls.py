@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ssl
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +22,7 @@ from featurestore.cli import cli
 from featurestore.online.serving._proto import featurestore_pb2 as pb
 from featurestore.online.serving._proto import featurestore_pb2_grpc as pb_grpc
 from featurestore.online.serving._wire import to_value
-from tests.serving.conftest import free_port, make_repo
+from tests.serving.conftest import cli_serve, free_port, make_repo
 
 register_commands(cli)
 
@@ -71,28 +70,6 @@ def tls_yaml(*, mutual: bool) -> str:
     )
 
 
-def _serve(repo: Path, rest: int, grpc_port: int) -> subprocess.Popen[bytes]:
-    code = (
-        "from featurestore.cli import cli; from featurestore._cli_serve import register_commands;"
-        " register_commands(cli); cli()"
-    )
-    return subprocess.Popen(
-        [sys.executable, "-c", code, "-r", str(repo), "serve",
-         "--port", str(rest), "--grpc-port", str(grpc_port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )  # fmt: skip
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 def _wait_ready(client: httpx.Client, url: str, proc: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -113,13 +90,10 @@ def tls_server(request: Any, tmp_path: Path) -> Iterator[tuple[Certs, int, int, 
     repo = make_repo(tmp_path / "repo", serving=tls_yaml(mutual=mutual))
     certs = Certs(repo / "certs")
     rest, grpc_port = free_port(), free_port()
-    proc = _serve(repo, rest, grpc_port)
-    try:
+    with cli_serve(repo, "--port", str(rest), "--grpc-port", str(grpc_port)) as proc:
         with certs.https(client_cert=True) as c:
             _wait_ready(c, f"https://127.0.0.1:{rest}", proc)
         yield certs, rest, grpc_port, mutual
-    finally:
-        _stop(proc)
 
 
 def test_rest_answers_over_https_only(tls_server: tuple[Certs, int, int, bool]) -> None:

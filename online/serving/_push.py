@@ -1,0 +1,104 @@
+"""Pushes: rows written to a feature view's online store, checked against its schema, under a
+time limit (a mixin of Engine).
+
+A write runs on the engine's thread pool, so a hung store cannot hang the request; its limit is
+ten times the read budget, at least a second (writes may take longer than reads). A write that
+lands after its request timed out is not recorded in the audit log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from featurestore._time import now_us
+from featurestore.errors import FeatureStoreError, OnlineStoreError, OnlineStoreUnavailableError
+from featurestore.online.serving import _requests as rq
+from featurestore.online.serving.errors import BadRequestError
+
+if TYPE_CHECKING:
+    from featurestore.online.serving.audit import AuditLog
+    from featurestore.online.serving.config import ServingConfig
+    from featurestore.online.serving.metrics import Metrics
+    from featurestore.store import FeatureStore
+
+
+class Pushes:
+    """Validated, time-limited writes of pushed rows (Engine's part)."""
+
+    store: FeatureStore
+    config: ServingConfig
+    metrics: Metrics
+    _pool: cf.ThreadPoolExecutor
+    _grace_us: int
+    _audit: AuditLog | None
+    _observe: Callable[[str, float, bool, int], None]  # the engine's latency and counters
+
+    def _push_fn(self, feature_view: str, rows: Any) -> tuple[Any, dict[str, list[Any]]]:
+        """The write of a validated push, and its entity keys (for the audit log)."""
+        from featurestore.online.writer import write_table
+
+        if not isinstance(feature_view, str) or not feature_view:
+            raise BadRequestError("feature_view must be a view's name", field="feature_view")
+        state = self.store.registry
+        view = state.feature_view(feature_view)
+        now = now_us()
+        cols = rq.to_columns(rows, "rows")
+        table = rq.push_table(view, cols, now, self.config.max_entities, state.join_key_kinds)
+        store, project = self.store.online, self.store.project
+        batch = self.store.config.online_store.write_batch_size
+
+        def write() -> int:
+            return write_table(
+                store,
+                project,
+                view,
+                table,
+                now_us=now,
+                key_ttl_grace_us=self._grace_us,
+                batch_size=batch,
+            )
+
+        return write, {k: cols[k] for k in view.join_keys}
+
+    def push(self, feature_view: str, rows: Any, *, deadline_ms: float | None = None) -> int:
+        """Validate rows against the view's schema and write them; returns rows written."""
+        t0 = time.perf_counter()
+        write, keys = self._push_fn(feature_view, rows)
+        fut = self._pool.submit(write)
+        try:
+            n = fut.result(timeout=self._push_timeout(deadline_ms))
+        except Exception as exc:
+            raise self._push_error(exc) from None
+        self._observe("push", t0, False, n)
+        if self._audit is not None:
+            self._audit.push(feature_view, n, keys)
+        return n
+
+    async def apush(self, feature_view: str, rows: Any, *, deadline_ms: float | None = None) -> int:
+        t0 = time.perf_counter()
+        write, keys = self._push_fn(feature_view, rows)
+        fut = self._pool.submit(write)
+        try:
+            n = await asyncio.wait_for(asyncio.wrap_future(fut), self._push_timeout(deadline_ms))
+        except Exception as exc:
+            raise self._push_error(exc) from None
+        self._observe("push", t0, False, n)
+        if self._audit is not None:
+            self._audit.push(feature_view, n, keys)
+        return n
+
+    def _push_timeout(self, deadline_ms: float | None) -> float:
+        # writes may legitimately take longer than reads: 10x the read budget, at least 1 s
+        return max(1.0, (deadline_ms or self.config.deadline_ms) * 10 / 1000)
+
+    def _push_error(self, exc: BaseException) -> BaseException:
+        if isinstance(exc, FeatureStoreError) and not isinstance(exc, OnlineStoreError):
+            return exc
+        self.metrics.child(self.metrics.requests, "push", "error").inc()
+        if isinstance(exc, (asyncio.TimeoutError, cf.TimeoutError)):
+            return OnlineStoreUnavailableError("push: the online store did not answer in time")
+        return OnlineStoreUnavailableError(f"push: the online store failed: {exc}")
