@@ -325,11 +325,12 @@ def train_demo_model(
     fields = sorted(request_fields(requests))  # on-demand inputs: spine columns offline
     rows = df.select(keys + fields).sample(min(200, df.height), seed=7).to_dicts()
 
-    def call(batch: list[dict[str, Any]]) -> Any:
+    def call(batch: list[dict[str, Any]], explain: bool = False) -> Any:
         return engine.predict(
             "fraud",
             entities={k: [r[k] for r in batch] for k in keys},
             request_data={f: [r[f] for r in batch] for f in fields} or None,
+            explain=explain,
         )
 
     engine = Engine(store)
@@ -341,13 +342,13 @@ def train_demo_model(
             t = time.perf_counter()
             call([rows[i % len(rows)]])
             lat.append(time.perf_counter() - t)
-        res = call(rows[:3])
+        res = call(rows[:3], explain=True)
     finally:
         engine.close()
-    sample = rows
     p50, p99 = np.percentile(np.array(lat) * 1e6, [50, 99])
-    for row, score in zip(sample[:3], res.scores, strict=True):
+    for row, score in zip(rows[:3], res.scores, strict=True):
         echo(f"    predict fraud {row} -> {score:.4f}")
+    echo(f"    why {res.scores[0]:.4f} (explain=True): {_top_contributions(res.explanation)}")
     echo(
         f"    in-process predict (lookup + {len(names)} features + model): p50 {p50:.0f} us, "
         f"p99 {p99:.0f} us"
@@ -358,6 +359,16 @@ def train_demo_model(
         "predict_p50_us": float(p50),
         "predict_p99_us": float(p99),
     }
+
+
+def _top_contributions(ex: Any, n: int = 3) -> str:
+    """The ``n`` largest feature contributions of the first explained row, as text."""
+    import numpy as np
+
+    row = ex.contributions[0]
+    top = np.argsort(-np.abs(row))[:n]
+    parts = ", ".join(f"{ex.feature_names[j]} {row[j]:+.2f}" for j in top)
+    return f"{parts} (log-odds, from a base of {ex.base_values[0]:+.2f})"
 
 
 def _auc(y: Any, score: Any) -> float:

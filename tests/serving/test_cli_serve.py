@@ -131,6 +131,8 @@ def test_train_demo_model_registers_production_and_predicts(fresh_repo: Path) ->
     assert figures["predict_p50_us"] > 0
     assert any("registered fraud v3 as production" in x for x in lines)
     assert any("predict fraud" in x for x in lines)
+    why = next(x for x in lines if x.lstrip().startswith("why "))
+    assert "(explain=True): risk " in why  # the label follows 'risk': its contribution leads
 
 
 def test_register_against_a_service_with_text_features_is_refused(
