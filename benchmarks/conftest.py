@@ -29,6 +29,8 @@ VIEWS = {  # view -> (join key, feature prefix, ttl in days)
     "merchant_stats": ("merchant_id", "m_f", 3),
 }
 RESULTS = Path(__file__).with_name("results.md")
+SMALL_ENTITIES = 5000  # per view, in the small in-process predict repo (embedded_serving)
+N_DISTINCT = 256  # distinct one-entity requests cycled through there
 
 
 def _env_int(name: str, default: int) -> int:
@@ -171,6 +173,50 @@ def bench_repo(tmp_path_factory: pytest.TempPathFactory) -> BenchRepo:
 
 
 # ---------------------------------------------------------------------------- redis-server
+
+
+@dataclass
+class EmbeddedServing:
+    """The repo, its store and the request entities."""
+
+    repo: Path
+    store: Any
+    entities: list[dict[str, list[int]]]
+
+
+@pytest.fixture(scope="module")
+def embedded_serving(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServing]:
+    """A small embedded-store repo over the benchmark schema, the serving model registered
+    (for in-process predict benchmarks; a module's own, well under a minute to build)."""
+    import numpy as np
+
+    from benchmarks import _serving as sv
+    from featurestore._cli_serve import service_feature_names
+    from featurestore.store import FeatureStore
+
+    root = tmp_path_factory.mktemp("embedded_serving")
+    (root / "data").mkdir()
+    end_us = time.time_ns() // 1000
+    base_us = end_us - 10 * DAY_US
+    for seed, view in enumerate(VIEWS):
+        _write_view(root / "data" / f"{view}.parquet", view, SMALL_ENTITIES, 2, base_us, seed + 1)
+    (root / "definitions.py").write_text(_DEFINITIONS + sv._SERVICES_DEFS)
+    (root / "featurestore.yaml").write_text(
+        f"project: {PROJECT}\n"
+        "online_store:\n  type: embedded\n  path: data/online\n  map_size: 256MB\n"
+        "models:\n  poll_interval_s: 5.0\n"
+    )
+    store = FeatureStore(root)
+    store.apply()
+    store.materialize(base_us - DAY_US, end_us)
+    names = service_feature_names(store, "all40")
+    sv.register_model(store, sv.train_model(root / "model.txt", names))
+    rng = np.random.default_rng(5)
+    ids = rng.integers(0, SMALL_ENTITIES, size=(N_DISTINCT, 2)).tolist()
+    try:
+        yield EmbeddedServing(root, store, [{"user_id": [u], "merchant_id": [m]} for u, m in ids])
+    finally:
+        store.close()
 
 
 @pytest.fixture(scope="session")

@@ -25,8 +25,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,57 +33,13 @@ import pytest
 
 from benchmarks import _report
 from benchmarks import _serving as sv
-from benchmarks.conftest import _DEFINITIONS, DAY_US, PROJECT, VIEWS, _write_view
+from benchmarks.conftest import EmbeddedServing
 from benchmarks.loadgen import LoadResult, interleaved
 
-N_ENTITIES = 5000  # per view; a small repo of its own keeps this file well under a minute
-N_DISTINCT = 256  # distinct one-entity requests cycled through
 CALLS = 10_000  # per target (off and on), interleaved
 RATIO_TARGET = 1.25  # audit-on p50 / audit-off p50
 WRITER_RECORDS = 50_000
 WRITER_FACTOR = 5.0  # writer records/s >= this x the single-caller predict rate
-
-
-@dataclass
-class AuditBench:
-    """The repo, its store and the request entities."""
-
-    repo: Path
-    store: Any
-    entities: list[dict[str, list[int]]]
-
-
-@pytest.fixture(scope="module")
-def audit_bench(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuditBench]:
-    """A small embedded-store repo over the benchmark schema, the serving model registered."""
-    import numpy as np
-
-    from featurestore._cli_serve import service_feature_names
-    from featurestore.store import FeatureStore
-
-    root = tmp_path_factory.mktemp("audit_bench")
-    (root / "data").mkdir()
-    end_us = time.time_ns() // 1000
-    base_us = end_us - 10 * DAY_US
-    for seed, view in enumerate(VIEWS):
-        _write_view(root / "data" / f"{view}.parquet", view, N_ENTITIES, 2, base_us, seed + 1)
-    (root / "definitions.py").write_text(_DEFINITIONS + sv._SERVICES_DEFS)
-    (root / "featurestore.yaml").write_text(
-        f"project: {PROJECT}\n"
-        "online_store:\n  type: embedded\n  path: data/online\n  map_size: 256MB\n"
-        "models:\n  poll_interval_s: 5.0\n"
-    )
-    store = FeatureStore(root)
-    store.apply()
-    store.materialize(base_us - DAY_US, end_us)
-    names = service_feature_names(store, "all40")
-    sv.register_model(store, sv.train_model(root / "model.txt", names))
-    rng = np.random.default_rng(5)
-    ids = rng.integers(0, N_ENTITIES, size=(N_DISTINCT, 2)).tolist()
-    try:
-        yield AuditBench(root, store, [{"user_id": [u], "merchant_id": [m]} for u, m in ids])
-    finally:
-        store.close()
 
 
 def cycling(fn: Callable[[Any], Any], inputs: list[Any]) -> Callable[[], Any]:
@@ -98,12 +53,15 @@ def _pcts(r: LoadResult) -> str:
 
 
 def test_audit_overhead_inprocess_predict(
-    benchmark: Any, request: pytest.FixtureRequest, audit_bench: AuditBench, tmp_path: Path
+    benchmark: Any,
+    request: pytest.FixtureRequest,
+    embedded_serving: EmbeddedServing,
+    tmp_path: Path,
 ) -> None:
     from featurestore.online.serving.config import AuditConfig, ServingConfig
     from featurestore.online.serving.engine import Engine
 
-    store, ents = audit_bench.store, audit_bench.entities
+    store, ents = embedded_serving.store, embedded_serving.entities
     off = Engine(store, serving=ServingConfig(deadline_ms=1000)).start(poll=False)
     audit = AuditConfig(path=str(tmp_path / "audit"), include_features=True)
     on = Engine(store, serving=ServingConfig(deadline_ms=1000, audit=audit)).start(poll=False)

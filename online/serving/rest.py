@@ -43,6 +43,7 @@ from featurestore.online.serving.auth import (
     keyring_for,
 )
 from featurestore.online.serving.config import MAX_DEADLINE_MS
+from featurestore.online.serving.context import MAX_REQUEST_ID
 from featurestore.online.serving.errors import BadRequestError, NotReadyError, TooManyEntitiesError
 
 if TYPE_CHECKING:
@@ -317,8 +318,7 @@ def create_app(
     # default hot path pays nothing for it
     if keyring is not None or engine.config.audit is not None:
         app.add_middleware(RequestGate, keyring=keyring, error_body=_error_body)
-    if keyring is not None:
-        _declare_security(app)
+        _declare_gate(app, keys=keyring is not None)
     app.state.keyring = keyring
 
     @app.post("/push", response_model=PushOut, responses=_ERRORS)
@@ -351,29 +351,45 @@ def create_app(
     return app
 
 
-def _declare_security(app: FastAPI) -> None:
-    """Name the API key schemes in the OpenAPI spec, on every operation that needs a key."""
+def _declare_gate(app: FastAPI, *, keys: bool) -> None:
+    """Show what RequestGate adds in the OpenAPI spec: the ``x-request-id`` header of every
+    request and answer and, with ``keys``, the API key schemes on every operation needing one."""
     build = app.openapi
     ref = {"$ref": "#/components/schemas/ErrorOut"}
+    rid_doc = f"1-{MAX_REQUEST_ID} printable ASCII characters without spaces; made when absent"
+    rid_param = {
+        "name": "x-request-id",
+        "in": "header",
+        "required": False,
+        "description": f"the request's id in the audit log and the answer: {rid_doc}",
+        "schema": {"type": "string", "minLength": 1, "maxLength": MAX_REQUEST_ID},
+    }
+    rid_header = {"description": "the request's id", "schema": {"type": "string"}}
+
+    patched: list[Any] = []
 
     def openapi() -> dict[str, Any]:
         spec = build()  # cached by FastAPI: patching it in place once is enough
-        schemes = spec.setdefault("components", {}).setdefault("securitySchemes", {})
-        if "bearer" in schemes:
+        if patched and patched[0] is spec:
             return spec
-        schemes["bearer"] = {"type": "http", "scheme": "bearer", "description": "API key"}
-        schemes["apiKey"] = {"type": "apiKey", "in": "header", "name": "X-API-Key"}
+        patched[:] = [spec]
+        if keys:
+            schemes = spec.setdefault("components", {}).setdefault("securitySchemes", {})
+            schemes["bearer"] = {"type": "http", "scheme": "bearer", "description": "API key"}
+            schemes["apiKey"] = {"type": "apiKey", "in": "header", "name": "X-API-Key"}
         for path, operations in spec.get("paths", {}).items():
-            if path in OPEN_PATHS:
-                continue
             for op in operations.values():
-                op["security"] = [{"bearer": []}, {"apiKey": []}]
+                op.setdefault("parameters", []).append(rid_param)
                 responses = op.setdefault("responses", {})
-                for code, what in (("401", "no or unknown API key"), ("403", "scope missing")):
-                    responses[code] = {
-                        "description": what,
-                        "content": {"application/json": {"schema": ref}},
-                    }
+                if keys and path not in OPEN_PATHS:
+                    op["security"] = [{"bearer": []}, {"apiKey": []}]
+                    for code, what in (("401", "no or unknown API key"), ("403", "scope missing")):
+                        responses[code] = {
+                            "description": what,
+                            "content": {"application/json": {"schema": ref}},
+                        }
+                for answer in responses.values():
+                    answer.setdefault("headers", {})["x-request-id"] = rid_header
         return spec
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -646,6 +646,17 @@ def test_rest_predict_record_carries_the_servers_request_id(server: ServerThread
     assert record_of(e, push.headers.get("x-request-id"))["kind"] == "push"
 
 
+def test_openapi_shows_the_request_id_header_with_audit_on(server: ServerThread) -> None:
+    import httpx
+
+    spec = httpx.get(f"{server.url}/openapi.json", timeout=10).json()
+    predict = spec["paths"]["/predict"]["post"]
+    assert any(p["name"] == "x-request-id" and p["in"] == "header" for p in predict["parameters"])
+    assert "x-request-id" in predict["responses"]["200"]["headers"]
+    assert "securitySchemes" not in spec.get("components", {})  # audit on, auth off: no keys
+    assert "security" not in predict
+
+
 def test_grpc_predict_record_carries_the_servers_request_id(server: ServerThread) -> None:
     import grpc
 

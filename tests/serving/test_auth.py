@@ -192,6 +192,8 @@ def test_openapi_declares_the_key_schemes(http: httpx.Client) -> None:
     assert spec["paths"]["/predict"]["post"]["security"] == [{"bearer": []}, {"apiKey": []}]
     assert "403" in spec["paths"]["/metrics"]["get"]["responses"]
     assert "security" not in spec["paths"]["/health/live"]["get"]
+    params = spec["paths"]["/predict"]["post"]["parameters"]
+    assert [p["name"] for p in params if p["in"] == "header"] == ["x-request-id"]
 
 
 def test_rest_request_id_is_echoed_made_or_refused(
