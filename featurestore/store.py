@@ -56,6 +56,7 @@ class FeatureStore:
         self._online: OnlineStore | None = None
         self._engine: Engine | None = None
         self._resolved: tuple[RegistryState | None, dict[Any, FeatureRequest]] = (None, {})
+        self._shapes: tuple[RegistryState | None, dict[Any, Any]] = (None, {})
 
     # ---- registry ---------------------------------------------------------------------------
     @property
@@ -150,7 +151,7 @@ class FeatureStore:
     def _resolved_in(
         self, state: RegistryState, features: Sequence[str] | FeatureService | str
     ) -> FeatureRequest:
-        key = features if isinstance(features, (str, FeatureService)) else tuple(features)
+        key = self._features_key(features)
         cached_state, cache = self._resolved
         if cached_state is not state:
             cache = {}
@@ -161,6 +162,11 @@ class FeatureStore:
             if len(cache) < 1024:
                 cache[key] = hit
         return [(view, list(feats)) for view, feats in hit]
+
+    @staticmethod
+    def _features_key(features: Sequence[str] | FeatureService | str) -> Any:
+        """``features`` as a cache key: a service (or its name) as is, references as a tuple."""
+        return features if isinstance(features, (str, FeatureService)) else tuple(features)
 
     def _resolve(
         self, state: RegistryState, features: Sequence[str] | FeatureService | str
@@ -364,20 +370,33 @@ class FeatureStore:
         wall clock). ``request_data`` gives on-demand features their request fields, one value
         per entity row.
         """
-        from featurestore.online.lookup import get_online_features
-
         state = self.registry
-        return get_online_features(
-            self.online,
-            self.project,
-            self._resolved_in(state, features),
-            entity_input(entity_rows),
-            now_us=now_us() if now is None else to_us(now),
-            full_feature_names=full_feature_names,
-            include_event_timestamps=include_event_timestamps,
-            request_data=request_data,
-            key_kinds=state.join_key_kinds,
+        shapes = self._shapes_in(state)
+        shape_key = (self._features_key(features), full_feature_names)
+        shape = shapes.get(shape_key)
+        # resolved before the entity rows are read, so errors come in the same order as unplanned
+        requests = self._resolved_in(state, features) if shape is None else []
+        rows = entity_input(entity_rows)
+        at_us = now_us() if now is None else to_us(now)
+        if shape is None:
+            from featurestore.online.lookup import request_shape
+
+            shape = request_shape(self.project, requests, full_feature_names)
+            if len(shapes) < 1024:
+                shapes[shape_key] = shape
+        lookup = shape.plan(
+            rows, at_us, include_event_timestamps, request_data, state.join_key_kinds
         )
+        return lookup.read(self.online)
+
+    def _shapes_in(self, state: RegistryState) -> dict[Any, Any]:
+        """Online request shapes (online.lookup.RequestShape) of this registry version, by
+        (features, full names): a repeated lookup skips resolving and planning its features."""
+        cached_state, cache = self._shapes
+        if cached_state is not state:
+            cache = {}
+            self._shapes = (state, cache)
+        return cache
 
     def predict(
         self,

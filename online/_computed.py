@@ -14,6 +14,8 @@ import numpy as np
 
 from featurestore.errors import EntityDataError
 from featurestore.online.keys import as_pylist
+from featurestore.online.windows import decode_value
+from featurestore.transforms._errors import LateEventError
 from featurestore.types import value_fits
 
 _PRESENT, _NOT_FOUND, _EXPIRED = 0, 1, 2
@@ -100,9 +102,6 @@ class WindowPlan:
 
     def _result_one(self, values: list[bytes | None], now_us: int) -> _Result:
         """The per-entity path: decode the state and read it (cheaper than a batch of one)."""
-        from featurestore.online.windows import decode_value
-        from featurestore.transforms._errors import LateEventError
-
         ow = self.view.window.online()
         n = len(values)
         status = np.zeros(n, dtype=np.int8)
@@ -124,8 +123,9 @@ class WindowPlan:
                 for col in lists:
                     col[i] = None
                 continue
+            row = arr.tolist()  # Python floats: one call, not one numpy scalar per output
             for col, j, is_int in zip(lists, self.idx, self.is_int, strict=True):
-                col[i] = _py(float(arr[j]), is_int)
+                col[i] = _py(row[j], is_int)
         return _Result(self, lists, status, _Rows(n, event_ts, present))
 
 
@@ -145,6 +145,15 @@ class OnDemandPlan:
         self.fields = [view.field(f) for f in features]
         # request field -> dtype name, to check request data (the view rebuilds its schema)
         self.request_types = {f.name: f.dtype.name for f in view.request_schema}
+        self._features: dict[str, Any] = {}
+
+    def feature(self, name: str) -> Any:
+        """The view's OnDemandFeature ``name``, looked up once per plan (on first compute, so
+        a transform that fails to load still fails there)."""
+        odf = self._features.get(name)
+        if odf is None:
+            odf = self._features[name] = self.view.feature(name)
+        return odf
 
 
 def with_on_demand_inputs(
@@ -189,11 +198,7 @@ def compute_on_demand(
     n: int,
 ) -> None:
     """Fill the on-demand slots of ``results`` from fetched results and ``request_data``."""
-    fetched: dict[str, list[Any]] = {}
-    for plan, res in zip(plans, results, strict=True):
-        if res is not None:
-            for feat, col in zip(plan.features, res.served_lists(), strict=True):
-                fetched[f"{plan.view.name}:{feat}"] = col
+    fetched = _FetchedInputs(plans, results)
     req = request_data or {}
     for i, plan in enumerate(plans):
         if not getattr(plan, "on_demand", False):
@@ -201,33 +206,13 @@ def compute_on_demand(
         lists: list[list[Any]] = []
         status = np.zeros(n, dtype=np.int8)
         for feat, field in zip(plan.features, plan.fields, strict=True):
-            odf = plan.view.feature(feat)
+            odf = plan.feature(feat)
             inputs = []
             for name in odf.inputs:
                 if ":" in name:
                     inputs.append(fetched[name])
                     continue
-                col = req.get(name)
-                if col is None:
-                    raise EntityDataError(
-                        f"on-demand feature '{plan.view.name}:{feat}' needs request field "
-                        f"'{name}'; pass request_data={{'{name}': [one value per entity row]}}"
-                    )
-                if len(col) != n:
-                    raise EntityDataError(
-                        f"request field '{name}' has {len(col)} values for {n} entity rows; "
-                        "give one value per entity row"
-                    )
-                col = as_pylist(col)
-                dtype = plan.request_types.get(name, "")
-                bad = next((r for r, v in enumerate(col) if not value_fits(v, dtype)), None)
-                if bad is not None:
-                    v = col[bad]
-                    raise EntityDataError(
-                        f"request field '{name}' is {v!r} ({type(v).__name__}) at entity row "
-                        f"{bad}; on-demand feature view '{plan.view.name}' declares it {dtype}"
-                    )
-                inputs.append(col)
+                inputs.append(_request_column(plan, feat, name, req.get(name), n))
             to_float = field.dtype.name in ("float64", "float32")
             col_out: list[Any] = []
             for r in range(n):
@@ -244,3 +229,50 @@ def compute_on_demand(
             lists.append(col_out)
         rows = _Rows(n, np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool))
         results[i] = _Result(plan, lists, status, rows)
+
+
+class _FetchedInputs:
+    """``view:feature`` -> served column of the fetched results, built per view on first use:
+    a lookup serves only the views its on-demand features read, not every fetched view."""
+
+    def __init__(self, plans: list[Any], results: list[Any]) -> None:
+        self._views: dict[str, list[tuple[Any, Any]]] = {}
+        for plan, res in zip(plans, results, strict=True):
+            if res is not None:
+                self._views.setdefault(plan.view.name, []).append((plan, res))
+        self._columns: dict[str, list[Any]] = {}
+
+    def __getitem__(self, ref: str) -> list[Any]:
+        col = self._columns.get(ref)
+        if col is None:
+            for plan, res in self._views.pop(ref.split(":", 1)[0], ()):  # later ones win
+                for feat, served in zip(plan.features, res.served_lists(), strict=True):
+                    self._columns[f"{plan.view.name}:{feat}"] = served
+            col = self._columns[ref]  # KeyError: not fetched (with_on_demand_inputs adds them)
+        return col
+
+
+def _request_column(
+    plan: Any, feat: str, name: str, col: Sequence[Any] | None, n: int
+) -> list[Any]:
+    """Request field ``name`` of on-demand feature ``feat`` as a list, its values checked."""
+    if col is None:
+        raise EntityDataError(
+            f"on-demand feature '{plan.view.name}:{feat}' needs request field "
+            f"'{name}'; pass request_data={{'{name}': [one value per entity row]}}"
+        )
+    if len(col) != n:
+        raise EntityDataError(
+            f"request field '{name}' has {len(col)} values for {n} entity rows; "
+            "give one value per entity row"
+        )
+    col = as_pylist(col)
+    dtype = plan.request_types.get(name, "")
+    bad = next((r for r, v in enumerate(col) if not value_fits(v, dtype)), None)
+    if bad is not None:
+        v = col[bad]
+        raise EntityDataError(
+            f"request field '{name}' is {v!r} ({type(v).__name__}) at entity row "
+            f"{bad}; on-demand feature view '{plan.view.name}' declares it {dtype}"
+        )
+    return col

@@ -86,6 +86,53 @@ def build_keys(
     return [(head + "|".join(row) + tail).encode() for row in zip(*parts, strict=True)]
 
 
+class OneEntityKeys:
+    """The keys of one entity in several views, as :func:`build_keys` renders them (same bytes).
+
+    Built once per request shape: a one-entity lookup renders its plain int / str join-key
+    values with one format per distinct join-key set instead of the batched machinery. Values
+    of any other type, or of the other kind than ``kinds`` expects, get None from :meth:`keys`:
+    the caller falls back to :func:`build_keys`, which renders or rejects them.
+    """
+
+    __slots__ = ("_groups", "_head", "_n")
+
+    def __init__(self, project: str, views: Sequence[tuple[str, tuple[str, ...]]]) -> None:
+        self._head = f"{project}:{{{project}|"
+        groups: dict[tuple[str, ...], list[tuple[int, str]]] = {}
+        for i, (view_name, join_keys) in enumerate(views):
+            groups.setdefault(join_keys, []).append((i, f"}}:{view_name}"))
+        # per distinct join-key set: (join keys, their escaped "name=" prefixes, (slot, tail)s)
+        self._groups = [
+            (jk, [k.translate(_ESCAPE_NAME) + "=" for k in jk], ts) for jk, ts in groups.items()
+        ]
+        self._n = len(views)
+
+    def keys(
+        self, columns: Mapping[str, Sequence[Any]], kinds: Mapping[str, str] | None
+    ) -> list[bytes] | None:
+        """One key per view for the one-row list ``columns`` (join key -> [value]), or None."""
+        out: list[bytes] = [b""] * self._n
+        for join_keys, prefixes, tails in self._groups:
+            parts = []
+            for name, prefix in zip(join_keys, prefixes, strict=True):
+                col = columns[name]
+                if type(col) is not list:  # e.g. a pandas Series: col[0] is not positional
+                    return None
+                v = col[0]
+                want = kinds.get(name) if kinds else None
+                if type(v) is int and (want is None or want == "int"):
+                    parts.append(f"{prefix}{v}")
+                elif type(v) is str and (want is None or want == "str"):
+                    parts.append(f'{prefix}"{v.translate(_ESCAPE_VALUE)}"')
+                else:
+                    return None
+            body = self._head + "|".join(parts)
+            for i, tail in tails:
+                out[i] = (body + tail).encode()
+        return out
+
+
 def _literal(text: str) -> bytes:
     """``text`` as bytes that a ``%`` format leaves as they are."""
     return text.encode().replace(b"%", b"%%")

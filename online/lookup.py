@@ -23,7 +23,7 @@ from featurestore._time import EPOCH
 from featurestore.errors import EntityDataError, FeatureStoreError
 from featurestore.online.base import OnlineStore, Status
 from featurestore.online.codec import DecodedRows, RowCodec
-from featurestore.online.keys import as_pylist, build_keys, build_keys_views
+from featurestore.online.keys import OneEntityKeys, as_pylist, build_keys, build_keys_views
 
 if TYPE_CHECKING:
     import polars as pl
@@ -210,6 +210,22 @@ class _ViewResult:
         ks = dict.fromkeys(m.start() // w for m in _NONZERO.finditer(flat))
         return [(pidx[k], int.from_bytes(flat[k * w : (k + 1) * w], "little")) for k in ks]
 
+    def _one_row_lists(self) -> list[list[Any]]:
+        """:meth:`served_lists` of a one-row request of a fixed-only view, straight from its
+        struct tuple: the general path's patching costs more than the row itself."""
+        plan = self.plan
+        rows = self._unpacked()
+        if not rows or not self.all_served:  # not found, or present but past the ttl
+            return [[default] for default in plan.defaults]
+        row = rows[0]
+        values = [row[c] for c in plan.struct_cols]
+        for c in plan.ts_out:
+            values[c] = _us_to_datetime(values[c])
+        if row[3] != plan.no_nulls:
+            for c, _ in self._null_cells([(0, int.from_bytes(row[3], "little"))], None):
+                values[c] = None
+        return [[v] for v in values]
+
     def _present_lists(self) -> list[list[Any]]:
         """Per requested feature, the raw values of the present rows (nulls not yet applied)."""
         plan, d = self.plan, self.decoded
@@ -306,6 +322,8 @@ class _ViewResult:
         Starts from the present rows' values and patches only the cells that need it (rows not
         found or expired, null cells), so a batch with a few misses stays cheap.
         """
+        if self.decoded.n == 1 and self._rows is not False:
+            return self._one_row_lists()
         lists = self._present_lists()
         null_rows = self._null_rows()
         if self.all_served and not null_rows:
@@ -506,29 +524,114 @@ def plan_lookup(
 ) -> Lookup:
     """The keys ``requests`` need for ``entity_rows`` (entity values checked, against
     ``key_kinds`` when given: see online.keys.build_keys), not yet read."""
-    hidden: frozenset[str] = frozenset()
-    if any(not v.join_keys and hasattr(v, "inputs_of") for v, _ in requests):
-        from featurestore.online._computed import with_on_demand_inputs
+    return request_shape(project, requests, full_feature_names).plan(
+        entity_rows, now_us, include_event_timestamps, request_data, key_kinds
+    )
 
-        requests, hidden = with_on_demand_inputs(requests, full_feature_names)
-    plans, names, needed = _request_plan(requests, full_feature_names)
-    columns, n = _entity_columns(entity_rows, needed)
-    if not needed and request_data:  # only on-demand features: rows come from the request
-        n = len(next(iter(request_data.values())))
-    keys: list[bytes] = []
-    fetched = [p for p in plans if not getattr(p, "on_demand", False)]
-    if len(fetched) > 1 and all(p.join_keys == fetched[0].join_keys for p in fetched):
-        jk = fetched[0].join_keys  # render the entity values once for every view
-        keys = build_keys_views(
-            project, [p.view.name for p in fetched], jk, [columns[k] for k in jk], key_kinds
+
+class RequestShape:
+    """What a request needs that does not depend on its entity values: view plans, output
+    names, on-demand inputs and key templates. Built once per (views, features, full names) and
+    reused, so a lookup only checks its entity columns and renders their keys."""
+
+    __slots__ = (
+        "_fetched",
+        "_one_keys",
+        "_project",
+        "_same_keys",
+        "hidden",
+        "names",
+        "needed",
+        "plans",
+        "views",
+    )
+
+    def __init__(
+        self, project: str, requests: list[tuple[FeatureView, list[str]]], full: bool
+    ) -> None:
+        self.views = [v for v, _ in requests]  # keeps the ids in the cache key from reuse
+        self._project = project
+        hidden: frozenset[str] = frozenset()
+        if any(not v.join_keys and hasattr(v, "inputs_of") for v, _ in requests):
+            from featurestore.online._computed import with_on_demand_inputs
+
+            requests, hidden = with_on_demand_inputs(requests, full)
+        self.plans, self.names, self.needed = _request_plan(requests, full)
+        self.hidden = hidden
+        fetched = [p for p in self.plans if not getattr(p, "on_demand", False)]
+        self._fetched = fetched
+        self._same_keys = len(fetched) > 1 and all(
+            p.join_keys == fetched[0].join_keys for p in fetched
         )
-    else:
+        self._one_keys = (
+            OneEntityKeys(project, [(p.view.name, p.join_keys) for p in fetched])
+            if all(p.join_keys for p in fetched)
+            else None  # build_keys names the view without join keys
+        )
+
+    def plan(
+        self,
+        entity_rows: list[dict[str, Any]] | dict[str, Sequence[Any]],
+        now_us: int,
+        include_event_timestamps: bool = False,
+        request_data: dict[str, Sequence[Any]] | None = None,
+        key_kinds: Mapping[str, str] | None = None,
+    ) -> Lookup:
+        """The Lookup of ``entity_rows`` (see :func:`plan_lookup`)."""
+        columns, n = _entity_columns(entity_rows, self.needed)
+        if not self.needed and request_data:  # only on-demand features: rows come from the request
+            n = len(next(iter(request_data.values())))
+        keys = None
+        if n == 1 and self._one_keys is not None:
+            keys = self._one_keys.keys(columns, key_kinds)
+        if keys is None:
+            keys = self._keys(columns, key_kinds)
+        return Lookup(
+            self.plans,
+            self.names,
+            columns,
+            n,
+            keys,
+            now_us,
+            include_event_timestamps,
+            self.hidden,
+            request_data,
+        )
+
+    def _keys(
+        self, columns: dict[str, Sequence[Any]], key_kinds: Mapping[str, str] | None
+    ) -> list[bytes]:
+        """Every fetched view's keys (rows in order, views one after another), batched."""
+        project = self._project
+        fetched = self._fetched
+        if self._same_keys:
+            jk = fetched[0].join_keys  # render the entity values once for every view
+            return build_keys_views(
+                project, [p.view.name for p in fetched], jk, [columns[k] for k in jk], key_kinds
+            )
+        keys: list[bytes] = []
         for plan in fetched:
             cols = [columns[k] for k in plan.join_keys]
             keys += build_keys(project, plan.view.name, plan.join_keys, cols, key_kinds)
-    return Lookup(
-        plans, names, columns, n, keys, now_us, include_event_timestamps, hidden, request_data
-    )
+        return keys
+
+
+_SHAPES: dict[tuple[Any, ...], RequestShape] = {}
+
+
+def request_shape(
+    project: str, requests: list[tuple[FeatureView, list[str]]], full: bool
+) -> RequestShape:
+    """The cached RequestShape of ``requests`` (by view identity and feature names)."""
+    key = (project, full, *[(id(v), tuple(f)) for v, f in requests])
+    hit = _SHAPES.get(key)
+    if hit is not None and all(a is b for a, (b, _) in zip(hit.views, requests, strict=True)):
+        return hit
+    shape = RequestShape(project, requests, full)
+    if len(_SHAPES) >= _MAX_PLANS:
+        _SHAPES.clear()
+    _SHAPES[key] = shape
+    return shape
 
 
 def get_online_features(
