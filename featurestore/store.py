@@ -379,7 +379,7 @@ class FeatureStore:
         rows = entity_input(entity_rows)
         at_us = now_us() if now is None else to_us(now)
         if shape is None:
-            from featurestore.online.lookup import request_shape
+            from featurestore.online._shape import request_shape
 
             shape = request_shape(self.project, requests, full_feature_names)
             if len(shapes) < 1024:

@@ -20,10 +20,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from featurestore._time import EPOCH
-from featurestore.errors import EntityDataError, FeatureStoreError
 from featurestore.online.base import OnlineStore, Status
 from featurestore.online.codec import DecodedRows, RowCodec
-from featurestore.online.keys import OneEntityKeys, as_pylist, build_keys, build_keys_views
+from featurestore.online.keys import as_pylist
 
 if TYPE_CHECKING:
     import polars as pl
@@ -524,114 +523,11 @@ def plan_lookup(
 ) -> Lookup:
     """The keys ``requests`` need for ``entity_rows`` (entity values checked, against
     ``key_kinds`` when given: see online.keys.build_keys), not yet read."""
+    from featurestore.online._shape import request_shape
+
     return request_shape(project, requests, full_feature_names).plan(
         entity_rows, now_us, include_event_timestamps, request_data, key_kinds
     )
-
-
-class RequestShape:
-    """What a request needs that does not depend on its entity values: view plans, output
-    names, on-demand inputs and key templates. Built once per (views, features, full names) and
-    reused, so a lookup only checks its entity columns and renders their keys."""
-
-    __slots__ = (
-        "_fetched",
-        "_one_keys",
-        "_project",
-        "_same_keys",
-        "hidden",
-        "names",
-        "needed",
-        "plans",
-        "views",
-    )
-
-    def __init__(
-        self, project: str, requests: list[tuple[FeatureView, list[str]]], full: bool
-    ) -> None:
-        self.views = [v for v, _ in requests]  # keeps the ids in the cache key from reuse
-        self._project = project
-        hidden: frozenset[str] = frozenset()
-        if any(not v.join_keys and hasattr(v, "inputs_of") for v, _ in requests):
-            from featurestore.online._computed import with_on_demand_inputs
-
-            requests, hidden = with_on_demand_inputs(requests, full)
-        self.plans, self.names, self.needed = _request_plan(requests, full)
-        self.hidden = hidden
-        fetched = [p for p in self.plans if not getattr(p, "on_demand", False)]
-        self._fetched = fetched
-        self._same_keys = len(fetched) > 1 and all(
-            p.join_keys == fetched[0].join_keys for p in fetched
-        )
-        self._one_keys = (
-            OneEntityKeys(project, [(p.view.name, p.join_keys) for p in fetched])
-            if all(p.join_keys for p in fetched)
-            else None  # build_keys names the view without join keys
-        )
-
-    def plan(
-        self,
-        entity_rows: list[dict[str, Any]] | dict[str, Sequence[Any]],
-        now_us: int,
-        include_event_timestamps: bool = False,
-        request_data: dict[str, Sequence[Any]] | None = None,
-        key_kinds: Mapping[str, str] | None = None,
-    ) -> Lookup:
-        """The Lookup of ``entity_rows`` (see :func:`plan_lookup`)."""
-        columns, n = _entity_columns(entity_rows, self.needed)
-        if not self.needed and request_data:  # only on-demand features: rows come from the request
-            n = len(next(iter(request_data.values())))
-        keys = None
-        if n == 1 and self._one_keys is not None:
-            keys = self._one_keys.keys(columns, key_kinds)
-        if keys is None:
-            keys = self._keys(columns, key_kinds)
-        return Lookup(
-            self.plans,
-            self.names,
-            columns,
-            n,
-            keys,
-            now_us,
-            include_event_timestamps,
-            self.hidden,
-            request_data,
-        )
-
-    def _keys(
-        self, columns: dict[str, Sequence[Any]], key_kinds: Mapping[str, str] | None
-    ) -> list[bytes]:
-        """Every fetched view's keys (rows in order, views one after another), batched."""
-        project = self._project
-        fetched = self._fetched
-        if self._same_keys:
-            jk = fetched[0].join_keys  # render the entity values once for every view
-            return build_keys_views(
-                project, [p.view.name for p in fetched], jk, [columns[k] for k in jk], key_kinds
-            )
-        keys: list[bytes] = []
-        for plan in fetched:
-            cols = [columns[k] for k in plan.join_keys]
-            keys += build_keys(project, plan.view.name, plan.join_keys, cols, key_kinds)
-        return keys
-
-
-_SHAPES: dict[tuple[Any, ...], RequestShape] = {}
-
-
-def request_shape(
-    project: str, requests: list[tuple[FeatureView, list[str]]], full: bool
-) -> RequestShape:
-    """The cached RequestShape of ``requests`` (by view identity and feature names)."""
-    key = (project, full, *[(id(v), tuple(f)) for v, f in requests])
-    hit = _SHAPES.get(key)
-    if hit is not None and all(a is b for a, (b, _) in zip(hit.views, requests, strict=True)):
-        return hit
-    shape = RequestShape(project, requests, full)
-    if len(_SHAPES) >= _MAX_PLANS:
-        _SHAPES.clear()
-    _SHAPES[key] = shape
-    return shape
 
 
 def get_online_features(
@@ -661,82 +557,3 @@ def get_online_features(
         request_data=request_data,
         key_kinds=key_kinds,
     ).read(store)
-
-
-_REQUESTS: dict[tuple[Any, ...], tuple[list[_ViewPlan], list[list[str]], dict[str, str]]] = {}
-
-
-def _request_plan(
-    requests: list[tuple[FeatureView, list[str]]], full: bool
-) -> tuple[list[_ViewPlan], list[list[str]], dict[str, str]]:
-    """Plans, output names and needed join keys (-> first view needing it), cached per request."""
-    key = (full, *[(id(v), tuple(f)) for v, f in requests])
-    hit = _REQUESTS.get(key)
-    if hit is not None and all(p.view is v for p, (v, _) in zip(hit[0], requests, strict=True)):
-        return hit
-    plans = [_plan(view, feats) for view, feats in requests]
-    needed: dict[str, str] = {}
-    for plan in plans:
-        for k in plan.join_keys:
-            needed.setdefault(k, plan.view.name)
-    names = _output_names(plans, full, needed)
-    if len(_REQUESTS) >= _MAX_PLANS:
-        _REQUESTS.clear()
-    _REQUESTS[key] = (plans, names, needed)
-    return plans, names, needed
-
-
-def _entity_columns(
-    entity_rows: list[dict[str, Any]] | dict[str, Sequence[Any]], needed: dict[str, str]
-) -> tuple[dict[str, Sequence[Any]], int]:
-    """The join-key columns every view needs (in first-use order), and the row count."""
-    if isinstance(entity_rows, dict):
-        columns: dict[str, Sequence[Any]] = {}
-        n = -1
-        for k, view_name in needed.items():
-            if k not in entity_rows:
-                raise _missing_key(k, view_name, list(entity_rows))
-            col = entity_rows[k]
-            if n == -1:
-                n = len(col)
-            elif len(col) != n:
-                raise EntityDataError(
-                    f"entity column '{k}' has {len(col)} values but other join keys have {n}; "
-                    "give every join key one value per entity row"
-                )
-            columns[k] = col
-        return columns, max(n, 0)
-    rows = entity_rows
-    columns = {}
-    for k, view_name in needed.items():
-        try:
-            columns[k] = [r[k] for r in rows]
-        except KeyError:
-            bad = next(r for r in rows if k not in r)
-            raise _missing_key(k, view_name, list(bad)) from None
-    return columns, len(rows)
-
-
-def _missing_key(key: str, view_name: str, given: list[str]) -> EntityDataError:
-    return EntityDataError(
-        f"entity rows lack join key '{key}' needed by feature view '{view_name}' (got "
-        f"{given}); add '{key}' to every entity row"
-    )
-
-
-def _output_names(plans: list[_ViewPlan], full: bool, join_keys: dict[str, str]) -> list[list[str]]:
-    names = [
-        [f"{p.view.name}__{f}" for f in p.features] if full else list(p.features) for p in plans
-    ]
-    seen: dict[str, str] = {k: "(join key)" for k in join_keys}
-    for plan, view_names in zip(plans, names, strict=True):
-        for name in view_names:
-            other = seen.get(name)
-            if other is not None:
-                where = "a join key" if other == "(join key)" else f"feature view '{other}'"
-                raise FeatureStoreError(
-                    f"output name '{name}' of feature view '{plan.view.name}' clashes with "
-                    f"{where}; pass full_feature_names=True to name features 'view__feature'"
-                )
-            seen[name] = plan.view.name
-    return names

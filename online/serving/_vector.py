@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from featurestore.online._shape import _request_plan
 from featurestore.online.keys import build_keys
-from featurestore.online.lookup import _request_plan, _ViewPlan
+from featurestore.online.lookup import _ViewPlan
 from featurestore.online.serving._requests import _INT64_MAX, _INT64_MIN
 from featurestore.types import KEY_KIND_TYPES
 
