@@ -7,13 +7,12 @@ materialization watermarks live in the same document but do not bump the version
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from featurestore._atomic import atomic_write
 from featurestore.entity import Entity
 from featurestore.errors import FeatureNotFoundError, RegistryError
 from featurestore.feature_service import FeatureService
@@ -209,8 +208,8 @@ class Registry:
         if history:
             hist = self.path.parent / (self.path.name + ".history")
             hist.mkdir(exist_ok=True)
-            _atomic_write(hist / f"v{state.version}.json", data)
-        _atomic_write(self.path, data)
+            atomic_write(hist / f"v{state.version}.json", data)
+        atomic_write(self.path, data)
         self._cache = None
 
 
@@ -220,17 +219,3 @@ def _same_schema(old: RegistryState, name: str, views: list[FeatureView]) -> boo
     return (
         prev is not None and prev.schema_version == new.schema_version and prev.source == new.source
     )
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

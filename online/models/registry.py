@@ -16,7 +16,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from featurestore._atomic import atomic_write
 from featurestore.online.models.errors import ModelNotFoundError, ModelRegistryError, one_line
 from featurestore.online.models.flavors import Predictor, check_flavor, load_predictor
 
@@ -354,15 +354,4 @@ class ModelRegistry:
         return FileLock(str(self.root / name / ".lock"), timeout=30)
 
     def _write(self, entry: ModelEntry) -> None:
-        path = self.index_path(entry.name)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".index.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump(entry.to_dict(), fh, indent=2)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_write(self.index_path(entry.name), json.dumps(entry.to_dict(), indent=2).encode())

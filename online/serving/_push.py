@@ -73,10 +73,7 @@ class Pushes:
             n = fut.result(timeout=self._push_timeout(deadline_ms))
         except Exception as exc:
             raise self._push_error(exc) from None
-        self._observe("push", t0, False, n)
-        if self._audit is not None:
-            self._audit.push(feature_view, n, keys)
-        return n
+        return self._pushed(feature_view, n, keys, t0)
 
     async def apush(self, feature_view: str, rows: Any, *, deadline_ms: float | None = None) -> int:
         t0 = time.perf_counter()
@@ -86,6 +83,10 @@ class Pushes:
             n = await asyncio.wait_for(asyncio.wrap_future(fut), self._push_timeout(deadline_ms))
         except Exception as exc:
             raise self._push_error(exc) from None
+        return self._pushed(feature_view, n, keys, t0)
+
+    def _pushed(self, feature_view: str, n: int, keys: dict[str, list[Any]], t0: float) -> int:
+        """A push that landed: counted, timed and (when on) audited; returns its row count."""
         self._observe("push", t0, False, n)
         if self._audit is not None:
             self._audit.push(feature_view, n, keys)

@@ -8,7 +8,6 @@ open by mistake) and re-reads it when it changes, so a revoke takes effect witho
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -16,13 +15,13 @@ import logging
 import os
 import re
 import secrets
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from featurestore._atomic import atomic_write
 from featurestore.errors import ConfigError, FeatureStoreError
 from featurestore.online.serving.context import MAX_REQUEST_ID
 
@@ -201,18 +200,7 @@ def write_keys(path: str | os.PathLike[str], keys: Iterable[ApiKey]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     body = json.dumps({"keys": [k.to_json() for k in keys]}, indent=2).encode() + b"\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(body)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, body, mode=0o600)
 
 
 def _signature(st: os.stat_result) -> tuple[int, int, int, int]:
