@@ -329,10 +329,14 @@ class FeatureStore:
             )
             self._registry.update_materialization(view.name, start_us, end_us)
             return written
-        total = self.offline.count_latest_rows(view, start_us, end_us)
+        # the count only sizes the progress bar: without one it is a query saved
+        total = self.offline.count_latest_rows(view, start_us, end_us) if progress else None
+        # an ordered store (LMDB) is written fastest front to back: rows in its key order
+        order = "online" if getattr(self.online, "ordered_keys", False) else "keys"
+        rows = self.offline.iter_latest_rows(view, start_us, end_us, key_order=order)
         written = 0
         with progress_bar(total, f"materialize {view.name}", enabled=progress) as bar:
-            for batch in self.offline.iter_latest_rows(view, start_us, end_us):
+            for batch in rows:
                 import pyarrow as pa
 
                 n = write_table(

@@ -25,8 +25,13 @@ EVENT_TS = "__event_ts"
 CREATED_TS = "__created_ts"
 
 
-def latest_sql(plan: SourcePlan, start_us: int, end_us: int) -> str:
-    """SQL for the latest row per key in [start_us, end_us], ordered by the keys."""
+def latest_sql(plan: SourcePlan, start_us: int, end_us: int, *, key_order: str = "keys") -> str:
+    """SQL for the latest row per key in [start_us, end_us], ordered by the keys.
+
+    ``key_order="online"`` orders the rows as their online store keys sort as bytes instead
+    (exact for one integer join key: ``42`` sorts as the text ``42``; other keys keep the
+    join-key order), so an ordered store is written front to back.
+    """
     view = plan.view
     feats = list(view.feature_names)
     keys = [ident(k) for k in plan.keys]
@@ -36,26 +41,59 @@ def latest_sql(plan: SourcePlan, start_us: int, end_us: int) -> str:
     )
     base = plan.base_select(feats, where=where)
     casted = [f"{plan.feature_cast(f, 'b')} AS {ident(f)}" for f in feats]
-    # Find each key's latest event time with a hash aggregate first, then sort only the rows at
-    # that time: ordering every row by the full tie-break (20+ columns) costs several times more.
+    # Each key's latest event time comes from a hash aggregate over the keys and times alone
+    # (``b`` is not materialized: that scan reads two columns), and the source rows at that
+    # time from a join. Only keys with several rows at their latest time (ties, rare) are
+    # ordered by the full tie-break (20+ columns), which costs far more than the rest.
     key_list = ", ".join(keys)
+    b_keys = ", ".join(f"b.{k}" for k in keys)
     on = " AND ".join([*(f"b.{k} = m.{k}" for k in keys), "b.__fs_ev = m.__fs_ev"])
+    tied_on = " AND ".join(f"j.{k} = t.{k}" for k in keys)
     order = ", ".join(["b.__fs_cr DESC NULLS LAST", *(f"b.{ident(f)}" for f in feats)])
     return (
-        f"WITH b AS ({base}), m AS (SELECT {key_list}, max(__fs_ev) AS __fs_ev FROM b "
-        f"GROUP BY {key_list}) "
-        f"SELECT {', '.join(f'b.{k}' for k in keys)}, {', '.join(casted)}, "
-        f"b.__fs_ev AS {EVENT_TS}, b.__fs_cr AS {CREATED_TS} FROM b JOIN m ON {on} "
-        f"QUALIFY row_number() OVER (PARTITION BY {', '.join(f'b.{k}' for k in keys)} "
-        f"ORDER BY {order}) = 1 "
-        f"ORDER BY {', '.join(f'b.{k}' for k in keys)}"
+        f"WITH b AS NOT MATERIALIZED ({base}), "
+        f"m AS (SELECT {key_list}, max(__fs_ev) AS __fs_ev FROM b GROUP BY {key_list}), "
+        f"j AS MATERIALIZED (SELECT b.* FROM b JOIN m ON {on}), "
+        f"t AS (SELECT {key_list} FROM j GROUP BY {key_list} HAVING count(*) > 1), "
+        f"w AS (SELECT * FROM j ANTI JOIN t ON {tied_on} "
+        f"UNION ALL SELECT * FROM (SELECT j.* FROM j SEMI JOIN t ON {tied_on}) AS b "
+        f"QUALIFY row_number() OVER (PARTITION BY {b_keys} ORDER BY {order}) = 1) "
+        f"SELECT {b_keys}, {', '.join(casted)}, "
+        f"b.__fs_ev AS {EVENT_TS}, b.__fs_cr AS {CREATED_TS} FROM w AS b "
+        f"ORDER BY {_order_by(plan, key_order)}"
     )
 
 
+def _order_by(plan: SourcePlan, key_order: str) -> str:
+    """The ORDER BY list of ``latest_sql`` (keys unique there, so the order is total)."""
+    import pyarrow as pa
+
+    keys = [ident(k) for k in plan.keys]
+    if key_order not in ("keys", "online"):
+        raise ValueError(f"key_order must be 'keys' or 'online', got {key_order!r}")
+    t = plan.source_types.get(plan.keys[0]) if len(keys) == 1 else None
+    if key_order == "keys" or t is None or not pa.types.is_integer(t):
+        return ", ".join(f"b.{k}" for k in keys)
+    # the digits padded with 9s to 19 places, then longer first, order as the text ``<v>}``
+    # does ("}" sorts after every digit); negative numbers ("-") come first
+    k = f"b.{keys[0]}"
+    digits = f"CAST(abs(CAST({k} AS HUGEINT)) AS VARCHAR)"
+    return f"{k} < 0 DESC, CAST(rpad({digits}, 19, '9') AS UBIGINT), length({digits}) DESC"
+
+
 def iter_latest_rows(
-    store: OfflineStore, view: FeatureView, start_us: int, end_us: int, *, batch_rows: int
+    store: OfflineStore,
+    view: FeatureView,
+    start_us: int,
+    end_us: int,
+    *,
+    batch_rows: int,
+    key_order: str = "keys",
 ) -> Iterator[pa.RecordBatch]:
-    """See ``OfflineStore.iter_latest_rows``; batches hold at most ``batch_rows`` rows."""
+    """See ``OfflineStore.iter_latest_rows``; batches hold at most ``batch_rows`` rows.
+
+    ``key_order``: see ``latest_sql``.
+    """
     import duckdb
     import pyarrow as pa
 
@@ -64,7 +102,7 @@ def iter_latest_rows(
     if batch_rows < 1:
         raise ValueError(f"batch_rows must be >= 1, got {batch_rows}")
     plan = store.plan(view)
-    sql = latest_sql(plan, start_us, end_us)
+    sql = latest_sql(plan, start_us, end_us, key_order=key_order)
     cur = store.cursor()
     try:
         try:

@@ -157,12 +157,21 @@ class OfflineStore:
         )
 
     def iter_latest_rows(
-        self, view: FeatureView, start_us: int, end_us: int, *, batch_rows: int = 100_000
+        self,
+        view: FeatureView,
+        start_us: int,
+        end_us: int,
+        *,
+        batch_rows: int = 100_000,
+        key_order: str = "keys",
     ) -> Iterator[pa.RecordBatch]:
-        """The latest source row per entity key with start_us <= event_ts <= end_us, key order."""
+        """The latest source row per entity key with start_us <= event_ts <= end_us, in key
+        order (``key_order="online"``: the online store's key-byte order, see latest_sql)."""
         from featurestore.offline.latest import iter_latest_rows
 
-        return iter_latest_rows(self, view, start_us, end_us, batch_rows=batch_rows)
+        return iter_latest_rows(
+            self, view, start_us, end_us, batch_rows=batch_rows, key_order=key_order
+        )
 
     def count_latest_rows(self, view: FeatureView, start_us: int, end_us: int) -> int:
         """How many rows ``iter_latest_rows`` yields for the same window."""

@@ -32,6 +32,7 @@ NULL_TS = np.iinfo(np.int64).min
 EVENT_TS = "__event_ts"
 CREATED_TS = "__created_ts"
 _H_EV, _H_CR, _H_VER, _H_NULLS = "h_ev", "h_cr", "h_ver", "h_nulls"
+_LEAD = "lead"  # the optional int64 in front of a value (see RowCodec.encode_table)
 _U32 = struct.Struct("<I")
 # struct codes that unpack exactly as numpy's tolist() does for these dtypes
 _STRUCT_CODE = {"<i4": "i", "<i8": "q", "<f4": "f", "<f8": "d", "|b1": "?"}
@@ -173,6 +174,7 @@ class RowCodec:
         if None not in codes and struct.calcsize(fmt) == self.fixed_size:
             self.fixed_struct = struct.Struct(fmt)
         self.row_struct = self.fixed_struct if self.fixed_only else None
+        self._lead_record: np.dtype | None = None
         self._inner = {
             f.name: np.dtype(f.dtype.inner.numpy)  # type: ignore[union-attr]
             for _, f in self.var
@@ -181,10 +183,16 @@ class RowCodec:
 
     # ---------------------------------------------------------------- encode
 
-    def encode_table(self, table: pa.Table) -> list[bytes]:
-        """One value per table row; columns: the features, ``__event_ts``, ``__created_ts``."""
+    def encode_table(self, table: pa.Table, *, lead: np.ndarray | None = None) -> list[bytes]:
+        """One value per table row; columns: the features, ``__event_ts``, ``__created_ts``.
+
+        ``lead`` (int64 per row) is written little-endian in front of each value, in the same
+        pass: the embedded store keeps a value's expiry there, and one copy per row is cheaper
+        than prefixing afterwards.
+        """
         n = table.num_rows
-        missing = [c for c in (*self.names, EVENT_TS) if c not in table.column_names]
+        have = set(table.column_names)
+        missing = [c for c in (*self.names, EVENT_TS) if c not in have]
         if missing:
             raise OnlineStoreError(
                 f"cannot encode rows of view '{self.view_name}': table lacks column(s) {missing}"
@@ -196,7 +204,7 @@ class RowCodec:
                 "a null event timestamp"
             )
         columns: list[tuple[str, Any]] = [(_H_EV, ev), (_H_VER, self.schema_version)]
-        if CREATED_TS in table.column_names:
+        if CREATED_TS in have:
             cr, cr_null = _int64_column(table.column(CREATED_TS))
             if cr_null is not None:
                 cr = np.where(cr_null, NULL_TS, cr)
@@ -212,32 +220,55 @@ class RowCodec:
                 values, mask = _numeric_column(col)
             columns.append((f"c{i}", values))
             if mask is not None:
-                nulls = _mark_nulls(nulls, n, self.n_fields, i, mask)
+                nulls = _mark_nulls(nulls, n, self.n_null_bytes, i, mask)
         var_parts: list[list[bytes]] = []
         for i, f in self.var:
             parts, mask = self._encode_var(table.column(f.name), f.name)
             var_parts.append(parts)
             if mask is not None:
-                nulls = _mark_nulls(nulls, n, self.n_fields, i, mask)
-        columns.append(
-            (_H_NULLS, 0 if nulls is None else np.packbits(nulls, axis=1, bitorder="little"))
-        )
-        fixed = self._pack_records(n, columns)
+                nulls = _mark_nulls(nulls, n, self.n_null_bytes, i, mask)
+        columns.append((_H_NULLS, 0 if nulls is None else nulls))
+        dtype = self.record_dtype
+        if lead is not None:
+            if len(lead) != n:
+                raise OnlineStoreError(
+                    f"cannot encode rows of view '{self.view_name}': {len(lead)} lead values "
+                    f"for {n} rows"
+                )
+            dtype = self._lead_dtype()
+            columns.append((_LEAD, lead))
+        fixed = self._pack_records(n, columns, dtype)
         if not var_parts:
             return fixed
         return [b"".join(row) for row in zip(fixed, *var_parts, strict=True)]
 
-    def _pack_records(self, n: int, columns: list[tuple[str, Any]]) -> list[bytes]:
+    def _lead_dtype(self) -> np.dtype:
+        """The record dtype with an int64 ``lead`` field in front (see ``encode_table``)."""
+        if self._lead_record is None:
+            fields = [(_LEAD, "<i8")]
+            fields += [
+                (name, self.record_dtype.fields[name][0]) for name in self.record_dtype.names
+            ]
+            self._lead_record = np.dtype(fields)
+        return self._lead_record
+
+    def _pack_records(self, n: int, columns: list[tuple[str, Any]], dtype: np.dtype) -> list[bytes]:
         """Fill the structured record block by block (cache-sized) and cut it into values."""
-        block = max(1, _BLOCK_BYTES // self.fixed_size)
-        buf = np.empty(min(n, block), dtype=self.record_dtype)
-        as_void = f"V{self.fixed_size}"
+        block = max(1, _BLOCK_BYTES // dtype.itemsize)
+        buf = np.empty(min(n, block), dtype=dtype)
+        as_void = f"V{dtype.itemsize}"
+        arrays = []
+        for name, values in columns:
+            if np.ndim(values) == 0:
+                buf[name] = values  # the same in every row: set once, kept across blocks
+            else:
+                arrays.append((name, values))
         out: list[bytes] = []
         for start in range(0, n, block):
             stop = min(n, start + block)
             rec = buf[: stop - start]
-            for name, values in columns:
-                rec[name] = values if np.ndim(values) == 0 else values[start:stop]
+            for name, values in arrays:
+                rec[name] = values[start:stop]
             out += rec.view(as_void).tolist()
         return out
 
@@ -346,11 +377,13 @@ class RowCodec:
 
 
 def _mark_nulls(
-    nulls: np.ndarray | None, n: int, n_fields: int, i: int, mask: np.ndarray
+    nulls: np.ndarray | None, n: int, n_bytes: int, i: int, mask: np.ndarray
 ) -> np.ndarray:
+    """Set bit ``i`` (little-endian bit order: byte i // 8, bit i % 8) of the null bitmap
+    (n rows x n_bytes) where ``mask`` is true."""
     if nulls is None:
-        nulls = np.zeros((n, n_fields), dtype=bool)
-    nulls[:, i] = mask
+        nulls = np.zeros((n, n_bytes), dtype=np.uint8)
+    nulls[:, i // 8] |= mask.astype(np.uint8) << np.uint8(i % 8)
     return nulls
 
 

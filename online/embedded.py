@@ -7,16 +7,21 @@ lazily in each process and reopened after ``fork`` (an LMDB handle must not cros
 
 from __future__ import annotations
 
+import operator
 import os
 import re
 import struct
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterable, Iterator, Sequence
+from itertools import islice
+from typing import TYPE_CHECKING, Any
 
 from featurestore.errors import ConfigError, OnlineStoreError, OnlineStoreUnavailableError
 from featurestore.online.base import OnlineStore
 from featurestore.online.keys import key_prefix, key_suffix
+
+if TYPE_CHECKING:
+    import numpy as np
 
 _EXPIRE = struct.Struct("<q")  # value prefix: expire-at in ms since the epoch, 0 = never
 _NEVER = _EXPIRE.pack(0)
@@ -49,8 +54,28 @@ def _close_inherited(env: Any) -> None:
         pass
 
 
+def _put_sorted(cursor: Any, keys: list[bytes], stored: list[bytes]) -> None:
+    """Put the items with ``cursor`` in key order, appending when they all sort after the last
+    stored key."""
+    if not all(map(operator.lt, keys, islice(keys, 1, None))):  # not strictly ascending
+        order = sorted(range(len(keys)), key=keys.__getitem__)  # stable: later stays later
+        keys = [keys[i] for i in order]
+        stored = [stored[i] for i in order]
+    append = bool(keys) and (not cursor.last() or cursor.key() < keys[0])
+    # zip hands over one reused tuple at a time: no list of pairs to build and free
+    _, added = cursor.putmulti(
+        zip(keys, stored, strict=True), dupdata=False, overwrite=True, append=append
+    )
+    if append and added != len(keys):
+        # a repeated key: appending skips it, so put the batch again the plain way (every key
+        # ends with its last value, as if put once in order)
+        cursor.putmulti(zip(keys, stored, strict=True), dupdata=False, overwrite=True)
+
+
 class EmbeddedOnlineStore(OnlineStore):
     """LMDB-backed store at ``path`` (a folder); values carry their expiry, checked on read."""
+
+    ordered_keys = True  # a B-tree: writes in key order touch the fewest pages
 
     def __init__(self, path: str, *, map_size: str | int = "64GB") -> None:
         self.path = path
@@ -92,8 +117,6 @@ class EmbeddedOnlineStore(OnlineStore):
         expire_at_ms: list[int | None] | None = None,
     ) -> None:
         """Write the whole batch in one LMDB transaction (all of it lands or none)."""
-        import lmdb
-
         if len(keys) != len(values) or (
             expire_at_ms is not None and len(expire_at_ms) != len(keys)
         ):
@@ -102,20 +125,68 @@ class EmbeddedOnlineStore(OnlineStore):
                 f"{'no' if expire_at_ms is None else len(expire_at_ms)} expiries; give one per key"
             )
         if expire_at_ms is None:
-            items = [(k, _NEVER + v) for k, v in zip(keys, values, strict=True)]
+            stored = [_NEVER + v for v in values]
         else:
             now_ms = int(time.time() * 1000)
             pack = _EXPIRE.pack
-            items = [
-                (k, pack(e or 0) + v)
-                for k, v, e in zip(keys, values, expire_at_ms, strict=True)
-                if e is None or e > now_ms
-            ]
+            live = [e is None or e > now_ms for e in expire_at_ms]
+            if not all(live):
+                keys = [k for k, ok in zip(keys, live, strict=True) if ok]
+                values = [v for v, ok in zip(values, live, strict=True) if ok]
+                expire_at_ms = [e for e, ok in zip(expire_at_ms, live, strict=True) if ok]
+            stored = [pack(e or 0) + v for v, e in zip(values, expire_at_ms, strict=True)]
+        self._put([(keys, stored)])
+
+    def write_stored(
+        self, batches: Iterable[tuple[list[bytes], list[bytes], np.ndarray | None]]
+    ) -> int:
+        """Write batches of (keys, values in stored form, expire-at ms or None) in ONE
+        transaction: all of them land or none. Stored form: the expiry in front (see
+        ``RowCodec.encode_table(lead=...)``); rows whose expiry (0 = never) is past by now are
+        skipped. ``batches`` may be a generator: each batch is put as it comes. Returns the
+        rows written."""
+        written = 0
+
+        def live(
+            batches: Iterable[tuple[list[bytes], list[bytes], np.ndarray | None]],
+        ) -> Iterator[tuple[list[bytes], list[bytes]]]:
+            nonlocal written
+            for keys, stored, expire_at_ms in batches:
+                if len(keys) != len(stored) or (
+                    expire_at_ms is not None and len(expire_at_ms) != len(keys)
+                ):
+                    raise OnlineStoreError(
+                        f"write_stored got {len(keys)} keys and {len(stored)} values; give one "
+                        "per key"
+                    )
+                if expire_at_ms is not None and len(expire_at_ms):
+                    import numpy as np
+
+                    now_ms = int(time.time() * 1000)
+                    ok = (expire_at_ms == 0) | (expire_at_ms > now_ms)
+                    if not ok.all():
+                        keep = np.flatnonzero(ok).tolist()
+                        keys = [keys[i] for i in keep]
+                        stored = [stored[i] for i in keep]
+                written += len(keys)
+                yield keys, stored
+
+        self._put(live(batches))
+        return written
+
+    def _put(self, batches: Iterable[tuple[list[bytes], list[bytes]]]) -> None:
+        """Put every batch (of equal keys, the later item wins) in one write transaction, each
+        batch in key order: neighbouring keys share B-tree pages, so a sorted batch touches (and
+        copies on write) far fewer pages. Keys past the last stored key are appended without a
+        tree search."""
+        import lmdb
+
         env = self._env()
         try:
             with env.begin(write=True) as txn:
                 cursor = txn.cursor()
-                cursor.putmulti(items, dupdata=False, overwrite=True)
+                for keys, stored in batches:
+                    _put_sorted(cursor, keys, stored)
         except lmdb.MapFullError as exc:
             raise OnlineStoreError(
                 f"the embedded online store at {self.path} is full ({self.map_size} bytes); "

@@ -13,6 +13,8 @@ import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 from featurestore.errors import EntityDataError
 from featurestore.types import KEY_KIND_NOUNS, KEY_KIND_TYPES
 
@@ -60,6 +62,9 @@ def build_keys(
     tail = f"}}:{view_name}"
     if len(join_keys) == 1:  # the common case: one pass over the values
         pre = head + join_keys[0].translate(_ESCAPE_NAME) + "="
+        ints = _signed_int_array(key_columns[0])
+        if ints is not None and (not kinds or kinds.get(join_keys[0], "int") == "int"):
+            return _int_keys(pre.encode(), tail.encode(), ints)
         values = as_pylist(key_columns[0])
         kind = _column_kind(values)
         if kinds:
@@ -228,6 +233,8 @@ def as_pylist(col: Sequence[Any]) -> list[Any]:
     """Python scalars from a list, tuple, numpy array or Arrow array (numpy ints -> int)."""
     if isinstance(col, list):
         return col
+    if _is_arrow_int_without_nulls(col):  # numpy's tolist makes the same ints, faster
+        return col.to_numpy().tolist()  # type: ignore[attr-defined]
     tolist = getattr(col, "tolist", None) or getattr(col, "to_list", None)
     if tolist is not None:  # numpy (int64 -> int, str_ -> str), polars
         return tolist()
@@ -235,6 +242,76 @@ def as_pylist(col: Sequence[Any]) -> list[Any]:
     if to_pylist is not None:  # Arrow
         return to_pylist()
     return list(col)
+
+
+_POW10 = np.array([10**i for i in range(20)], dtype=np.uint64)
+
+
+def _signed_int_array(col: Any) -> np.ndarray | None:
+    """An int64 numpy copy of a signed-integer Arrow or numpy column without nulls, else None."""
+    if isinstance(col, np.ndarray):
+        return col.astype(np.int64) if col.dtype.kind == "i" and col.ndim == 1 else None
+    if not _is_arrow_int_without_nulls(col):
+        return None
+    import pyarrow as pa
+
+    if not pa.types.is_signed_integer(col.type):  # type: ignore[attr-defined]
+        return None
+    return col.to_numpy().astype(np.int64)  # type: ignore[attr-defined]
+
+
+def _int_keys(pre: bytes, tail: bytes, v: np.ndarray) -> list[bytes]:
+    """``pre + b"%d" % x + tail`` for every x of ``v``, written as digits into byte rows.
+
+    Rows of one text width form one uint8 block (a row: prefix, digits, suffix), cut into
+    bytes by numpy; a batch has only a few widths.
+    """
+    n = len(v)
+    if not n:
+        return []
+    neg = v < 0
+    mag = v.astype(np.uint64)
+    mag[neg] = ~mag[neg] + np.uint64(1)  # |x|, exact for the smallest int64 too
+    width = np.maximum(np.searchsorted(_POW10, mag, side="right"), 1) + neg
+    lo, hi = int(width.min()), int(width.max())
+    if lo == hi:
+        return _int_key_block(pre, tail, mag, neg, lo)
+    out = np.empty(n, dtype=object)
+    for w in range(lo, hi + 1):
+        idx = np.flatnonzero(width == w)
+        if len(idx):
+            out[idx] = _int_key_block(pre, tail, mag[idx], neg[idx], w)
+    return out.tolist()
+
+
+def _int_key_block(pre: bytes, tail: bytes, mag: np.ndarray, neg: np.ndarray, w: int) -> list:
+    """Keys of magnitudes ``mag`` whose text (sign included) is ``w`` characters long."""
+    p = len(pre)
+    size = p + w + len(tail)
+    buf = np.empty((len(mag), size), dtype=np.uint8)
+    buf[:, :p] = np.frombuffer(pre, dtype=np.uint8)
+    buf[:, p + w :] = np.frombuffer(tail, dtype=np.uint8)
+    rest = mag.copy()
+    for j in range(p + w - 1, p - 1, -1):  # right to left; a negative's first place is its sign
+        buf[:, j] = rest % np.uint64(10) + np.uint64(48)
+        rest //= np.uint64(10)
+    if neg.any():
+        buf[neg, p] = ord("-")
+    return buf.view(f"V{size}").ravel().tolist()
+
+
+def _is_arrow_int_without_nulls(col: Any) -> bool:
+    """Whether ``col`` is an Arrow (chunked) array of integers with no nulls."""
+    t = getattr(col, "type", None)
+    if (
+        t is None
+        or getattr(col, "null_count", 1) != 0
+        or type(col).__module__.split(".")[0] != ("pyarrow")
+    ):
+        return False
+    import pyarrow as pa
+
+    return bool(pa.types.is_integer(t))
 
 
 def _column_kind(values: list[Any]) -> type | None:

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from featurestore.errors import ConfigError, OnlineStoreError
 from featurestore.online.embedded import EmbeddedOnlineStore, parse_size
@@ -112,3 +114,86 @@ def test_parse_size(text: str, size: int) -> None:
 def test_bad_size_names_the_config_key() -> None:
     with pytest.raises(ConfigError, match=r"online_store\.map_size"):
         parse_size("lots")
+
+
+def _raw(path: str) -> dict[bytes, bytes]:
+    """Every stored (key, raw value with its expiry prefix) of a closed store's folder."""
+    import lmdb
+
+    env = lmdb.open(path, readonly=True, lock=False)
+    try:
+        with env.begin() as txn:
+            return dict(txn.cursor().iternext())
+    finally:
+        env.close()
+
+
+_batch = st.lists(
+    st.tuples(
+        st.integers(-30, 30),  # few keys: repeats within and across batches
+        st.binary(max_size=12),
+        st.one_of(st.none(), st.integers(1, 2), st.just(4_000_000_000_000)),  # past / future
+    ),
+    max_size=40,
+)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(batches=st.lists(_batch, min_size=1, max_size=4))
+def test_batches_in_any_key_order_land_as_if_put_one_by_one(
+    tmp_path_factory: pytest.TempPathFactory, batches: list[list[tuple[int, bytes, int | None]]]
+) -> None:
+    """Writes go in key order (appended past the last key when they can), which must not change
+    what lands: the last item of a repeated key wins, expired items are skipped."""
+    path = str(tmp_path_factory.mktemp("db"))
+    store = EmbeddedOnlineStore(path, map_size="64MB")
+    want: dict[bytes, bytes] = {}
+    for batch in batches:
+        keys = build_keys("t", "v", ("k",), [[k for k, _, _ in batch]])
+        values = [v for _, v, _ in batch]
+        expire = [e for _, _, e in batch]
+        store.write_batch(keys, values, expire)
+        for key, v, e in zip(keys, values, expire, strict=True):
+            if e is None or e > 2:
+                want[key] = struct.pack("<q", e or 0) + v
+    store.close()
+    assert _raw(path) == want
+
+
+def test_write_stored_puts_stored_values_and_skips_expired_rows(tmp_path: Path) -> None:
+    import numpy as np
+
+    store = EmbeddedOnlineStore(str(tmp_path / "db"), map_size="64MB")
+    keys = KEYS[:4][::-1]  # not in key order
+    future = int(time.time() * 1000) + 3_600_000
+    expire = np.array([0, 5, future, future], dtype=np.int64)
+    stored = [struct.pack("<q", int(e)) + b"v%d" % i for i, e in enumerate(expire)]
+    more = [_NEVER_PREFIX + b"w"]
+    assert store.write_stored([(keys, stored, expire), (keys[:1], more, None)]) == 4
+    assert store.read(keys) == [b"w", None, b"v2", b"v3"]
+    with pytest.raises(OnlineStoreError, match="one per key"):
+        store.write_stored([(keys, stored[:1], None)])
+
+
+def test_write_stored_batches_land_together_or_not_at_all(tmp_path: Path) -> None:
+    store = EmbeddedOnlineStore(str(tmp_path / "db"), map_size="64MB")
+    store.write_batch(KEYS[:2], [b"old0", b"old1"])
+
+    def batches() -> Any:
+        yield [KEYS[0]], [_NEVER_PREFIX + b"new0"], None
+        raise ValueError("the second batch could not be built")
+
+    with pytest.raises(ValueError, match="second batch"):
+        store.write_stored(batches())
+    too_long = b"k" * 4096
+    with pytest.raises(OnlineStoreError, match="longer than LMDB allows"):
+        store.write_stored(
+            [([KEYS[1]], [_NEVER_PREFIX + b"new1"], None), ([too_long], [_NEVER_PREFIX], None)]
+        )
+    assert store.read(KEYS[:2]) == [b"old0", b"old1"]
+    store.close()
+
+
+_NEVER_PREFIX = struct.pack("<q", 0)
