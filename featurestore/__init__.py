@@ -22,7 +22,7 @@ from featurestore.feature_service import FeatureService
 from featurestore.feature_view import FeatureView
 from featurestore.field import Field
 from featurestore.on_demand_view import OnDemandFeatureView
-from featurestore.sources import DuckDBSource, ParquetSource
+from featurestore.sources import DuckDBSource, ParquetSource, StreamSource
 from featurestore.store import FeatureStore, MaterializeResult
 from featurestore.transforms import (
     Aggregation,
@@ -75,6 +75,7 @@ __all__ = [
     "RepoConfig",
     "RequestSource",
     "RowTransform",
+    "StreamSource",
     "String",
     "UnixTimestamp",
     "load_config",

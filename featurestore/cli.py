@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from featurestore._cli_ingest import ingest
 from featurestore._cli_keys import keys
 from featurestore._cli_serve import register_commands
 from featurestore.errors import FeatureStoreError
@@ -307,6 +308,7 @@ def quickstart(directory: str, transactions: int, seed: int) -> None:
 
 register_commands(cli)
 cli.add_command(keys)
+cli.add_command(ingest)
 
 
 def main() -> None:

@@ -41,6 +41,32 @@ class OnlineStoreConfig:
 
 
 @dataclass(frozen=True)
+class StreamConfig:
+    """Where stream events are read (a Redis server) and how ``featurestore ingest`` reads them.
+
+    ``url`` None: the online store's url when it is Redis, else redis://localhost:6379/0.
+    """
+
+    url: str | None = None
+    group: str = "featurestore"  # consumer group of the ingesters
+    batch_size: int = 1000  # entries read per round
+    block_ms: int = 200  # how long a read waits for new entries
+    dead_letter_suffix: str = ":dead"  # bad events go to <stream><suffix>
+    write_offline: bool = True  # append valid events to the batch source's folder
+    offline_flush_s: float = 60.0  # a Parquet file (and the acknowledgements) at most this often
+    offline_flush_events: int = 100_000  # ... or once this many events wait
+    max_future: str = "1h"  # events further ahead of their XADD time are dead-lettered
+
+    def redis_url(self, online: OnlineStoreConfig) -> str:
+        """The url ingest and send_events connect to."""
+        if self.url:
+            return self.url
+        if online.type in ("redis", "redis_cluster"):
+            return online.url
+        return "redis://localhost:6379/0"
+
+
+@dataclass(frozen=True)
 class RepoConfig:
     """The parsed featurestore.yaml; paths in it are relative to ``repo_path``."""
 
@@ -49,6 +75,7 @@ class RepoConfig:
     registry: str = "data/registry.json"
     offline_store: OfflineStoreConfig = field(default_factory=OfflineStoreConfig)
     online_store: OnlineStoreConfig = field(default_factory=OnlineStoreConfig)
+    stream: StreamConfig = field(default_factory=StreamConfig)
     definitions: tuple[str, ...] = ()  # definition files; empty means every *.py in the repo root
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -93,6 +120,12 @@ def config_from_dict(raw: dict[str, Any], repo: Path) -> RepoConfig:
         raise ConfigError(
             f"{CONFIG_FILE}: online_store.type is {online.type!r}; expected embedded, redis or redis_cluster"
         )
+    stream = _section(StreamConfig, raw.pop("stream", None), "stream")
+    if stream.batch_size < 1 or stream.block_ms < 0 or not stream.group:
+        raise ConfigError(
+            f"{CONFIG_FILE}: stream.batch_size must be >= 1, stream.block_ms >= 0 and "
+            "stream.group a name"
+        )
     defs = raw.pop("definitions", None) or ()
     if isinstance(defs, str):
         defs = (defs,)
@@ -107,6 +140,7 @@ def config_from_dict(raw: dict[str, Any], repo: Path) -> RepoConfig:
         registry=registry,
         offline_store=offline,
         online_store=online,
+        stream=stream,
         definitions=tuple(defs),
         extra=raw,
     )

@@ -1,4 +1,5 @@
-"""Data sources: where a feature view's rows come from (Parquet files or a DuckDB query)."""
+"""Data sources: where a feature view's rows come from (Parquet files, a DuckDB query, or a
+stream of events that also lands in Parquet)."""
 
 from __future__ import annotations
 
@@ -84,7 +85,67 @@ class DuckDBSource:
         }
 
 
-Source = ParquetSource | DuckDBSource
+@dataclass(frozen=True)
+class StreamSource:
+    """Events on a Redis stream (``stream``; default: ``name``), ingested by ``featurestore
+    ingest`` into the online store and appended to ``batch_source`` (a Parquet folder).
+
+    Training sets and materialize read ``batch_source``, so they see the streamed events and
+    the online value at t equals the training value at t. ``schema`` gives the event columns'
+    types; without it they are taken from the batch source's files.
+    """
+
+    name: str
+    batch_source: ParquetSource
+    stream: str = ""
+    schema: tuple[Any, ...] | None = None
+    description: str = ""
+    tags: dict[str, str] = field(default_factory=dict, hash=False)
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise DefinitionError("StreamSource needs a name")
+        if not isinstance(self.batch_source, ParquetSource):
+            raise DefinitionError(
+                f"stream source '{self.name}': batch_source must be a ParquetSource naming a "
+                "folder (streamed events are appended there as Parquet files)"
+            )
+        path = self.batch_source.path
+        if path.endswith(".parquet") or any(c in path for c in "*?["):
+            raise DefinitionError(
+                f"stream source '{self.name}': batch_source path '{path}' is a file or a glob; "
+                "give a folder, where ingest appends the streamed events as Parquet files"
+            )
+        if not self.stream:
+            object.__setattr__(self, "stream", self.name)
+        if self.schema is not None:
+            object.__setattr__(self, "schema", tuple(self.schema))
+
+    @property
+    def timestamp_field(self) -> str:
+        return self.batch_source.timestamp_field
+
+    @property
+    def created_timestamp_field(self) -> str | None:
+        return self.batch_source.created_timestamp_field
+
+    def relation_sql(self, resolve: Any) -> str:
+        """The batch source's relation: the files loaded before plus those ingest appended."""
+        return self.batch_source.relation_sql(resolve)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": "stream",
+            "name": self.name,
+            "stream": self.stream,
+            "batch_source": self.batch_source.to_dict(),
+            "schema": None if self.schema is None else [f.to_dict() for f in self.schema],
+            "description": self.description,
+            "tags": self.tags,
+        }
+
+
+Source = ParquetSource | DuckDBSource | StreamSource
 
 
 def source_from_dict(d: dict[str, Any]) -> Source:
@@ -94,6 +155,13 @@ def source_from_dict(d: dict[str, Any]) -> Source:
         return ParquetSource(**d)
     if kind == "duckdb":
         return DuckDBSource(**d)
+    if kind == "stream":
+        from featurestore.field import Field
+
+        batch = source_from_dict(d.pop("batch_source"))
+        schema = d.pop("schema", None)
+        fields = None if schema is None else tuple(Field.from_dict(f) for f in schema)
+        return StreamSource(batch_source=batch, schema=fields, **d)  # type: ignore[arg-type]
     raise DefinitionError(f"unknown source kind {kind!r} in the registry")
 
 

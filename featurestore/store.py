@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from featurestore.online.lookup import OnlineResponse
     from featurestore.online.serving.engine import Engine
     from featurestore.online.serving.results import PredictResult
+    from featurestore.online.stream import IngestStats
 
 FeatureRequest = list[tuple[FeatureView, list[str]]]
 
@@ -430,6 +432,33 @@ class FeatureStore:
             deadline_ms=deadline_ms,
             explain=explain,
         )
+
+    # ---- streams ----------------------------------------------------------------------------
+    def send_events(self, source: str, rows: Any) -> list[str]:
+        """Add events (row dicts, or columns ``{name: [values]}``) to a StreamSource's Redis
+        stream in one round trip; returns their entry ids. ``ingest`` applies them."""
+        from featurestore.online.stream import send_events
+
+        return send_events(self, source, rows)
+
+    def ingest(
+        self,
+        sources: Sequence[str] | None = None,
+        *,
+        once: bool = False,
+        max_events: int | None = None,
+        progress: bool = False,
+    ) -> IngestStats:
+        """Apply stream events to the online and offline stores (``featurestore ingest``).
+
+        Runs until stopped; ``once`` returns when the streams hold nothing new. Bad events go
+        to each stream's dead-letter stream; see online/stream.
+        """
+        from featurestore.online.stream import Ingester
+
+        echo = (lambda line: print(line, file=sys.stderr, flush=True)) if progress else None
+        ing = Ingester(self, list(sources) if sources else None, echo=echo)
+        return ing.run(once=once, max_events=max_events)
 
     def close(self) -> None:
         if self._engine is not None:

@@ -117,12 +117,17 @@ class WindowState:
         """Copy read-only arrays (a decoded state views its bytes) into growable ones."""
         if self.ts.flags.writeable and self.ts.flags.aligned:
             return
-        n = self.n_events
-        for name in ("ts", "vals", "valid", "keys"):
-            old = self.live(name)
-            new = np.empty((*old.shape[:-1], max(16, n + 8)), dtype=old.dtype.newbyteorder("="))
-            new[..., :n] = old
-            setattr(self, name, new)
+        s, n = self.meta[4], self.meta[0]
+        cap = max(16, n + 8)
+        ts = np.empty(cap, dtype=np.int64)
+        ts[:n] = self.ts[s : s + n]
+        vals = np.empty((self.vals.shape[0], cap), dtype=np.float64)
+        vals[:, :n] = self.vals[:, s : s + n]
+        valid = np.empty((self.valid.shape[0], cap), dtype=np.uint8)
+        valid[:, :n] = self.valid[:, s : s + n]
+        keys = np.empty((self.keys.shape[0], cap), dtype=np.int64)
+        keys[:, :n] = self.keys[:, s : s + n]
+        self.ts, self.vals, self.valid, self.keys = ts, vals, valid, keys
         self.meta[4] = 0
 
     def _grow(self) -> None:
@@ -203,11 +208,21 @@ class OnlineWindows:
 
     def ingest(self, state: WindowState, event_ts: np.ndarray, columns: Mapping[str, Any]) -> int:
         """Ingest a batch of events in arrival order; returns how many were rejected as late."""
+        return self.ingest_prepared(state, event_ts, *self.prepare(columns))
+
+    def prepare(self, columns: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The kernel's inputs for events: (values float64, validity uint8, distinct keys int64),
+        each [inputs, n]; columns [:, a:b] of them (made contiguous) are events a..b's."""
         from featurestore.transforms.aggregation import prepare_inputs
 
         vals, valid, keys = prepare_inputs(self.plan, columns)
         kmat = np.vstack(keys) if keys else np.zeros((0, vals.shape[1]), dtype=np.int64)
-        valid8 = np.ascontiguousarray(valid).view(np.uint8)
+        return vals, np.ascontiguousarray(valid).view(np.uint8), kmat
+
+    def ingest_prepared(
+        self, state: WindowState, event_ts: np.ndarray, vals: Any, valid8: Any, kmat: Any
+    ) -> int:
+        """``ingest`` of events already through ``prepare``; returns how many were late."""
         ts = np.ascontiguousarray(event_ts, dtype=np.int64)
         before = state.rejected
         state.tiles = None
@@ -293,17 +308,7 @@ class OnlineWindows:
         wm = np.zeros(n, dtype=np.int64)
         if n == 0:
             return out, code, wm
-        blobs = [b"" if v is None else v for v in values]
-        lens = np.fromiter(map(len, blobs), np.int64, n)
-        parts: list[Any] = [b""] * (2 * n)  # each value padded to 8 bytes: its words align
-        parts[::2] = blobs
-        parts[1::2] = map(_PADS.__getitem__, (lens & 7).tolist())
-        buf = np.frombuffer(b"".join(parts), np.int64)  # read-only, as decode's arrays
-        if not buf.flags.aligned:
-            buf = buf.copy()
-            buf.flags.writeable = False
-        if not prefix:
-            lens[[i for i, v in enumerate(values) if v is None]] = -1
+        blobs, buf, lens = _words(values, prefix)
         n_bad = self._k.read_batch(
             buf, lens, np.frombuffer(prefix, np.uint8), int(t), self.lateness_us, self._stack,
             self._dims, out, code, wm,
@@ -318,6 +323,63 @@ class OnlineWindows:
             except LateEventError:
                 code[i] = LATE
         return out, code, wm
+
+    def ingest_encoded(
+        self,
+        values: Sequence[bytes | None],
+        prefix: bytes,
+        bounds: np.ndarray,
+        ts: np.ndarray,
+        vals: Any,
+        valid8: Any,
+        kmat: Any,
+    ) -> list[bytes]:
+        """``encode(ingest_prepared(state_i, events bounds[i]..bounds[i + 1]))`` of many encoded
+        states in one kernel call (a stream round's entities), byte for byte.
+
+        ``values`` as ``read_values`` takes them (None, short or another prefix: a new
+        state); the events (``ts`` and ``prepare``'s arrays) must be newer than each state's
+        watermark minus the horizon (callers filter late ones first): a late one raises
+        LateEventError whatever ``on_late`` says. Returns the new states, without the prefix.
+        """
+        if len(prefix) % 8:
+            raise ValueError(f"prefix must be a multiple of 8 bytes, got {len(prefix)}")
+        n = len(values)
+        if n == 0:
+            return []
+        from featurestore.transforms import _online_ingest as ki
+
+        blobs, buf, lens = _words(values, prefix)
+        c = np.ascontiguousarray
+        ts = c(ts, dtype=np.int64)
+        bounds = c(bounds, dtype=np.int64)
+        vals, valid8, kmat = c(vals, np.float64), c(valid8, np.uint8), c(kmat, np.int64)
+        out, offs, code, stop = ki.ingest_batch(
+            buf, lens, np.frombuffer(prefix, np.uint8), bounds, ts, vals, valid8, kmat,
+            self._dims, self._tin, self._need2, self.tile_us, self.tile_min_events,
+            self.horizon_us,
+        )  # fmt: skip
+        if stop[0] >= 0:
+            raise LateEventError(
+                f"event at {stop[1]} us is older than watermark {stop[2]} minus the horizon "
+                f"{self.horizon_us} us (largest window + allowed lateness); raise "
+                "allowed_lateness_us to accept it"
+            )
+        blob = out.tobytes()
+        o = offs.tolist()
+        states = [blob[o[i] : o[i + 1]] for i in range(n)]
+        for i in np.flatnonzero(code == ki.I_BAD).tolist():  # decode raises (or reads it)
+            st = self.decode(memoryview(blobs[i])[len(prefix) :])
+            a, b = int(bounds[i]), int(bounds[i + 1])
+            part = (c(m[:, a:b]) for m in (vals, valid8, kmat))
+            late = self.ingest_prepared(st, ts[a:b], *part)
+            if late:
+                raise LateEventError(
+                    f"{late} event(s) of entity {i} are older than its watermark minus "
+                    f"the horizon {self.horizon_us} us; raise allowed_lateness_us to accept them"
+                )
+            states[i] = self.encode(st)
+        return states
 
     def build_tiles(self, state: WindowState) -> None:
         """Attach tiles of the current buffer to ``state`` (``encode`` does it when worth it)."""
@@ -337,17 +399,28 @@ class OnlineWindows:
              state.meta[3], self.horizon_us, tile_us, tids.size, self._tin.size, pool.size],
             dtype="<i8",
         )  # fmt: skip
-        parts = [
+        parts = [  # tobytes() writes C order whatever the strides: no copies before it
             head.tobytes(),
-            state.live("ts").astype("<i8").tobytes(),
-            np.ascontiguousarray(state.live("vals")).astype("<f8").tobytes(),
-            np.ascontiguousarray(state.live("keys")).astype("<i8").tobytes(),
-            np.ascontiguousarray(state.live("valid")).tobytes(),
+            state.live("ts").astype("<i8", copy=False).tobytes(),
+            state.live("vals").astype("<f8", copy=False).tobytes(),
+            state.live("keys").astype("<i8", copy=False).tobytes(),
+            state.live("valid").tobytes(),
         ]
         if tids.size:
             parts += [tids.astype("<i8").tobytes(), rec.astype("<i8").tobytes(),
                       pool.astype("<i8").tobytes()]  # fmt: skip
         return b"".join(parts)
+
+    @staticmethod
+    def encoded_size(data: bytes) -> int:
+        """Bytes of the encoded state at the start of ``data`` (what follows is not the state's)."""
+        version = _I8.unpack_from(data)[0]
+        head = (_HEAD if version == _VERSION else _HEAD_V1).unpack_from(data)
+        n, n_in, n_keys = head[1], head[2], head[3]
+        size = 8 * len(head) + 8 * n + 9 * n * n_in + 8 * n * n_keys
+        if version == _VERSION and head[9]:
+            size += 8 * (head[9] + head[10] * head[9] * 5 + head[11])
+        return size
 
     def decode(self, data: bytes) -> WindowState:
         """Inverse of ``encode``; a layout that does not match the plan -> DefinitionError."""
@@ -390,3 +463,21 @@ class OnlineWindows:
             pool = np.frombuffer(data, _I64, head[11], off).astype(np.int64)
             st.tiles = (head[8], tids, rec.reshape(n_tin, n_tiles, 5), pool)
         return st
+
+
+def _words(values: Sequence[bytes | None], prefix: bytes) -> tuple[list[Any], np.ndarray, Any]:
+    """(values with b"" for None, their bytes as one read-only int64 buffer, lengths): each
+    value padded to 8 bytes so its words align; a None value's length is -1 without a prefix."""
+    n = len(values)
+    blobs = [b"" if v is None else v for v in values]
+    lens = np.fromiter(map(len, blobs), np.int64, n)
+    parts: list[Any] = [b""] * (2 * n)
+    parts[::2] = blobs
+    parts[1::2] = map(_PADS.__getitem__, (lens & 7).tolist())
+    buf = np.frombuffer(b"".join(parts), np.int64)  # read-only, as decode's arrays
+    if not buf.flags.aligned:
+        buf = buf.copy()
+        buf.flags.writeable = False
+    if not prefix:
+        lens[[i for i, v in enumerate(values) if v is None]] = -1
+    return blobs, buf, lens

@@ -183,7 +183,8 @@ def push_table(
     if getattr(view, "is_window", False):
         raise BadRequestError(
             f"push: feature view '{view.name}' aggregates events over windows; its online state "
-            "is written by materialize, and push takes rows of plain feature views only",
+            "is written by materialize and by `featurestore ingest` from a StreamSource, and "
+            "push takes rows of plain feature views only",
             field="feature_view",
         )
     n = n_rows(rows)

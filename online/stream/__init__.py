@@ -1,0 +1,17 @@
+"""Stream ingestion: events from Redis streams into the online store and the offline store.
+
+``featurestore ingest`` (or ``FeatureStore.ingest``) reads the streams of the repo's
+StreamSources with a consumer group; ``FeatureStore.send_events`` writes events to them.
+"""
+
+from __future__ import annotations
+
+from featurestore.online.stream.ingest import (
+    Ingester,
+    IngestStats,
+    send_events,
+    stream_sources,
+    stream_status,
+)
+
+__all__ = ["IngestStats", "Ingester", "send_events", "stream_sources", "stream_status"]

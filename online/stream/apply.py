@@ -1,0 +1,206 @@
+"""Events applied to the online store: the latest row of plain views, window state of the rest.
+
+Applying is idempotent, so a batch delivered again after a crash changes nothing:
+
+- a plain view's row is replaced only by an event at least as new (event time, then created
+  time), as the offline join picks rows, so an old event delivered again is never written;
+- a window view's value carries, after the state, the id of the newest stream entry applied
+  to it (``FSP1`` + int64 ms + int64 seq); entries up to that id are not added again. The
+  trailer is written in the same SET as the state, so both land or neither. Readers ignore it
+  (the state's header gives its own length).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import defaultdict
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from featurestore.online.codec import CREATED_TS, EVENT_TS, NULL_TS
+from featurestore.online.keys import build_keys
+from featurestore.online.stream.events import Event, columns_of
+from featurestore.online.windows import MAGIC, decode_value
+from featurestore.transforms.online import LateEventError, OnlineWindows
+
+if TYPE_CHECKING:
+    from featurestore.feature_view import FeatureView
+    from featurestore.online.base import OnlineStore
+
+_POS = struct.Struct("<4s4xqq")
+_POS_MAGIC = b"FSP1"
+_ROW_HEAD = struct.Struct("<qqI")  # the row codec's event time, created time, schema version
+_VALUE_HEAD = struct.Struct("<4sI")  # online/windows.py's value head: magic, schema version
+_STATE_HEAD = struct.Struct("<6q")  # a state's version, n, inputs, keys, watermark, has one
+_WM = struct.Struct("<q")
+
+EntityKey = tuple[Any, ...]
+
+
+def position_of(value: bytes | None) -> tuple[int, int]:
+    """The newest entry id applied to a window value ((0, 0) for none or no trailer)."""
+    if value is None or len(value) < 8 + _POS.size:
+        return (0, 0)
+    end = 8 + OnlineWindows.encoded_size(memoryview(value)[8:])
+    if len(value) != end + _POS.size:
+        return (0, 0)
+    magic, ms, seq = _POS.unpack_from(value, end)
+    return (ms, seq) if magic == _POS_MAGIC else (0, 0)
+
+
+def group_by_entity(view: FeatureView, events: list[Event]) -> dict[EntityKey, list[Event]]:
+    """The events of each entity of ``view``, in stream order."""
+    out: dict[EntityKey, list[Event]] = defaultdict(list)
+    for e in events:
+        out[tuple(e.values[k] for k in view.join_keys)].append(e)
+    return out
+
+
+def _keys(project: str, view: FeatureView, entities: list[EntityKey]) -> list[bytes]:
+    cols = [[ent[i] for ent in entities] for i in range(len(view.join_keys))]
+    return build_keys(project, view.name, view.join_keys, cols)
+
+
+class WindowBatch:
+    """One window view's part of a batch: states read once, late events found, then written."""
+
+    def __init__(
+        self,
+        store: OnlineStore,
+        project: str,
+        view: FeatureView,
+        events: list[Event],
+        arrow: dict[str, Any],
+    ) -> None:
+        self.view = view
+        self.arrow = arrow  # the input columns' types in the batch files, as materialize reads
+        self.ow = view.window.online()  # type: ignore[union-attr]
+        self.by_entity = group_by_entity(view, events)
+        self.entities = list(self.by_entity)
+        self.keys = _keys(project, view, self.entities)
+        self.values = store.read(self.keys) if self.keys else []
+        self.prefix = _VALUE_HEAD.pack(MAGIC, view.schema_version)
+        self.shape = (len(self.ow.plan.inputs), len(self.ow.plan.distinct_inputs))
+        self.watermarks = [self._watermark(v) for v in self.values]
+        self.positions = [position_of(v) for v in self.values]
+
+    def _watermark(self, value: bytes | None) -> int | None:
+        """The watermark of a stored state from its header (None: absent or without one)."""
+        if value is None or value[:8] != self.prefix:
+            return None  # absent or another schema version: a new state (decode_value's rules)
+        if len(value) >= 8 + _STATE_HEAD.size:
+            version, _, n_in, n_keys, wm, has_wm = _STATE_HEAD.unpack_from(value, 8)
+            if version in (1, 2) and (n_in, n_keys) == self.shape:
+                return wm if has_wm else None
+        return decode_value(self.view, value).watermark  # raises as decode does
+
+    def late(self, dead: set[str]) -> set[str]:
+        """Ids of events the state would reject (older than its watermark minus the horizon),
+        leaving out the events in ``dead``; as the kernel decides, in stream order."""
+        out: set[str] = set()
+        horizon = self.ow.horizon_us
+        for ent, wm, pos in zip(self.entities, self.watermarks, self.positions, strict=True):
+            for e in self.by_entity[ent]:
+                if e.id <= pos or e.raw_id in dead:
+                    continue
+                if wm is not None and e.ts <= wm - horizon:
+                    out.add(e.raw_id)
+                else:
+                    wm = e.ts if wm is None else max(wm, e.ts)
+        return out
+
+    def write(
+        self, store: OnlineStore, dead: set[str], *, grace_us: int, now_us: int
+    ) -> tuple[int, int]:
+        """Add the new events to each state and write the states; (events applied, skipped)."""
+        view, ow = self.view, self.ow
+        max_w = view.window.plan.max_window_us  # type: ignore[union-attr]
+        keys: list[bytes] = []
+        values: list[bytes] = []
+        expire: list[int | None] = []
+        todo: list[tuple[int, list[Event]]] = []  # (entity index, its new events)
+        skipped = 0
+        for i, ent in enumerate(self.entities):
+            fresh = [e for e in self.by_entity[ent] if e.raw_id not in dead]
+            new = [e for e in fresh if e.id > self.positions[i]]
+            skipped += len(fresh) - len(new)
+            if new:
+                todo.append((i, new))
+        flat = [e for _, new in todo for e in new]
+        if not flat:
+            return 0, skipped
+        # every input column built once for the batch, then sliced per entity (as materialize)
+        window = view.window  # type: ignore[union-attr]
+        built = window.event_columns(columns_of(flat, window.source_columns(), self.arrow))
+        vals, valid, kmat = ow.prepare(built)
+        ts = np.fromiter((e.ts for e in flat), np.int64, len(flat))
+        bounds = np.zeros(len(todo) + 1, dtype=np.int64)
+        np.cumsum([len(new) for _, new in todo], out=bounds[1:])
+        try:  # one kernel call: every entity's state read, its events added, encoded again
+            states = ow.ingest_encoded(
+                [self.values[i] for i, _ in todo], self.prefix, bounds, ts, vals, valid, kmat
+            )
+        except LateEventError as exc:  # late() decides as the kernel does; a difference is a bug
+            raise AssertionError(f"view '{view.name}': late event(s) not caught: {exc}") from exc
+        prefix = self.prefix
+        for (i, new), state in zip(todo, states, strict=True):
+            deadline_us = _WM.unpack_from(state, 32)[0] + max_w + grace_us
+            if deadline_us <= now_us:
+                continue  # every window is already empty for readers at the wall clock
+            keys.append(self.keys[i])
+            values.append(prefix + state + _POS.pack(_POS_MAGIC, *new[-1].id))
+            expire.append(deadline_us // 1000)
+        applied = len(flat)
+        if keys:
+            store.write_batch(keys, values, expire)
+        return applied, skipped
+
+
+def write_plain(
+    store: OnlineStore,
+    project: str,
+    view: FeatureView,
+    events: list[Event],
+    arrow: dict[str, Any],
+    *,
+    grace_us: int,
+    now_us: int,
+    batch_size: int,
+) -> int:
+    """Write each entity's newest event if it is at least as new as its stored row; returns
+    the rows written."""
+    import pyarrow as pa
+
+    from featurestore.online.writer import write_table
+
+    newest: dict[EntityKey, Event] = {}
+    for ent, evs in group_by_entity(view, events).items():
+        newest[ent] = max(evs, key=lambda e: (e.ts, _cr(e.created), e.id))
+    if not newest:
+        return 0
+    entities = list(newest)
+    stored = store.read(_keys(project, view, entities))
+    keep = []
+    for ent, value in zip(entities, stored, strict=True):
+        e = newest[ent]
+        if value is not None and len(value) >= _ROW_HEAD.size:
+            ev, cr, version = _ROW_HEAD.unpack_from(value)
+            if version == view.schema_version and (e.ts, _cr(e.created)) < (ev, cr):
+                continue
+        keep.append(e)
+    if not keep:
+        return 0
+    types = {f.name: f.dtype.to_arrow() for f in view.features}
+    types.update({k: arrow[k] for k in view.join_keys})
+    cols = columns_of(keep, [*view.join_keys, *view.feature_names], types)
+    cols[EVENT_TS] = pa.array([e.ts for e in keep], pa.int64())
+    cols[CREATED_TS] = pa.array([e.created for e in keep], pa.int64())
+    return write_table(
+        store, project, view, pa.table(cols), now_us=now_us, key_ttl_grace_us=grace_us,
+        batch_size=batch_size,
+    )  # fmt: skip
+
+
+def _cr(created: int | None) -> int:
+    return NULL_TS if created is None else created

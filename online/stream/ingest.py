@@ -1,0 +1,469 @@
+"""The ingest loop: read a Redis stream with a consumer group, apply, dead-letter, acknowledge.
+
+Each round reads up to ``stream.batch_size`` entries per source (first this consumer's pending
+ones, so a restart finishes what a crash left), adds the bad events to the dead-letter stream
+and applies the valid ones online at once (freshness). The valid events are also buffered and
+written to the offline store as one Parquet file per flush (every ``stream.offline_flush_s``
+or ``offline_flush_events``; a file per round would be thousands of tiny files an hour), and
+only then are the entries acknowledged. A crash anywhere before the XACK redelivers them,
+which the offline sink and the online apply both recognise (see sink.py and apply.py); only a
+dead letter may then be written twice (its ``id`` field tells).
+
+One ingester per source at a time: it holds a lock key beside the stream (renewed while it
+runs), because a window view's state is updated by read-modify-write and one entity's events
+must be applied in stream order.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from featurestore._time import duration_us, now_us, parse_duration, to_utc
+from featurestore.errors import FeatureStoreError, OnlineStoreError
+from featurestore.online.stream.apply import WindowBatch, write_plain
+from featurestore.online.stream.events import Event, EventSchema
+from featurestore.online.stream.sink import OfflineSink
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from featurestore.feature_view import FeatureView
+    from featurestore.online.stream.metrics import IngestMetrics
+    from featurestore.sources import StreamSource
+    from featurestore.store import FeatureStore
+
+CONSUMER = "ingest"  # one ingester per source (the lock), so its pending entries are its own
+LOCK_MS = 15_000
+_RENEW = (
+    "if redis.call('get', KEYS[1]) == ARGV[1] then "
+    "return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
+)
+_SWAP = (
+    "if redis.call('get', KEYS[1]) == ARGV[1] then "
+    "return redis.call('set', KEYS[1], ARGV[2], 'PX', ARGV[3]) else return 0 end"
+)
+_RELEASE = (
+    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) "
+    "else return 0 end"
+)
+
+
+@dataclass
+class IngestStats:
+    """What an ingest run did.
+
+    ``read``: entries read; ``applied``: valid events handled (offline and online), including
+    ``replayed`` ones, which a window state already held from before a restart and so were not
+    added again; ``dead``: dead-lettered; ``batches``: rounds.
+    """
+
+    read: int = 0
+    applied: int = 0
+    dead: int = 0
+    replayed: int = 0
+    batches: int = 0
+    by_source: dict[str, int] = field(default_factory=dict)
+
+
+def stream_sources(store: FeatureStore) -> dict[str, tuple[StreamSource, list[FeatureView]]]:
+    """Every StreamSource of the applied views, with the views that read it."""
+    from featurestore.sources import StreamSource
+
+    out: dict[str, tuple[StreamSource, list[FeatureView]]] = {}
+    for view in store.registry.feature_views.values():
+        src = view.source
+        if isinstance(src, StreamSource):
+            out.setdefault(src.name, (src, []))[1].append(view)
+    return out
+
+
+def redis_client(store: FeatureStore, *, timeout: float | None = None) -> Any:
+    """A client of the stream's Redis server (``stream.url``)."""
+    import redis
+
+    url = store.config.stream.redis_url(store.config.online_store)
+    return redis.Redis.from_url(url, socket_connect_timeout=2.0, socket_timeout=timeout)
+
+
+def send_events(store: FeatureStore, source: str, rows: Any) -> list[str]:
+    """XADD each event (a dict) as one JSON ``data`` field, in one round trip; the entry ids."""
+    srcs = stream_sources(store)
+    if source not in srcs:
+        raise FeatureStoreError(
+            f"no feature view reads a stream source named '{source}'; known: {sorted(srcs)}"
+        )
+    if isinstance(rows, dict):
+        names = list(rows)
+        rows = [dict(zip(names, vals, strict=True)) for vals in zip(*rows.values(), strict=True)]
+    stream = srcs[source][0].stream
+    client = redis_client(store, timeout=10.0)
+    try:
+        pipe = client.pipeline(transaction=False)
+        for row in rows:
+            pipe.xadd(stream, {"data": orjson.dumps(row, option=orjson.OPT_SERIALIZE_NUMPY)})
+        return [i.decode() for i in pipe.execute()]
+    finally:
+        client.close()
+
+
+def stream_status(store: FeatureStore, sources: list[str] | None = None) -> list[str]:
+    """One line per source: stream length, the group's lag and pending entries, dead letters,
+    and who holds the ingest lock."""
+    import redis
+
+    found = stream_sources(store)
+    group = store.config.stream.group
+    client = redis_client(store, timeout=5.0)
+    lines = []
+    try:
+        for name in sources or sorted(found):
+            if name not in found:
+                raise FeatureStoreError(f"unknown stream source '{name}'; known: {sorted(found)}")
+            stream = found[name][0].stream
+            try:
+                groups = client.xinfo_groups(stream)
+            except redis.ResponseError:  # no such stream yet
+                groups = []
+            g = next((g for g in groups if _s(g.get("name")) == group), None)
+            dead = client.xlen(stream + store.config.stream.dead_letter_suffix)
+            holder = client.get(f"{stream}:ingest-lock")
+            lines.append(
+                f"{name}: stream '{stream}' {client.xlen(stream):,} entries; group '{group}' "
+                + (f"lag {g.get('lag')}, pending {g.get('pending')}" if g else "not created yet")
+                + f"; {dead:,} dead letters; ingest "
+                + (f"running ({_s(holder)})" if holder else "not running")
+            )
+    finally:
+        client.close()
+    return lines
+
+
+class _Source:
+    """One source's reading state: its schema, sink, lock and where reading resumes."""
+
+    def __init__(self, store: FeatureStore, src: StreamSource, views: list[FeatureView]) -> None:
+        self.src = src
+        self.views = views
+        cfg = store.config.stream
+        future = duration_us(parse_duration(cfg.max_future))
+        self.schema = EventSchema.build(src, views, store.offline, future or 0)
+        self.sink = (
+            OfflineSink(store.config, self.schema) if store.config.stream.write_offline else None
+        )
+        self.dead_stream = src.stream + store.config.stream.dead_letter_suffix
+        self.lock_key = f"{src.stream}:ingest-lock"
+        self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.cursor = "0"  # pending entries after this id first, then ">" (new entries)
+        self.unacked: list[str] = []  # entries handled online, acknowledged at the next flush
+        self.unwritten: list[Event] = []  # their valid events, for the next Parquet file
+        self.flushed_at = time.monotonic()
+
+
+class Ingester:
+    """Reads the stream sources of a repo and keeps the online (and offline) store fresh."""
+
+    def __init__(
+        self,
+        store: FeatureStore,
+        sources: list[str] | None = None,
+        *,
+        echo: Callable[[str], None] | None = None,
+        metrics: IngestMetrics | None = None,
+    ) -> None:
+        found = stream_sources(store)
+        if not found:
+            raise FeatureStoreError(
+                "no applied feature view reads a StreamSource; define one and run apply"
+            )
+        unknown = sorted(set(sources or ()) - set(found))
+        if unknown:
+            raise FeatureStoreError(
+                f"unknown stream source(s) {unknown}; the repo's are {sorted(found)}"
+            )
+        names = sources or sorted(found)
+        self.store = store
+        self.cfg = store.config.stream
+        self.online = store.online
+        self.grace_us = duration_us(parse_duration(store.config.online_store.key_ttl_grace)) or 0
+        self.sources = [_Source(store, *found[n]) for n in names]
+        self.echo = echo
+        self.metrics = metrics
+        self.stats = IngestStats()
+        self._stop = False
+        self.client = redis_client(store, timeout=max(5.0, self.cfg.block_ms / 1000 + 5.0))
+        self._locked: list[_Source] = []
+
+    def stop(self) -> None:
+        """Finish the round in hand, then return from ``run`` (signal handlers call this)."""
+        self._stop = True
+
+    def run(self, *, once: bool = False, max_events: int | None = None) -> IngestStats:
+        """Ingest until stopped; ``once``: until the streams hold nothing new."""
+        import redis
+
+        try:
+            self._start()
+            last_renew = last_echo = time.monotonic()
+            backoff = 0.1
+            while not self._stop:
+                if time.monotonic() - last_renew > LOCK_MS / 3000:
+                    self._renew()
+                    last_renew = time.monotonic()
+                new_only = all(s.cursor == ">" for s in self.sources)  # pending ones all read
+                left = self.cfg.batch_size if max_events is None else max_events - self.stats.read
+                try:
+                    got = self._round(once, min(self.cfg.batch_size, left))
+                    self._flush(force=False)
+                    backoff = 0.1
+                except (OnlineStoreError, redis.ConnectionError, redis.TimeoutError) as exc:
+                    if once:
+                        raise
+                    self._say(f"ingest: {str(exc).splitlines()[0]}; retrying in {backoff:.1f}s")
+                    for s in self.sources:  # what is not acknowledged is read again
+                        s.cursor = "0"
+                        s.unacked, s.unwritten = [], []
+                    time.sleep(backoff)
+                    backoff = min(5.0, backoff * 2)
+                    continue
+                if (self.echo or self.metrics) and time.monotonic() - last_echo >= 2.0:
+                    self._progress()
+                    last_echo = time.monotonic()
+                if max_events is not None and self.stats.read >= max_events:
+                    break
+                if once and new_only and not got:
+                    break
+            self._flush(force=True)
+            if self.echo or self.metrics:
+                self._progress()
+            return self.stats
+        finally:
+            self.close()
+
+    def _flush(self, *, force: bool) -> None:
+        """Write each source's buffered events as one Parquet file, then acknowledge every
+        entry handled since the last flush (when due: ``stream.offline_flush_s`` or
+        ``offline_flush_events``, or ``force``)."""
+        cfg = self.cfg
+        for s in self.sources:
+            if not s.unacked:
+                continue
+            due = (
+                force
+                or s.sink is None
+                or len(s.unwritten) >= cfg.offline_flush_events
+                or time.monotonic() - s.flushed_at >= cfg.offline_flush_s
+            )
+            if not due:
+                continue
+            if s.sink is not None:
+                s.sink.write(s.unwritten)
+            for i in range(0, len(s.unacked), 10_000):
+                self.client.xack(s.src.stream, cfg.group, *s.unacked[i : i + 10_000])
+            s.unacked, s.unwritten = [], []
+            s.flushed_at = time.monotonic()
+
+    def _start(self) -> None:
+        import redis
+
+        for s in self.sources:
+            try:
+                self.client.xgroup_create(s.src.stream, self.cfg.group, id="0", mkstream=True)
+            except redis.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+            if not self.client.set(s.lock_key, s.token, nx=True, px=LOCK_MS) and not self._take(s):
+                holder = self.client.get(s.lock_key)
+                raise FeatureStoreError(
+                    f"stream source '{s.src.name}': another ingest is reading stream "
+                    f"'{s.src.stream}' ({(holder or b'?').decode()}); stop it first (its lock "
+                    f"expires {LOCK_MS // 1000}s after it dies)"
+                )
+            self._locked.append(s)
+
+    def _take(self, s: _Source) -> bool:
+        """Take the lock of an ingest that died on this host (its pid is gone), so a restart
+        after a crash need not wait for the lock to expire."""
+        holder = self.client.get(s.lock_key)
+        host, _, rest = _s(holder or b"").partition(":")
+        pid = rest.partition(":")[0]
+        if host != socket.gethostname() or not pid.isdigit() or _alive(int(pid)):
+            return False
+        return bool(self.client.eval(_SWAP, 1, s.lock_key, holder, s.token, LOCK_MS))
+
+    def _renew(self) -> None:
+        for s in self.sources:
+            if not self.client.eval(_RENEW, 1, s.lock_key, s.token, LOCK_MS):
+                raise FeatureStoreError(
+                    f"stream source '{s.src.name}': lost the ingest lock of '{s.src.stream}' "
+                    "(another ingest took it); stopping"
+                )
+
+    def close(self) -> None:
+        """Release the locks and the connection."""
+        for s in self._locked:
+            try:
+                self.client.eval(_RELEASE, 1, s.lock_key, s.token)
+            except Exception:  # the lock expires by itself
+                pass
+        self._locked = []
+        self.client.close()
+
+    def _round(self, once: bool, count: int) -> int:
+        """Read and handle one round of every source (up to ``count`` entries each); returns
+        the entries read."""
+        streams = {s.src.stream: s.cursor for s in self.sources}
+        waiting = all(c == ">" for c in streams.values()) and not once
+        reply = self.client.xreadgroup(
+            self.cfg.group,
+            CONSUMER,
+            streams,
+            count=count,
+            block=self.cfg.block_ms if waiting else None,
+        )
+        by_stream = {
+            (k.decode() if isinstance(k, bytes) else k): entries for k, entries in reply or []
+        }
+        total = 0
+        for s in self.sources:
+            entries = by_stream.get(s.src.stream, [])
+            if s.cursor != ">":  # reading this consumer's pending entries, in id order
+                s.cursor = _s(entries[-1][0]) if entries else ">"
+            if entries:
+                self._handle(s, entries)
+                total += len(entries)
+        return total
+
+    def _handle(self, s: _Source, entries: list[Any]) -> None:
+        """Dead-letter the bad events and apply the good ones online; buffer them for the next
+        flush (the Parquet file, then the acknowledgement)."""
+        t0 = time.perf_counter()
+        events, dead = self._parse(s, entries)
+        now = now_us()
+        windows = [
+            WindowBatch(self.online, self.store.project, v, events, s.schema.arrow)
+            for v in s.views
+            if v.is_window
+        ]
+        late: dict[str, str] = {}
+        while True:  # an event late for one view leaves every view; drop until none is late
+            found = {i: wb.view.name for wb in windows for i in wb.late(set(late))}
+            if not found:
+                break
+            late.update({i: f"late for window view '{name}'" for i, name in found.items()})
+        dead += [(e.raw_id, _late_reason(e, late[e.raw_id], s), e.fields) for e in events
+                 if e.raw_id in late]  # fmt: skip
+        good = [e for e in events if e.raw_id not in late]
+        if dead:  # first, so a crash later cannot lose a decision (a replay may repeat one)
+            pipe = self.client.pipeline(transaction=False)
+            for rid, reason, fields in dead:
+                record = {"id": rid, "source": s.src.name, "reason": reason}
+                pipe.xadd(s.dead_stream, {**record, "data": _as_json(fields)})
+            pipe.execute()
+        replayed = 0
+        for wb in windows:
+            replayed += wb.write(self.online, set(late), grace_us=self.grace_us, now_us=now)[1]
+        for v in s.views:
+            if not v.is_window:
+                write_plain(
+                    self.online, self.store.project, v, good, s.schema.arrow,
+                    grace_us=self.grace_us, now_us=now,
+                    batch_size=self.store.config.online_store.write_batch_size,
+                )  # fmt: skip
+        s.unacked += [_s(e[0]) for e in entries]
+        s.unwritten += good
+        self._count(s, len(entries), good, len(dead), replayed, time.perf_counter() - t0)
+
+    @staticmethod
+    def _parse(s: _Source, entries: list[Any]) -> tuple[list[Event], list[tuple[str, str, Any]]]:
+        """The valid events of a round, and the bad entries as (id, reason, fields)."""
+        events: list[Event] = []
+        dead: list[tuple[str, str, Any]] = []
+        for rid, fields in entries:
+            rid = _s(rid)
+            if fields is None:  # deleted from the stream after delivery: nothing to apply
+                continue
+            try:
+                ev = s.schema.parse(rid, fields)
+            except Exception as exc:  # one bad entry must not stop the stream
+                ev = f"could not be read ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+            if isinstance(ev, str):
+                dead.append((rid, ev, fields))
+            else:
+                ev.fields = fields
+                events.append(ev)
+        return events, dead
+
+    def _count(
+        self, s: _Source, read: int, good: list[Event], dead: int, replayed: int, secs: float
+    ) -> None:
+        """A handled round into the stats and the metrics."""
+        if self.metrics is not None:
+            counts = {"applied": len(good), "dead": dead, "replayed": replayed}
+            self.metrics.observe_round(s.src.name, [e.id for e in good], counts, secs)
+        st = self.stats
+        st.replayed += replayed
+        st.read += read
+        st.applied += len(good)
+        st.dead += dead
+        st.batches += 1
+        st.by_source[s.src.name] = st.by_source.get(s.src.name, 0) + len(good)
+
+    def _progress(self) -> None:
+        """The group's lag per source into the metrics, and a progress line when echoing."""
+        lag = []
+        for s in self.sources:
+            try:
+                groups = self.client.xinfo_groups(s.src.stream)
+                g = next((g for g in groups if _s(g.get("name")) == self.cfg.group), {})
+                n = g.get("lag")
+            except Exception:  # progress only
+                n = None
+            lag.append(f"{s.src.name} lag {'?' if n is None else n}")
+            if self.metrics is not None and n is not None:
+                self.metrics.lag.labels(s.src.name).set(n)
+        st = self.stats
+        if self.echo is not None:
+            self._say(
+                f"ingest: {st.applied:,} events applied, {st.dead:,} dead-lettered, "
+                f"{st.batches:,} rounds; {', '.join(lag)}"
+            )
+
+    def _say(self, line: str) -> None:
+        if self.echo is not None:
+            self.echo(line)
+        else:
+            print(line, file=sys.stderr)
+
+
+def _late_reason(e: Event, what: str, s: _Source) -> str:
+    when = to_utc(e.ts).isoformat().replace("+00:00", "Z")
+    return (
+        f"'{s.src.timestamp_field}' {when} is {what}: older than its watermark minus the largest "
+        "window and allowed_lateness (raise allowed_lateness to accept such events)"
+    )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
+def _as_json(fields: Any) -> bytes:
+    return orjson.dumps({_s(k): _s(v) for k, v in fields.items()})
+
+
+def _s(v: Any) -> Any:
+    return v.decode("utf-8", "replace") if isinstance(v, bytes) else v

@@ -1,0 +1,67 @@
+"""Streamed events appended to the offline store: one Parquet file per batch in the batch folder.
+
+Files are named ``stream-<source>-<first id>-<last id>.parquet`` and appear by an atomic rename,
+so a reader sees a batch whole or not at all. The newest last id among them is how far the
+offline side has got: after a restart, entries up to it are not written again, so each event
+is in the offline store exactly once however often it is delivered.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from featurestore._atomic import atomic_write
+from featurestore.online.stream.events import Event, EventSchema, columns_of
+
+if TYPE_CHECKING:
+    from featurestore.config import RepoConfig
+
+_SAFE = re.compile(r"[^A-Za-z0-9_.]+")
+
+
+class OfflineSink:
+    """Appends a source's valid events to its batch folder, once each."""
+
+    def __init__(self, config: RepoConfig, schema: EventSchema) -> None:
+        self.schema = schema
+        self.folder = Path(config.resolve(schema.source.batch_source.path))
+        self.tag = _SAFE.sub("_", schema.source.name)
+        self.position = self._scan()
+
+    def _scan(self) -> tuple[int, int]:
+        """The newest entry id already in a file of this source (0-0 when none)."""
+        pattern = re.compile(rf"stream-{re.escape(self.tag)}-\d+_\d+-(\d+)_(\d+)\.parquet")
+        best = (0, 0)
+        if self.folder.is_dir():
+            for name in os.listdir(self.folder):
+                m = pattern.fullmatch(name)
+                if m:
+                    best = max(best, (int(m.group(1)), int(m.group(2))))
+        return best
+
+    def write(self, events: list[Event]) -> int:
+        """Write the events newer than the position as one file; returns how many."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        new = []
+        last = self.position
+        for e in events:  # stream order; a redelivered entry is not written twice
+            if e.id > last:
+                new.append(e)
+                last = e.id
+        if not new:
+            return 0
+        names = list(self.schema.columns)
+        table = pa.table(columns_of(new, names, self.schema.arrow))
+        first, last = new[0].id, new[-1].id
+        name = f"stream-{self.tag}-{first[0]}_{first[1]}-{last[0]}_{last[1]}.parquet"
+        buf = pa.BufferOutputStream()
+        pq.write_table(table, buf)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.folder / name, buf.getvalue().to_pybytes())
+        self.position = last
+        return len(new)
