@@ -12,13 +12,16 @@ from __future__ import annotations
 import json
 import math
 import textwrap
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
+
+from featurestore import FeatureStore
 
 H = 3_600_000_000
 DAY = 24 * H
@@ -272,3 +275,19 @@ def small_repo(root: Path, redis_url: str, *, project: str = "small", **kw: Any)
 def now_floor_us() -> int:
     """The wall clock truncated to the second, in microseconds."""
     return int(datetime.now(timezone.utc).timestamp()) * 1_000_000
+
+
+@pytest.fixture
+def store(tmp_path: Path, redis_url: str) -> Iterator[FeatureStore]:
+    """The store of an applied ``small_repo`` (online store and streams on the test's Redis)."""
+    repo = small_repo(tmp_path / "repo", redis_url)
+    with FeatureStore(repo) as s:
+        s.apply()
+        yield s
+
+
+def client_of(store: FeatureStore) -> Any:
+    """A redis-py client of the store's Redis (its online store, which also holds the streams)."""
+    import redis
+
+    return redis.Redis.from_url(store.config.online_store.url)

@@ -6,30 +6,15 @@ from __future__ import annotations
 
 import itertools
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from featurestore import FeatureStore
 from featurestore.online.base import Status
 
-from .conftest import DAY, H, now_floor_us, pending_count, read_folder, small_repo, xadd_json
+from .conftest import DAY, H, client_of, now_floor_us, pending_count, read_folder, xadd_json
 
 _IDS = itertools.count(1000)
-
-
-@pytest.fixture
-def store(tmp_path, redis_url):
-    repo = small_repo(tmp_path / "repo", redis_url, project="plain")
-    with FeatureStore(repo) as s:
-        s.apply()
-        yield s
-
-
-def _client(store: FeatureStore):
-    import redis
-
-    return redis.Redis.from_url(store.config.online_store.url)
 
 
 def _row(user: int, ts: int, tier: int | None, created: int | None = None, **extra) -> dict:
@@ -52,7 +37,7 @@ def _served(store: FeatureStore, user: int, now: int) -> tuple[int | None, float
 
 def test_out_of_order_in_one_batch_keeps_the_newest(store) -> None:
     now = now_floor_us()
-    client = _client(store)
+    client = client_of(store)
     xadd_json(
         client,
         "profile_events",
@@ -72,7 +57,7 @@ def test_out_of_order_in_one_batch_keeps_the_newest(store) -> None:
 
 def test_an_older_event_in_a_later_batch_does_not_overwrite(store) -> None:
     now = now_floor_us()
-    client = _client(store)
+    client = client_of(store)
     xadd_json(client, "profile_events", [_row(3, now - H, 5, created=now - H + 10, score=1.5)])
     store.ingest(once=True)
     assert _served(store, 3, now) == (5, 1.5, Status.PRESENT)
@@ -98,7 +83,7 @@ def test_an_older_event_in_a_later_batch_does_not_overwrite(store) -> None:
 
 def test_ttl_rows_past_it_are_not_served(store) -> None:
     now = now_floor_us()
-    client = _client(store)
+    client = client_of(store)
     ttl = 2 * DAY
     xadd_json(
         client,
@@ -141,7 +126,7 @@ def test_served_row_is_the_newest_by_event_created_then_stream_order(store, even
     user = next(_IDS)
     now = now_floor_us()
     base = now - 10 * H
-    client = _client(store)
+    client = client_of(store)
     rows = [
         _row(user, base + e * H, tier, created=base + e * H + c * 1000, score=float(i))
         for i, (e, c, tier) in enumerate(events)

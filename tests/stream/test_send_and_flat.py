@@ -16,28 +16,14 @@ from featurestore.errors import FeatureStoreError
 from .conftest import (
     TX_REFS,
     H,
+    client_of,
     dead_entries,
     iso,
     now_floor_us,
     pending_count,
     read_folder,
-    small_repo,
     xadd_json,
 )
-
-
-@pytest.fixture
-def store(tmp_path, redis_url):
-    repo = small_repo(tmp_path / "repo", redis_url, project="send")
-    with FeatureStore(repo) as s:
-        s.apply()
-        yield s
-
-
-def _client(store: FeatureStore):
-    import redis
-
-    return redis.Redis.from_url(store.config.online_store.url)
 
 
 def _id(entry_id: str) -> tuple[int, int]:
@@ -51,7 +37,7 @@ def _tx(store: FeatureStore, users: list[int], now: int) -> dict:
 
 def test_send_events_round_trip(store) -> None:
     now = now_floor_us()
-    client = _client(store)
+    client = client_of(store)
     rows = [
         {"user_id": 21, "event_timestamp": now - H, "amount": 4.5, "merchant_id": 1},
         {"user_id": 21, "event_timestamp": iso(now - 2 * H), "amount": None, "merchant_id": 2},
@@ -95,7 +81,7 @@ def test_send_events_to_an_unknown_source_fails_naming_it(store) -> None:
 
 def test_flat_field_entries_work_like_json(store) -> None:
     now = now_floor_us()
-    client = _client(store)
+    client = client_of(store)
     events = [
         {"event_timestamp": now - H, "amount": 12.5, "merchant_id": 3},
         {"event_timestamp": now - 2 * H, "amount": 0.1, "merchant_id": 4},
@@ -148,7 +134,7 @@ def test_flat_field_entries_work_like_json(store) -> None:
 
 def test_max_events_stops_after_that_many(store) -> None:
     now = now_floor_us()
-    client = _client(store)
+    client = client_of(store)
     xadd_json(
         client,
         "tx_events",
