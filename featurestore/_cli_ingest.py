@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import signal
 import time
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from featurestore.store import FeatureStore
 
 
 @click.command()
@@ -33,23 +37,45 @@ def ingest(
 
     Bad events go to <stream>:dead with the reason. SIGINT/SIGTERM finish the round in hand.
     """
-    from featurestore.online.stream import Ingester
+    import redis
+
+    from featurestore.errors import FeatureStoreError
     from featurestore.store import FeatureStore
 
     store = FeatureStore(ctx.obj["repo"])
-    if status:
-        from featurestore.online.stream import stream_status
+    try:
+        if status:
+            from featurestore.online.stream import stream_status
 
-        for line in stream_status(store, list(sources) or None):
-            click.echo(line)
-        return
+            for line in stream_status(store, list(sources) or None):
+                click.echo(line)
+        else:
+            _run(store, list(sources) or None, once, max_events, metrics_port, metrics_host)
+    except redis.RedisError as exc:  # one line, as every CLI error (a traceback with --debug)
+        url = store.config.stream.redis_url(store.config.online_store)
+        raise FeatureStoreError(f"stream server {url}: {exc}") from exc
+    finally:
+        store.close()
+
+
+def _run(
+    store: FeatureStore,
+    sources: list[str] | None,
+    once: bool,
+    max_events: int | None,
+    metrics_port: int | None,
+    metrics_host: str,
+) -> None:
+    """Ingest until stopped (SIGINT/SIGTERM finish the round in hand), then say what was done."""
+    from featurestore.online.stream import Ingester
+
     metrics = None
     if metrics_port is not None:
         from featurestore.online.stream.metrics import IngestMetrics
 
         metrics = IngestMetrics()
         metrics.serve(metrics_port, metrics_host)
-    ing = Ingester(store, list(sources) or None, echo=_err, metrics=metrics)
+    ing = Ingester(store, sources, echo=_err, metrics=metrics)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: ing.stop())
     t0 = time.perf_counter()
@@ -60,7 +86,6 @@ def ingest(
         f"ingested {stats.applied:,} events ({rate:,.0f}/s), {stats.dead:,} dead-lettered, "
         f"{stats.replayed:,} already applied"
     )
-    store.close()
 
 
 def _err(line: str) -> None:

@@ -56,6 +56,10 @@ _RELEASE = (
 )
 
 
+class _LostGroup(FeatureStoreError):
+    """The stream server no longer has the consumer group (it was created again)."""
+
+
 @dataclass
 class IngestStats:
     """What an ingest run did.
@@ -206,24 +210,30 @@ class Ingester:
         self._stop = True
 
     def run(self, *, once: bool = False, max_events: int | None = None) -> IngestStats:
-        """Ingest until stopped; ``once``: until the streams hold nothing new."""
+        """Ingest until stopped; ``once``: until the streams hold nothing new.
+
+        Without ``once``, a store or stream server that fails is retried with backoff (what
+        was not acknowledged is read again), and a stream server that lost the group (a
+        restart without persistence) gets it back.
+        """
         import redis
 
+        retry = (OnlineStoreError, redis.ConnectionError, redis.TimeoutError, _LostGroup)
         try:
             self._start()
             last_renew = last_echo = time.monotonic()
             backoff = 0.1
             while not self._stop:
-                if time.monotonic() - last_renew > LOCK_MS / 3000:
-                    self._renew()
-                    last_renew = time.monotonic()
                 new_only = all(s.cursor == ">" for s in self.sources)  # pending ones all read
                 left = self.cfg.batch_size if max_events is None else max_events - self.stats.read
                 try:
+                    if time.monotonic() - last_renew > LOCK_MS / 3000:
+                        self._renew()
+                        last_renew = time.monotonic()
                     got = self._round(once, min(self.cfg.batch_size, left))
                     self._flush(force=False)
                     backoff = 0.1
-                except (OnlineStoreError, redis.ConnectionError, redis.TimeoutError) as exc:
+                except retry as exc:
                     if once:
                         raise
                     self._say(f"ingest: {str(exc).splitlines()[0]}; retrying in {backoff:.1f}s")
@@ -232,6 +242,7 @@ class Ingester:
                         s.unacked, s.unwritten = [], []
                     time.sleep(backoff)
                     backoff = min(5.0, backoff * 2)
+                    last_renew = 0.0  # the lock and the groups are checked first thing
                     continue
                 if (self.echo or self.metrics) and time.monotonic() - last_echo >= 2.0:
                     self._progress()
@@ -271,14 +282,8 @@ class Ingester:
             s.flushed_at = time.monotonic()
 
     def _start(self) -> None:
-        import redis
-
+        self._groups()
         for s in self.sources:
-            try:
-                self.client.xgroup_create(s.src.stream, self.cfg.group, id="0", mkstream=True)
-            except redis.ResponseError as exc:
-                if "BUSYGROUP" not in str(exc):
-                    raise
             if not self.client.set(s.lock_key, s.token, nx=True, px=LOCK_MS) and not self._take(s):
                 holder = self.client.get(s.lock_key)
                 raise FeatureStoreError(
@@ -287,6 +292,17 @@ class Ingester:
                     f"expires {LOCK_MS // 1000}s after it dies)"
                 )
             self._locked.append(s)
+
+    def _groups(self) -> None:
+        """Create each stream's consumer group at its first entry, unless it exists."""
+        import redis
+
+        for s in self.sources:
+            try:
+                self.client.xgroup_create(s.src.stream, self.cfg.group, id="0", mkstream=True)
+            except redis.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
 
     def _take(self, s: _Source) -> bool:
         """Take the lock of an ingest that died on this host (its pid is gone), so a restart
@@ -299,12 +315,16 @@ class Ingester:
         return bool(self.client.eval(_SWAP, 1, s.lock_key, holder, s.token, LOCK_MS))
 
     def _renew(self) -> None:
+        """Extend the locks; take a vanished one again (the server restarted and lost it)."""
         for s in self.sources:
-            if not self.client.eval(_RENEW, 1, s.lock_key, s.token, LOCK_MS):
+            if self.client.eval(_RENEW, 1, s.lock_key, s.token, LOCK_MS):
+                continue
+            if not self.client.set(s.lock_key, s.token, nx=True, px=LOCK_MS):
                 raise FeatureStoreError(
                     f"stream source '{s.src.name}': lost the ingest lock of '{s.src.stream}' "
                     "(another ingest took it); stopping"
                 )
+            self._groups()  # a server that lost the lock may have lost the groups too
 
     def close(self) -> None:
         """Release the locks and the connection."""
@@ -319,15 +339,26 @@ class Ingester:
     def _round(self, once: bool, count: int) -> int:
         """Read and handle one round of every source (up to ``count`` entries each); returns
         the entries read."""
+        import redis
+
         streams = {s.src.stream: s.cursor for s in self.sources}
         waiting = all(c == ">" for c in streams.values()) and not once
-        reply = self.client.xreadgroup(
-            self.cfg.group,
-            CONSUMER,
-            streams,
-            count=count,
-            block=self.cfg.block_ms if waiting else None,
-        )
+        try:
+            reply = self.client.xreadgroup(
+                self.cfg.group,
+                CONSUMER,
+                streams,
+                count=count,
+                block=self.cfg.block_ms if waiting else None,
+            )
+        except redis.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            self._groups()
+            raise _LostGroup(
+                f"the stream server lost group '{self.cfg.group}' (a restart without "
+                "persistence?); created it again at the streams' first entry"
+            ) from None
         by_stream = {
             (k.decode() if isinstance(k, bytes) else k): entries for k, entries in reply or []
         }

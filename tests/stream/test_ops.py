@@ -143,3 +143,18 @@ def test_metrics_port_serves_ingest_metrics_while_it_runs(tmp_path, redis_url, u
     assert pending_count(client, "tx_events") == 0
     first = json.loads(dead_entries(client, "tx_events")[0]["data"])  # the entry's own fields
     assert json.loads(first["data"]) == {"data": "bad"}
+
+
+def test_an_unreachable_stream_server_is_one_line(tmp_path, redis_url, unused_port) -> None:
+    url = f"redis://127.0.0.1:{unused_port}/0"
+    repo = small_repo(tmp_path / "repo", redis_url, project="down",
+                      stream_yaml=f"stream:\n  url: {url}\n")  # fmt: skip
+    assert subprocess.run(_cli("-r", str(repo), "apply"), cwd=ROOT).returncode == 0
+    for extra in (["--once"], ["--status"]):
+        proc = subprocess.run(
+            _cli("-r", str(repo), "ingest", *extra),
+            cwd=ROOT, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert proc.returncode == 1, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: stream server {url}"), lines
