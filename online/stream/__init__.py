@@ -6,12 +6,7 @@ StreamSources with a consumer group; ``FeatureStore.send_events`` writes events 
 
 from __future__ import annotations
 
-from featurestore.online.stream.ingest import (
-    Ingester,
-    IngestStats,
-    send_events,
-    stream_sources,
-    stream_status,
-)
+from featurestore.online.stream.ingest import Ingester, IngestStats
+from featurestore.online.stream.streams import send_events, stream_sources, stream_status
 
 __all__ = ["IngestStats", "Ingester", "send_events", "stream_sources", "stream_status"]

@@ -118,7 +118,7 @@ class EventSchema:
             if not isinstance(obj, dict):
                 return f"field 'data' holds a JSON {type(obj).__name__}, not an object"
         else:
-            obj = {_text(k): _text(v) for k, v in fields.items()}
+            obj = {as_text(k): as_text(v) for k, v in fields.items()}
             flat = True
         values: dict[str, Any] = {}
         for name, dtype in self.columns.items():
@@ -171,7 +171,8 @@ def _fits(v: Any, name: str) -> bool:
     return value_fits(v, name)
 
 
-def _text(v: Any) -> Any:
+def as_text(v: Any) -> Any:
+    """Bytes from Redis as str (ids, field names and values); anything else as it is."""
     return v.decode("utf-8", "replace") if isinstance(v, bytes) else v
 
 

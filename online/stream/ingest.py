@@ -29,8 +29,9 @@ import orjson
 from featurestore._time import duration_us, now_us, parse_duration, to_utc
 from featurestore.errors import FeatureStoreError, OnlineStoreError
 from featurestore.online.stream.apply import WindowBatch, write_plain
-from featurestore.online.stream.events import Event, EventSchema
+from featurestore.online.stream.events import Event, EventSchema, as_text
 from featurestore.online.stream.sink import OfflineSink
+from featurestore.online.stream.streams import LOCK_SUFFIX, redis_client, stream_sources
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -77,79 +78,6 @@ class IngestStats:
     by_source: dict[str, int] = field(default_factory=dict)
 
 
-def stream_sources(store: FeatureStore) -> dict[str, tuple[StreamSource, list[FeatureView]]]:
-    """Every StreamSource of the applied views, with the views that read it."""
-    from featurestore.sources import StreamSource
-
-    out: dict[str, tuple[StreamSource, list[FeatureView]]] = {}
-    for view in store.registry.feature_views.values():
-        src = view.source
-        if isinstance(src, StreamSource):
-            out.setdefault(src.name, (src, []))[1].append(view)
-    return out
-
-
-def redis_client(store: FeatureStore, *, timeout: float | None = None) -> Any:
-    """A client of the stream's Redis server (``stream.url``)."""
-    import redis
-
-    url = store.config.stream.redis_url(store.config.online_store)
-    return redis.Redis.from_url(url, socket_connect_timeout=2.0, socket_timeout=timeout)
-
-
-def send_events(store: FeatureStore, source: str, rows: Any) -> list[str]:
-    """XADD each event (a dict) as one JSON ``data`` field, in one round trip; the entry ids."""
-    srcs = stream_sources(store)
-    if source not in srcs:
-        raise FeatureStoreError(
-            f"no feature view reads a stream source named '{source}'; known: {sorted(srcs)}"
-        )
-    if isinstance(rows, dict):
-        names = list(rows)
-        rows = [dict(zip(names, vals, strict=True)) for vals in zip(*rows.values(), strict=True)]
-    stream = srcs[source][0].stream
-    client = redis_client(store, timeout=10.0)
-    try:
-        pipe = client.pipeline(transaction=False)
-        for row in rows:
-            pipe.xadd(stream, {"data": orjson.dumps(row, option=orjson.OPT_SERIALIZE_NUMPY)})
-        return [i.decode() for i in pipe.execute()]
-    finally:
-        client.close()
-
-
-def stream_status(store: FeatureStore, sources: list[str] | None = None) -> list[str]:
-    """One line per source: stream length, the group's lag and pending entries, dead letters,
-    and who holds the ingest lock."""
-    import redis
-
-    found = stream_sources(store)
-    group = store.config.stream.group
-    client = redis_client(store, timeout=5.0)
-    lines = []
-    try:
-        for name in sources or sorted(found):
-            if name not in found:
-                raise FeatureStoreError(f"unknown stream source '{name}'; known: {sorted(found)}")
-            stream = found[name][0].stream
-            try:
-                groups = client.xinfo_groups(stream)
-            except redis.ResponseError:  # no such stream yet
-                groups = []
-            g = next((g for g in groups if _s(g.get("name")) == group), None)
-            dead = client.xlen(stream + store.config.stream.dead_letter_suffix)
-            holder = client.get(f"{stream}:ingest-lock")
-            lines.append(
-                f"{name}: stream '{stream}' {client.xlen(stream):,} entries; group '{group}' "
-                + (f"lag {g.get('lag')}, pending {g.get('pending')}" if g else "not created yet")
-                + f"; {dead:,} dead letters; ingest "
-                + (f"running ({_s(holder)})" if holder else "not running")
-            )
-    finally:
-        client.close()
-    return lines
-
-
 class _Source:
     """One source's reading state: its schema, sink, lock and where reading resumes."""
 
@@ -163,7 +91,7 @@ class _Source:
             OfflineSink(store.config, self.schema) if store.config.stream.write_offline else None
         )
         self.dead_stream = src.stream + store.config.stream.dead_letter_suffix
-        self.lock_key = f"{src.stream}:ingest-lock"
+        self.lock_key = src.stream + LOCK_SUFFIX
         self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.cursor = "0"  # pending entries after this id first, then ">" (new entries)
         self.unacked: list[str] = []  # entries handled online, acknowledged at the next flush
@@ -308,7 +236,7 @@ class Ingester:
         """Take the lock of an ingest that died on this host (its pid is gone), so a restart
         after a crash need not wait for the lock to expire."""
         holder = self.client.get(s.lock_key)
-        host, _, rest = _s(holder or b"").partition(":")
+        host, _, rest = as_text(holder or b"").partition(":")
         pid = rest.partition(":")[0]
         if host != socket.gethostname() or not pid.isdigit() or _alive(int(pid)):
             return False
@@ -366,7 +294,7 @@ class Ingester:
         for s in self.sources:
             entries = by_stream.get(s.src.stream, [])
             if s.cursor != ">":  # reading this consumer's pending entries, in id order
-                s.cursor = _s(entries[-1][0]) if entries else ">"
+                s.cursor = as_text(entries[-1][0]) if entries else ">"
             if entries:
                 self._handle(s, entries)
                 total += len(entries)
@@ -408,7 +336,7 @@ class Ingester:
                     grace_us=self.grace_us, now_us=now,
                     batch_size=self.store.config.online_store.write_batch_size,
                 )  # fmt: skip
-        s.unacked += [_s(e[0]) for e in entries]
+        s.unacked += [as_text(e[0]) for e in entries]
         s.unwritten += good
         self._count(s, len(entries), good, len(dead), replayed, time.perf_counter() - t0)
 
@@ -418,7 +346,7 @@ class Ingester:
         events: list[Event] = []
         dead: list[tuple[str, str, Any]] = []
         for rid, fields in entries:
-            rid = _s(rid)
+            rid = as_text(rid)
             if fields is None:  # deleted from the stream after delivery: nothing to apply
                 continue
             try:
@@ -453,7 +381,7 @@ class Ingester:
         for s in self.sources:
             try:
                 groups = self.client.xinfo_groups(s.src.stream)
-                g = next((g for g in groups if _s(g.get("name")) == self.cfg.group), {})
+                g = next((g for g in groups if as_text(g.get("name")) == self.cfg.group), {})
                 n = g.get("lag")
             except Exception:  # progress only
                 n = None
@@ -493,8 +421,4 @@ def _alive(pid: int) -> bool:
 
 
 def _as_json(fields: Any) -> bytes:
-    return orjson.dumps({_s(k): _s(v) for k, v in fields.items()})
-
-
-def _s(v: Any) -> Any:
-    return v.decode("utf-8", "replace") if isinstance(v, bytes) else v
+    return orjson.dumps({as_text(k): as_text(v) for k, v in fields.items()})

@@ -1,0 +1,91 @@
+"""The repo's stream sources, and what talks to their Redis server besides ingest: the producer
+(``send_events``) and ``featurestore ingest --status``."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from featurestore.errors import FeatureStoreError
+from featurestore.online.stream.events import as_text
+
+if TYPE_CHECKING:
+    from featurestore.feature_view import FeatureView
+    from featurestore.sources import StreamSource
+    from featurestore.store import FeatureStore
+
+LOCK_SUFFIX = ":ingest-lock"  # the key beside a stream that says which ingest reads it
+
+
+def stream_sources(store: FeatureStore) -> dict[str, tuple[StreamSource, list[FeatureView]]]:
+    """Every StreamSource of the applied views, with the views that read it."""
+    from featurestore.sources import StreamSource
+
+    out: dict[str, tuple[StreamSource, list[FeatureView]]] = {}
+    for view in store.registry.feature_views.values():
+        src = view.source
+        if isinstance(src, StreamSource):
+            out.setdefault(src.name, (src, []))[1].append(view)
+    return out
+
+
+def redis_client(store: FeatureStore, *, timeout: float | None = None) -> Any:
+    """A client of the stream's Redis server (``stream.url``)."""
+    import redis
+
+    url = store.config.stream.redis_url(store.config.online_store)
+    return redis.Redis.from_url(url, socket_connect_timeout=2.0, socket_timeout=timeout)
+
+
+def send_events(store: FeatureStore, source: str, rows: Any) -> list[str]:
+    """XADD each event (a dict) as one JSON ``data`` field, in one round trip; the entry ids."""
+    srcs = stream_sources(store)
+    if source not in srcs:
+        raise FeatureStoreError(
+            f"no feature view reads a stream source named '{source}'; known: {sorted(srcs)}"
+        )
+    if isinstance(rows, dict):
+        names = list(rows)
+        rows = [dict(zip(names, vals, strict=True)) for vals in zip(*rows.values(), strict=True)]
+    stream = srcs[source][0].stream
+    client = redis_client(store, timeout=10.0)
+    try:
+        pipe = client.pipeline(transaction=False)
+        for row in rows:
+            pipe.xadd(stream, {"data": orjson.dumps(row, option=orjson.OPT_SERIALIZE_NUMPY)})
+        return [i.decode() for i in pipe.execute()]
+    finally:
+        client.close()
+
+
+def stream_status(store: FeatureStore, sources: list[str] | None = None) -> list[str]:
+    """One line per source: stream length, the group's lag and pending entries, dead letters,
+    and who holds the ingest lock."""
+    import redis
+
+    found = stream_sources(store)
+    group = store.config.stream.group
+    client = redis_client(store, timeout=5.0)
+    lines = []
+    try:
+        for name in sources or sorted(found):
+            if name not in found:
+                raise FeatureStoreError(f"unknown stream source '{name}'; known: {sorted(found)}")
+            stream = found[name][0].stream
+            try:
+                groups = client.xinfo_groups(stream)
+            except redis.ResponseError:  # no such stream yet
+                groups = []
+            g = next((g for g in groups if as_text(g.get("name")) == group), None)
+            dead = client.xlen(stream + store.config.stream.dead_letter_suffix)
+            holder = client.get(stream + LOCK_SUFFIX)
+            lines.append(
+                f"{name}: stream '{stream}' {client.xlen(stream):,} entries; group '{group}' "
+                + (f"lag {g.get('lag')}, pending {g.get('pending')}" if g else "not created yet")
+                + f"; {dead:,} dead letters; ingest "
+                + (f"running ({as_text(holder)})" if holder else "not running")
+            )
+    finally:
+        client.close()
+    return lines
