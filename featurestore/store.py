@@ -57,6 +57,7 @@ class FeatureStore:
         self._offline: OfflineStore | None = None
         self._online: OnlineStore | None = None
         self._engine: Engine | None = None
+        self._streams: Any = None  # the stream server's client, opened by send_events
         self._resolved: tuple[RegistryState | None, dict[Any, FeatureRequest]] = (None, {})
         self._shapes: tuple[RegistryState | None, dict[Any, Any]] = (None, {})
 
@@ -437,9 +438,11 @@ class FeatureStore:
     def send_events(self, source: str, rows: Any) -> list[str]:
         """Add events (row dicts, or columns ``{name: [values]}``) to a StreamSource's Redis
         stream in one round trip; returns their entry ids. ``ingest`` applies them."""
-        from featurestore.online.stream import send_events
+        from featurestore.online.stream.streams import redis_client, send_events
 
-        return send_events(self, source, rows)
+        if self._streams is None:
+            self._streams = redis_client(self, timeout=10.0)
+        return send_events(self, source, rows, self._streams)
 
     def ingest(
         self,
@@ -467,6 +470,9 @@ class FeatureStore:
         if self._online is not None:
             self._online.close()
             self._online = None
+        if self._streams is not None:
+            self._streams.close()
+            self._streams = None
         if self._offline is not None:
             close = getattr(self._offline, "close", None)
             if close:

@@ -38,8 +38,12 @@ def redis_client(store: FeatureStore, *, timeout: float | None = None) -> Any:
     return redis.Redis.from_url(url, socket_connect_timeout=2.0, socket_timeout=timeout)
 
 
-def send_events(store: FeatureStore, source: str, rows: Any) -> list[str]:
-    """XADD each event (a dict) as one JSON ``data`` field, in one round trip; the entry ids."""
+def send_events(store: FeatureStore, source: str, rows: Any, client: Any = None) -> list[str]:
+    """XADD each event (a dict) as one JSON ``data`` field, in one round trip; the entry ids.
+
+    ``client``: a redis-py client of the stream server to use (kept by the caller, so a
+    producer sending often reuses its connection); None opens and closes one.
+    """
     srcs = stream_sources(store)
     if source not in srcs:
         raise FeatureStoreError(
@@ -49,14 +53,16 @@ def send_events(store: FeatureStore, source: str, rows: Any) -> list[str]:
         names = list(rows)
         rows = [dict(zip(names, vals, strict=True)) for vals in zip(*rows.values(), strict=True)]
     stream = srcs[source][0].stream
-    client = redis_client(store, timeout=10.0)
+    own = client is None
+    client = redis_client(store, timeout=10.0) if own else client
     try:
         pipe = client.pipeline(transaction=False)
         for row in rows:
             pipe.xadd(stream, {"data": orjson.dumps(row, option=orjson.OPT_SERIALIZE_NUMPY)})
         return [i.decode() for i in pipe.execute()]
     finally:
-        client.close()
+        if own:
+            client.close()
 
 
 def stream_status(store: FeatureStore, sources: list[str] | None = None) -> list[str]:
