@@ -273,10 +273,11 @@ class FeatureStore:
         start_us, end_us = to_us(start), to_us(end)
         if start_us > end_us:
             raise ValueError(f"materialize: start {to_utc(start_us)} is after end {to_utc(end_us)}")
-        rows = {
-            v.name: self._materialize_view(v, start_us, end_us, progress)
-            for v in self._online_views(views)
-        }
+        from featurestore.online.stream.streams import check_not_ingesting
+
+        chosen = self._online_views(views)
+        check_not_ingesting(self, chosen)
+        rows = {v.name: self._materialize_view(v, start_us, end_us, progress) for v in chosen}
         return MaterializeResult(start_us, end_us, rows)
 
     def materialize_incremental(
@@ -291,7 +292,11 @@ class FeatureStore:
         state = self.registry
         rows: dict[str, int] = {}
         first = end_us
-        for view in self._online_views(views):
+        from featurestore.online.stream.streams import check_not_ingesting
+
+        chosen = self._online_views(views)
+        check_not_ingesting(self, chosen)
+        for view in chosen:
             mark = (state.materialization.get(view.name) or {}).get("watermark_us")
             if mark is not None:
                 start_us = mark
@@ -304,6 +309,7 @@ class FeatureStore:
         return MaterializeResult(first, end_us, rows)
 
     def _online_views(self, names: Sequence[str] | None) -> list[FeatureView]:
+        """The views to materialize (default: every online view)."""
         state = self.registry
         if names:
             return [state.feature_view(n) for n in names]

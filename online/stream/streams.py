@@ -95,3 +95,33 @@ def stream_status(store: FeatureStore, sources: list[str] | None = None) -> list
     finally:
         client.close()
     return lines
+
+
+def check_not_ingesting(store: FeatureStore, views: list[FeatureView]) -> None:
+    """Refuse to materialize stream-fed views while ``featurestore ingest`` reads their stream:
+    both write those views' online values, and a materialized window state does not carry the
+    stream position, so an event could be counted twice. An unreachable stream server has no
+    ingest running (it could not read), so it does not stop materialize."""
+    import redis
+
+    from featurestore.sources import StreamSource
+
+    fed = [v for v in views if isinstance(v.source, StreamSource)]
+    if not fed:
+        return
+    url = store.config.stream.redis_url(store.config.online_store)
+    client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=2.0)
+    try:
+        for view in fed:
+            src = view.source
+            holder = client.get(src.stream + LOCK_SUFFIX)  # type: ignore[union-attr]
+            if holder is not None:
+                raise FeatureStoreError(
+                    f"feature view '{view.name}' is fed by stream source '{src.name}', which "
+                    f"featurestore ingest is reading ({as_text(holder)}); stop it before "
+                    "materializing this view, then start it again"
+                )
+    except redis.RedisError:
+        return
+    finally:
+        client.close()

@@ -11,7 +11,10 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from featurestore import FeatureStore
+from featurestore.errors import FeatureStoreError
 
 from .conftest import H, dead_entries, now_floor_us, pending_count, small_repo, xadd_json
 
@@ -158,3 +161,32 @@ def test_an_unreachable_stream_server_is_one_line(tmp_path, redis_url, unused_po
         assert proc.returncode == 1, proc.stderr
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(f"error: stream server {url}"), lines
+
+
+def test_materialize_of_a_view_being_ingested_is_refused(tmp_path, redis_url) -> None:
+    import redis
+
+    repo = small_repo(tmp_path / "repo", redis_url, project="both")
+    now = now_floor_us()
+    assert subprocess.run(_cli("-r", str(repo), "apply"), cwd=ROOT).returncode == 0
+    proc = subprocess.Popen(
+        _cli("-r", str(repo), "ingest"),
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    client = redis.Redis.from_url(redis_url)
+    try:
+        deadline = time.monotonic() + 60
+        while client.get("tx_events:ingest-lock") is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with FeatureStore(repo) as store:
+            with pytest.raises(FeatureStoreError, match=r"'tx'.*'tx_stream'.*stop it"):
+                store.materialize(now - 2 * H, now, views=["tx"])
+            with pytest.raises(FeatureStoreError, match=r"'profile'.*'profile_stream'"):
+                store.materialize_incremental(now, views=["profile"])
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    with FeatureStore(repo) as store:  # ingest stopped: its lock is gone, materialize runs
+        assert client.get("tx_events:ingest-lock") is None
+        store.materialize(now - 2 * H, now, views=["tx", "profile"])
