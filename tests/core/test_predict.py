@@ -25,7 +25,7 @@ def predict(X):
 
 
 def test_predict_scores_what_the_online_features_say(make_repo, tmp_path) -> None:
-    from featurestore._cli_serve import model_registry, service_feature_names
+    from tests._models import publish
 
     repo = make_repo()
     # fresh rows: predict judges the ttl (1 day) at the wall clock
@@ -35,15 +35,7 @@ def test_predict_scores_what_the_online_features_say(make_repo, tmp_path) -> Non
     with FeatureStore(repo) as store:
         store.apply()
         store.materialize(t0, t0 + timedelta(days=1))
-        reg = model_registry(store)
-        v = reg.register(
-            "toy",
-            flavor="python",
-            artifact=tmp_path / "model.py",
-            feature_service="svc",
-            service_features=service_feature_names(store, "svc"),
-        )
-        reg.set_alias("toy", v.version, "production")
+        publish(store, "toy", flavor="python", artifact=tmp_path / "model.py", service="svc")
         feats = store.get_online_features("svc", {"user_id": [1, 3, 99]}).to_dict()
         res = store.predict(
             "toy@production", {"user_id": [1, 3, 99]}, return_features=True, deadline_ms=5_000

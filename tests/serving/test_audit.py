@@ -49,31 +49,17 @@ def build_repo(root: Path) -> Path:
     and fraud v2 as fraud's shadow."""
     from featurestore._cli_serve import model_registry, service_feature_names
     from featurestore.store import FeatureStore
+    from tests._models import publish
     from tests.serving.conftest import train_model
 
     repo = make_repo(root / "repo", defs=NO_DEFAULT + ODFV_DEFS, serving=AUDIT)
     (root / "nanny.py").write_text(NANNY)
     with FeatureStore(repo) as store:
-        reg = model_registry(store)
         names = service_feature_names(store, "with_ratio")
         art = train_model(root / "ratio.txt", seed=4, names=names)
-        mv = reg.register(
-            "ratio",
-            flavor="lightgbm",
-            artifact=art,
-            feature_service="with_ratio",
-            service_features=names,
-        )
-        reg.set_alias("ratio", mv.version, "production")
-        mv = reg.register(
-            "nanny",
-            flavor="python",
-            artifact=root / "nanny.py",
-            feature_service="scoring",
-            service_features=service_feature_names(store, "scoring"),
-        )
-        reg.set_alias("nanny", mv.version, "production")
-        reg.set_alias("fraud", 2, "shadow")
+        publish(store, "ratio", flavor="lightgbm", artifact=art, service="with_ratio")
+        publish(store, "nanny", flavor="python", artifact=root / "nanny.py", service="scoring")
+        model_registry(store).set_alias("fraud", 2, "shadow")
     return repo
 
 

@@ -333,8 +333,9 @@ def test_on_demand_features_from_request_data_feed_the_model(tmp_path: Path, ser
     import httpx
     import numpy as np
 
-    from featurestore._cli_serve import model_registry, service_feature_names
+    from featurestore._cli_serve import service_feature_names
     from featurestore.store import FeatureStore
+    from tests._models import publish
     from tests.serving.conftest import DEFS, train_model
 
     repo = make_repo(tmp_path / "repo", defs=DEFS + ODFV_DEFS)
@@ -342,15 +343,7 @@ def test_on_demand_features_from_request_data_feed_the_model(tmp_path: Path, ser
         names = service_feature_names(store, "with_ratio")
         assert names == ["tx_count", "amount_ratio"]
         art = train_model(tmp_path / "r.txt", seed=4, names=names)
-        reg = model_registry(store)
-        mv = reg.register(
-            "ratio",
-            flavor="lightgbm",
-            artifact=art,
-            feature_service="with_ratio",
-            service_features=names,
-        )
-        reg.set_alias("ratio", mv.version, "production")
+        publish(store, "ratio", flavor="lightgbm", artifact=art, service="with_ratio")
     s = serve(repo)
     with httpx.Client(base_url=s.url, timeout=10) as c:
         body = {

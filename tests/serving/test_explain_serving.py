@@ -104,21 +104,12 @@ def test_listings_say_whether_a_model_explains(shared_server: ServerThread) -> N
 
 def _python_model(repo: Path, tmp_path: Path, source: str) -> int:
     """Register ``source`` as a python-flavor version of 'fraud' and make it production."""
-    from featurestore._cli_serve import model_registry, service_feature_names
+    from tests._models import publish
 
     path = tmp_path / f"m{abs(hash(source))}.py"
     path.write_text(source)
     with FeatureStore(repo) as store:
-        reg = model_registry(store)
-        mv = reg.register(
-            "fraud",
-            flavor="python",
-            artifact=path,
-            feature_service="scoring",
-            service_features=service_feature_names(store, "scoring"),
-        )
-        reg.set_alias("fraud", mv.version, "production")
-    return mv.version
+        return publish(store, "fraud", flavor="python", artifact=path, service="scoring")
 
 
 NAMES = f"FEATURE_NAMES = {MODEL_FEATURES!r}\n"

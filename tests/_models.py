@@ -1,0 +1,26 @@
+"""Test helper for the model registry: register a model for a feature service and serve it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from featurestore.store import FeatureStore
+
+
+def publish(store: FeatureStore, name: str, *, flavor: str, artifact: Path, service: str) -> int:
+    """Register ``artifact`` as a new version of model ``name`` reading feature service
+    ``service`` and point the model's production alias at it; returns the version."""
+    from featurestore._cli_serve import model_registry, service_feature_names
+
+    reg = model_registry(store)
+    mv = reg.register(
+        name,
+        flavor=flavor,
+        artifact=artifact,
+        feature_service=service,
+        service_features=service_feature_names(store, service),
+    )
+    reg.set_alias(name, mv.version, "production")
+    return mv.version
