@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import math
 import struct
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import numpy as np
 
@@ -80,6 +80,16 @@ _NO_TILES = (
     np.zeros((1, 0, 5), dtype=np.int64),
     np.zeros(0, dtype=np.int64),
 )
+
+
+class StateHead(NamedTuple):
+    """What ``OnlineWindows.peek`` reads from an encoded state's header."""
+
+    version: int
+    n_inputs: int
+    n_keys: int
+    watermark: int | None
+    size: int
 
 
 class WindowState:
@@ -412,15 +422,16 @@ class OnlineWindows:
         return b"".join(parts)
 
     @staticmethod
-    def encoded_size(data: bytes) -> int:
-        """Bytes of the encoded state at the start of ``data`` (what follows is not the state's)."""
+    def peek(data: bytes) -> StateHead:
+        """The header of the encoded state at the start of ``data``, without decoding it: its
+        layout, watermark and size in bytes (what follows the size is not the state's)."""
         version = _I8.unpack_from(data)[0]
         head = (_HEAD if version == _VERSION else _HEAD_V1).unpack_from(data)
         n, n_in, n_keys = head[1], head[2], head[3]
         size = 8 * len(head) + 8 * n + 9 * n * n_in + 8 * n * n_keys
         if version == _VERSION and head[9]:
             size += 8 * (head[9] + head[10] * head[9] * 5 + head[11])
-        return size
+        return StateHead(version, n_in, n_keys, head[4] if head[5] else None, size)
 
     def decode(self, data: bytes) -> WindowState:
         """Inverse of ``encode``; a layout that does not match the plan -> DefinitionError."""

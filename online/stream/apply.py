@@ -22,7 +22,7 @@ from featurestore.online.codec import CREATED_TS, EVENT_TS, NULL_TS
 from featurestore.online.keys import build_keys
 from featurestore.online.stream.events import Event, columns_of
 from featurestore.online.windows import MAGIC, decode_value
-from featurestore.transforms.online import LateEventError, OnlineWindows
+from featurestore.transforms.online import LateEventError, OnlineWindows, StateHead
 
 if TYPE_CHECKING:
     from featurestore.feature_view import FeatureView
@@ -32,17 +32,17 @@ _POS = struct.Struct("<4s4xqq")
 _POS_MAGIC = b"FSP1"
 _ROW_HEAD = struct.Struct("<qqI")  # the row codec's event time, created time, schema version
 _VALUE_HEAD = struct.Struct("<4sI")  # online/windows.py's value head: magic, schema version
-_STATE_HEAD = struct.Struct("<6q")  # a state's version, n, inputs, keys, watermark, has one
-_WM = struct.Struct("<q")
+_MIN_STATE = 96  # the longest state header (version 2: 12 int64), which peek unpacks
 
 EntityKey = tuple[Any, ...]
 
 
-def position_of(value: bytes | None) -> tuple[int, int]:
-    """The newest entry id applied to a window value ((0, 0) for none or no trailer)."""
+def position_of(value: bytes | None, head: StateHead | None = None) -> tuple[int, int]:
+    """The newest entry id applied to a window value ((0, 0) for none or no trailer);
+    ``head``: its state's header when already read."""
     if value is None or len(value) < 8 + _POS.size:
         return (0, 0)
-    end = 8 + OnlineWindows.encoded_size(memoryview(value)[8:])
+    end = 8 + (head or OnlineWindows.peek(memoryview(value)[8:])).size
     if len(value) != end + _POS.size:
         return (0, 0)
     magic, ms, seq = _POS.unpack_from(value, end)
@@ -82,17 +82,22 @@ class WindowBatch:
         self.values = store.read(self.keys) if self.keys else []
         self.prefix = _VALUE_HEAD.pack(MAGIC, view.schema_version)
         self.shape = (len(self.ow.plan.inputs), len(self.ow.plan.distinct_inputs))
-        self.watermarks = [self._watermark(v) for v in self.values]
-        self.positions = [position_of(v) for v in self.values]
+        heads = [self._head(v) for v in self.values]
+        self.watermarks = [self._watermark(v, h) for v, h in zip(self.values, heads, strict=True)]
+        self.positions = [position_of(v, h) for v, h in zip(self.values, heads, strict=True)]
 
-    def _watermark(self, value: bytes | None) -> int | None:
+    def _head(self, value: bytes | None) -> StateHead | None:
+        """A stored state's header, read once (None: too short to hold one)."""
+        if value is None or len(value) < 8 + _MIN_STATE:
+            return None
+        return OnlineWindows.peek(memoryview(value)[8:])
+
+    def _watermark(self, value: bytes | None, head: StateHead | None) -> int | None:
         """The watermark of a stored state from its header (None: absent or without one)."""
         if value is None or value[:8] != self.prefix:
             return None  # absent or another schema version: a new state (decode_value's rules)
-        if len(value) >= 8 + _STATE_HEAD.size:
-            version, _, n_in, n_keys, wm, has_wm = _STATE_HEAD.unpack_from(value, 8)
-            if version in (1, 2) and (n_in, n_keys) == self.shape:
-                return wm if has_wm else None
+        if head is not None and head.version in (1, 2) and head[1:3] == self.shape:
+            return head.watermark
         return decode_value(self.view, value).watermark  # raises as decode does
 
     def late(self, dead: set[str]) -> set[str]:
@@ -145,7 +150,7 @@ class WindowBatch:
             raise AssertionError(f"view '{view.name}': late event(s) not caught: {exc}") from exc
         prefix = self.prefix
         for (i, new), state in zip(todo, states, strict=True):
-            deadline_us = _WM.unpack_from(state, 32)[0] + max_w + grace_us
+            deadline_us = OnlineWindows.peek(state).watermark + max_w + grace_us  # type: ignore[operator]
             if deadline_us <= now_us:
                 continue  # every window is already empty for readers at the wall clock
             keys.append(self.keys[i])
