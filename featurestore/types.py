@@ -80,6 +80,16 @@ def value_fits(v: Any, dtype_name: str) -> bool:
     rows and request data are checked before they reach the codec or a transform."""
     if v is None:
         return True
+    t = type(v)  # the plain JSON types first: the numbers.* checks below are slow ABC checks
+    if t is float:
+        return dtype_name in ("float32", "float64")
+    if t is int:
+        if dtype_name in INT_RANGES:
+            lo, hi = INT_RANGES[dtype_name]
+            return lo <= v <= hi
+        return dtype_name in ("float32", "float64", "timestamp")
+    if t is str:
+        return dtype_name in ("string", "bytes", "timestamp")
     if dtype_name in INT_RANGES:  # numbers.*: numpy scalars count too
         lo, hi = INT_RANGES[dtype_name]
         return isinstance(v, numbers.Integral) and not isinstance(v, bool) and lo <= v <= hi
