@@ -31,7 +31,12 @@ from featurestore.errors import FeatureStoreError, OnlineStoreError
 from featurestore.online.stream.apply import WindowBatch, write_plain
 from featurestore.online.stream.events import Event, EventSchema, as_text
 from featurestore.online.stream.sink import OfflineSink
-from featurestore.online.stream.streams import LOCK_SUFFIX, redis_client, stream_sources
+from featurestore.online.stream.streams import (
+    LOCK_SUFFIX,
+    group_info,
+    redis_client,
+    stream_sources,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -380,9 +385,7 @@ class Ingester:
         lag = []
         for s in self.sources:
             try:
-                groups = self.client.xinfo_groups(s.src.stream)
-                g = next((g for g in groups if as_text(g.get("name")) == self.cfg.group), {})
-                n = g.get("lag")
+                n = (group_info(self.client, s.src.stream, self.cfg.group) or {}).get("lag")
             except Exception:  # progress only
                 n = None
             lag.append(f"{s.src.name} lag {'?' if n is None else n}")

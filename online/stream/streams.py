@@ -30,12 +30,25 @@ def stream_sources(store: FeatureStore) -> dict[str, tuple[StreamSource, list[Fe
     return out
 
 
-def redis_client(store: FeatureStore, *, timeout: float | None = None) -> Any:
+def redis_client(
+    store: FeatureStore, *, timeout: float | None = None, connect_timeout: float = 2.0
+) -> Any:
     """A client of the stream's Redis server (``stream.url``)."""
     import redis
 
     url = store.config.stream.redis_url(store.config.online_store)
-    return redis.Redis.from_url(url, socket_connect_timeout=2.0, socket_timeout=timeout)
+    return redis.Redis.from_url(url, socket_connect_timeout=connect_timeout, socket_timeout=timeout)
+
+
+def group_info(client: Any, stream: str, group: str) -> dict[str, Any] | None:
+    """XINFO GROUPS' entry for ``group`` of ``stream`` (lag, pending...), None if it has none."""
+    import redis
+
+    try:
+        groups = client.xinfo_groups(stream)
+    except redis.ResponseError:  # no such stream yet
+        return None
+    return next((g for g in groups if as_text(g.get("name")) == group), None)
 
 
 def send_events(store: FeatureStore, source: str, rows: Any, client: Any = None) -> list[str]:
@@ -68,7 +81,6 @@ def send_events(store: FeatureStore, source: str, rows: Any, client: Any = None)
 def stream_status(store: FeatureStore, sources: list[str] | None = None) -> list[str]:
     """One line per source: stream length, the group's lag and pending entries, dead letters,
     and who holds the ingest lock."""
-    import redis
 
     found = stream_sources(store)
     group = store.config.stream.group
@@ -79,11 +91,7 @@ def stream_status(store: FeatureStore, sources: list[str] | None = None) -> list
             if name not in found:
                 raise FeatureStoreError(f"unknown stream source '{name}'; known: {sorted(found)}")
             stream = found[name][0].stream
-            try:
-                groups = client.xinfo_groups(stream)
-            except redis.ResponseError:  # no such stream yet
-                groups = []
-            g = next((g for g in groups if as_text(g.get("name")) == group), None)
+            g = group_info(client, stream, group)
             dead = client.xlen(stream + store.config.stream.dead_letter_suffix)
             holder = client.get(stream + LOCK_SUFFIX)
             lines.append(
@@ -109,8 +117,7 @@ def check_not_ingesting(store: FeatureStore, views: list[FeatureView]) -> None:
     fed = [v for v in views if isinstance(v.source, StreamSource)]
     if not fed:
         return
-    url = store.config.stream.redis_url(store.config.online_store)
-    client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=2.0)
+    client = redis_client(store, timeout=2.0, connect_timeout=0.5)
     try:
         for view in fed:
             src = view.source
