@@ -356,6 +356,7 @@ def train_demo_model(
     return {
         "model_version": mv.version,
         "test_auc": auc,
+        "test_rows": len(y) - n_train,
         "predict_p50_us": float(p50),
         "predict_p99_us": float(p99),
     }

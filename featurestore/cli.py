@@ -1,4 +1,7 @@
-"""The ``featurestore`` command line: init, plan, apply, materialize, training-set, get, quickstart."""
+"""The ``featurestore`` command line: init, plan, apply, materialize, training-set, get, quickstart.
+
+Serving, models, keys, ingest and score live in the ``_cli_*`` modules beside this one.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import click
 
 from featurestore._cli_ingest import ingest
 from featurestore._cli_keys import keys
+from featurestore._cli_score import score
 from featurestore._cli_serve import register_commands
 from featurestore.errors import FeatureStoreError
 
@@ -309,6 +313,7 @@ def quickstart(directory: str, transactions: int, seed: int) -> None:
 register_commands(cli)
 cli.add_command(keys)
 cli.add_command(ingest)
+cli.add_command(score)
 
 
 def main() -> None:

@@ -21,6 +21,7 @@ from featurestore.registry import Registry, RegistryState
 if TYPE_CHECKING:
     import polars as pl
 
+    from featurestore.offline.scoring import BatchScores
     from featurestore.offline.store import OfflineStore
     from featurestore.online.base import OnlineStore
     from featurestore.online.lookup import OnlineResponse
@@ -245,6 +246,40 @@ class FeatureStore:
             full_feature_names=full_feature_names,
             as_known=as_known,
             timestamp_column=timestamp_column,
+            progress=progress,
+        )
+
+    def batch_score(
+        self,
+        model: str | Sequence[str],
+        entity_df: Any,
+        *,
+        timestamp_column: str = "event_timestamp",
+        as_known: bool = False,
+        include_features: bool = False,
+        out: str | os.PathLike[str] | None = None,
+        chunk_rows: int = 1_000_000,
+        progress: bool = False,
+    ) -> BatchScores:
+        """Score every spine row with registered model(s) on its point-in-time features.
+
+        ``model``: ``name``, ``name@alias`` or ``name@version``, or a list of them (one score
+        column each: ``score``, or ``score_<name>_v<version>`` for several). The features are
+        the training set's at each row's time, so the scores equal online predict's after
+        materializing to that time. ``out`` writes a Parquet file (the result's ``path``)
+        instead of returning ``frame``; the spine is joined and scored ``chunk_rows`` at a time.
+        """
+        from featurestore.offline.scoring import batch_score
+
+        return batch_score(
+            self,
+            model,
+            entity_df,
+            timestamp_column=timestamp_column,
+            as_known=as_known,
+            include_features=include_features,
+            out=out,
+            chunk_rows=chunk_rows,
             progress=progress,
         )
 

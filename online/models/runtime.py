@@ -48,16 +48,18 @@ class LoadedModel:
     def predict(self, x: np.ndarray) -> np.ndarray:
         return self.predictor.predict(x)
 
-    def score(self, x: np.ndarray) -> tuple[np.ndarray, int]:
+    def score(self, x: np.ndarray, *, many: bool = False) -> tuple[np.ndarray, int]:
         """float64 scores of the rows ``x``, and how many rows were left unscored (NaN).
 
         Many models (most of sklearn's) refuse a missing input: when the model raises on rows
         holding NaN (a null feature with no default), those rows score NaN, answered as null,
         and the others are scored without them, so one incomplete entity does not fail its
         batch. Any other failure is a ModelPredictError naming the model and the cause.
+        ``many``: an offline batch, scored on every core the flavor can use.
         """
+        predict = self.predictor.predict_many if many else self.predictor.predict
         try:
-            return np.asarray(self.predictor.predict(x), dtype=np.float64), 0
+            return np.asarray(predict(x), dtype=np.float64), 0
         except Exception as exc:
             missing = np.isnan(x).any(axis=1)
             if not missing.any():
@@ -66,7 +68,7 @@ class LoadedModel:
         ok = ~missing
         if ok.any():
             try:
-                out[ok] = self.predictor.predict(np.ascontiguousarray(x[ok]))
+                out[ok] = predict(np.ascontiguousarray(x[ok]))
             except Exception as exc:
                 raise self._failed(exc, int(ok.sum())) from exc
         return out, int(missing.sum())

@@ -1,0 +1,335 @@
+"""Batch scoring: a spine -> point-in-time features -> registered model(s) -> a score per row.
+
+"What would the model have said for these entities at these times": nightly scoring jobs,
+backtests of a new version against production, and the proof that serving has no skew. The
+features are the training set's (``get_historical_features``: same join, defaults, TTL,
+windows and on-demand features) and the input row is built as online predict builds it
+(float64, null -> NaN, the model's input order), so a batch score at T equals the online
+score after materializing up to T. The spine is joined and scored in chunks of
+``chunk_rows``, which bounds memory; a file is written beside ``out`` and renamed at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from featurestore._progress import progress_bar
+from featurestore.errors import EntityDataError, FeatureStoreError
+
+if TYPE_CHECKING:
+    import polars as pl
+    import pyarrow as pa
+
+    from featurestore.online.models import LoadedModel, ModelVersion
+    from featurestore.store import FeatureStore
+
+METADATA_KEY = b"featurestore.batch_score"
+_NUMERIC = frozenset({"int32", "int64", "float32", "float64", "bool"})
+
+
+class BatchScoreError(FeatureStoreError):
+    """A batch-scoring request that cannot run as given (names the argument or column)."""
+
+
+@dataclass
+class BatchScores:
+    """What a batch score produced: rows, per-model score columns, and the frame or file."""
+
+    rows: int
+    unscored: int
+    models: list[ModelVersion]
+    columns: list[str]
+    seconds: float
+    path: Path | None = None
+    frame: pl.DataFrame | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class _Scorer:
+    """One model to score with: its loaded predictor, its inputs and its output column."""
+
+    model: LoadedModel
+    service: str
+    inputs: tuple[str, ...]  # bare names, the model's input order
+    joined: tuple[str, ...]  # the same features' training-set columns (``view__feature``)
+    column: str
+
+
+def batch_score(
+    store: FeatureStore,
+    model: str | Sequence[str],
+    entity_df: Any,
+    *,
+    timestamp_column: str = "event_timestamp",
+    as_known: bool = False,
+    include_features: bool = False,
+    out: str | os.PathLike[str] | None = None,
+    chunk_rows: int = 1_000_000,
+    progress: bool = False,
+) -> BatchScores:
+    """Score every spine row with each model at the row's time; see the module docstring."""
+    from featurestore.offline.spine import to_arrow_table
+
+    t0 = time.perf_counter()
+    if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
+        raise BatchScoreError(f"chunk_rows must be a whole number >= 1; got {chunk_rows!r}")
+    scorers = _scorers(store, [model] if isinstance(model, str) else list(model))
+    spine = to_arrow_table(entity_df)
+    _check_spine(store, scorers, spine, timestamp_column)
+    feature_names = _feature_columns(scorers) if include_features else []
+    _check_collisions(spine.column_names, feature_names, [s.column for s in scorers])
+    meta = _metadata(scorers, timestamp_column, as_known, spine.num_rows)
+    sink = _Sink(Path(out) if out is not None else None, meta)
+    unscored = 0
+    try:
+        with progress_bar(spine.num_rows, "batch score", enabled=progress) as bar:
+            for start in range(0, max(spine.num_rows, 1), chunk_rows):
+                chunk = spine.slice(start, chunk_rows)
+                table, missed = _score_chunk(
+                    store, scorers, chunk, feature_names, timestamp_column, as_known
+                )
+                unscored += missed
+                sink.write(table)
+                bar.update(chunk.num_rows)
+        path, frame = sink.finish()
+    except BaseException:
+        sink.abort()
+        raise
+    return BatchScores(
+        rows=spine.num_rows,
+        unscored=unscored,
+        models=[s.model.version for s in scorers],
+        columns=[s.column for s in scorers],
+        seconds=time.perf_counter() - t0,
+        path=path,
+        frame=frame,
+    )
+
+
+def _scorers(store: FeatureStore, refs: list[str]) -> list[_Scorer]:
+    """Resolve and load each model reference; check its inputs against its feature service."""
+    from featurestore.online.models import LoadedModel, ModelRegistry, load_predictor
+    from featurestore.online.serving.config import models_config
+
+    if not refs:
+        raise BatchScoreError("give at least one model to score with")
+    registry = ModelRegistry(store.config.resolve(models_config(store.config).path))
+    versions = []
+    for ref in refs:
+        if not isinstance(ref, str) or not ref:
+            raise BatchScoreError(f"a model is NAME, NAME@ALIAS or NAME@VERSION; got {ref!r}")
+        mv = registry.resolve(ref)
+        if any((v.name, v.version) == (mv.name, mv.version) for v in versions):
+            raise BatchScoreError(
+                f"model '{ref}' is version {mv.version} of '{mv.name}', which is already "
+                "being scored; give each model version once"
+            )
+        versions.append(mv)
+    scorers = []
+    for mv in versions:
+        joined = _joined_inputs(store, mv)
+        predictor = load_predictor(mv.flavor, registry.artifact_path(mv))
+        column = "score" if len(versions) == 1 else f"score_{mv.name}_v{mv.version}"
+        loaded = LoadedModel(mv, predictor)
+        scorers.append(_Scorer(loaded, mv.feature_service, mv.feature_names, joined, column))
+    return scorers
+
+
+def _joined_inputs(store: FeatureStore, mv: ModelVersion) -> tuple[str, ...]:
+    """The training-set column of each model input; the model's feature service must still
+    serve every input, as numbers. Joined under full names, so a spine column may share a
+    feature's bare name."""
+    from featurestore.online.models import ModelRegistryError
+
+    served = {
+        f: (f"{view.name}__{f}", view.field(f).dtype.name)
+        for view, feats in store.resolve_features(mv.feature_service)
+        for f in feats
+    }
+    for name in mv.feature_names:
+        if name not in served:
+            raise ModelRegistryError(
+                f"model '{mv.name}' v{mv.version} needs feature '{name}', which its feature "
+                f"service '{mv.feature_service}' no longer serves; re-register the model"
+            )
+        dtype = served[name][1]
+        if dtype not in _NUMERIC:
+            raise ModelRegistryError(
+                f"feature '{name}' of model '{mv.name}' v{mv.version} is {dtype} in "
+                f"feature service '{mv.feature_service}'; the model needs numbers"
+            )
+    return tuple(served[name][0] for name in mv.feature_names)
+
+
+def _check_spine(
+    store: FeatureStore, scorers: list[_Scorer], spine: pa.Table, timestamp_column: str
+) -> None:
+    """Refuse a spine without a join key or the timestamp column before any work starts."""
+    from featurestore.offline.spine import normalize_spine
+
+    keys = {
+        view.name: view.join_keys
+        for s in scorers
+        for view, _ in store.resolve_features(s.service)
+        if view.join_keys
+    }
+    normalize_spine(spine.slice(0, 0), timestamp_column=timestamp_column, required_keys=keys)
+
+
+def _feature_columns(scorers: list[_Scorer]) -> list[str]:
+    """The input features to return (first model's order, then new names of the others)."""
+    source: dict[str, str] = {}
+    for s in scorers:
+        for name, col in zip(s.inputs, s.joined, strict=True):
+            if source.setdefault(name, col) != col:
+                view, other = col.split("__", 1)[0], source[name].split("__", 1)[0]
+                raise BatchScoreError(
+                    f"feature '{name}' comes from view '{other}' for one model and from "
+                    f"'{view}' for another; score them in separate runs to get their features"
+                )
+    return list(source)
+
+
+def _check_collisions(spine: list[str], features: list[str], scores: list[str]) -> None:
+    for name in [*features, *scores]:
+        if name in spine:
+            what = "a score column" if name in scores else "a model input feature"
+            raise EntityDataError(
+                f"entity dataframe has a column '{name}', which is also {what} of the "
+                "batch score's output; rename or drop that column"
+            )
+
+
+def _score_chunk(
+    store: FeatureStore,
+    scorers: list[_Scorer],
+    chunk: pa.Table,
+    feature_names: list[str],
+    timestamp_column: str,
+    as_known: bool,
+) -> tuple[pa.Table, int]:
+    """Join one spine chunk once per feature service, score it, and add the output columns."""
+    import pyarrow as pa
+
+    frames: dict[str, pl.DataFrame] = {}
+    features: dict[str, pa.ChunkedArray] = {}
+    scores: dict[str, np.ndarray] = {}
+    unscored = 0
+    for s in scorers:
+        df = frames.get(s.service)
+        if df is None:
+            df = frames[s.service] = store.get_historical_features(
+                chunk,
+                s.service,
+                full_feature_names=True,
+                as_known=as_known,
+                timestamp_column=timestamp_column,
+            )
+        for name, col in zip(s.inputs, s.joined, strict=True):
+            if name in feature_names and name not in features:
+                features[name] = df.get_column(col).to_arrow()
+        x = _input_matrix(df, s.joined)
+        if len(x):
+            scores[s.column], missed = s.model.score(x, many=True)
+            unscored += missed
+        else:  # an empty spine: the columns, no call into the model
+            scores[s.column] = np.empty(0)
+    columns = dict(zip(chunk.column_names, chunk.columns, strict=True))
+    columns.update((name, features[name]) for name in feature_names)
+    # an unscored row (NaN) is a null score
+    columns.update((n, pa.array(v, pa.float64(), from_pandas=True)) for n, v in scores.items())
+    return pa.table(columns), unscored
+
+
+def _input_matrix(df: pl.DataFrame, names: tuple[str, ...]) -> np.ndarray:
+    """The model's input rows, as online predict builds them: float64, null -> NaN."""
+    import polars as pl
+
+    cols = pl.col(list(names)).cast(pl.Float64).fill_null(np.nan)
+    return df.select(cols).to_numpy(order="c")  # row-major: each model row is contiguous
+
+
+def _metadata(
+    scorers: list[_Scorer], timestamp_column: str, as_known: bool, rows: int
+) -> dict[bytes, bytes]:
+    models = [
+        {
+            "name": s.model.version.name,
+            "version": s.model.version.version,
+            "flavor": s.model.version.flavor,
+            "feature_service": s.service,
+            "column": s.column,
+        }
+        for s in scorers
+    ]
+    info = {
+        "models": models,
+        "timestamp_column": timestamp_column,
+        "as_known": as_known,
+        "rows": rows,
+        "scored_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    return {METADATA_KEY: json.dumps(info).encode()}
+
+
+class _Sink:
+    """Where scored chunks go: a Parquet file written beside ``out`` and renamed at the end,
+    or a list of tables that becomes one polars frame."""
+
+    def __init__(self, out: Path | None, meta: dict[bytes, bytes]) -> None:
+        self.out = out
+        self.meta = meta
+        self.tables: list[pa.Table] = []
+        self.writer: Any = None
+        self.schema: pa.Schema | None = None
+        self.tmp: Path | None = None
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            self.tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+
+    def write(self, table: pa.Table) -> None:
+        if self.schema is None:
+            self.schema = table.schema.with_metadata(self.meta)
+        if table.schema != self.schema:  # the metadata; or an all-null chunk's types
+            table = table.cast(self.schema)
+        if self.tmp is None:
+            self.tables.append(table)
+            return
+        import pyarrow.parquet as pq
+
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self.tmp, self.schema)
+        self.writer.write_table(table)
+
+    def finish(self) -> tuple[Path | None, pl.DataFrame | None]:
+        import polars as pl
+        import pyarrow as pa
+
+        if self.out is None:
+            table = pa.concat_tables(self.tables) if self.tables else pa.table({})
+            return None, pl.from_arrow(table)  # type: ignore[return-value]
+        assert self.tmp is not None and self.writer is not None
+        self.writer.close()
+        self.writer = None
+        os.replace(self.tmp, self.out)
+        return self.out, None
+
+    def abort(self) -> None:
+        """Drop what was written: no partial file at ``out``, no temporary file left."""
+        if self.writer is not None:
+            try:
+                self.writer.close()
+            except Exception:
+                pass
+            self.writer = None
+        if self.tmp is not None:
+            self.tmp.unlink(missing_ok=True)
