@@ -20,6 +20,11 @@ import click
 @click.option("--as-known", is_flag=True, help="Only rows created at or before each spine time.")
 @click.option("--with-features", is_flag=True, help="Also write the models' input features.")
 @click.option(
+    "--explain",
+    is_flag=True,
+    help="Also write each input's contribution to each score (contrib_*, base_value).",
+)
+@click.option(
     "--chunk-rows",
     type=int,
     default=1_000_000,
@@ -35,6 +40,7 @@ def score(
     timestamp_column: str,
     as_known: bool,
     with_features: bool,
+    explain: bool,
     chunk_rows: int,
 ) -> None:
     """Score every spine row with MODELS (NAME, NAME@ALIAS or NAME@VERSION) at its time."""
@@ -47,6 +53,7 @@ def score(
             timestamp_column=timestamp_column,
             as_known=as_known,
             include_features=with_features,
+            explain=explain,
             out=out,
             chunk_rows=chunk_rows,
             progress=True,

@@ -257,6 +257,7 @@ class FeatureStore:
         timestamp_column: str = "event_timestamp",
         as_known: bool = False,
         include_features: bool = False,
+        explain: bool = False,
         out: str | os.PathLike[str] | None = None,
         chunk_rows: int = 1_000_000,
         progress: bool = False,
@@ -266,8 +267,10 @@ class FeatureStore:
         ``model``: ``name``, ``name@alias`` or ``name@version``, or a list of them (one score
         column each: ``score``, or ``score_<name>_v<version>`` for several). The features are
         the training set's at each row's time, so the scores equal online predict's after
-        materializing to that time. ``out`` writes a Parquet file (the result's ``path``)
-        instead of returning ``frame``; the spine is joined and scored ``chunk_rows`` at a time.
+        materializing to that time. ``explain`` adds each input's contribution to each score
+        (``contrib_<feature>`` and ``base_value``). ``out`` writes a Parquet file (the result's
+        ``path``) instead of returning ``frame``; the spine is joined and scored ``chunk_rows``
+        at a time.
         """
         from featurestore.offline.scoring import batch_score
 
@@ -278,6 +281,7 @@ class FeatureStore:
             timestamp_column=timestamp_column,
             as_known=as_known,
             include_features=include_features,
+            explain=explain,
             out=out,
             chunk_rows=chunk_rows,
             progress=progress,

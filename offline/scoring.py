@@ -29,10 +29,11 @@ if TYPE_CHECKING:
     import polars as pl
     import pyarrow as pa
 
-    from featurestore.online.models import LoadedModel, ModelVersion
+    from featurestore.online.models import Explanation, LoadedModel, ModelVersion
     from featurestore.store import FeatureStore
 
 METADATA_KEY = b"featurestore.batch_score"
+_EXPLAIN_BLOCK = 2048  # rows per thread at least, when explaining on several cores
 _NUMERIC = frozenset({"int32", "int64", "float32", "float64", "bool"})
 
 
@@ -63,6 +64,23 @@ class _Scorer:
     joined: tuple[str, ...]  # the same features' training-set columns (``view__feature``)
     column: str
 
+    def explained(self, several: bool) -> tuple[list[str], str]:
+        """The contribution columns (one per input) and the base-value column of ``explain``."""
+        tag = f"{self.model.version.name}_v{self.model.version.version}_" if several else ""
+        base = f"base_value_{tag[:-1]}" if several else "base_value"
+        return [f"contrib_{tag}{name}" for name in self.inputs], base
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What every chunk is asked for."""
+
+    scorers: list[_Scorer]
+    timestamp_column: str
+    as_known: bool
+    features: list[str]  # input features to return (include_features)
+    explain: bool
+
 
 def batch_score(
     store: FeatureStore,
@@ -72,6 +90,7 @@ def batch_score(
     timestamp_column: str = "event_timestamp",
     as_known: bool = False,
     include_features: bool = False,
+    explain: bool = False,
     out: str | os.PathLike[str] | None = None,
     chunk_rows: int = 1_000_000,
     progress: bool = False,
@@ -83,20 +102,27 @@ def batch_score(
     if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
         raise BatchScoreError(f"chunk_rows must be a whole number >= 1; got {chunk_rows!r}")
     scorers = _scorers(store, [model] if isinstance(model, str) else list(model))
+    if explain:
+        for s in scorers:  # refused before any work
+            s.model.require_explainable()
     spine = to_arrow_table(entity_df)
     _check_spine(store, scorers, spine, timestamp_column)
-    feature_names = _feature_columns(scorers) if include_features else []
-    _check_collisions(spine.column_names, feature_names, [s.column for s in scorers])
-    meta = _metadata(scorers, timestamp_column, as_known, spine.num_rows)
+    job = _Job(
+        scorers,
+        timestamp_column,
+        as_known,
+        _feature_columns(scorers) if include_features else [],
+        explain,
+    )
+    _check_collisions(spine.column_names, job)
+    meta = _metadata(job, spine.num_rows)
     sink = _Sink(Path(out) if out is not None else None, meta)
     unscored = 0
     try:
         with progress_bar(spine.num_rows, "batch score", enabled=progress) as bar:
             for start in range(0, max(spine.num_rows, 1), chunk_rows):
                 chunk = spine.slice(start, chunk_rows)
-                table, missed = _score_chunk(
-                    store, scorers, chunk, feature_names, timestamp_column, as_known
-                )
+                table, missed = _score_chunk(store, job, chunk)
                 unscored += missed
                 sink.write(table)
                 bar.update(chunk.num_rows)
@@ -199,55 +225,80 @@ def _feature_columns(scorers: list[_Scorer]) -> list[str]:
     return list(source)
 
 
-def _check_collisions(spine: list[str], features: list[str], scores: list[str]) -> None:
-    for name in [*features, *scores]:
+def _check_collisions(spine: list[str], job: _Job) -> None:
+    outputs = {name: "a model input feature" for name in job.features}
+    several = len(job.scorers) > 1
+    for s in job.scorers:
+        outputs[s.column] = "a score column"
+        if job.explain:
+            contribs, base = s.explained(several)
+            outputs.update((c, "an explanation column") for c in [*contribs, base])
+    for name, what in outputs.items():
         if name in spine:
-            what = "a score column" if name in scores else "a model input feature"
             raise EntityDataError(
                 f"entity dataframe has a column '{name}', which is also {what} of the "
                 "batch score's output; rename or drop that column"
             )
 
 
-def _score_chunk(
-    store: FeatureStore,
-    scorers: list[_Scorer],
-    chunk: pa.Table,
-    feature_names: list[str],
-    timestamp_column: str,
-    as_known: bool,
-) -> tuple[pa.Table, int]:
+def _score_chunk(store: FeatureStore, job: _Job, chunk: pa.Table) -> tuple[pa.Table, int]:
     """Join one spine chunk once per feature service, score it, and add the output columns."""
     import pyarrow as pa
 
     frames: dict[str, pl.DataFrame] = {}
     features: dict[str, pa.ChunkedArray] = {}
-    scores: dict[str, np.ndarray] = {}
+    outputs: dict[str, np.ndarray] = {}
     unscored = 0
-    for s in scorers:
+    for s in job.scorers:
         df = frames.get(s.service)
         if df is None:
             df = frames[s.service] = store.get_historical_features(
                 chunk,
                 s.service,
                 full_feature_names=True,
-                as_known=as_known,
-                timestamp_column=timestamp_column,
+                as_known=job.as_known,
+                timestamp_column=job.timestamp_column,
             )
         for name, col in zip(s.inputs, s.joined, strict=True):
-            if name in feature_names and name not in features:
+            if name in job.features and name not in features:
                 features[name] = df.get_column(col).to_arrow()
         x = _input_matrix(df, s.joined)
         if len(x):
-            scores[s.column], missed = s.model.score(x, many=True)
+            outputs[s.column], missed = s.model.score(x, many=True)
             unscored += missed
         else:  # an empty spine: the columns, no call into the model
-            scores[s.column] = np.empty(0)
+            outputs[s.column] = np.empty(0)
+        if job.explain:
+            contribs, base = s.explained(len(job.scorers) > 1)
+            ex = _explain(s.model, x)
+            outputs.update(zip(contribs, ex.contributions.T, strict=True))
+            outputs[base] = ex.base_values
     columns = dict(zip(chunk.column_names, chunk.columns, strict=True))
-    columns.update((name, features[name]) for name in feature_names)
-    # an unscored row (NaN) is a null score
-    columns.update((n, pa.array(v, pa.float64(), from_pandas=True)) for n, v in scores.items())
+    columns.update((name, features[name]) for name in job.features)
+    # an unscored row (NaN) is a null score; so are its contributions
+    columns.update((n, pa.array(v, pa.float64(), from_pandas=True)) for n, v in outputs.items())
     return pa.table(columns), unscored
+
+
+def _explain(model: LoadedModel, x: np.ndarray) -> Explanation:
+    """``model.explain(x)`` in row blocks on every core: the libraries explain on one thread
+    and release the GIL, and each row's contributions do not depend on the others."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from featurestore.online.models import Explanation
+
+    workers = min(os.cpu_count() or 1, max(1, len(x) // _EXPLAIN_BLOCK))
+    if workers == 1:
+        return model.explain(x)
+    blocks = np.array_split(x, workers)
+    with ThreadPoolExecutor(workers) as pool:
+        parts = list(pool.map(model.explain, blocks))
+    return Explanation(
+        parts[0].feature_names,
+        np.concatenate([p.contributions for p in parts]),
+        np.concatenate([p.base_values for p in parts]),
+        parts[0].output,
+    )
 
 
 def _input_matrix(df: pl.DataFrame, names: tuple[str, ...]) -> np.ndarray:
@@ -258,23 +309,30 @@ def _input_matrix(df: pl.DataFrame, names: tuple[str, ...]) -> np.ndarray:
     return df.select(cols).to_numpy(order="c")  # row-major: each model row is contiguous
 
 
-def _metadata(
-    scorers: list[_Scorer], timestamp_column: str, as_known: bool, rows: int
-) -> dict[bytes, bytes]:
-    models = [
-        {
-            "name": s.model.version.name,
-            "version": s.model.version.version,
-            "flavor": s.model.version.flavor,
+def _metadata(job: _Job, rows: int) -> dict[bytes, bytes]:
+    models = []
+    for s in job.scorers:
+        mv = s.model.version
+        entry: dict[str, Any] = {
+            "name": mv.name,
+            "version": mv.version,
+            "flavor": mv.flavor,
             "feature_service": s.service,
             "column": s.column,
         }
-        for s in scorers
-    ]
+        if job.explain:
+            contribs, base = s.explained(len(job.scorers) > 1)
+            ex = s.model.predictor.explainer
+            entry["explanation"] = {
+                "contributions": contribs,
+                "base_value": base,
+                "output": ex.output if ex is not None else None,
+            }
+        models.append(entry)
     info = {
         "models": models,
-        "timestamp_column": timestamp_column,
-        "as_known": as_known,
+        "timestamp_column": job.timestamp_column,
+        "as_known": job.as_known,
         "rows": rows,
         "scored_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
