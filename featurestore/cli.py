@@ -94,10 +94,14 @@ def plan(ctx: click.Context) -> None:
 @cli.command()
 @click.pass_context
 def apply(ctx: click.Context) -> None:
-    """Validate the definitions and write them to the registry as a new version."""
+    """Validate the definitions and write them to the registry as a new version; delete the
+    online rows of removed feature views (what the online store refuses, the next apply retries)."""
     store = _store(ctx)
-    p = store.apply()
+    cleanups: list[Any] = []
+    p = store.apply(report=cleanups.append)
     click.echo(str(p))
+    for c in cleanups:
+        click.echo(f"warning: {c}" if c.pending else str(c), err=c.pending)
     click.echo(f"Registry at version {store.registry.version}.")
 
 

@@ -1,12 +1,14 @@
 """The registry: applied definitions as one versioned JSON document, written atomically.
 
 Each apply writes a new version (the previous ones are kept beside it under ``<name>.history/``);
-materialization watermarks live in the same document but do not bump the version.
+materialization watermarks live in the same document but do not bump the version, and so do
+the records of removed views whose online rows are still to be deleted (``pending_cleanup``).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,6 +20,7 @@ from featurestore.errors import FeatureNotFoundError, RegistryError
 from featurestore.feature_service import FeatureService
 from featurestore.feature_view import FeatureView, _brief
 from featurestore.on_demand_view import OnDemandFeatureView
+from featurestore.sources import StreamSource
 
 FORMAT = 1
 
@@ -37,6 +40,9 @@ class RegistryState:
     # join key -> "int" or "str": the type of its columns in the sources, which lookups check
     # entity values against (empty in a registry written before these were recorded: no check)
     join_key_kinds: dict[str, str] = field(default_factory=dict)
+    # removed view -> {"removed_in": version, "stream": name or None, ["ingest": holder]}: its
+    # online rows are not deleted yet (see featurestore/_cleanup.py); apply retries them
+    pending_cleanup: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for odfv in self.on_demand_views.values():  # lookups fetch their inputs from these
@@ -79,6 +85,7 @@ class RegistryState:
             "materialization": self.materialization,
             "on_demand_feature_views": [v.to_dict() for v in self.on_demand_views.values()],
             "join_key_kinds": self.join_key_kinds,
+            "pending_cleanup": self.pending_cleanup,
         }
 
     @classmethod
@@ -107,6 +114,7 @@ class RegistryState:
             materialization=d.get("materialization") or {},
             on_demand_views=odfvs,
             join_key_kinds=d.get("join_key_kinds") or {},
+            pending_cleanup=d.get("pending_cleanup") or {},
         )
 
 
@@ -168,17 +176,26 @@ class Registry:
         *,
         join_key_kinds: dict[str, str] | None = None,
     ) -> RegistryState:
-        """Replace the definitions with these, as a new version; materialization state of kept views stays."""
+        """Replace the definitions with these, as a new version; materialization state of kept views
+        stays. Removed views get a cleanup record in the same write (their online rows are
+        deleted next, and until that succeeds the record says so); a view defined again loses
+        its record, so delete its old rows before (see featurestore/_cleanup.py)."""
         with self._lock():
+            self._cache = None
             old = self.load()
+            names = {v.name for v in views}
             keep = {
                 n: m
                 for n, m in old.materialization.items()
-                if n in {v.name for v in views} and _same_schema(old, n, views)
+                if n in names and _same_schema(old, n, views)
             }
+            version = old.version + 1
+            pending = {n: r for n, r in old.pending_cleanup.items() if n not in names}
+            for n in sorted(old.feature_views.keys() - names):
+                pending[n] = _cleanup_record(old.feature_views[n], version)
             state = RegistryState(
                 project=self.project,
-                version=old.version + 1,
+                version=version,
                 applied_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 entities={e.name: e for e in entities},
                 feature_views={v.name: v for v in views},
@@ -186,21 +203,52 @@ class Registry:
                 materialization=keep,
                 on_demand_views={v.name: v for v in on_demand_views or ()},
                 join_key_kinds=dict(join_key_kinds or {}),
+                pending_cleanup=pending,
             )
             self._write(state, history=True)
             return state
 
     def update_materialization(self, view: str, start_us: int, end_us: int) -> None:
-        """Record a finished materialization window for ``view`` (the watermark only moves forward)."""
+        """Record a finished materialization window for ``view`` (the watermark only moves forward).
+
+        A view an apply removed meanwhile gets no watermark but a cleanup record: the rows just
+        written belong to no view, and the next apply deletes them.
+        """
         with self._lock():
             self._cache = None
             state = self.require()
+            if view not in state.feature_views:
+                state.pending_cleanup.setdefault(
+                    view, {"removed_in": state.version, "stream": None}
+                )
+                self._write(state, history=False)
+                return
             m = state.materialization.setdefault(view, {"watermark_us": None, "intervals": []})
             m["watermark_us"] = (
                 end_us if m["watermark_us"] is None else max(m["watermark_us"], end_us)
             )
             m["intervals"] = (m["intervals"] + [[start_us, end_us]])[-20:]
             self._write(state, history=False)
+
+    def update_cleanup(
+        self, done: Iterable[str], notes: Mapping[str, Mapping[str, Any]] | None = None
+    ) -> RegistryState:
+        """Drop the cleanup records of ``done`` views (their online rows are deleted) and merge
+        ``notes`` into the records of others; returns the resulting state."""
+        with self._lock():
+            self._cache = None
+            state = self.load()
+            pending = state.pending_cleanup
+            changed = False
+            for name in done:
+                changed |= pending.pop(name, None) is not None
+            for name, fields in (notes or {}).items():
+                if name in pending and any(pending[name].get(k) != v for k, v in fields.items()):
+                    pending[name].update(fields)
+                    changed = True
+            if changed:
+                self._write(state, history=False)
+            return state
 
     def _write(self, state: RegistryState, *, history: bool) -> None:
         data = json.dumps(state.to_dict(), indent=1, sort_keys=False).encode()
@@ -211,6 +259,12 @@ class Registry:
             atomic_write(hist / f"v{state.version}.json", data)
         atomic_write(self.path, data)
         self._cache = None
+
+
+def _cleanup_record(view: FeatureView, version: int) -> dict[str, Any]:
+    """What the cleanup of a removed view needs to know: when, and the stream that fed it."""
+    src = view.source
+    return {"removed_in": version, "stream": src.stream if isinstance(src, StreamSource) else None}
 
 
 def _same_schema(old: RegistryState, name: str, views: list[FeatureView]) -> bool:

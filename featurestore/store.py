@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -21,6 +21,7 @@ from featurestore.registry import Registry, RegistryState
 if TYPE_CHECKING:
     import polars as pl
 
+    from featurestore._cleanup import ViewCleanup
     from featurestore.offline.scoring import BatchScores
     from featurestore.offline.store import OfflineStore
     from featurestore.online.base import OnlineStore
@@ -91,13 +92,24 @@ class FeatureStore:
         kinds = self._validate_against_data(defs)
         return make_plan(self._registry.load(), defs, kinds)
 
-    def apply(self) -> Plan:
-        """Validate the repo's definitions and write them as a new registry version (atomically)."""
+    def apply(self, *, report: Callable[[ViewCleanup], None] | None = None) -> Plan:
+        """Validate the repo's definitions and write them as a new registry version (atomically),
+        then delete the online rows of the feature views it removed.
+
+        ``report`` gets what happened to each removed view's rows (``str()`` is one line); an
+        online store that does not answer leaves them for the next apply, which retries (even
+        with no changes), and without ``report`` that is an ``OnlineCleanupWarning``.
+        """
+        from featurestore._cleanup import delete_redefined
         from featurestore.repo import load_definitions
 
         defs = load_definitions(self.config)
         kinds = self._validate_against_data(defs)
-        plan = make_plan(self._registry.load(), defs, kinds)
+        current = self._registry.load()
+        plan = make_plan(current, defs, kinds)
+        redefined = sorted(current.pending_cleanup.keys() & defs.feature_views.keys())
+        if redefined:
+            delete_redefined(self.online, self.project, redefined)
         if not plan.empty or not self._registry.exists():
             self._registry.apply(
                 list(defs.entities.values()),
@@ -106,7 +118,21 @@ class FeatureStore:
                 list(defs.on_demand_views.values()),
                 join_key_kinds=kinds,
             )
+        self._report_cleanup(report)
         return plan
+
+    def _report_cleanup(self, report: Callable[[ViewCleanup], None] | None) -> None:
+        """Delete the rows of removed views (see featurestore/_cleanup.py) and tell ``report``,
+        or warn about what is left for the next apply."""
+        from featurestore._cleanup import OnlineCleanupWarning, finish_cleanup
+
+        for result in finish_cleanup(self, self._registry):
+            if report is not None:
+                report(result)
+            elif result.pending:
+                import warnings
+
+                warnings.warn(str(result), OnlineCleanupWarning, stacklevel=3)
 
     def _validate_against_data(self, defs: Any) -> dict[str, str]:
         """Views against their sources, then every transform compiled (numba disk-cached);
