@@ -10,6 +10,7 @@ plus the score. Floor and ours alternate round by round; the figure is the media
 from __future__ import annotations
 
 import gc
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,35 +19,11 @@ import pytest
 
 from benchmarks import _report
 from benchmarks import _serving as sv
-from benchmarks.conftest import DAY_US, VIEWS, BenchRepo, feature_names
+from benchmarks.conftest import BenchRepo, feature_names
+from benchmarks.test_training_set import floor_sql
 
 ROUNDS = 3
 TARGET = 1.25  # ours / floor, in time
-
-
-def floor_sql(repo: BenchRepo, spine: Path | None = None) -> str:
-    """Spine ASOF LEFT JOIN each view, ttl applied, a miss or a null as NaN, spine order."""
-    selects = ["s.user_id", "s.merchant_id", "s.event_timestamp", "s.label"]
-    joins = []
-    for alias, (view, (key, _prefix, ttl_days)) in zip("uv", VIEWS.items(), strict=True):
-        hit = (
-            f"epoch_us(s.event_timestamp) - epoch_us({alias}.event_timestamp) "
-            f"<= {ttl_days * DAY_US}"
-        )
-        selects += [
-            f"coalesce(CASE WHEN {hit} THEN {alias}.{f} END, 'NaN'::DOUBLE) AS {f}"
-            for f in feature_names(view)
-        ]
-        joins.append(
-            f"ASOF LEFT JOIN read_parquet('{repo.source_path(view)}') {alias} "
-            f"ON s.{key} = {alias}.{key} AND s.event_timestamp >= {alias}.event_timestamp"
-        )
-    return (
-        f"SELECT {', '.join(selects)} "
-        f"FROM read_parquet('{spine or repo.spine_path}', file_row_number = true) s "
-        + " ".join(joins)
-        + " ORDER BY s.file_row_number"
-    )
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +49,51 @@ def scoring_store(bench_repo: BenchRepo, tmp_path_factory: pytest.TempPathFactor
     store.close()
 
 
+def _versus_floor(
+    benchmark: Any,
+    request: pytest.FixtureRequest,
+    ours: Callable[[], Any],
+    floor: Callable[[], None],
+    workload: str,
+    floor_what: str,
+) -> Any:
+    """Alternate the floor (in setup) and ours round by round; record the median rounds."""
+    floor_times: list[float] = []
+    ours_times: list[float] = []
+    timed_floor = _report.timed(floor, floor_times)
+
+    def setup() -> None:
+        gc.collect()
+        timed_floor()
+        gc.collect()
+
+    result = benchmark.pedantic(_report.timed(ours, ours_times), setup=setup, rounds=ROUNDS)
+    rows = result.rows
+    ours_s, floor_s = _report.median(ours_times), _report.median(floor_times)
+    ratio = ours_s / floor_s
+    _report.record(
+        benchmark,
+        workload=workload.format(rows=rows),
+        ours=f"{ours_s:.2f} s ({_report.fmt_rate(rows / ours_s)})",
+        floor=f"{floor_s:.2f} s ({_report.fmt_rate(rows / floor_s)}), {floor_what}",
+        ratio=ratio,
+        target=f"time ratio <= {TARGET}",
+        met=ratio <= TARGET,
+        nodeid=request.node.nodeid,
+        ours_s=ours_s,
+        floor_s=floor_s,
+        ours_rounds_s=ours_times,
+        floor_rounds_s=floor_times,
+        spine_rows=rows,
+    )
+    return result
+
+
+def _floor_matrix(con: Any, sql: str, names: list[str]) -> tuple[dict[str, Any], np.ndarray]:
+    cols = con.sql(sql).fetchnumpy()
+    return cols, np.column_stack([cols[n] for n in names])
+
+
 def test_batch_score_1m_spine_40_features_lightgbm(
     benchmark: Any,
     bench_repo: BenchRepo,
@@ -86,70 +108,33 @@ def test_batch_score_1m_spine_40_features_lightgbm(
 
     names = [*feature_names("user_stats"), *feature_names("merchant_stats")]
     booster = lgb.Booster(model_file=str(scoring_store.repo_path / "model.txt"))
-    sql = floor_sql(bench_repo)
+    sql = floor_sql(bench_repo, nan=True)
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
     floor_path, ours_path = tmp_path / "floor.parquet", tmp_path / "ours.parquet"
-    floor_times: list[float] = []
-    ours_times: list[float] = []
 
-    def run_floor() -> None:
-        cols = con.sql(sql).fetchnumpy()
-        x = np.column_stack([cols[n] for n in names])
-        score = booster.predict(x, num_threads=0)
-        out = pa.table(
-            {
-                "user_id": cols["user_id"],
-                "merchant_id": cols["merchant_id"],
-                "event_timestamp": pa.array(cols["event_timestamp"], pa.timestamp("us", "UTC")),
-                "label": cols["label"],
-                "score": score,
-            }
-        )
-        pq.write_table(out, floor_path)
+    def floor() -> None:
+        cols, x = _floor_matrix(con, sql, names)
+        out = {k: cols[k] for k in ("user_id", "merchant_id", "label")}
+        out["event_timestamp"] = pa.array(cols["event_timestamp"], pa.timestamp("us", "UTC"))
+        out["score"] = booster.predict(x, num_threads=0)
+        pq.write_table(pa.table(out), floor_path)
 
-    timed_floor = _report.timed(run_floor, floor_times)
-
-    def setup() -> None:
-        gc.collect()
-        timed_floor()
-        gc.collect()
-
-    def ours() -> Any:
-        return scoring_store.batch_score(sv.MODEL, str(bench_repo.spine_path), out=ours_path)
-
-    result = benchmark.pedantic(_report.timed(ours, ours_times), setup=setup, rounds=ROUNDS)
-    con.close()
-
-    rows = result.rows
-    ours_s, floor_s = _report.median(ours_times), _report.median(floor_times)
-    ratio = ours_s / floor_s
-    _report.record(
+    result = _versus_floor(
         benchmark,
-        workload=(
-            f"batch score, {rows:,}-row spine x 40 features (2 views, point-in-time) -> "
-            f"LightGBM {sv.N_TREES} trees -> Parquet file"
-        ),
-        ours=f"{ours_s:.2f} s ({_report.fmt_rate(rows / ours_s)})",
-        floor=(
-            f"{floor_s:.2f} s ({_report.fmt_rate(rows / floor_s)}), DuckDB ASOF LEFT JOIN + "
-            "Booster.predict (all threads) + pyarrow write"
-        ),
-        ratio=ratio,
-        target=f"time ratio <= {TARGET}",
-        met=ratio <= TARGET,
-        nodeid=request.node.nodeid,
-        ours_s=ours_s,
-        floor_s=floor_s,
-        ours_rounds_s=ours_times,
-        floor_rounds_s=floor_times,
-        spine_rows=rows,
+        request,
+        lambda: scoring_store.batch_score(sv.MODEL, str(bench_repo.spine_path), out=ours_path),
+        floor,
+        "batch score, {rows:,}-row spine x 40 features (2 views, point-in-time) -> "
+        f"LightGBM {sv.N_TREES} trees -> Parquet file",
+        "DuckDB ASOF LEFT JOIN + Booster.predict (all threads) + pyarrow write",
     )
+    con.close()
 
     # the same scores as the floor, row for row (after recording: a mismatch still reports)
     ours_scores = pq.read_table(ours_path, columns=["score"]).column(0).to_numpy()
     floor_scores = pq.read_table(floor_path, columns=["score"]).column(0).to_numpy()
-    assert rows == len(floor_scores) == len(ours_scores)
+    assert result.rows == len(floor_scores) == len(ours_scores)
     assert np.array_equal(ours_scores, floor_scores), "batch scores differ from the floor's"
 
 
@@ -174,59 +159,29 @@ def test_batch_score_with_explain_10k_rows(
     pq.write_table(pq.read_table(bench_repo.spine_path).slice(0, EXPLAIN_ROWS), spine)
     names = [*feature_names("user_stats"), *feature_names("merchant_stats")]
     booster = lgb.Booster(model_file=str(scoring_store.repo_path / "model.txt"))
-    sql = floor_sql(bench_repo, spine)
+    sql = floor_sql(bench_repo, spine, nan=True)
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
     floor_path, ours_path = tmp_path / "floor.parquet", tmp_path / "ours.parquet"
-    floor_times: list[float] = []
-    ours_times: list[float] = []
 
-    def run_floor() -> None:
-        cols = con.sql(sql).fetchnumpy()
-        x = np.column_stack([cols[n] for n in names])
+    def floor() -> None:
+        cols, x = _floor_matrix(con, sql, names)
         out = {"user_id": cols["user_id"], "score": booster.predict(x, num_threads=0)}
         contrib = booster.predict(x, pred_contrib=True, num_threads=0)
         out.update((f"contrib_{n}", contrib[:, j]) for j, n in enumerate(names))
         out["base_value"] = contrib[:, -1]
         pq.write_table(pa.table(out), floor_path)
 
-    timed_floor = _report.timed(run_floor, floor_times)
-
-    def setup() -> None:
-        gc.collect()
-        timed_floor()
-        gc.collect()
-
-    def ours() -> Any:
-        return scoring_store.batch_score(sv.MODEL, str(spine), explain=True, out=ours_path)
-
-    result = benchmark.pedantic(_report.timed(ours, ours_times), setup=setup, rounds=ROUNDS)
-    con.close()
-
-    rows = result.rows
-    ours_s, floor_s = _report.median(ours_times), _report.median(floor_times)
-    ratio = ours_s / floor_s
-    _report.record(
+    _versus_floor(
         benchmark,
-        workload=(
-            f"batch score with explain, {rows:,}-row spine x 40 features -> LightGBM "
-            f"{sv.N_TREES} trees + each input's contribution -> Parquet file"
-        ),
-        ours=f"{ours_s:.2f} s ({_report.fmt_rate(rows / ours_s)})",
-        floor=(
-            f"{floor_s:.2f} s ({_report.fmt_rate(rows / floor_s)}), DuckDB ASOF LEFT JOIN + "
-            "Booster.predict and pred_contrib (all threads) + pyarrow write"
-        ),
-        ratio=ratio,
-        target=f"time ratio <= {TARGET}",
-        met=ratio <= TARGET,
-        nodeid=request.node.nodeid,
-        ours_s=ours_s,
-        floor_s=floor_s,
-        ours_rounds_s=ours_times,
-        floor_rounds_s=floor_times,
-        spine_rows=rows,
+        request,
+        lambda: scoring_store.batch_score(sv.MODEL, str(spine), explain=True, out=ours_path),
+        floor,
+        "batch score with explain, {rows:,}-row spine x 40 features -> LightGBM "
+        f"{sv.N_TREES} trees + each input's contribution -> Parquet file",
+        "DuckDB ASOF LEFT JOIN + Booster.predict and pred_contrib (all threads) + pyarrow write",
     )
+    con.close()
 
     ours_t, floor_t = pq.read_table(ours_path), pq.read_table(floor_path)
     for name in ["score", "base_value", *(f"contrib_{n}" for n in names)]:

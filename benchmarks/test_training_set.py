@@ -8,6 +8,7 @@ order kept). Floor and ours alternate round by round; the figure is the median r
 from __future__ import annotations
 
 import gc
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,8 +20,9 @@ ROUNDS = 3
 TARGET = 1.5  # ours / floor
 
 
-def floor_sql(repo: BenchRepo) -> str:
-    """One statement: spine ASOF LEFT JOIN each view, ttl applied, in spine order."""
+def floor_sql(repo: BenchRepo, spine: Path | None = None, *, nan: bool = False) -> str:
+    """One statement: spine ASOF LEFT JOIN each view, ttl applied, in spine order; ``nan``:
+    a miss or a null as NaN (a model's input) instead of null."""
     selects = ["s.user_id", "s.merchant_id", "s.event_timestamp", "s.label"]
     joins = []
     for alias, (view, (key, _prefix, ttl_days)) in zip("uv", VIEWS.items(), strict=True):
@@ -28,14 +30,16 @@ def floor_sql(repo: BenchRepo) -> str:
             f"epoch_us(s.event_timestamp) - epoch_us({alias}.event_timestamp) "
             f"<= {ttl_days * DAY_US}"
         )
-        selects += [f"CASE WHEN {hit} THEN {alias}.{f} END AS {f}" for f in feature_names(view)]
+        for f in feature_names(view):
+            value = f"CASE WHEN {hit} THEN {alias}.{f} END"
+            selects.append(f"coalesce({value}, 'NaN'::DOUBLE) AS {f}" if nan else f"{value} AS {f}")
         joins.append(
             f"ASOF LEFT JOIN read_parquet('{repo.source_path(view)}') {alias} "
             f"ON s.{key} = {alias}.{key} AND s.event_timestamp >= {alias}.event_timestamp"
         )
     return (
         f"SELECT {', '.join(selects)} "
-        f"FROM read_parquet('{repo.spine_path}', file_row_number = true) s "
+        f"FROM read_parquet('{spine or repo.spine_path}', file_row_number = true) s "
         + " ".join(joins)
         + " ORDER BY s.file_row_number"
     )

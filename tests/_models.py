@@ -9,9 +9,17 @@ if TYPE_CHECKING:
     from featurestore.store import FeatureStore
 
 
-def publish(store: FeatureStore, name: str, *, flavor: str, artifact: Path, service: str) -> int:
+def publish(
+    store: FeatureStore,
+    name: str,
+    *,
+    flavor: str,
+    artifact: Path,
+    service: str,
+    alias: str | None = "production",
+) -> int:
     """Register ``artifact`` as a new version of model ``name`` reading feature service
-    ``service`` and point the model's production alias at it; returns the version."""
+    ``service`` and point the model's ``alias`` (production; None: none) at it; the version."""
     from featurestore._cli_serve import model_registry, service_feature_names
 
     reg = model_registry(store)
@@ -22,5 +30,6 @@ def publish(store: FeatureStore, name: str, *, flavor: str, artifact: Path, serv
         feature_service=service,
         service_features=service_feature_names(store, service),
     )
-    reg.set_alias(name, mv.version, "production")
+    if alias:
+        reg.set_alias(name, mv.version, alias)
     return mv.version

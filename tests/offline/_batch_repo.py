@@ -285,21 +285,12 @@ def register(
     service: str = "svc",
 ) -> int:
     """Register ``artifact`` as the next version of ``name`` on ``service``; the version."""
-    from featurestore._cli_serve import model_registry, service_feature_names
     from featurestore.store import FeatureStore
 
+    from .._models import publish
+
     with FeatureStore(repo) as store:
-        reg = model_registry(store)
-        mv = reg.register(
-            name,
-            flavor=flavor,
-            artifact=artifact,
-            feature_service=service,
-            service_features=service_feature_names(store, service),
-        )
-        if alias:
-            reg.set_alias(name, mv.version, alias)
-    return mv.version
+        return publish(store, name, flavor=flavor, artifact=artifact, service=service, alias=alias)
 
 
 def set_alias(repo: Path, name: str, version: int, alias: str) -> None:
