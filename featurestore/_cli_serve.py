@@ -12,14 +12,13 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from featurestore.types import NUMERIC_TYPES
+
 if TYPE_CHECKING:
     import polars as pl
 
     from featurestore.online.models import ModelRegistry
     from featurestore.store import FeatureStore
-
-
-_NUMERIC = {"int32", "int64", "float32", "float64", "bool"}
 
 
 def service_feature_names(store: FeatureStore, service: str) -> list[str]:
@@ -33,7 +32,7 @@ def service_feature_names(store: FeatureStore, service: str) -> list[str]:
     for view, feats in store.resolve_features(service):
         for f in feats:
             dtype = view.field(f).dtype.name
-            if dtype not in _NUMERIC:
+            if dtype not in NUMERIC_TYPES:
                 raise ModelRegistryError(
                     f"feature service '{service}' has feature '{view.name}:{f}' of type {dtype}; "
                     "a model takes numbers only: serve it through a service of numeric features"

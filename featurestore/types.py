@@ -73,6 +73,8 @@ _ARROW = {
 KEY_KIND_NOUNS = {"int": "integers", "str": "strings"}
 KEY_KIND_TYPES = {"int": int, "str": str}  # the Python type of such keys' values
 INT_RANGES = {"int32": (-(2**31), 2**31 - 1), "int64": (-(2**63), 2**63 - 1)}
+# the types a model can take as an input (converted to float64; bool as 0/1)
+NUMERIC_TYPES = frozenset({"int32", "int64", "float32", "float64", "bool"})
 
 
 def value_fits(v: Any, dtype_name: str) -> bool:

@@ -24,6 +24,7 @@ import numpy as np
 
 from featurestore._progress import progress_bar
 from featurestore.errors import EntityDataError, FeatureStoreError
+from featurestore.types import NUMERIC_TYPES
 
 if TYPE_CHECKING:
     import polars as pl
@@ -34,7 +35,6 @@ if TYPE_CHECKING:
 
 METADATA_KEY = b"featurestore.batch_score"
 _EXPLAIN_BLOCK = 2048  # rows per thread at least, when explaining on several cores
-_NUMERIC = frozenset({"int32", "int64", "float32", "float64", "bool"})
 
 
 class BatchScoreError(FeatureStoreError):
@@ -188,7 +188,7 @@ def _joined_inputs(store: FeatureStore, mv: ModelVersion) -> tuple[str, ...]:
                 f"service '{mv.feature_service}' no longer serves; re-register the model"
             )
         dtype = served[name][1]
-        if dtype not in _NUMERIC:
+        if dtype not in NUMERIC_TYPES:
             raise ModelRegistryError(
                 f"feature '{name}' of model '{mv.name}' v{mv.version} is {dtype} in "
                 f"feature service '{mv.feature_service}'; the model needs numbers"

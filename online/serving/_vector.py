@@ -21,9 +21,7 @@ from featurestore.online._shape import _request_plan
 from featurestore.online.keys import build_keys
 from featurestore.online.lookup import _ViewPlan
 from featurestore.online.serving._requests import _INT64_MAX, _INT64_MIN
-from featurestore.types import KEY_KIND_TYPES
-
-_NUMERIC = frozenset({"int32", "int64", "float32", "float64", "bool"})
+from featurestore.types import KEY_KIND_TYPES, NUMERIC_TYPES
 
 
 class _View:
@@ -134,7 +132,7 @@ def vector_plan(
         p, j = hit
         plan = plans[p]
         field = plan.fields[j]
-        if field.dtype.name not in _NUMERIC:
+        if field.dtype.name not in NUMERIC_TYPES:
             return None
         default = field.default
         defaults.append(math.nan if default is None else float(default))
