@@ -35,6 +35,8 @@ class Plan:
     """The list of changes; empty when the registry already matches the definitions."""
 
     changes: list[Change] = field(default_factory=list)
+    # removed views whose online rows an earlier apply could not delete (the next one retries)
+    pending_cleanup: list[str] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
@@ -45,8 +47,12 @@ class Plan:
         return [c for c in self.changes if c.breaking]
 
     def __str__(self) -> str:
+        pending = ""
+        if self.pending_cleanup:
+            names = ", ".join(self.pending_cleanup)
+            pending = f"\nOnline rows of removed views still to delete (apply retries): {names}."
         if self.empty:
-            return "No changes: the registry matches the definitions."
+            return "No changes: the registry matches the definitions." + pending
         adds = sum(c.action == "add" for c in self.changes)
         chg = sum(c.action == "change" for c in self.changes)
         rem = sum(c.action == "remove" for c in self.changes)
@@ -56,7 +62,7 @@ class Plan:
             + (f", {len(self.breaking)} breaking" if self.breaking else "")
             + "."
         )
-        return "\n".join(lines)
+        return "\n".join(lines) + pending
 
 
 def make_plan(
@@ -64,7 +70,7 @@ def make_plan(
 ) -> Plan:
     """Compare the applied registry with the definitions loaded from the repo (and with the
     join-key kinds read from the sources, when given)."""
-    plan = Plan()
+    plan = Plan(pending_cleanup=sorted(current.pending_cleanup))
     _diff(plan, "entity", current.entities, defs.entities, _entity_details)
     _diff(plan, "feature view", current.feature_views, defs.feature_views, _view_details)
     _diff(

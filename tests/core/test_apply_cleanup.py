@@ -223,6 +223,12 @@ def test_unreachable_store_keeps_the_registry_and_a_later_apply_finishes(tmp_pat
         assert warning[0].startswith("warning: removed view 'user_stats': online rows not deleted")
         assert f"127.0.0.1:{port}" in warning[0] and "Traceback" not in res.output
 
+        # plan says what is still to delete
+        res = runner.invoke(cli, ["--repo", str(tmp_path), "plan"])
+        assert res.exit_code == 0, res.output
+        assert "No changes" in res.stdout
+        assert "still to delete (apply retries): user_stats." in res.stdout
+
         # defining it again while its old rows cannot be deleted changes nothing
         write_defs(tmp_path, "user_stats", "kept")
         with FeatureStore(tmp_path) as store, pytest.raises(OnlineStoreUnavailableError):
@@ -237,6 +243,7 @@ def test_unreachable_store_keeps_the_registry_and_a_later_apply_finishes(tmp_pat
         assert "No changes" in res.stdout
         assert f"removed view 'user_stats': deleted {USERS} online rows" in res.stdout
         assert registry.load().pending_cleanup == {}
+        assert "still to delete" not in runner.invoke(cli, ["--repo", str(tmp_path), "plan"]).stdout
         with FeatureStore(tmp_path) as store:
             assert count_keys(store, "user_stats", None) == 0  # type: ignore[arg-type]
             assert count_keys(store, "kept", None) == USERS  # type: ignore[arg-type]
