@@ -14,6 +14,7 @@ import click
 
 from featurestore._cli_ingest import ingest
 from featurestore._cli_keys import keys
+from featurestore._cli_purge import purge_expired
 from featurestore._cli_score import score
 from featurestore._cli_serve import register_commands
 from featurestore.errors import FeatureStoreError
@@ -318,6 +319,7 @@ register_commands(cli)
 cli.add_command(keys)
 cli.add_command(ingest)
 cli.add_command(score)
+cli.add_command(purge_expired)
 
 
 def main() -> None:

@@ -48,6 +48,12 @@ class OnlineStore(ABC):
         """Alias of :meth:`delete_view`."""
         return self.delete_view(project, view_name)
 
+    def purge_expired(self, *, now_ms: int | None = None, batch: int = 10_000) -> int:
+        """Delete values whose expiry is at or before ``now_ms`` (default: now); returns how
+        many. This default deletes nothing and returns 0: it is for stores that expire keys by
+        themselves (Redis, Redis Cluster); the embedded store overrides it."""
+        return 0
+
     @abstractmethod
     def ping(self) -> None:
         """Raise OnlineStoreUnavailableError unless the store answers."""

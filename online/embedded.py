@@ -72,6 +72,55 @@ def _put_sorted(cursor: Any, keys: list[bytes], stored: list[bytes]) -> None:
         cursor.putmulti(zip(keys, stored, strict=True), dupdata=False, overwrite=True)
 
 
+_SCAN_LIMIT = 200_000  # most keys one purge read transaction looks at (keeps snapshots short)
+
+
+def _expired_at(value: bytes, cutoff: int) -> bool:
+    """Whether a stored value has an expiry and it is at or before ``cutoff`` (ms)."""
+    return value[:8] != _NEVER and _EXPIRE.unpack_from(value)[0] <= cutoff
+
+
+def _scan_expired(
+    env: Any, after: bytes | None, cutoff: int, batch: int
+) -> tuple[list[bytes], bytes | None]:
+    """Up to ``batch`` expired keys after ``after`` (from the start when None), in key order,
+    and the last key looked at (None: the end was reached)."""
+    expired: list[bytes] = []
+    looked = 0
+    unpack = _EXPIRE.unpack_from
+    with env.begin(buffers=False) as txn:
+        cursor = txn.cursor()
+        if after is None:
+            more = cursor.first()
+        else:
+            more = cursor.set_range(after)
+            if more and cursor.key() == after:
+                more = cursor.next()
+        if not more:
+            return expired, None
+        for key, value in cursor.iternext():
+            looked += 1
+            if value[:8] != _NEVER and unpack(value)[0] <= cutoff:
+                expired.append(key)
+                if len(expired) >= batch:
+                    return expired, key
+            if looked >= _SCAN_LIMIT:
+                return expired, key
+    return expired, None
+
+
+def _delete_expired(env: Any, keys: list[bytes], cutoff: int) -> int:
+    """Delete those of ``keys`` (ascending) that are still expired, in one write transaction."""
+    deleted = 0
+    with env.begin(write=True, buffers=False) as txn:
+        cursor = txn.cursor()
+        for key in keys:
+            if cursor.set_key(key) and _expired_at(cursor.value(), cutoff):
+                cursor.delete()
+                deleted += 1
+    return deleted
+
+
 class EmbeddedOnlineStore(OnlineStore):
     """LMDB-backed store at ``path`` (a folder); values carry their expiry, checked on read."""
 
@@ -246,6 +295,41 @@ class EmbeddedOnlineStore(OnlineStore):
                 elif not cursor.next():
                     break
         return deleted
+
+    def purge_expired(self, *, now_ms: int | None = None, batch: int = 10_000) -> int:
+        """Delete every value whose expiry (not 0 = never) is at or before ``now_ms`` (default:
+        now) and return how many: reads skip such values, but only a purge frees their space.
+
+        A read transaction finds up to ``batch`` expired keys, then a short write transaction
+        deletes them, each re-checked there (a key rewritten with a later expiry since the scan
+        stays), so writers wait at most one batch for the lock and readers never wait.
+        """
+        import lmdb
+
+        if batch < 1:
+            raise OnlineStoreError(f"purge_expired got batch={batch}; give a batch of at least 1")
+        cutoff = int(time.time() * 1000) if now_ms is None else int(now_ms)
+        env = self._env()
+        deleted = 0
+        after: bytes | None = None  # the last key scanned: the next scan starts past it
+        try:
+            while True:
+                expired, after = _scan_expired(env, after, cutoff, batch)
+                if expired:
+                    deleted += _delete_expired(env, expired, cutoff)
+                if after is None:
+                    return deleted
+        except lmdb.MapFullError as exc:
+            raise OnlineStoreError(
+                f"the embedded online store at {self.path} is full ({self.map_size} bytes), too "
+                f"full even to delete from; raise online_store.map_size in featurestore.yaml and "
+                f"purge again ({deleted:,} expired rows were purged)"
+            ) from exc
+        except lmdb.Error as exc:
+            raise OnlineStoreError(
+                f"purge of the embedded online store at {self.path} failed after {deleted:,} "
+                f"rows: {exc}"
+            ) from exc
 
     def ping(self) -> None:
         with self._env().begin():
