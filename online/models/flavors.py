@@ -48,20 +48,18 @@ class Predictor:
     _predict_many: Any = None  # batch scoring: every core (serving keeps one thread a call)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        out = np.asarray(self._predict(x))
-        if out.ndim == 2 and out.shape[1] == 1:
-            out = out[:, 0]
-        return out
+        return _one_column(self._predict(x))
 
     def predict_many(self, x: np.ndarray) -> np.ndarray:
         """``predict`` for large offline batches: the same scores, on every core where the
         flavor can (LightGBM); other flavors are already vectorised and use ``predict``."""
-        if self._predict_many is None:
-            return self.predict(x)
-        out = np.asarray(self._predict_many(x))
-        if out.ndim == 2 and out.shape[1] == 1:
-            out = out[:, 0]
-        return out
+        return _one_column((self._predict_many or self._predict)(x))
+
+
+def _one_column(out: Any) -> np.ndarray:
+    """A model's output with a (rows, 1) matrix flattened to (rows,)."""
+    out = np.asarray(out)
+    return out[:, 0] if out.ndim == 2 and out.shape[1] == 1 else out
 
 
 def check_flavor(flavor: str) -> str:
