@@ -62,7 +62,7 @@ def build_keys(
     tail = f"}}:{view_name}"
     if len(join_keys) == 1:  # the common case: one pass over the values
         pre = head + join_keys[0].translate(_ESCAPE_NAME) + "="
-        ints = _signed_int_array(key_columns[0])
+        ints = signed_int_array(key_columns[0])
         if ints is not None and (not kinds or kinds.get(join_keys[0], "int") == "int"):
             return _int_keys(pre.encode(), tail.encode(), ints)
         values = as_pylist(key_columns[0])
@@ -244,10 +244,19 @@ def as_pylist(col: Sequence[Any]) -> list[Any]:
     return list(col)
 
 
-_POW10 = np.array([10**i for i in range(20)], dtype=np.uint64)
+POW10 = np.array([10**i for i in range(20)], dtype=np.uint64)
 
 
-def _signed_int_array(col: Any) -> np.ndarray | None:
+def decimal_digits(v: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Of int64 values: which are negative, their magnitudes as uint64 (exact for the
+    smallest int64 too) and how many decimal digits each magnitude has (0 has one)."""
+    neg = v < 0
+    mag = v.astype(np.uint64)
+    mag[neg] = ~mag[neg] + np.uint64(1)
+    return neg, mag, np.maximum(np.searchsorted(POW10, mag, side="right"), 1)
+
+
+def signed_int_array(col: Any) -> np.ndarray | None:
     """An int64 numpy copy of a signed-integer Arrow or numpy column without nulls, else None."""
     if isinstance(col, np.ndarray):
         return col.astype(np.int64) if col.dtype.kind == "i" and col.ndim == 1 else None
@@ -269,10 +278,8 @@ def _int_keys(pre: bytes, tail: bytes, v: np.ndarray) -> list[bytes]:
     n = len(v)
     if not n:
         return []
-    neg = v < 0
-    mag = v.astype(np.uint64)
-    mag[neg] = ~mag[neg] + np.uint64(1)  # |x|, exact for the smallest int64 too
-    width = np.maximum(np.searchsorted(_POW10, mag, side="right"), 1) + neg
+    neg, mag, digits = decimal_digits(v)
+    width = digits + neg
     lo, hi = int(width.min()), int(width.max())
     if lo == hi:
         return _int_key_block(pre, tail, mag, neg, lo)

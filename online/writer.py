@@ -11,7 +11,7 @@ from featurestore.errors import EntityDataError
 from featurestore.online.base import OnlineStore
 from featurestore.online.codec import EVENT_TS, RowCodec
 from featurestore.online.embedded import EmbeddedOnlineStore
-from featurestore.online.keys import build_keys
+from featurestore.online.keys import POW10, build_keys, decimal_digits, signed_int_array
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -129,9 +129,6 @@ def _write_embedded(
     )
 
 
-_POW10 = np.array([10**i for i in range(20)], dtype=np.uint64)
-
-
 def key_order(table: pa.Table, join_keys: tuple[str, ...]) -> np.ndarray | None:
     """A stable row order of ``table`` close to the byte order of the rows' online keys, or
     None when the rows are in that order already. Exact for one integer join key."""
@@ -140,8 +137,9 @@ def key_order(table: pa.Table, join_keys: tuple[str, ...]) -> np.ndarray | None:
     if table.num_rows < 2:
         return None
     cols = [table.column(k) for k in join_keys]
-    if len(cols) == 1 and pa.types.is_signed_integer(cols[0].type) and not cols[0].null_count:
-        parts = _decimal_text_order(cols[0].to_numpy().astype(np.int64, copy=False))
+    ints = signed_int_array(cols[0]) if len(cols) == 1 else None
+    if ints is not None:
+        parts = _decimal_text_order(ints)
         if _ascending(parts):
             return None
         return np.lexsort(parts[::-1])
@@ -164,11 +162,8 @@ def _decimal_text_order(v: np.ndarray) -> tuple[np.ndarray, ...]:
     greater than any longer one it is a prefix of (``}`` sorts after every digit). Padding the
     digits with 9s to 19 places and then putting longer numbers first gives exactly that.
     """
-    neg = v < 0
-    mag = v.astype(np.uint64)
-    mag[neg] = ~mag[neg] + np.uint64(1)  # |v|, exact for the smallest int64 too
-    digits = np.maximum(np.searchsorted(_POW10, mag, side="right"), 1)
-    padded = (mag + np.uint64(1)) * _POW10[19 - digits] - np.uint64(1)
+    neg, mag, digits = decimal_digits(v)
+    padded = (mag + np.uint64(1)) * POW10[19 - digits] - np.uint64(1)
     return (~neg, padded, -digits)
 
 
