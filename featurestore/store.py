@@ -338,11 +338,10 @@ class FeatureStore:
         start_us, end_us = to_us(start), to_us(end)
         if start_us > end_us:
             raise ValueError(f"materialize: start {to_utc(start_us)} is after end {to_utc(end_us)}")
-        from featurestore.online.stream.streams import check_not_ingesting
-
-        chosen = self._online_views(views)
-        check_not_ingesting(self, chosen)
-        rows = {v.name: self._materialize_view(v, start_us, end_us, progress) for v in chosen}
+        rows = {
+            v.name: self._materialize_view(v, start_us, end_us, progress)
+            for v in self._online_views(views)
+        }
         return MaterializeResult(start_us, end_us, rows)
 
     def materialize_incremental(
@@ -357,11 +356,7 @@ class FeatureStore:
         state = self.registry
         rows: dict[str, int] = {}
         first = end_us
-        from featurestore.online.stream.streams import check_not_ingesting
-
-        chosen = self._online_views(views)
-        check_not_ingesting(self, chosen)
-        for view in chosen:
+        for view in self._online_views(views):
             mark = (state.materialization.get(view.name) or {}).get("watermark_us")
             if mark is not None:
                 start_us = mark
@@ -374,11 +369,17 @@ class FeatureStore:
         return MaterializeResult(first, end_us, rows)
 
     def _online_views(self, names: Sequence[str] | None) -> list[FeatureView]:
-        """The views to materialize (default: every online view)."""
+        """The views to materialize (default: every online view); refused while a stream ingest
+        writes one of them (see online/stream/streams.check_not_ingesting)."""
+        from featurestore.online.stream.streams import check_not_ingesting
+
         state = self.registry
         if names:
-            return [state.feature_view(n) for n in names]
-        return [v for v in state.feature_views.values() if v.online]
+            views = [state.feature_view(n) for n in names]
+        else:
+            views = [v for v in state.feature_views.values() if v.online]
+        check_not_ingesting(self, views)
+        return views
 
     def _materialize_view(
         self, view: FeatureView, start_us: int, end_us: int, progress: bool
