@@ -104,19 +104,17 @@ def train_model(path: Path, names: Sequence[str], seed: int = 11) -> Path:
 
 def register_model(store: Any, artifact: Path, service: str = "all40") -> Any:
     """Register ``artifact`` as the production version of ``MODEL`` against ``service``."""
-    from featurestore._cli_serve import model_registry, service_feature_names
+    from featurestore.online.models.repo import register_model
 
-    reg = model_registry(store)
-    mv = reg.register(
+    return register_model(
+        store,
         MODEL,
         flavor="lightgbm",
         artifact=artifact,
-        feature_service=service,
-        service_features=service_feature_names(store, service),
+        service=service,
         description="serving benchmark model",
+        alias="production",
     )
-    reg.set_alias(MODEL, mv.version, "production")
-    return mv
 
 
 # ---------------------------------------------------------------------------- server processes

@@ -191,7 +191,7 @@ def embedded_serving(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embed
     import numpy as np
 
     from benchmarks import _serving as sv
-    from featurestore._cli_serve import service_feature_names
+    from featurestore.online.models.repo import service_feature_names
     from featurestore.store import FeatureStore
 
     root = tmp_path_factory.mktemp("embedded_serving")

@@ -29,7 +29,7 @@ TARGET = 1.25  # ours / floor, in time
 @pytest.fixture(scope="module")
 def scoring_store(bench_repo: BenchRepo, tmp_path_factory: pytest.TempPathFactory) -> Any:
     """A repo over the bench data with the all40 service and the serving benchmark's model."""
-    from featurestore._cli_serve import service_feature_names
+    from featurestore.online.models.repo import service_feature_names
     from featurestore.store import FeatureStore
 
     root = tmp_path_factory.mktemp("batch_score")

@@ -31,7 +31,7 @@ def test_explain_cost_inprocess(
 ) -> None:
     import lightgbm as lgb
 
-    from featurestore._cli_serve import model_registry
+    from featurestore.online.models.repo import model_registry
     from featurestore.online.serving.config import ServingConfig
     from featurestore.online.serving.engine import Engine
 

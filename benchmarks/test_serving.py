@@ -152,7 +152,7 @@ def serving(
     import lightgbm as lgb
     import redis
 
-    from featurestore._cli_serve import service_feature_names
+    from featurestore.online.models.repo import service_feature_names
     from featurestore.store import FeatureStore
 
     root = tmp_path_factory.mktemp("serving")

@@ -12,41 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from featurestore.types import NUMERIC_TYPES
-
 if TYPE_CHECKING:
     import polars as pl
 
-    from featurestore.online.models import ModelRegistry
     from featurestore.store import FeatureStore
-
-
-def service_feature_names(store: FeatureStore, service: str) -> list[str]:
-    """The features of a feature service, by bare name, in service order (the model's inputs).
-
-    Raises when one is not a number or bool: models take a float matrix.
-    """
-    from featurestore.online.models.errors import ModelRegistryError
-
-    names: list[str] = []
-    for view, feats in store.resolve_features(service):
-        for f in feats:
-            dtype = view.field(f).dtype.name
-            if dtype not in NUMERIC_TYPES:
-                raise ModelRegistryError(
-                    f"feature service '{service}' has feature '{view.name}:{f}' of type {dtype}; "
-                    "a model takes numbers only: serve it through a service of numeric features"
-                )
-            names.append(f)
-    return names
-
-
-def model_registry(store: FeatureStore) -> ModelRegistry:
-    """The model registry folder ``models.path`` of the repo names (default data/models)."""
-    from featurestore.online.models import ModelRegistry
-    from featurestore.online.serving.config import models_config
-
-    return ModelRegistry(store.config.resolve(models_config(store.config).path))
 
 
 def _store(ctx: click.Context) -> FeatureStore:
@@ -195,22 +164,22 @@ def register(
     alias: str | None,
 ) -> None:
     """Add ARTIFACT as the next version of model NAME (checked against the feature service)."""
-    store = _store(ctx)
-    reg = model_registry(store)
-    mv = reg.register(
+    from featurestore.online.models.repo import register_model
+
+    mv = register_model(
+        _store(ctx),
         name,
         flavor=flavor,
         artifact=artifact,
-        feature_service=service,
-        service_features=service_feature_names(store, service),
+        service=service,
         description=description,
+        alias=alias,
     )
     click.echo(
         f"registered {name} v{mv.version} ({flavor}, {len(mv.feature_names)} features "
         f"from '{service}')"
     )
     if alias:
-        reg.set_alias(name, mv.version, alias)
         click.echo(f"{name}@{alias} -> v{mv.version}")
 
 
@@ -218,6 +187,8 @@ def register(
 @click.pass_context
 def list_models(ctx: click.Context) -> None:
     """Every model with its versions and aliases."""
+    from featurestore.online.models.repo import model_registry
+
     reg = model_registry(_store(ctx))
     names = reg.names()
     if not names:
@@ -252,6 +223,8 @@ def list_models(ctx: click.Context) -> None:
 @click.pass_context
 def promote(ctx: click.Context, name: str, version: str, alias: str, share: float | None) -> None:
     """Point ALIAS of model NAME at VERSION; running servers load, warm, then swap to it."""
+    from featurestore.online.models.repo import model_registry
+
     try:
         v = int(version.lstrip("v"))
     except ValueError:
@@ -275,6 +248,7 @@ def train_demo_model(
     import lightgbm as lgb
     import numpy as np
 
+    from featurestore.online.models.repo import register_model, service_feature_names
     from featurestore.online.serving._requests import request_fields
     from featurestore.online.serving.engine import Engine
 
@@ -305,16 +279,15 @@ def train_demo_model(
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "fraud.txt"
         booster.save_model(str(path))
-        reg = model_registry(store)
-        mv = reg.register(
+        mv = register_model(
+            store,
             "fraud",
             flavor="lightgbm",
             artifact=path,
-            feature_service=service,
-            service_features=names,
+            service=service,
             description="quickstart demo model",
+            alias="production",
         )
-    reg.set_alias("fraud", mv.version, "production")
     echo(
         f"    trained 100 trees on {n_train:,} rows in {train_s:.1f} s; test AUC {auc:.3f}; "
         f"registered fraud v{mv.version} as production"

@@ -143,12 +143,12 @@ def batch_score(
 
 def _scorers(store: FeatureStore, refs: list[str]) -> list[_Scorer]:
     """Resolve and load each model reference; check its inputs against its feature service."""
-    from featurestore.online.models import LoadedModel, ModelRegistry, load_predictor
-    from featurestore.online.serving.config import models_config
+    from featurestore.online.models import LoadedModel, load_predictor
+    from featurestore.online.models.repo import model_registry
 
     if not refs:
         raise BatchScoreError("give at least one model to score with")
-    registry = ModelRegistry(store.config.resolve(models_config(store.config).path))
+    registry = model_registry(store)
     versions = []
     for ref in refs:
         if not isinstance(ref, str) or not ref:

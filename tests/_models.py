@@ -20,16 +20,7 @@ def publish(
 ) -> int:
     """Register ``artifact`` as a new version of model ``name`` reading feature service
     ``service`` and point the model's ``alias`` (production; None: none) at it; the version."""
-    from featurestore._cli_serve import model_registry, service_feature_names
+    from featurestore.online.models.repo import register_model
 
-    reg = model_registry(store)
-    mv = reg.register(
-        name,
-        flavor=flavor,
-        artifact=artifact,
-        feature_service=service,
-        service_features=service_feature_names(store, service),
-    )
-    if alias:
-        reg.set_alias(name, mv.version, alias)
+    mv = register_model(store, name, flavor=flavor, artifact=artifact, service=service, alias=alias)
     return mv.version

@@ -294,7 +294,7 @@ def register(
 
 
 def set_alias(repo: Path, name: str, version: int, alias: str) -> None:
-    from featurestore._cli_serve import model_registry
+    from featurestore.online.models.repo import model_registry
     from featurestore.store import FeatureStore
 
     with FeatureStore(repo) as store:

@@ -74,8 +74,8 @@ def _inputs(frame: pl.DataFrame, names: list[str]) -> np.ndarray:
 
 
 def _loaded(store: FeatureStore, ref: str):
-    from featurestore._cli_serve import model_registry
     from featurestore.online.models import LoadedModel, load_predictor
+    from featurestore.online.models.repo import model_registry
 
     reg = model_registry(store)
     mv = reg.resolve(ref)

@@ -95,7 +95,7 @@ def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 
 
 def _artifact(store: FeatureStore, ref: str) -> str:
-    from featurestore._cli_serve import model_registry
+    from featurestore.online.models.repo import model_registry
 
     reg = model_registry(store)
     return reg.artifact_path(reg.resolve(ref))
@@ -344,7 +344,7 @@ def test_name_follows_the_production_alias(tmp_path: Path, artifacts) -> None:
         assert after.frame is not None
         assert after.frame["score"].to_list() == lgb_predict(artifacts["fraud2"], x).tolist()
         # a canary alias resolves too
-        from featurestore._cli_serve import model_registry
+        from featurestore.online.models.repo import model_registry
 
         model_registry(store).set_alias("fraud", 1, "canary", share=0.1)
         canary = store.batch_score("fraud@canary", table)

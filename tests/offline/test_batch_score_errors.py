@@ -118,7 +118,7 @@ def test_a_feature_named_spine_column_is_fine_without_include_features(env) -> N
 
 
 def _artifact(store: FeatureStore, ref: str) -> str:
-    from featurestore._cli_serve import model_registry
+    from featurestore.online.models.repo import model_registry
 
     reg = model_registry(store)
     return reg.artifact_path(reg.resolve(ref))

@@ -159,7 +159,7 @@ def make_repo(repo: Path, defs: Path, online: str, url: str, t_us: int) -> Path:
 def test_online_predict_equals_batch_score_at_T(
     online: str, tmp_path: Path, skew_defs: Path, request: pytest.FixtureRequest
 ) -> None:
-    from featurestore._cli_serve import model_registry, service_feature_names
+    from featurestore.online.models.repo import model_registry, service_feature_names
 
     url = request.getfixturevalue("redis_url") if online == "redis" else ""
     t = datetime.now(timezone.utc).replace(microsecond=0)

@@ -143,7 +143,7 @@ def make_repo(
     defs: str = DEFS,
 ) -> Path:
     """Write config + definitions + data, apply, materialize, register model 'fraud' v1 and v2."""
-    from featurestore._cli_serve import model_registry, service_feature_names
+    from featurestore.online.models.repo import model_registry, service_feature_names
     from featurestore.store import FeatureStore
 
     repo = root

@@ -47,7 +47,7 @@ SCORING = ["user_stats:tx_count", "user_stats:amount_mean", "merchant_stats:risk
 def build_repo(root: Path) -> Path:
     """make_repo + on-demand features, model 'ratio' over them, model 'nanny' (refuses NaN),
     and fraud v2 as fraud's shadow."""
-    from featurestore._cli_serve import model_registry, service_feature_names
+    from featurestore.online.models.repo import model_registry, service_feature_names
     from featurestore.store import FeatureStore
     from tests._models import publish
     from tests.serving.conftest import train_model

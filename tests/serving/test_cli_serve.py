@@ -111,7 +111,8 @@ def test_train_demo_model_registers_production_and_predicts(fresh_repo: Path) ->
     import numpy as np
     import polars as pl
 
-    from featurestore._cli_serve import model_registry, train_demo_model
+    from featurestore._cli_serve import train_demo_model
+    from featurestore.online.models.repo import model_registry
     from featurestore.store import FeatureStore
 
     rng = np.random.default_rng(0)

@@ -333,7 +333,7 @@ def test_on_demand_features_from_request_data_feed_the_model(tmp_path: Path, ser
     import httpx
     import numpy as np
 
-    from featurestore._cli_serve import service_feature_names
+    from featurestore.online.models.repo import service_feature_names
     from featurestore.store import FeatureStore
     from tests._models import publish
     from tests.serving.conftest import DEFS, train_model

@@ -24,7 +24,7 @@ MANY = {"user_id": [1, 2, 999, 40], "merchant_id": [3, 999, 4, 5]}  # missing ke
 
 
 def _booster(repo: Path, version: int = 1) -> lgb.Booster:
-    from featurestore._cli_serve import model_registry
+    from featurestore.online.models.repo import model_registry
 
     with FeatureStore(repo) as store:
         reg = model_registry(store)

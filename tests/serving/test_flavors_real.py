@@ -471,7 +471,7 @@ class _Served:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, dict[str, _Served]]]:
     """The serving tests' repo plus one production model per flavor, and a started engine."""
-    from featurestore._cli_serve import model_registry, service_feature_names
+    from featurestore.online.models.repo import model_registry, service_feature_names
     from featurestore.online.serving.engine import Engine
     from featurestore.store import FeatureStore
 

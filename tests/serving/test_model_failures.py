@@ -41,7 +41,7 @@ def _logreg() -> Any:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerThread, Any]]:
     """A server whose repo has a nullable feature, an sklearn model refusing NaN and a python
     model that raises on large amounts."""
-    from featurestore._cli_serve import model_registry, service_feature_names
+    from featurestore.online.models.repo import model_registry, service_feature_names
     from featurestore.online.serving.engine import Engine
     from featurestore.online.serving.rest import create_app
     from featurestore.store import FeatureStore

@@ -137,7 +137,7 @@ serving:
 
 
 def test_promotion_under_load_drops_no_request(fresh_repo: Path, serve) -> None:
-    from featurestore._cli_serve import model_registry
+    from featurestore.online.models.repo import model_registry
     from featurestore.store import FeatureStore
 
     s = serve(fresh_repo)

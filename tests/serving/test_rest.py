@@ -399,7 +399,7 @@ def test_unapplied_repo_is_live_but_not_ready_until_apply(tmp_path: Path) -> Non
 
 
 def test_shadow_version_scores_are_recorded_not_returned(fresh_repo: Path, serve) -> None:
-    from featurestore._cli_serve import model_registry
+    from featurestore.online.models.repo import model_registry
     from featurestore.store import FeatureStore
 
     model_registry(FeatureStore(fresh_repo)).set_alias("fraud", 2, "shadow")
@@ -422,7 +422,7 @@ def test_shadow_version_scores_are_recorded_not_returned(fresh_repo: Path, serve
 
 
 def test_a_failed_promotion_keeps_serving_and_ready(fresh_repo: Path, serve, tmp_path) -> None:
-    from featurestore._cli_serve import model_registry, service_feature_names
+    from featurestore.online.models.repo import model_registry, service_feature_names
     from featurestore.store import FeatureStore
 
     s = serve(fresh_repo)
