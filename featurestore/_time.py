@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from datetime import datetime, timedelta, timezone
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(us|ms|s|m|h|d|w)\s*$")
@@ -78,5 +79,6 @@ def to_us(value: datetime | str | int) -> int:
 
 
 def now_us() -> int:
-    """The wall clock in UTC microseconds."""
-    return to_us(datetime.now(timezone.utc))
+    """The wall clock in UTC microseconds (the clock ``datetime.now`` reads, without a datetime:
+    serving asks for it on every request)."""
+    return time.time_ns() // 1000

@@ -75,6 +75,8 @@ class _ViewPlan:
         # and feature j is item 4 + (its place among the fixed features) of the tuple.
         self.row_struct = self.codec.row_struct
         self.no_nulls = bytes(self.codec.n_null_bytes)
+        nulls_at = self.codec.record_dtype.fields["h_nulls"][1]
+        self.nulls_span = (nulls_at, nulls_at + self.codec.n_null_bytes)  # in a stored value
         fixed_order = {f.name: c for c, (_, f) in enumerate(fixed)}
         self.struct_cols = [4 + fixed_order.get(f, 0) for f in features]
         self.ts_out = [c for c, f in enumerate(fields) if f.dtype.name == "timestamp"]
@@ -89,6 +91,14 @@ class _ViewPlan:
             cols_of.setdefault(j, []).append(c)
         self.cols_of_field = cols_of  # schema field index -> output columns
         self.unique = len(set(features)) == len(features)  # else output lists may be shared
+        # the request is the view's float64 features, all of them in stored order: a row's
+        # values are one run of its stored bytes (see _ViewResult.stored_block)
+        self.as_stored = (
+            self.matrix is not None
+            and self.matrix_cols is None
+            and self.matrix[0] == np.float64
+            and self.unique
+        )
 
 
 def _plan(view: Any, features: list[str]) -> Any:
@@ -300,6 +310,33 @@ class _ViewResult:
                 out[c][i] = None
         return out
 
+    def stored_block(self) -> tuple[bytes, np.ndarray | None] | None:
+        """The requested features' values as little-endian float64, one feature after another
+        (n each), when the view serves them as stored: all its float64 features in stored
+        order (``plan.as_stored``) and every row served. Null cells hold 0.0 and are marked in
+        the (features, n) bool array that comes with them (None: no null). Else None. The
+        protobuf encoder writes a column as a slice of these bytes instead of walking values."""
+        plan = self.plan
+        d = self.decoded
+        if not plan.as_stored or not self.all_served or not len(d.records):
+            return None
+        raw = d.raw
+        if raw is not None and len(raw) == 1:  # one entity: a slice of its stored value
+            value = raw[0]
+            a, b = plan.nulls_span
+            if value[a:b] != plan.no_nulls:
+                return None  # its lists say which are null
+            _, offset, k = plan.matrix  # type: ignore[misc]
+            return value[offset : offset + 8 * k], None
+        matrix = self._matrix().T  # (features, n): every row served, so row i is entity i
+        if not self._null_rows():
+            return matrix.astype("<f8", copy=False).tobytes(), None
+        bits = np.unpackbits(
+            d.records["h_nulls"], axis=1, count=plan.codec.n_fields, bitorder="little"
+        )
+        nulls = bits[:, plan.field_idx].T.astype(bool)
+        return np.where(nulls, 0.0, matrix).astype("<f8", copy=False).tobytes(), nulls
+
     def _null_cells(
         self, null_rows: list[tuple[int, int]], statuses: list[int] | None
     ) -> Iterator[tuple[int, int]]:
@@ -383,6 +420,33 @@ class OnlineResponse:
         defaults) come as float64 arrays equal to their lists when they hold no null."""
         return self._columns(dense=True) if self._dict is None else self.to_dict()
 
+    def wire_blocks(self) -> list[Any]:
+        """:meth:`wire_columns` in blocks, for the protobuf encoder: dicts of columns, and
+        ``(names, bytes, nulls)`` for a view that serves its features as stored (see
+        ``_ViewResult.stored_block``; every status PRESENT). Same columns, same order. Several
+        blocks: the first holds the join keys alone (columns without statuses)."""
+        if self._dict is not None or self._hidden or self._include_ts:
+            return [self.wire_columns()]
+        dense = [res.stored_block() if type(res) is _ViewResult else None for res in self._results]
+        if all(block is None for block in dense):
+            return [self.wire_columns()]
+        names = [n for view_names in self._names for n in view_names]
+        if len(set(names).union(self._entity_columns)) != len(names) + len(self._entity_columns):
+            return [self.wire_columns()]  # a name twice: the dict's one column decides
+        cols: dict[str, Any] = {}
+        blocks: list[Any] = [{k: as_pylist(v) for k, v in self._entity_columns.items()}, cols]
+        for res, view_names, block in zip(self._results, self._names, dense, strict=True):
+            if block is not None:
+                blocks.append((view_names, *block))
+                cols = {}
+                blocks.append(cols)
+                continue
+            arrays = res.dense() if type(res) is _ViewResult else None
+            if arrays is None or any(a is None for a in arrays):
+                arrays = res.served_lists()
+            cols.update(zip(view_names, arrays, strict=True))
+        return blocks
+
     def _columns(self, *, dense: bool) -> dict[str, Any]:
         out: dict[str, Any] = {k: as_pylist(v) for k, v in self._entity_columns.items()}
         for res, names in zip(self._results, self._names, strict=True):
@@ -393,14 +457,20 @@ class OnlineResponse:
         for name in self._hidden:
             out.pop(name, None)
         if self._include_ts:
-            for res, names in zip(self._results, self._names, strict=True):
-                if all(n in self._hidden for n in names):
-                    continue
-                ts = res.decoded.event_ts.tolist()
-                present = res.decoded.present.tolist()
-                out[f"{res.plan.view.name}__event_timestamp"] = [
-                    _us_to_datetime(t) if p else None for t, p in zip(ts, present, strict=True)
-                ]
+            out.update(self._event_timestamps())
+        return out
+
+    def _event_timestamps(self) -> dict[str, list[Any]]:
+        """The ``<view>__event_timestamp`` columns (include_event_timestamps)."""
+        out: dict[str, list[Any]] = {}
+        for res, names in zip(self._results, self._names, strict=True):
+            if all(n in self._hidden for n in names):
+                continue
+            ts = res.decoded.event_ts.tolist()
+            present = res.decoded.present.tolist()
+            out[f"{res.plan.view.name}__event_timestamp"] = [
+                _us_to_datetime(t) if p else None for t, p in zip(ts, present, strict=True)
+            ]
         return out
 
     @property

@@ -78,14 +78,17 @@ class StoreReads:
         except timeouts:
             if fut is not None:
                 fut.cancel()
-            self.breaker.failure()
-            raise _StoreFailed("timeout") from None
+            raise self._timed_out() from None
         except Exception as exc:
             err = self._classify(exc)
             if err is exc:
                 raise
             raise err from exc
         self.breaker.success()
+
+    def _timed_out(self) -> _StoreFailed:
+        self.breaker.failure()
+        return _StoreFailed("timeout")
 
     def _read_sync(self, p: Prepared) -> Any:
         lk = self._plan(p)
@@ -132,10 +135,20 @@ class StoreReads:
             return await asyncio.wait_for(asyncio.wrap_future(fut), remaining)
 
     async def _aredis_values(self, keys: list[bytes], deadline: float) -> Any:
+        """``_judged`` written out: every request of an event-loop server takes this path."""
         if not self.breaker.allow():
             raise _StoreFailed("breaker_open")
-        with self._judged((DeadlineExceeded,)):
-            return await self._aredis.mget(keys, deadline)  # type: ignore[union-attr]
+        try:
+            values = await self._aredis.mget(keys, deadline)  # type: ignore[union-attr]
+        except DeadlineExceeded:
+            raise self._timed_out() from None
+        except Exception as exc:
+            err = self._classify(exc)
+            if err is exc:
+                raise
+            raise err from exc
+        self.breaker.success()
+        return values
 
     def _classify(self, exc: Exception) -> Exception:
         """A failed read: the request's fault (re-raised, store untouched) or the store's."""

@@ -12,13 +12,15 @@ data) takes the general path. tests/serving/test_vector.py checks both agree on 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+import operator
+import struct
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from featurestore.online._shape import _request_plan
-from featurestore.online.keys import build_keys
+from featurestore.online.keys import OneEntityKeys
 from featurestore.online.lookup import _ViewPlan
 from featurestore.online.serving._requests import _INT64_MAX, _INT64_MIN
 from featurestore.types import KEY_KIND_TYPES, NUMERIC_TYPES
@@ -27,7 +29,20 @@ from featurestore.types import KEY_KIND_TYPES, NUMERIC_TYPES
 class _View:
     """What one view contributes: its key, its stored row layout and the model slots it fills."""
 
-    __slots__ = ("join_keys", "name", "size", "slots", "struct", "ttl", "var_codec", "ver", "zero")
+    __slots__ = (
+        "head",
+        "join_keys",
+        "name",
+        "pick",
+        "size",
+        "slots",
+        "span",
+        "struct",
+        "ttl",
+        "var_codec",
+        "ver",
+        "zero",
+    )
 
     def __init__(self, plan: _ViewPlan, slots: list[tuple[int, int, int]]) -> None:
         codec = plan.codec
@@ -36,11 +51,38 @@ class _View:
         self.size = codec.fixed_size
         self.ver = codec._ver_bytes
         self.struct = codec.fixed_struct
+        self.head = struct.Struct(f"<q12x{codec.n_null_bytes}s")  # event time, null bitmap
         # a view with strings or arrays: the codec itself says whether a value is readable
         self.var_codec = None if codec.fixed_only else codec
         self.ttl = plan.ttl_us
         self.zero = plan.no_nulls
         self.slots = slots  # (input position, struct item, null bit)
+        self.pick = _picker([item for _, item, _ in slots])  # struct tuple -> slot values
+        self.span = _float64_span(codec, [item for _, item, _ in slots])
+
+
+def _float64_span(codec: Any, items: list[int]) -> tuple[int, int] | None:
+    """The bytes of a stored value holding struct ``items`` (fixed features 4, 5, ...), when
+    they are float64 laid out one after another: the row's part is then a slice of the value."""
+    offsets = []
+    for item in items:
+        i, _ = codec.fixed[item - 4]
+        dtype, offset = codec.record_dtype.fields[f"c{i}"][:2]
+        if dtype != np.dtype("<f8"):
+            return None
+        offsets.append(offset)
+    if offsets != list(range(offsets[0], offsets[0] + 8 * len(offsets), 8)):
+        return None
+    return offsets[0], offsets[0] + 8 * len(offsets)
+
+
+def _picker(items: list[int]) -> Callable[[tuple[Any, ...]], tuple[Any, ...]]:
+    """A function giving the ``items`` of a tuple, always as a tuple (itemgetter of one item
+    gives the bare item)."""
+    if len(items) == 1:
+        (item,) = items
+        return lambda r: (r[item],)
+    return operator.itemgetter(*items)
 
 
 class VectorPlan:
@@ -61,6 +103,13 @@ class VectorPlan:
         self.kinds = {k: KEY_KIND_TYPES[v] for k, v in (kinds or {}).items() if k in join_keys}
         self._defaults = defaults
         self.defaults = np.array([defaults], dtype=np.float64)  # the degraded answer's row
+        self._keys = OneEntityKeys(project, [(v.name, v.join_keys) for v in views])
+        # the views' slots, one view after another, fill the inputs in order: a row whose
+        # views are all present, fresh and without nulls is their picked values, concatenated
+        order = [pos for v in views for pos, _, _ in v.slots]
+        self._in_order = order == list(range(len(defaults)))
+        # ... and when each view's part is a run of float64, the row is their bytes, joined
+        self._spans = self._in_order and all(v.span is not None for v in views)
 
     def keys(self, entities: Any) -> list[bytes] | None:
         """The views' keys for one entity given as ``{key: [value]}``, or None when the request
@@ -77,14 +126,43 @@ class VectorPlan:
                 return None
             if kinds.get(key, kind) is not kind:
                 return None  # a string for an integer key or the reverse: the general path says so
-        project = self.project
-        return [
-            build_keys(project, v.name, v.join_keys, [entities[k] for k in v.join_keys])[0]
-            for v in self.views
-        ]
+        return self._keys.keys(entities, None)  # the values' types are checked above
 
     def row(self, values: Sequence[bytes | None], now_us: int) -> np.ndarray:
         """The (1, k) input row from the views' stored values (in ``keys`` order)."""
+        if self._in_order:  # the usual row: every view found, fresh, no null
+            got: tuple[Any, ...] = ()
+            raw = b""
+            spans = self._spans
+            for view, value in zip(self.views, values, strict=True):
+                if (
+                    view.var_codec is not None
+                    or value is None
+                    or len(value) != view.size
+                    or value[16:20] != view.ver
+                ):
+                    break
+                if spans:
+                    event_us, nulls = view.head.unpack_from(value)
+                    if nulls != view.zero or (
+                        view.ttl is not None and now_us - event_us > view.ttl
+                    ):
+                        break
+                    a, b = view.span  # type: ignore[misc]
+                    raw += value[a:b]
+                    continue
+                r = view.struct.unpack_from(value)
+                if r[3] != view.zero or (view.ttl is not None and now_us - r[0] > view.ttl):
+                    break
+                got += view.pick(r)
+            else:
+                if spans:
+                    return np.frombuffer(raw, dtype="<f8").reshape(1, -1).copy()
+                return np.array([got], dtype=np.float64)
+        return self._row(values, now_us)
+
+    def _row(self, values: Sequence[bytes | None], now_us: int) -> np.ndarray:
+        """:meth:`row` for any row: defaults, NaN for nulls, inputs in any order."""
         x = list(self._defaults)
         for view, value in zip(self.views, values, strict=True):
             if view.var_codec is not None:

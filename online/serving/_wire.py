@@ -176,6 +176,8 @@ _SMALL_INTS = 4  # up to this many varints are cheaper in Python than through In
 _SMALL_STRS = 8  # likewise for strings through StringList
 _DOUBLES: dict[int, Any] = {}  # rows -> struct.Struct packing that many little-endian doubles
 _NAMES: dict[str, bytes] = {}  # column name -> its encoded field 1 (names repeat across calls)
+# 8 x rows -> a stored float64 column's bytes between its name and its values (_stored_columns)
+_STORED_MID: dict[int, bytes] = {}
 _MAX_NAMES = 4096
 
 
@@ -327,10 +329,77 @@ def _dense_doubles(arr: Any) -> bytes:
 def _columns(res: FeatureResult, tag: bytes, parts: list[bytes]) -> None:
     """Append ``res``'s columns as repeated field ``tag`` to ``parts``."""
     shared: dict[int, tuple[bytes, list[int]]] = {}  # one view's features share one list
-    statuses = res.statuses
+    blocks = res.wire_blocks()
+    if len(blocks) == 1:
+        _dict_columns(blocks[0], res.statuses, tag, parts, shared)
+        return
+    _dict_columns(blocks[0], None, tag, parts, shared)  # the join keys: no statuses
+    for block in blocks[1:]:
+        if type(block) is not dict:
+            _stored_columns(*block, tag, parts)
+        elif block:  # statuses named only when a column needs them
+            _dict_columns(block, res.statuses, tag, parts, shared)
+
+
+def _stored_columns(
+    names: list[str], raw: bytes, nulls: np.ndarray | None, tag: bytes, parts: list[bytes]
+) -> None:
+    """A view's float64 columns served as stored: ``raw`` holds each column's n doubles, one
+    column after another (0.0 where ``nulls``, a (columns, n) bool array, marks a null); every
+    status is PRESENT. The bytes ``_dict_columns`` writes for their lists, without their walk."""
+    w = len(raw) // len(names)  # 8 n
+    n = w // 8
+    mid = _STORED_MID.get(w)
+    if mid is None:  # statuses (n zeros), then the DoubleList's field 4 head
+        sub = b"\n" + _len(w)
+        mid = b"\x1a" + _len(n) + bytes(n) + b'"' + _len(len(sub) + w) + sub
+        if len(_STORED_MID) < 1024:
+            _STORED_MID[w] = mid
+    fixed = len(mid) + w
+    null_fields: list[bytes | None] = []
+    if nulls is not None:  # field 8 of each column with a null
+        flag_head = b"B" + _len(n)
+        null_fields = [
+            (b"" if not some else None if every else flag_head + row.tobytes())
+            for row, some, every in zip(
+                nulls.view(np.uint8),
+                nulls.any(axis=1).tolist(),
+                nulls.all(axis=1).tolist(),
+                strict=True,
+            )
+        ]
+    at = 0
+    for c, name in enumerate(names):
+        head = _NAMES.get(name)
+        if head is None:
+            head = _name_field(name)
+        if null_fields and null_fields[c] != b"":
+            flags = null_fields[c]
+            if flags is None:  # every value null: n empty generic Values, as protobuf's API
+                status = mid[: 1 + len(_len(n)) + n]
+                body = head + b"\x12\x00" * n + status
+                parts += (tag, _len(len(body)), body)
+            else:
+                size = len(head) + fixed + len(flags)
+                parts += (tag, _len(size), head, mid, raw[at : at + w], flags)
+        else:
+            size = len(head) + fixed
+            parts += (tag, _VARINT[size] if size < 0x4000 else _varint(size), head, mid)
+            parts.append(raw[at : at + w])
+        at += w
+
+
+def _dict_columns(
+    columns: dict[str, Any],
+    statuses: dict[str, list[str]] | None,
+    tag: bytes,
+    parts: list[bytes],
+    shared: dict[int, tuple[bytes, list[int]]],
+) -> None:
+    """Append ``columns`` (with their ``statuses``, if any) as repeated field ``tag``."""
     no_status = (b"", None)
-    for name, values in res.wire_columns().items():
-        st = statuses.get(name)
+    for name, values in columns.items():
+        st = statuses.get(name) if statuses is not None else None
         if st:
             status, codes = shared.get(id(st)) or _status_field(st, shared)
         else:

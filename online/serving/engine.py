@@ -140,6 +140,7 @@ class Engine(StoreReads, Pushes):
                 )
         # per loaded model: (model, registry state, its one-entity shortcut or None)
         self._vectors: dict[int, tuple[LoadedModel, Any, VectorPlan | None]] = {}
+        self._observers: dict[str, tuple[Any, Any, Any]] = {}
         self._registry_state: Any = None
         self._registry_at = 0.0
         self._audit: AuditLog | None = None  # serving.audit: a record per prediction and push
@@ -432,9 +433,16 @@ class Engine(StoreReads, Pushes):
         return out
 
     def _observe(self, endpoint: str, t0: float, degraded: bool, n: int) -> None:
+        kids = self._observers.get(endpoint)
         m = self.metrics
-        m.child(m.latency, endpoint).observe(time.perf_counter() - t0)
-        m.child(m.requests, endpoint, "degraded" if degraded else "ok").inc()
+        if kids is None:  # the endpoint's latency, ok and degraded children, looked up once
+            kids = self._observers[endpoint] = (
+                m.child(m.latency, endpoint),
+                m.child(m.requests, endpoint, "ok"),
+                m.child(m.requests, endpoint, "degraded"),
+            )
+        kids[0].observe(time.perf_counter() - t0)
+        kids[2 if degraded else 1].inc()
         m.entities.inc(n)
 
     # ---- predict ----------------------------------------------------------------------------

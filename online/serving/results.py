@@ -24,24 +24,52 @@ class FeatureResult:
     :meth:`wire_columns` instead, where float features served as stored are float64 arrays.
     """
 
-    __slots__ = ("_columns", "_source", "degraded", "degraded_reason", "feature_names", "statuses")
+    __slots__ = (
+        "_columns",
+        "_requests",
+        "_source",
+        "_statuses",
+        "degraded",
+        "degraded_reason",
+        "feature_names",
+    )
 
     def __init__(
         self,
         columns: dict[str, list[Any]] | None,
-        statuses: dict[str, list[str]],  # per feature: PRESENT / NOT_FOUND / EXPIRED / UNAVAILABLE
-        feature_names: list[str],
+        statuses: dict[str, list[str]] | None,  # per feature: PRESENT / NOT_FOUND / EXPIRED /
+        feature_names: list[str],  # UNAVAILABLE; None: from ``source`` when first asked for
         degraded: bool = False,
         degraded_reason: str | None = None,
         *,
         source: Any = None,  # an OnlineResponse, when columns is None
+        requests: tuple[FeatureRequest, bool] | None = None,  # source's (requests, full names)
     ) -> None:
         self._columns = columns
         self._source = source
-        self.statuses = statuses
+        self._statuses = statuses
+        self._requests = requests
         self.feature_names = feature_names
         self.degraded = degraded
         self.degraded_reason = degraded_reason
+
+    @property
+    def statuses(self) -> dict[str, list[str]]:
+        """Per feature, each entity's status name (a view's features share one list). From a
+        lookup they are named on first use: the protobuf encoder mostly writes codes."""
+        if self._statuses is None:
+            requests, full = self._requests  # type: ignore[misc]
+            st: dict[str, list[str]] = {}
+            for view, feats in requests:
+                names = list(map(_STATUS_NAMES.__getitem__, self._source.status_codes(view.name)))
+                for f in feats:
+                    st[f"{view.name}__{f}" if full else f] = names
+            self._statuses = st
+        return self._statuses
+
+    @statuses.setter
+    def statuses(self, value: dict[str, list[str]]) -> None:
+        self._statuses = value
 
     @property
     def columns(self) -> dict[str, list[Any]]:
@@ -54,6 +82,14 @@ class FeatureResult:
         if self._columns is None:
             return self._source.wire_columns()  # type: ignore[no-any-return]
         return self._columns
+
+    def wire_blocks(self) -> list[Any]:
+        """:meth:`wire_columns` for the protobuf encoder: dicts of columns, and ``(names, bytes,
+        nulls)`` blocks of float64 features served as stored; several blocks start with the
+        join keys' (see OnlineResponse.wire_blocks)."""
+        if self._columns is None:
+            return self._source.wire_blocks()  # type: ignore[no-any-return]
+        return [self._columns]
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, FeatureResult):
@@ -133,13 +169,9 @@ class Prepared:
 
 
 def from_response(p: Prepared, resp: Any) -> FeatureResult:
-    """A lookup's OnlineResponse as a FeatureResult (statuses by name, shared per view)."""
-    st: dict[str, list[str]] = {}
-    for view, feats in p.requests:
-        names = list(map(_STATUS_NAMES.__getitem__, resp.status_codes(view.name)))
-        for f in feats:
-            st[f"{view.name}__{f}" if p.full else f] = names
-    return FeatureResult(None, st, resp.feature_names, source=resp)
+    """A lookup's OnlineResponse as a FeatureResult (statuses by name, shared per view, named
+    when first asked for)."""
+    return FeatureResult(None, None, resp.feature_names, source=resp, requests=(p.requests, p.full))
 
 
 def degraded_result(p: Prepared, reason: str) -> FeatureResult:

@@ -253,14 +253,18 @@ forever = FeatureView(
 """
 
 
-def _repo(tmp_path: Path, *, ttl: str, grace: str, event_us: np.ndarray) -> None:
-    """A repo with an embedded store: view ``short`` (ttl) and ``forever`` (no ttl)."""
-    (tmp_path / "featurestore.yaml").write_text(
-        "project: purge\nonline_store:\n  type: embedded\n  map_size: 64MB\n"
-        f"  key_ttl_grace: {grace}\n"
-    )
-    (tmp_path / "definitions.py").write_text(textwrap.dedent(DEFS.format(ttl=ttl)))
-    (tmp_path / "data").mkdir()
+def _repo(
+    tmp_path: Path, *, ttl: str, grace: str, event_us: np.ndarray, rewrite: bool = False
+) -> None:
+    """A repo with an embedded store: view ``short`` (ttl) and ``forever`` (no ttl);
+    ``rewrite``: only the views' data."""
+    if not rewrite:
+        (tmp_path / "featurestore.yaml").write_text(
+            "project: purge\nonline_store:\n  type: embedded\n  map_size: 64MB\n"
+            f"  key_ttl_grace: {grace}\n"
+        )
+        (tmp_path / "definitions.py").write_text(textwrap.dedent(DEFS.format(ttl=ttl)))
+        (tmp_path / "data").mkdir()
     n = len(event_us)
     for name in ("short", "forever"):
         pq.write_table(
@@ -314,16 +318,18 @@ LINE = re.compile(r"^purged ([\d,]+) expired rows from the embedded online store
 
 def test_cli_purges_the_expired_rows(tmp_path: Path) -> None:
     n = 25
-    t0_us = int(time.time()) * 1_000_000
-    event_us = np.full(n, t0_us - 1_000_000, np.int64)  # expire at t0 + 1 s + ttl 1 s + 1 s
-    _repo(tmp_path, ttl="1s", grace="1s", event_us=event_us)
+    _repo(tmp_path, ttl="3s", grace="1s", event_us=np.zeros(n, np.int64))
     with FeatureStore(tmp_path) as fs:
         fs.apply()
+        # the rows' time is set after apply, so a slow apply does not eat into their 3 s
+        t0_us = time.time_ns() // 1000
+        event_us = np.full(n, t0_us - 1_000_000, np.int64)  # expire at t0 - 1 s + 3 s + 1 s
+        _repo(tmp_path, ttl="3s", grace="1s", event_us=event_us, rewrite=True)
         start = datetime.fromtimestamp(t0_us / 1e6 - 60, timezone.utc)
         res = fs.materialize(start, datetime.fromtimestamp(t0_us / 1e6, timezone.utc))
         assert res.rows == {"short": n, "forever": n}  # all written: none expired yet
     runner = CliRunner()
-    time.sleep(max(0.0, (t0_us + 2_000_000) / 1e6 - time.time()) + 0.1)
+    time.sleep(max(0.0, (t0_us + 3_000_000) / 1e6 - time.time()) + 0.1)
     out = runner.invoke(cli, ["--repo", str(tmp_path), "purge-expired"])
     assert out.exit_code == 0, out.output
     assert LINE.match(out.output.strip()), out.output

@@ -63,7 +63,7 @@ class _Dict:
         return [self.stored.get(k) for k in keys]
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(
     seed=st.integers(0, 2**32 - 1),
     null_rate=st.sampled_from([0.0, 0.3, 1.0]),
@@ -73,6 +73,7 @@ class _Dict:
     merchant=st.integers(0, 5),
     order=st.permutations(list(range(14))),
     damage=st.sampled_from([None, "version", "truncate"]),
+    in_order=st.booleans(),  # inputs in the views' own order: the row's concatenating path
 )
 def test_vector_row_equals_the_lookup_row(
     seed: int,
@@ -83,6 +84,7 @@ def test_vector_row_equals_the_lookup_row(
     merchant: int,
     order: list[int],
     damage: str | None,
+    in_order: bool,
 ) -> None:
     rng = np.random.default_rng(seed)
     users = make_view("users", USER_FIELDS, ttl=ttl_s)
@@ -98,7 +100,8 @@ def test_vector_row_equals_the_lookup_row(
             del v[-1:]
         stored[key] = bytes(v)
     names = [f.name for f in USER_FIELDS if f.name != "u_str"] + [f.name for f in MERCHANT_FIELDS]
-    inputs = [names[i] for i in order[: 1 + seed % len(order)]]  # a subset, in any order
+    picked = order[: 1 + seed % len(order)]
+    inputs = [names[i] for i in (sorted(picked) if in_order else picked)]  # a subset
     requests = [
         (users, [f.name for f in USER_FIELDS]),
         (merchants, [f.name for f in MERCHANT_FIELDS]),
@@ -112,6 +115,7 @@ def test_vector_row_equals_the_lookup_row(
     assert plan is not None
     keys = plan.keys(entities)
     assert keys is not None
+    assert set(keys) <= {key, build_keys("test", "merchants", ("merchant_id",), [[merchant]])[0]}
     got = plan.row(_Dict(stored).read(keys), T0)
     np.testing.assert_array_equal(got, want)  # NaN == NaN here; values bit for bit
 
@@ -142,3 +146,50 @@ def test_non_numeric_inputs_take_the_general_path(dtype: Any) -> None:
     view = make_view("v", [Field("a", T.Float64), Field("b", dtype)])
     assert vector_plan("test", [(view, ["a", "b"])], ["a", "b"]) is None
     assert vector_plan("test", [(view, ["a", "b"])], ["a"]) is not None  # read past: fine
+
+
+@pytest.mark.parametrize(
+    ("user", "merchant", "user_age", "null_rate"),
+    [
+        (0, 0, 0, 0.0),  # both views found, fresh, no null: the concatenating path
+        (0, 3, 0, 0.0),  # the merchant row is past its TTL: its defaults
+        (0, 0, 3_600_000_001, 0.0),  # the user row is past its TTL
+        (0, 4, 0, 0.0),  # no merchant row
+        (1, 1, 0, 0.5),  # nulls: NaN
+        (2, 0, 0, 0.0),  # the user row was written under another schema version: defaults
+    ],
+)
+@pytest.mark.parametrize(
+    "shape",
+    [
+        "fixed",  # both views fixed-width: their picked struct items
+        "string",  # the user view also stores a string
+        "floats",  # only the float64 merchant view's features: slices of the stored bytes
+    ],
+)
+def test_inputs_in_view_order_read_like_the_lookup(
+    user: int, merchant: int, user_age: int, null_rate: float, shape: str
+) -> None:
+    rng = np.random.default_rng(7)
+    fields = USER_FIELDS if shape == "string" else [f for f in USER_FIELDS if f.name != "u_str"]
+    users = make_view("users", fields, ttl=3600)
+    merchants = make_view("merchants", MERCHANT_FIELDS, entities=[MERCHANT], ttl=3600)
+    stored = _stored(users, [0, 1, 2], [user_age] * 3, rng, null_rate)
+    stored |= _stored(merchants, [0, 1, 3], [0, 0, 10**12], rng, null_rate)
+    other = build_keys("test", "users", ("user_id",), [[2]])[0]
+    stored[other] = (
+        stored[other][:16] + bytes(b ^ 0xFF for b in stored[other][16:20]) + stored[other][20:]
+    )
+    inputs = [f.name for f in USER_FIELDS if f.name != "u_str" and shape != "floats"]
+    inputs += [f.name for f in MERCHANT_FIELDS]
+    requests = [
+        (users, [f.name for f in fields]),
+        (merchants, [f.name for f in MERCHANT_FIELDS]),
+    ]
+    entities = {"user_id": [user], "merchant_id": [merchant]}
+    general = get_online_features(_Dict(stored), "test", requests, entities, now_us=T0).to_dict()
+    want = np.array([[general[n][0] for n in inputs]], dtype=np.float64)
+    plan = vector_plan("test", requests, inputs)
+    assert plan is not None
+    got = plan.row(_Dict(stored).read(plan.keys(entities) or []), T0)
+    np.testing.assert_array_equal(got, want)

@@ -276,15 +276,18 @@ def test_bad_request_columns_name_the_key(col: pb.ValueList, needle: str) -> Non
     assert info.value.field == "entities.user_id"
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(
-    n=st.integers(17, 90),  # past the few-rows struct path: the numpy matrix path
+    # up to 16 rows a fixed-only view is read by struct (one row: a slice of its value), past
+    # that by the numpy matrix
+    n=st.sampled_from([1, 1, 2, 16, 17, 18, 90]),
     seed=st.integers(0, 2**32 - 1),
     damage=st.sampled_from([None, None, "null", "missing"]),
     subset=st.permutations(["f0", "f1", "f2", "f3", "f4"]),
+    whole=st.booleans(),  # every feature in stored order: columns as slices of stored bytes
 )
 def test_dense_float_columns_encode_like_their_lists(
-    n: int, seed: int, damage: str | None, subset: list[str]
+    n: int, seed: int, damage: str | None, subset: list[str], whole: bool
 ) -> None:
     import numpy as np
     import pyarrow as pa
@@ -321,16 +324,28 @@ def test_dense_float_columns_encode_like_their_lists(
             return [stored.get(k) for k in keys]
 
     asked = [*ids, n + 5] if damage == "missing" else ids  # a never-stored entity
-    feats = subset[: 1 + seed % 5]
+    feats = sorted(subset) if whole else subset[: 1 + seed % 5]
     resp = get_online_features(_Dict(), "t", [(view, feats)], {"user_id": asked}, now_us=2)
     res = from_response(
         Prepared([(view, feats)], {"user_id": asked}, len(asked), False, False, 0.0), resp
     )
     # encode first: once ``columns`` is built, encoders use the lists
+    blocks = res.wire_blocks()
     ours, body, wire = encode_features_response(res), _dumps(features_dict(res)), res.wire_columns()
+    stored = [b for b in blocks if type(b) is tuple]
+    as_stored = feats == ["f0", "f1", "f2", "f3", "f4"] and damage != "missing"
+    nulls = np.array([[v is None for v in res.columns[f]] for f in feats])
+    if as_stored and (len(asked) > 1 or not nulls.any()):  # one block of the stored bytes
+        assert len(stored) == 1
+        names, raw, marks = stored[0]
+        values = [[0.0 if v is None else v for v in res.columns[f]] for f in feats]
+        assert (names, raw) == (feats, np.array(values).tobytes())
+        assert (marks is None and not nulls.any()) or (marks == nulls).all()
+    else:  # one entity with a null: its lists
+        assert not stored
     dense = {k for k, v in wire.items() if type(v) is np.ndarray}
-    if damage == "missing":
-        assert not dense  # a default in a view: its lists only
+    if damage == "missing" or len(asked) <= 16:
+        assert not dense  # a default in a view, or read by struct: its lists only
     else:  # every column without a null is an array, the others lists
         assert dense == {f for f in feats if None not in res.columns[f]}
     assert list(wire) == list(res.columns)
@@ -340,3 +355,114 @@ def test_dense_float_columns_encode_like_their_lists(
     as_lists = FeatureResult(res.columns, res.statuses, res.feature_names)
     assert ours == encode_features_response(as_lists)
     assert body == _dumps(as_lists.to_dict())  # REST JSON alike
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.sampled_from([1, 2, 16, 17, 40]),
+    seed=st.integers(0, 2**32 - 1),
+    full=st.booleans(),
+    dense_first=st.booleans(),
+    missing=st.booleans(),  # one asked merchant has no row: that view's defaults
+)
+def test_stored_blocks_among_other_views_encode_like_lists(
+    n: int, seed: int, full: bool, dense_first: bool, missing: bool
+) -> None:
+    """A view served as stored (bytes) between entity columns and a mixed-type view, of a
+    different entity: the same bytes as the lists, and as the protobuf API."""
+    import numpy as np
+    import pyarrow as pa
+
+    from featurestore import types as T
+    from featurestore.field import Field
+    from featurestore.online.codec import RowCodec
+    from featurestore.online.keys import build_keys
+    from featurestore.online.lookup import get_online_features
+    from featurestore.online.serving.results import Prepared, from_response
+    from tests.online._online_views import MERCHANT, make_view
+
+    rng = np.random.default_rng(seed)
+    floats = make_view("fl", [Field(f"x{i}", T.Float64) for i in range(4)])
+    mixed = make_view(
+        "mx",
+        [Field("a", T.Float64), Field("b", T.String), Field("c", T.Int64, default=3)],
+        entities=[MERCHANT],
+    )
+    users, merchants = list(range(n)), list(range(100, 100 + n))
+    stored: dict[bytes, bytes] = {}
+    for view, key, ids, cols in (
+        (floats, "user_id", users, {f"x{i}": rng.standard_normal(n) for i in range(4)}),
+        (
+            mixed,
+            "merchant_id",
+            merchants,
+            {"a": rng.standard_normal(n), "b": [f"s{i}" for i in range(n)], "c": list(range(n))},
+        ),
+    ):
+        table = pa.table({key: ids, **cols, "__event_ts": [1] * n})
+        keys = build_keys("t", view.name, (key,), [ids])
+        stored |= dict(zip(keys, RowCodec(view).encode_table(table), strict=True))
+
+    class _Dict:
+        def read(self, keys: Any) -> list[Any]:
+            return [stored.get(k) for k in keys]
+
+    asked = {"user_id": users, "merchant_id": [*merchants[:-1], 999] if missing else merchants}
+    requests = [(floats, ["x0", "x1", "x2", "x3"]), (mixed, ["b", "a", "c"])]
+    if not dense_first:
+        requests.reverse()
+    resp = get_online_features(_Dict(), "t", requests, asked, now_us=2, full_feature_names=full)
+    res = from_response(Prepared(requests, asked, n, full, False, 0.0), resp)
+    blocks = res.wire_blocks()
+    ours = encode_features_response(res)
+    assert sum(type(b) is tuple for b in blocks) == 1  # the float view, and only it
+    assert [n for b in blocks for n in (b if type(b) is dict else b[0])] == list(res.columns)
+    as_lists = FeatureResult(res.columns, res.statuses, res.feature_names)
+    assert ours == encode_features_response(as_lists)
+    _same(ours, build_features_response(res))
+
+
+@pytest.mark.parametrize("n", [2, 17])  # read by struct, and by the numpy matrix
+def test_stored_block_with_null_columns_encodes_like_lists(n: int) -> None:
+    """Columns of a view served as stored: none null, some null, every value null (which
+    protobuf's API writes as generic empty Values, not a packed list)."""
+    import numpy as np
+    import pyarrow as pa
+
+    from featurestore import types as T
+    from featurestore.field import Field
+    from featurestore.online.codec import RowCodec
+    from featurestore.online.keys import build_keys
+    from featurestore.online.lookup import get_online_features
+    from featurestore.online.serving.results import Prepared, from_response
+    from tests.online._online_views import make_view
+
+    view = make_view("v", [Field(f"f{i}", T.Float64) for i in range(3)])
+    ids = list(range(n))
+    table = pa.table(
+        {
+            "user_id": ids,
+            "f0": np.arange(n, dtype=np.float64) - 0.5,
+            "f1": pa.array(np.full(n, 1.5), mask=np.arange(n) % 2 == 1),
+            "f2": pa.array(np.full(n, 2.5), mask=np.ones(n, dtype=bool)),
+            "__event_ts": [1] * n,
+        }
+    )
+    keys = build_keys("t", "v", ("user_id",), [ids])
+    codec = RowCodec(view)
+    stored = dict(zip(keys, codec.encode_table(table), strict=True))
+    at = codec.record_dtype.fields["c1"][1]  # a writer may leave any bytes under a null
+    stored[keys[1]] = stored[keys[1]][:at] + struct.pack("<d", 7.0) + stored[keys[1]][at + 8 :]
+
+    class _Dict:
+        def read(self, keys: Any) -> list[Any]:
+            return [stored.get(k) for k in keys]
+
+    feats = ["f0", "f1", "f2"]
+    resp = get_online_features(_Dict(), "t", [(view, feats)], {"user_id": ids}, now_us=2)
+    res = from_response(Prepared([(view, feats)], {"user_id": ids}, n, False, False, 0.0), resp)
+    assert any(type(b) is tuple for b in res.wire_blocks())
+    ours = encode_features_response(res)
+    assert res.columns["f2"] == [None] * n and None in res.columns["f1"]
+    assert ours == encode_features_response(FeatureResult(res.columns, res.statuses, feats))
+    _same(ours, build_features_response(res))
