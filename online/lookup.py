@@ -383,6 +383,14 @@ class _ViewResult:
         return lists
 
 
+def _served(res: Any, *, dense: bool) -> list[Any]:
+    """One view's served columns: lists, or (``dense``) float64 arrays where it has them."""
+    arrays = res.dense() if dense and type(res) is _ViewResult else None
+    if arrays is None or any(a is None for a in arrays):
+        return res.served_lists()  # type: ignore[no-any-return]
+    return arrays
+
+
 class OnlineResponse:
     """Online features for a batch of entities, kept columnar; ``to_dict`` gives plain lists."""
 
@@ -441,19 +449,13 @@ class OnlineResponse:
                 cols = {}
                 blocks.append(cols)
                 continue
-            arrays = res.dense() if type(res) is _ViewResult else None
-            if arrays is None or any(a is None for a in arrays):
-                arrays = res.served_lists()
-            cols.update(zip(view_names, arrays, strict=True))
+            cols.update(zip(view_names, _served(res, dense=True), strict=True))
         return blocks
 
     def _columns(self, *, dense: bool) -> dict[str, Any]:
         out: dict[str, Any] = {k: as_pylist(v) for k, v in self._entity_columns.items()}
         for res, names in zip(self._results, self._names, strict=True):
-            arrays = res.dense() if dense and type(res) is _ViewResult else None
-            if arrays is None or any(a is None for a in arrays):
-                arrays = res.served_lists()
-            out.update(zip(names, arrays, strict=True))
+            out.update(zip(names, _served(res, dense=dense), strict=True))
         for name in self._hidden:
             out.pop(name, None)
         if self._include_ts:
