@@ -16,7 +16,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from featurestore._time import now_us
 from featurestore.errors import FeatureStoreError, OnlineStoreError
@@ -80,15 +80,19 @@ class StoreReads:
                 fut.cancel()
             raise self._timed_out() from None
         except Exception as exc:
-            err = self._classify(exc)
-            if err is exc:
-                raise
-            raise err from exc
+            self._failed(exc)
         self.breaker.success()
 
     def _timed_out(self) -> _StoreFailed:
         self.breaker.failure()
         return _StoreFailed("timeout")
+
+    def _failed(self, exc: Exception) -> NoReturn:
+        """Raise what a failed read becomes (see ``_classify``); call inside its except."""
+        err = self._classify(exc)
+        if err is exc:
+            raise exc
+        raise err from exc
 
     def _read_sync(self, p: Prepared) -> Any:
         lk = self._plan(p)
@@ -143,10 +147,7 @@ class StoreReads:
         except DeadlineExceeded:
             raise self._timed_out() from None
         except Exception as exc:
-            err = self._classify(exc)
-            if err is exc:
-                raise
-            raise err from exc
+            self._failed(exc)
         self.breaker.success()
         return values
 

@@ -102,22 +102,28 @@ def test_vector_row_equals_the_lookup_row(
     names = [f.name for f in USER_FIELDS if f.name != "u_str"] + [f.name for f in MERCHANT_FIELDS]
     picked = order[: 1 + seed % len(order)]
     inputs = [names[i] for i in (sorted(picked) if in_order else picked)]  # a subset
-    requests = [
-        (users, [f.name for f in USER_FIELDS]),
-        (merchants, [f.name for f in MERCHANT_FIELDS]),
-    ]
-    entities = {"user_id": [user], "merchant_id": [merchant]}
+    keys = _assert_rows_agree(stored, users, merchants, (user, merchant), inputs)
+    assert set(keys) <= {key, build_keys("test", "merchants", ("merchant_id",), [[merchant]])[0]}
 
+
+def _assert_rows_agree(
+    stored: dict, users: Any, merchants: Any, ids: tuple[int, int], inputs: list[str]
+) -> list[bytes]:
+    """The shortcut's row of (user, merchant) ``ids`` equals the lookup's, bit for bit (NaN
+    == NaN here); returns the keys it read."""
+    requests = [
+        (users, [f.name for f in users.features]),
+        (merchants, [f.name for f in merchants.features]),
+    ]
+    entities = {"user_id": [ids[0]], "merchant_id": [ids[1]]}
     general = get_online_features(_Dict(stored), "test", requests, entities, now_us=T0).to_dict()
     want = np.array([[general[n][0] for n in inputs]], dtype=np.float64)
-
     plan = vector_plan("test", requests, inputs)
     assert plan is not None
     keys = plan.keys(entities)
     assert keys is not None
-    assert set(keys) <= {key, build_keys("test", "merchants", ("merchant_id",), [[merchant]])[0]}
-    got = plan.row(_Dict(stored).read(keys), T0)
-    np.testing.assert_array_equal(got, want)  # NaN == NaN here; values bit for bit
+    np.testing.assert_array_equal(plan.row(_Dict(stored).read(keys), T0), want)
+    return keys
 
 
 def test_requests_outside_the_shortcut_are_left_to_the_general_path() -> None:
@@ -182,14 +188,4 @@ def test_inputs_in_view_order_read_like_the_lookup(
     )
     inputs = [f.name for f in USER_FIELDS if f.name != "u_str" and shape != "floats"]
     inputs += [f.name for f in MERCHANT_FIELDS]
-    requests = [
-        (users, [f.name for f in fields]),
-        (merchants, [f.name for f in MERCHANT_FIELDS]),
-    ]
-    entities = {"user_id": [user], "merchant_id": [merchant]}
-    general = get_online_features(_Dict(stored), "test", requests, entities, now_us=T0).to_dict()
-    want = np.array([[general[n][0] for n in inputs]], dtype=np.float64)
-    plan = vector_plan("test", requests, inputs)
-    assert plan is not None
-    got = plan.row(_Dict(stored).read(plan.keys(entities) or []), T0)
-    np.testing.assert_array_equal(got, want)
+    _assert_rows_agree(stored, users, merchants, (user, merchant), inputs)
