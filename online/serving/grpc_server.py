@@ -33,6 +33,7 @@ from featurestore.online.serving.auth import (
 )
 from featurestore.online.serving.context import CALLER, REQUEST_ID, new_request_id
 from featurestore.online.serving.errors import BadRequestError
+from featurestore.online.serving.grpc_health import HealthReporter
 from featurestore.online.serving.tls import grpc_credentials
 
 if TYPE_CHECKING:
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 __all__ = [
     "SERVICE",
     "FeatureServingServicer",
+    "GrpcServer",
     "column_values",
     "from_value",
     "start_grpc_server",
@@ -271,11 +273,26 @@ def _gated(handle: Any, keyring: KeyRing | None, scope: str | None) -> Any:
     return gated
 
 
+class GrpcServer:
+    """A started gRPC server with its health service (see grpc_health)."""
+
+    def __init__(self, server: Any, health: HealthReporter) -> None:
+        self.server = server
+        self.health = health
+
+    async def stop(self, grace: float | None) -> None:
+        """Every health status NOT_SERVING, then stop (``grace``: seconds for calls in
+        flight to finish)."""
+        await self.health.close()
+        await self.server.stop(grace)
+
+
 async def start_grpc_server(
     engine: Engine, port: int, *, host: str = "127.0.0.1", keyring: KeyRing | None = None
-) -> tuple[Any, int]:
+) -> tuple[GrpcServer, int]:
     """Start a grpc.aio server on ``host:port`` (0: a free port), over TLS when the engine's
-    config asks for it; returns (server, bound port).
+    config asks for it; returns (server, bound port). It also serves the standard health
+    service (grpc.health.v1) and reflection.
 
     With ``serving.auth`` on, calls are checked against ``keyring`` (default: one loaded from
     the keys file here); with auth or the audit log on, every call gets a request id.
@@ -286,6 +303,8 @@ async def start_grpc_server(
     server = grpc.aio.server(options=[("grpc.so_reuseport", 1)])
     servicer = FeatureServingServicer(engine)
     server.add_generic_rpc_handlers((_handlers(servicer, keyring=keyring, gate=gate),))
+    health = HealthReporter(engine, SERVICE)
+    await health.add_to(server)
     tls = engine.config.tls
     if tls is None:
         bound = server.add_insecure_port(f"{host}:{port}")
@@ -295,4 +314,5 @@ async def start_grpc_server(
     if bound == 0:
         raise OSError(f"gRPC server cannot bind {host}:{port}")
     await server.start()
-    return server, bound
+    health.start()
+    return GrpcServer(server, health), bound

@@ -232,7 +232,7 @@ def create_app(
             if retry is not None:
                 retry.cancel()
             if "server" in grpc_box:
-                await grpc_box["server"].stop(grace=1.0)
+                await grpc_box["server"].stop(grace=1.0)  # health NOT_SERVING first
             if own_engine:
                 engine.close()
 

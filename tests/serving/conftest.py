@@ -182,6 +182,19 @@ def make_repo(
     return repo
 
 
+def unapplied_repo(root: Path) -> Path:
+    """A repo with config, definitions and data, not applied: a server over it is live, not
+    ready."""
+    repo = root / "repo"
+    repo.mkdir()
+    (repo / "featurestore.yaml").write_text(
+        "project: late\nonline_store:\n  type: embedded\n  path: data/online\n  map_size: 64MB\n"
+    )
+    (repo / "definitions.py").write_text(DEFS)
+    _write_data(repo)
+    return repo
+
+
 @pytest.fixture(scope="session")
 def served_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An embedded-store repo shared by the read-only tests (never mutate its aliases)."""

@@ -271,6 +271,15 @@ def test_grpc_health_needs_no_key(stub: Any, method: str) -> None:
     assert HEX32.fullmatch(md["x-request-id"])
 
 
+def test_standard_grpc_health_needs_no_key(server: ServerThread) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        check = health_pb2_grpc.HealthStub(channel).Check
+        got = check(health_pb2.HealthCheckRequest(service="live"), timeout=5)
+        assert got.status == health_pb2.HealthCheckResponse.SERVING
+
+
 def test_grpc_request_id_is_echoed_or_refused(stub: Any, keys: dict[str, str]) -> None:
     key = ("x-api-key", keys["all"])
     code, _, md = rpc(stub, "ListModels", pb.ListModelsRequest(), key, ("x-request-id", "abc.1"))

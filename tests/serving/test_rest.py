@@ -363,15 +363,9 @@ def test_batch_of_entities_in_one_predict(client: httpx.Client) -> None:
 def test_unapplied_repo_is_live_but_not_ready_until_apply(tmp_path: Path) -> None:
     from featurestore.online.serving.engine import Engine
     from featurestore.online.serving.rest import create_app
-    from tests.serving.conftest import DEFS, _write_data
+    from tests.serving.conftest import unapplied_repo
 
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    (repo / "featurestore.yaml").write_text(
-        "project: late\nonline_store:\n  type: embedded\n  path: data/online\n  map_size: 64MB\n"
-    )
-    (repo / "definitions.py").write_text(DEFS)
-    _write_data(repo)
+    repo = unapplied_repo(tmp_path)
     app = create_app(Engine.from_repo(str(repo)), own_engine=True)
     s = ServerThread(app)
     s.thread.start()
