@@ -37,8 +37,10 @@ class FeatureResult:
     def __init__(
         self,
         columns: dict[str, list[Any]] | None,
-        statuses: dict[str, list[str]] | None,  # per feature: PRESENT / NOT_FOUND / EXPIRED /
-        feature_names: list[str],  # UNAVAILABLE; None: from ``source`` when first asked for
+        # per feature: PRESENT / NOT_FOUND / EXPIRED / UNAVAILABLE (None: named from
+        # ``source`` when first asked for)
+        statuses: dict[str, list[str]] | None,
+        feature_names: list[str],
         degraded: bool = False,
         degraded_reason: str | None = None,
         *,
