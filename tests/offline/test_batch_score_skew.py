@@ -159,7 +159,7 @@ def make_repo(repo: Path, defs: Path, online: str, url: str, t_us: int) -> Path:
 def test_online_predict_equals_batch_score_at_T(
     online: str, tmp_path: Path, skew_defs: Path, request: pytest.FixtureRequest
 ) -> None:
-    from featurestore.online.models.repo import model_registry, service_feature_names
+    from .._models import publish
 
     url = request.getfixturevalue("redis_url") if online == "redis" else ""
     t = datetime.now(timezone.utc).replace(microsecond=0)
@@ -171,15 +171,7 @@ def test_online_predict_equals_batch_score_at_T(
     price = np.random.default_rng(3).uniform(0, 20, len(users)).round(2).tolist()
     with FeatureStore(repo) as store:
         store.apply()
-        reg = model_registry(store)
-        mv = reg.register(
-            "fraud",
-            flavor="lightgbm",
-            artifact=model,
-            feature_service="svc",
-            service_features=service_feature_names(store, "svc"),
-        )
-        reg.set_alias("fraud", mv.version, "production")
+        version = publish(store, "fraud", flavor="lightgbm", artifact=model, service="svc")
         # two runs: the first reaches back to rows that have expired by T (online: EXPIRED)
         store.materialize_incremental(t - timedelta(minutes=15))
         store.materialize_incremental(t)
@@ -207,7 +199,7 @@ def test_online_predict_equals_batch_score_at_T(
         )
         batch = store.batch_score("fraud", spine, include_features=True)
     assert elapsed < 30, "predict ran too late after T for the boundaries chosen"
-    assert online_res.version == mv.version and batch.models[0].version == mv.version
+    assert online_res.version == version and batch.models[0].version == version
     df = batch.frame
     assert df is not None
     assert df.columns == [
