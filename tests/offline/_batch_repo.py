@@ -113,45 +113,31 @@ def random_sources(rng: np.random.Generator, n_acct: int = 40) -> dict[str, list
     return {"acct": acct, "prof": prof, "merch": merch}
 
 
+# per source: its join key, then its value columns and their types
+_SOURCE_COLUMNS: dict[str, tuple[str, dict[str, pa.DataType]]] = {
+    "acct": (
+        "user_id",
+        {"x": pa.float64(), "n": pa.int64(), "flag": pa.bool_(), "tier": pa.string()},
+    ),
+    "prof": ("user_id", {"r": pa.float32()}),
+    "merch": ("merchant_id", {"risk": pa.float64()}),
+}
+
+
 def write_sources(repo: Path, src: dict[str, list[dict]]) -> None:
+    """One Parquet file per source (``acct`` also has a ``created`` column)."""
     (repo / "data").mkdir(parents=True, exist_ok=True)
-    a = src["acct"]
-    pq.write_table(
-        pa.table(
-            {
-                "user_id": pa.array([r["key"] for r in a], pa.int64()),
-                "event_timestamp": _ts([r["ev"] for r in a]),
-                "created": _ts([r["cr"] for r in a]),
-                "x": pa.array([r["x"] for r in a], pa.float64()),
-                "n": pa.array([r["n"] for r in a], pa.int64()),
-                "flag": pa.array([r["flag"] for r in a], pa.bool_()),
-                "tier": pa.array([r["tier"] for r in a], pa.string()),
-            }
-        ),
-        repo / "data" / "acct.parquet",
-    )
-    p = src["prof"]
-    pq.write_table(
-        pa.table(
-            {
-                "user_id": pa.array([r["key"] for r in p], pa.int64()),
-                "event_timestamp": _ts([r["ev"] for r in p]),
-                "r": pa.array([r["r"] for r in p], pa.float32()),
-            }
-        ),
-        repo / "data" / "prof.parquet",
-    )
-    m = src["merch"]
-    pq.write_table(
-        pa.table(
-            {
-                "merchant_id": pa.array([r["key"] for r in m], pa.int64()),
-                "event_timestamp": _ts([r["ev"] for r in m]),
-                "risk": pa.array([r["risk"] for r in m], pa.float64()),
-            }
-        ),
-        repo / "data" / "merch.parquet",
-    )
+    for name, (key, columns) in _SOURCE_COLUMNS.items():
+        rows = src[name]
+        table: dict[str, pa.Array] = {
+            key: pa.array([r["key"] for r in rows], pa.int64()),
+            "event_timestamp": _ts([r["ev"] for r in rows]),
+        }
+        if name == "acct":
+            table["created"] = _ts([r["cr"] for r in rows])
+        for col, dtype in columns.items():
+            table[col] = pa.array([r[col] for r in rows], dtype)
+        pq.write_table(pa.table(table), repo / "data" / f"{name}.parquet")
 
 
 def random_spine(
