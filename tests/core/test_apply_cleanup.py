@@ -104,6 +104,21 @@ def count_keys(store: FeatureStore, view: str, request: pytest.FixtureRequest) -
     return sum(sum(1 for _ in n.client().scan_iter(match=pattern, count=1000)) for n in nodes)
 
 
+def applied_with_cli(repo: Path, kind: str, url: str = "") -> CliRunner:
+    """A repo on ``kind`` (at ``url``) with views ``user_stats`` and ``kept``, applied by the
+    CLI and materialized; the runner to invoke the CLI again."""
+    (repo / "featurestore.yaml").write_text(
+        "project: test\nonline_store:\n  type: " + kind + (f"\n  url: {url}\n" if url else "\n")
+    )
+    write_data(repo)
+    write_defs(repo, "user_stats", "kept")
+    runner = CliRunner()
+    assert runner.invoke(cli, ["--repo", str(repo), "apply"]).exit_code == 0
+    with FeatureStore(repo) as store:
+        store.materialize(NOW - 30 * 24 * H, NOW)
+    return runner
+
+
 def online_values(store: FeatureStore, refs: list[str]) -> dict[str, Any]:
     resp = store.get_online_features(refs, {"user_id": list(range(USERS))}, now=NOW)
     return {**resp.to_dict(), "status": {k: list(v) for k, v in resp.statuses.items()}}
@@ -150,15 +165,7 @@ def test_apply_deletes_only_the_removed_views_rows(kind: str, tmp_path: Path, re
 @pytest.mark.parametrize("kind", ["embedded", "redis"])
 def test_cli_apply_reports_the_deleted_rows(kind: str, tmp_path: Path, request) -> None:
     url = request.getfixturevalue("redis_url") if kind == "redis" else ""
-    (tmp_path / "featurestore.yaml").write_text(
-        "project: test\nonline_store:\n  type: " + kind + (f"\n  url: {url}\n" if url else "\n")
-    )
-    write_data(tmp_path)
-    write_defs(tmp_path, "user_stats", "kept")
-    runner = CliRunner()
-    assert runner.invoke(cli, ["--repo", str(tmp_path), "apply"]).exit_code == 0
-    with FeatureStore(tmp_path) as store:
-        store.materialize(NOW - 30 * 24 * H, NOW)
+    runner = applied_with_cli(tmp_path, kind, url)
     write_defs(tmp_path, "kept")
     res = runner.invoke(cli, ["--repo", str(tmp_path), "apply"])
     assert res.exit_code == 0, res.output
@@ -197,15 +204,8 @@ def test_a_view_defined_again_starts_from_scratch(kind: str, tmp_path: Path, req
 def test_unreachable_store_keeps_the_registry_and_a_later_apply_finishes(tmp_path: Path) -> None:
     server = start_redis(tmp_path / "redis")
     try:
-        (tmp_path / "featurestore.yaml").write_text(
-            f"project: test\nonline_store:\n  type: redis\n  url: {server.url}\n"
-        )
-        write_data(tmp_path)
-        write_defs(tmp_path, "user_stats", "kept")
-        runner = CliRunner()
-        assert runner.invoke(cli, ["--repo", str(tmp_path), "apply"]).exit_code == 0
+        runner = applied_with_cli(tmp_path, "redis", server.url)
         with FeatureStore(tmp_path) as store:
-            store.materialize(NOW - 30 * 24 * H, NOW)
             assert count_keys(store, "user_stats", None) == USERS  # type: ignore[arg-type]
         port = server.port
         server.client().shutdown(save=True)  # keeps the keys on disk for the restart
