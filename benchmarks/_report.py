@@ -59,6 +59,38 @@ def record(
     return row
 
 
+def record_time_ratio(
+    benchmark: Any,
+    nodeid: str,
+    *,
+    workload: str,
+    rows: int,
+    ours_times: Sequence[float],
+    floor_times: Sequence[float],
+    floor_what: str,
+    target: float,
+) -> Row:
+    """:func:`record` a spine-sized job timed against its floor: each side's median round
+    (seconds and rows/s), ours / floor against ``target``."""
+    ours_s, floor_s = median(ours_times), median(floor_times)
+    ratio = ours_s / floor_s
+    return record(
+        benchmark,
+        workload=workload,
+        ours=f"{ours_s:.2f} s ({fmt_rate(rows / ours_s)})",
+        floor=f"{floor_s:.2f} s ({fmt_rate(rows / floor_s)}), {floor_what}",
+        ratio=ratio,
+        target=f"time ratio <= {target}",
+        met=ratio <= target,
+        nodeid=nodeid,
+        ours_s=ours_s,
+        floor_s=floor_s,
+        ours_rounds_s=list(ours_times),
+        floor_rounds_s=list(floor_times),
+        spine_rows=rows,
+    )
+
+
 def _plain(v: Any) -> Any:
     """JSON-friendly figures (numpy scalars -> Python, floats rounded)."""
     item = getattr(v, "item", None)

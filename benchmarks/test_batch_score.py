@@ -68,25 +68,32 @@ def _versus_floor(
         gc.collect()
 
     result = benchmark.pedantic(_report.timed(ours, ours_times), setup=setup, rounds=ROUNDS)
-    rows = result.rows
-    ours_s, floor_s = _report.median(ours_times), _report.median(floor_times)
-    ratio = ours_s / floor_s
-    _report.record(
+    _report.record_time_ratio(
         benchmark,
-        workload=workload.format(rows=rows),
-        ours=f"{ours_s:.2f} s ({_report.fmt_rate(rows / ours_s)})",
-        floor=f"{floor_s:.2f} s ({_report.fmt_rate(rows / floor_s)}), {floor_what}",
-        ratio=ratio,
-        target=f"time ratio <= {TARGET}",
-        met=ratio <= TARGET,
-        nodeid=request.node.nodeid,
-        ours_s=ours_s,
-        floor_s=floor_s,
-        ours_rounds_s=ours_times,
-        floor_rounds_s=floor_times,
-        spine_rows=rows,
+        request.node.nodeid,
+        workload=workload.format(rows=result.rows),
+        rows=result.rows,
+        ours_times=ours_times,
+        floor_times=floor_times,
+        floor_what=floor_what,
+        target=TARGET,
     )
     return result
+
+
+def _floor_parts(
+    bench_repo: BenchRepo, scoring_store: Any, spine: Path | None = None
+) -> tuple[list[str], Any, Any, str]:
+    """What both floors start from: the model's inputs, its Booster, a DuckDB connection
+    (UTC) and the point-in-time join's SQL over ``spine`` (default: the bench spine)."""
+    import duckdb
+    import lightgbm as lgb
+
+    names = [*feature_names("user_stats"), *feature_names("merchant_stats")]
+    booster = lgb.Booster(model_file=str(scoring_store.repo_path / "model.txt"))
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    return names, booster, con, floor_sql(bench_repo, spine, nan=True)
 
 
 def _floor_matrix(con: Any, sql: str, names: list[str]) -> tuple[dict[str, Any], np.ndarray]:
@@ -101,16 +108,10 @@ def test_batch_score_1m_spine_40_features_lightgbm(
     tmp_path: Path,
     request: pytest.FixtureRequest,
 ) -> None:
-    import duckdb
-    import lightgbm as lgb
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    names = [*feature_names("user_stats"), *feature_names("merchant_stats")]
-    booster = lgb.Booster(model_file=str(scoring_store.repo_path / "model.txt"))
-    sql = floor_sql(bench_repo, nan=True)
-    con = duckdb.connect()
-    con.execute("SET TimeZone = 'UTC'")
+    names, booster, con, sql = _floor_parts(bench_repo, scoring_store)
     floor_path, ours_path = tmp_path / "floor.parquet", tmp_path / "ours.parquet"
 
     def floor() -> None:
@@ -150,18 +151,12 @@ def test_batch_score_with_explain_10k_rows(
 ) -> None:
     """Reason codes in bulk: the same pipeline plus each input's contribution, against the
     floor plus LightGBM's own pred_contrib on every thread."""
-    import duckdb
-    import lightgbm as lgb
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     spine = tmp_path / "spine10k.parquet"
     pq.write_table(pq.read_table(bench_repo.spine_path).slice(0, EXPLAIN_ROWS), spine)
-    names = [*feature_names("user_stats"), *feature_names("merchant_stats")]
-    booster = lgb.Booster(model_file=str(scoring_store.repo_path / "model.txt"))
-    sql = floor_sql(bench_repo, spine, nan=True)
-    con = duckdb.connect()
-    con.execute("SET TimeZone = 'UTC'")
+    names, booster, con, sql = _floor_parts(bench_repo, scoring_store, spine)
     floor_path, ours_path = tmp_path / "floor.parquet", tmp_path / "ours.parquet"
 
     def floor() -> None:

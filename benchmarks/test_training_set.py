@@ -83,22 +83,15 @@ def test_training_set_1m_spine_2_views_20_features(
     con.close()
 
     rows = result.height
-    ours_s, floor_s = _report.median(ours_times), _report.median(floor_times)
-    ratio = ours_s / floor_s
-    _report.record(
+    _report.record_time_ratio(
         benchmark,
+        request.node.nodeid,
         workload=f"training set, {rows:,}-row spine x 2 views x 20 features",
-        ours=f"{ours_s:.2f} s ({_report.fmt_rate(rows / ours_s)})",
-        floor=f"{floor_s:.2f} s ({_report.fmt_rate(rows / floor_s)}), DuckDB ASOF LEFT JOIN",
-        ratio=ratio,
-        target=f"time ratio <= {TARGET}",
-        met=ratio <= TARGET,
-        nodeid=request.node.nodeid,
-        ours_s=ours_s,
-        floor_s=floor_s,
-        ours_rounds_s=ours_times,
-        floor_rounds_s=floor_times,
-        spine_rows=rows,
+        rows=rows,
+        ours_times=ours_times,
+        floor_times=floor_times,
+        floor_what="DuckDB ASOF LEFT JOIN",
+        target=TARGET,
     )
 
     # same rows, same values as the floor (after recording, so a mismatch still reports speed)
