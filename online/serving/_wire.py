@@ -178,6 +178,8 @@ _DOUBLES: dict[int, Any] = {}  # rows -> struct.Struct packing that many little-
 _NAMES: dict[str, bytes] = {}  # column name -> its encoded field 1 (names repeat across calls)
 # 8 x rows -> a stored float64 column's bytes between its name and its values (_stored_columns)
 _STORED_MID: dict[int, bytes] = {}
+# (id of a names list, 8 x rows, tag) -> (that list, and what _stored_layout returns for it)
+_STORED_LAYOUT: dict[tuple[int, int, bytes], tuple[Any, ...]] = {}
 _MAX_NAMES = 4096
 
 
@@ -348,6 +350,44 @@ def _stored_columns(
     column after another (0.0 where ``nulls``, a (columns, n) bool array, marks a null); every
     status is PRESENT. The bytes ``_dict_columns`` writes for their lists, without their walk."""
     w = len(raw) // len(names)  # 8 n
+    heads, mid, cuts = _stored_layout(names, w, tag)
+    if nulls is None:  # each column: its remembered head, then its slice of raw
+        cols = [b""] * (2 * len(names))
+        cols[::2] = heads
+        cols[1::2] = map(raw.__getitem__, cuts)
+        parts += cols
+        return
+    n = w // 8
+    fixed = len(mid) + w
+    flag_head = b"B" + _len(n)  # field 8 of a column with a null
+    some_null = nulls.any(axis=1).tolist()
+    all_null = nulls.all(axis=1).tolist()
+    for c, (row, some, every) in enumerate(
+        zip(nulls.view(np.uint8), some_null, all_null, strict=True)
+    ):
+        if not some:
+            parts += (heads[c], raw[cuts[c]])
+            continue
+        head = _name_field(names[c])
+        if every:  # every value null: n empty generic Values, as protobuf's API
+            status = mid[: 1 + len(_len(n)) + n]
+            body = head + b"\x12\x00" * n + status
+            parts += (tag, _len(len(body)), body)
+        else:
+            flags = flag_head + row.tobytes()
+            size = len(head) + fixed + len(flags)
+            parts += (tag, _len(size), head, mid, raw[cuts[c]], flags)
+
+
+def _stored_layout(names: list[str], w: int, tag: bytes) -> tuple[list[bytes], bytes, list[slice]]:
+    """For a stored block of ``names`` with ``w`` bytes of values per column: each column's
+    bytes up to its values when it has no null (tag, size, name, statuses, DoubleList head),
+    the part after the name, and each column's slice of the block. Remembered per names list,
+    since a request shape's lists are reused call after call."""
+    key = (id(names), w, tag)
+    hit = _STORED_LAYOUT.get(key)
+    if hit is not None and hit[0] is names:
+        return hit[1], hit[2], hit[3]
     n = w // 8
     mid = _STORED_MID.get(w)
     if mid is None:  # statuses (n zeros), then the DoubleList's field 4 head
@@ -355,38 +395,15 @@ def _stored_columns(
         mid = b"\x1a" + _len(n) + bytes(n) + b'"' + _len(len(sub) + w) + sub
         if len(_STORED_MID) < 1024:
             _STORED_MID[w] = mid
-    fixed = len(mid) + w
-    null_fields: list[bytes | None] = []
-    if nulls is not None:  # field 8 of each column with a null
-        flag_head = b"B" + _len(n)
-        null_fields = [
-            (b"" if not some else None if every else flag_head + row.tobytes())
-            for row, some, every in zip(
-                nulls.view(np.uint8),
-                nulls.any(axis=1).tolist(),
-                nulls.all(axis=1).tolist(),
-                strict=True,
-            )
-        ]
-    at = 0
-    for c, name in enumerate(names):
-        head = _NAMES.get(name)
-        if head is None:
-            head = _name_field(name)
-        if null_fields and null_fields[c] != b"":
-            flags = null_fields[c]
-            if flags is None:  # every value null: n empty generic Values, as protobuf's API
-                status = mid[: 1 + len(_len(n)) + n]
-                body = head + b"\x12\x00" * n + status
-                parts += (tag, _len(len(body)), body)
-            else:
-                size = len(head) + fixed + len(flags)
-                parts += (tag, _len(size), head, mid, raw[at : at + w], flags)
-        else:
-            size = len(head) + fixed
-            parts += (tag, _VARINT[size] if size < 0x4000 else _varint(size), head, mid)
-            parts.append(raw[at : at + w])
-        at += w
+    heads = []
+    for name in names:
+        head = _name_field(name)
+        heads.append(tag + _len(len(head) + len(mid) + w) + head + mid)
+    cuts = [slice(at, at + w) for at in range(0, w * len(names), w)]
+    if len(_STORED_LAYOUT) >= 1024:
+        _STORED_LAYOUT.clear()
+    _STORED_LAYOUT[key] = (names, heads, mid, cuts)
+    return heads, mid, cuts
 
 
 def _dict_columns(
