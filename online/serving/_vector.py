@@ -7,6 +7,10 @@ directly, with the same rules as the lookup (online/lookup.py): a missing value,
 version or a value older than the view's TTL gives the feature's default; a null gives NaN.
 Anything else (on-demand or window features, strings, timestamps, several entities, request
 data) takes the general path. tests/serving/test_vector.py checks both agree on random rows.
+
+A get-features call of one entity takes the same shortcut when every view it reads keeps the
+requested features as float64 in request order (``FeatureRowPlan``): a row found, fresh and
+without nulls is answered from a slice of its stored value; any other row, the general lookup.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from featurestore.online._shape import _request_plan
+from featurestore.online.base import Status
 from featurestore.online.keys import OneEntityKeys
 from featurestore.online.lookup import _ViewPlan
 from featurestore.online.serving._requests import _INT64_MAX, _INT64_MIN
@@ -60,6 +65,24 @@ class _View:
         self.pick = _picker([item for _, item, _ in slots])  # struct tuple -> slot values
         self.span = _float64_span(codec, [item for _, item, _ in slots])
 
+    def clean_span(self, value: bytes | None, now_us: int) -> bytes | None:
+        """The bytes of ``span`` in ``value`` when the row is found, of the current schema
+        version, fresh (within the TTL) and without a null; else None (the general rules
+        decide: defaults, NaN, statuses)."""
+        if (
+            self.span is None
+            or self.var_codec is not None
+            or value is None
+            or len(value) != self.size
+            or value[16:20] != self.ver
+        ):
+            return None
+        event_us, nulls = self.head.unpack_from(value)
+        if nulls != self.zero or (self.ttl is not None and now_us - event_us > self.ttl):
+            return None
+        a, b = self.span
+        return value[a:b]
+
 
 def _float64_span(codec: Any, items: list[int]) -> tuple[int, int] | None:
     """The bytes of a stored value holding struct ``items`` (fixed features 4, 5, ...), when
@@ -85,7 +108,32 @@ def _picker(items: list[int]) -> Callable[[tuple[Any, ...]], tuple[Any, ...]]:
     return operator.itemgetter(*items)
 
 
-class VectorPlan:
+class _OneEntity:
+    """The keys of one entity in ``views``, for requests in the plain form the shortcuts take."""
+
+    join_keys: frozenset[str]
+    kinds: dict[str, type]
+    _keys: OneEntityKeys
+
+    def keys(self, entities: Any) -> list[bytes] | None:
+        """The views' keys for one entity given as ``{key: [value]}``, or None when the request
+        is anything else (the general path then validates it and names what is wrong)."""
+        if type(entities) is not dict or entities.keys() != self.join_keys:
+            return None
+        kinds = self.kinds
+        for key, col in entities.items():
+            if type(col) is not list or len(col) != 1:
+                return None
+            v = col[0]
+            kind = type(v)
+            if not (kind is str or (kind is int and _INT64_MIN <= v <= _INT64_MAX)):
+                return None
+            if kinds.get(key, kind) is not kind:
+                return None  # a string for an integer key or the reverse: the general path says so
+        return self._keys.keys(entities, None)  # the values' types are checked above
+
+
+class VectorPlan(_OneEntity):
     """Keys and input-row assembly of one model over its feature service (one entity a call)."""
 
     def __init__(
@@ -111,29 +159,19 @@ class VectorPlan:
         # ... and when each view's part is a run of float64, the row is their bytes, joined
         self._spans = self._in_order and all(v.span is not None for v in views)
 
-    def keys(self, entities: Any) -> list[bytes] | None:
-        """The views' keys for one entity given as ``{key: [value]}``, or None when the request
-        is anything else (the general path then validates it and names what is wrong)."""
-        if type(entities) is not dict or entities.keys() != self.join_keys:
-            return None
-        kinds = self.kinds
-        for key, col in entities.items():
-            if type(col) is not list or len(col) != 1:
-                return None
-            v = col[0]
-            kind = type(v)
-            if not (kind is str or (kind is int and _INT64_MIN <= v <= _INT64_MAX)):
-                return None
-            if kinds.get(key, kind) is not kind:
-                return None  # a string for an integer key or the reverse: the general path says so
-        return self._keys.keys(entities, None)  # the values' types are checked above
-
     def row(self, values: Sequence[bytes | None], now_us: int) -> np.ndarray:
         """The (1, k) input row from the views' stored values (in ``keys`` order)."""
-        if self._in_order:  # the usual row: every view found, fresh, no null
-            got: tuple[Any, ...] = ()
+        if self._spans:  # the usual row: every view found, fresh, no null, float64 runs
             raw = b""
-            spans = self._spans
+            for view, value in zip(self.views, values, strict=True):
+                part = view.clean_span(value, now_us)
+                if part is None:
+                    break
+                raw += part
+            else:
+                return np.frombuffer(raw, dtype="<f8").reshape(1, -1).copy()
+        elif self._in_order:  # ... or other numbers, from each view's struct
+            got: tuple[Any, ...] = ()
             for view, value in zip(self.views, values, strict=True):
                 if (
                     view.var_codec is not None
@@ -142,22 +180,11 @@ class VectorPlan:
                     or value[16:20] != view.ver
                 ):
                     break
-                if spans:
-                    event_us, nulls = view.head.unpack_from(value)
-                    if nulls != view.zero or (
-                        view.ttl is not None and now_us - event_us > view.ttl
-                    ):
-                        break
-                    a, b = view.span  # type: ignore[misc]
-                    raw += value[a:b]
-                    continue
                 r = view.struct.unpack_from(value)
                 if r[3] != view.zero or (view.ttl is not None and now_us - r[0] > view.ttl):
                     break
                 got += view.pick(r)
             else:
-                if spans:
-                    return np.frombuffer(raw, dtype="<f8").reshape(1, -1).copy()
                 return np.array([got], dtype=np.float64)
         return self._row(values, now_us)
 
@@ -217,3 +244,106 @@ def vector_plan(
         slots.setdefault(p, []).append((pos, plan.struct_cols[j], int(plan.field_idx[j])))
     views = [_View(plans[p], s) for p, s in sorted(slots.items())]
     return VectorPlan(project, views, defaults, frozenset(needed), kinds)
+
+
+class FeatureRowPlan(_OneEntity):
+    """One entity's get-features answer over ``requests`` straight from its stored values, when
+    every view keeps the requested features as float64 in request order (see the module doc)."""
+
+    def __init__(
+        self,
+        project: str,
+        request: tuple[list[tuple[Any, list[str]]], bool],
+        views: list[_View],
+        names: list[list[str]],
+        needed: dict[str, str],
+        kinds: Mapping[str, str] | None,
+    ) -> None:
+        self.request = request  # what the answer's statuses are named from (FeatureResult)
+        self.views = views
+        self.names = names  # per view, its output names
+        self.feature_names = [n for view_names in names for n in view_names]
+        self.needed = list(needed)  # the join keys, in the order the lookup answers them
+        self.join_keys = frozenset(needed)
+        self.kinds = {k: KEY_KIND_TYPES[v] for k, v in (kinds or {}).items() if k in needed}
+        self._keys = OneEntityKeys(project, [(v.name, v.join_keys) for v in views])
+
+    def source(
+        self, values: Sequence[bytes | None], now_us: int, entities: dict[str, list[Any]]
+    ) -> CleanRow | None:
+        """The answer's source (see CleanRow) when every view's row is found, fresh and without
+        nulls; else None (the general lookup decides, from the same values)."""
+        parts = []
+        for view, value in zip(self.views, values, strict=True):
+            part = view.clean_span(value, now_us)
+            if part is None:
+                return None
+            parts.append(part)
+        return CleanRow(self, {k: entities[k] for k in self.needed}, parts)
+
+
+class CleanRow:
+    """What a lookup's OnlineResponse gives a FeatureResult, for one entity whose every view
+    row was served as stored: the same columns, every status PRESENT."""
+
+    __slots__ = ("_entities", "_parts", "_plan")
+
+    def __init__(self, plan: FeatureRowPlan, entities: dict[str, list[Any]], parts: list[bytes]):
+        self._plan, self._entities, self._parts = plan, entities, parts
+
+    @property
+    def feature_names(self) -> list[str]:
+        return self._plan.feature_names
+
+    def wire_blocks(self) -> list[Any]:
+        """The join keys' columns, then each view's ``(names, float64 bytes, no nulls)``."""
+        return [
+            dict(self._entities),
+            *[(names, raw, None) for names, raw in zip(self._plan.names, self._parts, strict=True)],
+        ]
+
+    def to_dict(self) -> dict[str, list[Any]]:
+        out: dict[str, list[Any]] = dict(self._entities)
+        for names, raw in zip(self._plan.names, self._parts, strict=True):
+            out.update(
+                zip(names, ([v] for v in struct.unpack(f"<{len(names)}d", raw)), strict=True)
+            )
+        return out
+
+    wire_columns = to_dict
+
+    def status_codes(self, view_name: str) -> list[int]:
+        """Every row (the one) PRESENT."""
+        return [int(Status.PRESENT)]
+
+
+def feature_row_plan(
+    project: str,
+    requests: list[tuple[Any, list[str]]],
+    full: bool,
+    kinds: Mapping[str, str] | None = None,
+) -> FeatureRowPlan | None:
+    """The one-entity get-features shortcut over ``requests``, or None when some view does not
+    keep its requested features as float64 in request order (or the request is not plain)."""
+    try:
+        plans, names, needed = _request_plan(requests, full)
+    except Exception:  # name clashes and the like: the general path reports them
+        return None
+    views = []
+    for plan in plans:
+        if (
+            type(plan) is not _ViewPlan
+            or plan.codec.fixed_struct is None
+            or not plan.features
+            or not plan.join_keys
+        ):
+            return None  # on-demand or window features, strings: the general path
+        slots = [
+            (j, item, int(bit))
+            for j, (item, bit) in enumerate(zip(plan.struct_cols, plan.field_idx, strict=True))
+        ]
+        view = _View(plan, slots)
+        if view.span is None or view.var_codec is not None:
+            return None
+        views.append(view)
+    return FeatureRowPlan(project, (requests, full), views, names, needed, kinds)

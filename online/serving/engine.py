@@ -32,7 +32,7 @@ from featurestore.online.serving._inline import (
 )
 from featurestore.online.serving._push import Pushes
 from featurestore.online.serving._reads import StoreReads, _StoreFailed
-from featurestore.online.serving._vector import VectorPlan, vector_plan
+from featurestore.online.serving._shortcuts import Shortcuts
 from featurestore.online.serving.breaker import CircuitBreaker
 from featurestore.online.serving.config import (
     MAX_DEADLINE_MS,
@@ -75,7 +75,7 @@ def _numeric(values: list[Any]) -> bool:
     return True
 
 
-class Engine(StoreReads, Pushes):
+class Engine(StoreReads, Pushes, Shortcuts):
     """Features, predictions and pushes with a deadline; safe to share across threads and loops."""
 
     def __init__(
@@ -138,8 +138,8 @@ class Engine(StoreReads, Pushes):
                 self._aredis = AsyncRedisReader(
                     osc.url, connect_timeout=osc.connect_timeout, socket_timeout=osc.socket_timeout
                 )
-        # per loaded model: (model, registry state, its one-entity shortcut or None)
-        self._vectors: dict[int, tuple[LoadedModel, Any, VectorPlan | None]] = {}
+        self._vectors = {}  # the one-entity shortcuts' plans (see _shortcuts)
+        self._rows = {}
         self._observers: dict[str, tuple[Any, Any, Any]] = {}
         self._registry_state: Any = None
         self._registry_at = 0.0
@@ -385,6 +385,13 @@ class Engine(StoreReads, Pushes):
     ) -> FeatureResult:
         """Online features for a batch of entities; defaults + degraded if the store is late."""
         t0 = time.perf_counter()
+        out = self._row_sync(
+            features, feature_service, entities, request_data, full_feature_names,
+            include_event_timestamps, deadline_ms,
+        )  # fmt: skip
+        if out is not None:  # one entity, answered by the shortcut (see _shortcuts)
+            self._observe("get_features", t0, out.degraded, 1)
+            return out
         p = self._prepare(
             features,
             feature_service,
@@ -415,6 +422,13 @@ class Engine(StoreReads, Pushes):
     ) -> FeatureResult:
         """:meth:`get_features` for an event loop (the read runs on the pool, awaited)."""
         t0 = time.perf_counter()
+        out = await self._row_async(
+            features, feature_service, entities, request_data, full_feature_names,
+            include_event_timestamps, deadline_ms,
+        )  # fmt: skip
+        if out is not None:  # one entity, answered by the shortcut (see _shortcuts)
+            self._observe("get_features", t0, out.degraded, 1)
+            return out
         p = self._prepare(
             features,
             feature_service,
@@ -535,25 +549,6 @@ class Engine(StoreReads, Pushes):
                 latency_us=int((time.perf_counter() - t0) * 1e6),
             )
         return res
-
-    def _vector(self, chosen: LoadedModel, entities: Any) -> tuple[VectorPlan, list[bytes]] | None:
-        """The one-entity shortcut for ``chosen`` (see _vector): its plan and the entity's keys,
-        or None when this request takes the general path."""
-        state = self._registry()
-        hit = self._vectors.get(id(chosen))
-        if hit is None or hit[0] is not chosen or hit[1] is not state:
-            requests = self._resolve(None, chosen.version.feature_service)
-            plan = vector_plan(
-                self.store.project, requests, chosen.feature_names, state.join_key_kinds
-            )
-            if len(self._vectors) > 64:
-                self._vectors.clear()
-            hit = self._vectors[id(chosen)] = (chosen, state, plan)  # holds chosen: id unique
-        plan = hit[2]
-        if plan is None:
-            return None
-        keys = plan.keys(entities)
-        return None if keys is None else (plan, keys)
 
     def _count_shadow(self, rec: dict[str, Any]) -> None:
         if "scores" in rec:
