@@ -103,6 +103,51 @@ def test_the_shortcut_answers_as_the_lookup(
                                           requests=plan.request), general)  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    ("change", "answers"),
+    [
+        (None, True),  # found, fresh, without nulls: the shortcut answers
+        ("expired", False),
+        ("missing", False),
+        ("version", False),  # written under another schema version: reads as absent
+        ("truncated", False),  # a value of another size: reads as absent
+        ("null", False),
+    ],
+)
+def test_a_row_the_shortcut_cannot_serve_goes_to_the_lookup(
+    change: str | None, answers: bool
+) -> None:
+    rng = np.random.default_rng(1)
+    users = make_view("users", USER_FLOATS, ttl=3600)
+    merchants = make_view("merchants", MERCHANT_FIELDS, entities=[MERCHANT], ttl=3600)
+    stored = _stored(users, [1], [10], rng, 0.0) | _stored(merchants, [2], [0], rng, 0.0)
+    key = build_keys("test", "merchants", ("merchant_id",), [[2]])[0]
+    if change == "expired":
+        stored[key] = (T0 - 3_600_000_001).to_bytes(8, "little", signed=True) + stored[key][8:]
+    elif change == "missing":
+        del stored[key]
+    elif change == "version":
+        stored[key] = stored[key][:16] + bytes(4) + stored[key][20:]
+    elif change == "truncated":
+        stored[key] = stored[key][:-8]
+    elif change == "null":  # the null bitmap follows the 20-byte header: m0 null
+        stored[key] = stored[key][:20] + b"\x01" + stored[key][21:]
+    requests = [(users, ["u1", "u2", "u3"]), (merchants, [f.name for f in MERCHANT_FIELDS])]
+    entities = {"user_id": [1], "merchant_id": [2]}
+    plan = feature_row_plan("test", requests, False)
+    assert plan is not None
+    keys = plan.keys(entities)
+    assert keys is not None
+    src = plan.source(_Dict(stored).read(keys), T0, entities)
+    general = _general(stored, requests, entities, False)
+    assert (src is not None) == answers
+    if src is not None:
+        _assert_same_answer(FeatureResult(None, None, src.feature_names, source=src,
+                                          requests=plan.request), general)  # fmt: skip
+    else:  # what sent it there: the lookup's answer is not a clean one
+        assert general.statuses["m0"] != ["PRESENT"] or general.columns["m0"] == [None]
+
+
 def test_views_the_shortcut_cannot_slice_take_the_general_path() -> None:
     users = make_view("users", USER_FLOATS)
     assert feature_row_plan("test", [(users, ["u0", "u2"])], False) is None  # not one run
