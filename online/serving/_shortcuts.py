@@ -8,7 +8,7 @@ from the same values (a missing, expired, older or null row) or reads them itsel
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from featurestore._time import now_us
 from featurestore.online.serving._reads import _StoreFailed
@@ -24,6 +24,18 @@ if TYPE_CHECKING:
     from featurestore.online.models.runtime import LoadedModel
     from featurestore.online.serving.results import Prepared
     from featurestore.store import FeatureStore
+
+
+class _RowCall(NamedTuple):
+    """A get-features call the one-entity shortcut takes: its plan, the entity's keys, the
+    deadline, the lookup's time and the request's (features, service, entities, full names,
+    deadline_ms), for the general path."""
+
+    plan: FeatureRowPlan
+    keys: list[bytes]
+    deadline: float
+    now: int
+    request: tuple[Any, Any, dict[str, list[Any]], bool, float | None]
 
 
 class Shortcuts:
@@ -64,55 +76,28 @@ class Shortcuts:
         keys = plan.keys(entities)
         return None if keys is None else (plan, keys)
 
-    def _row_sync(
-        self,
-        features: Sequence[str] | None,
-        service: str | None,
-        entities: Any,
-        request_data: Any,
-        full: bool,
-        include_ts: bool,
-        deadline_ms: float | None,
-    ) -> FeatureResult | None:
-        """A get-features answer by the one-entity shortcut, or None: the general path's."""
-        fast = self._feature_row(
-            features, service, entities, request_data, full, include_ts, deadline_ms
-        )
-        if fast is None:
+    def _row_sync(self, *request: Any) -> FeatureResult | None:
+        """A get-features answer (``request``: see :meth:`_feature_row`) by the one-entity
+        shortcut, or None: the general path's."""
+        call = self._feature_row(*request)
+        if call is None:
             return None
-        plan, keys, deadline, now = fast
         try:
-            values, reason = self._sync_read(lambda store: store.read(keys), deadline), None
+            read = self._sync_read(lambda store: store.read(call.keys), call.deadline)
         except _StoreFailed as f:
-            values, reason = None, f.reason
-        return self._row_result(
-            plan, keys, values, reason, now, features, service, entities, full, deadline_ms
-        )
+            return self._row_result(call, None, f.reason)
+        return self._row_result(call, read, None)
 
-    async def _row_async(
-        self,
-        features: Sequence[str] | None,
-        service: str | None,
-        entities: Any,
-        request_data: Any,
-        full: bool,
-        include_ts: bool,
-        deadline_ms: float | None,
-    ) -> FeatureResult | None:
+    async def _row_async(self, *request: Any) -> FeatureResult | None:
         """:meth:`_row_sync` for an event loop."""
-        fast = self._feature_row(
-            features, service, entities, request_data, full, include_ts, deadline_ms
-        )
-        if fast is None:
+        call = self._feature_row(*request)
+        if call is None:
             return None
-        plan, keys, deadline, now = fast
         try:
-            values, reason = await self._async_values(keys, deadline), None
+            read = await self._async_values(call.keys, call.deadline)
         except _StoreFailed as f:
-            values, reason = None, f.reason
-        return self._row_result(
-            plan, keys, values, reason, now, features, service, entities, full, deadline_ms
-        )
+            return self._row_result(call, None, f.reason)
+        return self._row_result(call, read, None)
 
     def _feature_row(
         self,
@@ -123,9 +108,9 @@ class Shortcuts:
         full: bool,
         include_ts: bool,
         deadline_ms: float | None,
-    ) -> tuple[FeatureRowPlan, list[bytes], float, int] | None:
-        """The one-entity get-features shortcut (see _vector): its plan, the entity's keys, the
-        deadline and the lookup's time, or None when this request takes the general path."""
+    ) -> _RowCall | None:
+        """The one-entity get-features shortcut's call (see _vector), or None when this
+        request takes the general path."""
         if request_data or include_ts or type(entities) is not dict:
             return None
         deadline = self._deadline(deadline_ms)  # refused first, as the general path does
@@ -140,35 +125,27 @@ class Shortcuts:
             hit = self._rows[key] = (requests, state, plan)  # holds requests: id unique
         plan = hit[2]
         keys = None if plan is None else plan.keys(entities)
-        return None if keys is None else (plan, keys, deadline, now_us())
+        if keys is None:
+            return None
+        request = (features, service, entities, full, deadline_ms)
+        return _RowCall(plan, keys, deadline, now_us(), request)
 
-    def _row_result(
-        self,
-        plan: FeatureRowPlan,
-        keys: list[bytes],
-        values: Any,
-        reason: str | None,
-        now: int,
-        features: Sequence[str] | None,
-        service: str | None,
-        entities: dict[str, list[Any]],
-        full: bool,
-        deadline_ms: float | None,
-    ) -> FeatureResult | None:
-        """The shortcut's answer from ``values`` (read for ``keys`` at ``now``). A row it does
-        not serve as stored, or a failed read, is answered by the general lookup from the same
-        values; None (read again, generally) if that lookup would read other keys."""
+    def _row_result(self, call: _RowCall, values: Any, reason: str | None) -> FeatureResult | None:
+        """The shortcut's answer from ``values`` (read for ``call.keys``). A row it does not
+        serve as stored, or a failed read (``reason``), is answered by the general lookup from
+        the same values; None (read again, generally) if that lookup would read other keys."""
         if reason is None:
-            src = plan.source(values, now, entities)
+            src = call.plan.source(values, call.now, call.request[2])
             if src is not None:
                 self._count_read(None)
                 return FeatureResult(
-                    None, None, src.feature_names, source=src, requests=plan.request
+                    None, None, src.feature_names, source=src, requests=call.plan.request
                 )
+        features, service, entities, full, deadline_ms = call.request
         p = self._prepare(features, service, entities, None, full, False, deadline_ms)
         if reason is not None:
             return self._finish(p, None, reason)
         lk = self._plan(p)
-        if lk.keys != keys:
+        if lk.keys != call.keys:
             return None
         return self._finish(p, lk.finish(values), None)

@@ -34,6 +34,21 @@ def _general(stored: dict, requests: list, entities: dict, full: bool) -> Featur
     return FeatureResult(None, None, resp.feature_names, source=resp, requests=(requests, full))
 
 
+def _both(
+    stored: dict, requests: list, entities: dict, full: bool
+) -> tuple[FeatureResult | None, FeatureResult]:
+    """The shortcut's answer (None: it leaves the request to the lookup) and the lookup's."""
+    plan = feature_row_plan("test", requests, full)
+    assert plan is not None
+    keys = plan.keys(entities)
+    assert keys is not None
+    src = plan.source(_Dict(stored).read(keys), T0, entities)
+    shortcut = None
+    if src is not None:
+        shortcut = FeatureResult(None, None, src.feature_names, source=src, requests=plan.request)
+    return shortcut, _general(stored, requests, entities, full)
+
+
 def _assert_same_answer(a: FeatureResult, b: FeatureResult) -> None:
     """Equal columns, statuses and names; the same gRPC and REST bytes."""
     assert a == b
@@ -87,20 +102,14 @@ def test_the_shortcut_answers_as_the_lookup(
         (merchants, [f.name for f in MERCHANT_FIELDS[c : max(d, c + 1)]]),
     ]
     entities = {"user_id": [user], "merchant_id": [merchant]}
-    plan = feature_row_plan("test", requests, full)
-    assert plan is not None
-    keys = plan.keys(entities)
-    assert keys is not None
-    src = plan.source(_Dict(stored).read(keys), T0, entities)
-    general = _general(stored, requests, entities, full)
+    src, general = _both(stored, requests, entities, full)
     clean = all(s == "PRESENT" for st_ in general.statuses.values() for s in st_)
     if null_rate == 0.0 and clean:
         assert src is not None  # found, fresh and without nulls: the shortcut answers
     if null_rate == 1.0:
         assert src is None  # every row has nulls: the lookup decides
     if src is not None:
-        _assert_same_answer(FeatureResult(None, None, src.feature_names, source=src,
-                                          requests=plan.request), general)  # fmt: skip
+        _assert_same_answer(src, general)
 
 
 @pytest.mark.parametrize(
@@ -134,16 +143,10 @@ def test_a_row_the_shortcut_cannot_serve_goes_to_the_lookup(
         stored[key] = stored[key][:20] + b"\x01" + stored[key][21:]
     requests = [(users, ["u1", "u2", "u3"]), (merchants, [f.name for f in MERCHANT_FIELDS])]
     entities = {"user_id": [1], "merchant_id": [2]}
-    plan = feature_row_plan("test", requests, False)
-    assert plan is not None
-    keys = plan.keys(entities)
-    assert keys is not None
-    src = plan.source(_Dict(stored).read(keys), T0, entities)
-    general = _general(stored, requests, entities, False)
+    src, general = _both(stored, requests, entities, False)
     assert (src is not None) == answers
     if src is not None:
-        _assert_same_answer(FeatureResult(None, None, src.feature_names, source=src,
-                                          requests=plan.request), general)  # fmt: skip
+        _assert_same_answer(src, general)
     else:  # what sent it there: the lookup's answer is not a clean one
         assert general.statuses["m0"] != ["PRESENT"] or general.columns["m0"] == [None]
 
