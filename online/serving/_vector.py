@@ -65,17 +65,16 @@ class _View:
         self.pick = _picker([item for _, item, _ in slots])  # struct tuple -> slot values
         self.span = _float64_span(codec, [item for _, item, _ in slots])
 
+    def readable(self, value: bytes | None) -> bool:
+        """Whether ``value`` is a row this fixed-width layout reads: found, of its size and of
+        the current schema version (else the lookup reads it as absent)."""
+        return value is not None and len(value) == self.size and value[16:20] == self.ver
+
     def clean_span(self, value: bytes | None, now_us: int) -> bytes | None:
         """The bytes of ``span`` in ``value`` when the row is found, of the current schema
         version, fresh (within the TTL) and without a null; else None (the general rules
         decide: defaults, NaN, statuses)."""
-        if (
-            self.span is None
-            or self.var_codec is not None
-            or value is None
-            or len(value) != self.size
-            or value[16:20] != self.ver
-        ):
+        if self.span is None or self.var_codec is not None or not self.readable(value):
             return None
         event_us, nulls = self.head.unpack_from(value)
         if nulls != self.zero or (self.ttl is not None and now_us - event_us > self.ttl):
@@ -173,12 +172,7 @@ class VectorPlan(_OneEntity):
         elif self._in_order:  # ... or other numbers, from each view's struct
             got: tuple[Any, ...] = ()
             for view, value in zip(self.views, values, strict=True):
-                if (
-                    view.var_codec is not None
-                    or value is None
-                    or len(value) != view.size
-                    or value[16:20] != view.ver
-                ):
+                if view.var_codec is not None or not view.readable(value):
                     break
                 r = view.struct.unpack_from(value)
                 if r[3] != view.zero or (view.ttl is not None and now_us - r[0] > view.ttl):
@@ -195,7 +189,7 @@ class VectorPlan(_OneEntity):
             if view.var_codec is not None:
                 if value is None or not view.var_codec.decode([value]).present_idx:
                     continue  # not found, another schema version or unreadable: defaults
-            elif value is None or len(value) != view.size or value[16:20] != view.ver:
+            elif not view.readable(value):
                 continue  # not found (or another schema version): defaults
             r = view.struct.unpack_from(value)  # the fixed part: header, then fixed features
             if view.ttl is not None and now_us - r[0] > view.ttl:
