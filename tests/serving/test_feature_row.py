@@ -22,7 +22,7 @@ from featurestore.online.serving.rest import features_dict
 from featurestore.online.serving.results import FeatureResult, PredictResult
 from tests.online._online_views import MERCHANT, make_view
 from tests.serving.conftest import make_repo
-from tests.serving.test_vector import MERCHANT_FIELDS, T0, _Dict, _stored
+from tests.serving.test_vector import MERCHANT_FIELDS, T0, _Dict, _stored, random_pair
 
 USER_FLOATS = [Field(f"u{i}", T.Float64, default=None if i % 2 else -float(i)) for i in range(6)]
 
@@ -84,11 +84,7 @@ def test_the_shortcut_answers_as_the_lookup(
     damage: bool,
     full: bool,
 ) -> None:
-    rng = np.random.default_rng(seed)
-    users = make_view("users", USER_FLOATS, ttl=ttl_s)
-    merchants = make_view("merchants", MERCHANT_FIELDS, entities=[MERCHANT], ttl=3600)
-    stored = _stored(users, [0, 1, 2, 3], [age_us] * 4, rng, null_rate)
-    stored |= _stored(merchants, [0, 1, 2, 3], [0, 5, age_us, 10**12], rng, null_rate)
+    users, merchants, stored = random_pair(USER_FLOATS, seed, ttl_s, age_us, null_rate)
     key = build_keys("test", "users", ("user_id",), [[user]])[0]
     if damage and key in stored:
         v = bytearray(stored[key])

@@ -55,6 +55,20 @@ def _stored(view: Any, ids: list[int], ages: list[int], rng: Any, null_rate: flo
     return dict(zip(keys, values, strict=True))
 
 
+def random_pair(
+    user_fields: list[Field], seed: int, ttl_s: int | None, age_us: int, null_rate: float
+) -> tuple[Any, Any, dict]:
+    """A users view (``user_fields``, TTL ``ttl_s``) and the merchants view, with stored rows
+    for ids 0-3 of each: users all ``age_us`` old; merchants 0, 5 us, ``age_us`` and far past
+    their 1 h TTL old."""
+    rng = np.random.default_rng(seed)
+    users = make_view("users", user_fields, ttl=ttl_s)
+    merchants = make_view("merchants", MERCHANT_FIELDS, entities=[MERCHANT], ttl=3600)
+    stored = _stored(users, [0, 1, 2, 3], [age_us] * 4, rng, null_rate)
+    stored |= _stored(merchants, [0, 1, 2, 3], [0, 5, age_us, 10**12], rng, null_rate)
+    return users, merchants, stored
+
+
 class _Dict:
     def __init__(self, stored: dict) -> None:
         self.stored = stored
@@ -86,11 +100,7 @@ def test_vector_row_equals_the_lookup_row(
     damage: str | None,
     in_order: bool,
 ) -> None:
-    rng = np.random.default_rng(seed)
-    users = make_view("users", USER_FIELDS, ttl=ttl_s)
-    merchants = make_view("merchants", MERCHANT_FIELDS, entities=[MERCHANT], ttl=3600)
-    stored = _stored(users, [0, 1, 2, 3], [age_us] * 4, rng, null_rate)
-    stored |= _stored(merchants, [0, 1, 2, 3], [0, 5, age_us, 10**12], rng, null_rate)
+    users, merchants, stored = random_pair(USER_FIELDS, seed, ttl_s, age_us, null_rate)
     key = build_keys("test", "users", ("user_id",), [[user]])[0]
     if damage and key in stored:
         v = bytearray(stored[key])
