@@ -36,6 +36,7 @@ _LEAD = "lead"  # the optional int64 in front of a value (see RowCodec.encode_ta
 _U32 = struct.Struct("<I")
 # struct codes that unpack exactly as numpy's tolist() does for these dtypes
 _STRUCT_CODE = {"<i4": "i", "<i8": "q", "<f4": "f", "<f8": "d", "|b1": "?"}
+FEW_ROWS = 16  # up to this many rows decode in plain Python (see RowCodec.decode)
 _BLOCK_BYTES = 256 * 1024  # records filled per block: stays in L2 while columns are copied in
 
 
@@ -304,7 +305,7 @@ class RowCodec:
         size = self.fixed_size
         ver = self._ver_bytes
         if self.fixed_only:
-            if n <= 16:  # a few bytes compares beat numpy's call overhead
+            if n <= FEW_ROWS:  # a few bytes compares beat numpy's call overhead
                 idx = [
                     i
                     for i, v in enumerate(values)

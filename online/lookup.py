@@ -21,7 +21,7 @@ import numpy as np
 
 from featurestore._time import EPOCH
 from featurestore.online.base import OnlineStore, Status
-from featurestore.online.codec import DecodedRows, RowCodec
+from featurestore.online.codec import FEW_ROWS, DecodedRows, RowCodec
 from featurestore.online.keys import as_pylist
 
 if TYPE_CHECKING:
@@ -99,6 +99,17 @@ class _ViewPlan:
             and self.matrix[0] == np.float64
             and self.unique
         )
+        self._layout: Any = None  # StoredLayout, False (none), or None (not yet looked at)
+
+    def stored_rows(self, values: list[Any], now_us: int) -> _ViewResult | None:
+        """The view's result read straight from the stored bytes when the request is served
+        as stored and every row is (see online/_stored.py); else None."""
+        layout = self._layout
+        if layout is None:
+            from featurestore.online._stored import StoredLayout
+
+            layout = self._layout = StoredLayout.of(self) or False
+        return layout.result(self, values, now_us) if layout else None
 
 
 def _plan(view: Any, features: list[str]) -> Any:
@@ -146,6 +157,11 @@ class _ViewResult:
             self.all_served = all(now_us - e <= ttl for e in decoded.records["h_ev"].tolist())
         else:
             self.all_served = not bool((now_us - decoded.records["h_ev"] > ttl).any())
+
+    @property
+    def n(self) -> int:
+        """The number of rows asked for."""
+        return self.decoded.n
 
     def _unpacked(self) -> list[tuple[Any, ...]] | None:
         """The present rows as struct tuples, or None when this view is decoded by numpy."""
@@ -385,7 +401,7 @@ class _ViewResult:
 
 def _served(res: Any, *, dense: bool) -> list[Any]:
     """One view's served columns: lists, or (``dense``) float64 arrays where it has them."""
-    arrays = res.dense() if dense and type(res) is _ViewResult else None
+    arrays = res.dense() if dense and isinstance(res, _ViewResult) else None
     if arrays is None or any(a is None for a in arrays):
         return res.served_lists()  # type: ignore[no-any-return]
     return arrays
@@ -415,7 +431,10 @@ class OnlineResponse:
         return [n for names in self._names for n in names if n not in self._hidden]
 
     def __len__(self) -> int:
-        return self._results[0].decoded.n if self._results else 0
+        if not self._results:
+            return 0
+        res = self._results[0]
+        return res.n if isinstance(res, _ViewResult) else res.decoded.n  # type: ignore[no-any-return]
 
     def to_dict(self) -> dict[str, list[Any]]:
         """Join keys, then features, then ``<view>__event_timestamp`` columns when asked for."""
@@ -435,7 +454,9 @@ class OnlineResponse:
         blocks: the first holds the join keys alone (columns without statuses)."""
         if self._dict is not None or self._hidden or self._include_ts:
             return [self.wire_columns()]
-        dense = [res.stored_block() if type(res) is _ViewResult else None for res in self._results]
+        dense = [
+            res.stored_block() if isinstance(res, _ViewResult) else None for res in self._results
+        ]
         if all(block is None for block in dense):
             return [self.wire_columns()]
         names = [n for view_names in self._names for n in view_names]
@@ -495,7 +516,7 @@ class OnlineResponse:
     def status_codes(self, view_name: str) -> list[int]:
         """:meth:`status_array` as a list of ints (shared by the view's features: do not edit)."""
         res = self._result(view_name)  # windows and on-demand results: status only
-        return res._statuses() if type(res) is _ViewResult else res.status.tolist()
+        return res._statuses() if isinstance(res, _ViewResult) else res.status.tolist()
 
     def status_array(self, view_name: str) -> np.ndarray:
         """The int8 Status codes of one view's rows (every feature of a view shares them)."""
@@ -572,7 +593,10 @@ class Lookup:
             chunk = values[v * n : (v + 1) * n]
             v += 1
             if isinstance(plan, _ViewPlan):
-                results.append(_ViewResult(plan, plan.codec.decode(chunk), now))
+                res = plan.stored_rows(chunk, now) if n > FEW_ROWS and plan.as_stored else None
+                if res is None:
+                    res = _ViewResult(plan, plan.codec.decode(chunk), now)
+                results.append(res)
             else:
                 results.append(plan.result(chunk, now))
         if v < len(plans):

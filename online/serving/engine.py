@@ -177,6 +177,9 @@ class Engine(StoreReads, Pushes, Shortcuts):
             if poll:
                 self.models.start_polling()
             self._check_store()
+            from featurestore.online._stored import warm
+
+            warm()  # batch lookups' kernel, compiled or loaded before traffic
             for svc in list(self.store.registry.feature_services):
                 try:  # first lookups build codecs and plans; pay that before traffic
                     self.get_features(feature_service=svc, **self._warm_request(svc))
