@@ -50,11 +50,12 @@ DEADLINE_MS = 1000
 REDIS_DB = 1  # the other benchmarks flush and fill db 0
 N_DISTINCT = 256  # distinct requests cycled through per workload
 # calls per target (ours and the endpoint floor each), by (entities per request, concurrency):
-# enough that a p99 rests on 10+ samples above it (with 300 calls it was the 3rd largest, and
-# rows moved across the target from run to run on noise alone)
-CALLS = {(1, 1): 3000, (100, 1): 1000, (1, 32): 6000, (100, 32): 2000}
+# enough that a p99 rests on 20+ samples above it (with 300 calls it was the 3rd largest, and
+# rows moved across the target from run to run on noise alone; with 1,000 at 100 entities it
+# was the 10th, and those rows still did)
+CALLS = {(1, 1): 3000, (100, 1): 2500, (1, 32): 6000, (100, 32): 2000}
 # ours/floor alternation blocks, by concurrency. One caller: about 20 calls per target per
-# block (7 at 100 entities), so a stall of the shared machine (tens to hundreds of ms) spans
+# block (17 at 100 entities), so a stall of the shared machine (tens to hundreds of ms) spans
 # every target's calls alike; with 200-call blocks a stall landed on one target's block and
 # moved its p99 alone (the same code read 0.97-1.64 against the target from run to run)
 BLOCKS = {1: 150, 32: 5}
