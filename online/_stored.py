@@ -18,7 +18,7 @@ import numpy as np
 from numba import njit
 
 from featurestore.online.codec import DecodedRows
-from featurestore.online.lookup import _PRESENT, _ViewPlan, _ViewResult
+from featurestore.online.lookup import _ViewPlan, _ViewResult
 
 _INT64_MIN = -(2**63)
 _VER_AT = 16  # a stored value: int64 event ts, int64 created ts, uint32 schema version, ...
@@ -162,17 +162,6 @@ class StoredRows(_ViewResult):
     @property
     def n(self) -> int:
         return self._n
-
-    @property
-    def status(self) -> np.ndarray:
-        if self._status is None:
-            self._status = np.zeros(self._n, dtype=np.int8)
-        return self._status
-
-    def _statuses(self) -> list[int]:
-        if self._status_py is None:
-            self._status_py = [_PRESENT] * self._n
-        return self._status_py
 
     def dense(self) -> list[Any] | None:
         """Each feature's row of the block; a list with None at the nulls where it has one."""

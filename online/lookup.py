@@ -177,10 +177,11 @@ class _ViewResult:
     def status(self) -> np.ndarray:
         """int8 Status per row."""
         if self._status is None:
+            if self.all_served:  # every row PRESENT (no decode needed to say so)
+                self._status = np.zeros(self.n, dtype=np.int8)
+                return self._status
             d = self.decoded
-            if self.all_served:
-                self._status = np.zeros(d.n, dtype=np.int8)
-            elif self._status_py is not None or self._rows is not False or d.n <= 1024:
+            if self._status_py is not None or self._rows is not False or d.n <= 1024:
                 self._status = np.array(self._statuses(), dtype=np.int8)
             else:
                 status = (~d.present).view(np.int8).copy()
@@ -193,6 +194,9 @@ class _ViewResult:
     def _statuses(self) -> list[int]:
         """Status per row as Python ints."""
         if self._status_py is None:
+            if self.all_served:  # every row PRESENT (no decode needed to say so)
+                self._status_py = [_PRESENT] * self.n
+                return self._status_py
             rows = self._unpacked()
             d = self.decoded
             if self._status is not None or d.n > 1024:
@@ -201,9 +205,7 @@ class _ViewResult:
                 st = [_NOT_FOUND] * d.n
                 ttl = self.plan.ttl_us
                 now = self.now_us
-                if self.all_served:
-                    st = [_PRESENT] * d.n
-                elif ttl is None:
+                if ttl is None:
                     for i in d.present_idx:
                         st[i] = _PRESENT
                 else:

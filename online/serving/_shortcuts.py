@@ -113,10 +113,9 @@ class Shortcuts:
         request takes the general path."""
         if request_data or include_ts or type(entities) is not dict:
             return None
-        for col in entities.values():  # a batch goes straight to the general path
-            if type(col) is not list or len(col) != 1:
-                return None
-            break
+        col = next(iter(entities.values()), None)
+        if type(col) is not list or len(col) != 1:  # a batch: straight to the general path
+            return None
         deadline = self._deadline(deadline_ms)  # refused first, as the general path does
         state = self._registry()
         requests = self._resolve(features, service)
