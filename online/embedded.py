@@ -80,6 +80,44 @@ def _expired_at(value: bytes, cutoff: int) -> bool:
     return value[:8] != _NEVER and _EXPIRE.unpack_from(value)[0] <= cutoff
 
 
+_BODY = operator.itemgetter(slice(8, None))  # a stored value without its expiry prefix
+_FEW = 8  # up to this many values, one Python pass beats numpy's setup
+
+
+def _live(stored: list[bytes | None]) -> list[bytes | None]:
+    """Stored values without their expiry prefix; missing and expired ones as None.
+
+    A batch of values all there and of one size (a view's fixed-width rows) has its expiries
+    checked in one numpy pass."""
+    if len(stored) > _FEW:
+        try:
+            sizes = set(map(len, stored))  # type: ignore[arg-type]
+        except TypeError:  # a value not found: the per-value pass below
+            sizes = set()
+        if len(sizes) == 1:
+            import numpy as np
+
+            (size,) = sizes
+            buf = b"".join(stored)  # type: ignore[arg-type]
+            at = np.ndarray((len(stored),), dtype="<i8", buffer=buf, strides=(size,))
+            if ((at == 0) | (at > int(time.time() * 1000))).all():
+                return list(map(_BODY, stored))  # type: ignore[arg-type]
+    out: list[bytes | None] = []
+    now_ms = 0
+    for v in stored:
+        if v is None:
+            out.append(None)
+            continue
+        if v[:8] != _NEVER:
+            if not now_ms:
+                now_ms = int(time.time() * 1000)
+            if _EXPIRE.unpack_from(v)[0] <= now_ms:
+                out.append(None)
+                continue
+        out.append(v[8:])
+    return out
+
+
 def _scan_expired(
     env: Any, after: bytes | None, cutoff: int, batch: int
 ) -> tuple[list[bytes], bytes | None]:
@@ -254,29 +292,15 @@ class EmbeddedOnlineStore(OnlineStore):
         import lmdb
 
         env = self._env()
-        out: list[bytes | None] = []
-        now_ms = 0
         try:
             with env.begin(buffers=False) as txn:
-                get = txn.get
-                for k in keys:
-                    v = get(k)
-                    if v is None:
-                        out.append(None)
-                        continue
-                    if v[:8] != _NEVER:
-                        if not now_ms:
-                            now_ms = int(time.time() * 1000)
-                        if _EXPIRE.unpack_from(v)[0] <= now_ms:
-                            out.append(None)
-                            continue
-                    out.append(v[8:])
+                stored = list(map(txn.get, keys))
         except lmdb.BadValsizeError:
             # a key too long to have been written cannot be there
             return [None if len(k) > env.max_key_size() else self.read([k])[0] for k in keys]
         except lmdb.Error as exc:
             raise OnlineStoreError(f"read from the embedded online store failed: {exc}") from exc
-        return out
+        return _live(stored)
 
     def delete_view(self, project: str, view_name: str) -> int:
         prefix, suffix = key_prefix(project), key_suffix(view_name)

@@ -351,32 +351,25 @@ def _stored_columns(
     status is PRESENT. The bytes ``_dict_columns`` writes for their lists, without their walk."""
     w = len(raw) // len(names)  # 8 n
     heads, mid, cuts = _stored_layout(names, w, tag)
-    if nulls is None:  # each column: its remembered head, then its slice of raw
-        cols = [b""] * (2 * len(names))
-        cols[::2] = heads
-        cols[1::2] = map(raw.__getitem__, cuts)
-        parts += cols
-        return
-    n = w // 8
-    fixed = len(mid) + w
-    flag_head = b"B" + _len(n)  # field 8 of a column with a null
-    some_null = nulls.any(axis=1).tolist()
-    all_null = nulls.all(axis=1).tolist()
-    for c, (row, some, every) in enumerate(
-        zip(nulls.view(np.uint8), some_null, all_null, strict=True)
-    ):
-        if not some:
-            parts += (heads[c], raw[cuts[c]])
-            continue
-        head = _name_field(names[c])
-        if every:  # every value null: n empty generic Values, as protobuf's API
-            status = mid[: 1 + len(_len(n)) + n]
-            body = head + b"\x12\x00" * n + status
-            parts += (tag, _len(len(body)), body)
-        else:
-            flags = flag_head + row.tobytes()
-            size = len(head) + fixed + len(flags)
-            parts += (tag, _len(size), head, mid, raw[cuts[c]], flags)
+    cols = [b""] * (2 * len(names))  # each column: its remembered head, then its slice of raw
+    cols[::2] = heads
+    cols[1::2] = map(raw.__getitem__, cuts)
+    if nulls is not None:  # rewrite the columns that have a null
+        n = w // 8
+        for c, count in enumerate(nulls.sum(axis=1).tolist()):
+            if not count:
+                continue
+            head = _name_field(names[c])
+            if count == n:  # every value null: n empty generic Values, as protobuf's API
+                body = head + b"\x12\x00" * n + mid[: 1 + len(_len(n)) + n]
+                cols[2 * c] = tag + _len(len(body))
+                cols[2 * c + 1] = body
+            else:
+                flags = b"B" + _len(n) + nulls[c].tobytes()  # field 8
+                size = len(head) + len(mid) + w + len(flags)
+                cols[2 * c] = tag + _len(size) + head + mid
+                cols[2 * c + 1] = raw[cuts[c]] + flags
+    parts += cols
 
 
 def _stored_layout(names: list[str], w: int, tag: bytes) -> tuple[list[bytes], bytes, list[slice]]:

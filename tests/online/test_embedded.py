@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from featurestore.errors import ConfigError, OnlineStoreError
@@ -197,3 +197,51 @@ def test_write_stored_batches_land_together_or_not_at_all(tmp_path: Path) -> Non
 
 
 _NEVER_PREFIX = struct.pack("<q", 0)
+
+
+_entry = st.tuples(
+    st.booleans(),  # stored (when the batch may miss values)
+    st.sampled_from([0, 4_000_000_000_000, 1, -5, "past"]),  # 0: never; the rest once expired
+    st.sampled_from([0, 3, 17]),  # value size, when the batch may mix sizes
+)
+
+
+@settings(max_examples=100, deadline=None)
+@example(entries=[(True, 1, 0)] * 20, may_miss=False, may_expire=1, one_size=True)
+@example(entries=[(True, 1, 0)] * 20, may_miss=False, may_expire=0, one_size=True)
+@given(
+    entries=st.lists(_entry, min_size=1, max_size=8) | st.lists(_entry, min_size=9, max_size=40),
+    may_miss=st.booleans(),
+    may_expire=st.integers(0, 2),  # 0: none expired, 1: exactly one (the last), 2: any
+    one_size=st.booleans(),
+)
+def test_read_drops_prefixes_and_hides_missing_and_expired_values(
+    tmp_path_factory: pytest.TempPathFactory,
+    entries: list[Any],
+    may_miss: bool,
+    may_expire: int,
+    one_size: bool,
+) -> None:
+    """Whatever mix of missing, expired, unexpiring and live values of whatever sizes a batch
+    holds, read returns each value without its expiry prefix, or None: as one pass per value
+    would (the batch check of all-present, one-size values must agree with it)."""
+    path = str(tmp_path_factory.mktemp("db"))
+    store = EmbeddedOnlineStore(path, map_size="64MB")
+    now_ms = int(time.time() * 1000)
+    keys = build_keys("t", "v", ("k",), [list(range(len(entries)))])
+    want: list[bytes | None] = []
+    with store._env().begin(write=True) as txn:  # raw puts: write_* skip expired rows
+        for i, (key, (stored, at, size)) in enumerate(zip(keys, entries, strict=True)):
+            if may_miss and not stored:
+                want.append(None)
+                continue
+            if may_expire == 0 or (may_expire == 1 and i < len(entries) - 1):
+                at = 0 if at == 0 else 4_000_000_000_000
+            elif may_expire == 1:
+                at = now_ms - 1
+            at = now_ms - 60_000 if at == "past" else at
+            body = bytes([i % 251]) * (7 if one_size else size)
+            txn.put(key, struct.pack("<q", at) + body)
+            want.append(body if at == 0 or at > now_ms + 30_000 else None)
+    assert store.read(keys) == want
+    store.close()
