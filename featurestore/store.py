@@ -506,6 +506,20 @@ class FeatureStore:
             explain=explain,
         )
 
+    def push(self, feature_view: str, rows: Any, *, to: str = "online") -> int:
+        """Write rows of a plain feature view, as ``POST /push``; returns how many.
+
+        ``rows`` holds join keys, every feature and optionally the source's timestamp column
+        (microseconds or ISO 8601; default: now), as columns, row dicts or a DataFrame. ``to``:
+        "online" (the online store), "offline" (one new Parquet file in the view's source
+        folder, so training sets and materialize see the rows) or "online_and_offline".
+        """
+        if self._engine is None:
+            from featurestore.online.serving.engine import Engine
+
+            self._engine = Engine(self).start(poll=False)
+        return self._engine.push(feature_view, entity_input(rows), to=to)
+
     # ---- streams ----------------------------------------------------------------------------
     def send_events(self, source: str, rows: Any) -> list[str]:
         """Add events (row dicts, or columns ``{name: [values]}``) to a StreamSource's Redis

@@ -1,9 +1,16 @@
-"""Pushes: rows written to a feature view's online store, checked against its schema, under a
-time limit (a mixin of Engine).
+"""Pushes: rows checked against a feature view's schema and written, under a time limit, to its
+online store, its offline source or both (``to``; a mixin of Engine).
 
-A write runs on the engine's thread pool, so a hung store cannot hang the request; its limit is
-ten times the read budget, at least a second (writes may take longer than reads). A write that
-lands after its request timed out is not recorded in the audit log.
+``to="online"`` (the default) writes the online store only. ``to="offline"`` appends the rows to
+the view's source folder as one Parquet file (featurestore.offline.push), so training sets and
+later materializations see them; ``to="online_and_offline"`` does both, the offline file first
+(the durable record), then the online store. When the online write then fails or times out the
+request fails as an online push does, and the offline file stays: a retry adds an identical
+row, which the point-in-time join resolves to the same values.
+
+A write runs on the engine's thread pool, so a hung store or disk cannot hang the request; its
+limit is ten times the read budget, at least a second (writes may take longer than reads). A
+write that lands after its request timed out is not recorded in the audit log.
 """
 
 from __future__ import annotations
@@ -37,10 +44,14 @@ class Pushes:
     _audit: AuditLog | None
     _observe: Callable[[str, float, bool, int], None]  # the engine's latency and counters
 
-    def _push_fn(self, feature_view: str, rows: Any) -> tuple[Any, dict[str, list[Any]]]:
+    def _push_fn(
+        self, feature_view: str, rows: Any, to: str
+    ) -> tuple[Callable[[], int], dict[str, list[Any]]]:
         """The write of a validated push, and its entity keys (for the audit log)."""
+        from featurestore.offline.push import push_mode
         from featurestore.online.writer import write_table
 
+        offline, online = push_mode(to)
         if not isinstance(feature_view, str) or not feature_view:
             raise BadRequestError("feature_view must be a view's name", field="feature_view")
         state = self.store.registry
@@ -48,10 +59,21 @@ class Pushes:
         now = now_us()
         cols = rq.to_columns(rows, "rows")
         table = rq.push_table(view, cols, now, self.config.max_entities, state.join_key_kinds)
+        target = None
+        if offline:
+            from featurestore.offline.push import push_target
+
+            target = push_target(view, self.store.config, state)
         store, project = self.store.online, self.store.project
         batch = self.store.config.online_store.write_batch_size
 
         def write() -> int:
+            if target is not None:  # first: the durable record
+                from featurestore.offline.push import write_offline_push
+
+                write_offline_push(target, table, now_us=now)
+            if not online:
+                return table.num_rows
             return write_table(
                 store,
                 project,
@@ -64,42 +86,71 @@ class Pushes:
 
         return write, {k: cols[k] for k in view.join_keys}
 
-    def push(self, feature_view: str, rows: Any, *, deadline_ms: float | None = None) -> int:
-        """Validate rows against the view's schema and write them; returns rows written."""
+    def push(
+        self,
+        feature_view: str,
+        rows: Any,
+        *,
+        to: str = "online",
+        deadline_ms: float | None = None,
+    ) -> int:
+        """Validate rows against the view's schema and write them where ``to`` says ("online",
+        "offline" or "online_and_offline"; see the module doc); returns rows written."""
         t0 = time.perf_counter()
-        write, keys = self._push_fn(feature_view, rows)
+        write, keys = self._push_fn(feature_view, rows, to)
         fut = self._pool.submit(write)
         try:
             n = fut.result(timeout=self._push_timeout(deadline_ms))
         except Exception as exc:
-            raise self._push_error(exc) from None
-        return self._pushed(feature_view, n, keys, t0)
+            raise self._push_error(exc, to) from None
+        return self._pushed(feature_view, n, keys, t0, to)
 
-    async def apush(self, feature_view: str, rows: Any, *, deadline_ms: float | None = None) -> int:
+    async def apush(
+        self,
+        feature_view: str,
+        rows: Any,
+        *,
+        to: str = "online",
+        deadline_ms: float | None = None,
+    ) -> int:
+        """``push`` for an event loop."""
         t0 = time.perf_counter()
-        write, keys = self._push_fn(feature_view, rows)
+        write, keys = self._push_fn(feature_view, rows, to)
         fut = self._pool.submit(write)
         try:
             n = await asyncio.wait_for(asyncio.wrap_future(fut), self._push_timeout(deadline_ms))
         except Exception as exc:
-            raise self._push_error(exc) from None
-        return self._pushed(feature_view, n, keys, t0)
+            raise self._push_error(exc, to) from None
+        return self._pushed(feature_view, n, keys, t0, to)
 
-    def _pushed(self, feature_view: str, n: int, keys: dict[str, list[Any]], t0: float) -> int:
+    def _pushed(
+        self, feature_view: str, n: int, keys: dict[str, list[Any]], t0: float, to: str
+    ) -> int:
         """A push that landed: counted, timed and (when on) audited; returns its row count."""
         self._observe("push", t0, False, n)
         if self._audit is not None:
-            self._audit.push(feature_view, n, keys)
+            self._audit.push(feature_view, n, keys, to)
         return n
 
     def _push_timeout(self, deadline_ms: float | None) -> float:
         # writes may legitimately take longer than reads: 10x the read budget, at least 1 s
         return max(1.0, (deadline_ms or self.config.deadline_ms) * 10 / 1000)
 
-    def _push_error(self, exc: BaseException) -> BaseException:
-        if isinstance(exc, FeatureStoreError) and not isinstance(exc, OnlineStoreError):
+    def _push_error(self, exc: BaseException, to: str = "online") -> BaseException:
+        from featurestore.offline.push import OfflineWriteError
+
+        if isinstance(exc, FeatureStoreError) and not isinstance(
+            exc, (OnlineStoreError, OfflineWriteError)
+        ):
             return exc
         self.metrics.child(self.metrics.requests, "push", "error").inc()
+        if isinstance(exc, OfflineWriteError):
+            return exc
         if isinstance(exc, (asyncio.TimeoutError, cf.TimeoutError)):
-            return OnlineStoreUnavailableError("push: the online store did not answer in time")
+            if to == "online":
+                return OnlineStoreUnavailableError("push: the online store did not answer in time")
+            return OnlineStoreUnavailableError(
+                f"push (to={to}): the writes did not finish in time; the offline file may still "
+                "land (a retry then adds an identical row)"
+            )
         return OnlineStoreUnavailableError(f"push: the online store failed: {exc}")

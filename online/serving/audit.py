@@ -30,7 +30,7 @@ time for it, from the call to the answer)::
      "degraded": false, "features": {"tx_count": [90.0], ...}, "latency_us": 412}
 
     {"ts": ..., "request_id": ..., "caller": ..., "kind": "push", "feature_view": "user_stats",
-     "rows": 2, "entities": {"user_id": [1, 2]}}
+     "rows": 2, "entities": {"user_id": [1, 2]}, "to": "online"}
 
 ``features`` (only with ``include_features``) holds the exact values the model was given, by
 input name in the model's input order: the defaults when the answer was degraded, null for a
@@ -188,7 +188,13 @@ class AuditLog:
         )
         return rid
 
-    def push(self, feature_view: str, rows: int, entities: Mapping[str, Sequence[Any]]) -> str:
+    def push(
+        self,
+        feature_view: str,
+        rows: int,
+        entities: Mapping[str, Sequence[Any]],
+        to: str = "online",
+    ) -> str:
         """Queue the record of one successful push (entity keys only); returns its request id."""
         rid = current_request_id()
         self._put(
@@ -200,6 +206,7 @@ class AuditLog:
                 feature_view,
                 rows,
                 _entities(entities),
+                to,
             )
         )
         return rid
@@ -372,7 +379,7 @@ class AuditLog:
                 rec["features"] = orjson.Fragment(self._features(names, x))
             rec["latency_us"] = lat
         else:
-            _, ts, rid, caller, view, rows, ents = item
+            _, ts, rid, caller, view, rows, ents, to = item
             rec = {
                 "ts": self._iso(ts),
                 "request_id": rid,
@@ -381,6 +388,7 @@ class AuditLog:
                 "feature_view": view,
                 "rows": rows,
                 "entities": ents,
+                "to": to,
             }
         return orjson.dumps(rec, default=_fallback, option=_OPTS | orjson.OPT_APPEND_NEWLINE)
 

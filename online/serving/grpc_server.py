@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from featurestore.errors import FeatureStoreError
+from featurestore.offline.push import OfflineWriteError
 from featurestore.online.serving._proto import featurestore_pb2 as pb
 from featurestore.online.serving._proto import featurestore_pb2_grpc as pb_grpc
 from featurestore.online.serving._wire import (
@@ -123,9 +124,12 @@ class FeatureServingServicer(pb_grpc.FeatureServingServicer):
             n = await self.engine.apush(
                 request.feature_view,
                 read_columns(request.rows, "rows"),
+                to=request.to or "online",
                 deadline_ms=request.deadline_ms or None,
             )
             return pb.PushResponse(rows_written=n)
+        except OfflineWriteError as exc:  # the server's disk, not the request
+            await context.abort(grpc.StatusCode.INTERNAL, str(exc))
         except Exception as exc:
             await self._fail(context, exc)
 

@@ -29,6 +29,7 @@ from featurestore.errors import (
     OnlineStoreUnavailableError,
     RegistryError,
 )
+from featurestore.offline.push import OfflineWriteError
 from featurestore.online.models.errors import (
     ModelLoadError,
     ModelNotFoundError,
@@ -92,6 +93,13 @@ class PushRequest(_Body):
     feature_view: StrictStr
     rows: dict[StrictStr, list[AnyValue]] = Field(
         ..., description="column -> one value per row (event_timestamp: us since epoch or ISO)"
+    )
+    to: StrictStr = Field(
+        "online",
+        description="where the rows go: 'online' (the online store), 'offline' (a new Parquet "
+        "file in the view's source folder, seen by training sets and materialize) or "
+        "'online_and_offline' (both, the offline file first)",
+        examples=["online", "offline", "online_and_offline"],
     )
     deadline_ms: float | None = Field(None, gt=0, le=MAX_DEADLINE_MS)
 
@@ -323,7 +331,12 @@ def create_app(
 
     @app.post("/push", response_model=PushOut, responses=_ERRORS)
     async def push(req: PushRequest) -> Response:
-        n = await engine.apush(req.feature_view, req.rows, deadline_ms=req.deadline_ms)
+        try:
+            n = await engine.apush(
+                req.feature_view, req.rows, to=req.to, deadline_ms=req.deadline_ms
+            )
+        except OfflineWriteError as exc:  # the server's disk, not the request: a 500
+            return _json({"error": str(exc)}, 500)
         return _json({"rows_written": n})
 
     @app.get("/health/live")

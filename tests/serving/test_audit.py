@@ -312,7 +312,9 @@ def test_push_records_keys_and_row_count_not_values(engine: Engine) -> None:
         "feature_view",
         "rows",
         "entities",
+        "to",
     ]
+    assert pushes[-1]["to"] == "online"
 
 
 def test_a_failed_push_or_prediction_is_not_recorded(engine: Engine) -> None:

@@ -294,7 +294,7 @@ class PredictResponse(_message.Message):
     ) -> None: ...
 
 class PushRequest(_message.Message):
-    __slots__ = ("feature_view", "rows", "deadline_ms")
+    __slots__ = ("feature_view", "rows", "deadline_ms", "to")
     class RowsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -308,14 +308,17 @@ class PushRequest(_message.Message):
     FEATURE_VIEW_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
+    TO_FIELD_NUMBER: _ClassVar[int]
     feature_view: str
     rows: _containers.MessageMap[str, ValueList]
     deadline_ms: float
+    to: str
     def __init__(
         self,
         feature_view: _Optional[str] = ...,
         rows: _Optional[_Mapping[str, ValueList]] = ...,
         deadline_ms: _Optional[float] = ...,
+        to: _Optional[str] = ...,
     ) -> None: ...
 
 class PushResponse(_message.Message):
