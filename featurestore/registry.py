@@ -8,6 +8,7 @@ the records of removed views whose online rows are still to be deleted (``pendin
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -23,6 +24,8 @@ from featurestore.on_demand_view import OnDemandFeatureView
 from featurestore.sources import StreamSource
 
 FORMAT = 1
+CHECK_S = 0.1  # how old a registry check a lookup may trust (see Registry.recent)
+_WRITES: dict[str, int] = {}  # registry file -> writes by this process, through any Registry
 
 
 @dataclass
@@ -126,6 +129,8 @@ class Registry:
         self.project = project
         self.repo_path = repo_path
         self._cache: tuple[float, int, RegistryState] | None = None
+        self._key = str(self.path)
+        self._checked = (float("-inf"), -1)  # (monotonic time of the last stat, _WRITES then)
 
     def _lock(self) -> Any:
         from filelock import FileLock
@@ -138,11 +143,13 @@ class Registry:
 
     def load(self) -> RegistryState:
         """The current state; an empty state when nothing was applied yet. Cached by mtime."""
+        checked = (time.monotonic(), _WRITES.get(self._key, 0))  # taken before the stat
         try:
             st = self.path.stat()
         except FileNotFoundError:
             return RegistryState(project=self.project)
         if self._cache and self._cache[0] == st.st_mtime and self._cache[1] == st.st_size:
+            self._checked = checked
             return self._cache[2]
         try:
             state = RegistryState.from_dict(json.loads(self.path.read_bytes()), self.repo_path)
@@ -156,7 +163,22 @@ class Registry:
                 "point 'registry' in featurestore.yaml at another file"
             )
         self._cache = (st.st_mtime, st.st_size, state)
+        self._checked = checked
         return state
+
+    def recent(self, max_age_s: float = CHECK_S) -> RegistryState:
+        """:meth:`require`, trusting a check up to ``max_age_s`` old: a lookup's hot path skips
+        the stat. A write by this process (through any Registry of the file) is seen at once,
+        another process's within ``max_age_s``."""
+        cache, (at, writes) = self._cache, self._checked
+        if (
+            cache is not None
+            and time.monotonic() - at < max_age_s
+            and _WRITES.get(self._key, 0) == writes
+            and cache[2].version
+        ):
+            return cache[2]
+        return self.require()
 
     def require(self) -> RegistryState:
         """The current state, or a RegistryError telling the user to apply first."""
@@ -259,6 +281,7 @@ class Registry:
             atomic_write(hist / f"v{state.version}.json", data)
         atomic_write(self.path, data)
         self._cache = None
+        _WRITES[self._key] = _WRITES.get(self._key, 0) + 1
 
 
 def _cleanup_record(view: FeatureView, version: int) -> dict[str, Any]:

@@ -64,7 +64,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("featurestore.serving")
 # a request field's value in the warm-up lookup, by dtype (numbers: 0)
 _WARM_VALUE: dict[str, Any] = {"string": "", "bytes": "", "bool": False}
-REGISTRY_CHECK_S = 0.1  # the registry file is stat'ed at most this often on the request path
 
 
 def _numeric(values: list[Any]) -> bool:
@@ -141,8 +140,6 @@ class Engine(StoreReads, Pushes, Shortcuts):
         self._vectors = {}  # the one-entity shortcuts' plans (see _shortcuts)
         self._rows = {}
         self._observers: dict[str, tuple[Any, Any, Any]] = {}
-        self._registry_state: Any = None
-        self._registry_at = 0.0
         self._audit: AuditLog | None = None  # serving.audit: a record per prediction and push
         if self.config.audit is not None:
             from featurestore.online.serving.audit import AuditLog
@@ -250,13 +247,9 @@ class Engine(StoreReads, Pushes, Shortcuts):
 
     # ---- features ---------------------------------------------------------------------------
     def _registry(self) -> Any:
-        """The registry state, re-checked (one stat) at most every REGISTRY_CHECK_S."""
-        now = time.monotonic()
-        state = self._registry_state
-        if state is None or now - self._registry_at >= REGISTRY_CHECK_S:
-            state = self.store.registry  # RegistryError until applied: never cached
-            self._registry_state, self._registry_at = state, now
-        return state
+        """The registry state, re-checked (one stat) at most every 0.1 s, and at once after a
+        write by this process (RegistryError until applied: never cached)."""
+        return self.store.recent_registry()
 
     def _resolve(self, features: Sequence[str] | None, service: str | None) -> FeatureRequest:
         state = self._registry()
