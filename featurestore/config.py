@@ -56,6 +56,19 @@ class StreamConfig:
     offline_flush_s: float = 60.0  # a Parquet file (and the acknowledgements) at most this often
     offline_flush_events: int = 100_000  # ... or once this many events wait
     max_future: str = "1h"  # events further ahead of their XADD time are dead-lettered
+    max_past: str | None = None  # ... further behind it too (None: no bound; replays stay open)
+
+    def __post_init__(self) -> None:
+        from featurestore._time import parse_duration
+
+        for name in ("max_future", "max_past"):
+            value = getattr(self, name)
+            if value is None and name == "max_past":
+                continue
+            try:
+                parse_duration(value)
+            except (ValueError, TypeError) as exc:
+                raise ConfigError(f"{CONFIG_FILE}: stream.{name}: {exc}") from None
 
     def redis_url(self, online: OnlineStoreConfig) -> str:
         """The url ingest and send_events connect to."""

@@ -57,6 +57,7 @@ class EventSchema:
     arrow: dict[str, pa.DataType]  # the batch files' own column types (what the sink writes)
     keys: tuple[str, ...]  # every join key of every view reading the source
     max_future_us: int = 3_600_000_000  # an event further ahead of its XADD time is refused
+    max_past_us: int | None = None  # ... and one further behind it (None: no bound)
 
     @classmethod
     def build(
@@ -65,6 +66,7 @@ class EventSchema:
         views: list[FeatureView],
         offline: OfflineStore,
         max_future_us: int = 3_600_000_000,
+        max_past_us: int | None = None,
     ) -> EventSchema:
         """Column types from ``source.schema`` or else from the batch source's Parquet files."""
         import pyarrow as pa
@@ -104,7 +106,8 @@ class EventSchema:
                     "cannot carry; use numbers, bools, strings or times"
                 )
             columns[c] = dtype
-        return cls(source, columns, {c: arrow[c] for c in columns}, tuple(keys), max_future_us)
+        arrow = {c: arrow[c] for c in columns}
+        return cls(source, columns, arrow, tuple(keys), max_future_us, max_past_us)
 
     def parse(self, raw_id: bytes | str, fields: dict[Any, Any]) -> Event | str:
         """The event in one entry, or the reason it is bad (one line naming the field)."""
@@ -151,6 +154,12 @@ class EventSchema:
             # replaced; the entry id's clock (the XADD time) keeps the decision the same on replay
             return (
                 f"'{ts_field}' {obj.get(ts_field)!r} is more than stream.max_future ahead of the "
+                "time it was added to the stream (a unit or time zone mix-up?)"
+            )
+        if self.max_past_us is not None and eid[0] * 1000 - ts > self.max_past_us:
+            # e.g. seconds sent as microseconds: 1970, which would be an entity's first event
+            return (
+                f"'{ts_field}' {obj.get(ts_field)!r} is more than stream.max_past behind the "
                 "time it was added to the stream (a unit or time zone mix-up?)"
             )
         cr_field = self.source.created_timestamp_field

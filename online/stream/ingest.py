@@ -91,7 +91,8 @@ class _Source:
         self.views = views
         cfg = store.config.stream
         future = duration_us(parse_duration(cfg.max_future))
-        self.schema = EventSchema.build(src, views, store.offline, future or 0)
+        past = duration_us(parse_duration(cfg.max_past)) if cfg.max_past else None
+        self.schema = EventSchema.build(src, views, store.offline, future or 0, past)
         self.sink = (
             OfflineSink(store.config, self.schema) if store.config.stream.write_offline else None
         )

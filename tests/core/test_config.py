@@ -42,6 +42,8 @@ def test_missing_file_says_how_to_create_one(tmp_path) -> None:
         ("project: demo\nfoo: 1\n", r"unknown key\(s\) \['foo'\]"),
         ("project: 'a b'\n", "'project' must be a name"),
         ("project: [unclosed\n", "not valid YAML"),
+        ("project: demo\nstream:\n  max_past: 2 days\n", "stream.max_past: bad duration"),
+        ("project: demo\nstream:\n  max_future: soon\n", "stream.max_future: bad duration"),
     ],
 )
 def test_bad_config_names_the_key(tmp_path, text: str, message: str) -> None:

@@ -74,6 +74,40 @@ def test_max_future_is_configurable(tmp_path, redis_url) -> None:
         assert _count(store, 2, ahead) == 1
 
 
+def test_max_past_refuses_events_far_behind_their_xadd_time(tmp_path, redis_url) -> None:
+    """An event time sent in seconds reads as 1970: with stream.max_past set it is a dead letter
+    naming the bound; an event inside the bound is applied. Without it both are applied (a
+    replay of old events stays possible)."""
+    import redis
+
+    from .conftest import FAST_STREAM
+
+    client = redis.Redis.from_url(redis_url)
+    now = int(time.time() * 1_000_000)
+    seconds = now // 1_000_000  # the producer's unit mix-up
+    events = [
+        {"user_id": 3, "event_timestamp": seconds, "amount": 1.0, "merchant_id": 1},
+        {"user_id": 4, "event_timestamp": now - 2 * H, "amount": 2.0, "merchant_id": 1},
+    ]
+    for project, bound, want in (("past1", "  max_past: 1d\n", (1, 1)), ("past2", "", (2, 0))):
+        client.delete("tx_events", "tx_events:dead")
+        repo = small_repo(
+            tmp_path / project, redis_url, project=project, stream_yaml=FAST_STREAM + bound
+        )
+        with FeatureStore(repo) as store:
+            store.apply()
+            ids = xadd_json(client, "tx_events", events)
+            stats = store.ingest(once=True)
+            assert (stats.applied, stats.dead) == want, project
+            assert _count(store, 4, now) == 1
+            dead = dead_entries(client, "tx_events")
+            if bound:
+                assert [d["id"] for d in dead] == [ids[0]]
+                assert "event_timestamp" in dead[0]["reason"] and "max_past" in dead[0]["reason"]
+            else:
+                assert dead == []
+
+
 def test_status_reports_length_lag_pending_dead_and_the_lock(tmp_path, redis_url) -> None:
     import redis
 
