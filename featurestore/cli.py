@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from featurestore._cli_compact import compact
 from featurestore._cli_ingest import ingest
 from featurestore._cli_keys import keys
 from featurestore._cli_purge import purge_expired
@@ -320,6 +321,7 @@ cli.add_command(keys)
 cli.add_command(ingest)
 cli.add_command(score)
 cli.add_command(purge_expired)
+cli.add_command(compact)
 
 
 def main() -> None:

@@ -1,0 +1,223 @@
+"""Push files merged: ``featurestore compact`` turns a folder's ``push-*.parquet`` files into one.
+
+Each offline push is one file (offline/push.py), so a client pushing often leaves thousands of
+small files that every training set and materialization opens. Compaction writes the union of
+a folder's push files, exact duplicate rows dropped, as one new file
+``push-<view>-compact-<latest push time us>-<random>.parquet`` (atomically: a hidden temporary
+file renamed into place), THEN deletes the files it merged. A compacted file is a push file like
+any other and takes part in the next compaction.
+
+Why duplicates are harmless here: between the write and the deletes (or after a crash there)
+the folder holds some rows twice, exactly equal. For a plain view the point-in-time join and
+materialize pick, per key, one row by (event timestamp, created timestamp); two rows equal in
+both timestamps and in every value give the same features whichever is picked, so training sets
+and online values do not change, and the next compaction removes the copies (``DISTINCT``).
+Dropping exact duplicates is equally harmless for the same reason.
+
+Folders read by a WINDOW view are skipped: a ``count`` (or ``sum``) aggregation counts every
+row, so copies in that short window would be counted twice, and rows a client pushed twice on
+purpose would lose one count for good. Only the top level of a folder is compacted (where
+pushes land); stream ingest's ``stream-...`` files and any other file are never touched,
+since ingest resumes from the stream files' names.
+
+A training set or materialization that listed the folder just before the deletes may fail
+opening a deleted file; it succeeds when run again. Two compactions of one folder are
+serialized by a hidden lock file in it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from featurestore.errors import FeatureStoreError, OfflineStoreError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from featurestore.config import RepoConfig
+    from featurestore.feature_view import FeatureView
+    from featurestore.registry import RegistryState
+
+LOCK_NAME = ".featurestore-compact.lock"
+
+
+@dataclass(frozen=True)
+class CompactResult:
+    """What compaction did to one source folder (``skipped``: why it did nothing)."""
+
+    view: str
+    folder: str  # the source's path as the definitions give it (a SQL source: its name)
+    files_merged: int = 0
+    rows_before: int = 0
+    rows_after: int = 0
+    output: Path | None = None
+    skipped: str | None = None
+
+
+def compact_pushes(
+    config: RepoConfig, state: RegistryState, view_name: str | None = None
+) -> list[CompactResult]:
+    """Merge the push files of each plain view's source folder (or only ``view_name``'s) into
+    one file; one result per folder, folders that cannot be compacted with the reason.
+    Raises FeatureNotFoundError for an unknown ``view_name``."""
+    if view_name is not None:
+        state.feature_view(view_name)  # FeatureNotFoundError naming the known views
+        if view_name in state.on_demand_views:
+            reason = "an on-demand view, computed at request time from no source folder"
+            return [CompactResult(view_name, "-", skipped=reason)]
+    from featurestore.offline.push import _folder_of
+
+    views = [v for _, v in sorted(state.feature_views.items()) if v.window is None]
+    if view_name is not None:  # its folder, through the first view sharing it that takes pushes
+        named = state.feature_views[view_name]
+        folder = _folder_of(named, config)
+        views = [
+            named,
+            *(v for v in views if v is not named and folder and _folder_of(v, config) == folder),
+        ]
+    groups: dict[object, list[FeatureView]] = {}  # views sharing a folder: compacted once
+    for view in views:
+        folder = _folder_of(view, config)
+        groups.setdefault(folder if folder is not None else view.name, []).append(view)
+    return [_compact_group(group, config, state) for group in groups.values()]
+
+
+def _compact_group(
+    views: list[FeatureView], config: RepoConfig, state: RegistryState
+) -> CompactResult:
+    """Compact the folder the first of ``views`` (one folder) that takes offline pushes writes
+    to; skipped when a window view reads it or none of them takes pushes."""
+    from featurestore.offline.push import _folder_of, push_target
+    from featurestore.online.serving.errors import BadRequestError
+    from featurestore.sources import StreamSource
+
+    first = views[0]
+    src = first.source
+    batch = src.batch_source if isinstance(src, StreamSource) else src
+    label = getattr(batch, "path", None) or batch.name
+    folder = _folder_of(first, config)
+    windows = sorted(
+        o.name
+        for o in state.feature_views.values()
+        if folder is not None and o.window is not None and _folder_of(o, config) == folder
+    )
+    if windows:
+        return CompactResult(
+            first.name,
+            label,
+            skipped=f"window view(s) {windows} read this folder; a count there counts every "
+            "row, so its push files are left as they are",
+        )
+    reasons: list[str] = []
+    for view in views:
+        try:
+            target = push_target(view, config, state)
+        except BadRequestError as exc:
+            reasons.append(str(exc).removeprefix("push: "))
+            continue
+        return _compact_folder(view.name, label, target.folder)
+    return CompactResult(first.name, label, skipped=f"takes no offline pushes: {reasons[0]}")
+
+
+def _compact_folder(view: str, label: str, folder: Path) -> CompactResult:
+    """Merge the push files at the top of ``folder`` when there are at least two."""
+    if not folder.is_dir():
+        return CompactResult(view, label, skipped="no such folder yet, nothing pushed")
+    from filelock import FileLock
+
+    with FileLock(str(folder / LOCK_NAME), timeout=600):
+        files = push_files(folder)
+        if len(files) < 2:
+            return CompactResult(
+                view, label, skipped=f"{len(files)} push file(s), nothing to merge"
+            )
+        try:
+            table, rows_before = merged_table(files)
+        except (OSError, ValueError, FeatureStoreError) as exc:
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            return CompactResult(view, label, skipped=f"push files could not be merged: {msg}")
+        out = write_compacted(folder, view, table, files)
+        remove_inputs(files)
+    return CompactResult(view, label, len(files), rows_before, table.num_rows, out)
+
+
+def push_files(folder: Path) -> list[Path]:
+    """The ``push-*.parquet`` files at the top of ``folder`` (not hidden temporary files)."""
+    return sorted(
+        folder / n for n in os.listdir(folder) if n.startswith("push-") and n.endswith(".parquet")
+    )
+
+
+def merged_table(files: list[Path]) -> tuple[pa.Table, int]:
+    """The distinct rows of ``files`` read by name (as the offline store reads them), in the
+    column types the files hold; and how many rows they hold in all."""
+    import duckdb
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schemas = [pq.read_schema(f) for f in files]
+    rows_before = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    try:
+        schema = pa.unify_schemas(schemas, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise OfflineStoreError(f"their column types disagree: {exc}") from None
+    paths = ", ".join("'" + str(f).replace("'", "''") + "'" for f in files)
+    con = duckdb.connect()
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        rel = con.sql(f"SELECT DISTINCT * FROM read_parquet([{paths}], union_by_name = true)")
+        res = rel.to_arrow_table()
+    except duckdb.Error as exc:
+        raise OfflineStoreError(str(exc)) from None
+    finally:
+        con.close()
+    cols = {f.name: res.column(f.name).cast(f.type) for f in schema}
+    return pa.table(cols, schema=schema), rows_before
+
+
+def write_compacted(folder: Path, view: str, table: pa.Table, files: list[Path]) -> Path:
+    """Write ``table`` as ``push-<view>-compact-<latest push us>-<random>.parquet``, atomically."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from featurestore._atomic import atomic_write
+    from featurestore.offline.push import _safe
+
+    stamps = [_push_time(f.name) for f in files]
+    latest = max((s for s in stamps if s is not None), default=time.time_ns() // 1000)
+    buf = pa.BufferOutputStream()
+    pq.write_table(table, buf)
+    path = folder / f"push-{_safe(view)}-compact-{latest}-{uuid.uuid4().hex[:8]}.parquet"
+    try:
+        atomic_write(path, buf.getvalue().to_pybytes())
+    except OSError as exc:
+        raise OfflineStoreError(
+            f"compact: feature view '{view}': could not write {path.name} to '{folder}' "
+            f"({exc.strerror or exc}); the push files are left as they were, run it again "
+            "once the folder is writable"
+        ) from None
+    return path
+
+
+def remove_inputs(files: list[Path]) -> None:
+    """Delete the merged files (one already gone, e.g. by a crashed run's delete, is fine)."""
+    for f in files:
+        with contextlib.suppress(FileNotFoundError):
+            f.unlink()
+
+
+def _push_time(name: str) -> int | None:
+    """The push time (us) in a ``push-<view>[-compact]-<us>-<random>.parquet`` name."""
+    parts = name.removesuffix(".parquet").split("-")
+    if len(parts) >= 4 and parts[-2].isdigit():
+        return int(parts[-2])
+    return None
+
+
+__all__ = ["CompactResult", "compact_pushes"]
