@@ -20,9 +20,9 @@ purpose would lose one count for good. Only the top level of a folder is compact
 pushes land); stream ingest's ``stream-...`` files and any other file are never touched,
 since ingest resumes from the stream files' names.
 
-A training set or materialization that listed the folder just before the deletes may fail
-opening a deleted file; it succeeds when run again. Two compactions of one folder are
-serialized by a hidden lock file in it.
+A training set or materialization whose query finds a merged file gone mid-read runs the query
+again and reads the new listing (offline/store.py ``fetch_table``, offline/latest.py). Two
+compactions of one folder are serialized by a hidden lock file in it.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ timestamps are broken by the feature values, so a rerun yields identical batches
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -97,29 +98,39 @@ def iter_latest_rows(
     import duckdb
     import pyarrow as pa
 
-    from featurestore.offline.store import fetch_reader
+    from featurestore.offline.store import VANISHED_RETRIES, fetch_reader, vanished
 
     if batch_rows < 1:
         raise ValueError(f"batch_rows must be >= 1, got {batch_rows}")
     plan = store.plan(view)
     sql = latest_sql(plan, start_us, end_us, key_order=key_order)
     cur = store.cursor()
+    reader: pa.RecordBatchReader | None = None
+    runs = yielded = 0
     try:
-        try:
-            reader = fetch_reader(cur.sql(sql), batch_rows)
-        except duckdb.Error as exc:
-            raise _failed(view, exc) from None
-        schema = _target_schema(view, reader.schema)
         while True:
             try:
+                if reader is None:
+                    runs += 1
+                    reader = fetch_reader(cur.sql(sql), batch_rows)
+                    schema = _target_schema(view, reader.schema)
                 batch = reader.read_next_batch()
             except StopIteration:
                 return
             except duckdb.Error as exc:
+                # a source file gone mid-read (see fetch_table): run again, if nothing was
+                # handed out yet (the rows are sorted as a whole before the first batch)
+                if not yielded and runs < VANISHED_RETRIES and vanished(exc):
+                    if reader is not None:
+                        with contextlib.suppress(Exception):  # frees the cursor for the rerun
+                            reader.close()
+                    reader = None
+                    continue
                 raise _failed(view, exc) from None
             for start in range(0, batch.num_rows, batch_rows):
                 part = batch.slice(start, batch_rows)
                 if part.num_rows:
+                    yielded += 1
                     yield pa.RecordBatch.from_arrays(
                         [c.cast(f.type) for c, f in zip(part.columns, schema, strict=True)],
                         schema=schema,

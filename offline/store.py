@@ -180,10 +180,33 @@ class OfflineStore:
         return count_latest_rows(self, view, start_us, end_us)
 
 
+VANISHED_RETRIES = 3  # runs of a query whose source file vanished mid-read (see fetch_table)
+
+
+def vanished(exc: BaseException) -> bool:
+    """Whether a DuckDB error says a source file disappeared while the query ran (e.g. push
+    files merged and deleted by ``featurestore compact``): running the query again re-lists
+    the folder and reads the file that replaced them."""
+    import duckdb
+
+    text = str(exc)
+    return isinstance(exc, duckdb.IOException) and (
+        "No such file or directory" in text or "No files found that match" in text
+    )
+
+
 def fetch_table(rel: Any) -> pa.Table:
-    """A DuckDB relation's rows as an Arrow table (DuckDB 1.x and 2.x spellings)."""
+    """A DuckDB relation's rows as an Arrow table (DuckDB 1.x and 2.x spellings). A source file
+    that vanishes mid-read is read again from the folder's new listing, up to VANISHED_RETRIES
+    runs in all (a relation re-lists a glob each time it runs)."""
     fetch = getattr(rel, "to_arrow_table", None) or rel.fetch_arrow_table
-    return fetch()
+    for attempt in range(1, VANISHED_RETRIES + 1):
+        try:
+            return fetch()
+        except Exception as exc:
+            if attempt == VANISHED_RETRIES or not vanished(exc):
+                raise
+    raise AssertionError("unreachable")  # (the loop returns or raises)
 
 
 def fetch_reader(rel: Any, batch_rows: int) -> pa.RecordBatchReader:
