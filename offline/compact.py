@@ -71,19 +71,19 @@ def compact_pushes(
         if view_name in state.on_demand_views:
             reason = "an on-demand view, computed at request time from no source folder"
             return [CompactResult(view_name, "-", skipped=reason)]
-    from featurestore.offline.push import _folder_of
+    from featurestore.offline.push import source_folder
 
     views = [v for _, v in sorted(state.feature_views.items()) if v.window is None]
     if view_name is not None:  # its folder, through the first view sharing it that takes pushes
         named = state.feature_views[view_name]
-        folder = _folder_of(named, config)
+        folder = source_folder(named, config)
         views = [
             named,
-            *(v for v in views if v is not named and folder and _folder_of(v, config) == folder),
+            *(v for v in views if v is not named and folder and source_folder(v, config) == folder),
         ]
     groups: dict[object, list[FeatureView]] = {}  # views sharing a folder: compacted once
     for view in views:
-        folder = _folder_of(view, config)
+        folder = source_folder(view, config)
         groups.setdefault(folder if folder is not None else view.name, []).append(view)
     return [_compact_group(group, config, state) for group in groups.values()]
 
@@ -93,19 +93,17 @@ def _compact_group(
 ) -> CompactResult:
     """Compact the folder the first of ``views`` (one folder) that takes offline pushes writes
     to; skipped when a window view reads it or none of them takes pushes."""
-    from featurestore.offline.push import _folder_of, push_target
+    from featurestore.offline.push import parquet_source, push_target, source_folder
     from featurestore.online.serving.errors import BadRequestError
-    from featurestore.sources import StreamSource
 
     first = views[0]
-    src = first.source
-    batch = src.batch_source if isinstance(src, StreamSource) else src
-    label = getattr(batch, "path", None) or batch.name
-    folder = _folder_of(first, config)
+    parquet = parquet_source(first)
+    label = first.source.name if parquet is None else parquet.path
+    folder = source_folder(first, config)
     windows = sorted(
         o.name
         for o in state.feature_views.values()
-        if folder is not None and o.window is not None and _folder_of(o, config) == folder
+        if folder is not None and o.window is not None and source_folder(o, config) == folder
     )
     if windows:
         return CompactResult(

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from featurestore.config import RepoConfig
     from featurestore.feature_view import FeatureView
     from featurestore.registry import RegistryState
+    from featurestore.sources import ParquetSource
 
 PUSH_MODES = ("online", "offline", "online_and_offline")
 
@@ -64,8 +65,6 @@ def push_target(view: FeatureView, config: RepoConfig, state: RegistryState) -> 
     """The folder offline pushes to ``view`` go to; BadRequestError when its source cannot take
     them (SQL, a single file, a glob or a URL; features that are not plain source columns; a
     folder shared with a view reading columns the push does not carry)."""
-    from featurestore.sources import ParquetSource, StreamSource
-
     head = f"push: feature view '{view.name}'"
     if view.window is not None:
         raise BadRequestError(
@@ -74,8 +73,8 @@ def push_target(view: FeatureView, config: RepoConfig, state: RegistryState) -> 
             field="feature_view",
         )
     src = view.source
-    parquet = src.batch_source if isinstance(src, StreamSource) else src
-    if not isinstance(parquet, ParquetSource):
+    parquet = parquet_source(view)
+    if parquet is None:
         raise BadRequestError(
             f"{head} reads source '{src.name}', a SQL query; offline pushes append Parquet files "
             "to a folder, so point the view's source at a folder (ParquetSource('data/folder'))",
@@ -102,7 +101,7 @@ def push_target(view: FeatureView, config: RepoConfig, state: RegistryState) -> 
     if src.created_timestamp_field:
         carried.add(src.created_timestamp_field)
     for other in state.feature_views.values():
-        if other.name == view.name or _folder_of(other, config) != folder:
+        if other.name == view.name or source_folder(other, config) != folder:
             continue
         cols = other.window.source_columns() if other.window else other.feature_names
         lacking = [c for c in (*other.join_keys, *cols) if c not in carried]
@@ -184,12 +183,20 @@ def _existing_types(folder: Path) -> dict[str, pa.DataType]:
     return {}
 
 
-def _folder_of(view: FeatureView, config: RepoConfig) -> Path | None:
+def parquet_source(view: FeatureView) -> ParquetSource | None:
+    """The Parquet source behind ``view``: its own, or its StreamSource's batch source; None
+    for a SQL source."""
     from featurestore.sources import ParquetSource, StreamSource
 
     src = view.source
     parquet = src.batch_source if isinstance(src, StreamSource) else src
-    if not isinstance(parquet, ParquetSource) or "://" in parquet.path:
+    return parquet if isinstance(parquet, ParquetSource) else None
+
+
+def source_folder(view: FeatureView, config: RepoConfig) -> Path | None:
+    """The local path ``view``'s Parquet source names (None: a SQL source or a URL)."""
+    parquet = parquet_source(view)
+    if parquet is None or "://" in parquet.path:
         return None
     return Path(config.resolve(parquet.path))
 
@@ -202,7 +209,9 @@ __all__ = [
     "PUSH_MODES",
     "OfflineWriteError",
     "PushTarget",
+    "parquet_source",
     "push_mode",
     "push_target",
+    "source_folder",
     "write_offline_push",
 ]

@@ -200,13 +200,13 @@ def fetch_table(rel: Any) -> pa.Table:
     that vanishes mid-read is read again from the folder's new listing, up to VANISHED_RETRIES
     runs in all (a relation re-lists a glob each time it runs)."""
     fetch = getattr(rel, "to_arrow_table", None) or rel.fetch_arrow_table
-    for attempt in range(1, VANISHED_RETRIES + 1):
+    for _ in range(VANISHED_RETRIES - 1):
         try:
             return fetch()
         except Exception as exc:
-            if attempt == VANISHED_RETRIES or not vanished(exc):
+            if not vanished(exc):
                 raise
-    raise AssertionError("unreachable")  # (the loop returns or raises)
+    return fetch()  # the last run: whatever it raises goes to the caller
 
 
 def fetch_reader(rel: Any, batch_rows: int) -> pa.RecordBatchReader:

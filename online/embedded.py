@@ -89,6 +89,7 @@ def _live(stored: list[bytes | None]) -> list[bytes | None]:
 
     A batch of values all there and of one size (a view's fixed-width rows) has its expiries
     checked in one numpy pass."""
+    now_ms = int(time.time() * 1000)
     if len(stored) > _FEW:
         try:
             sizes = set(map(len, stored))  # type: ignore[arg-type]
@@ -100,22 +101,9 @@ def _live(stored: list[bytes | None]) -> list[bytes | None]:
             (size,) = sizes
             buf = b"".join(stored)  # type: ignore[arg-type]
             at = np.ndarray((len(stored),), dtype="<i8", buffer=buf, strides=(size,))
-            if ((at == 0) | (at > int(time.time() * 1000))).all():
+            if ((at == 0) | (at > now_ms)).all():  # none _expired_at now_ms
                 return list(map(_BODY, stored))  # type: ignore[arg-type]
-    out: list[bytes | None] = []
-    now_ms = 0
-    for v in stored:
-        if v is None:
-            out.append(None)
-            continue
-        if v[:8] != _NEVER:
-            if not now_ms:
-                now_ms = int(time.time() * 1000)
-            if _EXPIRE.unpack_from(v)[0] <= now_ms:
-                out.append(None)
-                continue
-        out.append(v[8:])
-    return out
+    return [None if v is None or _expired_at(v, now_ms) else v[8:] for v in stored]
 
 
 def _scan_expired(

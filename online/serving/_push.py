@@ -48,7 +48,7 @@ class Pushes:
         self, feature_view: str, rows: Any, to: str
     ) -> tuple[Callable[[], int], dict[str, list[Any]]]:
         """The write of a validated push, and its entity keys (for the audit log)."""
-        from featurestore.offline.push import push_mode
+        from featurestore.offline.push import push_mode, push_target, write_offline_push
         from featurestore.online.writer import write_table
 
         offline, online = push_mode(to)
@@ -59,18 +59,12 @@ class Pushes:
         now = now_us()
         cols = rq.to_columns(rows, "rows")
         table = rq.push_table(view, cols, now, self.config.max_entities, state.join_key_kinds)
-        target = None
-        if offline:
-            from featurestore.offline.push import push_target
-
-            target = push_target(view, self.store.config, state)
+        target = push_target(view, self.store.config, state) if offline else None
         store, project = self.store.online, self.store.project
         batch = self.store.config.online_store.write_batch_size
 
         def write() -> int:
             if target is not None:  # first: the durable record
-                from featurestore.offline.push import write_offline_push
-
                 write_offline_push(target, table, now_us=now)
             if not online:
                 return table.num_rows
