@@ -161,9 +161,9 @@ class RowTransform:
         return self._scalar(*args)
 
     def apply_columns(self, columns: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        """Columns by parameter name -> (values, valid); the vectorized kernel over all rows."""
         import numpy as np
 
-        """Columns by parameter name -> (values, valid); the vectorized kernel over all rows."""
         self._require()
         from featurestore.transforms._columns import to_numpy
 
@@ -183,9 +183,9 @@ class RowTransform:
                 valid = ok if valid is None else valid & ok
             arrays.append(arr)
         n = arrays[0].size if arrays else 0
-        if valid is None:
+        if valid is None or valid.all():  # no nulls: no compress, no scatter
             out = self._ufunc(*arrays)
-            return np.asarray(out), np.ones(n, dtype=bool)
+            return np.asarray(out), np.ones(n, dtype=bool) if valid is None else valid
         out = np.zeros(n, dtype=_NUMPY[self.return_type])
         if valid.any():
             out[valid] = self._ufunc(*(a[valid] for a in arrays))
