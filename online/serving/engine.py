@@ -46,7 +46,7 @@ from featurestore.online.serving.errors import (
     NotReadyError,
     TooManyEntitiesError,
 )
-from featurestore.online.serving.metrics import Metrics
+from featurestore.online.serving.metrics import Metrics, ServedState
 from featurestore.online.serving.results import (
     FeatureRequest,
     FeatureResult,
@@ -91,6 +91,7 @@ class Engine(StoreReads, Pushes, Shortcuts):
         self.config = serving or serving_config(store.config)
         self.models_config = models_cfg or models_config(store.config)
         self.metrics = Metrics()
+        self.metrics.serve_state(self._served_state)
         if models is None:
             from featurestore.online.models import ModelRegistry, ModelRuntime, ShadowRecorder
 
@@ -246,6 +247,27 @@ class Engine(StoreReads, Pushes, Shortcuts):
         }
 
     # ---- features ---------------------------------------------------------------------------
+    def _served_state(self) -> ServedState:
+        """Registry version, online views' watermarks and model alias versions, for /metrics."""
+        state = self._registry()
+        marks = {
+            name: int(m["watermark_us"])
+            for name, m in state.materialization.items()
+            if m.get("watermark_us") is not None
+            and name in state.feature_views
+            and state.feature_views[name].online
+        }
+        versions: dict[tuple[str, str], int] = {}
+        for name, route in self.models.routes.items():
+            for alias, model in (
+                ("production", route.production),
+                ("canary", route.canary),
+                ("shadow", route.shadow),
+            ):
+                if model is not None:
+                    versions[(name, alias)] = model.version.version
+        return ServedState(state.version, marks, versions)
+
     def _registry(self) -> Any:
         """The registry state, re-checked (one stat) at most every 0.1 s, and at once after a
         write by this process (RegistryError until applied: never cached)."""

@@ -8,7 +8,58 @@ sees the whole server, whichever worker answers it.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
+
+
+@dataclass(frozen=True)
+class ServedState:
+    """What a server serves right now, read at scrape time: the registry version, each online
+    view's materialization watermark (microseconds) and each model alias's version."""
+
+    registry_version: int | None = None
+    watermarks_us: dict[str, int] = field(default_factory=dict)
+    model_versions: dict[tuple[str, str], int] = field(default_factory=dict)
+
+
+class _StateCollector:
+    """Gauges computed at each scrape from ``ServedState`` (nothing kept between scrapes), so
+    every worker answers alike and a failed read costs only these gauges, not the scrape."""
+
+    def __init__(self, read: Callable[[], ServedState]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        try:
+            state = self._read()
+        except Exception:  # the registry unreadable mid-apply, say: the other metrics still go out
+            return
+        if state.registry_version is not None:
+            yield GaugeMetricFamily(
+                "featurestore_registry_version",
+                "Registry version the server answers with",
+                value=state.registry_version,
+            )
+        marks = GaugeMetricFamily(
+            "featurestore_materialized_until_seconds",
+            "End of the last materialization window of each online view (Unix seconds); "
+            "time() minus it is how stale batch features may be",
+            labels=["view"],
+        )
+        for view, us in sorted(state.watermarks_us.items()):
+            marks.add_metric([view], us / 1e6)
+        yield marks
+        models = GaugeMetricFamily(
+            "featurestore_model_version",
+            "Version each model alias serves (production, canary, shadow)",
+            labels=["model", "alias"],
+        )
+        for (name, alias), version in sorted(state.model_versions.items()):
+            models.add_metric([name, alias], version)
+        yield models
 
 
 class Metrics:
@@ -99,6 +150,12 @@ class Metrics:
             registry=r,
         )
         self._children: dict[tuple[Any, ...], Any] = {}
+        self._state: _StateCollector | None = None
+
+    def serve_state(self, read: Callable[[], ServedState]) -> None:
+        """Report ``read()`` at every scrape (registry version, watermarks, model versions)."""
+        self._state = _StateCollector(read)
+        self.registry.register(self._state)
 
     def child(self, metric: Any, *labels: str) -> Any:
         """A cached labelled child (``labels()`` costs more than the increment itself)."""
@@ -118,4 +175,6 @@ class Metrics:
 
         merged = CollectorRegistry()  # several workers: every worker's values, from the files
         multiprocess.MultiProcessCollector(merged)
+        if self._state is not None:  # read now, the same in every worker
+            merged.register(self._state)
         return generate_latest(merged), CONTENT_TYPE_LATEST

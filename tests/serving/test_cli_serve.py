@@ -95,6 +95,12 @@ def test_serve_starts_rest_and_grpc_from_the_config(fresh_repo: Path, workers: i
                 if line.startswith('featurestore_requests_total{endpoint="predict",outcome="ok"}')
             ]
             assert ok == [answered[0]], text
+            # read at scrape time, the same from every worker (one line each, not one per worker)
+            assert text.count("\nfeaturestore_registry_version 1.0\n") == 1, text
+            assert (
+                text.count('featurestore_model_version{alias="production",model="fraud"} 1.0') == 1
+            )
+            assert text.count('featurestore_materialized_until_seconds{view="user_stats"}') == 1
         with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as ch:
             stub = pb_grpc.FeatureServingStub(ch)
             for _ in range(50):
