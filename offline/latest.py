@@ -140,8 +140,11 @@ def iter_latest_rows(
 
 
 def count_latest_rows(store: OfflineStore, view: FeatureView, start_us: int, end_us: int) -> int:
-    """The number of distinct entity keys with a row in [start_us, end_us]."""
+    """The number of distinct entity keys with a row in [start_us, end_us] (a file that
+    vanishes mid-count is read again, as in ``fetch_table``)."""
     import duckdb
+
+    from featurestore.offline.store import fetch_table
 
     plan = store.plan(view)
     keys = ", ".join(ident(k) for k in plan.keys)
@@ -154,7 +157,7 @@ def count_latest_rows(store: OfflineStore, view: FeatureView, start_us: int, end
     )
     cur = store.cursor()
     try:
-        return int(cur.execute(sql).fetchall()[0][0])
+        return int(fetch_table(cur.sql(sql)).column(0)[0].as_py())
     except duckdb.Error as exc:
         raise _failed(view, exc) from None
     finally:

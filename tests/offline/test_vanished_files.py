@@ -167,3 +167,41 @@ def test_a_file_vanishing_after_rows_were_handed_out_fails_clearly(
     with pytest.raises(OfflineStoreError, match="'u'"):
         _latest(store, _view())
     assert len(opened) == 1
+
+
+def test_the_progress_count_reruns_when_a_file_vanished(
+    kit: SimpleNamespace, repo: Path, store: OfflineStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kit.write_parquet(
+        repo / "data/u/part-0.parquet",
+        {
+            "user_id": [1, 2, 3, 1],
+            "event_timestamp": kit.ts_array([T0, T0 + 1, T0 + 2, T0 + 3]),
+            "x": [1.0, 2.0, 3.0, 4.0],
+        },
+    )
+    runs: list[int] = []
+
+    class GoneOnce:  # the count's first run finds a file gone; the rerun reads the folder
+        def __init__(self, rel: Any) -> None:
+            self.rel = rel
+
+        def to_arrow_table(self) -> pa.Table:
+            runs.append(1)
+            if len(runs) == 1:
+                raise duckdb.IOException(GONE)
+            return self.rel.to_arrow_table()
+
+    real_cursor = store.cursor
+
+    def cursor() -> Any:
+        cur = real_cursor()
+
+        def sql(q: str) -> Any:
+            return GoneOnce(cur.sql(q)) if q.startswith("SELECT count(*)") else cur.sql(q)
+
+        return SimpleNamespace(sql=sql, close=cur.close)
+
+    monkeypatch.setattr(store, "cursor", cursor)
+    assert store.count_latest_rows(_view(), T0, T0 + 100) == 3
+    assert len(runs) == 2
