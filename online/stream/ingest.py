@@ -33,6 +33,7 @@ from featurestore.online.stream.events import Event, EventSchema, as_text
 from featurestore.online.stream.sink import OfflineSink
 from featurestore.online.stream.streams import (
     LOCK_SUFFIX,
+    ClusterClient,
     group_info,
     redis_client,
     stream_sources,
@@ -152,7 +153,9 @@ class Ingester:
         """
         import redis
 
-        retry = (OnlineStoreError, redis.ConnectionError, redis.TimeoutError, _LostGroup)
+        # a cluster failing over answers CLUSTERDOWN / TRYAGAIN, or has a slot uncovered
+        cluster = (redis.exceptions.ClusterError, redis.exceptions.SlotNotCoveredError)
+        retry = (OnlineStoreError, redis.ConnectionError, redis.TimeoutError, _LostGroup, *cluster)
         try:
             self._start()
             last_renew = last_echo = time.monotonic()
@@ -277,14 +280,14 @@ class Ingester:
 
         streams = {s.src.stream: s.cursor for s in self.sources}
         waiting = all(c == ">" for c in streams.values()) and not once
+        block = self.cfg.block_ms if waiting else None
         try:
-            reply = self.client.xreadgroup(
-                self.cfg.group,
-                CONSUMER,
-                streams,
-                count=count,
-                block=self.cfg.block_ms if waiting else None,
-            )
+            if isinstance(self.client, ClusterClient) and len(streams) > 1:
+                reply = self._read_each(streams, count, block)
+            else:
+                reply = self.client.xreadgroup(
+                    self.cfg.group, CONSUMER, streams, count=count, block=block
+                )
         except redis.ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
@@ -305,6 +308,19 @@ class Ingester:
                 self._handle(s, entries)
                 total += len(entries)
         return total
+
+    def _read_each(self, streams: dict[str, str], count: int, block: int | None) -> list[Any]:
+        """XREADGROUP of each stream alone (a cluster node answers only for its own slots),
+        the wait shared among them and skipped once a stream had entries."""
+        reply: list[Any] = []
+        each = None if block is None else max(1, block // len(streams))
+        for name, cursor in streams.items():
+            got = self.client.xreadgroup(
+                self.cfg.group, CONSUMER, {name: cursor}, count=count,
+                block=None if reply else each,
+            )  # fmt: skip
+            reply += got or []
+        return reply
 
     def _handle(self, s: _Source, entries: list[Any]) -> None:
         """Dead-letter the bad events and apply the good ones online; buffer them for the next

@@ -33,11 +33,44 @@ def stream_sources(store: FeatureStore) -> dict[str, tuple[StreamSource, list[Fe
 def redis_client(
     store: FeatureStore, *, timeout: float | None = None, connect_timeout: float = 2.0
 ) -> Any:
-    """A client of the stream's Redis server (``stream.url``)."""
+    """A client of the stream's Redis server (``stream.url``), or of the online store's Redis
+    Cluster when ``stream.url`` is unset (or names it) and the online store is one."""
     import redis
 
-    url = store.config.stream.redis_url(store.config.online_store)
+    cfg, online = store.config.stream, store.config.online_store
+    url = cfg.redis_url(online)
+    if online.type == "redis_cluster" and url == online.url:
+        return ClusterClient(url, socket_connect_timeout=connect_timeout, socket_timeout=timeout)
     return redis.Redis.from_url(url, socket_connect_timeout=connect_timeout, socket_timeout=timeout)
+
+
+class ClusterClient:
+    """A redis-py RedisCluster made on first use, as a plain client connects on its first
+    command; a cluster it cannot reach is a redis.ConnectionError, as a plain server's is.
+
+    Every stream command here names one key, so each goes to the node of that key's slot; a
+    read of several streams is one XREADGROUP per stream (see ``Ingest._round``).
+    """
+
+    def __init__(self, url: str, **options: Any) -> None:
+        self._url, self._options = url, options
+        self._client: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._client is None:
+            import redis
+            from redis.cluster import RedisCluster
+
+            try:
+                self._client = RedisCluster.from_url(self._url, **self._options)
+            except redis.exceptions.RedisClusterException as exc:
+                raise redis.ConnectionError(str(exc).splitlines()[0]) from exc
+        return getattr(self._client, name)
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
 
 
 def group_info(client: Any, stream: str, group: str) -> dict[str, Any] | None:

@@ -124,8 +124,8 @@ def make_repo(
 ) -> Path:
     """A feature repo: featurestore.yaml, definitions.py and the two batch folders' first files."""
     root.mkdir(parents=True, exist_ok=True)
-    if online == "redis":
-        online_cfg = f"online_store:\n  type: redis\n  url: {redis_url}\n"
+    if online in ("redis", "redis_cluster"):  # the streams live on the same server or cluster
+        online_cfg = f"online_store:\n  type: {online}\n  url: {redis_url}\n"
     else:
         online_cfg = "online_store:\n  type: embedded\n  path: data/online\n  map_size: 256MB\n"
     (root / "featurestore.yaml").write_text(
@@ -288,6 +288,15 @@ def store(tmp_path: Path, redis_url: str) -> Iterator[FeatureStore]:
 
 def client_of(store: FeatureStore) -> Any:
     """A redis-py client of the store's Redis (its online store, which also holds the streams)."""
+    return redis_client_for(store.config.online_store.url, store.config.online_store.type)
+
+
+def redis_client_for(url: str, online: str = "redis") -> Any:
+    """A redis-py client of a server, or a cluster client (``online == "redis_cluster"``)."""
     import redis
 
-    return redis.Redis.from_url(store.config.online_store.url)
+    if online == "redis_cluster":
+        from redis.cluster import RedisCluster
+
+        return RedisCluster.from_url(url)
+    return redis.Redis.from_url(url)

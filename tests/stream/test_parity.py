@@ -37,6 +37,7 @@ from .conftest import (
     profile_key,
     profile_oracle,
     read_folder,
+    redis_client_for,
     stream_files,
     tx_key,
     tx_oracle,
@@ -220,16 +221,22 @@ def window_times(rng: np.random.Generator, events: list[dict], t0: int, tmax: in
     return sorted(set(times))
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_online_after_ingest_equals_training_set_and_oracle(tmp_path, redis_url, seed) -> None:
-    import redis
-
+@pytest.mark.parametrize(
+    ("online", "seed"), [("redis", 0), ("redis", 1), ("redis_cluster", 2)]
+)  # on a cluster, the two streams live on different nodes
+def test_online_after_ingest_equals_training_set_and_oracle(
+    tmp_path, request, online, seed
+) -> None:
+    url = request.getfixturevalue("redis_cluster_url" if online == "redis_cluster" else "redis_url")
     rng = np.random.default_rng(seed)
     t0 = hour_floor_now_us() - DAY  # T: materialize up to here, stream after it
     tx0 = initial_tx(rng, t0)
     prof0 = initial_profile(rng, t0)
-    repo = make_repo(tmp_path / "repo", redis_url, tx0, prof0, project=f"par{seed}")
-    client = redis.Redis.from_url(redis_url)
+    repo = make_repo(tmp_path / "repo", url, tx0, prof0, project=f"par{seed}", online=online)
+    client = redis_client_for(url, online)
+    if online == "redis_cluster":
+        nodes = {client.get_node_from_key(k).name for k in ("tx_events", "profile_events")}
+        assert len(nodes) == 2
 
     with FeatureStore(repo) as store:
         store.apply()
