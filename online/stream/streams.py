@@ -49,7 +49,7 @@ class ClusterClient:
     command; a cluster it cannot reach is a redis.ConnectionError, as a plain server's is.
 
     Every stream command here names one key, so each goes to the node of that key's slot; a
-    read of several streams is one XREADGROUP per stream (see ``Ingest._round``).
+    read of several streams is one XREADGROUP per stream (see ``Ingester._round``).
     """
 
     def __init__(self, url: str, **options: Any) -> None:
