@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from featurestore._cli_compact import compact
+from featurestore._cli_dead_letters import dead_letters
 from featurestore._cli_ingest import ingest
 from featurestore._cli_keys import keys
 from featurestore._cli_purge import purge_expired
@@ -322,6 +323,7 @@ cli.add_command(ingest)
 cli.add_command(score)
 cli.add_command(purge_expired)
 cli.add_command(compact)
+cli.add_command(dead_letters)
 
 
 def main() -> None:

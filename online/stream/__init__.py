@@ -6,7 +6,25 @@ StreamSources with a consumer group; ``FeatureStore.send_events`` writes events 
 
 from __future__ import annotations
 
+from featurestore.online.stream.dead_letters import (
+    DeadLetter,
+    count_dead_letters,
+    drop_dead_letters,
+    list_dead_letters,
+    replay_dead_letters,
+)
 from featurestore.online.stream.ingest import Ingester, IngestStats
 from featurestore.online.stream.streams import send_events, stream_sources, stream_status
 
-__all__ = ["IngestStats", "Ingester", "send_events", "stream_sources", "stream_status"]
+__all__ = [
+    "DeadLetter",
+    "IngestStats",
+    "Ingester",
+    "count_dead_letters",
+    "drop_dead_letters",
+    "list_dead_letters",
+    "replay_dead_letters",
+    "send_events",
+    "stream_sources",
+    "stream_status",
+]
