@@ -1,5 +1,8 @@
 # The featurestore image: the package and its CLI; the feature repo is mounted at /repo.
 FROM python:3.11-slim
+# LightGBM's wheel links against the system OpenMP runtime, which the slim image lacks
+RUN apt-get update && apt-get install -y --no-install-recommends libgomp1 \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY featurestore ./featurestore

@@ -43,5 +43,6 @@ def test_dockerfile_installs_the_package_and_runs_the_cli() -> None:
     text = (ROOT / "Dockerfile").read_text()
     assert "pip install" in text
     assert 'ENTRYPOINT ["featurestore"' in text
+    assert "libgomp1" in text  # the OpenMP runtime LightGBM's wheel needs (not in slim images)
     for folder in ("featurestore", "online", "offline", "transforms", "ext"):
         assert f"COPY {folder} ./{folder}" in text
