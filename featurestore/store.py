@@ -356,13 +356,20 @@ class FeatureStore:
         views: Sequence[str] | None = None,
         progress: bool = False,
     ) -> MaterializeResult:
-        """Materialize each view from its watermark (or end - ttl the first time) up to ``end``."""
+        """Materialize each view from its watermark (or end - ttl the first time) up to ``end``.
+
+        A view whose watermark is already at or past ``end`` is left as it is (0 rows): its
+        store holds newer values, which an older ``end`` would overwrite (``materialize`` over
+        an explicit window still can)."""
         end_us = to_us(end)
         state = self.registry
         rows: dict[str, int] = {}
         first = end_us
         for view in self._online_views(views):
             mark = (state.materialization.get(view.name) or {}).get("watermark_us")
+            if mark is not None and mark >= end_us:
+                rows[view.name] = 0
+                continue
             if mark is not None:
                 start_us = mark
             elif view.ttl_us is not None:

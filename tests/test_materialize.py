@@ -117,6 +117,27 @@ def test_rerun_over_the_same_window_writes_the_same_bytes(kind: str, tmp_path, r
     assert before == after
 
 
+def test_an_incremental_run_ending_before_the_watermark_keeps_newer_values(tmp_path) -> None:
+    repo, t = make_repo(tmp_path / "repo", entities=300)
+    config = online_config("embedded", repo, project="mat")
+    with FeatureStore(config=config) as store:
+        store.apply()
+        assert store.materialize_incremental(t).rows == {"stats": 300}
+    newest = dump(config)
+    # the older row of entity 0: an incremental run ending exactly at its time would write it
+    src = pq.read_table(repo / "data" / "stats.parquet").to_pydict()
+    pairs = zip(src["user_id"], src["event_timestamp"], strict=True)
+    older = min(ts for uid, ts in pairs if uid == 0)
+    with FeatureStore(config=config) as store:
+        for end in (older, t - timedelta(days=6), t):  # before the watermark, then at it
+            assert store.materialize_incremental(end).rows == {"stats": 0}
+        assert store.registry.materialization["stats"]["watermark_us"] == int(t.timestamp() * 1e6)
+    assert dump(config) == newest
+    with FeatureStore(config=config) as store:  # an explicit window still rewrites the past
+        assert store.materialize(t - timedelta(days=3), t - timedelta(days=2)).rows["stats"] > 0
+    assert dump(config) != newest
+
+
 @pytest.mark.parametrize("kind", ["embedded", "redis"])
 def test_killed_materialization_rerun_equals_a_clean_run(kind: str, tmp_path, request) -> None:
     entities = 200_000
