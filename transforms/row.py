@@ -253,5 +253,15 @@ def load_module_from_path(path: str, name: str | None = None) -> ModuleType:
         raise DefinitionError(f"cannot import definitions file {p}")
     module = importlib.util.module_from_spec(spec)
     sys.modules[mod_name] = module
-    spec.loader.exec_module(module)
+    # its folder on the path while it runs, as for a script: a repo's files can import each
+    # other and helper modules beside them (``from _common import user``)
+    folder = str(p.parent)
+    added = folder not in sys.path
+    if added:
+        sys.path.insert(0, folder)
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        if added and folder in sys.path:
+            sys.path.remove(folder)
     return module

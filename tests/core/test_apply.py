@@ -135,3 +135,54 @@ def test_corrupt_registry_is_reported(make_repo) -> None:
     (repo / "data" / "registry.json").write_text("{not json")
     with pytest.raises(RegistryError, match="is corrupt"):
         FeatureStore(repo).list_feature_views()
+
+
+def test_definition_files_import_helpers_beside_them(make_repo) -> None:
+    """A repo may keep shared objects in a helper module (``_*.py`` is not itself read as
+    definitions) and import it, as a script imports modules beside it."""
+    import subprocess
+    import sys
+    import textwrap
+
+    helper = """
+    from featurestore import Entity, Field, Float64, RequestSource, on_demand_feature
+
+    user = Entity("user", join_keys=["user_id"])
+    order = RequestSource("order", schema=[Field("amount", Float64)])
+
+    @on_demand_feature(inputs=["amount", "user_stats:spend"], output=Field("ratio", Float64),
+                       sources=[order])
+    def ratio(amount: float, spend: float) -> float:
+        return amount / (spend + 1.0)
+    """
+    defs = """
+    from featurestore import FeatureView, Field, Float64, Int64, OnDemandFeatureView, ParquetSource
+
+    from _common import order, ratio, user
+
+    user_stats = FeatureView(
+        name="user_stats",
+        entities=[user],
+        source=ParquetSource("data/users.parquet", created_timestamp_field="created"),
+        schema=[Field("clicks", Int64, default=0), Field("spend", Float64)],
+    )
+    spend_ratio = OnDemandFeatureView(name="spend_ratio", sources=[order, user_stats],
+                                      features=[ratio])
+    """
+    repo = make_repo(defs=defs, extra_files={"_common.py": helper})
+    FeatureStore(repo).apply()
+    assert str(repo) not in sys.path  # only while the files run
+    # a new process imports the function's file from the registry's reference
+    script = textwrap.dedent(f"""
+        from featurestore import FeatureStore
+        store = FeatureStore({str(repo)!r})
+        store.materialize("2025-12-01", "2026-02-01")
+        r = store.get_online_features(["spend_ratio:ratio"], [{{"user_id": 4}}],
+                                      request_data={{"amount": [29.5]}}, now="2026-01-01T20:00:00Z")
+        print(r.to_dict()["ratio"][0])
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    # user 4's latest row by then is row 19 (spend 28.5)
+    assert float(out.stdout.strip().splitlines()[-1]) == 29.5 / (19 * 1.5 + 1.0)
