@@ -112,6 +112,7 @@ class Engine(StoreReads, Pushes, Shortcuts):
             failure_threshold=br.failure_threshold, reset_s=br.reset_ms / 1000
         )
         self._breaker_open = False  # as last reported to the gauge
+        self._warming = False  # warm-up lookups are not requests: metrics leave them out
         self._pool = cf.ThreadPoolExecutor(
             max(1, self.config.read_threads), thread_name_prefix="store-read"
         )
@@ -178,11 +179,15 @@ class Engine(StoreReads, Pushes, Shortcuts):
             from featurestore.online._stored import warm
 
             warm()  # batch lookups' kernel, compiled or loaded before traffic
-            for svc in list(self.store.registry.feature_services):
-                try:  # first lookups build codecs and plans; pay that before traffic
-                    self.get_features(feature_service=svc, **self._warm_request(svc))
-                except Exception as exc:  # warm-up is best effort; real requests report errors
-                    log.warning("warm-up of feature service %s failed: %s", svc, exc)
+            self._warming = True
+            try:
+                for svc in list(self.store.registry.feature_services):
+                    try:  # first lookups build codecs and plans; pay that before traffic
+                        self.get_features(feature_service=svc, **self._warm_request(svc))
+                    except Exception as exc:  # best effort; real requests report errors
+                        log.warning("warm-up of feature service %s failed: %s", svc, exc)
+            finally:
+                self._warming = False
             self._started = True
         return self
 
@@ -250,12 +255,16 @@ class Engine(StoreReads, Pushes, Shortcuts):
     def _served_state(self) -> ServedState:
         """Registry version, online views' watermarks and model alias versions, for /metrics."""
         state = self._registry()
-        marks = {
+        from featurestore.sources import StreamSource
+
+        views = state.feature_views
+        marks = {  # a stream-fed view is kept fresh by ingest: its watermark says nothing of that
             name: int(m["watermark_us"])
             for name, m in state.materialization.items()
             if m.get("watermark_us") is not None
-            and name in state.feature_views
-            and state.feature_views[name].online
+            and name in views
+            and views[name].online
+            and not isinstance(views[name].source, StreamSource)
         }
         versions: dict[tuple[str, str], int] = {}
         for name, route in self.models.routes.items():
@@ -369,11 +378,15 @@ class Engine(StoreReads, Pushes, Shortcuts):
 
     async def awarm(self) -> None:
         """Connect the event loop's store reads and run each feature service once on them."""
-        for svc in list(self._registry().feature_services):
-            try:
-                await self.aget_features(feature_service=svc, **self._warm_request(svc))
-            except Exception as exc:  # best effort, as in start()
-                log.warning("event-loop warm-up of feature service %s failed: %s", svc, exc)
+        self._warming = True
+        try:
+            for svc in list(self._registry().feature_services):
+                try:
+                    await self.aget_features(feature_service=svc, **self._warm_request(svc))
+                except Exception as exc:  # best effort, as in start()
+                    log.warning("event-loop warm-up of feature service %s failed: %s", svc, exc)
+        finally:
+            self._warming = False
 
     def _finish(self, p: Prepared, resp: Any, reason: str | None) -> FeatureResult:
         self._count_read(reason)
@@ -381,6 +394,8 @@ class Engine(StoreReads, Pushes, Shortcuts):
 
     def _count_read(self, reason: str | None) -> None:
         """Metrics of one store read: the breaker gauge, and why an answer is degraded."""
+        if self._warming:
+            return
         is_open = self.breaker.is_open
         if is_open is not self._breaker_open:  # the gauge moves only when the breaker does
             self._breaker_open = is_open
@@ -465,6 +480,8 @@ class Engine(StoreReads, Pushes, Shortcuts):
         return out
 
     def _observe(self, endpoint: str, t0: float, degraded: bool, n: int) -> None:
+        if self._warming:
+            return
         kids = self._observers.get(endpoint)
         m = self.metrics
         if kids is None:  # the endpoint's latency, ok and degraded children, looked up once

@@ -8,9 +8,12 @@ sees the whole server, whichever worker answers it.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -29,14 +32,20 @@ class _StateCollector:
 
     def __init__(self, read: Callable[[], ServedState]) -> None:
         self._read = read
+        self._last_error: str | None = None
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import GaugeMetricFamily
 
         try:
             state = self._read()
-        except Exception:  # the registry unreadable mid-apply, say: the other metrics still go out
+        except Exception as exc:  # the registry unreadable, say: the other metrics still go out
+            reason = f"{type(exc).__name__}: {exc}"
+            if reason != self._last_error:  # said once per distinct failure, not every scrape
+                self._last_error = reason
+                log.warning("/metrics left out the served-state gauges: %s", reason)
             return
+        self._last_error = None
         if state.registry_version is not None:
             yield GaugeMetricFamily(
                 "featurestore_registry_version",
@@ -44,9 +53,9 @@ class _StateCollector:
                 value=state.registry_version,
             )
         marks = GaugeMetricFamily(
-            "featurestore_materialized_until_seconds",
-            "End of the last materialization window of each online view (Unix seconds); "
-            "time() minus it is how stale batch features may be",
+            "featurestore_materialization_watermark_timestamp_seconds",
+            "End of the last materialization window of each batch-fed online view (Unix "
+            "time); time() minus it is how stale its features may be",
             labels=["view"],
         )
         for view, us in sorted(state.watermarks_us.items()):
