@@ -123,15 +123,14 @@ def _ingest_holders(store: FeatureStore, streams: set[str]) -> dict[str, str]:
     that does not answer has no ingest reading it."""
     if not streams:
         return {}
-    import redis
 
     from featurestore.online.stream.events import as_text
-    from featurestore.online.stream.streams import LOCK_SUFFIX, redis_client
+    from featurestore.online.stream.streams import LOCK_SUFFIX, redis_client, stream_errors
 
     client = redis_client(store, timeout=2.0, connect_timeout=0.5)
     try:
         found = {s: client.get(s + LOCK_SUFFIX) for s in sorted(streams)}
-    except redis.RedisError:
+    except stream_errors():
         return {}
     finally:
         client.close()

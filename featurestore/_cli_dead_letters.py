@@ -100,10 +100,9 @@ def drop(ctx: click.Context, source: str | None, reason: str | None, everything:
 def _stream_store(ctx: click.Context) -> Iterator[tuple[FeatureStore, Any]]:
     """The repo's store and a client of its stream server; a Redis error becomes one line
     naming the server (as ``featurestore ingest`` says it)."""
-    import redis
 
     from featurestore.errors import FeatureStoreError
-    from featurestore.online.stream.streams import redis_client
+    from featurestore.online.stream.streams import redis_client, stream_errors
     from featurestore.store import FeatureStore
 
     store = FeatureStore((ctx.obj or {}).get("repo", "."))
@@ -113,7 +112,7 @@ def _stream_store(ctx: click.Context) -> Iterator[tuple[FeatureStore, Any]]:
             yield store, client
         finally:
             client.close()
-    except redis.RedisError as exc:
+    except stream_errors() as exc:
         url = store.config.stream.redis_url(store.config.online_store)
         raise FeatureStoreError(f"stream server {url}: {exc}") from exc
     finally:

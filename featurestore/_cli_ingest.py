@@ -37,9 +37,8 @@ def ingest(
 
     Bad events go to <stream>:dead with the reason. SIGINT/SIGTERM finish the round in hand.
     """
-    import redis
-
     from featurestore.errors import FeatureStoreError
+    from featurestore.online.stream.streams import stream_errors
     from featurestore.store import FeatureStore
 
     store = FeatureStore(ctx.obj["repo"])
@@ -51,7 +50,7 @@ def ingest(
                 click.echo(line)
         else:
             _run(store, list(sources) or None, once, max_events, metrics_port, metrics_host)
-    except redis.RedisError as exc:  # one line, as every CLI error (a traceback with --debug)
+    except stream_errors() as exc:  # one line, as every CLI error (a traceback with --debug)
         url = store.config.stream.redis_url(store.config.online_store)
         raise FeatureStoreError(f"stream server {url}: {exc}") from exc
     finally:

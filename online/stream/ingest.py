@@ -153,8 +153,9 @@ class Ingester:
         """
         import redis
 
-        # a cluster failing over answers CLUSTERDOWN / TRYAGAIN, or has a slot uncovered
-        cluster = (redis.exceptions.ClusterError, redis.exceptions.SlotNotCoveredError)
+        # a cluster failing over answers CLUSTERDOWN / TRYAGAIN, has a slot uncovered, or (no
+        # node answering while redis-py rebuilds its slot map) raises RedisClusterException
+        cluster = (redis.exceptions.ClusterError, redis.exceptions.RedisClusterException)
         retry = (OnlineStoreError, redis.ConnectionError, redis.TimeoutError, _LostGroup, *cluster)
         try:
             self._start()

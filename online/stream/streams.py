@@ -44,6 +44,14 @@ def redis_client(
     return redis.Redis.from_url(url, socket_connect_timeout=connect_timeout, socket_timeout=timeout)
 
 
+def stream_errors() -> tuple[type[BaseException], ...]:
+    """What a failing stream server raises: Redis errors, and redis-py's cluster client's own
+    RedisClusterException (no node reachable while it rebuilds its slot map), not a RedisError."""
+    import redis
+
+    return (redis.RedisError, redis.exceptions.RedisClusterException)
+
+
 class ClusterClient:
     """A redis-py RedisCluster made on first use, as a plain client connects on its first
     command; a cluster it cannot reach is a redis.ConnectionError, as a plain server's is.
@@ -53,18 +61,25 @@ class ClusterClient:
     """
 
     def __init__(self, url: str, **options: Any) -> None:
+        import threading
+
         self._url, self._options = url, options
         self._client: Any = None
+        self._lock = threading.Lock()  # threads sharing it make one cluster client, not two
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):  # not set yet (a copy, say): never a cluster command
+            raise AttributeError(name)
         if self._client is None:
             import redis
             from redis.cluster import RedisCluster
 
-            try:
-                self._client = RedisCluster.from_url(self._url, **self._options)
-            except redis.exceptions.RedisClusterException as exc:
-                raise redis.ConnectionError(str(exc).splitlines()[0]) from exc
+            with self._lock:
+                if self._client is None:
+                    try:
+                        self._client = RedisCluster.from_url(self._url, **self._options)
+                    except redis.exceptions.RedisClusterException as exc:
+                        raise redis.ConnectionError(str(exc).splitlines()[0]) from exc
         return getattr(self._client, name)
 
     def close(self) -> None:
@@ -143,7 +158,6 @@ def check_not_ingesting(store: FeatureStore, views: list[FeatureView]) -> None:
     both write those views' online values, and a materialized window state does not carry the
     stream position, so an event could be counted twice. An unreachable stream server has no
     ingest running (it could not read), so it does not stop materialize."""
-    import redis
 
     from featurestore.sources import StreamSource
 
@@ -161,7 +175,7 @@ def check_not_ingesting(store: FeatureStore, views: list[FeatureView]) -> None:
                     f"featurestore ingest is reading ({as_text(holder)}); stop it before "
                     "materializing this view, then start it again"
                 )
-    except redis.RedisError:
+    except stream_errors():
         return
     finally:
         client.close()

@@ -34,6 +34,8 @@ def _served(store: FeatureStore, user: int, now: int) -> tuple[int, float | None
 def test_following_the_streams_of_a_cluster(tmp_path, redis_cluster_url) -> None:
     repo = _cluster_repo(tmp_path, redis_cluster_url, "clfollow")
     client = redis_client_for(redis_cluster_url, "redis_cluster")
+    nodes = {client.get_node_from_key(k).name for k in ("tx_events", "profile_events")}
+    assert len(nodes) == 2  # one read per stream, on two nodes
     now = now_floor_us()
     with FeatureStore(repo) as store:
         store.apply()
@@ -69,6 +71,7 @@ def test_following_the_streams_of_a_cluster(tmp_path, redis_cluster_url) -> None
     assert pending_count(client, "tx_events") == pending_count(client, "profile_events") == 0
     assert any("tx_events" in line and "1 dead letters" in line for line in lines), lines
     assert client.get("tx_events:ingest-lock") is None  # released at the end
+    client.close()
 
 
 def test_an_unreachable_cluster_is_one_line(tmp_path, redis_cluster_url) -> None:
@@ -84,3 +87,81 @@ def test_an_unreachable_cluster_is_one_line(tmp_path, redis_cluster_url) -> None
     lines = out.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: stream server redis://127.0.0.1:")
     assert "Traceback" not in out.output
+
+
+def _restart(cluster) -> None:
+    """Stop every node, then start each again on its port with its nodes.conf (same slots, no
+    data: a restart without persistence)."""
+    from tests.conftest import start_redis
+
+    for node in cluster.nodes:
+        node.stop()
+    time.sleep(1.0)  # ingest meets refused connections meanwhile
+    cluster.nodes = [
+        start_redis(node.workdir, "--cluster-enabled", "yes", "--cluster-config-file",
+                    "nodes.conf", "--cluster-node-timeout", "5000", with_bus=True,
+                    port=node.port)
+        for node in cluster.nodes
+    ]  # fmt: skip
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        infos = [n.client().execute_command("CLUSTER", "INFO") for n in cluster.nodes]
+        if all(b"cluster_state:ok" in i for i in infos):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the restarted cluster did not reach cluster_state:ok: {infos}")
+
+
+def _wait_served(repo, user: int, now: int, want: int, deadline_s: float = 30) -> None:
+    deadline = time.monotonic() + deadline_s
+    got = None
+    while time.monotonic() < deadline:
+        with FeatureStore(repo) as store:
+            got = _served(store, user, now)[0]
+        if got == want:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"user {user}: amount_count_1d {got}, expected {want}")
+
+
+def test_ingest_rides_out_a_whole_cluster_restart(tmp_path) -> None:
+    from featurestore.online.stream import Ingester
+    from tests.conftest import start_redis_cluster
+
+    cluster = start_redis_cluster(tmp_path / "cluster")
+    try:
+        repo = _cluster_repo(tmp_path, cluster.url, "clrestart")
+        now = now_floor_us()
+        with FeatureStore(repo) as store:
+            store.apply()
+            ing = Ingester(store, ["tx_stream"])
+            failed: list[BaseException] = []
+
+            def run() -> None:
+                try:
+                    ing.run()
+                except BaseException as exc:  # the thread must not die; the test says why
+                    failed.append(exc)
+
+            runner = threading.Thread(target=run)
+            runner.start()
+            try:
+
+                def send(user: int, n: int) -> None:
+                    rows = [{"user_id": user, "event_timestamp": now - H + i, "amount": 1.0,
+                             "merchant_id": i} for i in range(n)]  # fmt: skip
+                    store.send_events("tx_stream", rows)
+
+                send(21, 3)
+                _wait_served(repo, 21, now, 3)
+                _restart(cluster)
+                assert runner.is_alive(), failed
+                send(22, 4)  # the stream and group are gone: ingest makes them again
+                _wait_served(repo, 22, now, 4)
+                assert runner.is_alive() and not failed, failed
+            finally:
+                ing.stop()
+                runner.join(timeout=30)
+            assert not runner.is_alive() and not failed, failed
+    finally:
+        cluster.stop()
