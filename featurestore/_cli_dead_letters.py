@@ -66,12 +66,28 @@ def list_(
 def replay(ctx: click.Context, source: str | None, reason: str | None, limit: int | None) -> None:
     """Send dead letters back to their stream, as they were first sent, for ingest to read
     again (after fixing the definitions or the producer). One still bad is dead-lettered again."""
-    from featurestore.online.stream import replay_dead_letters
+    from featurestore.online.stream import (
+        check_replayable,
+        list_dead_letters,
+        replay_dead_letters,
+    )
 
     with _stream_store(ctx) as (store, client):
-        for name in _sources(store, source):
+        names = _sources(store, source)
+        for name in names:  # all checked before any is moved
+            check_replayable(store, name, client=client)
+        for name in names:
             n = replay_dead_letters(store, name, limit=limit, reason_contains=reason, client=client)
             click.echo(f"{name}: sent {n:,} dead letters back to the stream")
+            if limit is None:
+                left = list_dead_letters(
+                    store, name, limit=None, reason_contains=reason, client=client
+                )
+                if left:
+                    click.echo(
+                        f"{name}: {len(left):,} left: unreadable, or their entries are still "
+                        "pending in the ingest group (featurestore ingest reads those again)"
+                    )
 
 
 @dead_letters.command()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from featurestore.online.stream.dead_letters import (
     DeadLetter,
+    check_replayable,
     count_dead_letters,
     drop_dead_letters,
     list_dead_letters,
@@ -20,6 +21,7 @@ __all__ = [
     "DeadLetter",
     "IngestStats",
     "Ingester",
+    "check_replayable",
     "count_dead_letters",
     "drop_dead_letters",
     "list_dead_letters",

@@ -32,15 +32,20 @@ if TYPE_CHECKING:
 _PAGE = 1000  # dead letters read per XRANGE
 _BATCH = 500  # moves or deletions sent per round trip
 
-# KEYS: stream, dead-letter stream. ARGV: n (field pairs), the n pairs, the letter's id, then
-# the ids of its duplicates. Returns the new entry id, or false if the letter is already gone
-# (another replay moved it).
+# KEYS: stream, dead-letter stream. ARGV: the consumer group, the original entry's id, n (field
+# pairs), the n pairs, the letter's id, then the ids of its duplicates. Returns the new entry
+# id; false if the letter is already gone (another replay moved it); 0 if the original entry
+# is still pending in the group (ingest reads it again itself, see Ingester._handle).
 _MOVE = """
-local n = tonumber(ARGV[1])
-local letter = ARGV[2 * n + 2]
+local n = tonumber(ARGV[3])
+local letter = ARGV[2 * n + 4]
 if #redis.call('XRANGE', KEYS[2], letter, letter) == 0 then return false end
-local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2, 2 * n + 1))
-redis.call('XDEL', KEYS[2], unpack(ARGV, 2 * n + 2))
+if ARGV[2] ~= '' then
+  local p = redis.pcall('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
+  if type(p) == 'table' and p.err == nil and #p > 0 then return 0 end
+end
+local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 4, 2 * n + 3))
+redis.call('XDEL', KEYS[2], unpack(ARGV, 2 * n + 4))
 return id
 """
 
@@ -123,8 +128,11 @@ def replay_dead_letters(
     moved atomically) for ingest to read again; returns how many events were sent back.
 
     ``limit`` caps the events sent (oldest first). A letter written twice (an ingest crash) is
-    sent once and both copies are deleted. Letters whose fields cannot be read stay. A replayed
-    event gets a new entry id: ``stream.max_future``/``max_past`` judge it by when it is replayed.
+    sent once and both copies are deleted. Letters whose fields cannot be read stay, and so do
+    letters whose entry the ingest group has not acknowledged yet (a crash came between): ingest
+    reads that entry again itself, and drops the letter if the event is good by then. A
+    replayed event gets a new entry id: ``stream.max_future``/``max_past`` judge it by when it
+    is replayed.
     """
     stream, dead = dead_letter_stream(store, source)
     with _client(store, client) as c:
@@ -139,7 +147,8 @@ def replay_dead_letters(
         for letter in _scan(c, dead):  # the other copies of each chosen event, wherever they are
             if letter.event in copies and letter.letter_id != chosen[letter.event].letter_id:
                 copies[letter.event].append(letter.letter_id)
-        return _send_back(c, source, stream, dead, list(chosen.values()), copies)
+        group = store.config.stream.group
+        return _send_back(c, source, stream, dead, group, list(chosen.values()), copies)
 
 
 def _send_back(
@@ -147,6 +156,7 @@ def _send_back(
     source: str,
     stream: str,
     dead: str,
+    group: str,
     todo: list[DeadLetter],
     copies: dict[str, list[str]],
 ) -> int:
@@ -160,7 +170,10 @@ def _send_back(
         calls = []
         for letter in todo[i : i + _BATCH]:
             pairs = [x for kv in (letter.fields or {}).items() for x in kv]
-            calls.append([len(pairs) // 2, *pairs, letter.letter_id, *copies[letter.event]])
+            calls.append(
+                [group, letter.original_id, len(pairs) // 2, *pairs, letter.letter_id,
+                 *copies[letter.event]]
+            )  # fmt: skip
         results: list[Any] = []
         if isinstance(c, redis.Redis):
             pipe = c.pipeline(transaction=False)
@@ -174,7 +187,7 @@ def _send_back(
                 except redis.ResponseError as exc:
                     results.append(exc)
                     break
-        sent += sum(1 for r in results if r and not isinstance(r, Exception))
+        sent += sum(1 for r in results if r and not isinstance(r, (Exception, int)))
         failed = next((r for r in results if isinstance(r, Exception)), None)
         if failed is not None:
             raise FeatureStoreError(
@@ -213,6 +226,14 @@ def count_dead_letters(store: FeatureStore, source: str, *, client: Any = None) 
     _, dead = dead_letter_stream(store, source)
     with _client(store, client) as c:
         return int(c.xlen(dead))
+
+
+def check_replayable(store: FeatureStore, source: str, *, client: Any = None) -> None:
+    """Raise (one line) if ``source``'s dead letters cannot be moved back atomically: on a
+    Redis Cluster, its stream and dead-letter stream must share a hash slot."""
+    stream, dead = dead_letter_stream(store, source)
+    with _client(store, client) as c:
+        _check_one_slot(c, source, stream, dead)
 
 
 def _check_one_slot(c: Any, source: str, stream: str, dead: str) -> None:

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 
 CONSUMER = "ingest"  # one ingester per source (the lock), so its pending entries are its own
 LOCK_MS = 15_000
+_LETTER_SKEW_MS = 600_000  # clocks of two cluster nodes (stream, dead letters) may differ
 _RENEW = (
     "if redis.call('get', KEYS[1]) == ARGV[1] then "
     "return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
@@ -303,10 +304,11 @@ class Ingester:
         total = 0
         for s in self.sources:
             entries = by_stream.get(s.src.stream, [])
-            if s.cursor != ">":  # reading this consumer's pending entries, in id order
+            again = s.cursor != ">"  # this consumer's pending entries, in id order
+            if again:
                 s.cursor = as_text(entries[-1][0]) if entries else ">"
             if entries:
-                self._handle(s, entries)
+                self._handle(s, entries, again=again)
                 total += len(entries)
         return total
 
@@ -323,9 +325,11 @@ class Ingester:
             reply += got or []
         return reply
 
-    def _handle(self, s: _Source, entries: list[Any]) -> None:
+    def _handle(self, s: _Source, entries: list[Any], *, again: bool = False) -> None:
         """Dead-letter the bad events and apply the good ones online; buffer them for the next
-        flush (the Parquet file, then the acknowledgement)."""
+        flush (the Parquet file, then the acknowledgement). ``again``: entries read before a
+        crash or a retry, which may have left dead letters of events now good (see
+        ``_drop_stale_letters``)."""
         t0 = time.perf_counter()
         events, dead = self._parse(s, entries)
         now = now_us()
@@ -343,6 +347,8 @@ class Ingester:
         dead += [(e.raw_id, _late_reason(e, late[e.raw_id], s), e.fields) for e in events
                  if e.raw_id in late]  # fmt: skip
         good = [e for e in events if e.raw_id not in late]
+        if again and good:
+            self._drop_stale_letters(s, good)
         if dead:  # first, so a crash later cannot lose a decision (a replay may repeat one)
             pipe = self.client.pipeline(transaction=False)
             for rid, reason, fields in dead:
@@ -362,6 +368,26 @@ class Ingester:
         s.unacked += [as_text(e[0]) for e in entries]
         s.unwritten += good
         self._count(s, len(entries), good, len(dead), replayed, time.perf_counter() - t0)
+
+    def _drop_stale_letters(self, s: _Source, good: list[Event]) -> None:
+        """Delete the dead letters of events applied now on a second read: a crash after an
+        event was dead-lettered but before it was acknowledged, then a fix (say a larger
+        allowed lateness), makes the same entry good on the restart. Its letter would
+        otherwise stay, and a replay would apply the event twice."""
+        ids = {e.raw_id for e in good}
+        first_ms = min(int(i.partition("-")[0]) for i in ids)
+        start = f"{max(0, first_ms - _LETTER_SKEW_MS)}-0"  # letters come after their entry
+        stale: list[Any] = []
+        while True:
+            page = self.client.xrange(s.dead_stream, start, "+", count=1000)
+            for lid, fields in page:
+                if as_text(fields.get(b"id", fields.get("id", b""))) in ids:
+                    stale.append(lid)
+            if len(page) < 1000:
+                break
+            start = "(" + as_text(page[-1][0])
+        for i in range(0, len(stale), 1000):
+            self.client.xdel(s.dead_stream, *stale[i : i + 1000])
 
     @staticmethod
     def _parse(s: _Source, entries: list[Any]) -> tuple[list[Event], list[tuple[str, str, Any]]]:

@@ -142,6 +142,53 @@ def test_a_late_event_replayed_after_raising_lateness_is_served(repo, redis_url)
         assert _count(store, 7, now) == 1
 
 
+@pytest.mark.parametrize("replay_first", [False, True])
+def test_a_crash_before_the_ack_then_a_fix_applies_the_event_once(
+    tmp_path, redis_url, replay_first
+) -> None:
+    """Ingest dead-letters a late event, then dies before acknowledging it; the fix (a larger
+    allowed_lateness) comes before the restart. The restart reads the pending entry again and
+    applies it, and its stale letter goes: a replay must not apply the event a second time, nor
+    move the letter while its entry is still pending."""
+    from featurestore.online.stream import Ingester
+
+    yaml = "stream:\n  batch_size: 100\n  block_ms: 20\n  offline_flush_s: 3600\n"
+    repo = small_repo(tmp_path / "repo", redis_url, project="crashfix", stream_yaml=yaml)
+    client = client_of_url(redis_url)
+    now = now_floor_us()
+    late_ts = now - H - DAY - LATENESS - H
+    with FeatureStore(repo) as store:
+        store.apply()
+        xadd_json(client, "tx_events", [
+            {"user_id": 7, "event_timestamp": now - H, "amount": 1.0, "merchant_id": 1}])  # fmt: skip
+        store.ingest(once=True)
+        xadd_json(client, "tx_events", [
+            {"user_id": 7, "event_timestamp": late_ts, "amount": 4.0, "merchant_id": 2}])  # fmt: skip
+        ing = Ingester(store)
+        ing._start()
+        ing._round(True, 100)  # the pending entries (none), then the new one: dead-lettered
+        ing._round(True, 100)
+        ing.close()  # "the crash": no flush, so no acknowledgement
+        assert count_dead_letters(store, "tx_stream") == 1
+        assert client.xpending("tx_events", "featurestore")["pending"] == 1
+
+    (repo / "definitions.py").write_text(DEFS.replace('"2h"', '"3d"'))
+    with FeatureStore(repo) as store:
+        store.apply()
+        store.materialize(now - 3 * DAY, now, views=["tx"])
+        if replay_first:  # its entry is pending: ingest will read it again, replay leaves it
+            assert replay_dead_letters(store, "tx_stream") == 0
+            assert count_dead_letters(store, "tx_stream") == 1
+        stats = store.ingest(once=True)  # the restart
+        assert (stats.applied, stats.dead) == (1, 0), stats
+        assert count_dead_letters(store, "tx_stream") == 0  # the stale letter went with it
+        assert replay_dead_letters(store, "tx_stream") == 0
+        assert store.ingest(once=True).applied == 0
+        assert _count(store, 7, late_ts + H // 2, "tx:amount_count_1h") == 1
+        assert _count(store, 7, late_ts + H // 2, "tx:amount_sum_1d") == 4.0
+    client.close()
+
+
 def test_replay_with_a_reason_filter_moves_only_matching(repo, redis_url) -> None:
     client = client_of_url(redis_url)
     now = now_floor_us()
