@@ -20,8 +20,11 @@ online_store:
 """
 
 _ONLINE = {
-    "embedded": "  type: embedded           # LMDB file, no server; safe for several reader processes\n"
-    "  path: data/online_store",
+    "embedded": "  # embedded: an LMDB file, no server, safe for several reader processes;\n"
+    "  # FEATURESTORE_ONLINE_STORE=redis (docker compose sets it) uses REDIS_URL instead\n"
+    "  type: ${{FEATURESTORE_ONLINE_STORE:-embedded}}\n"
+    "  path: data/online_store\n"
+    "  url: ${{REDIS_URL:-redis://localhost:6379/0}}",
     "redis": "  type: redis\n  url: ${{REDIS_URL:-redis://localhost:6379/0}}\n"
     "  connect_timeout: 1.0\n  socket_timeout: 1.0",
     "redis_cluster": "  type: redis_cluster\n  url: ${{REDIS_URL:-redis://localhost:7000/0}}\n"

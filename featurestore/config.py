@@ -40,6 +40,17 @@ class OnlineStoreConfig:
     write_batch_size: int = 10_000
 
 
+def online_store_id(online: OnlineStoreConfig) -> str:
+    """Which online store a materialization watermark belongs to: the embedded store's path as
+    configured (the same store wherever the repo is mounted), or a digest of the Redis URL (it
+    may hold a password, and the registry is a plain file)."""
+    if online.type == "embedded":
+        return f"embedded:{online.path}"
+    import hashlib
+
+    return f"{online.type}:{hashlib.blake2b(online.url.encode(), digest_size=8).hexdigest()}"
+
+
 @dataclass(frozen=True)
 class StreamConfig:
     """Where stream events are read (a Redis server) and how ``featurestore ingest`` reads them.

@@ -28,6 +28,16 @@ CHECK_S = 0.1  # how old a registry check a lookup may trust (see Registry.recen
 _WRITES: dict[str, int] = {}  # registry file -> writes by this process, through any Registry
 
 
+def watermark_us(state: RegistryState, view: str, store: str) -> int | None:
+    """``view``'s materialization watermark if it belongs to online store ``store`` (a record
+    from before stores were named counts as this one's), else None: that store has nothing."""
+    m = state.materialization.get(view) or {}
+    if m.get("store", store) != store:
+        return None
+    mark = m.get("watermark_us")
+    return None if mark is None else int(mark)
+
+
 @dataclass
 class RegistryState:
     """The definitions of one registry version, plus materialization state per view."""
@@ -230,8 +240,13 @@ class Registry:
             self._write(state, history=True)
             return state
 
-    def update_materialization(self, view: str, start_us: int, end_us: int) -> None:
+    def update_materialization(
+        self, view: str, start_us: int, end_us: int, store: str | None = None
+    ) -> None:
         """Record a finished materialization window for ``view`` (the watermark only moves forward).
+
+        ``store`` names the online store written (config.online_store_id): a window written to
+        another store than the one the watermark belongs to starts the record afresh.
 
         A view an apply removed meanwhile gets no watermark but a cleanup record: the rows just
         written belong to no view, and the next apply deletes them.
@@ -246,6 +261,10 @@ class Registry:
                 self._write(state, history=False)
                 return
             m = state.materialization.setdefault(view, {"watermark_us": None, "intervals": []})
+            if store is not None and m.get("store", store) != store:
+                m.update(watermark_us=None, intervals=[])
+            if store is not None:
+                m["store"] = store
             m["watermark_us"] = (
                 end_us if m["watermark_us"] is None else max(m["watermark_us"], end_us)
             )

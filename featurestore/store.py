@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING, Any
 
 from featurestore._inputs import entity_input
 from featurestore._time import now_us, to_us, to_utc
-from featurestore.config import RepoConfig, load_config
+from featurestore.config import RepoConfig, load_config, online_store_id
 from featurestore.errors import DefinitionError, FeatureNotFoundError
 from featurestore.feature_service import FeatureService
 from featurestore.feature_view import FeatureView
 from featurestore.plan import Plan, make_plan
-from featurestore.registry import Registry, RegistryState
+from featurestore.registry import Registry, RegistryState, watermark_us
 
 if TYPE_CHECKING:
     import polars as pl
@@ -53,6 +53,7 @@ class FeatureStore:
         self, repo_path: str | os.PathLike[str] = ".", *, config: RepoConfig | None = None
     ) -> None:
         self.config = config or load_config(repo_path)
+        self._store_id = online_store_id(self.config.online_store)  # whose watermarks are ours
         self.repo_path = self.config.repo_path
         self.project = self.config.project
         self._registry = Registry(self.config.registry_path, self.project, self.repo_path)
@@ -366,7 +367,7 @@ class FeatureStore:
         rows: dict[str, int] = {}
         first = end_us
         for view in self._online_views(views):
-            mark = (state.materialization.get(view.name) or {}).get("watermark_us")
+            mark = watermark_us(state, view.name, self._store_id)
             if mark is not None and mark >= end_us:
                 rows[view.name] = 0
                 continue
@@ -414,7 +415,7 @@ class FeatureStore:
                 batch_size=self.config.online_store.write_batch_size,
                 now_us=now_us(),
             )
-            self._registry.update_materialization(view.name, start_us, end_us)
+            self._registry.update_materialization(view.name, start_us, end_us, self._store_id)
             return written
         # the count only sizes the progress bar: without one it is a query saved
         total = self.offline.count_latest_rows(view, start_us, end_us) if progress else None
@@ -438,7 +439,7 @@ class FeatureStore:
                 written += n
                 bar.update(n)
         # the watermark moves only after every batch landed, so a crash means a clean rerun
-        self._registry.update_materialization(view.name, start_us, end_us)
+        self._registry.update_materialization(view.name, start_us, end_us, self._store_id)
         return written
 
     # ---- online -----------------------------------------------------------------------------

@@ -138,6 +138,27 @@ def test_an_incremental_run_ending_before_the_watermark_keeps_newer_values(tmp_p
     assert dump(config) != newest
 
 
+def test_a_watermark_belongs_to_the_store_it_was_written_to(tmp_path, request) -> None:
+    """Switching the online store (the embedded one, then a Redis server) starts the
+    incremental record afresh: the new store gets every row, not only rows after the old
+    store's watermark. Switching back finds the record of the store then in use."""
+    repo, t = make_repo(tmp_path / "repo", entities=300)
+    embedded = online_config("embedded", repo, project="mat")
+    with FeatureStore(config=embedded) as store:
+        store.apply()
+        assert store.materialize_incremental(t).rows == {"stats": 300}
+    on_redis = backend_config("redis", repo, request)
+    assert on_redis.registry_path == embedded.registry_path  # one registry, two stores
+    with FeatureStore(config=on_redis) as store:
+        assert store.materialize_incremental(t).rows == {"stats": 300}
+        assert store.materialize_incremental(t).rows == {"stats": 0}
+        record = store.registry.materialization["stats"]
+        assert record["store"].startswith("redis:") and "redis://" not in str(record)
+    assert count(on_redis) == 300
+    with FeatureStore(config=embedded) as store:  # the record now is Redis's: afresh again
+        assert store.materialize_incremental(t).rows == {"stats": 300}
+
+
 @pytest.mark.parametrize("kind", ["embedded", "redis"])
 def test_killed_materialization_rerun_equals_a_clean_run(kind: str, tmp_path, request) -> None:
     entities = 200_000

@@ -255,16 +255,16 @@ class Engine(StoreReads, Pushes, Shortcuts):
     def _served_state(self) -> ServedState:
         """Registry version, online views' watermarks and model alias versions, for /metrics."""
         state = self._registry()
+        from featurestore.registry import watermark_us
         from featurestore.sources import StreamSource
 
-        views = state.feature_views
+        store = self.store._store_id  # watermarks of this server's online store only
         marks = {  # a stream-fed view is kept fresh by ingest: its watermark says nothing of that
-            name: int(m["watermark_us"])
-            for name, m in state.materialization.items()
-            if m.get("watermark_us") is not None
-            and name in views
-            and views[name].online
-            and not isinstance(views[name].source, StreamSource)
+            name: mark
+            for name, view in state.feature_views.items()
+            if view.online
+            and not isinstance(view.source, StreamSource)
+            and (mark := watermark_us(state, name, store)) is not None
         }
         versions: dict[tuple[str, str], int] = {}
         for name, route in self.models.routes.items():
