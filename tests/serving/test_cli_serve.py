@@ -100,7 +100,12 @@ def test_serve_starts_rest_and_grpc_from_the_config(fresh_repo: Path, workers: i
             assert (
                 text.count('featurestore_model_version{alias="production",model="fraud"} 1.0') == 1
             )
-            assert text.count('featurestore_materialization_watermark_timestamp_seconds{view="user_stats"}') == 1
+            assert (
+                text.count(
+                    'featurestore_materialization_watermark_timestamp_seconds{view="user_stats"}'
+                )
+                == 1
+            )
         with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as ch:
             stub = pb_grpc.FeatureServingStub(ch)
             for _ in range(50):
