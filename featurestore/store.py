@@ -523,7 +523,8 @@ class FeatureStore:
         """Write rows of a plain feature view, as ``POST /push``; returns how many.
 
         ``rows`` holds join keys, every feature and optionally the source's timestamp column
-        (microseconds or ISO 8601; default: now), as columns, row dicts or a DataFrame. ``to``:
+        (microseconds, ISO 8601 or datetimes, naive ones UTC; default: now), as columns, row
+        dicts or a DataFrame. ``to``:
         "online" (the online store), "offline" (one new Parquet file in the view's source
         folder, so training sets and materialize see the rows) or "online_and_offline".
         """

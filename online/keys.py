@@ -235,6 +235,9 @@ def as_pylist(col: Sequence[Any]) -> list[Any]:
         return col
     if _is_arrow_int_without_nulls(col):  # numpy's tolist makes the same ints, faster
         return col.to_numpy().tolist()  # type: ignore[attr-defined]
+    if isinstance(col, np.ndarray) and col.dtype.kind == "M":
+        # datetime64 in ns would list as bare ints; in us it lists as (naive, UTC) datetimes
+        return col.astype("datetime64[us]").tolist()  # type: ignore[no-any-return]
     tolist = getattr(col, "tolist", None) or getattr(col, "to_list", None)
     if tolist is not None:  # numpy (int64 -> int, str_ -> str), polars
         return tolist()

@@ -249,15 +249,25 @@ def python_explainer(module: Any) -> tuple[Explainer | None, str]:
     output = str(getattr(module, "EXPLAIN_OUTPUT", "value"))
 
     def fn(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        out = np.asarray(explain(x), dtype=np.float64)
         n, k = x.shape
-        if out.shape == (n, k):
-            return out, np.zeros(n)
-        if out.shape == (n, k + 1):
-            return out[:, :-1], out[:, -1]
+        got = explain(x)
+        try:  # a tuple, a ragged list, strings...: say what came back, not numpy's complaint
+            out = np.asarray(got, dtype=np.float64)
+        except (TypeError, ValueError):
+            what = f"a {type(got).__name__} that is not a numeric array"
+        else:
+            if out.shape == (n, k):
+                return out, np.zeros(n)
+            if out.shape == (n, k + 1):
+                return out[:, :-1], out[:, -1]
+            what = f"shape {out.shape}"
+            if out.ndim == 0:
+                what = f"a {type(got).__name__}"
+            elif not isinstance(got, np.ndarray):
+                what = f"a {type(got).__name__} of {what}"
         raise ValueError(
-            f"explain(x) returned shape {out.shape} for {n} row(s) of {k} inputs; expected "
-            f"({n}, {k}) or ({n}, {k + 1}) with the base value last"
+            f"explain(x) returned {what} for {n} row(s) of {k} inputs; expected ({n}, {k}) or "
+            f"({n}, {k + 1}) with the base value last, as a 2-D numeric array"
         )
 
     return Explainer(output, fn), ""

@@ -18,11 +18,19 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures as cf
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from featurestore._inputs import entity_input
 from featurestore._time import now_us
-from featurestore.errors import FeatureStoreError, OnlineStoreError, OnlineStoreUnavailableError
+from featurestore.errors import (
+    EntityDataError,
+    FeatureStoreError,
+    OnlineStoreError,
+    OnlineStoreUnavailableError,
+)
 from featurestore.online.serving import _requests as rq
 from featurestore.online.serving.errors import BadRequestError
 
@@ -31,6 +39,27 @@ if TYPE_CHECKING:
     from featurestore.online.serving.config import ServingConfig
     from featurestore.online.serving.metrics import Metrics
     from featurestore.store import FeatureStore
+
+
+def _plain_rows(rows: Any) -> Any:
+    """In-process rows as ``to_columns`` takes them: a DataFrame or Arrow table as columns, and
+    array or Series columns as lists (numpy datetime64 values kept as such, so their unit is
+    read, not taken for microseconds). JSON bodies (lists already) pass untouched."""
+    if isinstance(rows, Mapping):
+        if all(type(v) is list for v in rows.values()):
+            return rows
+        rows = {
+            k: list(v.astype("datetime64[us]"))
+            if isinstance(v, np.ndarray) and v.dtype.kind == "M"
+            else v
+            for k, v in rows.items()
+        }
+    elif isinstance(rows, (list, tuple)):
+        return rows
+    try:
+        return entity_input(rows)
+    except EntityDataError:
+        return rows  # to_columns says what is wrong, naming the push's field
 
 
 class Pushes:
@@ -57,7 +86,7 @@ class Pushes:
         state = self.store.registry
         view = state.feature_view(feature_view)
         now = now_us()
-        cols = rq.to_columns(rows, "rows")
+        cols = rq.to_columns(_plain_rows(rows), "rows")
         table = rq.push_table(view, cols, now, self.config.max_entities, state.join_key_kinds)
         target = push_target(view, self.store.config, state) if offline else None
         store, project = self.store.online, self.store.project

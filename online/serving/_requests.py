@@ -6,7 +6,10 @@ Pure functions over Python values, so they are tested without a server.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import date, datetime, timezone
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from featurestore._time import to_us
 from featurestore.online.keys import kind_mismatch
@@ -21,6 +24,10 @@ if TYPE_CHECKING:
 Columns = dict[str, list[Any]]
 RequestFields = dict[str, tuple[str, str]]  # request field -> (a view reading it, its dtype)
 _INT64_MIN, _INT64_MAX = INT_RANGES["int64"]
+# the times a datetime can hold (years 1-9999), in microseconds since the epoch
+_US_MIN = to_us(datetime.min.replace(tzinfo=timezone.utc))
+_US_MAX = to_us(datetime.max.replace(tzinfo=timezone.utc))
+TIME_FORMS = "microseconds since the epoch or an ISO 8601 time (in process also a datetime)"
 
 
 def to_columns(
@@ -214,6 +221,10 @@ def push_table(
     data: dict[str, Any] = {k: rows[k] for k in view.join_keys}
     for f in view.features:
         vals = rows[f.name]
+        if f.dtype.name == "timestamp":
+            us = _times(vals, f"rows.{f.name}", None)
+            data[f.name] = pa.array(us, pa.int64()).cast(f.dtype.to_arrow())
+            continue
         for i, v in enumerate(vals):
             if not value_fits(v, f.dtype.name):
                 big = (
@@ -226,39 +237,68 @@ def push_table(
                     f"'{f.name}' of view '{view.name}' is {f.dtype.name}{big}",
                     field=f"rows.{f.name}",
                 )
-        if f.dtype.name == "timestamp":
-            try:
-                vals = [None if v is None else to_us(v) for v in vals]
-            except (TypeError, ValueError) as exc:
-                raise BadRequestError(
-                    f"push: rows.{f.name} holds a bad time ({exc}); give microseconds since the "
-                    "epoch or an ISO 8601 time",
-                    field=f"rows.{f.name}",
-                ) from None
-            data[f.name] = pa.array(vals, pa.int64()).cast(f.dtype.to_arrow())
-        elif f.dtype.name == "bytes":
+        if f.dtype.name == "bytes":
             data[f.name] = pa.array(
                 [v.encode() if isinstance(v, str) else v for v in vals], f.dtype.to_arrow()
             )
         else:
             data[f.name] = pa.array(vals, f.dtype.to_arrow())
-    raw_ts = rows.get(ts_col, rows.get("event_timestamp"))
-    if raw_ts is None:
-        ev = [now_us] * n
-    else:
-        ev = []
-        for i, v in enumerate(raw_ts):
-            try:
-                ok = v is None or (isinstance(v, (int, str)) and not isinstance(v, bool))
-                ev.append((now_us if v is None else to_us(v)) if ok else None)
-            except (TypeError, ValueError):
-                ev.append(None)
-            if ev[-1] is None:
-                raise BadRequestError(
-                    f"push: rows.{ts_col}[{i}] is {v!r}; give microseconds since the epoch or an "
-                    "ISO 8601 time",
-                    field=f"rows.{ts_col}",
-                )
+    ts_name = ts_col if ts_col in rows else "event_timestamp"
+    raw_ts = rows.get(ts_name)
+    ev = [now_us] * n if raw_ts is None else _times(raw_ts, f"rows.{ts_name}", now_us)
     data[EVENT_TS] = pa.array(ev, pa.int64())
     data[CREATED_TS] = pa.array([now_us] * n, pa.int64())
     return pa.table(data)
+
+
+def time_us(v: Any) -> int | None:
+    """A pushed time in microseconds since the epoch; None (and NaT) stays None.
+
+    Integers are microseconds, strings ISO 8601; in process also a datetime (a pandas
+    Timestamp too), a date (midnight UTC) or a numpy datetime64. Naive times are taken as UTC,
+    as everywhere in the project (never shifted by the local zone); nanoseconds are floored.
+    Raises ValueError naming what is wrong.
+    """
+    if v is None:
+        return None
+    if type(v) is int or (isinstance(v, (int, np.integer)) and not isinstance(v, bool)):
+        us = int(v)
+    elif isinstance(v, str):
+        try:
+            us = to_us(v)
+        except ValueError:
+            raise ValueError(f"{v!r} is not ISO 8601") from None
+    elif isinstance(v, datetime):
+        if type(v).__name__ == "NaTType":  # pandas' missing time
+            return None
+        us = to_us(v)
+    elif isinstance(v, date):
+        us = to_us(datetime(v.year, v.month, v.day, tzinfo=timezone.utc))
+    elif isinstance(v, np.datetime64):
+        if np.isnat(v):
+            return None
+        us = int(v.astype("datetime64[us]").astype(np.int64))
+    else:
+        raise ValueError(f"a {type(v).__name__} is not a time")
+    if not _US_MIN <= us <= _US_MAX:
+        raise ValueError(
+            f"{us} microseconds since the epoch is outside the years 1-9999 (nanoseconds? "
+            "divide by 1000)"
+        )
+    return us
+
+
+def _times(vals: Sequence[Any], where: str, null: int | None) -> list[int | None]:
+    """``time_us`` of each value (a null becomes ``null``); a bad one is a BadRequestError
+    naming its row."""
+    out: list[int | None] = []
+    for i, v in enumerate(vals):
+        try:
+            us = time_us(v)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise BadRequestError(
+                f"push: {where} holds a bad time ({where}[{i}]: {exc}); give {TIME_FORMS}",
+                field=where,
+            ) from None
+        out.append(null if us is None else us)
+    return out

@@ -13,6 +13,10 @@ class BadRequestError(FeatureStoreError):
         self.field = field
 
 
+class UnsupportedMediaTypeError(BadRequestError):
+    """A POST body that is not declared JSON (HTTP 415): the message names its Content-Type."""
+
+
 class TooManyEntitiesError(BadRequestError):
     """More entities than ``serving.max_entities`` (HTTP 413 / RESOURCE_EXHAUSTED)."""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.message
 import gc
 import logging
 import os
@@ -45,7 +46,12 @@ from featurestore.online.serving.auth import (
 )
 from featurestore.online.serving.config import MAX_DEADLINE_MS
 from featurestore.online.serving.context import MAX_REQUEST_ID
-from featurestore.online.serving.errors import BadRequestError, NotReadyError, TooManyEntitiesError
+from featurestore.online.serving.errors import (
+    BadRequestError,
+    NotReadyError,
+    TooManyEntitiesError,
+    UnsupportedMediaTypeError,
+)
 
 if TYPE_CHECKING:
     from featurestore.online.serving.engine import Engine
@@ -144,7 +150,7 @@ class ErrorOut(BaseModel):
 
 
 _ERRORS: dict[int, dict[str, Any]] = {
-    c: {"model": ErrorOut} for c in (400, 404, 413, 422, 500, 503)
+    c: {"model": ErrorOut} for c in (400, 404, 413, 415, 422, 500, 503)
 }
 
 
@@ -185,6 +191,34 @@ def _error_body(exc: BaseException) -> tuple[bytes, int]:
     return _dumps({"error": f"internal error ({type(exc).__name__}); see the server log"}), 500
 
 
+def declares_json(content_type: str | None) -> bool:
+    """Whether FastAPI parses a body of this Content-Type as JSON: ``application/json`` or
+    ``application/*+json``, with any parameters; no Content-Type is not JSON (FastAPI's strict
+    content type, which keeps a browser's plain cross-site form posts out)."""
+    if not content_type:
+        return False
+    message = email.message.Message()
+    message["content-type"] = content_type
+    subtype = message.get_content_subtype()
+    return message.get_content_maintype() == "application" and (
+        subtype == "json" or subtype.endswith("+json")
+    )
+
+
+def not_json(path: str, content_type: str | None) -> UnsupportedMediaTypeError:
+    """The 415 of a POST whose body is not declared JSON, naming its Content-Type."""
+    if content_type is None:
+        got = "has no Content-Type header"
+    else:
+        shown = content_type if len(content_type) <= 80 else content_type[:77] + "..."
+        got = f"has Content-Type {shown!r}"
+    return UnsupportedMediaTypeError(
+        f"POST {path} takes a JSON body, but the request {got}; send the body as JSON with "
+        "the header Content-Type: application/json",
+        field="content-type",
+    )
+
+
 def _status_of(exc: BaseException) -> int:
     if isinstance(exc, AuthenticationError):
         return 401
@@ -192,6 +226,8 @@ def _status_of(exc: BaseException) -> int:
         return 403
     if isinstance(exc, TooManyEntitiesError):
         return 413
+    if isinstance(exc, UnsupportedMediaTypeError):
+        return 415
     if isinstance(exc, (FeatureNotFoundError, ModelNotFoundError)):
         return 404
     if isinstance(exc, (BadRequestError, EntityDataError)):
@@ -254,6 +290,10 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> Response:
+        ctype = request.headers.get("content-type")
+        if request.method == "POST" and not declares_json(ctype):
+            # FastAPI did not parse the body (so it "is not an object"): say what to fix
+            return _raw(*_error_body(not_json(request.url.path, ctype)))
         errs = exc.errors()
         first = errs[0] if errs else {}
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"

@@ -250,10 +250,10 @@ VALID = _dump({"feature_service": "scoring", "entities": ENT})
         (_dump({"feature_service": "scoring", "entities": ENT, "bogus": 1}), JSON, 422),
         (_dump({"feature_service": "scoring", "entities": ENT, "deadline_ms": -1}), JSON, 422),
         (_dump({"feature_service": "scoring", "entities": ENT, "deadline_ms": 1e9}), JSON, 422),
-        (VALID, {}, 422),  # no content type: FastAPI (strict_content_type) refuses it
-        (VALID, {"content-type": "text/plain"}, 422),
-        (VALID, {"content-type": "application/x-www-form-urlencoded"}, 422),
-        (VALID, {"content-type": "application/json+xml"}, 422),
+        (VALID, {}, 415),  # no content type: refused, naming the header (not read as JSON)
+        (VALID, {"content-type": "text/plain"}, 415),
+        (VALID, {"content-type": "application/x-www-form-urlencoded"}, 415),
+        (VALID, {"content-type": "application/json+xml"}, 415),
         (b"\xef\xbb\xbf" + VALID, JSON, 200),  # a UTF-8 BOM: python's json reads it
         (VALID.decode().encode("utf-16"), JSON, 200),  # so is UTF-16
         (b'{"feature_service": "\\ud800", "entities": {"user_id": [1]}}', JSON, None),
