@@ -77,7 +77,8 @@ def serve(
             _check_bindable(host, p, what)
     grpc_note = f", gRPC{' (TLS)' if tls else ''} on {host}:{grpc_port}" if grpc_port else ""
     scheme = "https" if tls else "http"
-    click.echo(f"serving {repo}: REST on {scheme}://{host}:{port}{grpc_note}, {workers} worker(s)")
+    shown = Path(repo).resolve()
+    click.echo(f"serving {shown}: REST on {scheme}://{host}:{port}{grpc_note}, {workers} worker(s)")
     # every worker process builds its own engine and gRPC server (SO_REUSEPORT shares the port);
     # several workers keep their metrics in one folder so any worker's /metrics shows them all
     metrics_dir = None

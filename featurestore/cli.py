@@ -239,6 +239,8 @@ def get(
     """Print an online lookup as JSON, with per-value status and event timestamps."""
     import orjson
 
+    from featurestore._jsonable import json_default
+
     if bool(features) == bool(feature_service):
         raise click.UsageError("give exactly one of --features or --feature-service")
     store = _store(ctx)
@@ -272,7 +274,7 @@ def get(
     }
     click.echo(
         orjson.dumps(
-            out, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY, default=str
+            out, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY, default=json_default
         ).decode()
     )
 

@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from featurestore._jsonable import json_default
 from featurestore.online.serving.context import current_caller, current_request_id
 
 if TYPE_CHECKING:
@@ -88,11 +89,7 @@ class _Flush:
         self.done = threading.Event()
 
 
-def _fallback(value: Any) -> Any:
-    """orjson's default: bytes as text, anything else unknown by its str()."""
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value).decode("utf-8", "backslashreplace")
-    return str(value)
+_fallback = json_default  # bytes as base64, as the REST answers write them
 
 
 def _entities(entities: Mapping[str, Sequence[Any]]) -> orjson.Fragment:

@@ -23,6 +23,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from featurestore._jsonable import json_default
 from featurestore.errors import (
     EntityDataError,
     FeatureNotFoundError,
@@ -155,7 +156,10 @@ _ERRORS: dict[int, dict[str, Any]] = {
 
 
 def _dumps(data: Any) -> bytes:
-    return orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
+    # json_default runs only for values orjson has no type for (a Bytes feature: base64)
+    return orjson.dumps(
+        data, default=json_default, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+    )
 
 
 def features_dict(res: FeatureResult) -> dict[str, Any]:
