@@ -71,6 +71,15 @@ def _count(store: FeatureStore, user: int, now: int, ref: str = "tx:amount_count
     return resp.to_dict()[ref.split(":")[1]][0]
 
 
+def _seed(store: FeatureStore, client) -> tuple[int, list[dict], list[str], Any]:
+    """Apply, send the ``_mixed`` entries and ingest them once: (now, entries, ids, stats)."""
+    now = now_floor_us()
+    store.apply()
+    entries = _mixed(now)
+    ids = _xadd(client, "tx_events", entries)
+    return now, entries, ids, store.ingest(once=True)
+
+
 # a JSON event with a bad amount, a flat one with a bad merchant, an entry that is not JSON, a
 # flat one that has a field named data (flat: it has others) and a good one
 def _mixed(now: int) -> list[dict]:
@@ -86,12 +95,8 @@ def _mixed(now: int) -> list[dict]:
 
 def test_list_shows_reasons_and_original_fields(repo, redis_url) -> None:
     client = client_of_url(redis_url)
-    now = now_floor_us()
     with FeatureStore(repo) as store:
-        store.apply()
-        entries = _mixed(now)
-        ids = _xadd(client, "tx_events", entries)
-        stats = store.ingest(once=True)
+        _now, entries, ids, stats = _seed(store, client)
         assert (stats.applied, stats.dead) == (1, 4), stats
 
         letters = list_dead_letters(store, "tx_stream", limit=10)
@@ -191,12 +196,8 @@ def test_a_crash_before_the_ack_then_a_fix_applies_the_event_once(
 
 def test_replay_with_a_reason_filter_moves_only_matching(repo, redis_url) -> None:
     client = client_of_url(redis_url)
-    now = now_floor_us()
     with FeatureStore(repo) as store:
-        store.apply()
-        entries = _mixed(now)
-        ids = _xadd(client, "tx_events", entries)
-        store.ingest(once=True)
+        _now, entries, ids, _ = _seed(store, client)
         before = client.xlen("tx_events")
 
         assert replay_dead_letters(store, "tx_stream", reason_contains="merchant_id") == 1
@@ -216,12 +217,8 @@ def test_replay_with_a_reason_filter_moves_only_matching(repo, redis_url) -> Non
 
 def test_a_still_bad_event_replayed_comes_back_as_a_dead_letter(repo, redis_url) -> None:
     client = client_of_url(redis_url)
-    now = now_floor_us()
     with FeatureStore(repo) as store:
-        store.apply()
-        entries = _mixed(now)
-        _xadd(client, "tx_events", entries)
-        store.ingest(once=True)
+        now, _entries, _, _ = _seed(store, client)
         first = list_dead_letters(store, "tx_stream", limit=None)
 
         assert replay_dead_letters(store, "tx_stream") == 4
@@ -289,12 +286,8 @@ def test_unknown_source_names_the_known_ones(store) -> None:
 
 def test_an_xadd_that_fails_leaves_the_letter(repo, redis_url) -> None:
     client = client_of_url(redis_url)
-    now = now_floor_us()
     with FeatureStore(repo) as store:
-        store.apply()
-        entries = _mixed(now)
-        _xadd(client, "tx_events", entries)
-        store.ingest(once=True)
+        _now, entries, _, _ = _seed(store, client)
         letters = dead_entries(client, "tx_events")
 
         client.delete("tx_events")
@@ -314,12 +307,8 @@ def test_a_letter_another_replay_moved_meanwhile_is_not_sent_again(repo, redis_u
     from featurestore.online.stream import dead_letters
 
     client = client_of_url(redis_url)
-    now = now_floor_us()
     with FeatureStore(repo) as store:
-        store.apply()
-        entries = _mixed(now)
-        _xadd(client, "tx_events", entries)
-        store.ingest(once=True)
+        _now, entries, _, _ = _seed(store, client)
         first = as_str(client.xrange("tx_events:dead")[0][0])
         scan = dead_letters._scan
 
@@ -418,12 +407,8 @@ def _cli(repo: Path, *args: str):
 
 def test_cli_list_replay_drop(repo, redis_url) -> None:
     client = client_of_url(redis_url)
-    now = now_floor_us()
     with FeatureStore(repo) as store:
-        store.apply()
-        entries = _mixed(now)
-        ids = _xadd(client, "tx_events", entries)
-        store.ingest(once=True)
+        _now, entries, ids, _ = _seed(store, client)
 
     res = _cli(repo, "list")
     assert res.exit_code == 0, res.output
