@@ -36,8 +36,11 @@ MAP_SIZE = "8GB"
 
 
 def dump_redis(client: Any, chunk: int = 10_000) -> list[tuple[bytes, bytes, int | None]]:
-    """Every (key, value, expire-at ms or None) in the Redis database, sorted by key."""
-    keys = sorted(client.scan_iter(count=chunk))
+    """Every view row's (key, value, expire-at ms or None) in the Redis database, sorted by key
+    (the views' stored watermarks left out: the floor writes rows)."""
+    from featurestore.online.keys import is_watermark_key
+
+    keys = sorted(k for k in client.scan_iter(count=chunk) if not is_watermark_key(k))
     out: list[tuple[bytes, bytes, int | None]] = []
     for start in range(0, len(keys), chunk):
         part = keys[start : start + chunk]
@@ -83,13 +86,17 @@ def redis_floor_write(
 
 
 def dump_lmdb(path: Path) -> list[tuple[bytes, bytes]]:
-    """Every (key, stored value) of an LMDB environment (the store must be closed)."""
+    """Every view row's (key, stored value) of an LMDB environment (the store must be closed;
+    the views' stored watermarks left out: the floor writes rows)."""
     import lmdb
+
+    from featurestore.online.keys import is_watermark_key
 
     env = lmdb.open(str(path), readonly=True, lock=False, subdir=True)
     try:
         with env.begin() as txn:
-            return list(txn.cursor().iternext(keys=True, values=True))
+            items = txn.cursor().iternext(keys=True, values=True)
+            return [(k, v) for k, v in items if not is_watermark_key(k)]
     finally:
         env.close()
 

@@ -367,7 +367,7 @@ class FeatureStore:
         rows: dict[str, int] = {}
         first = end_us
         for view in self._online_views(views):
-            mark = watermark_us(state, view.name, self._store_id)
+            mark = self._store_watermark(view.name, watermark_us(state, view.name, self._store_id))
             if mark is not None and mark >= end_us:
                 rows[view.name] = 0
                 continue
@@ -415,7 +415,7 @@ class FeatureStore:
                 batch_size=self.config.online_store.write_batch_size,
                 now_us=now_us(),
             )
-            self._registry.update_materialization(view.name, start_us, end_us, self._store_id)
+            self._record_watermark(view.name, start_us, end_us)
             return written
         # the count only sizes the progress bar: without one it is a query saved
         total = self.offline.count_latest_rows(view, start_us, end_us) if progress else None
@@ -439,8 +439,35 @@ class FeatureStore:
                 written += n
                 bar.update(n)
         # the watermark moves only after every batch landed, so a crash means a clean rerun
-        self._registry.update_materialization(view.name, start_us, end_us, self._store_id)
+        self._record_watermark(view.name, start_us, end_us)
         return written
+
+    def _record_watermark(self, view: str, start_us: int, end_us: int) -> None:
+        """Move ``view``'s watermark in the registry, then store it in the online store too
+        (see ``_store_watermark``)."""
+        import struct
+
+        from featurestore.online.keys import watermark_key
+
+        self._registry.update_materialization(view, start_us, end_us, self._store_id)
+        mark = watermark_us(self._registry.load(), view, self._store_id)
+        if mark is not None:
+            self.online.write_batch([watermark_key(self.project, view)], [struct.pack("<q", mark)])
+
+    def _store_watermark(self, view: str, mark: int | None) -> int | None:
+        """The registry's watermark ``mark`` as far as the online store still holds it: None
+        if the store lacks its copy (it lost its data, or predates the copy), so an incremental
+        run fills it afresh rather than trusting rows that are gone."""
+        import struct
+
+        from featurestore.online.keys import watermark_key
+
+        if mark is None:
+            return None
+        held = self.online.read([watermark_key(self.project, view)])[0]
+        if held is None or len(held) != 8:
+            return None
+        return min(mark, struct.unpack("<q", held)[0])
 
     # ---- online -----------------------------------------------------------------------------
     def get_online_features(

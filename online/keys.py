@@ -33,6 +33,18 @@ def key_suffix(view_name: str) -> bytes:
     return f"}}:{view_name}".encode()
 
 
+def watermark_key(project: str, view_name: str) -> bytes:
+    """The key of a view's materialization watermark inside the online store: what the store
+    itself holds, so a store that lost its data (a Redis restarted without persistence) is seen
+    to have lost it. Outside every view's key space (no ``{`` after the project)."""
+    return f"{project}:__watermark__:{view_name}".encode()
+
+
+def is_watermark_key(key: bytes) -> bool:
+    """Whether ``key`` is a view's stored watermark (see :func:`watermark_key`), not a row."""
+    return b":__watermark__:" in key and b"{" not in key.partition(b":__watermark__:")[0]
+
+
 def build_key(project: str, view_name: str, entity_key: dict[str, Any]) -> bytes:
     """The key of one entity (join key -> value) in one view; see :func:`build_keys`."""
     names = tuple(entity_key)

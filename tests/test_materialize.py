@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from featurestore import FeatureStore
+from featurestore.online.keys import is_watermark_key
 
 from .conftest import online_config
 
@@ -60,8 +61,9 @@ def make_repo(root: Path, entities: int, seed: int = 3) -> tuple[Path, datetime]
     return root, t
 
 
-def dump(config) -> dict[bytes, bytes]:
-    """Every key and value the online store holds (raw bytes), read with the backend's own client."""
+def dump(config, *, watermarks: bool = False) -> dict[bytes, bytes]:
+    """Every key and value the online store holds (raw bytes), read with the backend's own
+    client; the views' rows only, unless ``watermarks`` (the stored watermark keys too)."""
     kind = config.online_store.type
     if kind == "embedded":
         import lmdb
@@ -70,14 +72,15 @@ def dump(config) -> dict[bytes, bytes]:
         with env.begin() as txn:
             data = dict(txn.cursor())
         env.close()
-        return data
-    import redis
+    else:
+        import redis
 
-    client = redis.Redis.from_url(config.online_store.url)
-    keys = sorted(client.scan_iter(count=10_000))
-    values = client.mget(keys) if keys else []
-    client.close()
-    return dict(zip(keys, values, strict=True))
+        client = redis.Redis.from_url(config.online_store.url)
+        keys = sorted(client.scan_iter(count=10_000))
+        values = client.mget(keys) if keys else []
+        client.close()
+        data = dict(zip(keys, values, strict=True))
+    return {k: v for k, v in data.items() if watermarks or not is_watermark_key(k)}
 
 
 def count(config) -> int:
@@ -154,9 +157,37 @@ def test_a_watermark_belongs_to_the_store_it_was_written_to(tmp_path, request) -
         assert store.materialize_incremental(t).rows == {"stats": 0}
         record = store.registry.materialization["stats"]
         assert record["store"].startswith("redis:") and "redis://" not in str(record)
-    assert count(on_redis) == 300
+    assert len(dump(on_redis)) == 300
     with FeatureStore(config=embedded) as store:  # the record now is Redis's: afresh again
         assert store.materialize_incremental(t).rows == {"stats": 300}
+
+
+@pytest.mark.parametrize("kind", ["embedded", "redis"])
+def test_a_store_that_lost_its_data_is_filled_again(kind: str, tmp_path, request) -> None:
+    """The watermark is kept in the online store too: a Redis restarted without persistence
+    (or an embedded folder removed) has lost it, and the next incremental run fills the store
+    again instead of trusting the registry's watermark over rows that are gone."""
+    import shutil
+
+    repo, t = make_repo(tmp_path / "repo", entities=300)
+    config = backend_config(kind, repo, request)
+    with FeatureStore(config=config) as store:
+        store.apply()
+        assert store.materialize_incremental(t).rows == {"stats": 300}
+        assert store.materialize_incremental(t).rows == {"stats": 0}  # the store still has it
+    full = dump(config, watermarks=True)
+    assert len(full) == 301  # the rows and the view's watermark
+    if kind == "redis":
+        import redis
+
+        redis.Redis.from_url(config.online_store.url).flushall()
+    else:
+        shutil.rmtree(config.resolve(config.online_store.path))
+    with FeatureStore(config=config) as store:
+        assert "stats" in store.registry.materialization  # the registry still says done
+        assert store.materialize_incremental(t).rows == {"stats": 300}
+        assert store.materialize_incremental(t).rows == {"stats": 0}
+    assert dump(config, watermarks=True) == full
 
 
 @pytest.mark.parametrize("kind", ["embedded", "redis"])
