@@ -24,7 +24,8 @@ _reason = click.option(
 
 @click.group("dead-letters")
 def dead_letters() -> None:
-    """Inspect, replay or drop the bad events of stream ingestion (<stream>:dead)."""
+    """Inspect, replay or drop the bad events of stream ingestion: the dead-letter stream
+    beside each stream (<stream>:dead, or the suffix in stream.dead_letter_suffix)."""
 
 
 @dead_letters.command("list")
