@@ -88,9 +88,8 @@ def _latest(store: OfflineStore, view: FeatureView) -> pa.Table:
     return pa.Table.from_batches(list(store.iter_latest_rows(view, T0, T0 + 100, batch_rows=2)))
 
 
-def test_materialize_reads_rerun_when_a_file_vanished_before_any_row(
-    kit: SimpleNamespace, repo: Path, store: OfflineStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _three_users(kit: SimpleNamespace, repo: Path) -> None:
+    """One source file: users 1-3, user 1 twice (its later row is the latest)."""
     kit.write_parquet(
         repo / "data/u/part-0.parquet",
         {
@@ -99,6 +98,12 @@ def test_materialize_reads_rerun_when_a_file_vanished_before_any_row(
             "x": [1.0, 2.0, 3.0, 4.0],
         },
     )
+
+
+def test_materialize_reads_rerun_when_a_file_vanished_before_any_row(
+    kit: SimpleNamespace, repo: Path, store: OfflineStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _three_users(kit, repo)
     view = _view()
     want = _latest(store, view)
     real = offline_store.fetch_reader
@@ -172,14 +177,7 @@ def test_a_file_vanishing_after_rows_were_handed_out_fails_clearly(
 def test_the_progress_count_reruns_when_a_file_vanished(
     kit: SimpleNamespace, repo: Path, store: OfflineStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    kit.write_parquet(
-        repo / "data/u/part-0.parquet",
-        {
-            "user_id": [1, 2, 3, 1],
-            "event_timestamp": kit.ts_array([T0, T0 + 1, T0 + 2, T0 + 3]),
-            "x": [1.0, 2.0, 3.0, 4.0],
-        },
-    )
+    _three_users(kit, repo)
     runs: list[int] = []
 
     class GoneOnce:  # the count's first run finds a file gone; the rerun reads the folder
