@@ -18,10 +18,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures as cf
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
-
-import numpy as np
 
 from featurestore._inputs import entity_input
 from featurestore._time import now_us
@@ -42,24 +40,13 @@ if TYPE_CHECKING:
 
 
 def _plain_rows(rows: Any) -> Any:
-    """In-process rows as ``to_columns`` takes them: a DataFrame or Arrow table as columns, and
-    array or Series columns as lists (numpy datetime64 values kept as such, so their unit is
-    read, not taken for microseconds). JSON bodies (lists already) pass untouched."""
-    if isinstance(rows, Mapping):
-        if all(type(v) is list for v in rows.values()):
-            return rows
-        rows = {
-            k: list(v.astype("datetime64[us]"))
-            if isinstance(v, np.ndarray) and v.dtype.kind == "M"
-            else v
-            for k, v in rows.items()
-        }
-    elif isinstance(rows, (list, tuple)):
-        return rows
+    """In-process rows as ``to_columns`` takes them: columns as lists (``entity_input``, which
+    lists numpy datetime64 columns as times, not as bare integers); rows it refuses are left
+    for ``to_columns`` to name as the push's field."""
     try:
         return entity_input(rows)
     except EntityDataError:
-        return rows  # to_columns says what is wrong, naming the push's field
+        return rows
 
 
 class Pushes:
