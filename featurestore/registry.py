@@ -242,14 +242,15 @@ class Registry:
 
     def update_materialization(
         self, view: str, start_us: int, end_us: int, store: str | None = None
-    ) -> None:
-        """Record a finished materialization window for ``view`` (the watermark only moves forward).
+    ) -> int | None:
+        """Record a finished materialization window for ``view`` (the watermark only moves
+        forward); returns the watermark now recorded.
 
         ``store`` names the online store written (config.online_store_id): a window written to
         another store than the one the watermark belongs to starts the record afresh.
 
-        A view an apply removed meanwhile gets no watermark but a cleanup record: the rows just
-        written belong to no view, and the next apply deletes them.
+        A view an apply removed meanwhile gets no watermark (None) but a cleanup record: the
+        rows just written belong to no view, and the next apply deletes them.
         """
         with self._lock():
             self._cache = None
@@ -259,7 +260,7 @@ class Registry:
                     view, {"removed_in": state.version, "stream": None}
                 )
                 self._write(state, history=False)
-                return
+                return None
             m = state.materialization.setdefault(view, {"watermark_us": None, "intervals": []})
             if store is not None and m.get("store", store) != store:
                 m.update(watermark_us=None, intervals=[])
@@ -270,6 +271,7 @@ class Registry:
             )
             m["intervals"] = (m["intervals"] + [[start_us, end_us]])[-20:]
             self._write(state, history=False)
+            return int(m["watermark_us"])
 
     def update_cleanup(
         self, done: Iterable[str], notes: Mapping[str, Mapping[str, Any]] | None = None

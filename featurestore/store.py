@@ -449,8 +449,7 @@ class FeatureStore:
 
         from featurestore.online.keys import watermark_key
 
-        self._registry.update_materialization(view, start_us, end_us, self._store_id)
-        mark = watermark_us(self._registry.load(), view, self._store_id)
+        mark = self._registry.update_materialization(view, start_us, end_us, self._store_id)
         if mark is not None:
             self.online.write_batch([watermark_key(self.project, view)], [struct.pack("<q", mark)])
 
