@@ -16,7 +16,6 @@ hash tag, ``{tx_events}``); replay refuses otherwise, while list and drop work a
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +23,7 @@ import orjson
 
 from featurestore.errors import FeatureStoreError
 from featurestore.online.stream.events import as_text
-from featurestore.online.stream.streams import redis_client, stream_sources
+from featurestore.online.stream.streams import stream_sources, using_client
 
 if TYPE_CHECKING:
     from featurestore.store import FeatureStore
@@ -106,7 +105,7 @@ def list_dead_letters(
     """The oldest ``limit`` dead letters of ``source`` (None: all) whose reason holds
     ``reason_contains`` (case-insensitive), oldest first."""
     _, dead = dead_letter_stream(store, source)
-    with _client(store, client) as c:
+    with using_client(store, client, timeout=30.0) as c:
         out = []
         for letter in _scan(c, dead):
             if limit is not None and len(out) >= limit:
@@ -135,7 +134,7 @@ def replay_dead_letters(
     is replayed.
     """
     stream, dead = dead_letter_stream(store, source)
-    with _client(store, client) as c:
+    with using_client(store, client, timeout=30.0) as c:
         _check_one_slot(c, source, stream, dead)
         chosen: dict[str, DeadLetter] = {}  # event -> the letter to send back
         for letter in _scan(c, dead):
@@ -213,7 +212,7 @@ def drop_dead_letters(
             f"stream source '{source}': dropping dead letters needs a reason filter, or "
             "everything=True (--all) to drop them all"
         )
-    with _client(store, client) as c:
+    with using_client(store, client, timeout=30.0) as c:
         doomed = [x.letter_id for x in _scan(c, dead) if _matches(x, reason_contains)]
         deleted = 0
         for i in range(0, len(doomed), _BATCH):
@@ -224,7 +223,7 @@ def drop_dead_letters(
 def count_dead_letters(store: FeatureStore, source: str, *, client: Any = None) -> int:
     """How many dead letters ``source`` has (XLEN of its dead-letter stream)."""
     _, dead = dead_letter_stream(store, source)
-    with _client(store, client) as c:
+    with using_client(store, client, timeout=30.0) as c:
         return int(c.xlen(dead))
 
 
@@ -232,7 +231,7 @@ def check_replayable(store: FeatureStore, source: str, *, client: Any = None) ->
     """Raise (one line) if ``source``'s dead letters cannot be moved back atomically: on a
     Redis Cluster, its stream and dead-letter stream must share a hash slot."""
     stream, dead = dead_letter_stream(store, source)
-    with _client(store, client) as c:
+    with using_client(store, client, timeout=30.0) as c:
         _check_one_slot(c, source, stream, dead)
 
 
@@ -281,16 +280,3 @@ def _letter(letter_id: str, fields: dict[Any, Any]) -> DeadLetter:
         reason=f.get("reason", ""),
         fields=data if ok else None,
     )
-
-
-@contextmanager
-def _client(store: FeatureStore, client: Any) -> Iterator[Any]:
-    """The caller's client as is, or a new one of the stream server, closed after."""
-    if client is not None:
-        yield client
-        return
-    own = redis_client(store, timeout=30.0)
-    try:
-        yield own
-    finally:
-        own.close()

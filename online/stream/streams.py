@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -88,6 +90,20 @@ class ClusterClient:
             self._client = None
 
 
+@contextmanager
+def using_client(store: FeatureStore, client: Any, *, timeout: float) -> Iterator[Any]:
+    """The caller's client of the stream server as is (kept open: a caller calling often
+    reuses its connection), or a new one, closed after."""
+    if client is not None:
+        yield client
+        return
+    own = redis_client(store, timeout=timeout)
+    try:
+        yield own
+    finally:
+        own.close()
+
+
 def group_info(client: Any, stream: str, group: str) -> dict[str, Any] | None:
     """XINFO GROUPS' entry for ``group`` of ``stream`` (lag, pending...), None if it has none."""
     import redis
@@ -114,16 +130,11 @@ def send_events(store: FeatureStore, source: str, rows: Any, client: Any = None)
         names = list(rows)
         rows = [dict(zip(names, vals, strict=True)) for vals in zip(*rows.values(), strict=True)]
     stream = srcs[source][0].stream
-    own = client is None
-    client = redis_client(store, timeout=10.0) if own else client
-    try:
-        pipe = client.pipeline(transaction=False)
+    with using_client(store, client, timeout=10.0) as c:
+        pipe = c.pipeline(transaction=False)
         for row in rows:
             pipe.xadd(stream, {"data": orjson.dumps(row, option=orjson.OPT_SERIALIZE_NUMPY)})
         return [i.decode() for i in pipe.execute()]
-    finally:
-        if own:
-            client.close()
 
 
 def stream_status(store: FeatureStore, sources: list[str] | None = None) -> list[str]:
