@@ -89,16 +89,13 @@ class _Flush:
         self.done = threading.Event()
 
 
-_fallback = json_default  # bytes as base64, as the REST answers write them
-
-
 def _entities(entities: Mapping[str, Sequence[Any]]) -> orjson.Fragment:
     """The entity columns as JSON, now: a snapshot the caller cannot change afterwards, cheaper
     than a copy, and holding no containers (a queued record is then no work for the garbage
     collector, which would otherwise promote thousands of waiting records to its oldest
     generation and pay for full collections on the request path)."""
     try:
-        return orjson.Fragment(orjson.dumps(entities, default=_fallback, option=_OPTS))
+        return orjson.Fragment(orjson.dumps(entities, default=json_default, option=_OPTS))
     except Exception:  # e.g. an integer beyond 64 bits: recorded as text rather than lost
         return orjson.Fragment(
             orjson.dumps({str(k): [str(v) for v in col] for k, col in entities.items()})
@@ -387,7 +384,7 @@ class AuditLog:
                 "entities": ents,
                 "to": to,
             }
-        return orjson.dumps(rec, default=_fallback, option=_OPTS | orjson.OPT_APPEND_NEWLINE)
+        return orjson.dumps(rec, default=json_default, option=_OPTS | orjson.OPT_APPEND_NEWLINE)
 
     def _write(self, lines: list[bytes], counts: list[int]) -> None:
         """Append ``lines`` (whole records), starting new files at the size limit; flush."""
