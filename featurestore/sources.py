@@ -33,9 +33,11 @@ class ParquetSource:
             object.__setattr__(self, "name", self.path)
 
     def relation_sql(self, resolve: Any) -> str:
-        """A DuckDB relation for the files; ``resolve`` maps a repo-relative path to absolute."""
+        """A DuckDB relation for the files; ``resolve`` maps a repo-relative path to absolute.
+        What is on disk decides (see is_single_file): a file whatever its suffix, a folder even
+        if named ``x.parquet``; a glob is passed to DuckDB as it is."""
         path = resolve(self.path)
-        if not any(c in path for c in "*?[") and not path.endswith(".parquet"):
+        if not is_single_file(path) and not any(c in path for c in "*?["):
             path = path.rstrip("/") + "/**/*.parquet"
         return f"read_parquet('{_sql_str(path)}', union_by_name=true)"
 
@@ -163,6 +165,17 @@ def source_from_dict(d: dict[str, Any]) -> Source:
         fields = None if schema is None else tuple(Field.from_dict(f) for f in schema)
         return StreamSource(batch_source=batch, schema=fields, **d)  # type: ignore[arg-type]
     raise DefinitionError(f"unknown source kind {kind!r} in the registry")
+
+
+def is_single_file(path: str) -> bool:
+    """Whether a resolved Parquet source path names one file: what is on disk decides (a file
+    whatever its suffix, a folder even if named ``x.parquet``); else a name ending in
+    ``.parquet`` (a URL, or a file not written yet)."""
+    import os
+
+    if "://" not in path and os.path.exists(path):
+        return os.path.isfile(path)
+    return path.endswith(".parquet")
 
 
 def _sql_str(s: str) -> str:

@@ -150,13 +150,17 @@ def dtype_from_arrow(t: pa.DataType) -> DType | None:
 
 
 def compatible(declared: DType, actual: DType) -> bool:
-    """Whether data of type ``actual`` can be served as ``declared`` without losing meaning."""
+    """Whether every value of type ``actual`` can be served as ``declared`` without losing
+    meaning: ints widen (int32 to int64) and any number may be served as a float (Float32 may
+    round it); an int type narrower than the column, or an int over floats, is refused, since
+    the cast would fail or lose values at read time."""
     if declared == actual:
         return True
     numeric = {"int32", "int64", "float32", "float64"}
     if declared.name in numeric and actual.name in numeric:
-        # widening ints to floats or ints is fine; floats into an int column is not
-        return not (declared.name.startswith("int") and actual.name.startswith("float"))
+        if declared.name.startswith("float"):
+            return True
+        return actual.name == "int32"  # declared int64 or int32: only from int32 columns
     if declared.is_list and actual.is_list:
         return compatible(declared.inner, actual.inner)  # type: ignore[arg-type]
     return False

@@ -9,12 +9,15 @@ cursor, so one store may be shared by threads.
 
 from __future__ import annotations
 
+import glob
+import os
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from featurestore.errors import OfflineStoreError
-from featurestore.offline._sql import SourcePlan, time_us_expr
+from featurestore.offline._sql import SourcePlan, duck_type, ident, time_us_expr
 
 if TYPE_CHECKING:
     import duckdb
@@ -23,7 +26,7 @@ if TYPE_CHECKING:
 
     from featurestore.config import RepoConfig
     from featurestore.feature_view import FeatureView
-    from featurestore.sources import Source
+    from featurestore.sources import ParquetSource, Source
 
 
 class OfflineStore:
@@ -63,17 +66,31 @@ class OfflineStore:
 
     # -- schema and validation ---------------------------------------------------------------
 
-    def relation_sql(self, source: Source) -> str:
-        """The FROM-able SQL relation of a source (paths resolved against the repo)."""
+    def relation_sql(self, source: Source, schema: pa.Schema | None = None) -> str:
+        """The FROM-able SQL relation of a source (paths resolved against the repo). A Parquet
+        folder that holds no file yet is a typed relation of zero rows: ``schema``'s columns,
+        or the source's declared ones (see source_schema)."""
+        if self.is_empty_folder(source):
+            return empty_relation(schema if schema is not None else self.source_schema(source))
         return source.relation_sql(self.config.resolve)
 
     def source_schema(self, source: Source) -> pa.Schema:
-        """The Arrow schema of a source without reading its rows (Parquet metadata / LIMIT 0)."""
+        """The Arrow schema of a source without reading its rows (Parquet metadata / LIMIT 0).
+        A Parquet folder with no file yet has the columns its StreamSource declares, or none."""
         import duckdb
 
+        if self.is_empty_folder(source):
+            return declared_source_schema(source)
+        folder = self._folder_path(source)
+        if folder is not None and not os.path.exists(folder):
+            raise OfflineStoreError(
+                f"source '{source.name}' is unreadable: folder '{folder}' does not exist; check "
+                "the path, or create the folder if offline pushes or stream ingest fill it"
+            )
         cur = self.cursor()
         try:
-            rel = cur.sql(f"SELECT * FROM {self.relation_sql(source)} AS __fs_src LIMIT 0")
+            relation = source.relation_sql(self.config.resolve)
+            rel = cur.sql(f"SELECT * FROM {relation} AS __fs_src LIMIT 0")
             return fetch_table(rel).schema
         except duckdb.Error as exc:
             raise OfflineStoreError(
@@ -82,15 +99,83 @@ class OfflineStore:
         finally:
             cur.close()
 
+    def source_files(self, source: Source) -> list[str] | None:
+        """The local Parquet files a Parquet (or stream batch) source reads now, sorted; None
+        for a SQL source or a URL."""
+        from featurestore.sources import is_single_file
+
+        parquet = _parquet_source(source)
+        if parquet is None or "://" in parquet.path:
+            return None
+        path = self.config.resolve(parquet.path)
+        if is_single_file(path):
+            return [path] if os.path.isfile(path) else []
+        if not any(c in path for c in "*?["):
+            path = os.path.join(path, "**", "*.parquet")
+        return sorted(f for f in glob.glob(path, recursive=True) if os.path.isfile(f))
+
+    def is_empty_folder(self, source: Source) -> bool:
+        """Whether ``source`` is a Parquet folder that exists and holds no Parquet file yet
+        (one waiting for offline pushes or stream ingest): it reads as zero rows."""
+        folder = self._folder_path(source)
+        if folder is None or not os.path.isdir(folder):
+            return False
+        files = glob.iglob(os.path.join(glob.escape(folder), "**", "*.parquet"), recursive=True)
+        return not any(os.path.isfile(f) for f in files)
+
+    def _folder_path(self, source: Source) -> str | None:
+        from featurestore.sources import is_single_file
+
+        parquet = _parquet_source(source)
+        if parquet is None or "://" in parquet.path or any(c in parquet.path for c in "*?["):
+            return None
+        path = self.config.resolve(parquet.path)
+        return None if is_single_file(path) else path
+
+    def view_schema(self, view: FeatureView) -> tuple[pa.Schema, bool]:
+        """The schema ``view`` is checked and read against, and whether its source is a folder
+        with no file yet (then the schema holds the types the view and its source declare)."""
+        if self.is_empty_folder(view.source):
+            return declared_view_schema(view), True
+        return self.source_schema(view.source), False
+
     def validate_view(self, view: FeatureView) -> list[str]:
-        """Problems that would stop ``view`` from being read, each naming the column and fix."""
+        """Problems that would stop ``view`` from being read, each naming the column and fix;
+        also columns the source's files disagree on (read from their footers)."""
         from featurestore.offline.validation import view_problems
 
         try:
-            schema = self.source_schema(view.source)
+            schema, empty = self.view_schema(view)
         except OfflineStoreError as exc:
             return [f"feature view '{view.name}': {exc}"]
-        return view_problems(view, schema, self.relation_label(view.source))
+        problems = view_problems(view, schema, self.relation_label(view.source))
+        return problems or ([] if empty else self.file_problems(view))
+
+    def file_problems(self, view: FeatureView) -> list[str]:
+        """Columns ``view`` reads that the files of its Parquet source hold in types that do
+        not mix (integers in one, times or strings in another), naming two such files. Cheap:
+        Parquet footers only."""
+        import pyarrow.parquet as pq
+
+        from featurestore.offline.validation import disagreeing_files
+
+        files = self.source_files(view.source) or []  # glob order: sorted, so messages repeat
+        if len(files) < 2:
+            return []
+        schemas = []
+        for f in files:
+            try:
+                schemas.append((self._shown(f), pq.read_schema(f)))
+            except (OSError, ValueError):
+                continue  # unreadable (or gone meanwhile): DuckDB's own read names it
+        return disagreeing_files(view, schemas, self.relation_label(view.source))
+
+    def _shown(self, path: str) -> str:
+        """A file's path as messages give it: relative to the repo when inside it."""
+        try:
+            return Path(path).relative_to(self.config.repo_path.resolve()).as_posix()
+        except ValueError:
+            return path
 
     def relation_label(self, source: Source) -> str:
         """How messages name a source: its path, or its name for SQL sources."""
@@ -101,7 +186,7 @@ class OfflineStore:
         from featurestore.offline.validation import view_problems
 
         try:
-            schema = self.source_schema(view.source)
+            schema, empty = self.view_schema(view)
         except OfflineStoreError as exc:
             raise OfflineStoreError(f"feature view '{view.name}': {exc}") from None
         src = view.source
@@ -115,7 +200,7 @@ class OfflineStore:
         assert event_us is not None  # view_problems reports non-time columns
         return SourcePlan(
             view=view,
-            relation=self.relation_sql(src),
+            relation=empty_relation(schema) if empty else src.relation_sql(self.config.resolve),
             event_us=event_us,
             created_us=created_us,
             event_column=src.timestamp_field,
@@ -248,3 +333,58 @@ def _session_settings(cur: duckdb.DuckDBPyConnection, config: RepoConfig) -> Non
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def declared_source_schema(source: Source) -> pa.Schema:
+    """The columns a source declares without files: a StreamSource's ``schema`` and its time
+    columns (UTC microseconds); none for other sources."""
+    import pyarrow as pa
+
+    fields = getattr(source, "schema", None)
+    if fields is None:
+        return pa.schema([])
+    cols = {f.name: f.dtype.to_arrow() for f in fields}
+    for c in (source.timestamp_field, source.created_timestamp_field):
+        if c:
+            cols[c] = pa.timestamp("us", tz="UTC")
+    return pa.schema(list(cols.items()))
+
+
+def declared_view_schema(view: FeatureView) -> pa.Schema:
+    """What a plain view reads from a source with no file yet: the source's declared columns,
+    its time columns (UTC), each join key (its entity's value_type, else int64) and each
+    feature as declared."""
+    import pyarrow as pa
+
+    src = view.source
+    cols = {f.name: f.type for f in declared_source_schema(src)}
+    for c in (src.timestamp_field, src.created_timestamp_field):
+        if c:
+            cols.setdefault(c, pa.timestamp("us", tz="UTC"))
+    for entity in view.entities:
+        vt = entity.value_type if len(entity.join_keys) == 1 else None
+        for k in entity.join_keys:
+            cols.setdefault(k, vt.to_arrow() if vt is not None else pa.int64())
+    for field in view.features:
+        cols.setdefault(field.name, field.dtype.to_arrow())
+    return pa.schema(list(cols.items()))
+
+
+def empty_relation(schema: pa.Schema) -> str:
+    """A SQL relation of zero rows with ``schema``'s columns (types from featurestore.types)."""
+    from featurestore.types import dtype_from_arrow
+
+    cols = []
+    for f in schema:
+        dtype = dtype_from_arrow(f.type)
+        duck = duck_type(dtype) if dtype is not None else "VARCHAR"
+        cols.append(f"CAST(NULL AS {duck}) AS {ident(f.name)}")
+    return f"(SELECT {', '.join(cols) or 'NULL AS __fs_none'} WHERE false)"
+
+
+def _parquet_source(source: Source) -> ParquetSource | None:
+    """The Parquet source behind ``source`` (a StreamSource's batch source); None for SQL."""
+    from featurestore.sources import ParquetSource, StreamSource
+
+    src = source.batch_source if isinstance(source, StreamSource) else source
+    return src if isinstance(src, ParquetSource) else None

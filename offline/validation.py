@@ -61,9 +61,12 @@ def view_problems(view: FeatureView, schema: pa.Schema, label: str) -> list[str]
         )
         if not ok:
             shown = actual.name if actual is not None else str(types[field.name])
+            why = ""
+            if actual is not None and _narrows(declared, actual):
+                why = f", which cannot hold every {actual.name} value"
             problems.append(
                 f"{head}: column '{field.name}' is {shown} in source '{label}' but declared "
-                f"{declared.name}; change the Field dtype or cast the column in the source"
+                f"{declared.name}{why}; change the Field dtype or cast the column in the source"
             )
     return problems
 
@@ -124,6 +127,59 @@ def join_key_kinds(
                 f"holds {KEY_KIND_NOUNS[known[0]]} in {known[1]}; fix the value_type or the column"
             )
     return {key: kind for key, (kind, _) in seen.items()}, problems
+
+
+def disagreeing_files(
+    view: FeatureView, files: Iterable[tuple[str, pa.Schema]], label: str
+) -> list[str]:
+    """A problem for each column ``view`` reads whose types in the source's ``files`` (name,
+    footer schema) do not mix when DuckDB unions them: integers against times or strings,
+    say. Numbers of any width mix, and so do times of any unit or zone and dates."""
+    src = view.source
+    cols = [*view.join_keys, src.timestamp_field]
+    if src.created_timestamp_field:
+        cols.append(src.created_timestamp_field)
+    cols += view.window.source_columns() if view.window is not None else view.feature_names
+    first: dict[str, tuple[str, str, pa.DataType]] = {}  # column -> (family, file, type)
+    problems: dict[str, str] = {}  # column -> its problem (the first pair of files found)
+    for name, schema in files:
+        for f in schema:
+            if f.name not in cols or f.name in problems:
+                continue
+            known = first.setdefault(f.name, (_family(f.type), name, f.type))
+            if known[0] != _family(f.type):
+                problems[f.name] = (
+                    f"feature view '{view.name}': column '{f.name}' of source '{label}' is "
+                    f"{known[2]} in file '{known[1]}' but {f.type} in file '{name}'; rewrite "
+                    "the files so it has one type"
+                )
+    return list(problems.values())
+
+
+def _family(t: pa.DataType) -> str:
+    """Which Arrow types DuckDB's union_by_name read mixes: one family per kind of value."""
+    import pyarrow.types as pt
+
+    if pt.is_integer(t) or pt.is_floating(t) or pt.is_decimal(t):
+        return "number"
+    if pt.is_timestamp(t) or pt.is_date(t):
+        return "time"
+    if pt.is_dictionary(t):
+        return _family(t.value_type)
+    if pt.is_string(t) or pt.is_large_string(t) or pt.is_string_view(t):
+        return "string"
+    if pt.is_binary(t) or pt.is_large_binary(t):
+        return "bytes"
+    if pt.is_list(t) or pt.is_large_list(t) or pt.is_fixed_size_list(t):
+        return "list of " + _family(t.value_type)
+    return str(t)
+
+
+def _narrows(declared: DType, actual: DType) -> bool:
+    """Whether ``declared`` is an int type too small for the int column type ``actual``."""
+    while declared.inner is not None and actual.inner is not None:
+        declared, actual = declared.inner, actual.inner
+    return declared.name == "int32" and actual.name == "int64"
 
 
 def _brief(names: list[str]) -> str:
