@@ -2,9 +2,10 @@
 
 Plain views go through the point-in-time join (offline/pit.py); window views are aggregated
 at every spine time (offline/windows.py); on-demand features then run vectorized over the
-result columns and the spine's request-field columns. Fetched inputs of on-demand features
-the caller did not ask for are computed and dropped. Output: the spine columns, then the
-requested features in request order, named as for plain views.
+fetched features (``view:feature`` inputs) and the spine's columns (request fields), never one
+for the other. Fetched inputs the caller did not ask for are computed under internal names and
+dropped, so they clash with nothing. Output: the spine columns, unchanged, then the requested
+features in request order, named as for plain views.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from featurestore.errors import EntityDataError, FeatureStoreError
 if TYPE_CHECKING:
     import polars as pl
 
+    from featurestore.offline.spine import Spine
     from featurestore.offline.store import OfflineStore
 
 
@@ -31,70 +33,105 @@ def historical_features(
     progress: bool,
 ) -> pl.DataFrame:
     """See ``FeatureStore.get_historical_features``."""
-    import numpy as np
     import polars as pl
-    import pyarrow as pa
 
     from featurestore.offline.pit import output_names
     from featurestore.offline.spine import normalize_spine
-    from featurestore.offline.windows import window_features
     from featurestore.online._computed import with_on_demand_inputs
 
-    expanded, hidden = with_on_demand_inputs(list(requests), full_feature_names)
-    named = output_names(expanded, full_feature_names)
+    requests = [(v, list(f) or list(v.feature_names)) for v, f in requests]  # [] means all
+    asked = output_names(requests, full_feature_names)  # the output columns
+    expanded, _ = with_on_demand_inputs(requests, full_feature_names)
+    fetch = [(v, feats) for v, feats, _ in output_names(expanded, True)]
     spine = normalize_spine(
         entity_df,
         timestamp_column=timestamp_column,
-        required_keys={v.name: v.join_keys for v, _, _ in named if v.join_keys},
+        required_keys={v.name: v.join_keys for v, _ in fetch if v.join_keys},
     )
-    for _, _, cols in named:
+    for _, _, cols in asked:
         for col in cols:
             if col in spine.column_names:
                 raise FeatureStoreError(
                     f"feature column '{col}' would overwrite the entity dataframe column of "
                     "that name; rename the spine column or pass full_feature_names=True"
                 )
-    plain = [(v, f) for v, f, _ in named if v.join_keys and not v.is_window]
+    base = pl.from_arrow(spine.table, rechunk=False)
+    assert isinstance(base, pl.DataFrame)
+    values = _fetched(offline, spine, fetch, as_known=as_known, progress=progress)
+    for view, feats in fetch:
+        if not view.join_keys:
+            for feat in feats:
+                values[f"{view.name}:{feat}"] = _on_demand(view, feat, base, values)
+    return base.with_columns(
+        [
+            values[f"{v.name}:{f}"].alias(c)
+            for v, feats, cols in asked
+            for f, c in zip(feats, cols, strict=True)
+        ]
+    )
+
+
+def _fetched(
+    offline: OfflineStore,
+    spine: Spine,
+    fetch: list[tuple[Any, list[str]]],
+    *,
+    as_known: bool,
+    progress: bool,
+) -> dict[str, pl.Series]:
+    """Every plain and window feature of ``fetch`` as a column in spine order, by "view:feature".
+
+    The point-in-time join sees only the spine's keys and times, under view__feature names, so
+    neither a spine column nor another view's feature of the same bare name can get in the way.
+    """
+    import numpy as np
+    import polars as pl
+
+    from featurestore.offline.windows import window_features
+
+    values: dict[str, pl.Series] = {}
+    plain = [(v, f) for v, f in fetch if v.join_keys and not v.is_window]
     if plain:
-        df = offline.get_historical_features(
-            spine.table,
+        keys = dict.fromkeys([*(k for v, _ in plain for k in v.join_keys), spine.timestamp_column])
+        joined = offline.get_historical_features(
+            spine.table.select(list(keys)),
             plain,
-            full_feature_names=full_feature_names,
+            full_feature_names=True,
             as_known=as_known,
-            timestamp_column=timestamp_column,
+            timestamp_column=spine.timestamp_column,
             progress=progress,
         )
-    else:
-        df = pl.from_arrow(spine.table, rechunk=False)  # type: ignore[assignment]
+        for v, feats in plain:
+            for f in feats:
+                values[f"{v.name}:{f}"] = joined.get_column(f"{v.name}__{f}")
     ts = np.asarray(spine.ts_us.to_numpy(zero_copy_only=False), dtype=np.int64)
-    col_of = {
-        f"{v.name}:{f}": c for v, feats, cols in named for f, c in zip(feats, cols, strict=True)
-    }
-    for view, feats, cols in named:
-        if not view.is_window:
+    for view, feats in fetch:
+        if view.is_window:
+            arrays = window_features(offline, view, spine.table, ts, as_known=as_known)
+            for f in feats:
+                values[f"{view.name}:{f}"] = pl.Series(f, arrays[f])
+    return values
+
+
+def _on_demand(view: Any, feat: str, base: pl.DataFrame, values: dict[str, pl.Series]) -> pl.Series:
+    """On-demand feature ``feat``: request fields from the spine only, fetched inputs from the
+    join only (a spine column never stands in for a feature, nor a feature for a request field)."""
+    import numpy as np
+    import polars as pl
+    import pyarrow as pa
+
+    odf = view.feature(feat)
+    inputs: dict[str, Any] = {}
+    for name in odf.inputs:
+        if ":" in name:
+            inputs[name] = values[name].to_arrow()
             continue
-        arrays = window_features(offline, view, spine.table, ts)
-        df = df.with_columns(
-            [pl.Series(c, arrays[f]) for f, c in zip(feats, cols, strict=True)]  # type: ignore[arg-type]
-        )
-    for view, feats, cols in named:
-        if view.join_keys:
-            continue
-        new = []
-        for feat, col in zip(feats, cols, strict=True):
-            odf = view.feature(feat)
-            inputs: dict[str, Any] = {}
-            for name in odf.inputs:
-                src = col_of.get(name) if ":" in name else name
-                if src not in df.columns:
-                    raise EntityDataError(
-                        f"on-demand feature '{view.name}:{feat}' needs request field '{name}'; "
-                        "add it as a column of the entity dataframe"
-                    )
-                inputs[name] = df.get_column(src).to_arrow()
-            vals, valid = odf.compute_columns(inputs)
-            arr = pa.array(vals, mask=~np.asarray(valid, dtype=bool))
-            new.append(pl.Series(col, arr.cast(view.field(feat).dtype.to_arrow())))
-        df = df.with_columns(new)
-    keep = [*spine.column_names, *(c for _, _, cols in named for c in cols if c not in hidden)]
-    return df.select(keep)
+        if name not in base.columns:
+            raise EntityDataError(
+                f"on-demand feature '{view.name}:{feat}' needs request field '{name}'; "
+                "add it as a column of the entity dataframe"
+            )
+        inputs[name] = base.get_column(name).to_arrow()
+    vals, valid = odf.compute_columns(inputs)
+    arr = pa.array(vals, mask=~np.asarray(valid, dtype=bool))
+    return pl.Series(feat, arr.cast(view.field(feat).dtype.to_arrow()))

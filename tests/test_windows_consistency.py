@@ -54,11 +54,8 @@ def vs_mean(amount: float, mean: float) -> float:
     return amount / mean
 
 
-user = Entity("user", join_keys=["user_id"])
-tx = FeatureView(
-    name="tx", entities=[user], source=ParquetSource("data/events.parquet"),
-    derived={"amount_usd": (to_usd, ["amount", "fx"])},
-    aggregations=[
+def aggregations():
+    return [
         Aggregation("amount", "count", ["1h", "24h"]),
         Aggregation("amount", "sum", ["24h"]),
         Aggregation("amount", "mean", ["2h"]),
@@ -70,7 +67,19 @@ tx = FeatureView(
         Aggregation("merchant_id", "distinct_count", ["24h"]),
         Aggregation("amount_usd", "sum", ["24h"]),
         Aggregation("amount", "count", ["24h"], name="big_count", where=is_big),
-    ],
+    ]
+
+
+user = Entity("user", join_keys=["user_id"])
+tx = FeatureView(
+    name="tx", entities=[user], source=ParquetSource("data/events.parquet"),
+    derived={"amount_usd": (to_usd, ["amount", "fx"])}, aggregations=aggregations(),
+)
+# the same events read with their created time: as_known=True counts only events known at t
+tx_known = FeatureView(
+    name="tx_known", entities=[user],
+    source=ParquetSource("data/events.parquet", created_timestamp_field="created"),
+    derived={"amount_usd": (to_usd, ["amount", "fx"])}, aggregations=aggregations(),
 )
 profile = FeatureView(
     name="profile", entities=[user], source=ParquetSource("data/profile.parquet"),
@@ -141,6 +150,9 @@ def write_repo(repo: Path, events: list[dict], t_us: int) -> None:
                 "amount": pa.array(cols["amount"], pa.float64()),
                 "fx": pa.array(cols["fx"], pa.float64()),
                 "merchant_id": pa.array(cols["merchant_id"], pa.int64()),
+                "created": pa.array([e.get("created") for e in events], pa.int64()).cast(
+                    pa.timestamp("us", tz="UTC")
+                ),
             }
         ),
         repo / "data" / "events.parquet",
@@ -157,10 +169,22 @@ def write_repo(repo: Path, events: list[dict], t_us: int) -> None:
     )
 
 
-def oracle(events: list[dict], user: int, t: int, feature: str) -> float | int | None:
-    """Plain Python over the raw events; None is null."""
+def oracle(
+    events: list[dict],
+    user: int,
+    t: int,
+    feature: str,
+    *,
+    created: bool = False,
+    as_known: bool = False,
+) -> float | int | None:
+    """Plain Python over the raw events; None is null. ``created``: the view reads the created
+    time (it breaks ``last`` ties); ``as_known``: only events with coalesce(created, event
+    time) <= t count."""
     _, column, fn, w, pred = next(s for s in SPEC if s[0] == feature)
     rows = [e for e in events if e["user_id"] == user and t - w < e["event_timestamp"] <= t]
+    if as_known:
+        rows = [e for e in rows if (e.get("created") or e["event_timestamp"]) <= t]
     if column == "merchant_id":
         return len({e["merchant_id"] for e in rows})
     if column == "amount_usd":
@@ -183,6 +207,17 @@ def oracle(events: list[dict], user: int, t: int, feature: str) -> float | int |
         return max(vals)
     if fn == "last":  # newest event; ties: the read order (event time, then values ascending)
         valid = [e for e in rows if e["amount"] is not None]
+        if created:  # then the created time, nulls first
+            return max(
+                valid,
+                key=lambda e: (
+                    e["event_timestamp"],
+                    e.get("created") is not None,
+                    e.get("created") or 0,
+                    e["amount"],
+                    e["fx"],
+                ),
+            )["amount"]
         return max(valid, key=lambda e: (e["event_timestamp"], e["amount"], e["fx"]))["amount"]
     mean = math.fsum(vals) / len(vals)
     var = math.fsum((v - mean) ** 2 for v in vals) / len(vals)
@@ -207,7 +242,15 @@ def make_store(tmp_path: Path, defs_file: Path, backend: str, url: str = "") -> 
     return FeatureStore(config=replace(config, definitions=(str(defs_file),)))
 
 
-def _offline(store: FeatureStore, users: list[int], times: list[int], refs: list[str]) -> dict:
+def _offline(
+    store: FeatureStore,
+    users: list[int],
+    times: list[int],
+    refs: list[str],
+    *,
+    as_known: bool = False,
+    full_feature_names: bool = False,
+) -> dict:
     spine = pa.table(
         {
             "user_id": pa.array(users, pa.int64()),
@@ -215,7 +258,9 @@ def _offline(store: FeatureStore, users: list[int], times: list[int], refs: list
             "amount": pa.array([10.0 + u for u in users], pa.float64()),
         }
     )
-    return store.get_historical_features(spine, refs).to_dict(as_series=False)
+    return store.get_historical_features(
+        spine, refs, as_known=as_known, full_feature_names=full_feature_names
+    ).to_dict(as_series=False)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -244,6 +289,51 @@ def test_offline_equals_oracle_at_many_times(tmp_path: Path, defs_file: Path, se
         ]
         assert not bad, (f, bad[:3])
     assert any(c == 0 for c in got["amount_count_1h"]) and max(got["amount_count_24h"]) >= 5
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_offline_as_known_equals_oracle(tmp_path: Path, defs_file: Path, seed: int) -> None:
+    """as_known=True: an event counts at t only once created (a null created time: at its event
+    time), as for plain views; without as_known, or for a source without a created time, the
+    created time only breaks ``last`` ties."""
+    rng = np.random.default_rng(100 + seed)
+    t_us = now_t()
+    events = make_events(rng, t_us)
+    for e in events:  # created: none, before, at, or after the event time (up to 30h late)
+        pick = rng.integers(0, 4)
+        offset = [0, -int(rng.integers(1, 2 * H)), 0, int(rng.integers(1, 30 * H))][pick]
+        e["created"] = None if pick == 0 else e["event_timestamp"] + offset
+    for e in events[130:140]:  # ties in event time and created time: the value decides
+        e["event_timestamp"], e["created"] = t_us - 5 * H, t_us - 4 * H
+    write_repo(tmp_path, events, t_us)
+    late = [e for e in events if e["created"] is not None and e["created"] > e["event_timestamp"]]
+    times = [e["created"] for e in late[:40]] + [e["created"] - 1 for e in late[:40]]
+    times += [e["event_timestamp"] for e in late[:40]] + [t_us - 4 * H, t_us - 4 * H - 1]
+    times += (t_us + rng.integers(-30 * H, 3 * H, 60)).tolist()
+    users = [e["user_id"] for e in late[:40]] * 3 + [events[130]["user_id"]] * 2
+    users += rng.integers(0, USERS, 60).tolist()
+    refs = [*REFS, *(f"tx_known:{f}" for f in FEATURES)]
+    differs = 0
+    with make_store(tmp_path, defs_file, "embedded") as store:
+        store.apply()
+        for as_known in (False, True):
+            got = _offline(store, users, times, refs, as_known=as_known, full_feature_names=True)
+            for f, _, fn, _, _ in SPEC:
+                exact = fn in ("count", "distinct_count", "min", "max", "last", "sum")
+                for view, created in (("tx", False), ("tx_known", True)):
+                    want = [
+                        oracle(events, u, t, f, created=created, as_known=as_known and created)
+                        for u, t in zip(users, times, strict=True)
+                    ]
+                    bad = [
+                        (u, t, g, w)
+                        for u, t, g, w in zip(users, times, got[f"{view}__{f}"], want, strict=True)
+                        if not close(g, w, exact)
+                    ]
+                    assert not bad, (view, f, as_known, bad[:3])
+                    if as_known and created:
+                        differs += sum(a != b for a, b in zip(got[f"tx__{f}"], want, strict=True))
+    assert differs > 50  # the as_known case is not vacuous: many values change
 
 
 @pytest.mark.parametrize("backend", ["embedded", "redis", "redis_cluster"])
