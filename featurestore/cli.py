@@ -5,6 +5,7 @@ Serving, models, keys, ingest and score live in the ``_cli_*`` modules beside th
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -19,7 +20,7 @@ from featurestore._cli_keys import keys
 from featurestore._cli_purge import purge_expired
 from featurestore._cli_score import score
 from featurestore._cli_serve import register_commands
-from featurestore.errors import FeatureStoreError
+from featurestore.errors import EntityDataError, FeatureStoreError
 
 
 class _Group(click.Group):
@@ -194,20 +195,53 @@ def training_set(
         raise click.UsageError("give exactly one of --features or --feature-service")
     store = _store(ctx)
     t0 = time.perf_counter()
-    df = store.get_historical_features(
-        spine,
-        _split(features) or feature_service,
-        full_feature_names=full_feature_names,
-        as_known=as_known,
-        timestamp_column=timestamp_column,
-        progress=True,
-    )
-    df.write_parquet(out)
+    tmp = _reserve_out(Path(out))  # before the join: a path that cannot be written fails now
+    try:
+        df = store.get_historical_features(
+            spine,
+            _split(features) or feature_service,
+            full_feature_names=full_feature_names,
+            as_known=as_known,
+            timestamp_column=timestamp_column,
+            progress=True,
+        )
+        df.write_parquet(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     dt = time.perf_counter() - t0
     click.echo(
         f"wrote {df.height:,} rows x {df.width} columns to {out} in {dt:.2f} s "
         f"({df.height / dt:,.0f} rows/s)"
     )
+
+
+def _reserve_out(out: Path) -> Path:
+    """Create ``out``'s folder and an empty hidden temporary file beside ``out``, which the
+    training set is written to and then renamed over ``out``: a reader never sees half a
+    file, and a path that cannot be written fails before the join, not after it."""
+    import uuid
+
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent  # the nearest folder that exists: the rest is created
+    if not parent.is_dir():
+        raise FeatureStoreError(
+            f"--out '{out}' lies below '{parent}', which is a file; give a path in a folder"
+        )
+    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    except OSError as exc:
+        raise FeatureStoreError(
+            f"--out '{out}' cannot be written ({exc.strerror or exc}: '{exc.filename}'); give "
+            "a path in a folder you can write"
+        ) from None
+    return tmp
 
 
 @cli.command()
@@ -252,6 +286,11 @@ def get(
         key, raw = item.split("=", 1)
         parse = str if kinds.get(key) == "str" else _scalar
         columns[key] = [parse(v) for v in raw.split(",")]
+        for v in columns[key]:
+            if isinstance(v, int) and not -(2**63) <= v < 2**63:
+                raise EntityDataError(
+                    f"--entity {key}={v}: outside the 64-bit range of integer join keys"
+                )
     request_data: dict[str, list[Any]] = {}
     for item in request:
         if "=" not in item:

@@ -69,6 +69,24 @@ def output_names(
     return out
 
 
+def check_spine_columns(
+    spine_columns: Sequence[str],
+    named: Sequence[tuple[FeatureView, list[str], list[str]]],
+    full_feature_names: bool,
+) -> None:
+    """Refuse a feature column (``output_names``'s) that would overwrite a spine column of
+    that name; the advice is only what the caller can still do."""
+    taken = set(spine_columns)
+    for _, _, cols in named:
+        for col in cols:
+            if col in taken:
+                also = "" if full_feature_names else ", or pass full_feature_names=True"
+                raise EntityDataError(
+                    f"feature column '{col}' would overwrite the entity dataframe column of "
+                    f"that name; rename or drop that column of the entity dataframe{also}"
+                )
+
+
 def historical_features(
     store: OfflineStore,
     entity_df: Any,
@@ -90,13 +108,7 @@ def historical_features(
         timestamp_column=timestamp_column,
         required_keys={v.name: v.join_keys for v, _, _ in named},
     )
-    for _, _, cols in named:
-        for col in cols:
-            if col in spine.column_names:
-                raise FeatureStoreError(
-                    f"feature column '{col}' would overwrite the entity dataframe column of "
-                    "that name; rename the spine column or pass full_feature_names=True"
-                )
+    check_spine_columns(spine.column_names, named, full_feature_names)
     plans = [(store.plan(view), feats, cols) for view, feats, cols in named]
     keys = list(dict.fromkeys(k for v, _, _ in named for k in v.join_keys))
     _check_key_types(spine, plans)

@@ -9,7 +9,9 @@ stream position ingest resumes from. Columns carry the source's names: join keys
 the event time as ``timestamp_field`` and, when the source has a ``created_timestamp_field``,
 the push time there, so a later push of the same key and event time wins the point-in-time
 tie. Column types are those the source's files already hold (read from one file's footer), so
-DuckDB's union_by_name read and the point-in-time join take the new file like the old ones.
+DuckDB's union_by_name read and the point-in-time join take the new file like the old ones;
+times keep their zone (or lack of one) but never go coarser than the pushed microseconds, so
+a folder of millisecond files takes pushes without losing digits (the reader merges units).
 """
 
 from __future__ import annotations
@@ -139,7 +141,7 @@ def write_offline_push(target: PushTarget, table: pa.Table, *, now_us: int) -> P
         arr = table.column(src_name).combine_chunks()
         if src_name in (EVENT_TS, CREATED_TS):
             arr = arr.cast(ts_type)  # int64 us -> a UTC time, as the quickstart's files hold
-        want = existing.get(col)
+        want = _file_type(arr.type, existing.get(col))
         if want is not None and not arr.type.equals(want):
             try:
                 arr = arr.cast(want)
@@ -163,6 +165,23 @@ def write_offline_push(target: PushTarget, table: pa.Table, *, now_us: int) -> P
             f"({exc.strerror or exc}); let the server write to the source's folder"
         ) from None
     return path
+
+
+def _file_type(pushed: pa.DataType, existing: pa.DataType | None) -> pa.DataType | None:
+    """The type a pushed column is written as: the existing files' type, except that a time
+    keeps its own unit when the files' is coarser (a push of microsecond times into a folder of
+    millisecond files writes microseconds: the reader merges the units, and a cast down would
+    lose digits). The files' zone, or lack of one, is kept: naive and zoned times do not merge."""
+    import pyarrow as pa
+    import pyarrow.types as pt
+
+    if existing is None or not (pt.is_timestamp(pushed) and pt.is_timestamp(existing)):
+        return existing
+    unit = min(pushed.unit, existing.unit, key=_UNITS.index)
+    return pa.timestamp(unit, tz=existing.tz)
+
+
+_UNITS = ("ns", "us", "ms", "s")  # finest first
 
 
 def _existing_types(folder: Path) -> dict[str, pa.DataType]:

@@ -101,12 +101,14 @@ def batch_score(
     t0 = time.perf_counter()
     if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
         raise BatchScoreError(f"chunk_rows must be a whole number >= 1; got {chunk_rows!r}")
+    out_path = _out_path(out)
     scorers = _scorers(store, [model] if isinstance(model, str) else list(model))
     if explain:
         for s in scorers:  # refused before any work
             s.model.require_explainable()
     spine = to_arrow_table(entity_df)
     _check_spine(store, scorers, spine, timestamp_column)
+    _check_joined_names(store, scorers, spine.column_names)
     job = _Job(
         scorers,
         timestamp_column,
@@ -116,7 +118,7 @@ def batch_score(
     )
     _check_collisions(spine.column_names, job)
     meta = _metadata(job, spine.num_rows)
-    sink = _Sink(Path(out) if out is not None else None, meta)
+    sink = _Sink(out_path, meta)
     unscored = 0
     try:
         with progress_bar(spine.num_rows, "batch score", enabled=progress) as bar:
@@ -139,6 +141,26 @@ def batch_score(
         path=path,
         frame=frame,
     )
+
+
+def _out_path(out: str | os.PathLike[str] | None) -> Path | None:
+    """``out`` as a path, refused before any work when no file can be written there: a
+    folder, or a path below a file."""
+    if out is None:
+        return None
+    path = Path(out)
+    if path.is_dir():
+        raise BatchScoreError(
+            f"out '{out}' is a directory; give the path of a Parquet file to write"
+        )
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent  # the nearest folder that exists: the rest is created
+    if not parent.is_dir():
+        raise BatchScoreError(
+            f"out '{out}' lies below '{parent}', which is a file; give a path in a folder"
+        )
+    return path
 
 
 def _scorers(store: FeatureStore, refs: list[str]) -> list[_Scorer]:
@@ -209,6 +231,26 @@ def _check_spine(
         if view.join_keys
     }
     normalize_spine(spine.slice(0, 0), timestamp_column=timestamp_column, required_keys=keys)
+
+
+def _check_joined_names(
+    store: FeatureStore, scorers: list[_Scorer], spine_columns: list[str]
+) -> None:
+    """Refuse a spine column named as a feature column of the join (``view__feature``, every
+    feature of each model's service), which the join would overwrite; a training set built
+    with full feature names is such a spine."""
+    from featurestore.offline.pit import output_names
+
+    taken = set(spine_columns)
+    for service in dict.fromkeys(s.service for s in scorers):
+        for view, feats, cols in output_names(list(store.resolve_features(service)), True):
+            for feat, col in zip(feats, cols, strict=True):
+                if col in taken:
+                    raise EntityDataError(
+                        f"entity dataframe has a column '{col}', the name batch scoring joins "
+                        f"feature '{view.name}:{feat}' under (view__feature); rename or drop "
+                        "that column"
+                    )
 
 
 def _feature_columns(scorers: list[_Scorer]) -> list[str]:
@@ -351,7 +393,13 @@ class _Sink:
         self.schema: pa.Schema | None = None
         self.tmp: Path | None = None
         if out is not None:
-            out.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                out.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise BatchScoreError(
+                    f"out: cannot create the folder '{out.parent}' ({exc.strerror or exc}); "
+                    "give a path the scoring job can write"
+                ) from None
             self.tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
 
     def write(self, table: pa.Table) -> None:
