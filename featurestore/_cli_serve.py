@@ -1,4 +1,5 @@
-"""CLI commands for serving: ``serve`` and ``models register|list|promote``; the demo model."""
+"""CLI commands for serving: ``serve`` and ``models register|list|promote|unset``; the demo
+model."""
 
 from __future__ import annotations
 
@@ -165,29 +166,36 @@ def register(
     alias: str | None,
 ) -> None:
     """Add ARTIFACT as the next version of model NAME (checked against the feature service)."""
-    from featurestore.online.models.repo import register_model
+    from featurestore.online.models.repo import promote_model, register_model
 
+    store = _store(ctx)
     mv = register_model(
-        _store(ctx),
+        store,
         name,
         flavor=flavor,
         artifact=artifact,
         service=service,
         description=description,
-        alias=alias,
     )
     click.echo(
         f"registered {name} v{mv.version} ({flavor}, {len(mv.feature_names)} features "
         f"from '{service}')"
     )
     if alias:
+        _warn(promote_model(store, name, mv.version, alias))
         click.echo(f"{name}@{alias} -> v{mv.version}")
+
+
+def _warn(lines: list[str]) -> None:
+    for line in lines:
+        click.echo(f"warning: {line}", err=True)
 
 
 @models.command("list")
 @click.pass_context
 def list_models(ctx: click.Context) -> None:
     """Every model with its versions and aliases."""
+    from featurestore.online.models.errors import ModelRegistryError
     from featurestore.online.models.repo import model_registry
 
     reg = model_registry(_store(ctx))
@@ -195,7 +203,11 @@ def list_models(ctx: click.Context) -> None:
     if not names:
         click.echo("no models registered; add one with `featurestore models register`")
     for name in names:
-        entry = reg.get(name)
+        try:
+            entry = reg.get(name)
+        except ModelRegistryError as exc:  # one corrupt index: the others are still listed
+            click.echo(f"{name}: error: {exc}")
+            continue
         aliases = (
             ", ".join(
                 f"{k}=v{a.version}" + (f" ({a.share:.0%})" if a.share is not None else "")
@@ -223,15 +235,38 @@ def list_models(ctx: click.Context) -> None:
 @click.option("--share", type=float, help="Canary traffic share, e.g. 0.1.")
 @click.pass_context
 def promote(ctx: click.Context, name: str, version: str, alias: str, share: float | None) -> None:
-    """Point ALIAS of model NAME at VERSION; running servers load, warm, then swap to it."""
-    from featurestore.online.models.repo import model_registry
+    """Point ALIAS of model NAME at VERSION; running servers load, warm, then swap to it.
+
+    A shadow must read only features its production (and canary) read: it is scored on them.
+    """
+    from featurestore.online.models.repo import promote_model
 
     try:
         v = int(version.lstrip("v"))
     except ValueError:
         raise click.BadParameter(f"VERSION {version!r} must be a number such as 2 or v2") from None
-    model_registry(_store(ctx)).set_alias(name, v, alias, share=share)
+    _warn(promote_model(_store(ctx), name, v, alias, share=share))
     click.echo(f"{name}@{alias} -> v{v}" + (f" ({share:.0%} of traffic)" if share else ""))
+
+
+@models.command("unset")
+@click.argument("name")
+@click.option(
+    "--alias",
+    required=True,
+    type=click.Choice(["shadow", "canary", "production"]),
+    help="The alias to remove (production cannot be: promote another version instead).",
+)
+@click.pass_context
+def unset(ctx: click.Context, name: str, alias: str) -> None:
+    """Remove the shadow or canary ALIAS of model NAME; running servers stop using it."""
+    from featurestore.online.models.repo import model_registry
+
+    was = model_registry(_store(ctx)).remove_alias(name, alias)
+    if was is None:
+        click.echo(f"{name} has no {alias} alias; nothing to remove")
+    else:
+        click.echo(f"{name}@{alias} removed (was v{was})")
 
 
 _MAX_TRAIN_ROWS = 250_000

@@ -191,9 +191,16 @@ def _python(path: str) -> Predictor:
             raise ModelLoadError(f"cannot import python model file {path}")
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
-        spec.loader.exec_module(module)
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:
+            sys.modules.pop(name, None)
+            raise _not_imported(f"python model file {path}", exc) from exc
     else:
-        module = importlib.import_module(path)
+        try:
+            module = importlib.import_module(path)
+        except Exception as exc:  # not on the path, or it raises while importing
+            raise _not_imported(f"python model module {path!r}", exc) from exc
     fn = getattr(module, "predict", None)
     if not callable(fn):
         raise ModelLoadError(
@@ -204,6 +211,15 @@ def _python(path: str) -> Predictor:
     explainer, why = python_explainer(module)
     n = None if names is None else len(names)
     return Predictor("python", module, names, n, fn, None, explainer, why)
+
+
+def _not_imported(what: str, exc: Exception) -> ModelLoadError:
+    from featurestore.online.models.errors import one_line
+
+    hint = ""
+    if isinstance(exc, ModuleNotFoundError) and not what.startswith("python model file"):
+        hint = "; give a .py file, or a module name importable where the server runs"
+    return ModelLoadError(f"cannot import {what}: {type(exc).__name__}: {one_line(exc)}{hint}")
 
 
 _LOADERS = {

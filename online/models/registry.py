@@ -209,6 +209,19 @@ def check_scores(model: str, pred: Predictor, n_features: int) -> None:
         )
 
 
+def check_reference(ref: str) -> None:
+    """Refuse a model reference with an empty side of its '@' (``fraud@``, ``@1``): neither
+    is read as production or as a model named ''."""
+    name, at, sel = ref.partition("@")
+    if at and (not name or not sel):
+        shown = ref if len(ref) <= 80 else ref[:80] + "..."
+        what = "no model name before" if not name else "nothing after"
+        raise ModelNotFoundError(
+            f"model: bad model reference {shown!r}, {what} '@'; expected NAME, NAME@ALIAS "
+            f"({', '.join(ALIASES)}) or NAME@VERSION"
+        )
+
+
 class ModelRegistry:
     """Versions and aliases of models under one folder (default ``data/models`` in the repo)."""
 
@@ -244,6 +257,7 @@ class ModelRegistry:
 
     def resolve(self, ref: str) -> ModelVersion:
         """``name`` (production), ``name@alias`` or ``name@3`` / ``name@v3`` -> a version."""
+        check_reference(ref)
         name, _, sel = ref.partition("@")
         entry = self.get(name)
         if not sel:
@@ -323,23 +337,42 @@ class ModelRegistry:
         if alias not in ALIASES:
             raise ModelRegistryError(f"unknown alias {alias!r}; expected one of {list(ALIASES)}")
         if alias == "canary":
-            if share is None or not 0.0 < share < 1.0:
+            if share is None:
+                raise ModelRegistryError(
+                    "canary alias needs a traffic share: pass --share, a fraction between 0 "
+                    "and 1 such as 0.1"
+                )
+            if not 0.0 < share < 1.0:
                 raise ModelRegistryError(
                     f"canary alias needs a traffic share between 0 and 1 (exclusive); got {share}"
                 )
         elif share is not None:
             raise ModelRegistryError(f"only the canary alias takes a traffic share, not '{alias}'")
+        self.get(name)  # an unknown model: not found, and no folder made for its lock
         with self._lock(name):
             entry = self.get(name)
             entry.version(version)
             entry.aliases[alias] = Alias(version, share)
             self._write(entry)
 
-    def remove_alias(self, name: str, alias: str) -> None:
+    def remove_alias(self, name: str, alias: str) -> int | None:
+        """Remove ``alias`` (atomically); the version it pointed at, None when it was not set.
+        ``production`` cannot be removed: servers would lose the model; promote another."""
+        if alias not in ALIASES:
+            raise ModelRegistryError(f"unknown alias {alias!r}; expected one of {list(ALIASES)}")
+        if alias == "production":
+            raise ModelRegistryError(
+                f"model '{name}': the production alias cannot be removed (servers answer the "
+                f"model's name with it); point it at another version with `featurestore models "
+                f"promote {name} VERSION`"
+            )
+        self.get(name)  # an unknown model: not found, and no folder made for its lock
         with self._lock(name):
             entry = self.get(name)
-            entry.aliases.pop(alias, None)
-            self._write(entry)
+            old = entry.aliases.pop(alias, None)
+            if old is not None:
+                self._write(entry)
+        return None if old is None else old.version
 
     def _get_or_new(self, name: str) -> ModelEntry:
         try:

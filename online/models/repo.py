@@ -6,6 +6,7 @@ benchmark helpers, so every path registers against the service's features the sa
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import TYPE_CHECKING
 
@@ -14,6 +15,8 @@ from featurestore.types import NUMERIC_TYPES
 if TYPE_CHECKING:
     from featurestore.online.models.registry import ModelRegistry, ModelVersion
     from featurestore.store import FeatureStore
+
+log = logging.getLogger("featurestore.models")
 
 
 def model_registry(store: FeatureStore) -> ModelRegistry:
@@ -66,5 +69,78 @@ def register_model(
         description=description,
     )
     if alias:
-        reg.set_alias(name, mv.version, alias)
+        for warning in promote_model(store, name, mv.version, alias):
+            log.warning("%s", warning)
     return mv
+
+
+def shadow_problem(shadow: ModelVersion, primary: ModelVersion, alias: str) -> str | None:
+    """Why ``shadow`` cannot be scored on the rows of ``primary`` (the model serving ``alias``),
+    or None: a shadow takes its inputs by name from the rows the request's model was given."""
+    missing = [n for n in shadow.feature_names if n not in primary.feature_names]
+    if not missing:
+        return None
+    return (
+        f"model '{shadow.name}' v{shadow.version} reads {missing} (feature service "
+        f"'{shadow.feature_service}'), which its {alias} v{primary.version} (feature service "
+        f"'{primary.feature_service}') does not read; a shadow is scored on the features "
+        "fetched for the request, so register it on a service within its production's"
+    )
+
+
+def promote_model(
+    store: FeatureStore, name: str, version: int, alias: str, *, share: float | None = None
+) -> list[str]:
+    """Point ``alias`` of model ``name`` at ``version``; a shadow that could not read its
+    inputs from the rows of production (and canary) is refused. Returns warnings: a new
+    production or canary whose rows lack the current shadow's inputs."""
+    from featurestore.online.models.errors import ModelRegistryError
+
+    reg = model_registry(store)
+    entry = reg.get(name)
+    mv = entry.version(version)
+    warnings: list[str] = []
+    if alias == "shadow":
+        for other in ("production", "canary"):
+            if other in entry.aliases:
+                why = shadow_problem(mv, entry.alias(other), other)
+                if why is not None:
+                    raise ModelRegistryError(why)
+    elif "shadow" in entry.aliases:
+        why = shadow_problem(entry.alias("shadow"), mv, f"new {alias}")
+        if why is not None:
+            warnings.append(
+                f"{why}; the shadow is not scored on those requests (counted in "
+                "featurestore_shadow_errors_total)"
+            )
+    reg.set_alias(name, version, alias, share=share)
+    return warnings
+
+
+def models_reading_missing_services(
+    store: FeatureStore, services: set[str] | frozenset[str]
+) -> list[str]:
+    """One line per model alias whose version reads a feature service not in ``services`` (the
+    feature services a registry state about to be applied, or applied, holds): such a model
+    answers 503 until it is registered again."""
+    from featurestore.online.models.errors import ModelRegistryError
+
+    reg = model_registry(store)
+    out = []
+    for name in reg.names():
+        try:
+            entry = reg.get(name)
+        except ModelRegistryError:
+            continue
+        for alias in sorted(entry.aliases):
+            try:
+                mv = entry.alias(alias)
+            except ModelRegistryError:
+                continue
+            if mv.feature_service not in services:
+                out.append(
+                    f"model '{name}@{alias}' (v{mv.version}) reads feature service "
+                    f"'{mv.feature_service}', which is no longer defined: it cannot be served "
+                    "until the service is restored or the model is registered on another"
+                )
+    return out

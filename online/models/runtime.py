@@ -25,11 +25,17 @@ from featurestore.online.models.errors import (
     ModelLoadError,
     ModelNotFoundError,
     ModelPredictError,
+    ModelRegistryError,
     one_line,
 )
 from featurestore.online.models.explain import EXPLAINABLE, Explanation
 from featurestore.online.models.flavors import Predictor, load_predictor
-from featurestore.online.models.registry import ALIASES, ModelRegistry, ModelVersion
+from featurestore.online.models.registry import (
+    ALIASES,
+    ModelRegistry,
+    ModelVersion,
+    check_reference,
+)
 
 log = logging.getLogger("featurestore.models")
 
@@ -59,19 +65,40 @@ class LoadedModel:
         """
         predict = self.predictor.predict_many if many else self.predictor.predict
         try:
-            return np.asarray(predict(x), dtype=np.float64), 0
+            out = predict(x)
         except Exception as exc:
             missing = np.isnan(x).any(axis=1)
             if not missing.any():
                 raise self._failed(exc, len(x)) from exc
-        out = np.full(len(x), np.nan)
+        else:
+            return self._one_per_row(out, len(x)), 0
+        scores = np.full(len(x), np.nan)
         ok = ~missing
         if ok.any():
+            n = int(ok.sum())
             try:
-                out[ok] = predict(np.ascontiguousarray(x[ok]))
+                part = predict(np.ascontiguousarray(x[ok]))
             except Exception as exc:
-                raise self._failed(exc, int(ok.sum())) from exc
-        return out, int(missing.sum())
+                raise self._failed(exc, n) from exc
+            scores[ok] = self._one_per_row(part, n)
+        return scores, int(missing.sum())
+
+    def _one_per_row(self, out: Any, rows: int) -> np.ndarray:
+        """``out`` as float64 scores when it holds one number per row, else ModelPredictError
+        (a model whose answer does not line up with its rows must not be answered)."""
+        try:
+            scores = np.asarray(out, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise self._failed(exc, rows) from None
+        if scores.shape != (rows,):
+            v = self.version
+            got = f"shape {scores.shape}" if scores.ndim != 1 else f"{len(scores)} score(s)"
+            log.warning("model '%s' v%s returned %s for %d row(s)", v.name, v.version, got, rows)
+            raise ModelPredictError(
+                f"model '{v.name}' v{v.version} returned {got} for {rows} row(s); a model "
+                "must return one score per row"
+            )
+        return scores
 
     @property
     def explainable(self) -> bool:
@@ -150,9 +177,13 @@ class Route:
     shadow: LoadedModel | None = None
     index_mtime: int = 0
 
-    def pick(self) -> LoadedModel:
-        if self.canary is not None and random.random() < self.canary_share:
-            return self.canary
+    def pick(self, explain: bool = False) -> LoadedModel:
+        """The canary for its share of traffic, else production; a request for explanations
+        goes to production when the canary cannot explain (so explain never fails by chance)."""
+        c = self.canary
+        if c is not None and random.random() < self.canary_share:
+            if not explain or c.predictor.explainer is not None:
+                return c
         return self.production
 
 
@@ -173,10 +204,21 @@ def warm(model: LoadedModel) -> None:
         )
 
 
+def input_columns(model: LoadedModel, rows_of: LoadedModel) -> list[int] | None:
+    """Where each of ``model``'s inputs sits in ``rows_of``'s input rows (by feature name), or
+    None when ``rows_of`` lacks one of them."""
+    where = {n: i for i, n in enumerate(rows_of.feature_names)}
+    cols = [where.get(n) for n in model.feature_names]
+    return None if None in cols else cols  # type: ignore[return-value]
+
+
 class ShadowRecorder:
     """Scores shadow versions off the request path; keeps the last N records and appends a log.
 
-    The queue is bounded: under overload shadow work is dropped (and counted), never the request.
+    A shadow scores its own inputs, in its own order, taken by name from the rows the request's
+    model was given; a shadow reading a feature those rows lack is not scored. Every failure
+    (reason ``inputs``, ``shape``, ``error`` or, when the queue is full, ``dropped``) is passed
+    to ``on_record`` and logged once per model version and cause; it never touches the answer.
     """
 
     def __init__(
@@ -189,15 +231,35 @@ class ShadowRecorder:
         self._q: queue.Queue[Any] = queue.Queue(maxsize=1000)
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        # per (shadow, primary) pair: both, and the shadow's columns in the primary's rows
+        self._columns: dict[tuple[int, int], tuple[Any, Any, list[int] | None]] = {}
+        self._logged: set[tuple[str, int, str]] = set()  # causes already logged
+
+    def columns(self, shadow: LoadedModel, primary: LoadedModel) -> list[int] | None:
+        """``input_columns(shadow, primary)``, computed once per pair of loaded versions."""
+        key = (id(shadow), id(primary))
+        hit = self._columns.get(key)
+        if hit is None or hit[0] is not shadow or hit[1] is not primary:
+            if len(self._columns) > 64:
+                self._columns.clear()
+            hit = self._columns[key] = (shadow, primary, input_columns(shadow, primary))
+        return hit[2]
 
     def submit(
         self, shadow: LoadedModel, primary: LoadedModel, x: np.ndarray, scores: np.ndarray
-    ) -> None:
+    ) -> bool:
+        """Queue ``shadow``'s scoring of the rows ``x`` that ``primary`` scored as ``scores``;
+        False when the shadow will not score them (its inputs are not in ``x``, or overload)."""
+        cols = self.columns(shadow, primary)
         self._ensure_thread()
         try:
-            self._q.put_nowait((shadow, primary, x, scores, time.time()))
+            self._q.put_nowait((shadow, primary, x, cols, scores, time.time()))
         except queue.Full:
             self.dropped += 1
+            if self.on_record is not None:
+                self.on_record(self._error(shadow, primary, time.time(), "dropped", "queue full"))
+            return False
+        return cols is not None
 
     def _ensure_thread(self) -> None:
         if self._thread is None:
@@ -207,39 +269,95 @@ class ShadowRecorder:
                     t.start()
                     self._thread = t
 
+    @staticmethod
+    def _error(
+        shadow: LoadedModel, primary: LoadedModel, ts: float, reason: str, error: str
+    ) -> dict[str, Any]:
+        return {
+            "ts": ts,
+            "model": shadow.version.name,
+            "shadow_version": shadow.version.version,
+            "primary_version": primary.version.version,
+            "reason": reason,
+            "error": error,
+        }
+
+    def _score(
+        self,
+        shadow: LoadedModel,
+        primary: LoadedModel,
+        x: np.ndarray,
+        cols: list[int] | None,
+        scores: np.ndarray,
+        ts: float,
+    ) -> dict[str, Any]:
+        sv, pv = shadow.version, primary.version
+        if cols is None:
+            missing = [n for n in shadow.feature_names if n not in pv.feature_names]
+            return self._error(
+                shadow, primary, ts, "inputs",
+                f"shadow '{sv.name}' v{sv.version} reads {missing}, which v{pv.version} "
+                f"(feature service '{pv.feature_service}') does not read; not scored",
+            )  # fmt: skip
+        if cols != list(range(x.shape[1])):
+            x = np.ascontiguousarray(x[:, cols])
+        try:
+            s = np.asarray(shadow.predict(x), dtype=np.float64)
+        except Exception as exc:
+            why = f"{type(exc).__name__}: {one_line(exc)}"
+            return self._error(shadow, primary, ts, "error", why)
+        if s.shape != (len(x),):
+            return self._error(
+                shadow, primary, ts, "shape",
+                f"shadow '{sv.name}' v{sv.version} returned shape {s.shape} for {len(x)} "
+                "row(s); a model must return one score per row",
+            )  # fmt: skip
+        return {
+            "ts": ts,
+            "model": sv.name,
+            "shadow_version": sv.version,
+            "primary_version": pv.version,
+            "scores": s.tolist(),
+            "primary_scores": np.asarray(scores, dtype=np.float64).tolist(),
+        }
+
+    def _log_once(self, rec: dict[str, Any]) -> None:
+        """Log a failed shadow record the first time its model version fails for that cause."""
+        reason = rec["reason"]
+        cause = (rec["model"], rec["shadow_version"], reason if reason != "error" else rec["error"])
+        if cause in self._logged:
+            return
+        if len(self._logged) > 1000:
+            self._logged.clear()
+        self._logged.add(cause)
+        log.warning(
+            "shadow model '%s' v%s not scored (%s): %s; further failures of this cause are "
+            "counted in featurestore_shadow_errors_total, not logged",
+            rec["model"], rec["shadow_version"], reason, rec["error"],
+        )  # fmt: skip
+
     def _run(self) -> None:
         while True:
             item = self._q.get()
             if item is None:
                 return
-            shadow, primary, x, scores, ts = item
             try:
-                s = np.asarray(shadow.predict(x), dtype=np.float64)
-                rec = {
-                    "ts": ts,
-                    "model": shadow.version.name,
-                    "shadow_version": shadow.version.version,
-                    "primary_version": primary.version.version,
-                    "scores": s.tolist(),
-                    "primary_scores": np.asarray(scores, dtype=np.float64).tolist(),
-                }
-            except Exception as exc:
-                rec = {
-                    "ts": ts,
-                    "model": shadow.version.name,
-                    "shadow_version": shadow.version.version,
-                    "error": str(exc),
-                }
-            self.records.append(rec)
-            if self.on_record is not None:
-                self.on_record(rec)
-            if self.log_path:
-                try:
-                    with open(self.log_path, "a") as fh:
-                        fh.write(json.dumps(rec) + "\n")
-                except OSError as exc:
-                    log.warning("cannot append shadow log %s: %s", self.log_path, exc)
-            self._q.task_done()
+                rec = self._score(*item)
+                if "error" in rec:
+                    self._log_once(rec)
+                self.records.append(rec)
+                if self.on_record is not None:
+                    self.on_record(rec)
+                if self.log_path:
+                    try:
+                        with open(self.log_path, "a") as fh:
+                            fh.write(json.dumps(rec) + "\n")
+                    except OSError as exc:
+                        log.warning("cannot append shadow log %s: %s", self.log_path, exc)
+            except Exception:  # never let the scorer die
+                log.exception("shadow scoring failed")
+            finally:
+                self._q.task_done()
 
     def flush(self, timeout: float = 5.0) -> None:
         """Wait until queued shadow work is done (tests, shutdown)."""
@@ -282,14 +400,17 @@ class ModelRuntime:
         self.swaps = 0
 
     # ---- request path -----------------------------------------------------------------------
-    def select(self, ref: str) -> tuple[LoadedModel, LoadedModel | None]:
-        """The model answering ``ref`` and the shadow to score alongside it (production only)."""
-        name, _, sel = ref.partition("@")
+    def select(self, ref: str, *, explain: bool = False) -> tuple[LoadedModel, LoadedModel | None]:
+        """The model answering ``ref`` and the shadow to score alongside it (a bare name only);
+        ``explain``: a bare name's canary only when it can explain (see ``Route.pick``)."""
+        name, at, sel = ref.partition("@")
         route = self._routes.get(name)
         if not sel:
+            if at:  # "fraud@": not a silent production
+                check_reference(ref)
             if route is None:
                 self._missing(ref)
-            return route.pick(), route.shadow  # type: ignore[union-attr]
+            return route.pick(explain), route.shadow  # type: ignore[union-attr]
         if route is not None and sel in ALIASES:
             m = {"production": route.production, "canary": route.canary, "shadow": route.shadow}[
                 sel
@@ -404,8 +525,13 @@ class ModelRuntime:
         """Models with a production alias in the registry but nothing loaded for them."""
         out = []
         for name in self.registry.names():
-            if name not in self._routes and "production" in self.registry.get(name).aliases:
-                out.append(name)
+            if name in self._routes:
+                continue
+            try:
+                if "production" in self.registry.get(name).aliases:
+                    out.append(name)
+            except ModelRegistryError as exc:  # a corrupt index: nothing of it can be served
+                out.append(f"{name} ({one_line(exc)})")
         return out
 
     @property
@@ -416,8 +542,25 @@ class ModelRuntime:
         """Every registered model, its versions and aliases, and what is loaded."""
         out = []
         for name in self.registry.names():
-            entry = self.registry.get(name)
             route = self._routes.get(name)
+            loaded = (
+                None
+                if route is None
+                else {
+                    "production": route.production.version.version,
+                    "canary": route.canary.version.version if route.canary else None,
+                    "shadow": route.shadow.version.version if route.shadow else None,
+                    # whether predict can explain the production version's scores (an
+                    # explain request to the bare name never goes to a canary that cannot)
+                    "explainable": route.production.explainable,
+                }
+            )
+            try:
+                entry = self.registry.get(name)
+            except ModelRegistryError as exc:  # one corrupt index: the others are still listed
+                item = {"name": name, "versions": [], "aliases": {}, "loaded": loaded}
+                out.append({**item, "error": one_line(exc)})
+                continue
             out.append(
                 {
                     "name": name,
@@ -426,15 +569,7 @@ class ModelRuntime:
                         k: {"version": a.version, "share": a.share}
                         for k, a in entry.aliases.items()
                     },
-                    "loaded": None
-                    if route is None
-                    else {
-                        "production": route.production.version.version,
-                        "canary": route.canary.version.version if route.canary else None,
-                        "shadow": route.shadow.version.version if route.shadow else None,
-                        # whether predict can explain the production version's scores
-                        "explainable": route.production.explainable,
-                    },
+                    "loaded": loaded,
                 }
             )
         return out

@@ -64,6 +64,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("featurestore.serving")
 # a request field's value in the warm-up lookup, by dtype (numbers: 0)
 _WARM_VALUE: dict[str, Any] = {"string": "", "bytes": "", "bool": False}
+# a join key's value in the warm-up lookup, by the registry's join_key_kinds (else 0)
+_WARM_KEY: dict[str, Any] = {"str": "", "int": 0}
 
 
 def _numeric(values: list[Any]) -> bool:
@@ -106,7 +108,18 @@ class Engine(StoreReads, Pushes, Shortcuts):
                 poll_interval_s=mc.poll_interval_s,
                 shadow=shadow,
             )
+        if models.shadow.on_record is None:  # a runtime made elsewhere: still counted here
+            models.shadow.on_record = self._count_shadow
         self.models = models
+        from prometheus_client import Counter
+
+        self._shadow_errors = Counter(
+            "featurestore_shadow_errors_total",
+            "Shadow scorings that failed or were skipped, by reason: inputs (the request's rows "
+            "lack a shadow input), shape, error (the model raised), dropped (queue full)",
+            ["model", "version", "reason"],
+            registry=self.metrics.registry,
+        )
         br = self.config.breaker
         self.breaker = CircuitBreaker(
             failure_threshold=br.failure_threshold, reset_s=br.reset_ms / 1000
@@ -192,12 +205,13 @@ class Engine(StoreReads, Pushes, Shortcuts):
         return self
 
     def _warm_request(self, service: str) -> dict[str, Any]:
-        """Arguments of a throwaway lookup of ``service`` (zero keys, zero request fields)."""
+        """Arguments of a throwaway lookup of ``service``: each join key a value of its kind
+        (0 or ""), each request field a zero of its type."""
         requests = self._resolve(None, service)
-        keys = {k for v, _ in requests for k in v.join_keys}
-        fields = rq.request_fields(requests)
+        keys, fields = self._needs_of(requests)
+        kinds = self._registry().join_key_kinds
         return {
-            "entities": {k: [0] for k in keys},
+            "entities": {k: [_WARM_KEY.get(kinds.get(k, "int"), 0)] for k in keys},
             "request_data": {f: [_WARM_VALUE.get(t, 0)] for f, (_, t) in fields.items()} or None,
         }
 
@@ -237,7 +251,8 @@ class Engine(StoreReads, Pushes, Shortcuts):
             unserved = self.models.unserved()
         except FeatureStoreError as exc:
             unserved = [str(exc)]
-        models_ok = self.models.loaded and not unserved
+        no_service = self._models_without_service()
+        models_ok = self.models.loaded and not unserved and not no_service
         ready = self._started and registry_version is not None and store_ok and models_ok
         return {
             "ready": bool(ready),
@@ -249,7 +264,21 @@ class Engine(StoreReads, Pushes, Shortcuts):
             },
             "model_error": self.models.last_error,
             "models_not_loaded": unserved,
+            "models_without_service": no_service,
         }
+
+    def _models_without_service(self) -> list[str]:
+        """Loaded production and canary versions whose feature service the registry lost."""
+        try:
+            services = self._registry().feature_services
+        except FeatureStoreError:
+            return []
+        return [
+            str(self._service_gone(m))
+            for route in self.models.routes.values()
+            for m in (route.production, route.canary)
+            if m is not None and m.version.feature_service not in services
+        ]
 
     # ---- features ---------------------------------------------------------------------------
     def _served_state(self) -> ServedState:
@@ -366,8 +395,11 @@ class Engine(StoreReads, Pushes, Shortcuts):
         hit = self._needs.get(id(requests))
         if hit is not None and hit[0] is requests:
             return hit[1], hit[2]
+        from featurestore.online._computed import with_on_demand_inputs
+
         needed: dict[str, str] = {}
-        for view, _ in requests:
+        # the views on-demand features read count too: only those may need the keys
+        for view, _ in with_on_demand_inputs(requests, False)[0]:
             for k in view.join_keys:
                 needed.setdefault(k, view.name)
         fields = rq.request_fields(requests)
@@ -496,16 +528,37 @@ class Engine(StoreReads, Pushes, Shortcuts):
 
     # ---- predict ----------------------------------------------------------------------------
     def _model(self, model: str, explain: bool) -> tuple[LoadedModel, LoadedModel | None]:
+        """The version answering ``model`` and its shadow; with ``explain``, one that can
+        explain (a bare name's canary that cannot leaves the request to production)."""
         if not isinstance(model, str) or not model:
             raise BadRequestError("model must be a name, NAME@ALIAS or NAME@VERSION", field="model")
+        name, at, sel = model.partition("@")
+        if at and (not name or not sel):
+            shown = model if len(model) <= 80 else model[:80] + "..."
+            raise BadRequestError(
+                f"model {shown!r} has {'no name before' if not name else 'nothing after'} its "
+                "'@'; expected NAME, NAME@ALIAS (production, shadow, canary) or NAME@VERSION",
+                field="model",
+            )
         if not self.models.loaded:  # a worker still starting: "retry", not "no such model"
             raise NotReadyError(
                 f"model '{model}': this server is still loading its models; retry shortly"
             )
-        chosen, shadow = self.models.select(model)
+        chosen, shadow = self.models.select(model, explain=explain)
         if explain:  # refused before any read, not after
             chosen.require_explainable()
+        service = chosen.version.feature_service
+        if service not in self._registry().feature_services:
+            raise self._service_gone(chosen)
         return chosen, shadow
+
+    @staticmethod
+    def _service_gone(m: LoadedModel) -> ModelLoadError:
+        v = m.version
+        return ModelLoadError(
+            f"model '{v.name}' v{v.version} reads feature service '{v.feature_service}', which "
+            "the registry no longer has; restore the service or re-register the model"
+        )
 
     def _score(
         self,
@@ -565,8 +618,8 @@ class Engine(StoreReads, Pushes, Shortcuts):
         m.child(m.predictions, mv.name, str(mv.version)).inc(x.shape[0] - unscored)
         if unscored:
             m.child(m.unscored, mv.name, str(mv.version)).inc(unscored)
-        if shadow is not None:
-            self.models.shadow.submit(shadow, chosen, x, scores)
+        if shadow is not None and not self.models.shadow.submit(shadow, chosen, x, scores):
+            shadow = None  # not scored (see ShadowRecorder): the audit names no shadow version
         self._observe("predict", t0, degraded, x.shape[0])
         res = PredictResult(mv.name, mv.version, scores.tolist(), degraded, feats)
         if explain:
@@ -586,9 +639,13 @@ class Engine(StoreReads, Pushes, Shortcuts):
         return res
 
     def _count_shadow(self, rec: dict[str, Any]) -> None:
+        """Count a shadow record: its scored rows, or one failure by its reason."""
+        m = self.metrics
+        version = str(rec["shadow_version"])
         if "scores" in rec:
-            m = self.metrics
-            m.child(m.shadow, rec["model"], str(rec["shadow_version"])).inc(len(rec["scores"]))
+            m.child(m.shadow, rec["model"], version).inc(len(rec["scores"]))
+        else:
+            m.child(self._shadow_errors, rec["model"], version, rec.get("reason", "error")).inc()
 
     def predict(
         self,

@@ -153,10 +153,16 @@ class FeatureServingServicer(pb_grpc.FeatureServingServicer):
         )
 
     async def ListModels(self, request: Any, context: Any) -> Any:
+        """Every model; one whose index cannot be read is listed by name (and its loaded
+        version, if any) with its error in an ``x-model-error`` trailing metadata entry."""
         import asyncio
 
         out = []
+        broken = []
         for m in await asyncio.to_thread(self.engine.list_models):
+            if "error" in m:  # a corrupt index: listed by name, the reason in the trailers
+                text = f"{m['name']}: {m['error']}"[:1000]
+                broken.append(("x-model-error", text.encode("ascii", "replace").decode()))
             aliases = {k: a["version"] for k, a in m["aliases"].items()}
             canary = m["aliases"].get("canary", {}).get("share") or 0.0
             prod = m["aliases"].get("production", {}).get("version")
@@ -172,6 +178,8 @@ class FeatureServingServicer(pb_grpc.FeatureServingServicer):
                     explainable=bool((m["loaded"] or {}).get("explainable")),
                 )
             )
+        if broken:
+            context.set_trailing_metadata(tuple(broken))
         return pb.ListModelsResponse(models=out)
 
 
