@@ -184,9 +184,39 @@ def _section(cls: type, raw: Any, name: str) -> Any:
             f"{CONFIG_FILE}: unknown key(s) {sorted(unknown)} in '{name}'; known: {sorted(allowed)}"
         )
     try:
-        return cls(**raw)
+        out = cls(**raw)
     except TypeError as exc:
         raise ConfigError(f"{CONFIG_FILE}: bad '{name}': {exc}") from None
+    check_types(out, name, strings=False)
+    return out
+
+
+_TYPE_NOUNS: dict[str, tuple[tuple[type, ...], str]] = {
+    "int": ((int,), "a whole number"),
+    "float": ((int, float), "a number"),
+    "str": ((str,), "a string"),
+    "bool": ((bool,), "true or false"),
+    "None": ((type(None),), "null"),
+}
+
+
+def check_types(obj: Any, where: str, *, strings: bool = True) -> None:
+    """A ConfigError naming the first field of the config dataclass ``obj`` whose value is not
+    of its declared type (``where``: the section's name, e.g. "serving"). Only fields declared
+    as int, float, str, bool or an optional one of them are checked; ``strings=False`` skips
+    str fields too (sizes such as map_size are also read from a bare number)."""
+    for f in fields(obj):
+        parts = [p.strip() for p in str(f.type).split("|")]
+        if not all(p in _TYPE_NOUNS for p in parts) or (not strings and "str" in parts):
+            continue
+        value = getattr(obj, f.name)
+        ok = any(
+            isinstance(value, _TYPE_NOUNS[p][0]) and (p == "bool" or not isinstance(value, bool))
+            for p in parts
+        )
+        if not ok:
+            want = " or ".join(_TYPE_NOUNS[p][1] for p in parts)
+            raise ConfigError(f"{CONFIG_FILE}: {where}.{f.name} is {value!r}; expected {want}")
 
 
 def _expand(text: str) -> str:

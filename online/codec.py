@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from featurestore.errors import OnlineStoreError
+from featurestore.errors import EntityDataError, OnlineStoreError
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -147,6 +147,7 @@ class RowCodec:
 
     def __init__(self, view: FeatureView) -> None:
         self.view_name = view.name
+        self.join_keys: tuple[str, ...] = tuple(getattr(view, "join_keys", ()))
         self.schema_version = view.schema_version
         self.fields = view.features
         self.names = tuple(f.name for f in self.fields)
@@ -198,7 +199,7 @@ class RowCodec:
             raise OnlineStoreError(
                 f"cannot encode rows of view '{self.view_name}': table lacks column(s) {missing}"
             )
-        ev, ev_null = _int64_column(table.column(EVENT_TS))
+        ev, ev_null = int64_column(table.column(EVENT_TS))
         if ev_null is not None and ev_null.any():
             raise OnlineStoreError(
                 f"cannot encode rows of view '{self.view_name}': {int(ev_null.sum())} row(s) have "
@@ -206,7 +207,7 @@ class RowCodec:
             )
         columns: list[tuple[str, Any]] = [(_H_EV, ev), (_H_VER, self.schema_version)]
         if CREATED_TS in have:
-            cr, cr_null = _int64_column(table.column(CREATED_TS))
+            cr, cr_null = int64_column(table.column(CREATED_TS))
             if cr_null is not None:
                 cr = np.where(cr_null, NULL_TS, cr)
             columns.append((_H_CR, cr))
@@ -216,7 +217,7 @@ class RowCodec:
         for i, f in self.fixed:
             col = table.column(f.name)
             if f.dtype.name == "timestamp":
-                values, mask = _int64_column(col)
+                values, mask = int64_column(col)
             else:
                 values, mask = _numeric_column(col)
             columns.append((f"c{i}", values))
@@ -224,7 +225,7 @@ class RowCodec:
                 nulls = _mark_nulls(nulls, n, self.n_null_bytes, i, mask)
         var_parts: list[list[bytes]] = []
         for i, f in self.var:
-            parts, mask = self._encode_var(table.column(f.name), f.name)
+            parts, mask = self._encode_var(table, f.name)
             var_parts.append(parts)
             if mask is not None:
                 nulls = _mark_nulls(nulls, n, self.n_null_bytes, i, mask)
@@ -273,29 +274,50 @@ class RowCodec:
             out += rec.view(as_void).tolist()
         return out
 
-    def _encode_var(self, col: Any, name: str) -> tuple[list[bytes], np.ndarray | None]:
-        """Length-prefixed payloads of one variable-width column, and its null mask."""
+    def _encode_var(self, table: pa.Table, name: str) -> tuple[list[bytes], np.ndarray | None]:
+        """Length-prefixed payloads of one variable-width column, and its null mask.
+
+        A null element of a float array is stored as NaN; int and bool arrays have no null
+        element, so a row holding one is refused (EntityDataError naming the row's entity).
+        """
+        col = table.column(name)
         values = col.to_pylist()
         inner = self._inner.get(name)
+        nan_ok = inner is not None and inner.kind == "f"
         mask = None
         if col.null_count:
             mask = np.fromiter((v is None for v in values), dtype=bool, count=len(values))
         pack = _U32.pack
         out: list[bytes] = []
-        for v in values:
+        for row, v in enumerate(values):
             if v is None:
                 out.append(b"\0\0\0\0")
                 continue
             if inner is not None:
-                b = np.asarray(
-                    [np.nan if x is None else x for x in v] if None in v else v, dtype=inner
-                ).tobytes()
+                if None in v:
+                    if not nan_ok:
+                        raise self._null_element(table, name, row, v.index(None))
+                    v = [np.nan if x is None else x for x in v]
+                b = np.asarray(v, dtype=inner).tobytes()
             elif isinstance(v, str):
                 b = v.encode()
             else:
                 b = bytes(v)
             out.append(pack(len(b)) + b)
         return out, mask
+
+    def _null_element(self, table: pa.Table, name: str, row: int, at: int) -> EntityDataError:
+        """The one-line error of a null element in an int or bool array feature."""
+        keys = [k for k in self.join_keys if k in table.column_names]
+        entity = ", ".join(f"{k}={_short(table.column(k)[row].as_py())}" for k in keys)
+        dtype = next(f.dtype.name for _, f in self.var if f.name == name)
+        return EntityDataError(
+            f"feature view '{self.view_name}', feature '{name}' ({dtype}), entity "
+            f"{entity or f'(row {row})'}: "
+            f"element {at} of the array is null, and {dtype} arrays have no null element; "
+            "fill it in the source, make the whole value null, or declare a float array "
+            "(a null element is stored there as NaN)"
+        )
 
     # ---------------------------------------------------------------- decode
 
@@ -377,6 +399,12 @@ class RowCodec:
         return np.frombuffer(payload, dtype=self._inner[name])
 
 
+def _short(v: Any) -> str:
+    """``repr(v)``, cut to 40 characters (a key in a one-line message)."""
+    text = repr(v)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _mark_nulls(
     nulls: np.ndarray | None, n: int, n_bytes: int, i: int, mask: np.ndarray
 ) -> np.ndarray:
@@ -399,7 +427,7 @@ def _numeric_column(col: Any) -> tuple[np.ndarray, np.ndarray | None]:
     return col.to_numpy(), None
 
 
-def _int64_column(col: Any) -> tuple[np.ndarray, np.ndarray | None]:
+def int64_column(col: Any) -> tuple[np.ndarray, np.ndarray | None]:
     """An int64-microseconds view of an int or timestamp/date Arrow column, and its null mask."""
     import pyarrow as pa
 

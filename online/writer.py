@@ -9,7 +9,7 @@ import numpy as np
 
 from featurestore.errors import EntityDataError
 from featurestore.online.base import OnlineStore
-from featurestore.online.codec import EVENT_TS, RowCodec
+from featurestore.online.codec import CREATED_TS, EVENT_TS, NULL_TS, RowCodec, int64_column
 from featurestore.online.embedded import EmbeddedOnlineStore
 from featurestore.online.keys import POW10, build_keys, decimal_digits, signed_int_array
 
@@ -36,8 +36,9 @@ def write_table(
 
     With a view ttl, keys expire at event_ts + ttl + grace (ms); rows already past that are
     skipped. The same table always writes the same bytes. Each ``batch_size`` batch lands whole
-    or not at all (the embedded store puts several in one transaction). Returns the rows
-    written.
+    or not at all (the embedded store puts several in one transaction). Rows sharing a key
+    are written in order, so the last one listed stays: reduce them with ``latest_rows`` when
+    they may repeat a key. Returns the rows written.
     """
     missing = [k for k in view.join_keys if k not in table.column_names]
     if missing:
@@ -69,6 +70,45 @@ def write_table(
         store.write_batch(keys, values, expire)
         written += len(keys)
     return written
+
+
+def latest_rows(table: pa.Table, join_keys: tuple[str, ...]) -> pa.Table:
+    """``table`` with one row per entity key: the one the point-in-time join would pick.
+
+    That is the latest ``__event_ts``, then the latest ``__created_ts`` (a null one loses);
+    rows equal in both keep the one listed last. Rows keep their order. ``write_table`` writes
+    rows as given (a later row of a key overwrites an earlier one), so callers whose rows may
+    repeat a key (a push) reduce them with this first; materialize reads one row per key.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    n = table.num_rows
+    if n < 2:
+        return table
+    ev, _ = int64_column(table.column(EVENT_TS))
+    cr = np.full(n, NULL_TS, dtype=np.int64)
+    if CREATED_TS in table.column_names:
+        values, mask = int64_column(table.column(CREATED_TS))
+        cr = values if mask is None else np.where(mask, NULL_TS, values)
+    ranked = table.select(list(join_keys)).append_column("__ev", pa.array(ev, pa.int64()))
+    ranked = ranked.append_column("__cr", pa.array(cr, pa.int64()))
+    ranked = ranked.append_column("__at", pa.array(np.arange(n), pa.int64()))
+    order = pc.sort_indices(
+        ranked,
+        [(k, "ascending") for k in join_keys]
+        + [("__ev", "descending"), ("__cr", "descending"), ("__at", "descending")],
+    )
+    first = np.ones(n, dtype=bool)  # the first row of each key's run in sorted order
+    same = np.ones(n - 1, dtype=bool)
+    for k in join_keys:
+        col = ranked.column(k).take(order)
+        eq = pc.equal(col.slice(1), col.slice(0, n - 1)).fill_null(False)
+        same &= eq.to_numpy(zero_copy_only=False)
+    first[1:] = ~same
+    if first.all():
+        return table
+    return table.take(np.sort(order.to_numpy()[first]))
 
 
 def _deadlines_us(table: pa.Table, ttl_us: int) -> np.ndarray:

@@ -30,6 +30,7 @@ from featurestore.errors import (
     OnlineStoreUnavailableError,
 )
 from featurestore.online.serving import _requests as rq
+from featurestore.online.serving.config import MAX_DEADLINE_MS
 from featurestore.online.serving.errors import BadRequestError
 
 if TYPE_CHECKING:
@@ -65,7 +66,7 @@ class Pushes:
     ) -> tuple[Callable[[], int], dict[str, list[Any]]]:
         """The write of a validated push, and its entity keys (for the audit log)."""
         from featurestore.offline.push import push_mode, push_target, write_offline_push
-        from featurestore.online.writer import write_table
+        from featurestore.online.writer import latest_rows, write_table
 
         offline, online = push_mode(to)
         if not isinstance(feature_view, str) or not feature_view:
@@ -84,11 +85,11 @@ class Pushes:
                 write_offline_push(target, table, now_us=now)
             if not online:
                 return table.num_rows
-            return write_table(
+            return write_table(  # per key the row the point-in-time join picks, as offline
                 store,
                 project,
                 view,
-                table,
+                latest_rows(table, view.join_keys),
                 now_us=now,
                 key_ttl_grace_us=self._grace_us,
                 batch_size=batch,
@@ -107,10 +108,11 @@ class Pushes:
         """Validate rows against the view's schema and write them where ``to`` says ("online",
         "offline" or "online_and_offline"; see the module doc); returns rows written."""
         t0 = time.perf_counter()
+        timeout = self._push_timeout(deadline_ms)
         write, keys = self._push_fn(feature_view, rows, to)
         fut = self._pool.submit(write)
         try:
-            n = fut.result(timeout=self._push_timeout(deadline_ms))
+            n = fut.result(timeout=timeout)
         except Exception as exc:
             raise self._push_error(exc, to) from None
         return self._pushed(feature_view, n, keys, t0, to)
@@ -125,10 +127,11 @@ class Pushes:
     ) -> int:
         """``push`` for an event loop."""
         t0 = time.perf_counter()
+        timeout = self._push_timeout(deadline_ms)
         write, keys = self._push_fn(feature_view, rows, to)
         fut = self._pool.submit(write)
         try:
-            n = await asyncio.wait_for(asyncio.wrap_future(fut), self._push_timeout(deadline_ms))
+            n = await asyncio.wait_for(asyncio.wrap_future(fut), timeout)
         except Exception as exc:
             raise self._push_error(exc, to) from None
         return self._pushed(feature_view, n, keys, t0, to)
@@ -143,7 +146,19 @@ class Pushes:
         return n
 
     def _push_timeout(self, deadline_ms: float | None) -> float:
-        # writes may legitimately take longer than reads: 10x the read budget, at least 1 s
+        """Seconds a push may take: 10x the read budget (writes may legitimately take longer),
+        at least 1 s. A ``deadline_ms`` outside (0, MAX_DEADLINE_MS] is a BadRequestError, as
+        for reads (every front end: gRPC cannot refuse it in its schema, as REST does)."""
+        if deadline_ms is not None and (
+            not isinstance(deadline_ms, (int, float))
+            or isinstance(deadline_ms, bool)
+            or not 0 < deadline_ms <= MAX_DEADLINE_MS  # NaN fails too
+        ):
+            raise BadRequestError(
+                f"deadline_ms must be a number of milliseconds above 0 and up to "
+                f"{MAX_DEADLINE_MS}, got {deadline_ms!r}",
+                field="deadline_ms",
+            )
         return max(1.0, (deadline_ms or self.config.deadline_ms) * 10 / 1000)
 
     def _push_error(self, exc: BaseException, to: str = "online") -> BaseException:

@@ -185,8 +185,16 @@ def push_table(
     checked against ``kinds``, the registry's join_key_kinds)."""
     import pyarrow as pa
 
+    from featurestore.on_demand_view import OnDemandFeatureView
     from featurestore.online.codec import CREATED_TS, EVENT_TS
 
+    if isinstance(view, OnDemandFeatureView):
+        raise BadRequestError(
+            f"push: feature_view '{view.name}' is an on-demand view; its features are computed at "
+            "request time from request data and other views, so it takes no push: push to "
+            "the plain feature views it reads",
+            field="feature_view",
+        )
     if getattr(view, "is_window", False):
         raise BadRequestError(
             f"push: feature view '{view.name}' aggregates events over windows; its online state "

@@ -58,6 +58,9 @@ def to_value(v: Any) -> pb.Value:
         return pb.Value(bytes_val=v)
     if isinstance(v, datetime):
         return pb.Value(timestamp_us_val=to_us(v))
+    if isinstance(v, np.ndarray) and v.ndim == 1 and v.dtype.kind == "f":
+        # a float array is a double list even when empty (its element type is in the dtype)
+        return pb.Value(double_list_val=pb.DoubleList(values=v.tolist()))
     if hasattr(v, "tolist"):
         return to_value(v.tolist())
     if isinstance(v, (list, tuple)):
@@ -83,11 +86,14 @@ def to_column(
     statuses: list[int] | pb.FeatureColumn | None = None,
     *,
     into: pb.FeatureColumn | None = None,
+    float_lists: bool = False,
 ) -> pb.FeatureColumn:
     """One response column, packed (one C-level fill per column) when its values allow.
 
     ``statuses``: FieldStatus codes, or a FeatureColumn holding them (merged: cheaper when
-    many columns share one status list). ``into``: an empty column to fill.
+    many columns share one status list). ``into``: an empty column to fill. ``float_lists``:
+    the column is a float array feature, so an empty list goes as a double list too (an
+    empty Python list has no element type; ``to_value`` sends it as an int64 list).
     """
     col = pb.FeatureColumn() if into is None else into
     col.name = name
@@ -96,7 +102,17 @@ def to_column(
     kinds.discard(_NONE)
     packed = _PACKED.get(kinds.pop()) if len(kinds) == 1 else None
     if packed is None:
-        col.values.extend([to_value(x) for x in values])
+        if float_lists:
+            col.values.extend(
+                [
+                    pb.Value(double_list_val=pb.DoubleList(values=x))
+                    if isinstance(x, list)
+                    else to_value(x)
+                    for x in values
+                ]
+            )
+        else:
+            col.values.extend([to_value(x) for x in values])
     else:
         field, zero = packed
         if has_null:
@@ -123,9 +139,31 @@ def column_values(col: pb.FeatureColumn) -> list[Any]:
     return values
 
 
+def _float_list_names(res: FeatureResult) -> frozenset[str]:
+    """The columns of ``res`` holding a float array feature (Array(Float32 or Float64)), known
+    from the request it answers; none when it was built from plain columns."""
+    req = getattr(res, "_requests", None)  # (requests, full names) of a lookup's result
+    if not req:
+        return frozenset()
+    requests, full = req
+    out = set()
+    for view, feats in requests:
+        for f in feats:
+            inner = view.field(f).dtype.inner
+            if inner is not None and inner.name in ("float32", "float64"):
+                out.add(f"{view.name}__{f}" if full else f)
+    return frozenset(out)
+
+
+def _has_empty_list(values: Any) -> bool:
+    """Whether a column holds an empty list (the one list whose element type is unknown)."""
+    return any(type(v) is list and not v for v in values)
+
+
 def _feature_columns(res: FeatureResult, out: Any) -> None:
     """Append ``res``'s columns to the repeated FeatureColumn field ``out``."""
     shared: dict[int, pb.FeatureColumn] = {}
+    floats: frozenset[str] | None = None
     for name, values in res.columns.items():
         st = res.statuses.get(name)
         tmpl = None
@@ -133,7 +171,11 @@ def _feature_columns(res: FeatureResult, out: Any) -> None:
             tmpl = shared.get(id(st))
             if tmpl is None:
                 tmpl = shared[id(st)] = pb.FeatureColumn(statuses=[_STATUS[s] for s in st])
-        to_column(name, values, tmpl, into=out.add())
+        fl = False
+        if _has_empty_list(values):
+            floats = _float_list_names(res) if floats is None else floats
+            fl = name in floats
+        to_column(name, values, tmpl, into=out.add(), float_lists=fl)
 
 
 def build_features_response(res: FeatureResult) -> pb.GetOnlineFeaturesResponse:
@@ -333,14 +375,14 @@ def _columns(res: FeatureResult, tag: bytes, parts: list[bytes]) -> None:
     shared: dict[int, tuple[bytes, list[int]]] = {}  # one view's features share one list
     blocks = res.wire_blocks()
     if len(blocks) == 1:
-        _dict_columns(blocks[0], res.statuses, tag, parts, shared)
+        _dict_columns(blocks[0], res.statuses, tag, parts, shared, res)
         return
-    _dict_columns(blocks[0], None, tag, parts, shared)  # the join keys: no statuses
+    _dict_columns(blocks[0], None, tag, parts, shared, res)  # the join keys: no statuses
     for block in blocks[1:]:
         if type(block) is not dict:
             _stored_columns(*block, tag, parts)
         elif block:  # statuses named only when a column needs them
-            _dict_columns(block, res.statuses, tag, parts, shared)
+            _dict_columns(block, res.statuses, tag, parts, shared, res)
 
 
 def _stored_columns(
@@ -405,8 +447,10 @@ def _dict_columns(
     tag: bytes,
     parts: list[bytes],
     shared: dict[int, tuple[bytes, list[int]]],
+    res: FeatureResult,
 ) -> None:
-    """Append ``columns`` (with their ``statuses``, if any) as repeated field ``tag``."""
+    """Append ``columns`` (with their ``statuses``, if any) as repeated field ``tag``;
+    ``res``, their result, says which hold float arrays when an empty one needs it."""
     no_status = (b"", None)
     for name, values in columns.items():
         st = statuses.get(name) if statuses is not None else None
@@ -419,7 +463,8 @@ def _dict_columns(
         else:
             packed = _packed_fields(values)
         if packed is None:  # timestamps, bytes, lists, mixed types: built with the protobuf API
-            body = to_column(name, values, codes).SerializeToString()
+            fl = _has_empty_list(values) and name in _float_list_names(res)
+            body = to_column(name, values, codes, float_lists=fl).SerializeToString()
         else:
             head = _NAMES.get(name)
             body = (_name_field(name) if head is None else head) + status + packed

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
+from featurestore.config import check_types
 from featurestore.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -83,6 +84,8 @@ class ServingConfig:
 
 # the longest per-request budget (config or request): a read must have an end
 MAX_DEADLINE_MS = 60_000
+# the servers' log levels (uvicorn's names)
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,7 @@ def _build(cls: type, raw: Any, name: str) -> Any:
         out = cls(**raw)
     except TypeError as exc:
         raise ConfigError(f"featurestore.yaml: bad '{name}': {exc}") from None
+    check_types(out, name)  # before any comparison: `deadline_ms: abc` is one line, too
     for f in fields(cls):
         v = getattr(out, f.name)
         if isinstance(v, (int, float)) and not isinstance(v, bool) and v < 0:
@@ -132,9 +136,15 @@ def _build(cls: type, raw: Any, name: str) -> Any:
                     f"featurestore.yaml: serving.tls.{f} is missing; give the PEM file's path"
                 )
     if cls is ServingConfig:
-        if out.workers < 1:
+        for key in ("workers", "max_entities"):
+            if getattr(out, key) < 1:
+                raise ConfigError(
+                    f"featurestore.yaml: serving.{key} is {getattr(out, key)}; give 1 or more"
+                )
+        if out.log_level not in LOG_LEVELS:
             raise ConfigError(
-                f"featurestore.yaml: serving.workers is {out.workers}; give 1 or more"
+                f"featurestore.yaml: serving.log_level is {out.log_level!r}; expected one of "
+                f"{', '.join(LOG_LEVELS)}"
             )
         for port in ("rest_port", "grpc_port"):
             if getattr(out, port) > 65535:

@@ -12,10 +12,12 @@ import contextlib
 import email.message
 import gc
 import logging
+import math
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -155,11 +157,47 @@ _ERRORS: dict[int, dict[str, Any]] = {
 }
 
 
+_JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+# JSON has no NaN or infinity: they go as these strings, as protobuf's JSON mapping sends them
+_NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+
+
 def _dumps(data: Any) -> bytes:
+    """``data`` as JSON; NaN and +-infinity as the strings "NaN", "Infinity", "-Infinity".
+
+    orjson writes them as null, so a body without ``null`` has none and is sent as is; one with
+    it is dumped again with the non-finite floats replaced (a real null stays null).
+    """
     # json_default runs only for values orjson has no type for (a Bytes feature: base64)
-    return orjson.dumps(
-        data, default=json_default, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
-    )
+    body = orjson.dumps(data, default=json_default, option=_JSON_OPTIONS)
+    if b"null" not in body:
+        return body
+    return orjson.dumps(_finite(data), default=json_default, option=_JSON_OPTIONS)
+
+
+def _finite(x: Any, nan: Any = "NaN") -> Any:
+    """``x`` with every non-finite float (Python, numpy, inside lists, dicts and arrays)
+    replaced by its protobuf JSON string, NaN by ``nan``; everything else is kept as is."""
+    if isinstance(x, float):  # numpy float64 scalars too
+        if math.isfinite(x):
+            return x
+        return nan if x != x else _NON_FINITE[repr(float(x))]
+    if isinstance(x, np.ndarray):
+        if x.dtype.kind == "f" and np.isfinite(x).all():
+            return x
+        return _finite(x.tolist(), nan) if x.dtype.kind in "fO" else x
+    if isinstance(x, np.floating):
+        return _finite(float(x), nan)
+    if isinstance(x, dict):
+        return {k: _finite(v, nan) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        try:
+            if all(map(math.isfinite, x)):  # the usual list of scores: one C-level pass
+                return x
+        except (TypeError, OverflowError):  # not all (float-sized) numbers
+            pass
+        return [_finite(v, nan) for v in x]
+    return x
 
 
 def features_dict(res: FeatureResult) -> dict[str, Any]:
@@ -221,6 +259,74 @@ def not_json(path: str, content_type: str | None) -> UnsupportedMediaTypeError:
         "the header Content-Type: application/json",
         field="content-type",
     )
+
+
+def validation_message(errs: Sequence[Any]) -> str:
+    """One line for a body that failed its schema: the first wrong field as a path
+    (``entities.user_id[0]``), its value as JSON and what it should be, then how many other
+    fields are wrong. A value matching no member of a union yields an error per member (and
+    per element of a list member): they count as one problem, shown by the deepest path."""
+    problems: dict[str, tuple[str, Any]] = {}  # a value's path -> its deepest error
+    for e in errs:
+        where = _field_path(e.get("loc", ()))
+        cut = where.find("]")
+        group = where if cut < 0 else where[: cut + 1]
+        seen = problems.get(group)
+        if seen is None or len(where) > len(seen[0]):
+            problems[group] = (where, e)
+    if not problems:
+        return "body: invalid request"
+    where, first = next(iter(problems.values()))
+    more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+    kind = first.get("type", "")
+    if kind == "missing":
+        return f"{where} is missing{more}"
+    if kind == "extra_forbidden":
+        return f"{where} is not a field of this request{more}"
+    shown = _shown(first.get("input"))
+    if where.startswith("entities.") and where.endswith("]"):
+        return f"{where} is {shown}; join keys are ints or strings{more}"
+    if where.startswith(("request_data.", "rows.")) and where.endswith("]"):
+        if where.count("[") > 1:
+            return f"{where} is {shown}; list elements are numbers or booleans{more}"
+        return (
+            f"{where} is {shown}; values are numbers, strings, booleans, null or lists of "
+            f"numbers{more}"
+        )
+    return f"{where} is {shown}: {first.get('msg', 'invalid')}{more}"
+
+
+def _field_path(loc: Sequence[Any]) -> str:
+    """A pydantic error location as ``a.b[0]``, without "body" and without the union member
+    tags pydantic puts after a list index (``0, 'int'``): these lists hold no objects."""
+    out = ""
+    after_index = False
+    for part in loc:
+        if part == "body" and not out:
+            continue
+        if isinstance(part, int):
+            out += f"[{part}]"
+            after_index = True
+            continue
+        if not after_index:
+            out += f".{part}" if out else str(part)
+    return out or "body"
+
+
+def _shown(v: Any) -> str:
+    """A request value as JSON (shortened), with its JSON type when that is not plain."""
+    try:
+        text = orjson.dumps(v).decode()
+    except TypeError:
+        text = repr(v)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    if v is None:
+        return "null"
+    kind = {bool: "boolean", float: "float", str: "string"}.get(type(v))
+    if kind is None:
+        kind = "array" if isinstance(v, list) else "object" if isinstance(v, dict) else ""
+    return f"{text} ({kind})" if kind else text
 
 
 def _status_of(exc: BaseException) -> int:
@@ -298,12 +404,7 @@ def create_app(
         if request.method == "POST" and not declares_json(ctype):
             # FastAPI did not parse the body (so it "is not an object"): say what to fix
             return _raw(*_error_body(not_json(request.url.path, ctype)))
-        errs = exc.errors()
-        first = errs[0] if errs else {}
-        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
-        msg = first.get("msg", "invalid request")
-        more = f" (and {len(errs) - 1} more problem(s))" if len(errs) > 1 else ""
-        return _json({"error": f"{where}: {msg}{more}"}, 422)
+        return _json({"error": validation_message(exc.errors())}, 422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
@@ -341,6 +442,10 @@ def create_app(
             explain=req.explain,
         )
         out = res.to_dict()
+        # a NaN score (or contribution) is a row the model could not score: null, as documented
+        out["scores"] = _finite(out["scores"], None)
+        if "explanation" in out:
+            out["explanation"] = _finite(out["explanation"], None)
         if res.features is not None:
             out["features"] = features_dict(res.features)
         return _dumps(out)
