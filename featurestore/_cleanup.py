@@ -1,5 +1,9 @@
 """Deleting the online rows of feature views an apply removed, and retrying what failed.
 
+A view whose join keys changed (names, or integers <-> strings) is handled the same way: its
+rows under the old keys are never read again, so apply records and deletes them all (the
+registry dropped its watermark, so the next incremental materialize writes it afresh).
+
 Apply writes the new registry version together with a cleanup record per removed view
 (``RegistryState.pending_cleanup``), then deletes each view's rows with
 ``OnlineStore.delete_view`` and drops the record. A store that does not answer leaves the
@@ -36,6 +40,7 @@ class ViewCleanup:
     deleted: int | None = None  # rows deleted; None: not deleted, ``error`` says why
     error: str = ""
     ingest: str = ""  # the running ingest that may write the view again
+    kept: bool = False  # the view is still defined: its join keys changed (rows of old keys)
 
     @property
     def failed(self) -> bool:
@@ -47,13 +52,19 @@ class ViewCleanup:
         return self.failed or bool(self.ingest)
 
     def __str__(self) -> str:
-        head = f"removed view '{self.view}'"
+        head = (
+            f"view '{self.view}' with changed join keys"
+            if self.kept
+            else f"removed view '{self.view}'"
+        )
         if self.deleted is None:
             return (
                 f"{head}: online rows not deleted, the next `featurestore apply` retries: "
                 f"{self.error}"
             )
         line = f"{head}: deleted {self.deleted:,} online rows"
+        if self.kept:
+            line += "; materialize it to fill it again"
         if self.ingest:
             line += (
                 f"; featurestore ingest ({self.ingest}) started before the removal and may write "
@@ -85,7 +96,8 @@ def delete_redefined(online: OnlineStore, project: str, names: Iterable[str]) ->
 def finish_cleanup(store: FeatureStore, registry: Registry) -> list[ViewCleanup]:
     """Delete the online rows of every view with a cleanup record and drop the records of those
     done. Never raises for the online store: what fails stays recorded for the next apply."""
-    pending = registry.load().pending_cleanup
+    state = registry.load()
+    pending = state.pending_cleanup
     if not pending:
         return []
     holders = _ingest_holders(store, {r.get("stream") for r in pending.values()} - {None})
@@ -95,25 +107,27 @@ def finish_cleanup(store: FeatureStore, registry: Registry) -> list[ViewCleanup]
     down = ""  # the store did not answer: skip its other views instead of waiting again
     for name in sorted(pending):
         record = pending[name]
+        kept = name in state.feature_views
         if down:
-            results.append(ViewCleanup(name, error=down))
+            results.append(ViewCleanup(name, error=down, kept=kept))
             continue
         try:
             deleted = store.online.delete_view(store.project, name)
         except OnlineStoreUnavailableError as exc:
             down = _one_line(exc)
-            results.append(ViewCleanup(name, error=down))
+            results.append(ViewCleanup(name, error=down, kept=kept))
             continue
         except Exception as exc:  # the registry is written: report, keep the record, go on
-            results.append(ViewCleanup(name, error=f"{type(exc).__name__}: {_one_line(exc)}"))
+            error = f"{type(exc).__name__}: {_one_line(exc)}"
+            results.append(ViewCleanup(name, error=error, kept=kept))
             continue
         holder = holders.get(record.get("stream"))
         if holder and record.get("ingest", holder) == holder:
             notes[name] = {"ingest": holder}
-            results.append(ViewCleanup(name, deleted, ingest=holder))
+            results.append(ViewCleanup(name, deleted, ingest=holder, kept=kept))
         else:
             done.append(name)
-            results.append(ViewCleanup(name, deleted))
+            results.append(ViewCleanup(name, deleted, kept=kept))
     registry.update_cleanup(done, notes)
     return results
 

@@ -1,14 +1,22 @@
-"""Transform references: a function is stored as (definitions file, name) and re-imported lazily.
+"""Transform references: a function is stored as (definitions file, name, code hash) and
+re-imported lazily.
 
 The registry holds JSON only, so a row transform, ``where`` predicate or on-demand function is
-recorded as the file it was defined in (relative to the repo when inside it) plus its Python
-name. ``resolve_ref`` imports that file with ``transforms.load_module_from_path`` (the stable
-module name numba's disk cache needs) the first time a view using it is read.
+recorded as the file it was defined in (relative to the repo when inside it), its Python name
+and a hash of its code (``code_hash``), so that editing a function's body is a change plan and
+apply see. ``resolve_ref`` imports that file with ``transforms.load_module_from_path`` (the
+stable module name numba's disk cache needs) the first time a view using it is read, and
+refuses a function whose code is no longer the code that was applied.
 """
 
 from __future__ import annotations
 
+import ast
+import hashlib
+import inspect
 import sys
+import textwrap
+import types
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
@@ -20,7 +28,8 @@ CURRENT_REPO: ContextVar[Path | None] = ContextVar("featurestore_current_repo", 
 
 
 def function_ref(obj: Any, repo_path: Path | None) -> dict[str, str]:
-    """``{"file", "function"}`` for a RowTransform / OnDemandFeature (its source and name)."""
+    """``{"file", "function", "code"}`` for a RowTransform / OnDemandFeature (its source, name
+    and code hash)."""
     t = getattr(obj, "transform", obj)  # an OnDemandFeature wraps a RowTransform
     func = getattr(t, "func", None)
     if func is None:
@@ -32,13 +41,12 @@ def function_ref(obj: Any, repo_path: Path | None) -> dict[str, str]:
             shown = path.relative_to(Path(repo_path).resolve()).as_posix()
         except ValueError:
             pass
-    return {"file": shown, "function": func.__name__}
+    return {"file": shown, "function": func.__name__, "code": code_hash(func)}
 
 
 def resolve_ref(ref: dict[str, str], repo_path: Path | None, what: str) -> Any:
     """The live object ``ref`` names (a RowTransform or OnDemandFeature), importing its file."""
-    from featurestore.transforms.on_demand import OnDemandFeature
-    from featurestore.transforms.row import RowTransform, load_module_from_path
+    from featurestore.transforms.row import load_module_from_path
 
     path = Path(ref["file"])
     if not path.is_absolute() and repo_path is not None:
@@ -48,26 +56,48 @@ def resolve_ref(ref: dict[str, str], repo_path: Path | None, what: str) -> Any:
             f"{what}: definitions file {ref['file']} of function '{ref['function']}' is gone; "
             "restore it or re-run `featurestore apply`"
         )
-    module = _loaded_module(path) or load_module_from_path(str(path))
     name = ref["function"]
-    found = getattr(module, name, None)
-    if not isinstance(found, (RowTransform, OnDemandFeature)):
-        found = next(
-            (
-                v
-                for v in vars(module).values()
-                if isinstance(v, (RowTransform, OnDemandFeature))
-                and getattr(getattr(v, "transform", v), "func", None) is not None
-                and getattr(v, "transform", v).func.__name__ == name
-            ),
-            None,
-        )
+    want = ref.get("code")  # absent in a registry written before code was hashed
+    module = _loaded_module(path)
+    found = None if module is None else _find(module, name)
+    if found is None or (want is not None and code_hash(found) != want):
+        # not imported yet, or imported before the file was edited and applied again
+        found = _find(load_module_from_path(str(path)), name)
     if found is None:
         raise DefinitionError(
             f"{what}: function '{name}' is no longer defined in {path.name}; restore it or "
             "re-run `featurestore apply`"
         )
+    if want is not None and code_hash(found) != want:
+        raise DefinitionError(
+            f"{what}: function '{name}' in {path.name} was edited after the last apply (the "
+            "registry holds other code); run `featurestore apply` or restore it"
+        )
     return found
+
+
+def _find(module: Any, name: str) -> Any:
+    """The RowTransform / OnDemandFeature of function ``name`` in ``module``, or None."""
+    from featurestore.transforms.on_demand import OnDemandFeature
+    from featurestore.transforms.row import RowTransform
+
+    found = getattr(module, name, None)
+    if isinstance(found, (RowTransform, OnDemandFeature)):
+        return found
+    return next(
+        (
+            v
+            for v in vars(module).values()
+            if isinstance(v, (RowTransform, OnDemandFeature))
+            and getattr(getattr(v, "transform", v), "func", None) is not None
+            and getattr(v, "transform", v).func.__name__ == name
+        ),
+        None,
+    )
+
+
+def _func_of(obj: Any) -> Any:
+    return getattr(getattr(obj, "transform", obj), "func", obj)
 
 
 def _loaded_module(path: Path) -> Any:
@@ -77,4 +107,113 @@ def _loaded_module(path: Path) -> Any:
         f = getattr(mod, "__file__", None)
         if f and mod.__name__.startswith("_fs_defs_") and Path(f).resolve() == target:
             return mod
+    return None
+
+
+def code_hash(func: Any) -> str:
+    """16 hex digits identifying what ``func`` computes: its syntax tree (comments, layout,
+    docstring and line numbers left out) plus the constants and functions it reads from its
+    module (numba compiles those in). The same in every process and Python run."""
+    return hashlib.blake2b(_code_text(func, set()).encode(), digest_size=8).hexdigest()
+
+
+def _code_text(func: Any, seen: set[Any]) -> str:
+    func = getattr(func, "py_func", None) or _func_of(func)  # a numba dispatcher, a transform
+    code = getattr(func, "__code__", None)
+    if code is None or code in seen:
+        return ""
+    seen.add(code)
+    parts = [_syntax(func)]
+    values = dict(zip(code.co_freevars, _cells(func), strict=False))
+    module_globals = getattr(func, "__globals__", {})
+    for name in sorted(_names(code)):
+        if name in module_globals:
+            values.setdefault(name, module_globals[name])
+    for name in sorted(values):
+        text = _value_text(values[name], seen)
+        if text is not None:
+            parts.append(f"{name}={text}")
+    return "\n".join(parts)
+
+
+def _syntax(func: Any) -> str:
+    """The function's syntax tree as text; its bytecode when the source cannot be read."""
+    try:
+        node = ast.parse(textwrap.dedent(inspect.getsource(func))).body[0]
+    except (OSError, TypeError, SyntaxError, IndexError):
+        code = func.__code__
+        return repr((code.co_code, _consts(code), code.co_names, code.co_varnames))
+    body = getattr(node, "body", None)
+    if (
+        isinstance(body, list)
+        and len(body) > 1
+        and isinstance(body[0], ast.Expr)
+        and isinstance(body[0].value, ast.Constant)
+        and isinstance(body[0].value.value, str)
+    ):
+        body.pop(0)  # the docstring
+    return _tree_text(node)
+
+
+def _tree_text(node: Any) -> str:
+    """A syntax tree as text without positions; fields that are empty are left out, so a field
+    a newer Python adds (empty in old code) does not change the text."""
+    if isinstance(node, ast.AST):
+        inner = ",".join(
+            f"{f}={_tree_text(v)}"
+            for f in node._fields
+            if (v := getattr(node, f, None)) is not None and not (isinstance(v, list) and not v)
+        )
+        return f"{type(node).__name__}({inner})"
+    if isinstance(node, list):
+        return "[" + ",".join(_tree_text(v) for v in node) + "]"
+    return repr(node)
+
+
+def _consts(code: types.CodeType) -> tuple[Any, ...]:
+    return tuple(
+        _consts(c) if isinstance(c, types.CodeType) else c
+        for c in code.co_consts
+        if not isinstance(c, (frozenset, set))
+    )
+
+
+def _names(code: types.CodeType) -> set[str]:
+    """Every global (or attribute) name the code and the code nested in it reads."""
+    names = set(code.co_names)
+    for c in code.co_consts:
+        if isinstance(c, types.CodeType):
+            names |= _names(c)
+    return names
+
+
+def _cells(func: Any) -> list[Any]:
+    out = []
+    for cell in func.__closure__ or ():
+        try:
+            out.append(cell.cell_contents)
+        except ValueError:  # an empty cell
+            out.append(None)
+    return out
+
+
+_SCALARS = (bool, int, float, complex, str, bytes, type(None))
+
+
+def _value_text(value: Any, seen: set[Any]) -> str | None:
+    """A global's part of the hash: constants by value, functions by their code; modules,
+    classes and other objects (which numba cannot compile in) are left out."""
+    if isinstance(value, _SCALARS):
+        return repr(value)
+    if isinstance(value, tuple):
+        items = [_value_text(v, seen) for v in value]
+        return None if None in items else "(" + ",".join(items) + ")"  # type: ignore[arg-type]
+    if hasattr(value, "dtype") and hasattr(value, "tobytes") and hasattr(value, "shape"):
+        data = hashlib.blake2b(value.tobytes(), digest_size=8).hexdigest()
+        return f"array({value.dtype}, {tuple(value.shape)}, {data})"
+    if isinstance(value, (types.ModuleType, type)):
+        return None
+    func = getattr(value, "py_func", None) or _func_of(value)
+    if isinstance(func, types.FunctionType):
+        return "{" + _code_text(func, seen) + "}"
     return None

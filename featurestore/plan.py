@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from featurestore.registry import RegistryState
+from featurestore.feature_view import FeatureView
+from featurestore.registry import RegistryState, keys_changed
 from featurestore.repo import RepoDefinitions
 from featurestore.types import KEY_KIND_NOUNS
 
@@ -50,7 +52,10 @@ class Plan:
         pending = ""
         if self.pending_cleanup:
             names = ", ".join(self.pending_cleanup)
-            pending = f"\nOnline rows of removed views still to delete (apply retries): {names}."
+            pending = (
+                "\nOnline rows of removed views (or of old join keys) still to delete (apply "
+                f"retries): {names}."
+            )
         if self.empty:
             return "No changes: the registry matches the definitions." + pending
         adds = sum(c.action == "add" for c in self.changes)
@@ -71,25 +76,49 @@ def make_plan(
     """Compare the applied registry with the definitions loaded from the repo (and with the
     join-key kinds read from the sources, when given)."""
     plan = Plan(pending_cleanup=sorted(current.pending_cleanup))
+    kinds = current.join_key_kinds if key_kinds is None else key_kinds
     _diff(plan, "entity", current.entities, defs.entities, _entity_details)
-    _diff(plan, "feature view", current.feature_views, defs.feature_views, _view_details)
+    _diff(
+        plan,
+        "feature view",
+        current.feature_views,
+        defs.feature_views,
+        lambda old, new: _view_details(old, new, current.join_key_kinds, kinds),
+        # a view's entity may change its join keys with the view itself unchanged (a key that
+        # only changed kind is listed under that key, with the views it affects)
+        changed=lambda old, new: (
+            old.to_dict() != new.to_dict()
+            or old.schema_version != new.schema_version
+            or old.join_keys != new.join_keys
+        ),
+    )
     _diff(
         plan,
         "on-demand feature view",
         current.on_demand_views,
         defs.on_demand_views,
-        lambda old, new: (_field_diffs(old.to_dict(), new.to_dict()), False),
+        _on_demand_details,
     )
     _diff(
         plan, "feature service", current.feature_services, defs.feature_services, _service_details
     )
     if key_kinds is not None:
-        _diff_kinds(plan, current.join_key_kinds, key_kinds)
+        rekeyed = [
+            v
+            for n, v in sorted(defs.feature_views.items())
+            if n in current.feature_views
+            and current.feature_views[n].join_keys == v.join_keys
+            and keys_changed(current.feature_views[n], v, current.join_key_kinds, key_kinds)
+        ]
+        _diff_kinds(plan, current.join_key_kinds, key_kinds, rekeyed)
     return plan
 
 
-def _diff_kinds(plan: Plan, old: dict[str, str], new: dict[str, str]) -> None:
-    """Join keys whose kind (integers or strings) apply records, drops or changes."""
+def _diff_kinds(
+    plan: Plan, old: dict[str, str], new: dict[str, str], rekeyed: Sequence[FeatureView] = ()
+) -> None:
+    """Join keys whose kind (integers or strings) apply records, drops or changes; a change
+    names the views keyed by it (``rekeyed``), whose online rows apply deletes."""
     for key in sorted(new.keys() - old.keys()):
         plan.changes.append(Change("join key", key, "add", (f"holds {KEY_KIND_NOUNS[new[key]]}",)))
     for key in sorted(old.keys() - new.keys()):
@@ -97,16 +126,22 @@ def _diff_kinds(plan: Plan, old: dict[str, str], new: dict[str, str]) -> None:
     for key in sorted(k for k in old.keys() & new.keys() if old[k] != new[k]):
         was, now = KEY_KIND_NOUNS[old[key]], KEY_KIND_NOUNS[new[key]]
         line = f"{was} -> {now} (breaking: rows stored under the old keys are not found)"
-        plan.changes.append(Change("join key", key, "change", (line,), breaking=True))
+        views = sorted(v.name for v in rekeyed if key in v.join_keys)
+        lines = (line,) + (
+            (f"views {', '.join(views)}: online rows are deleted; materialize them again",)
+            if views
+            else ()
+        )
+        plan.changes.append(Change("join key", key, "change", lines, breaking=True))
 
 
-def _diff(plan: Plan, kind: str, old: dict, new: dict, details) -> None:  # type: ignore[no-untyped-def]
+def _diff(plan: Plan, kind: str, old: dict, new: dict, details, changed=None) -> None:  # type: ignore[no-untyped-def]
     for name in sorted(new.keys() - old.keys()):
         plan.changes.append(Change(kind, name, "add"))
     for name in sorted(old.keys() - new.keys()):
         plan.changes.append(Change(kind, name, "remove", breaking=kind == "feature view"))
     for name in sorted(old.keys() & new.keys()):
-        if old[name].to_dict() != new[name].to_dict():
+        if (changed or _dict_changed)(old[name], new[name]):
             lines, breaking = details(old[name], new[name])
             plan.changes.append(Change(kind, name, "change", tuple(lines), breaking))
 
@@ -123,7 +158,11 @@ def _service_details(old, new) -> tuple[list[str], bool]:  # type: ignore[no-unt
     return lines or _field_diffs(old.to_dict(), new.to_dict()), bool(removed)
 
 
-def _view_details(old, new) -> tuple[list[str], bool]:  # type: ignore[no-untyped-def]
+def _dict_changed(old, new) -> bool:  # type: ignore[no-untyped-def]
+    return bool(old.to_dict() != new.to_dict())
+
+
+def _view_details(old, new, old_kinds, kinds) -> tuple[list[str], bool]:  # type: ignore[no-untyped-def]
     lines: list[str] = []
     breaking = False
     old_f = {f.name: f for f in old.schema}
@@ -141,18 +180,85 @@ def _view_details(old, new) -> tuple[list[str], bool]:  # type: ignore[no-untype
             breaking = True
         elif old_f[n].to_dict() != new_f[n].to_dict():
             lines.append(f"~ feature {n}: {_field_diffs(old_f[n].to_dict(), new_f[n].to_dict())}")
+    rows_gone = "its online rows are deleted; materialize it again"
     if old.join_keys != new.join_keys:
-        lines.append(f"~ join keys {list(old.join_keys)} -> {list(new.join_keys)} (breaking)")
+        lines.append(
+            f"~ join keys {list(old.join_keys)} -> {list(new.join_keys)} (breaking: {rows_gone})"
+        )
         breaking = True
+    else:
+        for k in new.join_keys:
+            if k in old_kinds and k in kinds and old_kinds[k] != kinds[k]:
+                was, now = KEY_KIND_NOUNS[old_kinds[k]], KEY_KIND_NOUNS[kinds[k]]
+                lines.append(f"~ join key {k}: {was} -> {now} (breaking: {rows_gone})")
+                breaking = True
     od, nd = old.to_dict(), new.to_dict()
-    for k in ("source", "ttl", "online", "description", "owner", "tags", "window"):
+    for k in ("source", "online", "description", "owner", "tags"):
         if od.get(k) != nd.get(k):
             lines.append(f"~ {k}: {od.get(k)!r} -> {nd.get(k)!r}")
+    if od.get("ttl") != nd.get("ttl"):
+        lines.append(
+            f"~ ttl {od.get('ttl') or 'none'} -> {nd.get('ttl') or 'none'}: online rows are "
+            "rewritten with the new expiry at the next materialize"
+        )
+    ow, nw = od.get("window"), nd.get("window")
+    if _without_code(ow) != _without_code(nw):
+        lines.append(f"~ window: {_without_code(ow)!r} -> {_without_code(nw)!r}")
+    code = _code_lines(_window_refs(ow), _window_refs(nw))
+    if code:
+        lines += [f"{line} (breaking)" for line in code]
+        breaking = True
     if old.schema_version != new.schema_version:
         lines.append(
             "online rows of the old schema are not served until the view is materialized again"
         )
     return lines, breaking
+
+
+def _on_demand_details(old, new) -> tuple[list[str], bool]:  # type: ignore[no-untyped-def]
+    """Definition changes plus the functions whose code changed; not breaking: on-demand
+    features are computed per request, no stored rows hold the old results."""
+    od, nd = old.to_dict(), new.to_dict()
+    lines = _field_diffs(_without_code(od), _without_code(nd))
+    refs = [{f["output"]["name"]: f for f in d["features"]} for d in (od, nd)]
+    code = _code_lines(*({f"output '{n}'": f for n, f in r.items()} for r in refs))
+    return lines + [
+        f"{c} (computed per request: the new code applies at once)" for c in code
+    ], False
+
+
+def _window_refs(spec: dict | None) -> dict[str, dict]:  # type: ignore[type-arg]
+    """Function refs of a window spec by where they are used."""
+    if not spec:
+        return {}
+    refs = {f"derived column '{d['name']}'": d for d in spec.get("derived", ())}
+    for a in spec.get("aggregations", ()):
+        if a.get("where") is not None:
+            stem = a.get("name") or f"{a['column']}_{a['function']}"
+            refs[f"where of aggregation '{stem}'"] = a["where"]
+    return refs
+
+
+def _code_lines(old: dict[str, dict], new: dict[str, dict]) -> list[str]:  # type: ignore[type-arg]
+    """A line per function (same file and name in both) whose code hash changed."""
+    lines = []
+    for place in sorted(old.keys() & new.keys()):
+        o, n = old[place], new[place]
+        if (o["file"], o["function"]) != (n["file"], n["function"]):
+            continue  # another function: the definition diff shows it
+        if o.get("code") != n.get("code"):
+            what = "changed" if o.get("code") else "recorded for the first time"
+            lines.append(f"~ code of function '{n['function']}' ({place}) {what}")
+    return lines
+
+
+def _without_code(value):  # type: ignore[no-untyped-def]
+    """``value`` (JSON) without the code hashes of its function refs, for readable diffs."""
+    if isinstance(value, dict):
+        return {k: _without_code(v) for k, v in value.items() if k != "code"}
+    if isinstance(value, list):
+        return [_without_code(v) for v in value]
+    return value
 
 
 def _field_diffs(old: dict, new: dict) -> list[str]:

@@ -211,20 +211,33 @@ class Registry:
         """Replace the definitions with these, as a new version; materialization state of kept views
         stays. Removed views get a cleanup record in the same write (their online rows are
         deleted next, and until that succeeds the record says so); a view defined again loses
-        its record, so delete its old rows before (see featurestore/_cleanup.py)."""
+        its record, so delete its old rows before (see featurestore/_cleanup.py).
+
+        A view whose online rows the new definition cannot use as they are loses its watermark,
+        so the next incremental materialize writes it afresh: new schema, source, ttl (the
+        rows' expiry) or join keys; rows under join keys it no longer has get a cleanup record
+        as a removed view's do."""
         with self._lock():
             self._cache = None
             old = self.load()
             names = {v.name for v in views}
+            kinds = dict(join_key_kinds or {})
+            version = old.version + 1
+            # a view with a cleanup record had its rows deleted just before (delete_redefined)
             keep = {
                 n: m
                 for n, m in old.materialization.items()
-                if n in names and _same_schema(old, n, views)
+                if n in names
+                and n not in old.pending_cleanup
+                and not rewrite_reasons(old, n, views, kinds)
             }
-            version = old.version + 1
             pending = {n: r for n, r in old.pending_cleanup.items() if n not in names}
             for n in sorted(old.feature_views.keys() - names):
                 pending[n] = _cleanup_record(old.feature_views[n], version)
+            for v in views:
+                prev = old.feature_views.get(v.name)
+                if prev is not None and keys_changed(prev, v, old.join_key_kinds, kinds):
+                    pending[v.name] = _cleanup_record(prev, version)
             state = RegistryState(
                 project=self.project,
                 version=version,
@@ -234,7 +247,7 @@ class Registry:
                 feature_services={s.name: s for s in services},
                 materialization=keep,
                 on_demand_views={v.name: v for v in on_demand_views or ()},
-                join_key_kinds=dict(join_key_kinds or {}),
+                join_key_kinds=kinds,
                 pending_cleanup=pending,
             )
             self._write(state, history=True)
@@ -277,14 +290,18 @@ class Registry:
         self, done: Iterable[str], notes: Mapping[str, Mapping[str, Any]] | None = None
     ) -> RegistryState:
         """Drop the cleanup records of ``done`` views (their online rows are deleted) and merge
-        ``notes`` into the records of others; returns the resulting state."""
+        ``notes`` into the records of others; returns the resulting state. A done view that is
+        still defined (its join keys changed) loses its watermark too: its rows are gone."""
         with self._lock():
             self._cache = None
             state = self.load()
             pending = state.pending_cleanup
             changed = False
             for name in done:
-                changed |= pending.pop(name, None) is not None
+                if pending.pop(name, None) is not None:
+                    changed = True
+                    if name in state.feature_views:
+                        state.materialization.pop(name, None)
             for name, fields in (notes or {}).items():
                 if name in pending and any(pending[name].get(k) != v for k, v in fields.items()):
                     pending[name].update(fields)
@@ -311,9 +328,32 @@ def _cleanup_record(view: FeatureView, version: int) -> dict[str, Any]:
     return {"removed_in": version, "stream": src.stream if isinstance(src, StreamSource) else None}
 
 
-def _same_schema(old: RegistryState, name: str, views: list[FeatureView]) -> bool:
+def rewrite_reasons(
+    old: RegistryState, name: str, views: list[FeatureView], kinds: Mapping[str, str]
+) -> list[str]:
+    """Why the online rows of view ``name`` must be written again under its new definition
+    (empty: they stay valid, and so does its watermark)."""
     new = next(v for v in views if v.name == name)
     prev = old.feature_views.get(name)
-    return (
-        prev is not None and prev.schema_version == new.schema_version and prev.source == new.source
-    )
+    if prev is None:
+        return ["new view"]
+    reasons = []
+    if prev.schema_version != new.schema_version:
+        reasons.append("schema")
+    if prev.source != new.source:
+        reasons.append("source")
+    if prev.ttl != new.ttl:
+        reasons.append("ttl")
+    if keys_changed(prev, new, old.join_key_kinds, kinds):
+        reasons.append("join keys")
+    return reasons
+
+
+def keys_changed(
+    prev: FeatureView, new: FeatureView, old_kinds: Mapping[str, str], kinds: Mapping[str, str]
+) -> bool:
+    """Whether the view's online keys change: other join-key names, or a key whose values
+    changed kind (integers / strings are written differently); an unrecorded kind matches."""
+    if prev.join_keys != new.join_keys:
+        return True
+    return any(k in old_kinds and k in kinds and old_kinds[k] != kinds[k] for k in new.join_keys)
