@@ -41,7 +41,7 @@ def list_(
     """Show dead letters: why each failed and the event as it was sent."""
     from featurestore.online.stream import count_dead_letters, list_dead_letters
 
-    with _stream_store(ctx) as (store, client):
+    with _quiet_on_closed_pipe(), _stream_store(ctx) as (store, client):
         rows: list[dict[str, Any]] = []
         for name in _sources(store, source):
             letters = list_dead_letters(
@@ -111,6 +111,22 @@ def drop(ctx: click.Context, source: str | None, reason: str | None, everything:
                 store, name, reason_contains=reason, everything=everything, client=client
             )
             click.echo(f"{name}: dropped {n:,} dead letters")
+
+
+@contextmanager
+def _quiet_on_closed_pipe() -> Iterator[None]:
+    """Stop quietly when the reader of the output went away (``... | head``): the rest is
+    thrown away, as other command-line tools do, rather than printed as an error."""
+    import os
+    import sys
+
+    try:
+        yield
+    except BrokenPipeError:
+        # the interpreter flushes stdout again on exit: point it at nothing, so it cannot fail
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        raise click.exceptions.Exit(0) from None
 
 
 @contextmanager

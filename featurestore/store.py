@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from featurestore._inputs import entity_input
 from featurestore._time import now_us, to_us, to_utc
 from featurestore.config import RepoConfig, load_config, online_store_id
-from featurestore.errors import DefinitionError, FeatureNotFoundError
+from featurestore.errors import DefinitionError, FeatureNotFoundError, FeatureStoreError
 from featurestore.feature_service import FeatureService
 from featurestore.feature_view import FeatureView
 from featurestore.plan import Plan, make_plan
@@ -155,6 +156,10 @@ class FeatureStore:
                 found = self.offline.validate_view(view)
             for p in found:
                 problems.append(f"{defs.where('feature view', view.name)}: {p}")
+        if not problems:
+            from featurestore.online.stream.checks import stream_source_problems
+
+            problems = stream_source_problems(self.offline, defs.feature_views.values())
         kinds: dict[str, str] = {}
         if not problems:
             kinds, problems = self._join_key_kinds(defs)
@@ -343,11 +348,11 @@ class FeatureStore:
         """
         start_us, end_us = to_us(start), to_us(end)
         if start_us > end_us:
-            raise ValueError(f"materialize: start {to_utc(start_us)} is after end {to_utc(end_us)}")
-        rows = {
-            v.name: self._materialize_view(v, start_us, end_us, progress)
-            for v in self._online_views(views)
-        }
+            raise FeatureStoreError(
+                f"materialize: start {to_utc(start_us)} is after end {to_utc(end_us)}"
+            )
+        with self._online_views(views) as todo:
+            rows = {v.name: self._materialize_view(v, start_us, end_us, progress) for v in todo}
         return MaterializeResult(start_us, end_us, rows)
 
     def materialize_incremental(
@@ -366,33 +371,39 @@ class FeatureStore:
         state = self.registry
         rows: dict[str, int] = {}
         first = end_us
-        for view in self._online_views(views):
-            mark = self._store_watermark(view.name, watermark_us(state, view.name, self._store_id))
-            if mark is not None and mark >= end_us:
-                rows[view.name] = 0
-                continue
-            if mark is not None:
-                start_us = mark
-            elif view.ttl_us is not None:
-                start_us = end_us - view.ttl_us
-            else:
-                start_us = 0
-            first = min(first, start_us)
-            rows[view.name] = self._materialize_view(view, min(start_us, end_us), end_us, progress)
+        with self._online_views(views) as todo:
+            for view in todo:
+                mark = watermark_us(state, view.name, self._store_id)
+                mark = self._store_watermark(view.name, mark)
+                if mark is not None and mark >= end_us:
+                    rows[view.name] = 0
+                    continue
+                if mark is not None:
+                    start_us = mark
+                elif view.ttl_us is not None:
+                    start_us = end_us - view.ttl_us
+                else:
+                    start_us = 0
+                first = min(first, start_us)
+                rows[view.name] = self._materialize_view(
+                    view, min(start_us, end_us), end_us, progress
+                )
         return MaterializeResult(first, end_us, rows)
 
-    def _online_views(self, names: Sequence[str] | None) -> list[FeatureView]:
-        """The views to materialize (default: every online view); refused while a stream ingest
-        writes one of them (see online/stream/streams.check_not_ingesting)."""
-        from featurestore.online.stream.streams import check_not_ingesting
+    @contextmanager
+    def _online_views(self, names: Sequence[str] | None) -> Iterator[list[FeatureView]]:
+        """The views to materialize (default: every online view), with the locks of the streams
+        feeding them held meanwhile: refused while an ingest (or another materialize) writes
+        one, and no ingest starts until done (see online/stream/locks.materialize_lock)."""
+        from featurestore.online.stream.locks import materialize_lock
 
         state = self.registry
         if names:
             views = [state.feature_view(n) for n in names]
         else:
             views = [v for v in state.feature_views.values() if v.online]
-        check_not_ingesting(self, views)
-        return views
+        with materialize_lock(self, views):
+            yield views
 
     def _materialize_view(
         self, view: FeatureView, start_us: int, end_us: int, progress: bool

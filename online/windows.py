@@ -21,6 +21,8 @@ Value layout (little endian)::
               uint8[k*n]          validity
               tiles               from 256 events on: per tile of max_window / 64 the
                                   count, min, max and exact sums (see transforms/online.py)
+    [24 bytes]  a stream-fed view's position trailer: the newest stream entry in the state
+                (see online/stream/apply.py); readers ignore it
 
 Memory per entity: ``104 + n * (8 + 9k + 8d)`` bytes for ``n`` events in the horizon, plus the
 tiles of states with 256+ events (~150-250 bytes per non-empty tile and tiled input, at most
@@ -92,13 +94,18 @@ def materialize_window_view(
     batch_size: int,
     now_us: int,
 ) -> int:
-    """Write the state of every entity with events in the horizon before ``end_us``."""
+    """Write the state of every entity with events in the horizon before ``end_us``.
+
+    A view fed by a stream also gets, after each state, how far ingest had written the stream
+    to the batch folder: a stream entry up to there that ingest delivers again (it died before
+    acknowledging it) is in the state already and is not added twice."""
     from featurestore.offline.windows import EV, read_events
     from featurestore.online.keys import build_keys
 
     assert view.window is not None
     ow = view.window.online()
     lo = end_us - ow.horizon_us
+    trailer = _stream_trailer(offline, view)  # read before the events: they hold all up to it
     events = read_events(offline, view, lo, end_us, by_key=True)
     n = events.num_rows
     if n == 0:
@@ -126,7 +133,7 @@ def materialize_window_view(
         if deadline_us <= now_us:
             continue  # every window is already empty for readers at the wall clock
         batch_keys.append(keys[g])
-        values.append(encode_value(view, state))
+        values.append(encode_value(view, state) + trailer)
         expire.append(deadline_us // 1000)
         if len(batch_keys) >= size:
             online.write_batch(batch_keys, values, expire)
@@ -136,6 +143,20 @@ def materialize_window_view(
         online.write_batch(batch_keys, values, expire)
         written += len(batch_keys)
     return written
+
+
+def _stream_trailer(offline: OfflineStore, view: FeatureView) -> bytes:
+    """The position trailer for a stream-fed view's states (see online/stream/apply.py); none
+    for other views or before ingest wrote any file."""
+    from featurestore.sources import StreamSource
+
+    if not isinstance(view.source, StreamSource):
+        return b""
+    from featurestore.online.stream.apply import position_trailer
+    from featurestore.online.stream.sink import offline_position
+
+    pos = offline_position(offline.config, view.source)
+    return position_trailer(pos) if pos != (0, 0) else b""
 
 
 def _np(col: Any) -> Any:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from featurestore.errors import FeatureStoreError
 from featurestore.online.codec import CREATED_TS, EVENT_TS, NULL_TS
 from featurestore.online.keys import build_keys
 from featurestore.online.stream.events import Event, columns_of
@@ -49,6 +50,11 @@ def position_of(value: bytes | None, head: StateHead | None = None) -> tuple[int
     return (ms, seq) if magic == _POS_MAGIC else (0, 0)
 
 
+def position_trailer(entry: tuple[int, int]) -> bytes:
+    """The bytes after a window state saying entries up to ``entry`` are in it."""
+    return _POS.pack(_POS_MAGIC, *entry)
+
+
 def group_by_entity(view: FeatureView, events: list[Event]) -> dict[EntityKey, list[Event]]:
     """The events of each entity of ``view``, in stream order."""
     out: dict[EntityKey, list[Event]] = defaultdict(list)
@@ -63,7 +69,11 @@ def _keys(project: str, view: FeatureView, entities: list[EntityKey]) -> list[by
 
 
 class WindowBatch:
-    """One window view's part of a batch: states read once, late events found, then written."""
+    """One window view's part of a batch: states read once, late events found, then written.
+
+    A stored value of another schema version predates the view's definition (an apply changed
+    it): unless the view was materialized since, ingest stops rather than start that entity's
+    state afresh from the new events alone (partial values served as present)."""
 
     def __init__(
         self,
@@ -72,8 +82,11 @@ class WindowBatch:
         view: FeatureView,
         events: list[Event],
         arrow: dict[str, Any],
+        *,
+        materialized: bool = True,
     ) -> None:
         self.view = view
+        self.materialized = materialized  # since the view's definition last changed
         self.arrow = arrow  # the input columns' types in the batch files, as materialize reads
         self.ow = view.window.online()  # type: ignore[union-attr]
         self.by_entity = group_by_entity(view, events)
@@ -94,8 +107,17 @@ class WindowBatch:
 
     def _watermark(self, value: bytes | None, head: StateHead | None) -> int | None:
         """The watermark of a stored state from its header (None: absent or without one)."""
-        if value is None or value[:8] != self.prefix:
-            return None  # absent or another schema version: a new state (decode_value's rules)
+        if value is None:
+            return None  # a new entity: a new state
+        if value[:8] != self.prefix:
+            if not self.materialized:
+                raise FeatureStoreError(
+                    f"feature view '{self.view.name}' holds online values written before its "
+                    "definition last changed, which one event cannot rebuild; run featurestore "
+                    "materialize for it first, then start ingest again"
+                )
+            # materialized since: a state it did not rewrite holds no event of the horizon
+            return None
         if head is not None and head.version in (1, 2) and head[1:3] == self.shape:
             return head.watermark
         return decode_value(self.view, value).watermark  # raises as decode does
@@ -154,7 +176,7 @@ class WindowBatch:
             if deadline_us <= now_us:
                 continue  # every window is already empty for readers at the wall clock
             keys.append(self.keys[i])
-            values.append(prefix + state + _POS.pack(_POS_MAGIC, *new[-1].id))
+            values.append(prefix + state + position_trailer(new[-1].id))
             expire.append(deadline_us // 1000)
         applied = len(flat)
         if keys:

@@ -23,7 +23,7 @@ import orjson
 
 from featurestore.errors import FeatureStoreError
 from featurestore.online.stream.events import as_text
-from featurestore.online.stream.streams import stream_sources, using_client
+from featurestore.online.stream.streams import dead_letter_name, stream_sources, using_client
 
 if TYPE_CHECKING:
     from featurestore.store import FeatureStore
@@ -91,7 +91,7 @@ def dead_letter_stream(store: FeatureStore, source: str) -> tuple[str, str]:
             )
         raise FeatureStoreError(f"unknown stream source '{source}'; known: {sorted(found)}")
     stream = found[source][0].stream
-    return stream, stream + store.config.stream.dead_letter_suffix
+    return stream, dead_letter_name(store, stream)
 
 
 def list_dead_letters(

@@ -11,16 +11,14 @@ dead letter may then be written twice (its ``id`` field tells).
 
 One ingester per source at a time: it holds a lock key beside the stream (renewed while it
 runs), because a window view's state is updated by read-modify-write and one entity's events
-must be applied in stream order.
+must be applied in stream order. A materialize of the views it feeds holds the same key while
+it rewrites their states (see locks.py), so the two never overwrite each other's writes.
 """
 
 from __future__ import annotations
 
-import os
-import socket
 import sys
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -30,10 +28,20 @@ from featurestore._time import duration_us, now_us, parse_duration, to_utc
 from featurestore.errors import FeatureStoreError, OnlineStoreError
 from featurestore.online.stream.apply import WindowBatch, write_plain
 from featurestore.online.stream.events import Event, EventSchema, as_text
+from featurestore.online.stream.locks import (
+    LOCK_MS,
+    LOCK_SUFFIX,
+    acquire,
+    holder_text,
+    is_materialize,
+    new_token,
+    release,
+    renew,
+)
 from featurestore.online.stream.sink import OfflineSink
 from featurestore.online.stream.streams import (
-    LOCK_SUFFIX,
     ClusterClient,
+    dead_letter_name,
     group_info,
     redis_client,
     stream_sources,
@@ -48,20 +56,7 @@ if TYPE_CHECKING:
     from featurestore.store import FeatureStore
 
 CONSUMER = "ingest"  # one ingester per source (the lock), so its pending entries are its own
-LOCK_MS = 15_000
 _LETTER_SKEW_MS = 600_000  # clocks of two cluster nodes (stream, dead letters) may differ
-_RENEW = (
-    "if redis.call('get', KEYS[1]) == ARGV[1] then "
-    "return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
-)
-_SWAP = (
-    "if redis.call('get', KEYS[1]) == ARGV[1] then "
-    "return redis.call('set', KEYS[1], ARGV[2], 'PX', ARGV[3]) else return 0 end"
-)
-_RELEASE = (
-    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) "
-    "else return 0 end"
-)
 
 
 class _LostGroup(FeatureStoreError):
@@ -98,9 +93,12 @@ class _Source:
         self.sink = (
             OfflineSink(store.config, self.schema) if store.config.stream.write_offline else None
         )
-        self.dead_stream = src.stream + store.config.stream.dead_letter_suffix
+        self.dead_stream = dead_letter_name(store, src.stream)
         self.lock_key = src.stream + LOCK_SUFFIX
-        self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.token = new_token()
+        # views whose stored window states may predate their definition: not materialized
+        # since the last apply that changed them (see WindowBatch)
+        self.unmaterialized = {v.name for v in views if v.is_window and not _materialized(store, v)}
         self.cursor = "0"  # pending entries after this id first, then ">" (new entries)
         self.unacked: list[str] = []  # entries handled online, acknowledged at the next flush
         self.unwritten: list[Event] = []  # their valid events, for the next Parquet file
@@ -223,13 +221,8 @@ class Ingester:
     def _start(self) -> None:
         self._groups()
         for s in self.sources:
-            if not self.client.set(s.lock_key, s.token, nx=True, px=LOCK_MS) and not self._take(s):
-                holder = self.client.get(s.lock_key)
-                raise FeatureStoreError(
-                    f"stream source '{s.src.name}': another ingest is reading stream "
-                    f"'{s.src.stream}' ({(holder or b'?').decode()}); stop it first (its lock "
-                    f"expires {LOCK_MS // 1000}s after it dies)"
-                )
+            if not acquire(self.client, s.lock_key, s.token):
+                raise FeatureStoreError(_busy(s, self.client.get(s.lock_key)))
             self._locked.append(s)
 
     def _groups(self) -> None:
@@ -243,25 +236,15 @@ class Ingester:
                 if "BUSYGROUP" not in str(exc):
                     raise
 
-    def _take(self, s: _Source) -> bool:
-        """Take the lock of an ingest that died on this host (its pid is gone), so a restart
-        after a crash need not wait for the lock to expire."""
-        holder = self.client.get(s.lock_key)
-        host, _, rest = as_text(holder or b"").partition(":")
-        pid = rest.partition(":")[0]
-        if host != socket.gethostname() or not pid.isdigit() or _alive(int(pid)):
-            return False
-        return bool(self.client.eval(_SWAP, 1, s.lock_key, holder, s.token, LOCK_MS))
-
     def _renew(self) -> None:
         """Extend the locks; take a vanished one again (the server restarted and lost it)."""
         for s in self.sources:
-            if self.client.eval(_RENEW, 1, s.lock_key, s.token, LOCK_MS):
+            if renew(self.client, s.lock_key, s.token):
                 continue
             if not self.client.set(s.lock_key, s.token, nx=True, px=LOCK_MS):
                 raise FeatureStoreError(
-                    f"stream source '{s.src.name}': lost the ingest lock of '{s.src.stream}' "
-                    "(another ingest took it); stopping"
+                    f"stream source '{s.src.name}': lost the lock of '{s.src.stream}' (now "
+                    f"held by {holder_text(self.client.get(s.lock_key))}); stopping"
                 )
             self._groups()  # a server that lost the lock may have lost the groups too
 
@@ -269,7 +252,7 @@ class Ingester:
         """Release the locks and the connection."""
         for s in self._locked:
             try:
-                self.client.eval(_RELEASE, 1, s.lock_key, s.token)
+                release(self.client, s.lock_key, s.token)
             except Exception:  # the lock expires by itself
                 pass
         self._locked = []
@@ -334,7 +317,14 @@ class Ingester:
         events, dead = self._parse(s, entries)
         now = now_us()
         windows = [
-            WindowBatch(self.online, self.store.project, v, events, s.schema.arrow)
+            WindowBatch(
+                self.online,
+                self.store.project,
+                v,
+                events,
+                s.schema.arrow,
+                materialized=v.name not in s.unmaterialized,
+            )
             for v in s.views
             if v.is_window
         ]
@@ -457,14 +447,26 @@ def _late_reason(e: Event, what: str, s: _Source) -> str:
     )
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: alive
-        return True
-    return True
+def _busy(s: _Source, holder: Any) -> str:
+    """Why the lock of a source's stream could not be taken, naming its holder."""
+    if is_materialize(holder):
+        return (
+            f"stream source '{s.src.name}': {holder_text(holder)} is writing the views fed by "
+            f"stream '{s.src.stream}'; start ingest when it has finished"
+        )
+    return (
+        f"stream source '{s.src.name}': another ingest is reading stream '{s.src.stream}' "
+        f"({as_text(holder or b'?')}); stop it first (its lock expires {LOCK_MS // 1000}s after "
+        "it dies)"
+    )
+
+
+def _materialized(store: FeatureStore, view: FeatureView) -> bool:
+    """Whether ``view`` was materialized to this online store since its definition last changed
+    (an apply that changes a view's schema drops its materialization record)."""
+    from featurestore.registry import watermark_us
+
+    return watermark_us(store.registry, view.name, store._store_id) is not None
 
 
 def _as_json(fields: Any) -> bytes:

@@ -18,6 +18,7 @@ from featurestore.online.stream.events import Event, EventSchema, columns_of
 
 if TYPE_CHECKING:
     from featurestore.config import RepoConfig
+    from featurestore.sources import StreamSource
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.]+")
 
@@ -28,19 +29,12 @@ class OfflineSink:
     def __init__(self, config: RepoConfig, schema: EventSchema) -> None:
         self.schema = schema
         self.folder = Path(config.resolve(schema.source.batch_source.path))
-        self.tag = _SAFE.sub("_", schema.source.name)
+        self.tag = _tag(schema.source)
         self.position = self._scan()
 
     def _scan(self) -> tuple[int, int]:
         """The newest entry id already in a file of this source (0-0 when none)."""
-        pattern = re.compile(rf"stream-{re.escape(self.tag)}-\d+_\d+-(\d+)_(\d+)\.parquet")
-        best = (0, 0)
-        if self.folder.is_dir():
-            for name in os.listdir(self.folder):
-                m = pattern.fullmatch(name)
-                if m:
-                    best = max(best, (int(m.group(1)), int(m.group(2))))
-        return best
+        return _newest_id(self.folder, self.tag)
 
     def write(self, events: list[Event]) -> int:
         """Write the events newer than the position as one file; returns how many."""
@@ -65,3 +59,24 @@ class OfflineSink:
         atomic_write(self.folder / name, buf.getvalue().to_pybytes())
         self.position = last
         return len(new)
+
+
+def offline_position(config: RepoConfig, source: StreamSource) -> tuple[int, int]:
+    """How far ingest has written ``source``'s events to its batch folder: the newest entry id
+    in its files (0-0 when none). Every valid event of an entry up to it is in a file."""
+    return _newest_id(Path(config.resolve(source.batch_source.path)), _tag(source))
+
+
+def _tag(source: StreamSource) -> str:
+    return _SAFE.sub("_", source.name)
+
+
+def _newest_id(folder: Path, tag: str) -> tuple[int, int]:
+    pattern = re.compile(rf"stream-{re.escape(tag)}-\d+_\d+-(\d+)_(\d+)\.parquet")
+    best = (0, 0)
+    if folder.is_dir():
+        for name in os.listdir(folder):
+            m = pattern.fullmatch(name)
+            if m:
+                best = max(best, (int(m.group(1)), int(m.group(2))))
+    return best

@@ -9,15 +9,16 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from featurestore.errors import FeatureStoreError
+from featurestore.errors import ConfigError, FeatureStoreError
 from featurestore.online.stream.events import as_text
+from featurestore.online.stream.locks import LOCK_SUFFIX, holder_text, is_materialize
 
 if TYPE_CHECKING:
     from featurestore.feature_view import FeatureView
     from featurestore.sources import StreamSource
     from featurestore.store import FeatureStore
 
-LOCK_SUFFIX = ":ingest-lock"  # the key beside a stream that says which ingest reads it
+__all__ = ["LOCK_SUFFIX", "redis_client", "send_events", "stream_sources", "stream_status"]
 
 
 def stream_sources(store: FeatureStore) -> dict[str, tuple[StreamSource, list[FeatureView]]]:
@@ -30,6 +31,20 @@ def stream_sources(store: FeatureStore) -> dict[str, tuple[StreamSource, list[Fe
         if isinstance(src, StreamSource):
             out.setdefault(src.name, (src, []))[1].append(view)
     return out
+
+
+def dead_letter_name(store: FeatureStore, stream: str) -> str:
+    """The dead-letter stream beside ``stream``; a suffix that names no other stream (empty, or
+    making another source's stream) is refused: its letters would be read again as events."""
+    suffix = store.config.stream.dead_letter_suffix
+    dead = stream + suffix
+    if not suffix or dead in {src.stream for src, _ in stream_sources(store).values()}:
+        raise ConfigError(
+            f"stream.dead_letter_suffix {suffix!r} makes the dead-letter stream of '{stream}' "
+            f"'{dead}', a stream ingest reads, so bad events would be read again forever; "
+            "give another suffix (default ':dead')"
+        )
+    return dead
 
 
 def redis_client(
@@ -151,42 +166,23 @@ def stream_status(store: FeatureStore, sources: list[str] | None = None) -> list
                 raise FeatureStoreError(f"unknown stream source '{name}'; known: {sorted(found)}")
             stream = found[name][0].stream
             g = group_info(client, stream, group)
-            dead = client.xlen(stream + store.config.stream.dead_letter_suffix)
+            dead = client.xlen(dead_letter_name(store, stream))
             holder = client.get(stream + LOCK_SUFFIX)
             lines.append(
                 f"{name}: stream '{stream}' {client.xlen(stream):,} entries; group '{group}' "
                 + (f"lag {g.get('lag')}, pending {g.get('pending')}" if g else "not created yet")
-                + f"; {dead:,} dead letters; ingest "
-                + (f"running ({as_text(holder)})" if holder else "not running")
+                + f"; {dead:,} dead letters; "
+                + _lock_state(holder)
             )
     finally:
         client.close()
     return lines
 
 
-def check_not_ingesting(store: FeatureStore, views: list[FeatureView]) -> None:
-    """Refuse to materialize stream-fed views while ``featurestore ingest`` reads their stream:
-    both write those views' online values, and a materialized window state does not carry the
-    stream position, so an event could be counted twice. An unreachable stream server has no
-    ingest running (it could not read), so it does not stop materialize."""
-
-    from featurestore.sources import StreamSource
-
-    fed = [v for v in views if isinstance(v.source, StreamSource)]
-    if not fed:
-        return
-    client = redis_client(store, timeout=2.0, connect_timeout=0.5)
-    try:
-        for view in fed:
-            src = view.source
-            holder = client.get(src.stream + LOCK_SUFFIX)  # type: ignore[union-attr]
-            if holder is not None:
-                raise FeatureStoreError(
-                    f"feature view '{view.name}' is fed by stream source '{src.name}', which "
-                    f"featurestore ingest is reading ({as_text(holder)}); stop it before "
-                    "materializing this view, then start it again"
-                )
-    except stream_errors():
-        return
-    finally:
-        client.close()
+def _lock_state(holder: Any) -> str:
+    """What the lock beside a stream says, for ``--status``."""
+    if holder is None:
+        return "ingest not running"
+    if is_materialize(holder):
+        return f"ingest not running; {holder_text(holder)} running"
+    return f"ingest running ({as_text(holder)})"
