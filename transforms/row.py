@@ -158,7 +158,19 @@ class RowTransform:
         for a in args:
             if a is None or (isinstance(a, float) and a != a):
                 return None
-        return self._scalar(*args)
+        try:
+            return self._scalar(*args)
+        except ZeroDivisionError:
+            # njit follows Python and raises; the column kernel follows numpy (inf, nan, 0):
+            # answer with the column kernel, so a row gets the value a training set holds
+            return self._one_row(args)
+
+    def _one_row(self, args: tuple[Any, ...]) -> Any:
+        """The vectorized kernel's value for one row, as a Python scalar."""
+        import numpy as np
+
+        with np.errstate(all="ignore"):
+            return self._ufunc(*args).item()
 
     def apply_columns(self, columns: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         """Columns by parameter name -> (values, valid); the vectorized kernel over all rows."""
