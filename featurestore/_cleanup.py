@@ -139,6 +139,7 @@ def _ingest_holders(store: FeatureStore, streams: set[str]) -> dict[str, str]:
         return {}
 
     from featurestore.online.stream.events import as_text
+    from featurestore.online.stream.locks import is_materialize
     from featurestore.online.stream.streams import LOCK_SUFFIX, redis_client, stream_errors
 
     client = redis_client(store, timeout=2.0, connect_timeout=0.5)
@@ -148,4 +149,5 @@ def _ingest_holders(store: FeatureStore, streams: set[str]) -> dict[str, str]:
         return {}
     finally:
         client.close()
-    return {s: as_text(h) for s, h in found.items() if h is not None}
+    # a materialize holding the lock writes only while it runs: it is no ingest to wait for
+    return {s: as_text(h) for s, h in found.items() if h is not None and not is_materialize(h)}

@@ -44,7 +44,11 @@ def register_commands(cli: click.Group) -> None:
 @click.option(
     "--workers", type=click.IntRange(min=1), help="Worker processes (default: serving.workers)."
 )
-@click.option("--log-level", help="uvicorn log level (default: serving.log_level).")
+@click.option(
+    "--log-level",
+    callback=lambda ctx, param, value: _log_level(value),
+    help="uvicorn log level (default: serving.log_level).",
+)
 @click.pass_context
 def serve(
     ctx: click.Context,
@@ -111,6 +115,17 @@ def _check_bindable(host: str, port: int, what: str) -> None:
                 f"{what} port {port} on {host} cannot be used: {exc.strerror}; pick another "
                 f"with --{'grpc-' if what == 'gRPC' else ''}port or in featurestore.yaml"
             ) from None
+
+
+def _log_level(value: str | None) -> str | None:
+    """``--log-level``, checked here (the serving package is imported only to serve)."""
+    if value is None:
+        return None
+    from featurestore.online.serving.config import LOG_LEVELS
+
+    if value not in LOG_LEVELS:
+        raise click.BadParameter(f"{value!r} is not one of {', '.join(LOG_LEVELS)}")
+    return value
 
 
 def _run_uvicorn(host: str, port: int, workers: int, log_level: str, tls: dict[str, Any]) -> None:

@@ -92,7 +92,12 @@ def init(name: str, online_store: str) -> None:
 @click.pass_context
 def plan(ctx: click.Context) -> None:
     """Show what apply would change (breaking schema changes are flagged)."""
-    click.echo(str(_store(ctx).plan()))
+    store = _store(ctx)
+    p = store.plan()
+    click.echo(str(p))
+    services = {c.name: c.action for c in p.changes if c.kind == "feature service"}
+    kept = {n for n in store.registry.feature_services if services.get(n) != "remove"}
+    _warn_models_without_service(store, p, kept | {n for n, a in services.items() if a == "add"})
 
 
 @cli.command()
@@ -106,7 +111,19 @@ def apply(ctx: click.Context) -> None:
     click.echo(str(p))
     for c in cleanups:
         click.echo(f"warning: {c}" if c.pending else str(c), err=c.pending)
+    _warn_models_without_service(store, p, set(store.registry.feature_services))
     click.echo(f"Registry at version {store.registry.version}.")
+
+
+def _warn_models_without_service(store: Any, plan: Any, services: set[str]) -> None:
+    """A warning line per model version that reads a feature service ``plan`` removes (it
+    answers 503 until the service is back or the model is registered again)."""
+    if not any(c.kind == "feature service" and c.action == "remove" for c in plan.changes):
+        return  # nothing removed: no model can lose its service (and no model code to import)
+    from featurestore.online.models.repo import models_reading_missing_services
+
+    for line in models_reading_missing_services(store, services):
+        click.echo(f"warning: {line}", err=True)
 
 
 @cli.command("list")

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from featurestore.errors import EntityDataError, FeatureStoreError
+from featurestore.errors import EntityDataError
 
 if TYPE_CHECKING:
     import polars as pl
@@ -35,7 +35,7 @@ def historical_features(
     """See ``FeatureStore.get_historical_features``."""
     import polars as pl
 
-    from featurestore.offline.pit import output_names
+    from featurestore.offline.pit import check_spine_columns, output_names
     from featurestore.offline.spine import normalize_spine
     from featurestore.online._computed import with_on_demand_inputs
 
@@ -48,13 +48,7 @@ def historical_features(
         timestamp_column=timestamp_column,
         required_keys={v.name: v.join_keys for v, _ in fetch if v.join_keys},
     )
-    for _, _, cols in asked:
-        for col in cols:
-            if col in spine.column_names:
-                raise FeatureStoreError(
-                    f"feature column '{col}' would overwrite the entity dataframe column of "
-                    "that name; rename the spine column or pass full_feature_names=True"
-                )
+    check_spine_columns(spine.column_names, asked, full_feature_names)
     base = pl.from_arrow(spine.table, rechunk=False)
     assert isinstance(base, pl.DataFrame)
     values = _fetched(offline, spine, fetch, as_known=as_known, progress=progress)

@@ -302,6 +302,28 @@ def test_a_stream_fed_view_stays_recorded_while_its_old_ingest_runs(
         assert count_keys(store, "live", request) == 0
 
 
+def test_a_materialize_holding_the_stream_lock_is_no_ingest_to_wait_for(
+    tmp_path: Path, request
+) -> None:
+    from featurestore.online.stream.locks import new_token
+
+    config = backend_config("redis", tmp_path, request)
+    write_data(tmp_path)
+    write_defs(tmp_path, "live", "kept")
+    with FeatureStore(config=config) as store:
+        store.apply()
+        store.materialize(NOW - 30 * 24 * H, NOW)
+        client = store.online._client()  # type: ignore[attr-defined]
+        client.set("click_events:ingest-lock", new_token(["live"]))  # a materialize runs
+        write_defs(tmp_path, "kept")
+        reports: list[Any] = []
+        store.apply(report=reports.append)
+        assert [(r.view, r.deleted, r.ingest, r.pending) for r in reports] == [
+            ("live", USERS, "", False)
+        ]
+        assert store.registry.pending_cleanup == {}
+
+
 def test_rows_materialized_after_the_removal_are_recorded_for_cleanup(tmp_path: Path) -> None:
     config = online_config("embedded", tmp_path)
     write_data(tmp_path)

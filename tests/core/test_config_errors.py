@@ -133,3 +133,12 @@ def test_get_with_an_integer_key_outside_64_bits_is_one_line(
     assert out.stderr.strip() == (
         f"error: --entity user_id={huge}: outside the 64-bit range of integer join keys"
     )
+
+
+def test_serve_with_an_unknown_log_level_names_the_option(
+    make_repo: Callable[..., Path],
+) -> None:
+    out = _cli(make_repo(), "serve", "--log-level", "loud")
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr
+    assert "Invalid value for '--log-level': 'loud' is not one of critical" in out.stderr

@@ -369,6 +369,14 @@ def test_a_request_field_never_reads_a_fetched_feature_of_its_name(fs: SimpleNam
         fs.store.get_historical_features(
             spine(users, [T0] * 6, amount=amount), ["p:amount", "o:diff"]
         )
+    with pytest.raises(FeatureStoreError, match="would overwrite") as clash:
+        fs.store.get_historical_features(
+            spine(users, [T0] * 6, amount=amount, p__amount=amount),
+            ["p:amount", "o:diff"],
+            full_feature_names=True,
+        )
+    assert "rename or drop" in str(clash.value)
+    assert "full_feature_names" not in str(clash.value)  # already on: no way out
     full = fs.store.get_historical_features(
         spine(users, [T0] * 6, amount=amount), ["p:amount", "o:diff"], full_feature_names=True
     ).to_dict(as_series=False)

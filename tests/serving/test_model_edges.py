@@ -362,3 +362,33 @@ def test_warm_up_uses_a_key_of_the_right_kind(
             assert got.columns["price"] == [2.5]
         finally:
             engine.close()
+
+
+def test_plan_and_apply_warn_about_a_model_whose_service_they_remove(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from featurestore.store import FeatureStore
+    from tests._models import publish
+
+    repo = make_repo(tmp_path / "repo", defs=DEFS + SVC2)
+    (tmp_path / "plain.py").write_text(PLAIN)
+    with FeatureStore(repo) as store:
+        publish(store, "m", flavor="python", artifact=tmp_path / "plain.py", service="svc2")
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "featurestore.cli", "-r", str(repo), *args]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+    warning = (
+        "warning: model 'm@production' (v1) reads feature service 'svc2', which is no longer "
+        "defined: it cannot be served until the service is restored or the model is "
+        "registered on another"
+    )
+    assert warning not in cli("plan").stderr  # nothing removed yet
+    (repo / "definitions.py").write_text(DEFS)
+    for command in ("plan", "apply"):
+        out = cli(command)
+        assert out.returncode == 0, out.stderr
+        assert out.stderr.strip().splitlines() == [warning], (command, out.stderr)
+    assert cli("apply").stderr.strip() == ""  # once applied, later applies remove nothing
