@@ -18,6 +18,8 @@ import numpy as np
 from featurestore.errors import EntityDataError
 from featurestore.types import KEY_KIND_NOUNS, KEY_KIND_TYPES
 
+_INT64_MIN, _INT64_END = -(1 << 63), 1 << 63  # the keys a source can hold
+
 # Characters that would end the hash tag, split join keys or quotes: escaped in string values.
 _ESCAPE_VALUE = str.maketrans({"%": "%25", '"': "%22", "|": "%7C", "{": "%7B", "}": "%7D"})
 _ESCAPE_NAME = str.maketrans({"%": "%25", "=": "%3D", "|": "%7C", "{": "%7B", "}": "%7D"})
@@ -84,6 +86,7 @@ def build_keys(
         if kind is int:  # C-level: one format over a repeated template, split
             if not values:
                 return []
+            _check_int_range(join_keys[0], view_name, values)
             one = _literal(pre) + b"%d" + _literal(tail) + b"\0"
             return ((one * len(values))[:-1] % tuple(values)).split(b"\0")
         if kind is str:
@@ -138,7 +141,11 @@ class OneEntityKeys:
                     return None
                 v = col[0]
                 want = kinds.get(name) if kinds else None
-                if type(v) is int and (want is None or want == "int"):
+                if (
+                    type(v) is int
+                    and (want is None or want == "int")
+                    and _INT64_MIN <= v < _INT64_END
+                ):
                     parts.append(f"{prefix}{v}")
                 elif type(v) is str and (want is None or want == "str"):
                     parts.append(f'{prefix}"{v.translate(_ESCAPE_VALUE)}"')
@@ -172,6 +179,7 @@ def build_keys_views(
         if kinds:
             _check_kind(join_keys[0], values, kind, kinds)
         if values and kind is int:
+            _check_int_range(join_keys[0], view_names[0], values)
             pre = f"{project}:{{{project}|" + join_keys[0].translate(_ESCAPE_NAME) + "="
             body = "\0".join(map(str, values))
             joined = "\0".join(
@@ -224,6 +232,7 @@ def _render_column(
     if kinds:
         _check_kind(name, values, kind, kinds)
     if kind is int:
+        _check_int_range(name, view_name, values)
         return [prefix + str(v) for v in values]
     if kind is str:
         return [prefix + '"' + v.translate(_ESCAPE_VALUE) + '"' for v in values]
@@ -336,6 +345,16 @@ def _is_arrow_int_without_nulls(col: Any) -> bool:
     return bool(pa.types.is_integer(t))
 
 
+def _check_int_range(name: str, view_name: str, values: list[int]) -> None:
+    """Refuse an int no stored key can hold (a source's keys are int64), as the servers do."""
+    if values and not (_INT64_MIN <= min(values) and max(values) < _INT64_END):
+        v = next(v for v in values if not _INT64_MIN <= v < _INT64_END)
+        raise EntityDataError(
+            f"join key '{name}' of view '{view_name}' has value {v}, outside the 64-bit range "
+            "of integer join keys"
+        )
+
+
 def _column_kind(values: list[Any]) -> type | None:
     """``int`` or ``str`` when every value has exactly that type, else None (mixed/other)."""
     if not values:
@@ -360,6 +379,7 @@ def _render_one(v: Any, name: str, view_name: str) -> str:
             f"join key '{name}' of view '{view_name}' has bool value {v!r}; use an int or a string"
         )
     if isinstance(v, int):
+        _check_int_range(name, view_name, [int(v)])
         return str(int(v))
     if isinstance(v, str):
         return '"' + v.translate(_ESCAPE_VALUE) + '"'

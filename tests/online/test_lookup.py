@@ -301,3 +301,32 @@ def test_any_subset_and_order_of_features_matches_the_table(fields: list[Field])
             if view.field(name).dtype.name == "timestamp":
                 want = [to_utc(w) for w in want]
             assert d[name] == [want[4], None, want[0]], name
+
+
+@pytest.mark.parametrize("big", [2**63, -(2**63) - 1, 10**20])
+@pytest.mark.parametrize(
+    "rows",
+    [
+        lambda b: [{"user_id": b}],  # one entity: the one-row key path
+        lambda b: {"user_id": [1, b, 3]},  # a batch of plain ints
+        lambda b: {"user_id": [np.int64(1), b]},  # a mixed column
+    ],
+    ids=["one", "batch", "mixed"],
+)
+@pytest.mark.parametrize("views", [1, 2], ids=["one-view", "two-views"])
+def test_an_int_key_outside_64_bits_is_refused_naming_it(big: int, rows: Any, views: int) -> None:
+    """As the servers refuse it (a 400): no stored key can hold it, and reading it as not found
+    would hide a caller's bug."""
+    requests = [(make_view(f"v{i}", [Field("x", T.Float64)]), ["x"]) for i in range(views)]
+    with pytest.raises(EntityDataError, match=rf"'user_id'.*value {big}, outside the 64-bit"):
+        get_online_features(_NoStore(), "p", requests, rows(big), now_us=0, full_feature_names=True)
+
+
+def test_int_keys_at_the_64_bit_edges_are_keys() -> None:
+    from featurestore.online.keys import build_keys
+
+    keys = build_keys("p", "v", ("user_id",), [[2**63 - 1, -(2**63)]])
+    assert keys == [
+        b"p:{p|user_id=9223372036854775807}:v",
+        b"p:{p|user_id=-9223372036854775808}:v",
+    ]
