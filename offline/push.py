@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from featurestore.errors import OfflineStoreError
 from featurestore.online.serving.errors import BadRequestError
+from featurestore.sources import is_single_file
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -86,7 +87,7 @@ def push_target(view: FeatureView, config: RepoConfig, state: RegistryState) -> 
     why = ""
     if "://" in path:
         why = "a URL, where a file cannot be renamed into place"
-    elif path.endswith(".parquet"):
+    elif is_single_file(config.resolve(path)):
         why = "a single file"
     elif any(c in path for c in "*?["):
         why = "a glob"

@@ -99,7 +99,8 @@ def _push_files(repo: Path) -> list[Path]:
         ("ms", None, "us"),
         ("s", "UTC", "us"),
         ("us", "UTC", "us"),
-        ("ns", None, "ns"),  # zoned ns sources: a reader bug of their own (offline/_sql.py)
+        ("ns", None, "ns"),
+        ("ns", "UTC", "ns"),
         ("ms", "Europe/Paris", "us"),
     ],
 )
@@ -196,3 +197,17 @@ def test_compact_merges_millisecond_and_microsecond_push_files(
     assert before["a"].to_list() == [1, 3, 3, 4, 4]
     assert before["when"].to_list() == [T0, old, old, ev, ev]
     assert after.equals(before)
+
+
+def test_a_folder_named_like_a_parquet_file_takes_pushes(tmp_path: Path) -> None:
+    """What is on disk decides, as for reads: a folder called ``v.parquet`` is a folder."""
+    repo = build_repo(tmp_path, "us", "UTC")
+    (repo / "data" / "v").rename(repo / "data" / "v.parquet")
+    defs = (repo / "definitions.py").read_text()
+    (repo / "definitions.py").write_text(defs.replace('"data/v"', '"data/v.parquet"'))
+    ev = T0 + timedelta(hours=1)
+    with FeatureStore(repo) as store:
+        store.apply()
+        assert store.push("v", _rows([1], [ev], [2]), to="offline") == 1
+        assert len(list((repo / "data" / "v.parquet").glob("push-*.parquet"))) == 1
+        assert _training(store, [1, 1], [ev - US, ev])["a"].to_list() == [1, 2]
