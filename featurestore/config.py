@@ -144,12 +144,14 @@ def config_from_dict(raw: dict[str, Any], repo: Path) -> RepoConfig:
         raise ConfigError(
             f"{CONFIG_FILE}: online_store.type is {online.type!r}; expected embedded, redis or redis_cluster"
         )
+    _check_online(online)
     stream = _section(StreamConfig, raw.pop("stream", None), "stream")
     if stream.batch_size < 1 or stream.block_ms < 0 or not stream.group:
         raise ConfigError(
             f"{CONFIG_FILE}: stream.batch_size must be >= 1, stream.block_ms >= 0 and "
             "stream.group a name"
         )
+    _at_least(stream, "stream", offline_flush_s=0, offline_flush_events=1)
     defs = raw.pop("definitions", None) or ()
     if isinstance(defs, str):
         defs = (defs,)
@@ -168,6 +170,29 @@ def config_from_dict(raw: dict[str, Any], repo: Path) -> RepoConfig:
         definitions=tuple(defs),
         extra=raw,
     )
+
+
+def _check_online(online: OnlineStoreConfig) -> None:
+    """Values the online store section must hold beyond their types, each error naming its key."""
+    from featurestore._time import parse_duration
+
+    if online.type != "embedded" and (not isinstance(online.url, str) or not online.url):
+        raise ConfigError(f"{CONFIG_FILE}: online_store.url is {online.url!r}; give a redis:// URL")
+    _at_least(online, "online_store", connect_timeout=0, socket_timeout=0)
+    _at_least(online, "online_store", max_connections=1, write_batch_size=1)
+    try:
+        parse_duration(online.key_ttl_grace)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{CONFIG_FILE}: online_store.key_ttl_grace: {exc}") from None
+
+
+def _at_least(section: Any, where: str, **least: float) -> None:
+    """A ConfigError naming the first of ``least``'s fields below its bound (0: above zero)."""
+    for key, low in least.items():
+        v = getattr(section, key)
+        if v < low or (low == 0 and v <= 0):
+            need = "a number above 0" if low == 0 else f"{low} or more"
+            raise ConfigError(f"{CONFIG_FILE}: {where}.{key} is {v}; give {need}")
 
 
 def _section(cls: type, raw: Any, name: str) -> Any:
@@ -220,4 +245,19 @@ def check_types(obj: Any, where: str, *, strings: bool = True) -> None:
 
 
 def _expand(text: str) -> str:
-    return _ENV.sub(lambda m: os.environ.get(m.group(1), m.group(2) or ""), text)
+    """``${VAR}`` and ``${VAR:-default}`` from the environment; an unset VAR without a default
+    is an error naming it (an empty value would surface later as a puzzle)."""
+
+    def value(m: re.Match[str]) -> str:
+        name, default = m.group(1), m.group(2)
+        got = os.environ.get(name)
+        if got is not None:
+            return got
+        if default is None:
+            raise ConfigError(
+                f"{CONFIG_FILE}: ${{{name}}} is not set and has no default; set it, or write "
+                f"${{{name}:-default}}"
+            )
+        return default
+
+    return _ENV.sub(value, text)

@@ -142,3 +142,49 @@ def test_serve_with_an_unknown_log_level_names_the_option(
     assert out.returncode == 2
     assert "Traceback" not in out.stderr
     assert "Invalid value for '--log-level': 'loud' is not one of critical" in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("config", "needle"),
+    [
+        ("online_store:\n  connect_timeout: -1\n", "online_store.connect_timeout is -1; give a"),
+        ("online_store:\n  socket_timeout: 0\n", "online_store.socket_timeout is 0; give a"),
+        ("online_store:\n  max_connections: -3\n", "online_store.max_connections is -3; give 1"),
+        ("online_store:\n  write_batch_size: 0\n", "online_store.write_batch_size is 0; give 1"),
+        ("online_store:\n  key_ttl_grace: 5 parsecs\n", "online_store.key_ttl_grace: bad duration"),
+        ("online_store:\n  type: redis\n  url: ''\n", "online_store.url is ''; give a redis://"),
+        ("stream:\n  offline_flush_s: 0\n", "stream.offline_flush_s is 0; give a number above 0"),
+        ("stream:\n  offline_flush_s: -1\n", "stream.offline_flush_s is -1"),
+        ("stream:\n  offline_flush_events: -1\n", "stream.offline_flush_events is -1; give 1"),
+        ("stream:\n  write_offline: maybe\n", "stream.write_offline is 'maybe'; expected true"),
+    ],
+)
+def test_a_value_out_of_range_is_one_line_naming_the_key(
+    make_repo: Callable[..., Path], config: str, needle: str
+) -> None:
+    repo = make_repo(config=config)
+    with pytest.raises(ConfigError) as err:
+        load_config(repo)
+    assert needle in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_an_unset_variable_without_a_default_is_named(
+    make_repo: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("FS_TEST_UNSET", raising=False)
+    repo = make_repo(config="online_store:\n  type: redis\n  url: ${FS_TEST_UNSET}\n")
+    with pytest.raises(ConfigError, match=r"\$\{FS_TEST_UNSET\} is not set and has no default"):
+        load_config(repo)
+    out = _cli(repo, "list")
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "${FS_TEST_UNSET} is not set" in out.stderr
+    monkeypatch.setenv("FS_TEST_UNSET", "redis://127.0.0.1:1/0")  # set: it is used
+    assert load_config(repo).online_store.url == "redis://127.0.0.1:1/0"
+    monkeypatch.delenv("FS_TEST_UNSET")
+    (repo / "featurestore.yaml").write_text(
+        (repo / "featurestore.yaml")
+        .read_text()
+        .replace("${FS_TEST_UNSET}", "${FS_TEST_UNSET:-redis://127.0.0.1:2/0}")
+    )
+    assert load_config(repo).online_store.url == "redis://127.0.0.1:2/0"  # the default
