@@ -161,7 +161,7 @@ def materialize(ctx: click.Context, start: str, end: str, views: str | None) -> 
     """Write the latest values with START <= event time <= END into the online store."""
     store = _store(ctx)
     t0 = time.perf_counter()
-    res = store.materialize(_when(start), _when(end), views=_split(views), progress=True)
+    res = store.materialize(_when(start), _when(end), views=_views(views), progress=True)
     _report_materialize(res, time.perf_counter() - t0)
 
 
@@ -173,7 +173,7 @@ def materialize_incremental(ctx: click.Context, end: str, views: str | None) -> 
     """Materialize each view from its watermark up to END ('now' for the current time)."""
     store = _store(ctx)
     t0 = time.perf_counter()
-    res = store.materialize_incremental(_when(end), views=_split(views), progress=True)
+    res = store.materialize_incremental(_when(end), views=_views(views), progress=True)
     _report_materialize(res, time.perf_counter() - t0)
 
 
@@ -354,6 +354,14 @@ def _number(v: str) -> Any:
 
 def _split(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+def _views(value: str | None) -> list[str] | None:
+    """``--views`` as names; given but naming none (``--views ,``) is an error, not "all"."""
+    names = _split(value)
+    if value is not None and not names:
+        raise click.BadParameter(f"{value!r} names no feature view", param_hint="'--views'")
+    return names
 
 
 @cli.command()

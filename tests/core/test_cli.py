@@ -137,3 +137,12 @@ def test_get_with_request_data_computes_on_demand_features(demo_repo: Path) -> N
     assert missing.returncode == 1
     assert "amount" in missing.stderr and len(missing.stderr.strip().splitlines()) == 1
     assert "on-demand view  transaction_features  1 features" in run("list", cwd=demo_repo).stdout
+
+
+@pytest.mark.parametrize("command", [["materialize", "2020-01-01"], ["materialize-incremental"]])
+def test_views_naming_no_view_is_refused_not_read_as_all(demo_repo: Path, command: list) -> None:
+    run("apply", cwd=demo_repo)
+    out = run(*command, "now", "--views", " , ", cwd=demo_repo, ok=False)
+    assert out.returncode == 2
+    assert "Invalid value for '--views': ' , ' names no feature view" in out.stderr
+    assert "materialized" not in out.stdout
