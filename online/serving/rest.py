@@ -162,17 +162,34 @@ _JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 _NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
 
 
-def _dumps(data: Any) -> bytes:
-    """``data`` as JSON; NaN and +-infinity as the strings "NaN", "Infinity", "-Infinity".
+_PLAIN = frozenset({int, str, bool, bytes, type(None)})  # values that are never a float
 
-    orjson writes them as null, so a body without ``null`` has none and is sent as is; one with
-    it is dumped again with the non-finite floats replaced (a real null stays null).
-    """
+
+def _dumps(data: Any) -> bytes:
+    """``data`` as JSON (orjson writes a non-finite float as null: callers replace those in
+    the values that can hold one first, see ``features_dict`` and ``_finite``)."""
     # json_default runs only for values orjson has no type for (a Bytes feature: base64)
-    body = orjson.dumps(data, default=json_default, option=_JSON_OPTIONS)
-    if b"null" not in body:
-        return body
-    return orjson.dumps(_finite(data), default=json_default, option=_JSON_OPTIONS)
+    return orjson.dumps(data, default=json_default, option=_JSON_OPTIONS)
+
+
+def _finite_column(values: Any) -> Any:
+    """A feature column with NaN and +-infinity as their protobuf JSON strings; the column
+    itself when it holds none (one C-level pass for a float array or a list of numbers)."""
+    if isinstance(values, np.ndarray):
+        if values.dtype.kind != "f" or np.isfinite(values).all():
+            return values
+        return _finite(values.tolist())
+    return _finite_list(values)
+
+
+def _finite_list(values: Any) -> Any:
+    """``_finite_column`` for a list (or other sequence) column."""
+    try:
+        if all(map(math.isfinite, values)):  # numbers only, all finite: the usual column
+            return values
+    except (TypeError, OverflowError):  # strings, nulls, lists...: look at each value
+        pass
+    return _finite(values)
 
 
 def _finite(x: Any, nan: Any = "NaN") -> Any:
@@ -202,18 +219,29 @@ def _finite(x: Any, nan: Any = "NaN") -> Any:
 
 def features_dict(res: FeatureResult) -> dict[str, Any]:
     """``res.to_dict()`` for orjson, each status list dumped once: the features of one view
-    share one list, which plain dumping would write out again for every feature."""
+    share one list, which plain dumping would write out again for every feature. A NaN or
+    infinite value becomes its protobuf JSON string (JSON has neither; orjson writes null)."""
     done: dict[int, Any] = {}
     statuses = res.statuses
     results = []
     columns = res.wire_columns()  # float64 arrays dump exactly as their lists would
+    arrays = [v for v in columns.values() if type(v) is np.ndarray and v.dtype.kind == "f"]
+    # one sum over every float array says none holds a NaN or an infinity (a sum that
+    # overflows only sends them through the check column by column)
+    arrays_finite = not arrays or math.isfinite(np.add.reduce(np.concatenate(arrays)))
     for name, values in columns.items():
         st = statuses.get(name)
-        if st is not None:
+        if st is not None:  # a feature (join-key columns have no statuses and no floats)
             frag = done.get(id(st))
             if frag is None:
                 frag = done[id(st)] = orjson.Fragment(orjson.dumps(st))
             st = frag
+            if type(values) is list and len(values) == 1:  # one entity: no call for most
+                kind = type(values[0])
+                if kind not in _PLAIN and (kind is not float or values[0] - values[0] != 0.0):
+                    values = _finite_column(values)  # non-finite float (x - x is NaN), or a list
+            elif type(values) is not np.ndarray or not arrays_finite:
+                values = _finite_column(values)
         results.append({"values": values, "statuses": st})
     return {"feature_names": list(columns), "results": results, "degraded": res.degraded}
 

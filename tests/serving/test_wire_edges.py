@@ -23,7 +23,7 @@ from featurestore.online.serving._proto import featurestore_pb2 as pb
 from featurestore.online.serving._proto import featurestore_pb2_grpc as pb_grpc
 from featurestore.online.serving._wire import to_value
 from featurestore.online.serving.grpc_server import column_values
-from featurestore.online.serving.rest import _dumps
+from featurestore.online.serving.rest import _dumps, _finite_column
 from featurestore.store import FeatureStore
 
 from .conftest import ServerThread
@@ -196,7 +196,9 @@ FLOATS = st.floats(allow_nan=True, allow_infinity=True)
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.one_of(st.none(), FLOATS, st.lists(FLOATS, max_size=3)), max_size=6))
-def test_dumps_round_trips_every_float_through_the_protobuf_json_strings(values: list[Any]) -> None:
+def test_columns_round_trip_every_float_through_the_protobuf_json_strings(
+    values: list[Any],
+) -> None:
     """Parsing the strings back gives the numbers, NaN included, and null stays null."""
     import orjson
 
@@ -212,10 +214,11 @@ def test_dumps_round_trips_every_float_through_the_protobuf_json_strings(values:
             return isinstance(b, list) and len(a) == len(b) and all(map(same, a, b))
         return _same(a, b)
 
-    got = parse(orjson.loads(_dumps({"v": values}))["v"])
+    got = parse(orjson.loads(_dumps({"v": _finite_column(values)}))["v"])
     assert same(got, values)
     arr = [v for v in values if isinstance(v, float)]
-    assert same(parse(orjson.loads(_dumps(np.array(arr, dtype=np.float64)))), arr)
+    column = _finite_column(np.array(arr, dtype=np.float64))
+    assert same(parse(orjson.loads(_dumps(column))), arr)
 
 
 # ------------------------------------------------------------------ 422 messages
@@ -269,3 +272,49 @@ def test_a_422_counts_each_wrong_value_once(server: ServerThread) -> None:
         got["error"]
         == 'request_data.q[0][1] is "x" (string); list elements are numbers or booleans'
     )
+
+
+class _Result:
+    """What features_dict reads of a FeatureResult."""
+
+    def __init__(self, columns: dict[str, Any], statuses: dict[str, list[str]]) -> None:
+        self._columns, self.statuses, self.degraded = columns, statuses, False
+
+    def wire_columns(self) -> dict[str, Any]:
+        return self._columns
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_features_dict_writes_non_finite_values_as_strings_in_every_column_form(n: int) -> None:
+    """Float arrays (a batch served as stored), one-value lists (one entity) and longer lists;
+    strings, nulls and join keys are left alone."""
+    import orjson
+
+    from featurestore.online.serving.rest import features_dict
+
+    ok = ["PRESENT"] * n
+    pick = [NAN, INF, -INF][:n]
+    columns = {
+        "user_id": list(range(n)),
+        "clean": np.arange(n, dtype=np.float64),
+        "bad_array": np.array(pick),
+        "bad_list": list(pick),
+        "text": ["NaN?"] * n,
+        "missing": [None] * n,
+    }
+    body = orjson.loads(
+        _dumps(features_dict(_Result(columns, dict.fromkeys(list(columns)[1:], ok))))
+    )
+    got = {
+        name: r["values"] for name, r in zip(body["feature_names"], body["results"], strict=True)
+    }
+    strings = ["NaN", "Infinity", "-Infinity"][:n]
+    assert got == {
+        "user_id": list(range(n)),
+        "clean": [float(i) for i in range(n)],
+        "bad_array": strings,
+        "bad_list": strings,
+        "text": ["NaN?"] * n,
+        "missing": [None] * n,
+    }
+    assert body["results"][0]["statuses"] is None
