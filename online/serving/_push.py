@@ -66,6 +66,7 @@ class Pushes:
     ) -> tuple[Callable[[], int], dict[str, list[Any]]]:
         """The write of a validated push, and its entity keys (for the audit log)."""
         from featurestore.offline.push import push_mode, push_target, write_offline_push
+        from featurestore.online.codec import EVENT_TS
         from featurestore.online.writer import latest_rows, write_table
 
         offline, online = push_mode(to)
@@ -76,6 +77,9 @@ class Pushes:
         now = now_us()
         cols = rq.to_columns(_plain_rows(rows), "rows")
         table = rq.push_table(view, cols, now, self.config.max_entities, state.join_key_kinds)
+        # rows of one entity at one event time (the created time is the push's): the last
+        # listed is kept, offline too, where a training set could otherwise pick either
+        table = latest_rows(table, (*view.join_keys, EVENT_TS))
         target = push_target(view, self.store.config, state) if offline else None
         store, project = self.store.online, self.store.project
         batch = self.store.config.online_store.write_batch_size
