@@ -109,7 +109,10 @@ def materialize_lock(store: FeatureStore, views: list[FeatureView]) -> Iterator[
             for stream, fed in by_stream.items():
                 key = stream + LOCK_SUFFIX
                 if not acquire(client, key, token):
-                    raise FeatureStoreError(_busy(fed[0], client.get(key)))
+                    busy = _busy(fed[0], client.get(key))
+                    for taken in held:  # the ones taken so far: free for ingest again at once
+                        release(client, taken, token)
+                    raise FeatureStoreError(busy)
                 held.append(key)
         except stream_errors():
             held = []  # the server is gone: it holds no lock, nothing to renew or release

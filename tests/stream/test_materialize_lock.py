@@ -208,3 +208,23 @@ def test_entries_delivered_again_after_a_materialize_are_not_counted_twice(
         assert store.ingest(once=True).applied == 1
         assert _count(store, 3, now) == 4
     client.close()
+
+
+def test_a_refused_materialize_frees_the_locks_it_had_taken(tmp_path, redis_url) -> None:
+    """Refused at its second stream, materialize lets go of the first at once (not 15 s
+    later), so that stream's ingest can start."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    repo = small_repo(tmp_path / "repo", redis_url, project="matlock5")
+    now = now_floor_us()
+    with FeatureStore(repo) as store:
+        store.apply()
+        client.set(LOCK, "otherhost:1:abcd", px=60_000)  # an ingest elsewhere reads tx_events
+        try:
+            with pytest.raises(FeatureStoreError, match="ingest is reading"):
+                store.materialize(now - 3 * DAY, now, views=["profile", "tx"])
+            assert client.get("profile_events:ingest-lock") is None
+        finally:
+            client.delete(LOCK)
+    client.close()
