@@ -217,3 +217,54 @@ def _value_text(value: Any, seen: set[Any]) -> str | None:
     if isinstance(func, types.FunctionType):
         return "{" + _code_text(func, seen) + "}"
     return None
+
+
+def without_code(value: Any) -> Any:
+    """``value`` (JSON) without the code hashes of its function refs."""
+    if isinstance(value, dict):
+        return {k: without_code(v) for k, v in value.items() if k != "code"}
+    if isinstance(value, list):
+        return [without_code(v) for v in value]
+    return value
+
+
+def window_refs(spec: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """Function refs of a window spec by where they are used."""
+    if not spec:
+        return {}
+    refs = {f"derived column '{d['name']}'": d for d in spec.get("derived", ())}
+    for a in spec.get("aggregations", ()):
+        if a.get("where") is not None:
+            stem = a.get("name") or f"{a['column']}_{a['function']}"
+            refs[f"where of aggregation '{stem}'"] = a["where"]
+    return refs
+
+
+def code_changes(
+    old: dict[str, dict[str, Any]], new: dict[str, dict[str, Any]]
+) -> list[tuple[str, dict[str, Any], bool]]:
+    """(place, new ref, changed) per function kept in place (same file and name) whose code
+    hash differs; ``changed`` False: the old ref had no hash (recorded for the first time)."""
+    out = []
+    for place in sorted(old.keys() & new.keys()):
+        o, n = old[place], new[place]
+        if (o["file"], o["function"]) != (n["file"], n["function"]):
+            continue  # another function: the definition diff shows it
+        if o.get("code") != n.get("code"):
+            out.append((place, n, o.get("code") is not None and n.get("code") is not None))
+    return out
+
+
+def carry_code_epoch(prev: Any, new: Any) -> None:
+    """Give window view ``new`` (being applied) its code epoch: ``prev``'s (the applied
+    definition), one more when the code of one of its functions changed since."""
+    if new.window is None:
+        return
+    epoch = prev.code_epoch if prev is not None and prev.window is not None else 0
+    if prev is not None and prev.window is not None:
+        changes = code_changes(window_refs(prev.window.spec), window_refs(new.window.spec))
+        if any(changed for _, _, changed in changes):
+            epoch += 1
+    if new.code_epoch != epoch:
+        object.__setattr__(new, "code_epoch", epoch)
+        new.__dict__.pop("_schema_version", None)  # computed from the epoch

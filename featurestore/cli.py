@@ -95,9 +95,11 @@ def plan(ctx: click.Context) -> None:
     store = _store(ctx)
     p = store.plan()
     click.echo(str(p))
-    services = {c.name: c.action for c in p.changes if c.kind == "feature service"}
-    kept = {n for n in store.registry.feature_services if services.get(n) != "remove"}
-    _warn_models_without_service(store, p, kept | {n for n, a in services.items() if a == "add"})
+    changed = {c.name: c.action for c in p.changes if c.kind == "feature service"}
+    if "remove" in changed.values():  # else there is nothing to warn about (or no registry)
+        kept = {n for n in store.registry.feature_services if changed.get(n) != "remove"}
+        added = {n for n, a in changed.items() if a == "add"}
+        _warn_models_without_service(store, p, kept | added)
 
 
 @cli.command()

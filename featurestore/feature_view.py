@@ -39,6 +39,9 @@ class FeatureView:
     owner: str = ""
     tags: dict[str, str] = field(default_factory=dict, hash=False)
     window: WindowSpec | None = field(default=None, hash=False, repr=False)
+    # how many times apply saw the code of a where/derived function change: part of the
+    # schema version, so states built by older code are not served (see carry_code_epoch)
+    code_epoch: int = field(default=0, hash=False, repr=False)
 
     def __init__(
         self,
@@ -56,6 +59,7 @@ class FeatureView:
         derived: dict[str, tuple[Any, list[str]]] | None = None,
         allowed_lateness: timedelta | str | int | None = None,
         _window: WindowSpec | None = None,
+        _code_epoch: int = 0,
     ) -> None:
         if not name or not isinstance(name, str) or ":" in name:
             raise DefinitionError(
@@ -118,6 +122,7 @@ class FeatureView:
             ("owner", owner),
             ("tags", dict(tags or {})),
             ("window", window),
+            ("code_epoch", int(_code_epoch)),
         ):
             object.__setattr__(self, attr, val)
 
@@ -163,7 +168,13 @@ class FeatureView:
         if self.window is not None:  # a new plan means new state bytes: re-materialize
             import json
 
-            text += "|window:" + json.dumps(self.window.spec, sort_keys=True)
+            from featurestore._transform_refs import without_code
+
+            # the functions' code hashes stay out (a registry written before they were kept
+            # must keep its version); a code change counts through code_epoch instead
+            text += "|window:" + json.dumps(without_code(self.window.spec), sort_keys=True)
+            if self.code_epoch:
+                text += f"|code:{self.code_epoch}"
         version = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=4).digest(), "little")
         object.__setattr__(self, "_schema_version", version)  # immutable view: compute once
         return version
@@ -180,6 +191,7 @@ class FeatureView:
             "owner": self.owner,
             "tags": self.tags,
             **({"window": self.window.spec} if self.window is not None else {}),
+            **({"code_epoch": self.code_epoch} if self.code_epoch else {}),
         }
 
     @classmethod
@@ -198,6 +210,7 @@ class FeatureView:
             owner=d.get("owner", ""),
             tags=d.get("tags") or {},
             _window=None if win is None else WindowSpec(d["name"], spec=win, repo_path=repo_path),
+            _code_epoch=d.get("code_epoch", 0),
         )
 
 

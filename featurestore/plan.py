@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from featurestore._transform_refs import carry_code_epoch, code_changes, window_refs, without_code
 from featurestore.feature_view import FeatureView
 from featurestore.registry import RegistryState, keys_changed
 from featurestore.repo import RepoDefinitions
@@ -77,6 +78,8 @@ def make_plan(
     join-key kinds read from the sources, when given)."""
     plan = Plan(pending_cleanup=sorted(current.pending_cleanup))
     kinds = current.join_key_kinds if key_kinds is None else key_kinds
+    for name, view in defs.feature_views.items():  # before any schema version is compared
+        carry_code_epoch(current.feature_views.get(name), view)
     _diff(plan, "entity", current.entities, defs.entities, _entity_details)
     _diff(
         plan,
@@ -202,12 +205,14 @@ def _view_details(old, new, old_kinds, kinds) -> tuple[list[str], bool]:  # type
             "rewritten with the new expiry at the next materialize"
         )
     ow, nw = od.get("window"), nd.get("window")
-    if _without_code(ow) != _without_code(nw):
-        lines.append(f"~ window: {_without_code(ow)!r} -> {_without_code(nw)!r}")
-    code = _code_lines(_window_refs(ow), _window_refs(nw))
-    if code:
-        lines += [f"{line} (breaking)" for line in code]
-        breaking = True
+    if without_code(ow) != without_code(nw):
+        lines.append(f"~ window: {without_code(ow)!r} -> {without_code(nw)!r}")
+    for place, ref, changed in code_changes(window_refs(ow), window_refs(nw)):
+        if changed:
+            lines.append(f"~ code of function '{ref['function']}' ({place}) changed (breaking)")
+            breaking = True
+        else:  # a registry written before code hashes were kept: nothing to rebuild
+            lines.append(f"~ code of function '{ref['function']}' ({place}) recorded")
     if old.schema_version != new.schema_version:
         lines.append(
             "online rows of the old schema are not served until the view is materialized again"
@@ -219,46 +224,16 @@ def _on_demand_details(old, new) -> tuple[list[str], bool]:  # type: ignore[no-u
     """Definition changes plus the functions whose code changed; not breaking: on-demand
     features are computed per request, no stored rows hold the old results."""
     od, nd = old.to_dict(), new.to_dict()
-    lines = _field_diffs(_without_code(od), _without_code(nd))
+    lines = _field_diffs(without_code(od), without_code(nd))
     refs = [{f["output"]["name"]: f for f in d["features"]} for d in (od, nd)]
-    code = _code_lines(*({f"output '{n}'": f for n, f in r.items()} for r in refs))
+    code = code_changes(*({f"output '{n}'": f for n, f in r.items()} for r in refs))
     return lines + [
-        f"{c} (computed per request: the new code applies at once)" for c in code
+        f"~ code of function '{ref['function']}' ({place}) changed (computed per request: the "
+        "new code applies at once)"
+        if changed
+        else f"~ code of function '{ref['function']}' ({place}) recorded"
+        for place, ref, changed in code
     ], False
-
-
-def _window_refs(spec: dict | None) -> dict[str, dict]:  # type: ignore[type-arg]
-    """Function refs of a window spec by where they are used."""
-    if not spec:
-        return {}
-    refs = {f"derived column '{d['name']}'": d for d in spec.get("derived", ())}
-    for a in spec.get("aggregations", ()):
-        if a.get("where") is not None:
-            stem = a.get("name") or f"{a['column']}_{a['function']}"
-            refs[f"where of aggregation '{stem}'"] = a["where"]
-    return refs
-
-
-def _code_lines(old: dict[str, dict], new: dict[str, dict]) -> list[str]:  # type: ignore[type-arg]
-    """A line per function (same file and name in both) whose code hash changed."""
-    lines = []
-    for place in sorted(old.keys() & new.keys()):
-        o, n = old[place], new[place]
-        if (o["file"], o["function"]) != (n["file"], n["function"]):
-            continue  # another function: the definition diff shows it
-        if o.get("code") != n.get("code"):
-            what = "changed" if o.get("code") else "recorded for the first time"
-            lines.append(f"~ code of function '{n['function']}' ({place}) {what}")
-    return lines
-
-
-def _without_code(value):  # type: ignore[no-untyped-def]
-    """``value`` (JSON) without the code hashes of its function refs, for readable diffs."""
-    if isinstance(value, dict):
-        return {k: _without_code(v) for k, v in value.items() if k != "code"}
-    if isinstance(value, list):
-        return [_without_code(v) for v in value]
-    return value
 
 
 def _field_diffs(old: dict, new: dict) -> list[str]:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from featurestore._atomic import atomic_write
+from featurestore._transform_refs import carry_code_epoch
 from featurestore.entity import Entity
 from featurestore.errors import FeatureNotFoundError, RegistryError
 from featurestore.feature_service import FeatureService
@@ -222,6 +223,8 @@ class Registry:
             old = self.load()
             names = {v.name for v in views}
             kinds = dict(join_key_kinds or {})
+            for v in views:  # before any schema version is compared (see carry_code_epoch)
+                carry_code_epoch(old.feature_views.get(v.name), v)
             version = old.version + 1
             # a view with a cleanup record had its rows deleted just before (delete_redefined)
             keep = {

@@ -205,6 +205,55 @@ def test_editing_a_where_predicate_is_a_breaking_change(tmp_path: Path) -> None:
         assert fresh.to_dict()["big_1d"] == [3] == [offline_value(store, "w:big_1d", at)]
 
 
+def _strip_code(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _strip_code(v) for k, v in value.items() if k != "code"}
+    if isinstance(value, list):
+        return [_strip_code(v) for v in value]
+    return value
+
+
+def test_a_registry_from_before_code_hashes_keeps_serving_after_apply(tmp_path: Path) -> None:
+    """Upgrading: the first apply records each function's hash without a rebuild; the states
+    written before are served, the watermark kept. A later edit is breaking, twice over."""
+    import json
+
+    write_events(tmp_path)
+    (tmp_path / "definitions.py").write_text(WINDOW_DEFS)
+    cfg = online_config("embedded", tmp_path)
+    with FeatureStore(config=cfg) as store:
+        store.apply()
+        store.materialize_incremental(now_us())
+        version = store.registry.feature_views["w"].schema_version
+    reg_path = tmp_path / "data" / "registry.json"
+    reg = json.loads(reg_path.read_text())
+    reg_path.write_text(json.dumps(_strip_code(reg)))  # as an older release wrote it
+    with FeatureStore(config=cfg) as store:
+        assert store.registry.feature_views["w"].schema_version == version
+        change = view_change(store.plan(), "w")
+        assert not change.breaking, change.details
+        assert any("code of function 'is_big'" in d and "recorded" in d for d in change.details)
+        store.apply()
+        assert "w" in store.registry.materialization  # nothing to write again
+        assert store.registry.feature_views["w"].schema_version == version
+        online = store.get_online_features(["w:big_1d"], {"user_id": [1]})
+        assert online.to_dict()["big_1d"] == [2]
+        assert store.plan().empty
+    for threshold, want in (("> 10.0", 3), ("> 1.0", 4)):  # each edit: a new code epoch
+        (tmp_path / "definitions.py").write_text(WINDOW_DEFS.replace("> 100.0", threshold))
+        with FeatureStore(config=cfg) as store:
+            before = store.registry.feature_views["w"].schema_version
+            assert view_change(store.plan(), "w").breaking
+            store.apply()
+            assert store.registry.feature_views["w"].schema_version != before
+            stale = store.get_online_features(["w:big_1d"], {"user_id": [1]})
+            assert list(stale.statuses["big_1d"]) == [Status.NOT_FOUND]
+            store.materialize_incremental(now_us())
+            fresh = store.get_online_features(["w:big_1d"], {"user_id": [1]})
+            assert fresh.to_dict()["big_1d"] == [want]
+            assert store.plan().empty  # the epoch is kept, not counted again
+
+
 def test_derived_and_on_demand_code_changes_show_in_plan(tmp_path: Path) -> None:
     write_events(tmp_path)
     (tmp_path / "definitions.py").write_text(WINDOW_DEFS)
