@@ -257,7 +257,13 @@ class Registry:
             return state
 
     def update_materialization(
-        self, view: str, start_us: int, end_us: int, store: str | None = None
+        self,
+        view: str,
+        start_us: int,
+        end_us: int,
+        store: str | None = None,
+        *,
+        written: FeatureView | None = None,
     ) -> int | None:
         """Record a finished materialization window for ``view`` (the watermark only moves
         forward); returns the watermark now recorded.
@@ -266,7 +272,10 @@ class Registry:
         another store than the one the watermark belongs to starts the record afresh.
 
         A view an apply removed meanwhile gets no watermark (None) but a cleanup record: the
-        rows just written belong to no view, and the next apply deletes them.
+        rows just written belong to no view, and the next apply deletes them. ``written``: the
+        definition the rows were written under; if an apply changed what its rows hold (schema,
+        ttl, join keys, source) meanwhile, nothing is recorded (None), so the watermark that
+        apply dropped stays dropped and the next run writes the view afresh.
         """
         with self._lock():
             self._cache = None
@@ -276,6 +285,10 @@ class Registry:
                     view, {"removed_in": state.version, "stream": None}
                 )
                 self._write(state, history=False)
+                return None
+            if written is not None and _row_identity(state.feature_views[view]) != _row_identity(
+                written
+            ):
                 return None
             m = state.materialization.setdefault(view, {"watermark_us": None, "intervals": []})
             if store is not None and m.get("store", store) != store:
@@ -329,6 +342,11 @@ def _cleanup_record(view: FeatureView, version: int) -> dict[str, Any]:
     """What the cleanup of a removed view needs to know: when, and the stream that fed it."""
     src = view.source
     return {"removed_in": version, "stream": src.stream if isinstance(src, StreamSource) else None}
+
+
+def _row_identity(view: FeatureView) -> tuple[Any, ...]:
+    """What a view's online rows depend on: an apply changing any of it drops the watermark."""
+    return (view.schema_version, view.ttl, view.join_keys, view.source)
 
 
 def rewrite_reasons(

@@ -426,7 +426,7 @@ class FeatureStore:
                 batch_size=self.config.online_store.write_batch_size,
                 now_us=now_us(),
             )
-            self._record_watermark(view.name, start_us, end_us)
+            self._record_watermark(view, start_us, end_us)
             return written
         # the count only sizes the progress bar: without one it is a query saved
         total = self.offline.count_latest_rows(view, start_us, end_us) if progress else None
@@ -450,19 +450,23 @@ class FeatureStore:
                 written += n
                 bar.update(n)
         # the watermark moves only after every batch landed, so a crash means a clean rerun
-        self._record_watermark(view.name, start_us, end_us)
+        self._record_watermark(view, start_us, end_us)
         return written
 
-    def _record_watermark(self, view: str, start_us: int, end_us: int) -> None:
+    def _record_watermark(self, view: FeatureView, start_us: int, end_us: int) -> None:
         """Move ``view``'s watermark in the registry, then store it in the online store too
-        (see ``_store_watermark``)."""
+        (see ``_store_watermark``); nothing when an apply redefined the view meanwhile."""
         import struct
 
         from featurestore.online.keys import watermark_key
 
-        mark = self._registry.update_materialization(view, start_us, end_us, self._store_id)
+        mark = self._registry.update_materialization(
+            view.name, start_us, end_us, self._store_id, written=view
+        )
         if mark is not None:
-            self.online.write_batch([watermark_key(self.project, view)], [struct.pack("<q", mark)])
+            self.online.write_batch(
+                [watermark_key(self.project, view.name)], [struct.pack("<q", mark)]
+            )
 
     def _store_watermark(self, view: str, mark: int | None) -> int | None:
         """The registry's watermark ``mark`` as far as the online store still holds it: None

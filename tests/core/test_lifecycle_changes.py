@@ -323,6 +323,31 @@ def expiry_ms(store: FeatureStore, entity: dict[str, Any]) -> int | None:
     return None if at == -1 else at
 
 
+def test_a_materialize_that_outlives_an_apply_leaves_the_dropped_watermark_dropped(
+    tmp_path: Path,
+) -> None:
+    """Rows written under the old ttl by a run that started before the apply: recording its
+    watermark would hide them from the next incremental run, which must rewrite them."""
+    write_stats(tmp_path)
+    write_ttl_defs(tmp_path, "'10m'")
+    cfg = online_config("embedded", tmp_path)
+    with FeatureStore(config=cfg) as store, FeatureStore(config=cfg) as other:
+        store.apply()
+        real = store._registry.update_materialization
+
+        def apply_first(*args: Any, **kwargs: Any) -> Any:  # an apply lands mid-run
+            write_ttl_defs(tmp_path, "'2h'")
+            other.apply()
+            return real(*args, **kwargs)
+
+        store._registry.update_materialization = apply_first  # type: ignore[method-assign]
+        assert store.materialize(NOW - 3 * 60 * MIN, now_us()).rows["stats"] == 2
+        store._registry.update_materialization = real  # type: ignore[method-assign]
+        assert "stats" not in store.registry.materialization
+        assert store.materialize_incremental(now_us()).rows["stats"] == 2  # written afresh
+        assert "stats" in store.registry.materialization
+
+
 @pytest.mark.parametrize("kind", ["embedded", "redis"])
 def test_a_ttl_change_rewrites_the_rows_with_the_new_expiry(
     kind: str, tmp_path: Path, request: pytest.FixtureRequest
