@@ -61,6 +61,11 @@ def make_repo(root: Path, entities: int, seed: int = 3) -> tuple[Path, datetime]
     return root, t
 
 
+# a map larger than any store's here: a writer growing the file meanwhile (a materialize
+# still running) would otherwise fail our read with MDB_MAP_RESIZED
+_READ_ONLY = {"readonly": True, "lock": False, "map_size": 1 << 36}
+
+
 def dump(config, *, watermarks: bool = False) -> dict[bytes, bytes]:
     """Every key and value the online store holds (raw bytes), read with the backend's own
     client; the views' rows only, unless ``watermarks`` (the stored watermark keys too)."""
@@ -68,7 +73,7 @@ def dump(config, *, watermarks: bool = False) -> dict[bytes, bytes]:
     if kind == "embedded":
         import lmdb
 
-        env = lmdb.open(config.resolve(config.online_store.path), readonly=True, lock=False)
+        env = lmdb.open(config.resolve(config.online_store.path), **_READ_ONLY)
         with env.begin() as txn:
             data = dict(txn.cursor())
         env.close()
@@ -90,7 +95,7 @@ def count(config) -> int:
         path = config.resolve(config.online_store.path)
         if not os.path.exists(os.path.join(path, "data.mdb")):
             return 0
-        env = lmdb.open(path, readonly=True, lock=False)
+        env = lmdb.open(path, **_READ_ONLY)
         n = env.stat()["entries"]
         env.close()
         return n
