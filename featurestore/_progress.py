@@ -30,7 +30,7 @@ def progress_bar(
         total=total,
         desc=desc,
         unit=unit,
-        unit_scale=True,
+        unit_scale=total is None or total >= 10_000,  # else "5/5", not "5.00/5.00"
         file=sys.stderr,
         dynamic_ncols=True,
         leave=True,

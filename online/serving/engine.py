@@ -111,15 +111,6 @@ class Engine(StoreReads, Pushes, Shortcuts):
         if models.shadow.on_record is None:  # a runtime made elsewhere: still counted here
             models.shadow.on_record = self._count_shadow
         self.models = models
-        from prometheus_client import Counter
-
-        self._shadow_errors = Counter(
-            "featurestore_shadow_errors_total",
-            "Shadow scorings that failed or were skipped, by reason: inputs (the request's rows "
-            "lack a shadow input), shape, error (the model raised), dropped (queue full)",
-            ["model", "version", "reason"],
-            registry=self.metrics.registry,
-        )
         br = self.config.breaker
         self.breaker = CircuitBreaker(
             failure_threshold=br.failure_threshold, reset_s=br.reset_ms / 1000
@@ -645,7 +636,7 @@ class Engine(StoreReads, Pushes, Shortcuts):
         if "scores" in rec:
             m.child(m.shadow, rec["model"], version).inc(len(rec["scores"]))
         else:
-            m.child(self._shadow_errors, rec["model"], version, rec.get("reason", "error")).inc()
+            m.child(m.shadow_errors, rec["model"], version, rec.get("reason", "error")).inc()
 
     def predict(
         self,

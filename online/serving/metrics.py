@@ -139,6 +139,13 @@ class Metrics:
             ["model", "version"],
             registry=r,
         )
+        self.shadow_errors = Counter(
+            "featurestore_shadow_errors_total",
+            "Shadow scorings that failed or were skipped, by reason: inputs (the request's rows "
+            "lack a shadow input), shape, error (the model raised), dropped (queue full)",
+            ["model", "version", "reason"],
+            registry=r,
+        )
         self.entities = Counter("featurestore_entities_total", "Entities looked up", registry=r)
         self.audit_records = Counter(
             "featurestore_audit_records_total",
