@@ -24,3 +24,12 @@ def atomic_write(path: Path, data: bytes, *, mode: int | None = None) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def file_above(path: Path) -> Path | None:
+    """The file that stops ``path`` from being created (its nearest existing ancestor, when
+    that is a file and not a folder), or None: the missing folders can be made."""
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    return None if parent.is_dir() else parent

@@ -244,12 +244,12 @@ def _reserve_out(out: Path) -> Path:
     file, and a path that cannot be written fails before the join, not after it."""
     import uuid
 
-    parent = out.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent  # the nearest folder that exists: the rest is created
-    if not parent.is_dir():
+    from featurestore._atomic import file_above
+
+    blocker = file_above(out)
+    if blocker is not None:
         raise FeatureStoreError(
-            f"--out '{out}' lies below '{parent}', which is a file; give a path in a folder"
+            f"--out '{out}' lies below '{blocker}', which is a file; give a path in a folder"
         )
     tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:

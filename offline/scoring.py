@@ -153,12 +153,12 @@ def _out_path(out: str | os.PathLike[str] | None) -> Path | None:
         raise BatchScoreError(
             f"out '{out}' is a directory; give the path of a Parquet file to write"
         )
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent  # the nearest folder that exists: the rest is created
-    if not parent.is_dir():
+    from featurestore._atomic import file_above
+
+    blocker = file_above(path)
+    if blocker is not None:
         raise BatchScoreError(
-            f"out '{out}' lies below '{parent}', which is a file; give a path in a folder"
+            f"out '{out}' lies below '{blocker}', which is a file; give a path in a folder"
         )
     return path
 
