@@ -510,3 +510,17 @@ def test_grpc_to_field_end_to_end(repo: Path, serve: Any) -> None:
     with FeatureStore(repo) as store:
         got = _training(store, [4, 5], [T0 + 41 * HOUR] * 2)
     assert got["tag"] == ["grpc-off", "t5"]
+
+
+def test_an_older_push_never_hides_a_newer_online_row(store: FeatureStore) -> None:
+    """As stream ingest: the online store keeps the row a training set would pick now."""
+    late, early, later = T0 + 30 * HOUR, T0 + 25 * HOUR, T0 + 35 * HOUR
+    assert store.push("user_facts", _push_rows([1], [late], [30.0], [3], ["late"])) == 1
+    older = _push_rows([1, 2], [early, early], [25.0, 2.5], [2, 20], ["early", "other"])
+    assert store.push("user_facts", older, to="online_and_offline") == 1  # only user 2's
+    got = _online(store, [1, 2])
+    assert got["tag"] == ["late", "other"]
+    now = datetime.now(UTC)
+    assert _training(store, [2], [now])["tag"] == ["other"]
+    assert store.push("user_facts", _push_rows([1], [later], [35.0], [4], ["later"])) == 1
+    assert _online(store, [1])["tag"] == ["later"]
