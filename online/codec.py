@@ -34,6 +34,7 @@ CREATED_TS = "__created_ts"
 _H_EV, _H_CR, _H_VER, _H_NULLS = "h_ev", "h_cr", "h_ver", "h_nulls"
 _LEAD = "lead"  # the optional int64 in front of a value (see RowCodec.encode_table)
 _U32 = struct.Struct("<I")
+ROW_HEAD = struct.Struct("<qqI")  # a stored row starts: event time, created time, schema version
 # struct codes that unpack exactly as numpy's tolist() does for these dtypes
 _STRUCT_CODE = {"<i4": "i", "<i8": "q", "<f4": "f", "<f8": "d", "|b1": "?"}
 FEW_ROWS = 16  # up to this many rows decode in plain Python (see RowCodec.decode)

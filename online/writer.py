@@ -9,7 +9,14 @@ import numpy as np
 
 from featurestore.errors import EntityDataError
 from featurestore.online.base import OnlineStore
-from featurestore.online.codec import CREATED_TS, EVENT_TS, NULL_TS, RowCodec, int64_column
+from featurestore.online.codec import (
+    CREATED_TS,
+    EVENT_TS,
+    NULL_TS,
+    ROW_HEAD,
+    RowCodec,
+    int64_column,
+)
 from featurestore.online.embedded import EmbeddedOnlineStore
 from featurestore.online.keys import POW10, build_keys, decimal_digits, signed_int_array
 
@@ -86,11 +93,7 @@ def latest_rows(table: pa.Table, join_keys: tuple[str, ...]) -> pa.Table:
     n = table.num_rows
     if n < 2 or _unique_keys(table, join_keys):
         return table
-    ev, _ = int64_column(table.column(EVENT_TS))
-    cr = np.full(n, NULL_TS, dtype=np.int64)
-    if CREATED_TS in table.column_names:
-        values, mask = int64_column(table.column(CREATED_TS))
-        cr = values if mask is None else np.where(mask, NULL_TS, values)
+    ev, cr = _event_created(table)
     ranked = table.select(list(join_keys)).append_column("__ev", pa.array(ev, pa.int64()))
     ranked = ranked.append_column("__cr", pa.array(cr, pa.int64()))
     ranked = ranked.append_column("__at", pa.array(np.arange(n), pa.int64()))
@@ -117,8 +120,6 @@ def newer_than_stored(
     """``table`` (one row per key) without the rows older than the row the store holds for
     their key (event time, then created time; a stored row of another schema version does
     not count), as stream ingest writes: a late write never hides a newer value. One read."""
-    import struct
-
     n = table.num_rows
     if not n:
         return table
@@ -126,19 +127,23 @@ def newer_than_stored(
     stored = store.read(keys)
     if all(v is None for v in stored):
         return table
-    ev, _ = int64_column(table.column(EVENT_TS))
-    cr = np.full(n, NULL_TS, dtype=np.int64)
-    if CREATED_TS in table.column_names:
-        values, mask = int64_column(table.column(CREATED_TS))
-        cr = values if mask is None else np.where(mask, NULL_TS, values)
-    head = struct.Struct("<qqI")  # the row codec's event time, created time, schema version
+    ev, cr = _event_created(table)
     keep = np.ones(n, dtype=bool)
     for i, value in enumerate(stored):
-        if value is not None and len(value) >= head.size:
-            s_ev, s_cr, version = head.unpack_from(value)
+        if value is not None and len(value) >= ROW_HEAD.size:
+            s_ev, s_cr, version = ROW_HEAD.unpack_from(value)
             if version == view.schema_version and (int(ev[i]), int(cr[i])) < (s_ev, s_cr):
                 keep[i] = False
     return table if keep.all() else table.filter(keep)
+
+
+def _event_created(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's event time and created time (NULL_TS where it has none), int64 us."""
+    ev, _ = int64_column(table.column(EVENT_TS))
+    if CREATED_TS not in table.column_names:
+        return ev, np.full(table.num_rows, NULL_TS, dtype=np.int64)
+    values, mask = int64_column(table.column(CREATED_TS))
+    return ev, values if mask is None else np.where(mask, NULL_TS, values)
 
 
 def _unique_keys(table: pa.Table, join_keys: tuple[str, ...]) -> bool:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from featurestore.errors import FeatureStoreError
-from featurestore.online.codec import CREATED_TS, EVENT_TS, NULL_TS
+from featurestore.online.codec import CREATED_TS, EVENT_TS, NULL_TS, ROW_HEAD
 from featurestore.online.keys import build_keys
 from featurestore.online.stream.events import Event, columns_of
 from featurestore.online.windows import MAGIC, decode_value
@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 
 _POS = struct.Struct("<4s4xqq")
 _POS_MAGIC = b"FSP1"
-_ROW_HEAD = struct.Struct("<qqI")  # the row codec's event time, created time, schema version
 _VALUE_HEAD = struct.Struct("<4sI")  # online/windows.py's value head: magic, schema version
 _MIN_STATE = 96  # the longest state header (version 2: 12 int64), which peek unpacks
 
@@ -211,8 +210,8 @@ def write_plain(
     keep = []
     for ent, value in zip(entities, stored, strict=True):
         e = newest[ent]
-        if value is not None and len(value) >= _ROW_HEAD.size:
-            ev, cr, version = _ROW_HEAD.unpack_from(value)
+        if value is not None and len(value) >= ROW_HEAD.size:
+            ev, cr, version = ROW_HEAD.unpack_from(value)
             if version == view.schema_version and (e.ts, _cr(e.created)) < (ev, cr):
                 continue
         keep.append(e)

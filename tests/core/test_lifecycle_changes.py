@@ -205,14 +205,6 @@ def test_editing_a_where_predicate_is_a_breaking_change(tmp_path: Path) -> None:
         assert fresh.to_dict()["big_1d"] == [3] == [offline_value(store, "w:big_1d", at)]
 
 
-def _strip_code(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _strip_code(v) for k, v in value.items() if k != "code"}
-    if isinstance(value, list):
-        return [_strip_code(v) for v in value]
-    return value
-
-
 def test_a_registry_from_before_code_hashes_keeps_serving_after_apply(tmp_path: Path) -> None:
     """Upgrading: the first apply records each function's hash without a rebuild; the states
     written before are served, the watermark kept. A later edit is breaking, twice over."""
@@ -227,7 +219,9 @@ def test_a_registry_from_before_code_hashes_keeps_serving_after_apply(tmp_path: 
         version = store.registry.feature_views["w"].schema_version
     reg_path = tmp_path / "data" / "registry.json"
     reg = json.loads(reg_path.read_text())
-    reg_path.write_text(json.dumps(_strip_code(reg)))  # as an older release wrote it
+    from featurestore._transform_refs import without_code
+
+    reg_path.write_text(json.dumps(without_code(reg)))  # as an older release wrote it
     with FeatureStore(config=cfg) as store:
         assert store.registry.feature_views["w"].schema_version == version
         change = view_change(store.plan(), "w")
