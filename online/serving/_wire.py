@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import struct
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -38,6 +38,16 @@ _PACKED: dict[type, tuple[str, Any]] = {
     bool: ("bools", False),
     str: ("strings", ""),
 }
+# the list kinds of a Value: an array feature's values go as the list of its element kind
+ListKind = Literal["double", "int64", "bool"]
+_LIST_KINDS = frozenset({"double_list_val", "int64_list_val", "bool_list_val"})
+_ELEMENT_KINDS: dict[str, ListKind] = {
+    "float32": "double",
+    "float64": "double",
+    "int32": "int64",
+    "int64": "int64",
+    "bool": "bool",
+}
 
 # ------------------------------------------------------------------ protobuf API (reference)
 
@@ -58,16 +68,32 @@ def to_value(v: Any) -> pb.Value:
         return pb.Value(bytes_val=v)
     if isinstance(v, datetime):
         return pb.Value(timestamp_us_val=to_us(v))
-    if isinstance(v, np.ndarray) and v.ndim == 1 and v.dtype.kind == "f":
-        # a float array is a double list even when empty (its element type is in the dtype)
-        return pb.Value(double_list_val=pb.DoubleList(values=v.tolist()))
+    if isinstance(v, np.ndarray) and v.ndim == 1 and v.dtype.kind in "fb":
+        # a float or bool array keeps its element type even when empty (it is in the dtype)
+        return list_value(v.tolist(), "double" if v.dtype.kind == "f" else "bool")
     if hasattr(v, "tolist"):
         return to_value(v.tolist())
     if isinstance(v, (list, tuple)):
-        if all(isinstance(x, int) and not isinstance(x, bool) for x in v):
-            return pb.Value(int64_list_val=pb.Int64List(values=v))
-        return pb.Value(double_list_val=pb.DoubleList(values=[float(x) for x in v]))
+        return list_value(v)
     raise TypeError(f"cannot send a {type(v).__name__} value over gRPC")
+
+
+def list_value(v: list[Any] | tuple[Any, ...], kind: ListKind | None = None) -> pb.Value:
+    """A list as a Value of the list ``kind`` (an array feature's element kind, as responses
+    send every array: see ``_list_kinds``), else of its elements' kind: all bools a bool list,
+    all ints an int64 list (an empty list too: it has no element type), else a double list."""
+    if kind is None:
+        if v and all(type(x) is bool for x in v):
+            kind = "bool"
+        elif all(isinstance(x, int) and not isinstance(x, bool) for x in v):
+            kind = "int64"
+        else:
+            kind = "double"
+    if kind == "bool":
+        return pb.Value(bool_list_val=pb.BoolList(values=v))
+    if kind == "int64":
+        return pb.Value(int64_list_val=pb.Int64List(values=v))
+    return pb.Value(double_list_val=pb.DoubleList(values=[float(x) for x in v]))
 
 
 def from_value(v: pb.Value) -> Any:
@@ -75,7 +101,7 @@ def from_value(v: pb.Value) -> Any:
     kind = v.WhichOneof("kind")
     if kind is None:
         return None
-    if kind in ("double_list_val", "int64_list_val"):
+    if kind in _LIST_KINDS:
         return list(getattr(v, kind).values)
     return getattr(v, kind)
 
@@ -86,14 +112,14 @@ def to_column(
     statuses: list[int] | pb.FeatureColumn | None = None,
     *,
     into: pb.FeatureColumn | None = None,
-    float_lists: bool = False,
+    list_kind: ListKind | None = None,
 ) -> pb.FeatureColumn:
     """One response column, packed (one C-level fill per column) when its values allow.
 
     ``statuses``: FieldStatus codes, or a FeatureColumn holding them (merged: cheaper when
-    many columns share one status list). ``into``: an empty column to fill. ``float_lists``:
-    the column is a float array feature, so an empty list goes as a double list too (an
-    empty Python list has no element type; ``to_value`` sends it as an int64 list).
+    many columns share one status list). ``into``: an empty column to fill. ``list_kind``:
+    the column is an array feature of that element kind, so every list goes as a list of that
+    kind (an empty one too, which has no element type of its own).
     """
     col = pb.FeatureColumn() if into is None else into
     col.name = name
@@ -102,14 +128,9 @@ def to_column(
     kinds.discard(_NONE)
     packed = _PACKED.get(kinds.pop()) if len(kinds) == 1 else None
     if packed is None:
-        if float_lists:
+        if list_kind is not None:
             col.values.extend(
-                [
-                    pb.Value(double_list_val=pb.DoubleList(values=x))
-                    if isinstance(x, list)
-                    else to_value(x)
-                    for x in values
-                ]
+                [list_value(x, list_kind) if type(x) is list else to_value(x) for x in values]
             )
         else:
             col.values.extend([to_value(x) for x in values])
@@ -139,31 +160,26 @@ def column_values(col: pb.FeatureColumn) -> list[Any]:
     return values
 
 
-def _float_list_names(res: FeatureResult) -> frozenset[str]:
-    """The columns of ``res`` holding a float array feature (Array(Float32 or Float64)), known
+def _list_kinds(res: FeatureResult) -> dict[str, ListKind]:
+    """The columns of ``res`` holding an array feature, with its element's list kind, known
     from the request it answers; none when it was built from plain columns."""
     req = getattr(res, "_requests", None)  # (requests, full names) of a lookup's result
     if not req:
-        return frozenset()
+        return {}
     requests, full = req
-    out = set()
+    out: dict[str, ListKind] = {}
     for view, feats in requests:
         for f in feats:
             inner = view.field(f).dtype.inner
-            if inner is not None and inner.name in ("float32", "float64"):
-                out.add(f"{view.name}__{f}" if full else f)
-    return frozenset(out)
-
-
-def _has_empty_list(values: Any) -> bool:
-    """Whether a column holds an empty list (the one list whose element type is unknown)."""
-    return any(type(v) is list and not v for v in values)
+            if inner is not None and inner.name in _ELEMENT_KINDS:
+                out[f"{view.name}__{f}" if full else f] = _ELEMENT_KINDS[inner.name]
+    return out
 
 
 def _feature_columns(res: FeatureResult, out: Any) -> None:
     """Append ``res``'s columns to the repeated FeatureColumn field ``out``."""
     shared: dict[int, pb.FeatureColumn] = {}
-    floats: frozenset[str] | None = None
+    kinds = _list_kinds(res)
     for name, values in res.columns.items():
         st = res.statuses.get(name)
         tmpl = None
@@ -171,11 +187,7 @@ def _feature_columns(res: FeatureResult, out: Any) -> None:
             tmpl = shared.get(id(st))
             if tmpl is None:
                 tmpl = shared[id(st)] = pb.FeatureColumn(statuses=[_STATUS[s] for s in st])
-        fl = False
-        if _has_empty_list(values):
-            floats = _float_list_names(res) if floats is None else floats
-            fl = name in floats
-        to_column(name, values, tmpl, into=out.add(), float_lists=fl)
+        to_column(name, values, tmpl, into=out.add(), list_kind=kinds.get(name))
 
 
 def build_features_response(res: FeatureResult) -> pb.GetOnlineFeaturesResponse:
@@ -450,8 +462,9 @@ def _dict_columns(
     res: FeatureResult,
 ) -> None:
     """Append ``columns`` (with their ``statuses``, if any) as repeated field ``tag``;
-    ``res``, their result, says which hold float arrays when an empty one needs it."""
+    ``res``, their result, says which hold array features (see ``list_value``)."""
     no_status = (b"", None)
+    kinds: dict[str, ListKind] | None = None
     for name, values in columns.items():
         st = statuses.get(name) if statuses is not None else None
         if st:
@@ -463,8 +476,8 @@ def _dict_columns(
         else:
             packed = _packed_fields(values)
         if packed is None:  # timestamps, bytes, lists, mixed types: built with the protobuf API
-            fl = _has_empty_list(values) and name in _float_list_names(res)
-            body = to_column(name, values, codes, float_lists=fl).SerializeToString()
+            kinds = _list_kinds(res) if kinds is None else kinds
+            body = to_column(name, values, codes, list_kind=kinds.get(name)).SerializeToString()
         else:
             head = _NAMES.get(name)
             body = (_name_field(name) if head is None else head) + status + packed

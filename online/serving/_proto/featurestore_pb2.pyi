@@ -30,6 +30,7 @@ class Value(_message.Message):
         "timestamp_us_val",
         "double_list_val",
         "int64_list_val",
+        "bool_list_val",
     )
     INT64_VAL_FIELD_NUMBER: _ClassVar[int]
     DOUBLE_VAL_FIELD_NUMBER: _ClassVar[int]
@@ -39,6 +40,7 @@ class Value(_message.Message):
     TIMESTAMP_US_VAL_FIELD_NUMBER: _ClassVar[int]
     DOUBLE_LIST_VAL_FIELD_NUMBER: _ClassVar[int]
     INT64_LIST_VAL_FIELD_NUMBER: _ClassVar[int]
+    BOOL_LIST_VAL_FIELD_NUMBER: _ClassVar[int]
     int64_val: int
     double_val: float
     string_val: str
@@ -47,6 +49,7 @@ class Value(_message.Message):
     timestamp_us_val: int
     double_list_val: DoubleList
     int64_list_val: Int64List
+    bool_list_val: BoolList
     def __init__(
         self,
         int64_val: _Optional[int] = ...,
@@ -57,6 +60,7 @@ class Value(_message.Message):
         timestamp_us_val: _Optional[int] = ...,
         double_list_val: _Optional[_Union[DoubleList, _Mapping]] = ...,
         int64_list_val: _Optional[_Union[Int64List, _Mapping]] = ...,
+        bool_list_val: _Optional[_Union[BoolList, _Mapping]] = ...,
     ) -> None: ...
 
 class DoubleList(_message.Message):
