@@ -194,4 +194,6 @@ def degraded_result(p: Prepared, reason: str) -> FeatureResult:
     if p.include_ts:
         for view, _ in p.requests:
             cols[f"{view.name}__event_timestamp"] = [None] * p.n
-    return FeatureResult(cols, st, names, degraded=True, degraded_reason=reason)
+    return FeatureResult(
+        cols, st, names, degraded=True, degraded_reason=reason, requests=(p.requests, p.full)
+    )

@@ -346,3 +346,25 @@ def test_to_value_sends_each_list_as_its_own_kind(value: Any, kind: str) -> None
     v = to_value(value)
     assert v.WhichOneof("kind") == kind
     assert from_value(v) == list(value)
+
+
+@pytest.mark.parametrize("full", [False, True])
+def test_degraded_array_defaults_go_as_their_features_list_kind(
+    server: ServerThread, full: bool
+) -> None:
+    """The answer without the store (every value its default) keeps the array kinds too: an
+    empty Array(Int64) default is an int64 list, an int-written Array(Float32) one doubles."""
+    import time
+
+    from featurestore.online.serving.results import Prepared, degraded_result
+
+    view = server.app.state.engine.store.get_feature_view("dflt")
+    p = Prepared([(view, FEATURES)], {"user_id": [5, 6]}, 2, full, False, time.monotonic())
+    ref = build_features_response(degraded_result(p, "test"))
+    cols = {c.name: c for c in ref.columns}
+    want = {"flags": [True], "ns": [], "xs": [0.0, 1.0]}
+    for f in FEATURES:
+        col = cols[f"dflt__{f}" if full else f]
+        assert [v.WhichOneof("kind") for v in col.values] == [KIND[f]] * 2, f
+        assert typed(column_values(col)) == typed([want[f]] * 2), f
+    assert ref.degraded
