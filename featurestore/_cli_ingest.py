@@ -45,7 +45,10 @@ def ingest(
     try:
         if status:
             from featurestore.online.stream import stream_status
+            from featurestore.online.stream.streams import stream_sources
 
+            if not stream_sources(store):  # (as dead-letters says, not a silent success)
+                raise FeatureStoreError("no applied feature view reads a StreamSource")
             for line in stream_status(store, list(sources) or None):
                 click.echo(line)
         else:
