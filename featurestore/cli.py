@@ -167,21 +167,37 @@ def materialize(ctx: click.Context, start: str, end: str, views: str | None) -> 
     _report_materialize(res, time.perf_counter() - t0)
 
 
+ALL_SKIPPED = 3  # materialize-incremental's exit status when every view was skipped
+
+
 @cli.command("materialize-incremental")
 @click.argument("end")
 @click.option("--views", help="Comma-separated feature views (default: all online views).")
 @click.pass_context
 def materialize_incremental(ctx: click.Context, end: str, views: str | None) -> None:
-    """Materialize each view from its watermark up to END ('now' for the current time)."""
+    """Materialize each view from its watermark up to END ('now' for the current time).
+
+    Without --views, a view whose stream's lock is held (an ingest reads the stream, or another
+    materialize writes the view) is skipped with a line saying so, and the others are written.
+    Exit status: 0 when any view was materialized (or was already up to date), 3 when every
+    view was skipped, 1 on an error (such as a view listed in --views whose stream is being
+    ingested: listed views are never skipped).
+    """
     store = _store(ctx)
     t0 = time.perf_counter()
-    res = store.materialize_incremental(_when(end), views=_views(views), progress=True)
+    names = _views(views)
+    res = store.materialize_incremental(_when(end), views=names, progress=True, skip_busy=not names)
     _report_materialize(res, time.perf_counter() - t0)
+    if res.skipped and not res.rows:
+        click.echo("error: every view was skipped: nothing materialized", err=True)
+        sys.exit(ALL_SKIPPED)
 
 
 def _report_materialize(res: Any, seconds: float) -> None:
     for view, n in res.rows.items():
         click.echo(f"{view}: {n:,} rows")
+    for view, why in res.skipped.items():
+        click.echo(f"{view}: skipped, {why}")
     rate = res.total_rows / seconds if seconds > 0 else 0.0
     click.echo(f"materialized {res.total_rows:,} rows in {seconds:.2f} s ({rate:,.0f} rows/s)")
 

@@ -6,7 +6,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -30,17 +30,20 @@ if TYPE_CHECKING:
     from featurestore.online.serving.engine import Engine
     from featurestore.online.serving.results import PredictResult
     from featurestore.online.stream import IngestStats
+    from featurestore.online.stream.locks import MaterializeLocks
 
 FeatureRequest = list[tuple[FeatureView, list[str]]]
 
 
 @dataclass(frozen=True)
 class MaterializeResult:
-    """What one materialization wrote: rows per view and the window used."""
+    """What one materialization wrote: rows per view and the window used; ``skipped``: the
+    views left out because another held their stream's lock, with why (one line each)."""
 
     start_us: int
     end_us: int
     rows: dict[str, int]
+    skipped: dict[str, str] = field(default_factory=dict)
 
     @property
     def total_rows(self) -> int:
@@ -345,14 +348,18 @@ class FeatureStore:
 
         A window view writes each entity's window state as of ``end`` instead (built from its
         events in ``(end - max window - allowed lateness, end]``; ``start`` is not used).
+        Losing a stream's lock midway (see online/stream/locks.py) stops it with an error.
         """
         start_us, end_us = to_us(start), to_us(end)
         if start_us > end_us:
             raise FeatureStoreError(
                 f"materialize: start {to_utc(start_us)} is after end {to_utc(end_us)}"
             )
-        with self._online_views(views) as todo:
-            rows = {v.name: self._materialize_view(v, start_us, end_us, progress) for v in todo}
+        with self._online_views(views) as held:
+            rows = {
+                v.name: self._materialize_view(v, start_us, end_us, progress, held)
+                for v in held.views
+            }
         return MaterializeResult(start_us, end_us, rows)
 
     def materialize_incremental(
@@ -361,18 +368,20 @@ class FeatureStore:
         *,
         views: Sequence[str] | None = None,
         progress: bool = False,
+        skip_busy: bool = False,
     ) -> MaterializeResult:
         """Materialize each view from its watermark (or end - ttl the first time) up to ``end``.
 
         A view whose watermark is already at or past ``end`` is left as it is (0 rows): its
         store holds newer values, which an older ``end`` would overwrite (``materialize`` over
-        an explicit window still can)."""
+        an explicit window still can). ``skip_busy``: a view whose stream's lock another holds
+        (an ingest reading it) is left out and named in ``skipped`` instead of refusing all."""
         end_us = to_us(end)
         state = self.registry
         rows: dict[str, int] = {}
         first = end_us
-        with self._online_views(views) as todo:
-            for view in todo:
+        with self._online_views(views, skip_busy=skip_busy) as held:
+            for view in held.views:
                 mark = watermark_us(state, view.name, self._store_id)
                 mark = self._store_watermark(view.name, mark)
                 if mark is not None and mark >= end_us:
@@ -386,15 +395,18 @@ class FeatureStore:
                     start_us = 0
                 first = min(first, start_us)
                 rows[view.name] = self._materialize_view(
-                    view, min(start_us, end_us), end_us, progress
+                    view, min(start_us, end_us), end_us, progress, held
                 )
-        return MaterializeResult(first, end_us, rows)
+        return MaterializeResult(first, end_us, rows, dict(held.skipped))
 
     @contextmanager
-    def _online_views(self, names: Sequence[str] | None) -> Iterator[list[FeatureView]]:
+    def _online_views(
+        self, names: Sequence[str] | None, *, skip_busy: bool = False
+    ) -> Iterator[MaterializeLocks]:
         """The views to materialize (default: every online view), with the locks of the streams
         feeding them held meanwhile: refused while an ingest (or another materialize) writes
-        one, and no ingest starts until done (see online/stream/locks.materialize_lock)."""
+        one, or with ``skip_busy`` those views left out, and no ingest starts until done (see
+        online/stream/locks.materialize_lock)."""
         from featurestore.online.stream.locks import materialize_lock
 
         state = self.registry
@@ -402,15 +414,25 @@ class FeatureStore:
             views = [state.feature_view(n) for n in names]
         else:
             views = [v for v in state.feature_views.values() if v.online]
-        with materialize_lock(self, views):
-            yield views
+        with materialize_lock(self, views, skip_busy=skip_busy) as held:
+            yield held
 
     def _materialize_view(
-        self, view: FeatureView, start_us: int, end_us: int, progress: bool
+        self,
+        view: FeatureView,
+        start_us: int,
+        end_us: int,
+        progress: bool,
+        held: MaterializeLocks | None = None,
     ) -> int:
+        """Write one view; ``held.ensure_held`` runs before each write and before the watermark,
+        so a lost stream lock stops it there (see online/stream/locks.py). None: no lock held."""
         from featurestore._progress import progress_bar
         from featurestore._time import duration_us, parse_duration
+        from featurestore.online.stream.locks import MaterializeLocks
         from featurestore.online.writer import write_table
+
+        held = held or MaterializeLocks([view], {}, set())
 
         grace = duration_us(parse_duration(self.config.online_store.key_ttl_grace)) or 0
         if view.is_window:
@@ -425,7 +447,10 @@ class FeatureStore:
                 key_ttl_grace_us=grace,
                 batch_size=self.config.online_store.write_batch_size,
                 now_us=now_us(),
+                before_write=held.ensure_held if held.guards(view) else None,
+                progress=progress,
             )
+            held.ensure_held()
             self._record_watermark(view, start_us, end_us)
             return written
         # the count only sizes the progress bar: without one it is a query saved
@@ -433,23 +458,30 @@ class FeatureStore:
         # an ordered store (LMDB) is written fastest front to back: rows in its key order
         order = "online" if getattr(self.online, "ordered_keys", False) else "keys"
         rows = self.offline.iter_latest_rows(view, start_us, end_us, key_order=order)
+        size = max(1, int(self.config.online_store.write_batch_size))
+        guarded = held.guards(view)
         written = 0
         with progress_bar(total, f"materialize {view.name}", enabled=progress) as bar:
             for batch in rows:
                 import pyarrow as pa
 
-                n = write_table(
-                    self.online,
-                    self.project,
-                    view,
-                    pa.Table.from_batches([batch]),
-                    now_us=now_us(),
-                    key_ttl_grace_us=grace,
-                    batch_size=self.config.online_store.write_batch_size,
-                )
-                written += n
-                bar.update(n)
+                table = pa.Table.from_batches([batch])
+                step = size if guarded else max(1, table.num_rows)  # a lock check per write
+                for at in range(0, table.num_rows, step):
+                    chunk = table.slice(at, step)
+                    held.ensure_held()
+                    written += write_table(
+                        self.online,
+                        self.project,
+                        view,
+                        chunk,
+                        now_us=now_us(),
+                        key_ttl_grace_us=grace,
+                        batch_size=size,
+                    )
+                    bar.update(chunk.num_rows)  # rows done, skipped expired ones too: ends at total
         # the watermark moves only after every batch landed, so a crash means a clean rerun
+        held.ensure_held()
         self._record_watermark(view, start_us, end_us)
         return written
 

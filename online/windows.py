@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from featurestore.feature_view import FeatureView
     from featurestore.offline.store import OfflineStore
@@ -93,24 +93,57 @@ def materialize_window_view(
     key_ttl_grace_us: int,
     batch_size: int,
     now_us: int,
+    before_write: Callable[[], None] | None = None,
+    progress: bool = False,
 ) -> int:
     """Write the state of every entity with events in the horizon before ``end_us``.
 
     A view fed by a stream also gets, after each state, how far ingest had written the stream
     to the batch folder: a stream entry up to there that ingest delivers again (it died before
-    acknowledging it) is in the state already and is not added twice."""
-    from featurestore.offline.windows import EV, read_events
-    from featurestore.online.keys import build_keys
+    acknowledging it) is in the state already and is not added twice. ``before_write`` runs
+    before each batch is written (materialize's stream-lock check, which raises to stop);
+    ``progress`` shows a bar on stderr counting entities up to their total."""
+    from featurestore._progress import progress_bar
+    from featurestore.offline.windows import read_events
 
     assert view.window is not None
     ow = view.window.online()
     lo = end_us - ow.horizon_us
     trailer = _stream_trailer(offline, view)  # read before the events: they hold all up to it
     events = read_events(offline, view, lo, end_us, by_key=True)
+    starts = _group_starts(events, view.join_keys) if events.num_rows else np.zeros(0, np.int64)
+    with progress_bar(
+        int(starts.size), f"materialize {view.name}", enabled=progress, unit="entities"
+    ) as bar:
+        return _write_states(
+            online, project, view, events, starts, key_ttl_grace_us, batch_size, now_us,
+            trailer, before_write, bar.update,
+        )  # fmt: skip
+
+
+def _write_states(
+    online: OnlineStore,
+    project: str,
+    view: FeatureView,
+    events: Any,
+    starts: np.ndarray,
+    key_ttl_grace_us: int,
+    batch_size: int,
+    now_us: int,
+    trailer: bytes,
+    before_write: Callable[[], None] | None,
+    done: Callable[[int], Any],
+) -> int:
+    """Build and write each entity's state in batches; ``done(k)`` after k more entities
+    (written or already expired), so the counts reach ``starts.size``."""
+    from featurestore.offline.windows import EV
+    from featurestore.online.keys import build_keys
+
+    assert view.window is not None
+    ow = view.window.online()
     n = events.num_rows
     if n == 0:
         return 0
-    starts = _group_starts(events, view.join_keys)
     columns = view.window.event_columns(
         {c: _np(events.column(c)) for c in view.window.source_columns()}
     )
@@ -121,7 +154,7 @@ def materialize_window_view(
     )
     max_w = view.window.plan.max_window_us
     size = max(1, int(batch_size))
-    written = 0
+    written = counted = 0
     values: list[bytes] = []
     expire: list[int | None] = []
     batch_keys: list[bytes] = []
@@ -130,18 +163,20 @@ def materialize_window_view(
         state = ow.new_state()
         ow.ingest(state, ts[a:b], {c: _slice(v, a, b) for c, v in columns.items()})
         deadline_us = int(ts[b - 1]) + max_w + key_ttl_grace_us
-        if deadline_us <= now_us:
-            continue  # every window is already empty for readers at the wall clock
-        batch_keys.append(keys[g])
-        values.append(encode_value(view, state) + trailer)
-        expire.append(deadline_us // 1000)
-        if len(batch_keys) >= size:
+        if deadline_us > now_us:  # else every window is already empty for readers now
+            batch_keys.append(keys[g])
+            values.append(encode_value(view, state) + trailer)
+            expire.append(deadline_us // 1000)
+        last = g + 1 == starts.size
+        if batch_keys and (len(batch_keys) >= size or last):
+            if before_write is not None:
+                before_write()
             online.write_batch(batch_keys, values, expire)
             written += len(batch_keys)
             batch_keys, values, expire = [], [], []
-    if batch_keys:
-        online.write_batch(batch_keys, values, expire)
-        written += len(batch_keys)
+        if not batch_keys and (last or g + 1 - counted >= size):  # all up to g are done
+            done(g + 1 - counted)
+            counted = g + 1
     return written
 
 

@@ -5,6 +5,9 @@ writes a view fed by the stream: both write those views' window states by read-m
 overwrite, so one of them at a time. The key expires ``LOCK_MS`` after its holder stops renewing
 it (a holder killed with -9); a holder found dead on this host is taken over at once.
 
+A materialize that cannot renew its lock (it paused past the expiry, and an ingest may have
+taken the lock) stops before its next write and records no watermark for what it did not finish.
+
 The value names the holder: ``host:pid:nonce`` for an ingest, followed by ``:materialize
 view,...`` for a materialize.
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -88,10 +92,40 @@ def release(client: Any, key: str, token: str) -> None:
     client.eval(_RELEASE, 1, key, token)
 
 
+class MaterializeLocks:
+    """What one materialize holds: the views it may write, the ones it skipped (their stream's
+    lock held by another) and why, and ``ensure_held`` to call before each write."""
+
+    def __init__(
+        self,
+        views: list[FeatureView],
+        skipped: dict[str, str],
+        guarded: set[str],
+        renewer: _Renewer | None = None,
+    ) -> None:
+        self.views = views
+        self.skipped = skipped
+        self._guarded = guarded
+        self._renewer = renewer
+
+    def guards(self, view: FeatureView) -> bool:
+        """Whether ``view``'s writes depend on a held stream lock (it is stream-fed)."""
+        return view.name in self._guarded
+
+    def ensure_held(self) -> None:
+        """Raise a one-line error if a lock was lost (or may have been: see ``_Renewer``), so
+        materialize writes no row, and records no watermark, after another may have written."""
+        if self._renewer is not None:
+            self._renewer.ensure_held()
+
+
 @contextmanager
-def materialize_lock(store: FeatureStore, views: list[FeatureView]) -> Iterator[None]:
+def materialize_lock(
+    store: FeatureStore, views: list[FeatureView], *, skip_busy: bool = False
+) -> Iterator[MaterializeLocks]:
     """Hold the lock of every stream feeding ``views`` while materialize writes them (renewed
-    by a thread), so no ingest writes their states meanwhile; refused while another holds one.
+    by a thread), so no ingest writes their states meanwhile; refused while another holds one,
+    or with ``skip_busy`` the views of that stream are left out (``skipped``: view -> why).
 
     An unreachable stream server has no ingest running (it could not read), so it does not
     stop materialize, which then runs without the locks."""
@@ -99,26 +133,34 @@ def materialize_lock(store: FeatureStore, views: list[FeatureView]) -> Iterator[
 
     by_stream = _streams_of(views)
     if not by_stream:
-        yield
+        yield MaterializeLocks(list(views), {}, set())
         return
     token = new_token(sorted({v.name for fed in by_stream.values() for v in fed}))
     client = redis_client(store, timeout=2.0, connect_timeout=0.5)
     held: list[str] = []
+    skipped: dict[str, str] = {}
     try:
         try:
             for stream, fed in by_stream.items():
                 key = stream + LOCK_SUFFIX
-                if not acquire(client, key, token):
-                    busy = _busy(fed[0], client.get(key))
-                    for taken in held:  # the ones taken so far: free for ingest again at once
-                        release(client, taken, token)
-                    raise FeatureStoreError(busy)
-                held.append(key)
+                if acquire(client, key, token):
+                    held.append(key)
+                    continue
+                holder = client.get(key)
+                if skip_busy:
+                    skipped.update((v.name, _skip_reason(v, holder)) for v in fed)
+                    continue
+                for taken in held:  # the ones taken so far: free for ingest again at once
+                    release(client, taken, token)
+                raise FeatureStoreError(_busy(fed[0], holder))
         except stream_errors():
             held = []  # the server is gone: it holds no lock, nothing to renew or release
-        renewer = _Renewer(client, held, token)
+        sources = {s + LOCK_SUFFIX: (s, fed[0].source.name) for s, fed in by_stream.items()}
+        renewer = _Renewer(client, held, token, sources)
+        guarded = {v.name for s, fed in by_stream.items() if s + LOCK_SUFFIX in held for v in fed}
+        todo = [v for v in views if v.name not in skipped]
         try:
-            yield
+            yield MaterializeLocks(todo, skipped, guarded, renewer)
         finally:
             renewer.stop()
             for key in held:
@@ -154,11 +196,33 @@ def _busy(view: FeatureView, holder: Any) -> str:
     )
 
 
-class _Renewer:
-    """A daemon thread extending the held locks every third of their life until stopped."""
+def _skip_reason(view: FeatureView, holder: Any) -> str:
+    """Why a view was left out: who holds the lock of the stream feeding it."""
+    src = view.source.name
+    if is_materialize(holder):
+        return f"stream source '{src}' is being written by {holder_text(holder)}"
+    return (
+        f"stream source '{src}' is being read by featurestore ingest "
+        f"({as_text(holder or b'?')}), which keeps the view fresh itself"
+    )
 
-    def __init__(self, client: Any, keys: list[str], token: str) -> None:
+
+class _Renewer:
+    """A daemon thread extending the held locks every third of their life until stopped.
+
+    A lock it cannot extend is lost, even one that merely expired and is free now: an ingest
+    may have taken it, written and let go meanwhile. Materialize then stops at its next write
+    (``ensure_held``), which also renews at once when the thread missed its beat (the process
+    was paused), so a write never trusts a renewal older than half the lock's life."""
+
+    def __init__(
+        self, client: Any, keys: list[str], token: str, sources: dict[str, tuple[str, str]]
+    ) -> None:
         self._client, self._keys, self._token = client, keys, token
+        self._sources = sources  # lock key -> (stream, the name of a source reading it)
+        self._mutex = threading.Lock()
+        self._renewed_at = time.monotonic()  # when the last round that kept every lock began
+        self.lost: str | None = None  # the one-line error, once a lock is lost
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
         if keys:
@@ -166,13 +230,48 @@ class _Renewer:
             self._thread.start()
 
     def _run(self) -> None:
-        while not self._done.wait(LOCK_MS / 3000):
+        while not self._done.wait(LOCK_MS / 3000) and self.lost is None:
+            self.check()
+
+    def check(self) -> None:
+        """One renewal round now; a lock this token no longer holds is recorded in ``lost``."""
+        with self._mutex:
+            began = time.monotonic()
             for key in self._keys:
-                try:  # expired (a long pause): take it again if still free
-                    if not renew(self._client, key, self._token):
-                        self._client.set(key, self._token, nx=True, px=LOCK_MS)
-                except Exception:  # an unreachable server: no ingest can start either
-                    pass
+                if self.lost is not None:
+                    return
+                try:
+                    if renew(self._client, key, self._token):
+                        continue
+                    holder = self._client.get(key)
+                except Exception:  # an unreachable server: no ingest can take the lock either
+                    continue
+                self.lost = self._lost_text(key, holder)
+            self._renewed_at = began
+
+    def ensure_held(self) -> None:
+        """Raise ``lost``; renew first if the last round is older than half the lock's life."""
+        if (
+            self._keys
+            and self.lost is None
+            and time.monotonic() - self._renewed_at > LOCK_MS / 2000
+        ):
+            self.check()
+        if self.lost is not None:
+            raise FeatureStoreError(self.lost)
+
+    def _lost_text(self, key: str, holder: Any) -> str:
+        stream, source = self._sources.get(key, (key, "?"))
+        why = (
+            f"it is now held by {holder_text(holder)}"
+            if holder is not None
+            else f"it expired, unrenewed for {LOCK_MS / 1000:g} s (a paused process?)"
+        )
+        return (
+            f"materialize stopped: lost the lock of stream '{stream}' (stream source '{source}'): "
+            f"{why}, so an ingest may have written its views meanwhile; rerun materialize (the "
+            "views it did not finish keep their watermark)"
+        )
 
     def stop(self) -> None:
         self._done.set()
