@@ -157,14 +157,16 @@ class OnDemandPlan:
 
 
 def with_on_demand_inputs(
-    requests: list[tuple[Any, list[str]]], full: bool
-) -> tuple[list[tuple[Any, list[str]]], frozenset[str]]:
-    """``requests`` plus the fetched inputs of its on-demand features; names of the extras."""
+    requests: list[tuple[Any, list[str]]], full: bool = False
+) -> tuple[list[tuple[Any, list[str]]], frozenset[tuple[str, str]]]:
+    """``requests`` plus the fetched inputs of its on-demand features, and the extras as
+    (view, feature) pairs: hidden inputs, never named like an output (``full`` changes
+    nothing here; output names are the caller's, see online._shape)."""
     from featurestore.errors import FeatureNotFoundError
 
     out = [(v, list(f)) for v, f in requests]
     have = {(v.name, f) for v, feats in out for f in feats}
-    hidden: set[str] = set()
+    hidden: set[tuple[str, str]] = set()
     for view, feats in requests:
         if view.join_keys or not hasattr(view, "inputs_of"):
             continue
@@ -187,7 +189,7 @@ def with_on_demand_inputs(
                     out.append(target)
                 target[1].append(fname)
                 have.add((vname, fname))
-                hidden.add(f"{vname}__{fname}" if full else fname)
+                hidden.add((vname, fname))
     return out, frozenset(hidden)
 
 

@@ -40,13 +40,19 @@ class RequestShape:
     ) -> None:
         self.views = [v for v, _ in requests]  # keeps the ids in the cache key from reuse
         self._project = project
-        hidden: frozenset[str] = frozenset()
+        extras: frozenset[tuple[str, str]] = frozenset()
         if any(not v.join_keys and hasattr(v, "inputs_of") for v, _ in requests):
             from featurestore.online._computed import with_on_demand_inputs
 
-            requests, hidden = with_on_demand_inputs(requests, full)
-        self.plans, self.names, self.needed = _request_plan(requests, full)
-        self.hidden = hidden
+            requests, extras = with_on_demand_inputs(requests)
+        self.plans, self.names, self.needed = _request_plan(requests, full, extras)
+        # the internal output names of the hidden inputs: left out of every answer
+        self.hidden = frozenset(
+            name
+            for plan, view_names in zip(self.plans, self.names, strict=True)
+            for feat, name in zip(plan.features, view_names, strict=True)
+            if (plan.view.name, feat) in extras
+        )
         fetched = [p for p in self.plans if not getattr(p, "on_demand", False)]
         self._fetched = fetched
         self._same_keys = len(fetched) > 1 and all(
@@ -127,10 +133,15 @@ _REQUESTS: dict[tuple[Any, ...], tuple[list[_ViewPlan], list[list[str]], dict[st
 
 
 def _request_plan(
-    requests: list[tuple[FeatureView, list[str]]], full: bool
+    requests: list[tuple[FeatureView, list[str]]],
+    full: bool,
+    hidden: frozenset[tuple[str, str]] = frozenset(),
 ) -> tuple[list[_ViewPlan], list[list[str]], dict[str, str]]:
-    """Plans, output names and needed join keys (-> first view needing it), cached per request."""
-    key = (full, *[(id(v), tuple(f)) for v, f in requests])
+    """Plans, output names and needed join keys (-> first view needing it), cached per request.
+
+    ``hidden``: (view, feature) pairs fetched only as on-demand inputs, given internal names
+    (see ``_output_names``)."""
+    key = (full, hidden, *[(id(v), tuple(f)) for v, f in requests])
     hit = _REQUESTS.get(key)
     if hit is not None and all(p.view is v for p, (v, _) in zip(hit[0], requests, strict=True)):
         return hit
@@ -139,7 +150,7 @@ def _request_plan(
     for plan in plans:
         for k in plan.join_keys:
             needed.setdefault(k, plan.view.name)
-    names = _output_names(plans, full, needed)
+    names = _output_names(plans, full, needed, hidden)
     if len(_REQUESTS) >= _MAX_PLANS:
         _REQUESTS.clear()
     _REQUESTS[key] = (plans, names, needed)
@@ -184,13 +195,22 @@ def _missing_key(key: str, view_name: str, given: list[str]) -> EntityDataError:
     )
 
 
-def _output_names(plans: list[_ViewPlan], full: bool, join_keys: dict[str, str]) -> list[list[str]]:
+def _output_names(
+    plans: list[_ViewPlan],
+    full: bool,
+    join_keys: dict[str, str],
+    hidden: frozenset[tuple[str, str]] = frozenset(),
+) -> list[list[str]]:
+    """Each plan's output names; requested ones must not clash (FeatureStoreError), hidden
+    inputs get internal names clashing with nothing (see ``_hidden_name``)."""
     names = [
         [f"{p.view.name}__{f}" for f in p.features] if full else list(p.features) for p in plans
     ]
     seen: dict[str, str] = {k: "(join key)" for k in join_keys}
     for plan, view_names in zip(plans, names, strict=True):
-        for name in view_names:
+        for name, feat in zip(view_names, plan.features, strict=True):
+            if (plan.view.name, feat) in hidden:
+                continue
             other = seen.get(name)
             if other is not None:
                 where = "a join key" if other == "(join key)" else f"feature view '{other}'"
@@ -199,4 +219,19 @@ def _output_names(plans: list[_ViewPlan], full: bool, join_keys: dict[str, str])
                     f"{where}; pass full_feature_names=True to name features 'view__feature'"
                 )
             seen[name] = plan.view.name
+    if hidden:
+        for plan, view_names in zip(plans, names, strict=True):
+            for j, feat in enumerate(plan.features):
+                if (plan.view.name, feat) in hidden:
+                    view_names[j] = _hidden_name(plan.view.name, feat, seen)
+                    seen[view_names[j]] = plan.view.name
     return names
+
+
+def _hidden_name(view: str, feature: str, taken: Mapping[str, str]) -> str:
+    """The internal output name of hidden input ``view:feature``: that reference (requested
+    names are ``feature`` or ``view__feature``), with "_" before it while ``taken`` has it."""
+    name = f"{view}:{feature}"
+    while name in taken:
+        name = "_" + name
+    return name

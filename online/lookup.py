@@ -424,7 +424,9 @@ class OnlineResponse:
         self._results = results
         self._names = names
         self._include_ts = include_event_timestamps
-        self._hidden = hidden  # fetched only as inputs of on-demand features
+        # output names of inputs fetched only for on-demand features: internal names that no
+        # requested feature or join key has (online._shape), dropped from every answer
+        self._hidden = hidden
         self._dict: dict[str, list[Any]] | None = None
 
     @property

@@ -10,6 +10,7 @@ and ``degraded=True``, and the circuit breaker stops sending reads until a probe
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import logging
 import threading
 import time
@@ -27,9 +28,7 @@ from featurestore.errors import (
 from featurestore.online.models.errors import ModelLoadError
 from featurestore.online.serving import _requests as rq
 from featurestore.online.serving._aredis import AsyncRedisReader
-from featurestore.online.serving._inline import (
-    InlineRedisReader,
-)
+from featurestore.online.serving._inline import InlineRedisReader, NotReady
 from featurestore.online.serving._push import Pushes
 from featurestore.online.serving._reads import StoreReads, _StoreFailed
 from featurestore.online.serving._shortcuts import Shortcuts
@@ -171,7 +170,10 @@ class Engine(StoreReads, Pushes, Shortcuts):
 
     # ---- lifecycle --------------------------------------------------------------------------
     def start(self, *, poll: bool = True) -> Engine:
-        """Load the registry and the models, warm the lookup path; idempotent."""
+        """Load the registry and the models, warm the lookup path; idempotent.
+
+        Never waits on a network store: ``store.predict`` starts the engine inside its first
+        call, whose deadline a slow store must not outlast."""
         with self._lock:
             if self._started:
                 return self
@@ -179,21 +181,43 @@ class Engine(StoreReads, Pushes, Shortcuts):
             self.models.refresh()
             if poll:
                 self.models.start_polling()
-            self._check_store()
+            if self._inline is not None:  # this thread's own connection, made on the pool
+                with contextlib.suppress(NotReady):
+                    self._inline.read([], time.monotonic())
+            if self.store.config.online_store.type == "embedded":
+                self._check_store()  # local; opened by this ping before any read opens it too
+            else:
+                self._probe_store()  # a network store: pinged on the pool, never waited for
             from featurestore.online._stored import warm
 
             warm()  # batch lookups' kernel, compiled or loaded before traffic
-            self._warming = True
-            try:
-                for svc in list(self.store.registry.feature_services):
-                    try:  # first lookups build codecs and plans; pay that before traffic
-                        self.get_features(feature_service=svc, **self._warm_request(svc))
-                    except Exception as exc:  # best effort; real requests report errors
-                        log.warning("warm-up of feature service %s failed: %s", svc, exc)
-            finally:
-                self._warming = False
+            for svc in list(self.store.registry.feature_services):
+                try:  # first lookups build codecs and plans; pay that before traffic
+                    self._warm_plans(svc)
+                except Exception as exc:  # best effort; real requests report errors
+                    log.warning("warm-up of feature service %s failed: %s", svc, exc)
+            services = self.store.registry.feature_services
+            for route in list(self.models.routes.values()):
+                for model in (route.production, route.canary):
+                    if model is None or model.version.feature_service not in services:
+                        continue  # a model whose service is gone: health reports it
+                    try:
+                        self._vector(model, None)  # predict's one-entity plan
+                    except Exception as exc:
+                        log.warning("warm-up of model %s failed: %s", model.version.name, exc)
             self._started = True
         return self
+
+    def _warm_plans(self, service: str) -> None:
+        """What a first lookup of ``service`` builds (codecs, plans, key templates, the
+        one-entity shortcut's plan), on a throwaway request answered as if nothing were
+        stored: the store is not asked, so a slow one cannot hold up the start."""
+        args = self._warm_request(service)
+        ents, data = args["entities"], args["request_data"]
+        self._feature_row(None, service, ents, data, False, False, None)
+        p = self._prepare(None, service, ents, data, False, False, None)
+        lk = self._plan(p)
+        from_response(p, lk.finish([None] * len(lk.keys))).wire_columns()
 
     def _warm_request(self, service: str) -> dict[str, Any]:
         """Arguments of a throwaway lookup of ``service``: each join key a value of its kind
@@ -217,6 +241,22 @@ class Engine(StoreReads, Pushes, Shortcuts):
         self._pool.shutdown(wait=False, cancel_futures=True)
         if self._own_store:
             self.store.close()
+
+    def _probe_store(self) -> None:
+        """Ping the store on the pool without waiting for it: the breaker and the health
+        check hear how it went."""
+        if not self.breaker.allow():
+            return
+
+        def heard(fut: cf.Future[None]) -> None:
+            if fut.cancelled() or fut.exception() is not None:
+                self.breaker.failure()
+                return
+            self.breaker.success()
+            self._store_ok_at = time.monotonic()
+
+        online = self.store.online  # opened here, on one thread: never twice at once
+        self._pool.submit(online.ping).add_done_callback(heard)
 
     def _check_store(self) -> bool:
         if not self.breaker.allow():
@@ -390,7 +430,7 @@ class Engine(StoreReads, Pushes, Shortcuts):
 
         needed: dict[str, str] = {}
         # the views on-demand features read count too: only those may need the keys
-        for view, _ in with_on_demand_inputs(requests, False)[0]:
+        for view, _ in with_on_demand_inputs(requests)[0]:
             for k in view.join_keys:
                 needed.setdefault(k, view.name)
         fields = rq.request_fields(requests)
