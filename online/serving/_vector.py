@@ -86,6 +86,8 @@ class _View:
 def _float64_span(codec: Any, items: list[int]) -> tuple[int, int] | None:
     """The bytes of a stored value holding struct ``items`` (fixed features 4, 5, ...), when
     they are float64 laid out one after another: the row's part is then a slice of the value."""
+    if not items or not codec.fixed_only:  # (strings or arrays: items are not all in ``fixed``)
+        return None
     offsets = []
     for item in items:
         i, _ = codec.fixed[item - 4]

@@ -33,8 +33,8 @@ from featurestore.store import FeatureStore
 from .conftest import ServerThread
 
 UTC = timezone.utc
-# (`score`, a fixed-width feature, keeps one-entity reads of the arrays off a crash in the
-# one-entity shortcut's planning of views without one)
+# (`onlyarr`: the same rows with no fixed-width feature at all, a case the one-entity shortcut
+# must leave to the general path)
 DEFS = """
 from featurestore import (Array, Bool, Entity, FeatureView, Field, Float32, Float64, Int64,
                           ParquetSource)
@@ -43,6 +43,9 @@ user = Entity("user", join_keys=["user_id"])
 arrs = FeatureView(name="arrs", entities=[user], source=ParquetSource("data/arrs"),
                    schema=[Field("flags", Array(Bool)), Field("ns", Array(Int64)),
                            Field("xs", Array(Float32)), Field("score", Float64)])
+onlyarr = FeatureView(name="onlyarr", entities=[user], source=ParquetSource("data/arrs"),
+                      schema=[Field("flags", Array(Bool)), Field("ns", Array(Int64)),
+                              Field("xs", Array(Float32))])
 # defaults as a definition may write them: a float array's as ints
 dflt = FeatureView(name="dflt", entities=[user], source=ParquetSource("data/dflt.parquet"),
                    schema=[Field("flags", Array(Bool), default=[True]),
@@ -368,3 +371,19 @@ def test_degraded_array_defaults_go_as_their_features_list_kind(
         assert [v.WhichOneof("kind") for v in col.values] == [KIND[f]] * 2, f
         assert typed(column_values(col)) == typed([want[f]] * 2), f
     assert ref.degraded
+
+
+@pytest.mark.parametrize("ids", [[1], [2], [3], [99], [1, 4]])
+def test_a_view_of_arrays_only_answers_one_entity_as_the_source_holds(
+    server: ServerThread, stub: pb_grpc.FeatureServingStub, ids: list[int]
+) -> None:
+    refs = [f"onlyarr:{f}" for f in FEATURES]
+    res = server.app.state.engine.get_features(features=refs, entities={"user_id": ids})
+    resp = stub.GetOnlineFeatures(
+        pb.GetOnlineFeaturesRequest(features=refs, entities={"user_id": pb.ValueList(ints=ids)}),
+        timeout=30,
+    )
+    cols = {c.name: column_values(c) for c in resp.columns}
+    for f in FEATURES:
+        assert typed(res.columns[f]) == typed(expected(ids, f)), f
+        assert typed(cols[f]) == typed(expected(ids, f)), f
