@@ -38,13 +38,15 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+        except Exception as exc:  # a bug or an unforeseen input: still one line, --debug shows it
+            _fail(ctx, exc, prefix=f"{type(exc).__name__}: ", hint=" (--debug shows where)")
 
 
-def _fail(ctx: click.Context, exc: BaseException, prefix: str = "") -> None:
+def _fail(ctx: click.Context, exc: BaseException, prefix: str = "", hint: str = "") -> None:
     if ctx.obj and ctx.obj.get("debug"):
         raise exc
     msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    click.echo(f"error: {prefix}{msg}", err=True)
+    click.echo(f"error: {prefix}{msg}{hint}", err=True)
     sys.exit(1)
 
 
@@ -136,11 +138,16 @@ def list_(ctx: click.Context) -> None:
     for e in store.list_entities():
         click.echo(f"entity          {e.name}  join_keys={list(e.join_keys)}")
     for v in store.list_feature_views():
-        click.echo(f"feature view    {v.name}  {len(v.schema)} features  ttl={v.to_dict()['ttl']}")
+        ttl = v.to_dict()["ttl"]
+        click.echo(f"feature view    {v.name}  {_features(len(v.schema))}  ttl={ttl}")
     for o in store.registry.on_demand_views.values():
-        click.echo(f"on-demand view  {o.name}  {len(o.feature_names)} features")
+        click.echo(f"on-demand view  {o.name}  {_features(len(o.feature_names))}")
     for s in store.list_feature_services():
-        click.echo(f"feature service {s.name}  {len(s.features)} features")
+        click.echo(f"feature service {s.name}  {_features(len(s.features))}")
+
+
+def _features(n: int) -> str:
+    return f"{n} feature" if n == 1 else f"{n} features"
 
 
 def _when(value: str) -> Any:
