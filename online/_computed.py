@@ -261,7 +261,8 @@ def _request_column(
     if col is None:
         raise EntityDataError(
             f"on-demand feature '{plan.view.name}:{feat}' needs request field "
-            f"'{name}'; pass request_data={{'{name}': [one value per entity row]}}"
+            f"'{name}'; pass request_data={{'{name}': [one value per entity row]}} (in "
+            f"the CLI: --request {name}=VALUE,...)"
         )
     if len(col) != n:
         raise EntityDataError(

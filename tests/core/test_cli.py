@@ -136,6 +136,7 @@ def test_get_with_request_data_computes_on_demand_features(demo_repo: Path) -> N
     missing = run(*args, cwd=demo_repo, ok=False)
     assert missing.returncode == 1
     assert "amount" in missing.stderr and len(missing.stderr.strip().splitlines()) == 1
+    assert "--request amount=" in missing.stderr  # how to give it here, not only in Python
     assert "on-demand view  transaction_features  1 feature" in run("list", cwd=demo_repo).stdout
 
 
