@@ -12,6 +12,14 @@ rows it no longer describes. A stream-fed view may be written again by a ``featu
 ingest`` that started before the removal (ingest reads the registry once, at start), so its
 record stays while that ingest holds the stream's lock; the next apply once another ingest, or
 none, holds it deletes what was written meanwhile.
+
+A stream-fed view whose join keys changed is still written by ingest, so a view-wide delete
+must never meet a row of its new definition: apply sets the view's *fence* in the online store
+(online/stream/apply.py), which every ingest reads with its rows. While an ingest (or a
+materialize) holds a lock of the view's streams, the fence is pending: it stops the old ingest
+at its next event for the view and keeps any new ingest from writing it, and the record stays;
+the first apply to find the locks free takes them, deletes the rows (only old ones can be
+there) and settles the fence, which then stops only ingests started with the old keys.
 """
 
 from __future__ import annotations
@@ -23,9 +31,14 @@ from typing import TYPE_CHECKING
 from featurestore.errors import OnlineStoreError, OnlineStoreUnavailableError
 
 if TYPE_CHECKING:
+    from featurestore.feature_view import FeatureView
     from featurestore.online.base import OnlineStore
-    from featurestore.registry import Registry
+    from featurestore.registry import Registry, RegistryState
     from featurestore.store import FeatureStore
+
+# A settled fence outlives the start of any ingest that read the registry before the apply (it
+# stops such an ingest at its first write); then it expires.
+SETTLED_FENCE_MS = 600_000
 
 
 class OnlineCleanupWarning(UserWarning):
@@ -63,6 +76,20 @@ class ViewCleanup:
                 f"{self.error}"
             )
         line = f"{head}: deleted {self.deleted:,} online rows"
+        if self.kept and self.ingest:
+            from featurestore.online.stream.locks import holder_text, is_materialize
+
+            who = holder_text(self.ingest)
+            what = (
+                "once it has finished"
+                if is_materialize(self.ingest)
+                else "once it has stopped (it stops at its next event for this view), to delete "
+                "what it wrote under the old keys"
+            )
+            return (
+                f"{line}; {who} holds its stream's lock: run `featurestore apply` again {what}, "
+                "then start ingest (until then ingest refuses this view)"
+            )
         if self.kept:
             line += "; materialize it to fill it again"
         if self.ingest:
@@ -100,10 +127,11 @@ def finish_cleanup(store: FeatureStore, registry: Registry) -> list[ViewCleanup]
     pending = state.pending_cleanup
     if not pending:
         return []
-    holders = _ingest_holders(store, {r.get("stream") for r in pending.values()} - {None})
+    removed = {r.get("stream") for n, r in pending.items() if n not in state.feature_views}
+    holders = _ingest_holders(store, removed - {None})
     results: list[ViewCleanup] = []
     done: list[str] = []
-    notes: dict[str, dict[str, str]] = {}
+    notes: dict[str, dict[str, object]] = {}
     down = ""  # the store did not answer: skip its other views instead of waiting again
     for name in sorted(pending):
         record = pending[name]
@@ -111,7 +139,17 @@ def finish_cleanup(store: FeatureStore, registry: Registry) -> list[ViewCleanup]
         if down:
             results.append(ViewCleanup(name, error=down, kept=kept))
             continue
+        streams = _streams_of(record, state.feature_views[name]) if kept else set()
         try:
+            if streams:  # a stream-fed view whose join keys changed
+                deleted, holder = _delete_fenced(store, state, state.feature_views[name], streams)
+                if holder:
+                    notes[name] = {"ingest": holder, "fenced": True}
+                    results.append(ViewCleanup(name, deleted, ingest=holder, kept=True))
+                else:
+                    done.append(name)
+                    results.append(ViewCleanup(name, deleted, kept=True))
+                continue
             deleted = store.online.delete_view(store.project, name)
         except OnlineStoreUnavailableError as exc:
             down = _one_line(exc)
@@ -125,11 +163,82 @@ def finish_cleanup(store: FeatureStore, registry: Registry) -> list[ViewCleanup]
         if holder and record.get("ingest", holder) == holder:
             notes[name] = {"ingest": holder}
             results.append(ViewCleanup(name, deleted, ingest=holder, kept=kept))
-        else:
-            done.append(name)
-            results.append(ViewCleanup(name, deleted, kept=kept))
+            continue
+        if record.get("fenced"):  # removed after its join keys changed: its fence goes too
+            try:
+                _clear_fence(store, name)
+            except OnlineStoreError as exc:
+                results.append(ViewCleanup(name, error=_one_line(exc), kept=kept))
+                continue
+        done.append(name)
+        results.append(ViewCleanup(name, deleted, kept=kept))
     registry.update_cleanup(done, notes)
     return results
+
+
+def _clear_fence(store: FeatureStore, name: str) -> None:
+    """Overwrite the fence of removed view ``name`` with nothing, gone a second later."""
+    import time
+
+    from featurestore.online.stream.apply import fence_key
+
+    expire = int(time.time() * 1000) + 1000
+    store.online.write_batch([fence_key(store.project, name)], [b""], [expire])
+
+
+def _streams_of(record: dict[str, object], view: FeatureView) -> set[str]:
+    """The streams whose ingest may write ``view``: the old definition's (the record's) and
+    the new one's."""
+    from featurestore.sources import StreamSource
+
+    new = view.source.stream if isinstance(view.source, StreamSource) else None
+    return {s for s in (record.get("stream"), new) if isinstance(s, str)}
+
+
+def _delete_fenced(
+    store: FeatureStore, state: RegistryState, view: FeatureView, streams: set[str]
+) -> tuple[int, str]:
+    """Delete the rows of a stream-fed ``view`` whose join keys changed, behind its fence (see
+    the module's docstring); returns (rows deleted, the holder of a lock of ``streams``, or "":
+    none held one, the rows are all deleted and the fence is settled)."""
+    import time
+
+    from featurestore.online.stream.apply import fence_key, fence_value
+    from featurestore.online.stream.events import as_text
+    from featurestore.online.stream.locks import LOCK_SUFFIX, acquire, new_token, release
+    from featurestore.online.stream.streams import redis_client, stream_errors
+
+    online, key = store.online, fence_key(store.project, view.name)
+    kinds = state.join_key_kinds
+    token = new_token([view.name])  # as a materialize's: no ingest starts, no apply waits for it
+    client = redis_client(store, timeout=2.0, connect_timeout=0.5)
+    held: list[str] = []
+    holder = ""
+    try:
+        try:
+            for stream in sorted(streams):
+                lock = stream + LOCK_SUFFIX
+                if not acquire(client, lock, token):
+                    holder = "?"  # held, by whom is told next (unless the server fails)
+                    holder = as_text(client.get(lock) or b"?")
+                    break
+                held.append(lock)
+        except stream_errors():
+            pass  # a stream server that does not answer has no ingest reading it
+        # pending first: a writer that took a lock after all (it expired) writes nothing
+        online.write_batch([key], [fence_value(view.join_keys, kinds, pending=True)])
+        deleted = online.delete_view(store.project, view.name)
+        if not holder:
+            expire = int(time.time() * 1000) + SETTLED_FENCE_MS
+            online.write_batch([key], [fence_value(view.join_keys, kinds, pending=False)], [expire])
+        return deleted, holder
+    finally:
+        for lock in held:
+            try:
+                release(client, lock, token)
+            except stream_errors():  # it expires by itself
+                pass
+        client.close()
 
 
 def _ingest_holders(store: FeatureStore, streams: set[str]) -> dict[str, str]:

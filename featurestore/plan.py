@@ -10,6 +10,7 @@ from featurestore._transform_refs import carry_code_epoch, code_changes, window_
 from featurestore.feature_view import FeatureView
 from featurestore.registry import RegistryState, keys_changed
 from featurestore.repo import RepoDefinitions
+from featurestore.sources import StreamSource
 from featurestore.types import KEY_KIND_NOUNS
 
 Action = Literal["add", "change", "remove"]
@@ -135,7 +136,21 @@ def _diff_kinds(
             if views
             else ()
         )
+        lines += tuple(_ingest_note([v for v in rekeyed if key in v.join_keys]))
         plan.changes.append(Change("join key", key, "change", lines, breaking=True))
+
+
+def _ingest_note(views: Sequence[FeatureView]) -> list[str]:
+    """What a join-key change of stream-fed ``views`` asks of their ingest (see
+    featurestore/_cleanup.py), as one plan line; none for other views."""
+    streams = sorted({v.source.stream for v in views if isinstance(v.source, StreamSource)})
+    if not streams:
+        return []
+    return [
+        f"fed by stream(s) {', '.join(repr(s) for s in streams)}: stop their ingest first (one "
+        "still running stops at its next event for the view, and no ingest writes it until "
+        "apply runs again with none running)"
+    ]
 
 
 def _diff(plan: Plan, kind: str, old: dict, new: dict, details, changed=None) -> None:  # type: ignore[no-untyped-def]
@@ -188,12 +203,14 @@ def _view_details(old, new, old_kinds, kinds) -> tuple[list[str], bool]:  # type
         lines.append(
             f"~ join keys {list(old.join_keys)} -> {list(new.join_keys)} (breaking: {rows_gone})"
         )
+        lines += _ingest_note([old, new])
         breaking = True
     else:
         for k in new.join_keys:
             if k in old_kinds and k in kinds and old_kinds[k] != kinds[k]:
                 was, now = KEY_KIND_NOUNS[old_kinds[k]], KEY_KIND_NOUNS[kinds[k]]
                 lines.append(f"~ join key {k}: {was} -> {now} (breaking: {rows_gone})")
+                lines += _ingest_note([old, new])
                 breaking = True
     od, nd = old.to_dict(), new.to_dict()
     for k in ("source", "online", "description", "owner", "tags"):

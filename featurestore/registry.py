@@ -54,8 +54,9 @@ class RegistryState:
     # join key -> "int" or "str": the type of its columns in the sources, which lookups check
     # entity values against (empty in a registry written before these were recorded: no check)
     join_key_kinds: dict[str, str] = field(default_factory=dict)
-    # removed view -> {"removed_in": version, "stream": name or None, ["ingest": holder]}: its
-    # online rows are not deleted yet (see featurestore/_cleanup.py); apply retries them
+    # removed view (or view whose join keys changed) -> {"removed_in": version, "stream": name
+    # or None, ["ingest": holder], ["fenced": True]}: its online rows are not deleted yet (see
+    # featurestore/_cleanup.py); apply retries them
     pending_cleanup: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -212,7 +213,8 @@ class Registry:
         """Replace the definitions with these, as a new version; materialization state of kept views
         stays. Removed views get a cleanup record in the same write (their online rows are
         deleted next, and until that succeeds the record says so); a view defined again loses
-        its record, so delete its old rows before (see featurestore/_cleanup.py).
+        its record, so delete its old rows before (see featurestore/_cleanup.py), unless the
+        record is fenced (an ingest may still write it under join keys it no longer has).
 
         A view whose online rows the new definition cannot use as they are loses its watermark,
         so the next incremental materialize writes it afresh: new schema, source, ttl (the
@@ -234,13 +236,21 @@ class Registry:
                 and n not in old.pending_cleanup
                 and not rewrite_reasons(old, n, views, kinds)
             }
-            pending = {n: r for n, r in old.pending_cleanup.items() if n not in names}
+            # a fenced view (its join keys changed while an ingest ran) keeps its record even
+            # when defined: its fence holds ingest back until a cleanup finds the stream's lock
+            # free and settles it (see featurestore/_cleanup.py)
+            pending = {
+                n: r for n, r in old.pending_cleanup.items() if n not in names or r.get("fenced")
+            }
             for n in sorted(old.feature_views.keys() - names):
-                pending[n] = _cleanup_record(old.feature_views[n], version)
+                pending[n] = {
+                    **pending.get(n, {}),
+                    **_cleanup_record(old.feature_views[n], version),
+                }
             for v in views:
                 prev = old.feature_views.get(v.name)
                 if prev is not None and keys_changed(prev, v, old.join_key_kinds, kinds):
-                    pending[v.name] = _cleanup_record(prev, version)
+                    pending[v.name] = {**pending.get(v.name, {}), **_cleanup_record(prev, version)}
             state = RegistryState(
                 project=self.project,
                 version=version,

@@ -8,6 +8,13 @@ Applying is idempotent, so a batch delivered again after a crash changes nothing
   to it (``FSP1`` + int64 ms + int64 seq); entries up to that id are not added again. The
   trailer is written in the same SET as the state, so both land or neither. Readers ignore it
   (the state's header gives its own length).
+
+A view whose join keys an apply changed has a *fence* in the online store (see
+featurestore/_cleanup.py): the keys and kinds it has now, and whether rows an ingest wrote under
+the old keys are still to be deleted. Both writers here read it with their rows and stop rather
+than write when it stands against them: an ingest started with the old keys always, and every
+ingest while old rows are pending, so the cleanup's view-wide delete never meets a row of the
+new definition.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import orjson
 
 from featurestore.errors import FeatureStoreError
 from featurestore.online.codec import CREATED_TS, EVENT_TS, NULL_TS, ROW_HEAD
@@ -33,6 +41,7 @@ _POS = struct.Struct("<4s4xqq")
 _POS_MAGIC = b"FSP1"
 _VALUE_HEAD = struct.Struct("<4sI")  # online/windows.py's value head: magic, schema version
 _MIN_STATE = 96  # the longest state header (version 2: 12 int64), which peek unpacks
+_FENCE_MAGIC = b"FSF1"
 
 EntityKey = tuple[Any, ...]
 
@@ -67,6 +76,92 @@ def _keys(project: str, view: FeatureView, entities: list[EntityKey]) -> list[by
     return build_keys(project, view.name, view.join_keys, cols)
 
 
+def fence_key(project: str, view_name: str) -> bytes:
+    """The key of a view's join-key fence: outside every view's key space (no ``{`` after the
+    project), as the stored watermark is, so deleting the view's rows leaves it."""
+    return f"{project}:__join_keys__:{view_name}".encode()
+
+
+def fence_value(join_keys: tuple[str, ...], kinds: dict[str, str], *, pending: bool) -> bytes:
+    """A fence: the view is keyed by ``join_keys`` (``kinds``: "int" / "str" where known), and
+    ``pending``: rows an ingest wrote under its old keys are still to be deleted."""
+    known = {k: kinds[k] for k in join_keys if k in kinds}
+    return _FENCE_MAGIC + orjson.dumps({"join_keys": list(join_keys), "kinds": known,
+                                        "pending": pending})  # fmt: skip
+
+
+def fence_problem(view: FeatureView, arrow: dict[str, Any], value: bytes | None) -> str | None:
+    """Why ingest must not write ``view`` (as defined when it started; ``arrow`` types its join
+    keys) under the stored fence ``value``, in one line; None: it may write."""
+    if value is None or not value.startswith(_FENCE_MAGIC):
+        return None
+    fence = orjson.loads(value[len(_FENCE_MAGIC) :])
+    keys, kinds = tuple(fence["join_keys"]), fence["kinds"]
+    mine = {k: _arrow_kind(arrow.get(k)) for k in view.join_keys}
+    stale = keys != view.join_keys or any(
+        kinds.get(k) and mine[k] and kinds[k] != mine[k] for k in keys
+    )
+    stream = getattr(view.source, "stream", "?")
+    if stale:
+        then = (
+            "run featurestore apply to delete the rows written under the old keys, then start "
+            "ingest again"
+            if fence["pending"]
+            else "start ingest again"
+        )
+        return (
+            f"feature view '{view.name}' is now keyed by {list(keys)} (featurestore apply changed "
+            f"its join keys after this ingest started), so ingest stopped: {then}"
+        )
+    if fence["pending"]:
+        return (
+            f"feature view '{view.name}' still has online rows under its old join keys, written "
+            "by an ingest that ran while apply changed them; once no ingest reads stream "
+            f"'{stream}', run featurestore apply to delete them, then start ingest again"
+        )
+    return None
+
+
+def _arrow_kind(t: Any) -> str | None:
+    """How a join key of Arrow type ``t`` is written: "int" or "str" (None: not known)."""
+    import pyarrow as pa
+
+    if t is None:
+        return None
+    if pa.types.is_integer(t):
+        return "int"
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return "str"
+    return None
+
+
+def check_fences(
+    store: OnlineStore, project: str, views: list[FeatureView], arrow: dict[str, Any]
+) -> None:
+    """Raise a one-line FeatureStoreError if the fence of any of ``views`` (read in one round
+    trip) stands against an ingest that started with these definitions; call it before a
+    round writes anything. A window batch also checks its view's fence as it reads."""
+    if not views:
+        return
+    fences = store.read([fence_key(project, v.name) for v in views])
+    for view, value in zip(views, fences, strict=True):
+        problem = fence_problem(view, arrow, value)
+        if problem is not None:
+            raise FeatureStoreError(problem)
+
+
+def _read_fenced(
+    store: OnlineStore, project: str, view: FeatureView, arrow: dict[str, Any], keys: list[bytes]
+) -> list[bytes | None]:
+    """The stored values of ``keys``, read with the view's fence in the same round trip; a
+    FeatureStoreError when the fence stands against this ingest (see ``fence_problem``)."""
+    got = store.read([*keys, fence_key(project, view.name)])
+    problem = fence_problem(view, arrow, got[-1])
+    if problem is not None:
+        raise FeatureStoreError(problem)
+    return got[:-1]
+
+
 class WindowBatch:
     """One window view's part of a batch: states read once, late events found, then written.
 
@@ -91,7 +186,7 @@ class WindowBatch:
         self.by_entity = group_by_entity(view, events)
         self.entities = list(self.by_entity)
         self.keys = _keys(project, view, self.entities)
-        self.values = store.read(self.keys) if self.keys else []
+        self.values = _read_fenced(store, project, view, arrow, self.keys) if self.keys else []
         self.prefix = _VALUE_HEAD.pack(MAGIC, view.schema_version)
         self.shape = (len(self.ow.plan.inputs), len(self.ow.plan.distinct_inputs))
         heads = [self._head(v) for v in self.values]
@@ -206,7 +301,7 @@ def write_plain(
     if not newest:
         return 0
     entities = list(newest)
-    stored = store.read(_keys(project, view, entities))
+    stored = _read_fenced(store, project, view, arrow, _keys(project, view, entities))
     keep = []
     for ent, value in zip(entities, stored, strict=True):
         e = newest[ent]
