@@ -145,18 +145,83 @@ def send_sets(
 _BULK_HEADS = [b"$%d" % n for n in range(4096)]  # "$<length>" of a bulk string, by length
 
 
-def pack_mget(keys: Sequence[bytes]) -> bytes:
-    """RESP for ``MGET key...``: the length heads by table lookup and one ``\r\n`` join, all
+def _pack(head: bytes, args: Sequence[bytes]) -> bytes:
+    """RESP for a command of ``head`` (its array length and first words, without the last
+    ``\r\n``) then ``args``: the length heads by table lookup and one ``\r\n`` join, all
     C-level passes (redis-py packs each argument in Python; a format per key is 3x slower)."""
-    m = len(keys)
+    m = len(args)
     parts = [b""] * (2 * m + 1)
-    parts[0] = b"*%d\r\n$4\r\nMGET" % (m + 1)
+    parts[0] = head
     try:
-        parts[1::2] = map(_BULK_HEADS.__getitem__, map(len, keys))
-    except IndexError:  # a key of 4 KiB or more
-        parts[1::2] = [b"$%d" % len(k) for k in keys]
-    parts[2::2] = keys
+        parts[1::2] = map(_BULK_HEADS.__getitem__, map(len, args))
+    except IndexError:  # an argument of 4 KiB or more
+        parts[1::2] = [b"$%d" % len(a) for a in args]
+    parts[2::2] = args
     return b"\r\n".join(parts) + b"\r\n"
+
+
+def pack_mget(keys: Sequence[bytes]) -> bytes:
+    """RESP for ``MGET key...``."""
+    return _pack(b"*%d\r\n$4\r\nMGET" % (len(keys) + 1), keys)
+
+
+# Per key (KEYS[i]; ARGV[2i-1] its new row, ARGV[2i] its expiry in ms since the epoch, 0 for
+# none): SET the row (PXAT the expiry, or without one, as write_batch does) unless the stored
+# row has the same schema version and a later (event time, created time); equal rows keep the
+# last written (codec.row_replaces is the same rule). Returns how many rows were written.
+# A row starts with int64 event time, int64 created time, uint32 schema version (codec.ROW_HEAD):
+# each int64 is read as (signed high, unsigned low) 32-bit halves, exact in Lua's doubles;
+# strings are compared for equality only (Lua's < on strings follows the server's locale).
+CAS_LUA = """
+local written = 0
+for i, key in ipairs(KEYS) do
+  local new, at = ARGV[2 * i - 1], ARGV[2 * i]
+  local old = redis.call('GET', key)
+  local older = false
+  if old and #old >= 20 and string.sub(old, 17, 20) == string.sub(new, 17, 20) then
+    local oel, oeh, ocl, och = struct.unpack('<I4i4I4i4', old)
+    local nel, neh, ncl, nch = struct.unpack('<I4i4I4i4', new)
+    if neh ~= oeh then older = neh < oeh
+    elseif nel ~= oel then older = nel < oel
+    elseif nch ~= och then older = nch < och
+    else older = ncl < ocl end
+  end
+  if not older then
+    if at == '0' then
+      redis.call('SET', key, new)
+    else
+      redis.call('SET', key, new, 'PXAT', at)
+    end
+    written = written + 1
+  end
+end
+return written
+"""
+CAS_CHUNK = 500  # most keys per script call: a script blocks the server while it runs
+
+
+def cas_args(values: Sequence[bytes], expires: Sequence[int | None] | None) -> list[bytes]:
+    """``CAS_LUA``'s ARGV: each row, then its expiry (b"0" for none)."""
+    args: list[bytes] = [b"0"] * (2 * len(values))
+    args[0::2] = values
+    if expires is not None:
+        args[1::2] = [b"0" if e is None else b"%d" % e for e in expires]
+    return args
+
+
+def pack_cas(
+    sha: bytes, keys: Sequence[bytes], values: Sequence[bytes], expires: Sequence[int | None] | None
+) -> bytes:
+    """RESP for one ``EVALSHA`` of ``CAS_LUA`` (by its ``sha``) over these rows."""
+    n = len(keys)
+    head = b"*%d\r\n$7\r\nEVALSHA\r\n$%d\r\n%b\r\n$%d\r\n%d" % (
+        3 + 3 * n,
+        len(sha),
+        sha,
+        len(b"%d" % n),
+        n,
+    )
+    return _pack(head, [*keys, *cas_args(values, expires)])
 
 
 def read_pooled(pool: Any, keys: Sequence[bytes]) -> list[bytes | None]:
@@ -168,6 +233,30 @@ def read_pooled(pool: Any, keys: Sequence[bytes]) -> list[bytes | None]:
         return conn.read_response()  # type: ignore[no-any-return]
     except BaseException:
         conn.disconnect()  # a reply may be left unread: never reuse this connection
+        raise
+    finally:
+        pool.release(conn)
+
+
+def cas_pooled(
+    pool: Any,
+    sha: bytes,
+    keys: list[bytes],
+    values: list[bytes],
+    expires: list[int | None] | None,
+) -> list[Any]:
+    """``CAS_LUA`` (by ``sha``) over every ``CAS_CHUNK`` rows on one pooled connection, all
+    sent before any reply is read; the replies (rows written, or an error) per chunk."""
+    conn = pool.get_connection()
+    try:
+        for lo in range(0, len(keys), CAS_CHUNK):
+            hi = lo + CAS_CHUNK
+            part = None if expires is None else expires[lo:hi]
+            packed = pack_cas(sha, keys[lo:hi], values[lo:hi], part)
+            conn.send_packed_command([packed], check_health=lo == 0)
+        return replies(conn, -(-len(keys) // CAS_CHUNK))
+    except BaseException:
+        conn.disconnect()  # replies may be left unread: never reuse this connection
         raise
     finally:
         pool.release(conn)

@@ -36,6 +36,32 @@ class OnlineStore(ABC):
     ) -> None:
         """Store values (all-or-nothing per key); ``expire_at_ms`` is a wall-clock ms deadline."""
 
+    def write_newer(
+        self,
+        keys: list[bytes],
+        values: list[bytes],
+        expire_at_ms: list[int | None] | None = None,
+    ) -> int:
+        """Store each row (``online.codec`` values) unless its key holds a newer one
+        (``codec.row_replaces``); returns how many were written.
+
+        The stores of this package check and write in one atomic step, so concurrent writers
+        of one key never put an older row over a newer one. This default, for other stores,
+        reads and then writes: a writer coming in between can still win."""
+        from featurestore.online.codec import row_replaces
+
+        stored = self.read(keys)
+        keep = [
+            i for i, (v, s) in enumerate(zip(values, stored, strict=True)) if row_replaces(v, s)
+        ]
+        if len(keep) < len(keys):
+            keys = [keys[i] for i in keep]
+            values = [values[i] for i in keep]
+            expire_at_ms = None if expire_at_ms is None else [expire_at_ms[i] for i in keep]
+        if keys:
+            self.write_batch(keys, values, expire_at_ms)
+        return len(keys)
+
     @abstractmethod
     def read(self, keys: Sequence[bytes]) -> list[bytes | None]:
         """Values for ``keys`` in order (None: missing or expired), in one round trip."""

@@ -41,6 +41,18 @@ FEW_ROWS = 16  # up to this many rows decode in plain Python (see RowCodec.decod
 _BLOCK_BYTES = 256 * 1024  # records filled per block: stays in L2 while columns are copied in
 
 
+def row_replaces(new: bytes, old: bytes | None, at: int = 0) -> bool:
+    """Whether row ``new`` may overwrite the stored row ``old`` (heads at offset ``at``): yes
+    unless ``old`` has the same schema version and a later (event time, created time). Rows
+    equal in both keep the last written. The rule of pushes and stream ingest (see
+    ``_redis_wire.CAS_LUA`` for the same rule inside Redis)."""
+    if old is None or len(old) < at + ROW_HEAD.size:
+        return True
+    o_ev, o_cr, o_ver = ROW_HEAD.unpack_from(old, at)
+    n_ev, n_cr, n_ver = ROW_HEAD.unpack_from(new, at)
+    return o_ver != n_ver or (n_ev, n_cr) >= (o_ev, o_cr)
+
+
 class DecodedRows:
     """Decoded values of ``n`` requested rows of one view (arrays are built on first use).
 

@@ -72,6 +72,31 @@ def _put_sorted(cursor: Any, keys: list[bytes], stored: list[bytes]) -> None:
         cursor.putmulti(zip(keys, stored, strict=True), dupdata=False, overwrite=True)
 
 
+def _newer(txn: Any, keys: list[bytes], stored: list[bytes]) -> tuple[list[bytes], list[bytes]]:
+    """The items (stored form) whose row may replace the live one under their key
+    (``codec.row_replaces``; an expired row counts as none), read in the caller's write
+    transaction. A repeated key is checked against the item kept before it, as if put one by
+    one."""
+    from featurestore.online.codec import row_replaces
+
+    now_ms = int(time.time() * 1000)
+    get = txn.get
+    kept: dict[bytes, bytes] = {}
+    out_keys: list[bytes] = []
+    out: list[bytes] = []
+    for key, value in zip(keys, stored, strict=True):
+        old = kept.get(key)
+        if old is None:
+            old = get(key)
+            if old is not None and _expired_at(old, now_ms):
+                old = None
+        if row_replaces(value, old, _EXPIRE.size):
+            kept[key] = value
+            out_keys.append(key)
+            out.append(value)
+    return out_keys, out
+
+
 _SCAN_LIMIT = 200_000  # most keys one purge read transaction looks at (keeps snapshots short)
 
 
@@ -212,20 +237,47 @@ class EmbeddedOnlineStore(OnlineStore):
             stored = [pack(e or 0) + v for v, e in zip(values, expire_at_ms, strict=True)]
         self._put([(keys, stored)])
 
+    def write_newer(
+        self,
+        keys: list[bytes],
+        values: list[bytes],
+        expire_at_ms: list[int | None] | None = None,
+    ) -> int:
+        """``write_batch`` of the rows not older than the live row stored under their key,
+        checked in the same write transaction (writers take turns: none comes in between);
+        returns how many were written."""
+        if len(keys) != len(values) or (
+            expire_at_ms is not None and len(expire_at_ms) != len(keys)
+        ):
+            raise OnlineStoreError(
+                f"write_newer got {len(keys)} keys, {len(values)} values and "
+                f"{'no' if expire_at_ms is None else len(expire_at_ms)} expiries; give one per key"
+            )
+        if expire_at_ms is None:
+            return self.write_stored([(keys, [_NEVER + v for v in values], None)], only_newer=True)
+        import numpy as np
+
+        expire = np.array([e or 0 for e in expire_at_ms], dtype=np.int64)
+        pack = _EXPIRE.pack
+        stored = [pack(e) + v for v, e in zip(values, expire.tolist(), strict=True)]
+        return self.write_stored([(keys, stored, expire)], only_newer=True)
+
     def write_stored(
-        self, batches: Iterable[tuple[list[bytes], list[bytes], np.ndarray | None]]
+        self,
+        batches: Iterable[tuple[list[bytes], list[bytes], np.ndarray | None]],
+        *,
+        only_newer: bool = False,
     ) -> int:
         """Write batches of (keys, values in stored form, expire-at ms or None) in ONE
         transaction: all of them land or none. Stored form: the expiry in front (see
         ``RowCodec.encode_table(lead=...)``); rows whose expiry (0 = never) is past by now are
-        skipped. ``batches`` may be a generator: each batch is put as it comes. Returns the
-        rows written."""
-        written = 0
+        skipped. ``batches`` may be a generator: each batch is put as it comes. ``only_newer``:
+        a row older than the live row stored under its key is skipped too (``online.codec``
+        rows; checked inside the transaction, so atomically). Returns the rows written."""
 
         def live(
             batches: Iterable[tuple[list[bytes], list[bytes], np.ndarray | None]],
         ) -> Iterator[tuple[list[bytes], list[bytes]]]:
-            nonlocal written
             for keys, stored, expire_at_ms in batches:
                 if len(keys) != len(stored) or (
                     expire_at_ms is not None and len(expire_at_ms) != len(keys)
@@ -243,25 +295,29 @@ class EmbeddedOnlineStore(OnlineStore):
                         keep = np.flatnonzero(ok).tolist()
                         keys = [keys[i] for i in keep]
                         stored = [stored[i] for i in keep]
-                written += len(keys)
                 yield keys, stored
 
-        self._put(live(batches))
-        return written
+        return self._put(live(batches), only_newer=only_newer)
 
-    def _put(self, batches: Iterable[tuple[list[bytes], list[bytes]]]) -> None:
+    def _put(
+        self, batches: Iterable[tuple[list[bytes], list[bytes]]], *, only_newer: bool = False
+    ) -> int:
         """Put every batch (of equal keys, the later item wins) in one write transaction, each
         batch in key order: neighbouring keys share B-tree pages, so a sorted batch touches (and
         copies on write) far fewer pages. Keys past the last stored key are appended without a
-        tree search."""
+        tree search. ``only_newer``: see ``write_stored``. Returns the items put."""
         import lmdb
 
         env = self._env()
+        put = 0
         try:
             with env.begin(write=True) as txn:
                 cursor = txn.cursor()
                 for keys, stored in batches:
+                    if only_newer and keys:
+                        keys, stored = _newer(txn, keys, stored)
                     _put_sorted(cursor, keys, stored)
+                    put += len(keys)
         except lmdb.MapFullError as exc:
             raise OnlineStoreError(
                 f"the embedded online store at {self.path} is full ({self.map_size} bytes); "
@@ -274,6 +330,7 @@ class EmbeddedOnlineStore(OnlineStore):
             ) from exc
         except lmdb.Error as exc:
             raise OnlineStoreError(f"write to the embedded online store failed: {exc}") from exc
+        return put
 
     def read(self, keys: Sequence[bytes]) -> list[bytes | None]:
         """Values in one read transaction; expired values read as None."""

@@ -2,6 +2,8 @@
 
 Values carry their expiry as a Redis key expiry (``SET ... PXAT``), so Redis reclaims the
 memory of rows past their ttl (+ grace); the lookup layer still judges ttl from event_ts.
+``write_newer`` (pushes, stream ingest) checks and sets in one server-side script per key
+group, so two writers of one key cannot interleave a read and a write.
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ class _RedisBase(OnlineStore):
         self.socket_timeout = socket_timeout
         self.max_connections = max_connections
         self._client_obj: Any = None
+        self._cas: Any = None  # wire.CAS_LUA registered with the client (a redis-py Script)
 
     @classmethod
     def from_config(cls: type[T], cfg: OnlineStoreConfig) -> T:
@@ -108,6 +111,42 @@ class _RedisBase(OnlineStore):
 
     def _client(self) -> Any:
         raise NotImplementedError
+
+    def _script(self) -> Any:
+        """``wire.CAS_LUA`` as a redis-py Script: its sha for EVALSHA, and a call that loads
+        the script again when the server answers NOSCRIPT (restart, failover, SCRIPT FLUSH)."""
+        if self._cas is None:
+            self._cas = self._client().register_script(wire.CAS_LUA)
+        return self._cas
+
+    def write_newer(
+        self,
+        keys: list[bytes],
+        values: list[bytes],
+        expire_at_ms: list[int | None] | None = None,
+    ) -> int:
+        """Write each row unless its key holds a newer one, checked and set inside Redis
+        (``wire.CAS_LUA``); returns how many were written."""
+        keys, values, expires = _expiring(keys, values, expire_at_ms)
+        if not keys:
+            return 0
+        return self._call("write", lambda: self._write_newer(keys, values, expires))
+
+    def _write_newer(
+        self, keys: list[bytes], values: list[bytes], expires: list[int | None] | None
+    ) -> int:
+        raise NotImplementedError
+
+    def _cas_again(
+        self,
+        client: Any,
+        keys: list[bytes],
+        values: list[bytes],
+        expires: list[int | None] | None,
+    ) -> int:
+        """One script call through redis-py (loads the script on NOSCRIPT, follows cluster
+        redirects): for the groups whose fast call did not run."""
+        return int(self._script()(keys=keys, args=wire.cas_args(values, expires), client=client))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({_redact(self.url)!r})"
@@ -156,6 +195,26 @@ class RedisOnlineStore(_RedisBase):
             lambda: wire.write_pooled(self._client().connection_pool, keys, values, expires),
         )
 
+    def _write_newer(
+        self, keys: list[bytes], values: list[bytes], expires: list[int | None] | None
+    ) -> int:
+        """One script call per ``wire.CAS_CHUNK`` rows, all sent on one connection before any
+        reply is read."""
+        client = self._client()
+        sha = self._script().sha.encode()
+        step = wire.CAS_CHUNK
+        written = 0
+        got = wire.cas_pooled(client.connection_pool, sha, keys, values, expires)
+        for lo, reply in zip(range(0, len(keys), step), got, strict=True):
+            if isinstance(reply, Exception):
+                if type(reply).__name__ != "NoScriptError":
+                    raise reply
+                hi = lo + step
+                part = None if expires is None else expires[lo:hi]
+                reply = self._cas_again(client, keys[lo:hi], values[lo:hi], part)
+            written += int(reply)
+        return written
+
     def read(self, keys: Sequence[bytes]) -> list[bytes | None]:
         """One MGET for all keys."""
         if not keys:
@@ -184,6 +243,7 @@ class RedisOnlineStore(_RedisBase):
         if self._client_obj is not None:
             self._client_obj.connection_pool.disconnect()
             self._client_obj = None
+        self._cas = None
 
 
 class RedisClusterOnlineStore(_RedisBase):
@@ -271,6 +331,66 @@ class RedisClusterOnlineStore(_RedisBase):
                 pipe.set(k, v, pxat=e)
         pipe.execute()
 
+    def _write_newer(
+        self, keys: list[bytes], values: list[bytes], expires: list[int | None] | None
+    ) -> int:
+        """One script call per slot (a script's keys must share one; up to ``wire.CAS_CHUNK``
+        keys each), all of a node's sent at once: one round trip per node, overlapped. Calls
+        that met NOSCRIPT or a stale slot map (MOVED/ASK) did not run: they run again through
+        redis-py, which loads the script and follows redirects."""
+        client = self._client()
+        sha = self._script().sha.encode()
+        step = wire.CAS_CHUNK
+        plan = []
+        again: list[list[int]] = []
+        redirected = False
+        written = 0
+        try:
+            for node, slots in wire.group_by_slot(client, keys).items():
+                groups = [
+                    g[lo : lo + step] for g in slots.values() for lo in range(0, len(g), step)
+                ]
+                pool = client.get_redis_connection(node).connection_pool
+                conn = pool.get_connection()
+                plan.append((pool, conn, groups))
+                packed = [
+                    wire.pack_cas(
+                        sha,
+                        [keys[i] for i in idx],
+                        [values[i] for i in idx],
+                        None if expires is None else [expires[i] for i in idx],
+                    )
+                    for idx in groups
+                ]
+                conn.send_packed_command([b"".join(packed)])
+            for _, conn, groups in plan:
+                for idx, reply in zip(groups, wire.replies(conn, len(groups)), strict=True):
+                    if not isinstance(reply, Exception):
+                        written += int(reply)
+                        continue
+                    name = type(reply).__name__
+                    if name != "NoScriptError" and name not in wire.REDIRECT_ERRORS:
+                        raise reply
+                    redirected = redirected or name in wire.REDIRECT_ERRORS
+                    again.append(idx)
+        except BaseException:
+            for _, conn, _ in plan:
+                conn.disconnect()
+            raise
+        finally:
+            for pool, conn, _ in plan:
+                pool.release(conn)
+        if redirected:
+            client.nodes_manager.initialize()
+        for idx in again:
+            written += self._cas_again(
+                client,
+                [keys[i] for i in idx],
+                [values[i] for i in idx],
+                None if expires is None else [expires[i] for i in idx],
+            )
+        return written
+
     def read(self, keys: Sequence[bytes]) -> list[bytes | None]:
         """One MGET per slot, all of a node's sent at once: one round trip per node, overlapped.
 
@@ -339,3 +459,4 @@ class RedisClusterOnlineStore(_RedisBase):
         if self._client_obj is not None:
             self._client_obj.close()
             self._client_obj = None
+        self._cas = None

@@ -13,7 +13,6 @@ from featurestore.online.codec import (
     CREATED_TS,
     EVENT_TS,
     NULL_TS,
-    ROW_HEAD,
     RowCodec,
     int64_column,
 )
@@ -38,6 +37,7 @@ def write_table(
     now_us: int,
     key_ttl_grace_us: int,
     batch_size: int,
+    only_newer: bool = False,
 ) -> int:
     """Encode rows (join keys, features, ``__event_ts``, ``__created_ts``) and store them.
 
@@ -45,7 +45,10 @@ def write_table(
     skipped. The same table always writes the same bytes. Each ``batch_size`` batch lands whole
     or not at all (the embedded store puts several in one transaction). Rows sharing a key
     are written in order, so the last one listed stays: reduce them with ``latest_rows`` when
-    they may repeat a key. Returns the rows written.
+    they may repeat a key. ``only_newer`` (pushes, stream ingest): a row older than the one its
+    key holds (event time, then created time; see ``codec.row_replaces``) is not written, as
+    checked and set by the store in one atomic step, so concurrent writers of one key leave the
+    newest row. Returns the rows written.
     """
     missing = [k for k in view.join_keys if k not in table.column_names]
     if missing:
@@ -56,7 +59,9 @@ def write_table(
     ttl_us = view.ttl_us
     size = max(1, int(batch_size))
     if isinstance(store, EmbeddedOnlineStore):
-        return _write_embedded(store, project, view, codec, table, now_us, key_ttl_grace_us, size)
+        return _write_embedded(
+            store, project, view, codec, table, now_us, key_ttl_grace_us, size, only_newer
+        )
     written = 0
     for start in range(0, table.num_rows, size):
         batch = table.slice(start, size)
@@ -74,8 +79,11 @@ def write_table(
                 keys = [keys[i] for i in keep]
                 values = [values[i] for i in keep]
                 expire = [expire[i] for i in keep]
-        store.write_batch(keys, values, expire)
-        written += len(keys)
+        if only_newer:
+            written += store.write_newer(keys, values, expire)
+        else:
+            store.write_batch(keys, values, expire)
+            written += len(keys)
     return written
 
 
@@ -114,29 +122,6 @@ def latest_rows(table: pa.Table, join_keys: tuple[str, ...]) -> pa.Table:
     return table.take(np.sort(order.to_numpy()[first]))
 
 
-def newer_than_stored(
-    store: OnlineStore, project: str, view: FeatureView, table: pa.Table
-) -> pa.Table:
-    """``table`` (one row per key) without the rows older than the row the store holds for
-    their key (event time, then created time; a stored row of another schema version does
-    not count), as stream ingest writes: a late write never hides a newer value. One read."""
-    n = table.num_rows
-    if not n:
-        return table
-    keys = build_keys(project, view.name, view.join_keys, [table.column(k) for k in view.join_keys])
-    stored = store.read(keys)
-    if all(v is None for v in stored):
-        return table
-    ev, cr = _event_created(table)
-    keep = np.ones(n, dtype=bool)
-    for i, value in enumerate(stored):
-        if value is not None and len(value) >= ROW_HEAD.size:
-            s_ev, s_cr, version = ROW_HEAD.unpack_from(value)
-            if version == view.schema_version and (int(ev[i]), int(cr[i])) < (s_ev, s_cr):
-                keep[i] = False
-    return table if keep.all() else table.filter(keep)
-
-
 def _event_created(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     """Each row's event time and created time (NULL_TS where it has none), int64 us."""
     ev, _ = int64_column(table.column(EVENT_TS))
@@ -172,6 +157,7 @@ def _write_embedded(
     now_us: int,
     key_ttl_grace_us: int,
     size: int,
+    only_newer: bool = False,
 ) -> int:
     """``write_table`` into LMDB: rows go in key order, each value encoded with its expiry in
     front (the stored form: one copy per row, not two), and the ``size``-row batches of up to
@@ -208,7 +194,7 @@ def _write_embedded(
 
     step = max(1, EMBEDDED_TXN_ROWS // size) * size
     return sum(
-        store.write_stored(batches(lo, min(lo + step, table.num_rows)))
+        store.write_stored(batches(lo, min(lo + step, table.num_rows)), only_newer=only_newer)
         for lo in range(0, table.num_rows, step)
     )
 

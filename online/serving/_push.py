@@ -67,7 +67,7 @@ class Pushes:
         """The write of a validated push, and its entity keys (for the audit log)."""
         from featurestore.offline.push import push_mode, push_target, write_offline_push
         from featurestore.online.codec import EVENT_TS
-        from featurestore.online.writer import latest_rows, newer_than_stored, write_table
+        from featurestore.online.writer import latest_rows, write_table
 
         offline, online = push_mode(to)
         if not isinstance(feature_view, str) or not feature_view:
@@ -90,13 +90,11 @@ class Pushes:
             if not online:
                 return table.num_rows
             # per key the row the point-in-time join picks, as offline: the push's latest,
-            # unless the store already holds a newer one
-            rows = newer_than_stored(store, project, view, latest_rows(table, view.join_keys))
-            if not rows.num_rows:
-                return 0
+            # unless the store already holds a newer one (checked and set atomically, so a
+            # concurrent push or stream write of the same entity cannot slip in between)
             return write_table(
-                store, project, view, rows, now_us=now, key_ttl_grace_us=self._grace_us,
-                batch_size=batch,
+                store, project, view, latest_rows(table, view.join_keys), now_us=now,
+                key_ttl_grace_us=self._grace_us, batch_size=batch, only_newer=True,
             )  # fmt: skip
 
         return write, {k: cols[k] for k in view.join_keys}

@@ -290,7 +290,8 @@ def write_plain(
     batch_size: int,
 ) -> int:
     """Write each entity's newest event if it is at least as new as its stored row; returns
-    the rows written."""
+    the rows written. The read (with the view's fence) skips rows already older; the write
+    checks again in one atomic step, so a push landing between them keeps its newer row."""
     import pyarrow as pa
 
     from featurestore.online.writer import write_table
@@ -319,7 +320,7 @@ def write_plain(
     cols[CREATED_TS] = pa.array([e.created for e in keep], pa.int64())
     return write_table(
         store, project, view, pa.table(cols), now_us=now_us, key_ttl_grace_us=grace_us,
-        batch_size=batch_size,
+        batch_size=batch_size, only_newer=True,
     )  # fmt: skip
 
 
