@@ -248,12 +248,14 @@ class ModelRegistry:
         except FileNotFoundError:
             raise self._not_found(name) from None
         except (ValueError, KeyError, TypeError) as exc:
-            raise ModelRegistryError(f"model index {path} is corrupt: {exc}") from None
+            # named by the model, not by path: this message reaches clients of the servers
+            raise ModelRegistryError(f"model index of '{name}' is corrupt: {exc}") from None
 
     def _not_found(self, name: str) -> ModelNotFoundError:
+        # the model's name only, never the registry's folder: servers answer clients with it
         known = ", ".join(self.names()) or "none (register one with `featurestore models register`)"
         shown = name if len(name) <= 80 else name[:80] + "..."
-        return ModelNotFoundError(f"no model '{shown}' in {self.root}; known models: {known}")
+        return ModelNotFoundError(f"no model '{shown}'; known models: {known}")
 
     def resolve(self, ref: str) -> ModelVersion:
         """``name`` (production), ``name@alias`` or ``name@3`` / ``name@v3`` -> a version."""

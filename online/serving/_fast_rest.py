@@ -10,6 +10,9 @@ answers come from the one place that makes them.
 
 ``RequestGate`` sits outside them all (installed only when auth or the audit log is on): it
 gives every request its id and, with API keys on, lets through only keys with the route's scope.
+
+Each of them reports the errors it answers to ``failed(path, status)`` (the metrics), so
+failed requests are counted on their own path and a successful one pays nothing for it.
 """
 
 from __future__ import annotations
@@ -22,8 +25,7 @@ from pydantic import BaseModel, ValidationError
 
 from featurestore.errors import FeatureStoreError
 from featurestore.online.serving.auth import (
-    OPEN_PATHS,
-    REQUEST_ID_ERROR,
+    OPEN_REQUEST_PATHS,
     REST_SCOPES,
     AuthenticationError,
     KeyRing,
@@ -32,12 +34,18 @@ from featurestore.online.serving.auth import (
     valid_request_id,
 )
 from featurestore.online.serving.context import CALLER, REQUEST_ID, new_request_id
-from featurestore.online.serving.errors import BadRequestError
 
 log = logging.getLogger("featurestore.serving")
 
 Handler = Callable[[Any], Awaitable[bytes]]
 ErrorBody = Callable[[BaseException], tuple[bytes, int]]
+Failed = Callable[[str, int], None]  # (request path, status) of an error answer
+
+
+def _ignore(path: str, status: int) -> None:
+    """The default ``failed``: count nothing."""
+
+
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
@@ -60,10 +68,12 @@ class HotRoutes:
         *,
         routes: dict[str, tuple[type[BaseModel], Handler]],
         error_body: ErrorBody,
+        failed: Failed = _ignore,
     ) -> None:
         self.app = app
         self.routes = routes
         self.error_body = error_body
+        self.failed = failed
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         route = self.routes.get(scope["path"]) if scope["type"] == "http" else None
@@ -90,9 +100,11 @@ class HotRoutes:
             out = await handler(request)
         except FeatureStoreError as exc:
             out, status = self.error_body(exc)
+            self.failed(scope["path"], status)
         except Exception as exc:
             log.exception("unhandled error on %s", scope["path"])
             out, status = self.error_body(exc)
+            self.failed(scope["path"], status)
         await _answer(send, status, out)
 
 
@@ -104,9 +116,10 @@ class AnswerErrors:
     connection would fail. Answered here, the connection stays open.
     """
 
-    def __init__(self, app: Any, *, error_body: ErrorBody) -> None:
+    def __init__(self, app: Any, *, error_body: ErrorBody, failed: Failed = _ignore) -> None:
         self.app = app
         self.error_body = error_body
+        self.failed = failed
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -126,23 +139,33 @@ class AnswerErrors:
                 raise
             log.exception("unhandled error on %s", scope["path"])
             body, status = self.error_body(exc)
+            self.failed(scope["path"], status)
             await _answer(send, status, body)
 
 
 class RequestGate:
     """ASGI middleware, outermost: the request's id, and its API key when ``keyring`` is set.
 
-    The id is the client's ``x-request-id`` when valid (an invalid one is a 400), else a fresh
-    one; it goes back as ``x-request-id`` on every answer. With a key ring, a request names
-    its key as ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``: none or an unknown one is a
-    401, one without the route's scope a 403. Both land in contextvars (REQUEST_ID, CALLER)
-    for the engine, e.g. its audit log.
+    The id is the client's ``x-request-id`` when valid, else (none sent, or one that is not
+    1-128 printable characters without spaces) a fresh one; it goes back as ``x-request-id``
+    on every answer. With a key ring, a request names its key as ``Authorization: Bearer KEY``
+    or ``X-API-Key: KEY``: none or an unknown one is a 401, one without the route's scope a
+    403 (the health checks and docs need none, with or without a trailing slash). Both land
+    in contextvars (REQUEST_ID, CALLER) for the engine, e.g. its audit log.
     """
 
-    def __init__(self, app: Any, *, keyring: KeyRing | None, error_body: ErrorBody) -> None:
+    def __init__(
+        self,
+        app: Any,
+        *,
+        keyring: KeyRing | None,
+        error_body: ErrorBody,
+        failed: Failed = _ignore,
+    ) -> None:
         self.app = app
         self.keyring = keyring
         self.error_body = error_body
+        self.failed = failed
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -156,24 +179,20 @@ class RequestGate:
                 authorization = value
             elif name == b"x-api-key":
                 api_key = value
-        if client_id is None:
-            request_id = new_request_id()
-        elif valid_request_id(client_id):
+        if client_id is not None and valid_request_id(client_id):
             request_id = client_id.decode("ascii")
-        else:  # answered under an id of ours: the client's cannot be echoed safely
+        else:  # none, or one that cannot be echoed safely: an id of ours, never a refusal
             request_id = new_request_id()
-            id_header = (b"x-request-id", request_id.encode("ascii"))
-            await self._refuse(send, BadRequestError(REQUEST_ID_ERROR), id_header)
-            return
         id_header = (b"x-request-id", request_id.encode("ascii"))
         caller = None
-        if self.keyring is not None and scope["path"] not in OPEN_PATHS:
+        path = scope["path"]
+        if self.keyring is not None and path not in OPEN_REQUEST_PATHS:
             try:
                 entry = self.keyring.authorize(
-                    bearer(authorization) or api_key, REST_SCOPES.get(scope["path"])
+                    bearer(authorization) or api_key, REST_SCOPES.get(path)
                 )
             except (AuthenticationError, PermissionDeniedError) as exc:
-                await self._refuse(send, exc, id_header)
+                await self._refuse(send, exc, id_header, path)
                 return
             caller = entry.name
 
@@ -190,8 +209,9 @@ class RequestGate:
             CALLER.reset(caller_token)
             REQUEST_ID.reset(id_token)
 
-    async def _refuse(self, send: Any, exc: FeatureStoreError, id_header: Any) -> None:
+    async def _refuse(self, send: Any, exc: FeatureStoreError, id_header: Any, path: str) -> None:
         body, status = self.error_body(exc)
+        self.failed(path, status)
         headers = [id_header]
         if isinstance(exc, AuthenticationError):
             headers.append((b"www-authenticate", b"Bearer"))

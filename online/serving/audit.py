@@ -426,14 +426,15 @@ class AuditLog:
             return f
         if f is not None:
             self._close_file()
-        self.path.mkdir(parents=True, exist_ok=True)
+        # the records hold entity ids, feature values, scores and callers: owner only
+        self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
         us = time.time_ns() // 1000
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(us // 1_000_000))
         base = f"audit-{stamp}.{us % 1_000_000:06d}Z-{os.getpid()}"
         for n in range(1000):
             p = self.path / (f"{base}.jsonl" if n == 0 else f"{base}-{n}.jsonl")
-            try:
-                f = open(p, "xb")  # kept open across batches
+            try:  # created owner-only (0600), kept open across batches
+                f = os.fdopen(os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
             except FileExistsError:
                 continue
             break

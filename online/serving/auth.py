@@ -54,6 +54,9 @@ REST_SCOPES: dict[str, Scope] = {
 OPEN_PATHS = frozenset(
     {"/health/live", "/health/ready", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
 )
+# the REST paths a request may name without a key: OPEN_PATHS with or without a trailing slash
+# (the router redirects "/health/ready/" to "/health/ready": neither needs a key)
+OPEN_REQUEST_PATHS = OPEN_PATHS | {p + "/" for p in OPEN_PATHS}
 # gRPC method -> scope; GRPC_OPEN need no key (the health checks)
 GRPC_SCOPES: dict[str, Scope] = {
     "GetOnlineFeatures": "features",
@@ -345,8 +348,3 @@ def valid_request_id(value: str | bytes) -> bool:
     if isinstance(value, bytes):
         value = value.decode("latin-1")
     return _REQUEST_ID.fullmatch(value) is not None
-
-
-REQUEST_ID_ERROR = (
-    f"x-request-id must be 1 to {MAX_REQUEST_ID} printable ASCII characters without spaces"
-)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -24,7 +26,6 @@ from featurestore.online.serving._wire import (
 from featurestore.online.serving.auth import (
     GRPC_OPEN,
     GRPC_SCOPES,
-    REQUEST_ID_ERROR,
     AuthenticationError,
     KeyRing,
     PermissionDeniedError,
@@ -35,6 +36,7 @@ from featurestore.online.serving.auth import (
 from featurestore.online.serving.context import CALLER, REQUEST_ID, new_request_id
 from featurestore.online.serving.errors import BadRequestError
 from featurestore.online.serving.grpc_health import HealthReporter
+from featurestore.online.serving.metrics import GRPC_ENDPOINTS
 from featurestore.online.serving.tls import grpc_credentials
 
 if TYPE_CHECKING:
@@ -76,13 +78,19 @@ class FeatureServingServicer(pb_grpc.FeatureServingServicer):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    async def _fail(self, context: grpc.aio.ServicerContext, exc: BaseException) -> None:
+    async def _fail(
+        self, context: grpc.aio.ServicerContext, exc: BaseException, endpoint: str | None = None
+    ) -> None:
+        """Abort the call with ``exc``'s status; with ``endpoint``, counted in the metrics."""
         from featurestore.online.serving.rest import _status_of
 
         if isinstance(exc, FeatureStoreError):
-            await context.abort(
-                _HTTP_TO_GRPC.get(_status_of(exc), grpc.StatusCode.INTERNAL), str(exc)
-            )
+            status = _status_of(exc)
+            if endpoint is not None:
+                self.engine.metrics.failed(endpoint, status)
+            await context.abort(_HTTP_TO_GRPC.get(status, grpc.StatusCode.INTERNAL), str(exc))
+        if endpoint is not None:
+            self.engine.metrics.failed(endpoint, 500)
         log.exception("unhandled gRPC error")
         await context.abort(
             grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}); see the server log"
@@ -101,7 +109,7 @@ class FeatureServingServicer(pb_grpc.FeatureServingServicer):
             )
             return encode_features_response(res)  # wire bytes: see _handlers
         except Exception as exc:
-            await self._fail(context, exc)
+            await self._fail(context, exc, "get_features")
 
     async def Predict(self, request: Any, context: Any) -> Any:
         try:
@@ -117,7 +125,7 @@ class FeatureServingServicer(pb_grpc.FeatureServingServicer):
             )
             return encode_predict_response(res)  # wire bytes: see _handlers
         except Exception as exc:
-            await self._fail(context, exc)
+            await self._fail(context, exc, "predict")
 
     async def Push(self, request: Any, context: Any) -> Any:
         try:
@@ -213,13 +221,18 @@ def _handlers(
     """
     from google.protobuf.message import DecodeError
 
+    metrics = servicer.engine.metrics
+
     def wrap(name: str, req_type: Any) -> Any:
         method = getattr(servicer, name)
+        endpoint = GRPC_ENDPOINTS.get(name)
 
         async def handle(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
             try:
                 request = req_type.FromString(raw)
             except DecodeError as exc:
+                if endpoint is not None:
+                    metrics.failed(endpoint, 400)
                 await context.abort(
                     grpc.StatusCode.INVALID_ARGUMENT,
                     f"malformed {req_type.DESCRIPTOR.name} protobuf: {exc}",
@@ -228,7 +241,12 @@ def _handlers(
 
         if keyring is None and not gate:
             return handle
-        return _gated(handle, None if name in GRPC_OPEN else keyring, GRPC_SCOPES.get(name))
+        return _gated(
+            handle,
+            None if name in GRPC_OPEN else keyring,
+            GRPC_SCOPES.get(name),
+            None if endpoint is None else functools.partial(metrics.failed, endpoint),
+        )
 
     return grpc.method_handlers_generic_handler(
         SERVICE,
@@ -242,13 +260,19 @@ def _handlers(
     )
 
 
-def _gated(handle: Any, keyring: KeyRing | None, scope: str | None) -> Any:
+def _gated(
+    handle: Any,
+    keyring: KeyRing | None,
+    scope: str | None,
+    failed: Callable[[int], None] | None = None,
+) -> Any:
     """``handle`` behind the request id and (with ``keyring``) the API key check.
 
-    The id is the client's ``x-request-id`` metadata when valid (else INVALID_ARGUMENT),
-    or a fresh one, and goes back in the initial metadata; the key comes as
-    ``authorization: Bearer KEY`` or ``x-api-key: KEY`` (UNAUTHENTICATED when missing or
-    unknown, PERMISSION_DENIED without ``scope``: the same messages as REST).
+    The id is the client's ``x-request-id`` metadata when valid, else (none, or not 1-128
+    printable characters without spaces) a fresh one, and goes back in the initial metadata;
+    the key comes as ``authorization: Bearer KEY`` or ``x-api-key: KEY`` (UNAUTHENTICATED when
+    missing or unknown, PERMISSION_DENIED without ``scope``: the same messages as REST).
+    ``failed(status)`` counts a refusal (401, 403) in the metrics.
     """
 
     async def gated(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
@@ -264,15 +288,17 @@ def _gated(handle: Any, keyring: KeyRing | None, scope: str | None) -> Any:
         ok_id = client_id is not None and valid_request_id(client_id)
         request_id = client_id if ok_id else new_request_id()
         await context.send_initial_metadata((("x-request-id", request_id),))
-        if client_id is not None and not ok_id:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, REQUEST_ID_ERROR)
         caller = None
         if keyring is not None:
             try:
                 caller = keyring.authorize(bearer(authorization) or api_key, scope).name
             except AuthenticationError as exc:
+                if failed is not None:
+                    failed(401)
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
             except PermissionDeniedError as exc:
+                if failed is not None:
+                    failed(403)
                 await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
         id_token = REQUEST_ID.set(request_id)
         caller_token = CALLER.set(caller)

@@ -8,12 +8,19 @@ sees the whole server, whichever worker answers it.
 
 from __future__ import annotations
 
+import glob
 import logging
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 log = logging.getLogger(__name__)
+
+# the endpoints whose failed requests the servers count (see ``Metrics.failed``): REST path or
+# gRPC method -> the ``endpoint`` label the engine gives their answered requests
+REST_ENDPOINTS = {"/get-online-features": "get_features", "/predict": "predict"}
+GRPC_ENDPOINTS = {"GetOnlineFeatures": "get_features", "Predict": "predict"}
 
 
 @dataclass(frozen=True)
@@ -82,13 +89,20 @@ class Metrics:
         r = self.registry
         self.requests = Counter(
             "featurestore_requests_total",
-            "Requests by endpoint and outcome",
+            "Requests by endpoint and outcome (ok, degraded, error)",
             ["endpoint", "outcome"],
+            registry=r,
+        )
+        self.request_errors = Counter(
+            "featurestore_request_errors_total",
+            "Requests answered with an error, by endpoint and HTTP status (gRPC: the status its "
+            "code stands for, e.g. 400 for INVALID_ARGUMENT)",
+            ["endpoint", "status"],
             registry=r,
         )
         self.latency = Histogram(
             "featurestore_request_seconds",
-            "Engine time per request",
+            "Engine time per answered request (failed ones are counted, not timed)",
             ["endpoint"],
             registry=r,
             buckets=(
@@ -120,9 +134,9 @@ class Metrics:
         )
         self.breaker_state = Gauge(
             "featurestore_breaker_open",
-            "1 while the online-store circuit breaker is open (any worker)",
+            "1 while the online-store circuit breaker is open (any live worker)",
             registry=r,
-            multiprocess_mode="max",
+            multiprocess_mode="livemax",  # a dead worker's last value is dropped (see render)
         )
         self.predictions = Counter(
             "featurestore_predictions_total", "Rows scored", ["model", "version"], registry=r
@@ -181,6 +195,12 @@ class Metrics:
             c = self._children[key] = metric.labels(*labels)
         return c
 
+    def failed(self, endpoint: str, status: int) -> None:
+        """Count one request answered with an error: outcome "error" in the requests counter
+        and its status in the errors counter. Called on error paths only."""
+        self.child(self.requests, endpoint, "error").inc()
+        self.child(self.request_errors, endpoint, str(status)).inc()
+
     def render(self) -> tuple[bytes, str]:
         from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
         from prometheus_client import values as pv
@@ -189,8 +209,38 @@ class Metrics:
             return generate_latest(self.registry), CONTENT_TYPE_LATEST
         from prometheus_client import multiprocess
 
+        _forget_dead_workers()
         merged = CollectorRegistry()  # several workers: every worker's values, from the files
         multiprocess.MultiProcessCollector(merged)
         if self._state is not None:  # read now, the same in every worker
             merged.register(self._state)
         return generate_latest(merged), CONTENT_TYPE_LATEST
+
+
+def _forget_dead_workers() -> None:
+    """Remove the live-gauge files of worker processes that are gone, so a gauge in a "live"
+    mode (the breaker's) stops reporting a dead worker's last value. uvicorn restarts a dead
+    worker but has no hook to tell prometheus_client, so every scrape looks for itself."""
+    from prometheus_client import multiprocess
+
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not folder:
+        return
+    for name in glob.glob(os.path.join(folder, "gauge_live*_*.db")):
+        pid_text = os.path.basename(name)[:-3].rsplit("_", 1)[1]
+        if pid_text.isdigit() and not _alive(int(pid_text)):
+            try:
+                multiprocess.mark_process_dead(int(pid_text), folder)
+            except FileNotFoundError:  # another worker's scrape removed it first
+                pass
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (signal 0 checks without sending anything)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: it exists
+        return True
+    return True

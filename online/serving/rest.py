@@ -55,6 +55,7 @@ from featurestore.online.serving.errors import (
     TooManyEntitiesError,
     UnsupportedMediaTypeError,
 )
+from featurestore.online.serving.metrics import REST_ENDPOINTS
 
 if TYPE_CHECKING:
     from featurestore.online.serving.engine import Engine
@@ -426,27 +427,37 @@ def create_app(
     )
     app.state.engine = engine
 
+    def failed(path: str, status: int) -> None:
+        """Count an error answer of get features or predict (see Metrics.failed)."""
+        endpoint = REST_ENDPOINTS.get(path)
+        if endpoint is not None:
+            engine.metrics.failed(endpoint, status)
+
+    def _failure(request: Request, body: bytes, status: int) -> Response:
+        failed(request.scope["path"], status)
+        return _raw(body, status)
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> Response:
         ctype = request.headers.get("content-type")
         if request.method == "POST" and not declares_json(ctype):
             # FastAPI did not parse the body (so it "is not an object"): say what to fix
-            return _raw(*_error_body(not_json(request.url.path, ctype)))
-        return _json({"error": validation_message(exc.errors())}, 422)
+            return _failure(request, *_error_body(not_json(request.url.path, ctype)))
+        return _failure(request, _dumps({"error": validation_message(exc.errors())}), 422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         # e.g. a body that is not UTF-8: the same {"error": ...} shape as every other error
-        return _raw(_dumps({"error": str(exc.detail)}), exc.status_code)
+        return _failure(request, _dumps({"error": str(exc.detail)}), exc.status_code)
 
     @app.exception_handler(FeatureStoreError)
     async def _fs_error(request: Request, exc: FeatureStoreError) -> Response:
-        return _raw(*_error_body(exc))
+        return _failure(request, *_error_body(exc))
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error on %s", request.url.path)
-        return _raw(*_error_body(exc))
+        return _failure(request, *_error_body(exc))
 
     async def get_features_json(req: GetOnlineFeaturesRequest) -> bytes:
         res = await engine.aget_features(
@@ -487,7 +498,7 @@ def create_app(
         return _raw(await predict_json(req))
 
     # an unexpected error is answered inside Starlette's error middleware (see AnswerErrors)
-    app.add_middleware(AnswerErrors, error_body=_error_body)
+    app.add_middleware(AnswerErrors, error_body=_error_body, failed=failed)
     # well-formed requests to these two skip FastAPI's router (see _fast_rest); the routes
     # above stay for the OpenAPI spec and answer every request the fast path hands back
     app.add_middleware(
@@ -497,12 +508,13 @@ def create_app(
             "/predict": (PredictRequest, predict_json),
         },
         error_body=_error_body,
+        failed=failed,
     )
 
     # outermost, so the fast path is covered too; only with auth or the audit log on, so the
     # default hot path pays nothing for it
     if keyring is not None or engine.config.audit is not None:
-        app.add_middleware(RequestGate, keyring=keyring, error_body=_error_body)
+        app.add_middleware(RequestGate, keyring=keyring, error_body=_error_body, failed=failed)
         _declare_gate(app, keys=keyring is not None)
     app.state.keyring = keyring
 
@@ -546,7 +558,10 @@ def _declare_gate(app: FastAPI, *, keys: bool) -> None:
     request and answer and, with ``keys``, the API key schemes on every operation needing one."""
     build = app.openapi
     ref = {"$ref": "#/components/schemas/ErrorOut"}
-    rid_doc = f"1-{MAX_REQUEST_ID} printable ASCII characters without spaces; made when absent"
+    rid_doc = (
+        f"1-{MAX_REQUEST_ID} printable ASCII characters without spaces; made by the server "
+        "when absent or not so"
+    )
     rid_param = {
         "name": "x-request-id",
         "in": "header",

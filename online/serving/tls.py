@@ -1,8 +1,8 @@
 """TLS for the REST and gRPC servers from ``serving.tls``: the same PEM files for both.
 
 Files are read and checked when the server starts, so a missing file, a key that does not
-match its certificate or a file that is not PEM is one ConfigError naming the file, before
-any port is opened.
+match its certificate, a passphrase-protected key or a file that is not PEM is one ConfigError
+naming the file, before any port is opened (and never a passphrase prompt).
 """
 
 from __future__ import annotations
@@ -30,12 +30,31 @@ def _files(tls: TLSConfig, resolve: Callable[[str], str]) -> dict[str, str | Non
     return out
 
 
+class _EncryptedKey(Exception):
+    """Raised by the passphrase callback: OpenSSL asked for a passphrase."""
+
+
+def _no_passphrase() -> bytes:
+    """The ``password`` callback of ``load_cert_chain``: refuse, so OpenSSL never prompts."""
+    raise _EncryptedKey
+
+
 def check(tls: TLSConfig, resolve: Callable[[str], str]) -> dict[str, str | None]:
     """The absolute paths of the TLS files, checked by loading them as a server would."""
     files = _files(tls, resolve)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
-        ctx.load_cert_chain(files["cert_file"], files["key_file"])  # type: ignore[arg-type]
+        ctx.load_cert_chain(
+            files["cert_file"],  # type: ignore[arg-type]
+            files["key_file"],
+            password=_no_passphrase,
+        )
+    except _EncryptedKey:
+        raise ConfigError(
+            f"featurestore.yaml: serving.tls.key_file {tls.key_file!r} is encrypted "
+            "(passphrase-protected); encrypted keys are not supported: give an unencrypted "
+            "key, readable by the server's user only"
+        ) from None
     except (ssl.SSLError, OSError) as exc:
         raise ConfigError(
             f"featurestore.yaml: serving.tls.cert_file {tls.cert_file!r} and key_file "

@@ -196,9 +196,7 @@ def test_openapi_declares_the_key_schemes(http: httpx.Client) -> None:
     assert [p["name"] for p in params if p["in"] == "header"] == ["x-request-id"]
 
 
-def test_rest_request_id_is_echoed_made_or_refused(
-    http: httpx.Client, keys: dict[str, str]
-) -> None:
+def test_rest_request_id_is_echoed_or_made(http: httpx.Client, keys: dict[str, str]) -> None:
     path, body = "/get-online-features", ROUTES[0][2]
     r = call(http, "POST", path, body, x_api_key=keys["all"], x_request_id="trace-42/x")
     assert r.status_code == 200 and r.headers["x-request-id"] == "trace-42/x"
@@ -208,7 +206,7 @@ def test_rest_request_id_is_echoed_made_or_refused(
     assert HEX32.fullmatch(r.headers["x-request-id"])
     for bad in ("a b", "x" * 129, "", "caf\xc3\xa9".encode("latin-1")):
         r = http.post(path, json=body, headers={"x-api-key": keys["all"], "x-request-id": bad})
-        assert r.status_code == 400 and "x-request-id" in r.json()["error"], repr(bad)
+        assert r.status_code == 200, repr(bad)  # an invalid id is replaced, never refused
         assert HEX32.fullmatch(r.headers["x-request-id"])
 
 
@@ -280,7 +278,7 @@ def test_standard_grpc_health_needs_no_key(server: ServerThread) -> None:
         assert got.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def test_grpc_request_id_is_echoed_or_refused(stub: Any, keys: dict[str, str]) -> None:
+def test_grpc_request_id_is_echoed_or_made(stub: Any, keys: dict[str, str]) -> None:
     key = ("x-api-key", keys["all"])
     code, _, md = rpc(stub, "ListModels", pb.ListModelsRequest(), key, ("x-request-id", "abc.1"))
     assert code == grpc.StatusCode.OK and md["x-request-id"] == "abc.1"
@@ -288,7 +286,7 @@ def test_grpc_request_id_is_echoed_or_refused(stub: Any, keys: dict[str, str]) -
         code, details, md = rpc(
             stub, "ListModels", pb.ListModelsRequest(), key, ("x-request-id", bad)
         )
-        assert code == grpc.StatusCode.INVALID_ARGUMENT and "x-request-id" in details
+        assert code == grpc.StatusCode.OK, details  # an invalid id is replaced, never refused
         assert HEX32.fullmatch(md["x-request-id"])
 
 
