@@ -1,9 +1,13 @@
 """featurestore: one set of feature definitions for training sets and online serving.
 
-Heavy engines (DuckDB, polars, Redis, LMDB) load on first use, so importing this is cheap.
+Heavy engines (DuckDB, polars, Redis, LMDB) load on first use, so importing this is cheap;
+``FeatureStore`` (and numpy under it) loads when first named, so definitions files and
+``featurestore --help`` do not pay for it.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from featurestore.config import RepoConfig, load_config
 from featurestore.entity import Entity
@@ -23,7 +27,6 @@ from featurestore.feature_view import FeatureView
 from featurestore.field import Field
 from featurestore.on_demand_view import OnDemandFeatureView
 from featurestore.sources import DuckDBSource, ParquetSource, StreamSource
-from featurestore.store import FeatureStore, MaterializeResult
 from featurestore.transforms import (
     Aggregation,
     OnDemandFeature,
@@ -43,6 +46,11 @@ from featurestore.types import (
     String,
     UnixTimestamp,
 )
+
+if TYPE_CHECKING:
+    from featurestore.store import FeatureStore, MaterializeResult
+
+_LAZY = {"FeatureStore": "featurestore.store", "MaterializeResult": "featurestore.store"}
 
 __all__ = [
     "Aggregation",
@@ -82,3 +90,19 @@ __all__ = [
     "on_demand_feature",
     "transform",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``FeatureStore`` and ``MaterializeResult``, imported on first use."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'featurestore' has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

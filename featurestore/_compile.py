@@ -1,8 +1,10 @@
-"""Compile every transform of a repo at apply: row transforms, window plans, on-demand features.
+"""Check that every transform of a repo compiles at apply: row transforms, window plans,
+on-demand features.
 
-Errors come back as one line each (function, file:line, numba's reason). The numba kernels of
-the window engine are compiled (or loaded from numba's disk cache) once per process here too,
-so the first training set or lookup after apply does not pay for them.
+Errors come back as one line each (function, file:line, numba's reason). A function that
+compiled before with the same code is not loaded again (see ``transforms/_compiled_record.py``),
+and the window engine's own kernels are not run here: numba costs about a second to load even
+from its disk cache, which the first training set, materialization or lookup pays instead.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from featurestore.errors import DefinitionError
 if TYPE_CHECKING:
     from featurestore.offline.store import OfflineStore
 
-_WARM = False
 _KIND = {"float64": "f", "float32": "f", "int64": "i", "int32": "i", "boolean": "b"}
 
 
@@ -28,16 +29,15 @@ def compile_definitions(offline: OfflineStore, defs: Any) -> list[str]:
         where = defs.where("feature view", view.name)
         try:
             _check_derived_types(offline, view)
-            _ = view.window.plan  # compiles derived transforms and where predicates
+            view.window.check()  # derived transforms and where predicates compile
+            _ = view.window.plan  # outputs named twice, unknown functions
         except DefinitionError as exc:
             problems.append(f"{where}: feature view '{view.name}': {exc}")
     for odfv in defs.on_demand_views.values():
         try:
-            odfv.compile(types)
+            odfv.check(types)
         except DefinitionError as exc:
             problems.append(f"{defs.where('feature view', odfv.name)}: {exc}")
-    if not problems and any(v.window is not None for v in defs.feature_views.values()):
-        warm_kernels()
     return problems
 
 
@@ -85,33 +85,3 @@ def _arrow_kind(t: Any) -> str | None:
     if pt.is_boolean(t):
         return "b"
     return "s"
-
-
-def warm_kernels() -> None:
-    """Run the offline and online window kernels once on a tiny input (numba compile / load)."""
-    global _WARM
-    if _WARM:
-        return
-    import numpy as np
-
-    from featurestore.transforms import (
-        Aggregation,
-        OnlineWindows,
-        compile_plan,
-        compute_window_features,
-    )
-
-    plan = compile_plan(
-        [Aggregation("x", f, ["1h"]) for f in ("count", "sum", "last", "distinct_count")]
-    )
-    e = np.zeros(2, dtype=np.int64)
-    t = np.array([1, 2], dtype=np.int64)
-    compute_window_features(plan, e, t, {"x": np.array([1.0, 2.0])}, e[:1], t[1:])
-    ow = OnlineWindows(plan, on_late="count")
-    st = ow.new_state()
-    ow.ingest(st, t, {"x": np.array([1.0, 2.0])})
-    ow.update(st, 3, {"x": 3.0})
-    ow.read_array(ow.decode(ow.encode(st)), 3)
-    ow.tile_min_events = 1  # also compile the tile builder and the tiled read
-    ow.read_array(ow.decode(ow.encode(st)), 3)
-    _WARM = True

@@ -191,14 +191,21 @@ class OnDemandFeatureView:
                     )
                 )
             for f in feats:  # types were checked at apply; load the kernels (disk cache)
-                f.transform.compile()
+                if not f.transform.checked:
+                    f.transform.compile()
             self._features = tuple(feats)
         return self._features
 
     def compile(self, feature_types: dict[str, DType]) -> None:
-        """Check types against the functions' annotations and compile them (apply does this)."""
+        """Check types against the functions' annotations and compile them."""
         for f in self.on_demand_features:
             f.compile(feature_types)
+
+    def check(self, feature_types: dict[str, DType]) -> None:
+        """As ``compile``, but a function known to compile loads its kernels on first use
+        (apply does this; see ``RowTransform.check``)."""
+        for f in self.on_demand_features:
+            f.check(feature_types)
 
     @property
     def schema_version(self) -> int:

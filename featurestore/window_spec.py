@@ -210,21 +210,32 @@ class WindowSpec:
 
     @property
     def plan(self) -> WindowPlan:
-        """The compiled window plan (transforms compiled too, from numba's disk cache)."""
+        """The compiled window plan (transforms compiled too, from numba's disk cache, unless
+        ``check()`` passed: then they load on first use)."""
         if self._plan is None:
             from featurestore.transforms.aggregation import compile_plan
 
-            self.compile()
+            for t in self._functions():
+                if not getattr(t, "checked", False):
+                    t.compile()
             self._plan = compile_plan(self.aggregations, view=self.view)
         return self._plan
 
     def compile(self) -> None:
         """Compile every derived transform and predicate; errors name function, file and line."""
-        for _, t, _ in self.derived:
+        for t in self._functions():
             t.compile()
-        for a in self.aggregations:
-            if a.where is not None:
-                a.where.compile()
+
+    def check(self) -> None:
+        """As ``compile``, but a function known to compile loads its kernels on first use
+        (apply does this; see ``RowTransform.check``)."""
+        for t in self._functions():
+            getattr(t, "check", t.compile)()
+
+    def _functions(self) -> list[RowTransform]:
+        """Derived transforms, then ``where`` predicates, in definition order."""
+        out = [t for _, t, _ in self.derived]
+        return out + [a.where for a in self.aggregations if a.where is not None]
 
     def online(self) -> Any:
         """The OnlineWindows of this view (one per spec; shared by materialize and lookup)."""

@@ -87,6 +87,19 @@ class OnDemandFeature:
 
     def compile(self, feature_types: Mapping[str, DType] | None = None) -> OnDemandFeature:
         """Check input/output types against the function's annotations, then compile it."""
+        self._check_types(feature_types)
+        self.transform.compile()
+        return self
+
+    def check(self, feature_types: Mapping[str, DType] | None = None) -> OnDemandFeature:
+        """As ``compile``, but the kernels load on first use when the function is known to
+        compile (``RowTransform.check``; apply uses this)."""
+        self._check_types(feature_types)
+        self.transform.check()
+        return self
+
+    def _check_types(self, feature_types: Mapping[str, DType] | None) -> None:
+        """Inputs and output against the function's annotations (one DefinitionError line)."""
         t = self.transform
         if t._error is not None:
             raise t._error
@@ -106,8 +119,6 @@ class OnDemandFeature:
                 f"on-demand feature '{self.name}': transform '{t.name}' ({t.where}) returns "
                 f"{t.return_type} but the output field is {self.output.dtype.name}; make them match"
             )
-        t.compile()
-        return self
 
     def compute_row(self, values: Mapping[str, Any]) -> Any:
         """One request: the njit kernel over ``values[input]``; None when an input is null."""

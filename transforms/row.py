@@ -1,9 +1,11 @@
 """Row transforms: a typed Python function compiled once with numba, used per row and per column.
 
-``@transform`` records the function; ``compile()`` (called by ``apply``) builds two kernels from
-the same source and signature, both cached on disk (``cache=True``): ``njit`` for one row (online,
-per event or request) and ``numba.vectorize`` for whole columns (offline). Neither uses fastmath,
-so both follow IEEE rules and agree bit for bit (tests check it).
+``@transform`` records the function; ``compile()`` builds two kernels from the same source and
+signature, both cached on disk (``cache=True``): ``njit`` for one row (online, per event or
+request) and ``numba.vectorize`` for whole columns (offline). Neither uses fastmath, so both
+follow IEEE rules and agree bit for bit (tests check it). ``apply`` calls ``check()``: it
+compiles a function once and then trusts a record of that (``_compiled_record``) while the code
+is the same; the kernels of a checked function load on its first call.
 
 Types come from the annotations: ``float`` -> float64, ``int`` -> int64, ``bool`` -> boolean
 (numpy scalar types and featurestore.types Float64/Int64/Bool/Float32/Int32 also work).
@@ -60,6 +62,7 @@ class RowTransform:
         self.params: tuple[str, ...] = tuple(sig.parameters)
         self._scalar: Any = None
         self._ufunc: Any = None
+        self._checked = False  # check() passed: the kernels load on first use
         # a bad annotation is reported by compile() (at apply), not when the file is imported
         self._error: DefinitionError | None = None
         self.param_types: tuple[str, ...] = ()
@@ -106,6 +109,27 @@ class RowTransform:
     def compiled(self) -> bool:
         return self._scalar is not None
 
+    @property
+    def checked(self) -> bool:
+        """``check()`` passed (or ``compile()`` ran): calls load the kernels when needed."""
+        return self._checked or self._scalar is not None
+
+    def check(self) -> RowTransform:
+        """Make sure both kernels compile, as ``compile()`` does, but without loading numba when
+        a record beside the disk cache shows this very function compiled before (apply uses it:
+        loading numba costs about a second); the kernels then load on first use."""
+        if self._scalar is not None or self._checked:
+            return self
+        if self._error is not None:
+            raise self._error
+        from featurestore.transforms import _compiled_record
+
+        if not _compiled_record.compiled_before(self):
+            self.compile()
+            _compiled_record.remember(self)
+        self._checked = True
+        return self
+
     def compile(self) -> RowTransform:
         """Build both kernels or load them from the disk cache; errors: one DefinitionError line."""
         if self._scalar is not None:
@@ -146,6 +170,8 @@ class RowTransform:
         )
 
     def _require(self) -> None:
+        if self._scalar is None and self._checked:
+            self.compile()  # checked at apply; load the kernels now
         if self._scalar is None:
             raise DefinitionError(
                 f"transform '{self.name}' ({self.where}) is not compiled; call compile() "
