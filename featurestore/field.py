@@ -55,7 +55,13 @@ def _check_default(f: Field) -> None:
     d = f.default
     name = f.dtype.name
     if f.dtype.is_list:
-        ok = isinstance(d, (list, tuple)) and all(isinstance(x, (int, float)) for x in d)
+        inner = f.dtype.inner.name if f.dtype.inner is not None else "float64"
+        kinds: tuple[type, ...] = {"bool": (bool,), "int32": (int,), "int64": (int,)}.get(
+            inner, (int, float)
+        )
+        ok = isinstance(d, (list, tuple)) and all(
+            isinstance(x, kinds) and (inner == "bool") == isinstance(x, bool) for x in d
+        )
     elif name in ("int32", "int64", "timestamp"):
         ok = isinstance(d, int) and not isinstance(d, bool)
     elif name in ("float32", "float64"):
@@ -67,7 +73,10 @@ def _check_default(f: Field) -> None:
     else:
         ok = isinstance(d, bytes)
     if not ok:
+        what = type(d).__name__
+        if f.dtype.is_list and isinstance(d, (list, tuple)):
+            what = "a list of " + ", ".join(sorted({type(x).__name__ for x in d}))
         raise DefinitionError(
-            f"field '{f.name}' is {name} but its default {d!r} is {type(d).__name__}; "
+            f"field '{f.name}' is {name} but its default {d!r} is {what}; "
             f"give a default of type {name}"
         )
