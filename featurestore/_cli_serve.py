@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Callable
@@ -80,6 +81,10 @@ def serve(
     for what, p in (("REST", port), ("gRPC", grpc_port)):
         if p:  # in one line here, rather than a traceback from inside a starting worker
             _check_bindable(host, p, what)
+    # port 0: the OS picks one now, held (bound, not listening) until the server has it
+    held = _reserve_port(host) if port == 0 else None
+    if held is not None:
+        port = held.getsockname()[1]
     grpc_note = f", gRPC{' (TLS)' if tls else ''} on {host}:{grpc_port}" if grpc_port else ""
     scheme = "https" if tls else "http"
     shown = Path(repo).resolve()
@@ -87,25 +92,48 @@ def serve(
     # every worker process builds its own engine and gRPC server (SO_REUSEPORT shares the port);
     # several workers keep their metrics in one folder so any worker's /metrics shows them all
     metrics_dir = None
-    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    user_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if user_dir:  # the previous run's files would be merged into this run's counts
+        removed = wipe_metrics_dir(Path(user_dir))
+        if removed:
+            click.echo(f"removed {removed} metrics file(s) of a previous run from {user_dir}")
+    elif workers > 1:
         metrics_dir = tempfile.mkdtemp(prefix="featurestore-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     try:
         _run_uvicorn(host, port, workers, log_level or cfg.log_level, tls)
     finally:
+        if held is not None:
+            held.close()
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
+def wipe_metrics_dir(folder: Path) -> int:
+    """Remove the ``*.db`` files of an earlier run from the Prometheus multiprocess folder (made
+    if missing), as prometheus_client asks between runs; returns how many went."""
+    folder.mkdir(parents=True, exist_ok=True)
+    removed = 0
+    for path in folder.glob("*.db"):
+        if path.is_file():
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def _reserve_port(host: str) -> socket.socket:
+    """A socket bound to a free port of ``host`` with SO_REUSEADDR and not listening: the
+    server binds the same port beside it, and nothing else can take the port meanwhile."""
+    family, addr = _address(host, 0)
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(addr)
+    return sock
+
+
 def _check_bindable(host: str, port: int, what: str) -> None:
     """A ClickException naming the port when ``host:port`` cannot be listened on."""
-    import socket
-
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise click.ClickException(f"cannot serve on host {host!r}: {exc.strerror}") from None
-    family, _, _, _, addr = infos[0]
+    family, addr = _address(host, port)
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind
         try:
@@ -115,6 +143,17 @@ def _check_bindable(host: str, port: int, what: str) -> None:
                 f"{what} port {port} on {host} cannot be used: {exc.strerror}; pick another "
                 f"with --{'grpc-' if what == 'gRPC' else ''}port or in featurestore.yaml"
             ) from None
+
+
+def _address(host: str, port: int) -> tuple[socket.AddressFamily, Any]:
+    """The address family and socket address ``host:port`` binds to (a one-line error if the
+    host does not resolve)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise click.ClickException(f"cannot serve on host {host!r}: {exc.strerror}") from None
+    family, _, _, _, addr = infos[0]
+    return family, addr
 
 
 def _log_level(value: str | None) -> str | None:

@@ -6,6 +6,7 @@ Serving, models, keys, ingest and score live in the ``_cli_*`` modules beside th
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -81,13 +82,22 @@ def _store(ctx: click.Context) -> Any:
     default="embedded",
     show_default=True,
 )
-def init(name: str, online_store: str) -> None:
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Write over a folder that already holds a repo's files (featurestore.yaml, "
+    "definitions.py, data/*.parquet) or registries; without it such a folder is refused.",
+)
+def init(name: str, online_store: str, force: bool) -> None:
     """Create a new feature repo NAME with a config, definitions and a sample dataset."""
     from featurestore._scaffold import scaffold
 
-    path = scaffold(Path(name), online_store=online_store)
+    path = scaffold(Path(name), online_store=online_store, force=force)
     click.echo(f"Created feature repo in {path}")
-    click.echo(f"Next: cd {name} && featurestore apply && featurestore materialize-incremental now")
+    where = shlex.quote(name if name.strip() else str(path))  # ("" is this folder)
+    click.echo(
+        f"Next: cd {where} && featurestore apply && featurestore materialize-incremental now"
+    )
 
 
 @cli.command()
@@ -398,14 +408,27 @@ def _views(value: str | None) -> list[str] | None:
     help="Where to create the demo repo.",
 )
 @click.option(
-    "--transactions", default=1_000_000, show_default=True, help="Transactions to generate."
+    "--transactions",
+    default=1_000_000,
+    show_default=True,
+    help="Transactions to generate (200 or more).",
 )
 @click.option("--seed", default=7, show_default=True)
-def quickstart(directory: str, transactions: int, seed: int) -> None:
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Run in a folder that already holds a repo: keep its featurestore.yaml, write over "
+    "definitions.py and data/*.parquet, apply to its registry, materialize into its online "
+    "store and register the demo model. Without it such a folder is refused, unless it is "
+    "the quickstart's own demo, untouched.",
+)
+def quickstart(directory: str, transactions: int, seed: int, force: bool) -> None:
     """Generate a fraud-style repo, apply, build a training set, materialize and look up online."""
     from featurestore.quickstart import run_quickstart
 
-    run_quickstart(Path(directory), n_transactions=transactions, seed=seed, echo=click.echo)
+    run_quickstart(
+        Path(directory), n_transactions=transactions, seed=seed, echo=click.echo, force=force
+    )
 
 
 register_commands(cli)

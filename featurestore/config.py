@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
+import sys
+import types
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -132,6 +136,7 @@ def load_config(repo_path: str | os.PathLike[str]) -> RepoConfig:
 
 
 def config_from_dict(raw: dict[str, Any], repo: Path) -> RepoConfig:
+    """The RepoConfig of a parsed featurestore.yaml; a bad value is a ConfigError naming its key."""
     raw = dict(raw)
     project = raw.pop("project", None)
     if not project or not isinstance(project, str) or not re.fullmatch(r"[A-Za-z0-9_\-]+", project):
@@ -139,11 +144,12 @@ def config_from_dict(raw: dict[str, Any], repo: Path) -> RepoConfig:
             f"{CONFIG_FILE}: 'project' must be a name of letters, digits, _ or -; got {project!r}"
         )
     offline = _section(OfflineStoreConfig, raw.pop("offline_store", None), "offline_store")
-    online = _section(OnlineStoreConfig, raw.pop("online_store", None), "online_store")
-    if online.type not in ("embedded", "redis", "redis_cluster"):
+    if offline.threads is not None and offline.threads < 1:
         raise ConfigError(
-            f"{CONFIG_FILE}: online_store.type is {online.type!r}; expected embedded, redis or redis_cluster"
+            f"{CONFIG_FILE}: offline_store.threads is {offline.threads}; give 1 or more "
+            "(or null for every core)"
         )
+    online = _section(OnlineStoreConfig, raw.pop("online_store", None), "online_store")
     _check_online(online)
     stream = _section(StreamConfig, raw.pop("stream", None), "stream")
     if stream.batch_size < 1 or stream.block_ms < 0 or not stream.group:
@@ -152,10 +158,13 @@ def config_from_dict(raw: dict[str, Any], repo: Path) -> RepoConfig:
             "stream.group a name"
         )
     _at_least(stream, "stream", offline_flush_s=0, offline_flush_events=1)
-    defs = raw.pop("definitions", None) or ()
-    if isinstance(defs, str):
-        defs = (defs,)
+    defs = _definitions(raw.pop("definitions", None))
     registry = raw.pop("registry", "data/registry.json")
+    if not isinstance(registry, str) or not registry:
+        raise ConfigError(
+            f"{CONFIG_FILE}: registry is {registry!r}; expected the registry file's path "
+            "(a string such as data/registry.json)"
+        )
     known = {"serving", "models"}
     unknown = set(raw) - known
     if unknown:
@@ -167,9 +176,21 @@ def config_from_dict(raw: dict[str, Any], repo: Path) -> RepoConfig:
         offline_store=offline,
         online_store=online,
         stream=stream,
-        definitions=tuple(defs),
+        definitions=defs,
         extra=raw,
     )
+
+
+def _definitions(raw: Any) -> tuple[str, ...]:
+    """``definitions:`` as a tuple of file names: absent or null for none, one name, or a list."""
+    if raw is None:
+        return ()
+    names = [raw] if isinstance(raw, str) else raw
+    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+        raise ConfigError(
+            f"{CONFIG_FILE}: definitions is {raw!r}; expected a file name or a list of file names"
+        )
+    return tuple(names)
 
 
 def _check_online(online: OnlineStoreConfig) -> None:
@@ -227,14 +248,23 @@ _TYPE_NOUNS: dict[str, tuple[tuple[type, ...], str]] = {
 
 def check_types(obj: Any, where: str, *, strings: bool = True) -> None:
     """A ConfigError naming the first field of the config dataclass ``obj`` whose value is not
-    of its declared type (``where``: the section's name, e.g. "serving"). Only fields declared
-    as int, float, str, bool or an optional one of them are checked; ``strings=False`` skips
-    str fields too (sizes such as map_size are also read from a bare number)."""
+    of its declared type (``where``: the section's name, e.g. "serving"). Fields declared as a
+    Literal (or an optional one) must hold one of its values; fields declared as int, float,
+    str, bool or an optional one of them are checked by type; ``strings=False`` skips str
+    fields (sizes such as map_size are also read from a bare number)."""
+    literals = _literal_fields(type(obj))
     for f in fields(obj):
+        value = getattr(obj, f.name)
+        if f.name in literals:
+            allowed = literals[f.name]
+            if not any(type(value) is type(a) and value == a for a in allowed):
+                raise ConfigError(
+                    f"{CONFIG_FILE}: {where}.{f.name} is {value!r}; expected {_one_of(allowed)}"
+                )
+            continue
         parts = [p.strip() for p in str(f.type).split("|")]
         if not all(p in _TYPE_NOUNS for p in parts) or (not strings and "str" in parts):
             continue
-        value = getattr(obj, f.name)
         ok = any(
             isinstance(value, _TYPE_NOUNS[p][0]) and (p == "bool" or not isinstance(value, bool))
             for p in parts
@@ -242,6 +272,36 @@ def check_types(obj: Any, where: str, *, strings: bool = True) -> None:
         if not ok:
             want = " or ".join(_TYPE_NOUNS[p][1] for p in parts)
             raise ConfigError(f"{CONFIG_FILE}: {where}.{f.name} is {value!r}; expected {want}")
+
+
+@functools.cache
+def _literal_fields(cls: type) -> dict[str, tuple[Any, ...]]:
+    """The allowed values of each field of ``cls`` declared as a Literal (or an optional one);
+    annotations that do not resolve at run time (names imported for type checking) are skipped."""
+    names = vars(sys.modules[cls.__module__])
+    out: dict[str, tuple[Any, ...]] = {}
+    for f in fields(cls):
+        try:  # an annotation is a string here (postponed evaluation), resolved in its module
+            hint = eval(f.type, names) if isinstance(f.type, str) else f.type
+        except NameError:
+            continue
+        args = typing.get_args(hint) if _is_union(hint) else (hint,)
+        lits = [a for a in args if typing.get_origin(a) is Literal]
+        if not lits:
+            continue
+        allowed = tuple(v for lit in lits for v in typing.get_args(lit))
+        out[f.name] = allowed + ((None,) if type(None) in args else ())
+    return out
+
+
+def _is_union(hint: Any) -> bool:
+    return typing.get_origin(hint) in (typing.Union, types.UnionType)
+
+
+def _one_of(allowed: tuple[Any, ...]) -> str:
+    """'a', 'a or b', 'a, b or c': values as a YAML file spells them."""
+    words = ["null" if v is None else str(v) for v in allowed]
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"
 
 
 def _expand(text: str) -> str:

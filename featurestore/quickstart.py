@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 DAYS = 30
+MIN_TRANSACTIONS = 200  # step 5 looks up 200 sampled transactions online
 
 
 def generate_data(
@@ -184,21 +185,45 @@ def _batch_score(
     return {"batch_rows_per_s": res.rows / res.seconds, "batch_test_auc": auc}
 
 
+def check_arguments(n_transactions: int, seed: int) -> None:
+    """A usage error naming ``--transactions`` or ``--seed`` when the demo cannot run on it."""
+    import click
+
+    if n_transactions < MIN_TRANSACTIONS:
+        raise click.BadParameter(
+            f"{n_transactions} is below the minimum of {MIN_TRANSACTIONS}",
+            param_hint="'--transactions'",
+        )
+    if seed < 0:
+        raise click.BadParameter(f"{seed} is negative; give 0 or more", param_hint="'--seed'")
+
+
 def run_quickstart(
     directory: Path,
     *,
     n_transactions: int = 1_000_000,
     seed: int = 7,
     echo: Callable[[str], Any] = print,
+    force: bool = False,
 ) -> dict[str, Any]:
-    """Every step of the product on generated data, printing what each took; returns the figures."""
+    """Every step of the product on generated data, printing what each took; returns the figures.
+
+    The arguments are checked, and a folder already holding a repo's files or registries
+    refused (unless ``force``), before anything is written.
+    """
     import numpy as np
     import polars as pl
 
-    from featurestore._scaffold import write_config
+    from featurestore._scaffold import check_target, untouched_demo, write_config
     from featurestore.store import FeatureStore
 
+    check_arguments(n_transactions, seed)
     directory = directory.resolve()
+    check_target(
+        directory,
+        "the quickstart would write over that repo: give another --dir, or pass --force",
+        force=force or untouched_demo(directory, "fraud"),  # its own demo: run it again
+    )
     figures: dict[str, Any] = {}
     echo(f"1/7 generating {n_transactions:,} card transactions over {DAYS} days in {directory}")
     t0 = time.perf_counter()
