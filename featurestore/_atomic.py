@@ -33,3 +33,26 @@ def file_above(path: Path) -> Path | None:
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
     return None if parent.is_dir() else parent
+
+
+PARQUET_SUFFIXES = (".parquet", ".pq")
+
+
+def check_parquet_out(out: str | os.PathLike[str], option: str = "--out") -> None:
+    """Refuse a path that a Parquet file is to be written to when it is a folder or its suffix
+    is not .parquet/.pq (``x.csv`` would hold Parquet under a CSV name): FeatureStoreError,
+    one line naming ``option``."""
+    from featurestore.errors import FeatureStoreError
+
+    path = Path(out)
+    if path.is_dir():
+        raise FeatureStoreError(
+            f"{option} '{out}' is a folder; give the path of a Parquet file (name.parquet)"
+        )
+    suffix = path.suffix
+    if suffix.lower() not in PARQUET_SUFFIXES:
+        said = f"ends in '{suffix}'" if suffix else "has no suffix"
+        raise FeatureStoreError(
+            f"{option} '{out}' {said}, but the file written is Parquet; give a path ending in "
+            f".parquet or .pq (e.g. '{path.with_suffix('.parquet').name}')"
+        )

@@ -14,7 +14,10 @@ import click
     help="Parquet file or folder of entity rows (join keys + timestamp).",
 )
 @click.option(
-    "--out", required=True, type=click.Path(dir_okay=False), help="Parquet file to write."
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Parquet file to write (.parquet or .pq).",
 )
 @click.option("--timestamp-column", default="event_timestamp", show_default=True)
 @click.option("--as-known", is_flag=True, help="Only rows created at or before each spine time.")
@@ -44,7 +47,10 @@ def score(
     chunk_rows: int,
 ) -> None:
     """Score every spine row with MODELS (NAME, NAME@ALIAS or NAME@VERSION) at its time."""
+    from featurestore._atomic import check_parquet_out
     from featurestore.store import FeatureStore
+
+    check_parquet_out(out)  # before any work: a .csv name would hold Parquet
 
     with FeatureStore((ctx.obj or {}).get("repo", ".")) as store:
         res = store.batch_score(

@@ -226,7 +226,10 @@ def _report_materialize(res: Any, seconds: float) -> None:
 @click.option("--features", help="Comma-separated view:feature references.")
 @click.option("--feature-service", help="A feature service name instead of --features.")
 @click.option(
-    "--out", required=True, type=click.Path(dir_okay=False), help="Parquet file to write."
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Parquet file to write (.parquet or .pq).",
 )
 @click.option("--timestamp-column", default="event_timestamp", show_default=True)
 @click.option("--full-feature-names", is_flag=True, help="Name columns view__feature.")
@@ -245,6 +248,9 @@ def training_set(
     """Build a point-in-time correct training set from a spine and write it to Parquet."""
     if bool(features) == bool(feature_service):
         raise click.UsageError("give exactly one of --features or --feature-service")
+    from featurestore._atomic import check_parquet_out
+
+    check_parquet_out(out)
     store = _store(ctx)
     t0 = time.perf_counter()
     tmp = _reserve_out(Path(out))  # before the join: a path that cannot be written fails now

@@ -7,12 +7,18 @@ a folder's push files, exact duplicate rows dropped, as one new file
 file renamed into place), THEN deletes the files it merged. A compacted file is a push file like
 any other and takes part in the next compaction.
 
+Order: the point-in-time join and materialize rank rows of one key and event time by created
+time, then file name and row (the last push wins, offline/push.py). The merged file keeps its
+inputs' rows in that order, dropping earlier copies of exact duplicates, so the last row of
+every tie stays the last. Its name (``compact`` sorts after the digits of older push names and
+before the ``t-`` of current ones) puts it after older pushes and before any push that comes
+after the compaction, so a later push still wins.
+
 Why duplicates are harmless here: between the write and the deletes (or after a crash there)
-the folder holds some rows twice, exactly equal. For a plain view the point-in-time join and
-materialize pick, per key, one row by (event timestamp, created timestamp); two rows equal in
-both timestamps and in every value give the same features whichever is picked, so training sets
-and online values do not change, and the next compaction removes the copies (``DISTINCT``).
-Dropping exact duplicates is equally harmless for the same reason.
+the folder holds some rows twice: the merged file holds every input row, in input order, and
+the inputs are still there, in theirs. Whichever of them comes last, the last row of a tie is
+the one the inputs alone ranked last, so training sets and online values do not change, and
+the next compaction removes the copies.
 
 Folders read by a WINDOW view are skipped: a ``count`` (or ``sum``) aggregation counts every
 row, so copies in that short window would be counted twice, and rows a client pushed twice on
@@ -35,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from featurestore.errors import FeatureStoreError, OfflineStoreError
+from featurestore.errors import FeatureNotFoundError, FeatureStoreError, OfflineStoreError
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -67,7 +73,12 @@ def compact_pushes(
     one file; one result per folder, folders that cannot be compacted with the reason.
     Raises FeatureNotFoundError for an unknown ``view_name``."""
     if view_name is not None:
-        state.feature_view(view_name)  # FeatureNotFoundError naming the known views
+        if view_name not in state.feature_views and view_name not in state.on_demand_views:
+            known = ", ".join(compactable_views(config, state)) or "none"
+            raise FeatureNotFoundError(
+                f"no feature view '{view_name}' in the registry; views whose push files can be "
+                f"compacted (plain views over a folder): {known}"
+            )
         if view_name in state.on_demand_views:
             reason = "an on-demand view, computed at request time from no source folder"
             return [CompactResult(view_name, "-", skipped=reason)]
@@ -88,18 +99,44 @@ def compact_pushes(
     return [_compact_group(group, config, state) for group in groups.values()]
 
 
+def compactable_views(config: RepoConfig, state: RegistryState) -> list[str]:
+    """The plain (not window, not on-demand) views whose source is a local folder, sorted:
+    the ones ``compact --view`` can act on."""
+    from featurestore.offline.push import parquet_source, source_folder
+    from featurestore.sources import is_single_file
+
+    out = []
+    for name, view in sorted(state.feature_views.items()):
+        parquet, folder = parquet_source(view), source_folder(view, config)
+        if view.window is not None or parquet is None or folder is None:
+            continue
+        if any(c in parquet.path for c in "*?[") or is_single_file(str(folder)):
+            continue
+        out.append(name)
+    return out
+
+
 def _compact_group(
     views: list[FeatureView], config: RepoConfig, state: RegistryState
 ) -> CompactResult:
     """Compact the folder the first of ``views`` (one folder) that takes offline pushes writes
-    to; skipped when a window view reads it or none of them takes pushes."""
+    to; skipped when their source is a single file, a window view reads it or none of them
+    takes pushes."""
     from featurestore.offline.push import parquet_source, push_target, source_folder
     from featurestore.online.serving.errors import BadRequestError
+    from featurestore.sources import is_single_file
 
     first = views[0]
     parquet = parquet_source(first)
     label = first.source.name if parquet is None else parquet.path
     folder = source_folder(first, config)
+    if parquet is not None and folder is not None and is_single_file(str(folder)):
+        return CompactResult(
+            first.name,
+            label,
+            skipped=f"source '{label}' is a single file; compaction merges the push files of "
+            "a folder source (offline pushes need one too), so there is nothing to merge",
+        )
     windows = sorted(
         o.name
         for o in state.feature_views.values()
@@ -153,11 +190,18 @@ def push_files(folder: Path) -> list[Path]:
 
 
 def merged_table(files: list[Path]) -> tuple[pa.Table, int]:
-    """The distinct rows of ``files`` read by name (as the offline store reads them), in the
-    column types the files hold; and how many rows they hold in all."""
+    """The distinct rows of ``files`` (in this order) read by name, as the offline store reads
+    them, in the column types the files hold; and how many rows they hold in all.
+
+    Rows keep their order: file by file, each file's rows as stored, and of exact duplicates
+    the last copy is kept. The point-in-time join ranks rows of one key and event time by file
+    and row, the last winning, so the merged file ranks them as its inputs did."""
     import duckdb
     import pyarrow as pa
     import pyarrow.parquet as pq
+
+    from featurestore.offline._sql import ident
+    from featurestore.offline.store import has_file_order
 
     schemas = [pq.read_schema(f) for f in files]
     rows_before = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
@@ -165,12 +209,24 @@ def merged_table(files: list[Path]) -> tuple[pa.Table, int]:
         schema = pa.unify_schemas(schemas, promote_options="permissive")
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         raise OfflineStoreError(f"their column types disagree: {exc}") from None
+    if not has_file_order(schema.names):
+        raise OfflineStoreError(
+            "they hold a column named file_index or file_row_number, which hides the row "
+            "order a merged file must keep (or DuckDB is older than 1.3); rename that column"
+        )
     paths = ", ".join("'" + str(f).replace("'", "''") + "'" for f in files)
+    cols = ", ".join(ident(n) for n in schema.names)
+    sql = (
+        f"SELECT {cols} FROM (SELECT *, file_index AS __fs_fi, file_row_number AS __fs_fr "
+        f"FROM read_parquet([{paths}], union_by_name = true)) "
+        f"QUALIFY row_number() OVER (PARTITION BY {cols} "
+        "ORDER BY __fs_fi DESC, __fs_fr DESC) = 1 "
+        "ORDER BY __fs_fi, __fs_fr"
+    )
     con = duckdb.connect()
     try:
         con.execute("SET TimeZone = 'UTC'")
-        rel = con.sql(f"SELECT DISTINCT * FROM read_parquet([{paths}], union_by_name = true)")
-        res = rel.to_arrow_table()
+        res = con.sql(sql).to_arrow_table()
     except duckdb.Error as exc:
         raise OfflineStoreError(str(exc)) from None
     finally:
@@ -218,4 +274,4 @@ def _push_time(name: str) -> int | None:
     return None
 
 
-__all__ = ["CompactResult", "compact_pushes"]
+__all__ = ["CompactResult", "compact_pushes", "compactable_views"]

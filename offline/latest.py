@@ -1,8 +1,9 @@
 """Materialization reads: the latest source row per entity key within a time window.
 
 Same tie rules as the point-in-time join (largest event timestamp, then largest created
-timestamp, a null created timestamp losing); rows with a null join key or null event
-timestamp are skipped. Rows are sorted by the join keys, and exact duplicates in both
+timestamp, a null created timestamp losing, then the last file and row of a Parquet source:
+the last push wins, see offline/_sql.py); rows with a null join key or null event timestamp
+are skipped. Rows are sorted by the join keys; rows a SQL source holds equal in both
 timestamps are broken by the feature values, so a rerun yields identical batches.
 """
 
@@ -50,7 +51,7 @@ def latest_sql(plan: SourcePlan, start_us: int, end_us: int, *, key_order: str =
     b_keys = ", ".join(f"b.{k}" for k in keys)
     on = " AND ".join([*(f"b.{k} = m.{k}" for k in keys), "b.__fs_ev = m.__fs_ev"])
     tied_on = " AND ".join(f"j.{k} = t.{k}" for k in keys)
-    order = ", ".join(["b.__fs_cr DESC NULLS LAST", *(f"b.{ident(f)}" for f in feats)])
+    order = ", ".join([*plan.tie_order("b"), *(f"b.{ident(f)}" for f in feats)])
     return (
         f"WITH b AS NOT MATERIALIZED ({base}), "
         f"m AS (SELECT {key_list}, max(__fs_ev) AS __fs_ev FROM b GROUP BY {key_list}), "

@@ -2,11 +2,14 @@
 
 Plan per view (DESIGN.md section 3):
 
-* source rows with a null event timestamp are dropped; when the source has a created
-  timestamp, rows sharing (keys, event_ts) are first reduced to the one with the largest
-  created timestamp (a null created timestamp loses every tie);
+* source rows with a null event timestamp are dropped; rows sharing (keys, event_ts) are
+  ranked by created timestamp (a null one loses every tie), then by file and row order (the
+  last pushed, the last listed wins; offline/_sql.py);
 * DuckDB ``ASOF LEFT JOIN`` on the join keys and ``spine_ts >= event_ts`` (int64 us) picks
-  the latest row at or before t; it is used only if ``t - event_ts <= ttl`` (inclusive);
+  the latest row at or before t; over Parquet files its inequality compares the whole rank
+  (event time, created time, file, row) as one struct, so it also picks the tie's winner
+  without a sort; over a SQL source with a created timestamp, ties are first reduced by a
+  window. The row is used only if ``t - event_ts <= ttl`` (inclusive);
 * ``as_known=True`` cannot be one ASOF (two inequalities), so it joins every known row
   (``coalesce(created_ts, event_ts) <= t``, inside the ttl) and keeps the best per spine row.
 
@@ -176,11 +179,17 @@ def join_sql(plan: SourcePlan, feats: list[str], *, as_known: bool) -> str:
     match = key_match(keys, "s", "f")
     base = plan.base_select(feats)
     if not as_known:
-        if plan.created_us is not None:
+        asof = f"s.{TS} >= f.__fs_ev"
+        if plan.file_order:
+            # the ASOF inequality on the whole tie rank: the winner of a tie is the row ASOF
+            # picks, so no window sort over the source (see SourcePlan.rank_struct)
+            base = f"SELECT *, {plan.rank_struct('b')} AS __fs_o FROM ({base}) AS b"
+            asof = f"{plan.rank_bound(f's.{TS}')} >= f.__fs_o"
+        elif plan.created_us is not None:
             part = ", ".join([*(ident(k) for k in keys), "__fs_ev"])
             base += (
                 f" QUALIFY row_number() OVER (PARTITION BY {part} "
-                "ORDER BY __fs_cr DESC NULLS LAST) = 1"
+                f"ORDER BY {', '.join(plan.tie_order(''))}) = 1"
             )
         hit = "f.__fs_ev IS NOT NULL"
         if ttl is not None:
@@ -189,18 +198,19 @@ def join_sql(plan: SourcePlan, feats: list[str], *, as_known: bool) -> str:
             f"WITH f AS ({base}) "
             f"SELECT s.{ROW}, ({hit}) AS {HIT}, "
             + _case_list(plan, feats, hit if ttl is not None else None)
-            + f" FROM {SPINE} s ASOF LEFT JOIN f ON {match} AND s.{TS} >= f.__fs_ev "
+            + f" FROM {SPINE} s ASOF LEFT JOIN f ON {match} AND {asof} "
             f"ORDER BY s.{ROW}"
         )
     casted = ", ".join(f"{plan.feature_cast(x, 'f')} AS {ident(x)}" for x in feats)
     cond = f"{match} AND f.__fs_ev <= s.{TS} AND coalesce(f.__fs_cr, f.__fs_ev) <= s.{TS}"
     if ttl is not None:
         cond += f" AND f.__fs_ev >= s.{TS} - {ttl}"
+    order = ", ".join(["f.__fs_ev DESC", *plan.tie_order("f")])
     return (
         f"WITH f AS ({base}), m AS ("
         f"SELECT s.{ROW}, {casted} FROM {SPINE} s JOIN f ON {cond} "
         f"QUALIFY row_number() OVER (PARTITION BY s.{ROW} "
-        "ORDER BY f.__fs_ev DESC, f.__fs_cr DESC NULLS LAST) = 1) "
+        f"ORDER BY {order}) = 1) "
         f"SELECT s.{ROW}, (m.{ROW} IS NOT NULL) AS {HIT}, "
         + ", ".join(f"m.{ident(x)}" for x in feats)
         + f" FROM {SPINE} s LEFT JOIN m ON s.{ROW} = m.{ROW} ORDER BY s.{ROW}"

@@ -2,10 +2,14 @@
 and later materializations see what was pushed (``push(..., to="offline")``).
 
 A push lands in the source's folder (a ``ParquetSource`` folder, or a ``StreamSource``'s batch
-folder) as ``push-<view>-<push time us>-<random>.parquet``, written to a hidden temporary file
-and renamed into place, so a training set read at any moment sees the push whole or not at
-all. The name never matches the stream sink's ``stream-...`` files, whose names carry the
-stream position ingest resumes from. Columns carry the source's names: join keys, features,
+folder) as ``push-<view>-t-<push time us, 16 digits>-<sequence, 10 digits><random>.parquet``,
+written to a hidden temporary file and renamed into place, so a training set read at any
+moment sees the push whole or not at all. Names sort in push order (by push time, then by the
+process's write sequence for pushes in one microsecond), after the older ``push-<view>-<us>-``
+names and after compacted files (``push-<view>-compact-...``, offline/compact.py): rows of one
+key at one event time are ranked by file name, so the later push wins offline as online. The
+name never matches the stream sink's ``stream-...`` files, whose names carry the stream
+position ingest resumes from. Columns carry the source's names: join keys, features,
 the event time as ``timestamp_field`` and, when the source has a ``created_timestamp_field``,
 the push time there, so a later push of the same key and event time wins the point-in-time
 tie. Column types are those the source's files already hold (read from one file's footer), so
@@ -16,7 +20,9 @@ a folder of millisecond files takes pushes without losing digits (the reader mer
 
 from __future__ import annotations
 
+import itertools
 import os
+import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,7 +161,7 @@ def write_offline_push(target: PushTarget, table: pa.Table, *, now_us: int) -> P
         cols[col] = arr
     buf = pa.BufferOutputStream()
     pq.write_table(pa.table(cols), buf)
-    name = f"push-{_safe(view.name)}-{now_us}-{uuid.uuid4().hex[:8]}.parquet"
+    name = push_file_name(view.name, now_us)
     path = target.folder / name
     try:
         target.folder.mkdir(parents=True, exist_ok=True)
@@ -166,6 +172,18 @@ def write_offline_push(target: PushTarget, table: pa.Table, *, now_us: int) -> P
             f"({exc.strerror or exc}); let the server write to the source's folder"
         ) from None
     return path
+
+
+_SEQ = itertools.count()
+_SEQ_LOCK = threading.Lock()
+
+
+def push_file_name(view: str, now_us: int) -> str:
+    """A new push file's name for ``view`` at push time ``now_us``: later than every name this
+    process made for an earlier or equal push time (see the module doc)."""
+    with _SEQ_LOCK:
+        seq = next(_SEQ)
+    return f"push-{_safe(view)}-t-{now_us:016d}-{seq:010d}{uuid.uuid4().hex[:8]}.parquet"
 
 
 def _file_type(pushed: pa.DataType, existing: pa.DataType | None) -> pa.DataType | None:
@@ -230,6 +248,7 @@ __all__ = [
     "OfflineWriteError",
     "PushTarget",
     "parquet_source",
+    "push_file_name",
     "push_mode",
     "push_target",
     "source_folder",

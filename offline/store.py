@@ -205,6 +205,7 @@ class OfflineStore:
             created_us=created_us,
             event_column=src.timestamp_field,
             source_types=types,
+            file_order=not empty and _parquet_source(src) is not None and has_file_order(types),
         )
 
     # -- reads -------------------------------------------------------------------------------
@@ -222,8 +223,9 @@ class OfflineStore:
         """A point-in-time correct training set: the spine plus the requested features.
 
         Per view and spine row (keys, t): the source row with the largest event timestamp
-        <= t (ties: largest created timestamp; rows equal in both are a data error resolved
-        either way), used only if t - event_ts <= ttl; else the field default (or null).
+        <= t (ties: largest created timestamp, then, over Parquet files, the last file by name
+        and the last row in it: the last push; offline/_sql.py), used only if t - event_ts <=
+        ttl; else the field default (or null).
         ``as_known=True`` only uses rows whose created timestamp is <= t (a null created
         timestamp counts as known at its event time). An empty feature list means all of the
         view's features. Spine rows with a null join key get defaults; naive spine times are
@@ -380,6 +382,18 @@ def empty_relation(schema: pa.Schema) -> str:
         duck = duck_type(dtype) if dtype is not None else "VARCHAR"
         cols.append(f"CAST(NULL AS {duck}) AS {ident(f.name)}")
     return f"(SELECT {', '.join(cols) or 'NULL AS __fs_none'} WHERE false)"
+
+
+def has_file_order(columns: Any) -> bool:
+    """Whether DuckDB's ``file_index`` and ``file_row_number`` of a Parquet read (1.3 on) rank
+    rows by file and row: not when the files hold columns of those names, which hide them."""
+    import duckdb
+
+    try:
+        version = tuple(int(p) for p in duckdb.__version__.split(".")[:2])
+    except ValueError:
+        version = (0, 0)
+    return version >= (1, 3) and not {"file_index", "file_row_number"} & set(columns)
 
 
 def _parquet_source(source: Source) -> ParquetSource | None:
