@@ -18,6 +18,7 @@ from featurestore.feature_service import FeatureService
 from featurestore.feature_view import FeatureView
 from featurestore.plan import Plan, make_plan
 from featurestore.registry import Registry, RegistryState, watermark_us
+from featurestore.sources import StreamSource
 
 if TYPE_CHECKING:
     import polars as pl
@@ -159,7 +160,9 @@ class FeatureStore:
                 found = self.offline.validate_view(view)
             for p in found:
                 problems.append(f"{defs.where('feature view', view.name)}: {p}")
-        if not problems:
+        if not problems and any(
+            isinstance(v.source, StreamSource) for v in defs.feature_views.values()
+        ):  # (the stream package is not imported for repos without streams)
             from featurestore.online.stream.checks import stream_source_problems
 
             problems = stream_source_problems(self.offline, defs.feature_views.values())
