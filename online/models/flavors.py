@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
+import logging
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,13 +19,15 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
-from featurestore.online.models.errors import ModelLoadError, ModelRegistryError
+from featurestore.online.models.errors import ModelLoadError, ModelRegistryError, without_paths
 from featurestore.online.models.explain import (
     Explainer,
     lightgbm_explainer,
     python_explainer,
     xgboost_explainer,
 )
+
+log = logging.getLogger("featurestore.models")
 
 Flavor = Literal["lightgbm", "sklearn", "xgboost", "onnx", "python"]
 FLAVORS: tuple[str, ...] = get_args(Flavor)
@@ -70,15 +74,30 @@ def check_flavor(flavor: str) -> str:
     return flavor
 
 
-def load_predictor(flavor: str, path: str | Path) -> Predictor:
-    """Load the artifact at ``path`` (a file, or for ``python`` a .py file or a module name)."""
+def load_predictor(flavor: str, path: str | Path, *, model: str | None = None) -> Predictor:
+    """Load the artifact at ``path`` (a file, or for ``python`` a .py file or a module name).
+
+    ``model`` (e.g. "fraud v3") is given by servers, whose load errors reach clients: those
+    then name the model and the reason without the artifact's folder, which only the log
+    gets. Without it (registering a file of one's own) the error names the path.
+    """
     loader = _LOADERS[check_flavor(flavor)]
     try:
         return loader(str(path))
-    except (ModelRegistryError, ImportError):
+    except ImportError:
         raise
+    except ModelRegistryError as exc:
+        if model is None:
+            raise
+        failure: Exception = exc
     except Exception as exc:  # library-specific parse errors: name the artifact
-        raise ModelLoadError(f"cannot load {flavor} model from {path}: {exc}") from exc
+        if model is None:
+            raise ModelLoadError(f"cannot load {flavor} model from {path}: {exc}") from exc
+        failure = exc
+    log.error("cannot load %s model %s from %s: %s", flavor, model, path, failure)
+    folder = os.path.dirname(os.path.abspath(path)) if os.sep in str(path) else ""
+    reason = without_paths(" ".join(str(failure).split()), folder) or type(failure).__name__
+    raise ModelLoadError(f"cannot load {flavor} model {model}: {reason}") from failure
 
 
 def _require(module: str, package: str, flavor: str) -> Any:

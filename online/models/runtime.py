@@ -27,6 +27,7 @@ from featurestore.online.models.errors import (
     ModelPredictError,
     ModelRegistryError,
     one_line,
+    without_paths,
 )
 from featurestore.online.models.explain import EXPLAINABLE, Explanation
 from featurestore.online.models.flavors import Predictor, load_predictor
@@ -163,7 +164,7 @@ class LoadedModel:
         log.warning("model '%s' v%s failed to %s %d row(s): %r", v.name, v.version, what, rows, exc)
         return ModelPredictError(
             f"model '{v.name}' v{v.version} failed to {what} {rows} row(s): "
-            f"{type(exc).__name__}: {one_line(exc)}"
+            f"{type(exc).__name__}: {without_paths(one_line(exc))}"  # clients see it: no paths
         )
 
 
@@ -438,8 +439,15 @@ class ModelRuntime:
 
     # ---- loading ----------------------------------------------------------------------------
     def _load(self, mv: ModelVersion) -> LoadedModel:
-        m = LoadedModel(mv, load_predictor(mv.flavor, self.registry.artifact_path(mv)))
-        warm(m)
+        """Load and warm ``mv``; a failure is a ModelLoadError naming the model, not its
+        artifact's path (clients see it; load_predictor logs the path)."""
+        path = self.registry.artifact_path(mv)
+        m = LoadedModel(mv, load_predictor(mv.flavor, path, model=f"{mv.name} v{mv.version}"))
+        try:
+            warm(m)
+        except ModelLoadError as exc:
+            log.error("%s (artifact %s)", exc, path)
+            raise ModelLoadError(without_paths(str(exc), self.registry.root)) from exc
         return m
 
     def _reuse(self, mv: ModelVersion, old: Route | None) -> LoadedModel:
@@ -478,9 +486,11 @@ class ModelRuntime:
                     if "shadow" in entry.aliases:
                         shadow = self._reuse(entry.alias("shadow"), old)
                 except Exception as exc:  # keep serving the old route; report the problem
-                    self.errors[name] = f"model '{name}': {exc}"
+                    log.error("cannot load model '%s': %s", name, exc)  # the log keeps paths
+                    # health answers anyone with it: no server paths (see without_paths)
+                    why = without_paths(str(exc), self.registry.root)
+                    self.errors[name] = f"model '{name}': {why}"
                     self._failed[name] = mtime
-                    log.error("cannot load %s", self.errors[name])
                     continue
                 self.errors.pop(name, None)
                 self._failed.pop(name, None)

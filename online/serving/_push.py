@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
+import logging
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -29,6 +30,7 @@ from featurestore.errors import (
     OnlineStoreError,
     OnlineStoreUnavailableError,
 )
+from featurestore.online.models.errors import without_paths
 from featurestore.online.serving import _requests as rq
 from featurestore.online.serving.config import MAX_DEADLINE_MS
 from featurestore.online.serving.errors import BadRequestError
@@ -38,6 +40,8 @@ if TYPE_CHECKING:
     from featurestore.online.serving.config import ServingConfig
     from featurestore.online.serving.metrics import Metrics
     from featurestore.store import FeatureStore
+
+log = logging.getLogger("featurestore.serving")
 
 
 def _plain_rows(rows: Any) -> Any:
@@ -164,14 +168,14 @@ class Pushes:
         return max(1.0, (deadline_ms or self.config.deadline_ms) * 10 / 1000)
 
     def _push_error(self, exc: BaseException, to: str = "online") -> BaseException:
+        """The error a failed write answers with. A store or disk failure is logged whole and
+        answered without server paths; it is counted by the servers, as every failed push
+        (``Metrics.failed``), so a request is counted once whatever failed."""
         from featurestore.offline.push import OfflineWriteError
 
         if isinstance(exc, FeatureStoreError) and not isinstance(
             exc, (OnlineStoreError, OfflineWriteError)
         ):
-            return exc
-        self.metrics.child(self.metrics.requests, "push", "error").inc()
-        if isinstance(exc, OfflineWriteError):
             return exc
         if isinstance(exc, (asyncio.TimeoutError, cf.TimeoutError)):
             if to == "online":
@@ -180,4 +184,8 @@ class Pushes:
                 f"push (to={to}): the writes did not finish in time; the offline file may still "
                 "land (a retry then adds an identical row)"
             )
-        return OnlineStoreUnavailableError(f"push: the online store failed: {exc}")
+        log.error("push (to=%s) failed: %s", to, exc)
+        why = without_paths(str(exc), self.store.config.repo_path)
+        if isinstance(exc, OfflineWriteError):
+            return OfflineWriteError(why)
+        return OnlineStoreUnavailableError(f"push: the online store failed: {why}")

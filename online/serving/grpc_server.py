@@ -12,6 +12,7 @@ import grpc
 
 from featurestore.errors import FeatureStoreError
 from featurestore.offline.push import OfflineWriteError
+from featurestore.online.models.errors import without_paths
 from featurestore.online.serving._proto import featurestore_pb2 as pb
 from featurestore.online.serving._proto import featurestore_pb2_grpc as pb_grpc
 from featurestore.online.serving._wire import (
@@ -88,7 +89,8 @@ class FeatureServingServicer(pb_grpc.FeatureServingServicer):
             status = _status_of(exc)
             if endpoint is not None:
                 self.engine.metrics.failed(endpoint, status)
-            await context.abort(_HTTP_TO_GRPC.get(status, grpc.StatusCode.INTERNAL), str(exc))
+            code = _HTTP_TO_GRPC.get(status, grpc.StatusCode.INTERNAL)
+            await context.abort(code, without_paths(str(exc)))  # as REST: no server paths
         if endpoint is not None:
             self.engine.metrics.failed(endpoint, 500)
         log.exception("unhandled gRPC error")
@@ -137,9 +139,10 @@ class FeatureServingServicer(pb_grpc.FeatureServingServicer):
             )
             return pb.PushResponse(rows_written=n)
         except OfflineWriteError as exc:  # the server's disk, not the request
+            self.engine.metrics.failed("push", 500)
             await context.abort(grpc.StatusCode.INTERNAL, str(exc))
         except Exception as exc:
-            await self._fail(context, exc)
+            await self._fail(context, exc, "push")
 
     async def Live(self, request: Any, context: Any) -> Any:
         return pb.HealthResponse(live=True, ready=False, detail="{}")  # see Ready for readiness

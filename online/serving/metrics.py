@@ -19,8 +19,8 @@ log = logging.getLogger(__name__)
 
 # the endpoints whose failed requests the servers count (see ``Metrics.failed``): REST path or
 # gRPC method -> the ``endpoint`` label the engine gives their answered requests
-REST_ENDPOINTS = {"/get-online-features": "get_features", "/predict": "predict"}
-GRPC_ENDPOINTS = {"GetOnlineFeatures": "get_features", "Predict": "predict"}
+REST_ENDPOINTS = {"/get-online-features": "get_features", "/predict": "predict", "/push": "push"}
+GRPC_ENDPOINTS = {"GetOnlineFeatures": "get_features", "Predict": "predict", "Push": "push"}
 
 
 @dataclass(frozen=True)

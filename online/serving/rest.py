@@ -39,6 +39,7 @@ from featurestore.online.models.errors import (
     ModelNotFoundError,
     ModelPredictError,
     ModelRegistryError,
+    without_paths,
 )
 from featurestore.online.serving._fast_rest import AnswerErrors, HotRoutes, RequestGate
 from featurestore.online.serving.auth import (
@@ -257,8 +258,8 @@ def _json(data: Any, status: int = 200) -> Response:
 
 def _error_body(exc: BaseException) -> tuple[bytes, int]:
     """The JSON error answer and status of ``exc`` (what the exception handlers send)."""
-    if isinstance(exc, FeatureStoreError):
-        return _dumps({"error": str(exc)}), _status_of(exc)
+    if isinstance(exc, FeatureStoreError):  # any server path left in it: cut to its name
+        return _dumps({"error": without_paths(str(exc))}), _status_of(exc)
     return _dumps({"error": f"internal error ({type(exc).__name__}); see the server log"}), 500
 
 
@@ -428,7 +429,7 @@ def create_app(
     app.state.engine = engine
 
     def failed(path: str, status: int) -> None:
-        """Count an error answer of get features or predict (see Metrics.failed)."""
+        """Count an error answer of get features, predict or push (see Metrics.failed)."""
         endpoint = REST_ENDPOINTS.get(path)
         if endpoint is not None:
             engine.metrics.failed(endpoint, status)
@@ -525,6 +526,7 @@ def create_app(
                 req.feature_view, req.rows, to=req.to, deadline_ms=req.deadline_ms
             )
         except OfflineWriteError as exc:  # the server's disk, not the request: a 500
+            failed("/push", 500)
             return _json({"error": str(exc)}, 500)
         return _json({"rows_written": n})
 
