@@ -60,7 +60,7 @@ def resolve_ref(ref: dict[str, str], repo_path: Path | None, what: str) -> Any:
     want = ref.get("code")  # absent in a registry written before code was hashed
     module = _loaded_module(path)
     found = None if module is None else _find(module, name)
-    if found is None or (want is not None and code_hash(found) != want):
+    if found is None or (want is not None and not _same_code(found, want)):
         # not imported yet, or imported before the file was edited and applied again
         found = _find(load_module_from_path(str(path)), name)
     if found is None:
@@ -68,7 +68,7 @@ def resolve_ref(ref: dict[str, str], repo_path: Path | None, what: str) -> Any:
             f"{what}: function '{name}' is no longer defined in {path.name}; restore it or "
             "re-run `featurestore apply`"
         )
-    if want is not None and code_hash(found) != want:
+    if want is not None and not _same_code(found, want):
         raise DefinitionError(
             f"{what}: function '{name}' in {path.name} was edited after the last apply (the "
             "registry holds other code); run `featurestore apply` or restore it"
@@ -113,8 +113,21 @@ def _loaded_module(path: Path) -> Any:
 def code_hash(func: Any) -> str:
     """16 hex digits identifying what ``func`` computes: its syntax tree (comments, layout,
     docstring and line numbers left out) plus the constants and functions it reads from its
-    module (numba compiles those in). The same in every process and Python run."""
+    module or from the user's own modules it imports (numba compiles those in, helpers of
+    another file included). The same in every process and Python run."""
     return hashlib.blake2b(_code_text(func, set()).encode(), digest_size=8).hexdigest()
+
+
+def _same_code(found: Any, want: str) -> bool:
+    """``found`` has the code hash ``want``, or the hash an older version gave it (which left
+    out helpers read through a module): a registry applied before is still served."""
+    if code_hash(found) == want:
+        return True
+    legacy = _code_text(found, {_NO_MODULES})
+    return hashlib.blake2b(legacy.encode(), digest_size=8).hexdigest() == want
+
+
+_NO_MODULES = object()  # in ``seen``: leave modules out of the text (the older hash)
 
 
 def _code_text(func: Any, seen: set[Any]) -> str:
@@ -126,14 +139,70 @@ def _code_text(func: Any, seen: set[Any]) -> str:
     parts = [_syntax(func)]
     values = dict(zip(code.co_freevars, _cells(func), strict=False))
     module_globals = getattr(func, "__globals__", {})
-    for name in sorted(_names(code)):
+    names = _names(code)
+    for name in sorted(names):
         if name in module_globals:
             values.setdefault(name, module_globals[name])
     for name in sorted(values):
-        text = _value_text(values[name], seen)
+        value = values[name]
+        if isinstance(value, types.ModuleType):
+            text = _module_text(value, names, seen)
+        else:
+            text = _value_text(value, seen)
         if text is not None:
             parts.append(f"{name}={text}")
     return "\n".join(parts)
+
+
+def _module_text(module: types.ModuleType, names: set[str], seen: set[Any]) -> str | None:
+    """A user's module the code reads attributes of (``helpers.scale(x)``): those attributes
+    by value or code, as for a global; None for an installed or standard library module."""
+    if _NO_MODULES in seen or module in seen or not is_user_module(module):
+        return None
+    seen.add(module)
+    found = vars(module)
+    parts = []
+    for attr in sorted(names):
+        if attr not in found:
+            continue
+        value = found[attr]
+        if isinstance(value, types.ModuleType):
+            text = _module_text(value, names, seen)
+        else:
+            text = _value_text(value, seen)
+        if text is not None:
+            parts.append(f"{attr}={text}")
+    return "module{" + ";".join(parts) + "}" if parts else None
+
+
+def is_user_module(module: types.ModuleType) -> bool:
+    """Whether ``module`` is the user's own code: a file outside the Python installation and
+    its site-packages (a repo's helper module), whose edits change what a transform computes."""
+    file = getattr(module, "__file__", None)
+    if not file or module.__name__.partition(".")[0] == "featurestore":
+        return False
+    path = str(Path(file).resolve())
+    return not path.startswith(_installed_roots())
+
+
+_ROOTS: tuple[str, ...] | None = None
+
+
+def _installed_roots() -> tuple[str, ...]:
+    """Folders holding the standard library and installed packages (resolved, with a slash)."""
+    global _ROOTS
+    if _ROOTS is None:
+        import site
+        import sysconfig
+
+        found = sysconfig.get_paths()
+        paths = {found.get(k) for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+        paths.update(getattr(site, "getsitepackages", list)())
+        user = getattr(site, "getusersitepackages", lambda: None)()
+        if user:
+            paths.add(user)
+        _ROOTS = tuple(sorted({str(Path(p).resolve()).rstrip("/") + "/" for p in paths if p}))
+    return _ROOTS
 
 
 def _syntax(func: Any) -> str:

@@ -6,6 +6,11 @@ first apply compiles each transform and writes a small file under ``__pycache__`
 compiled; a later apply reads that file instead of loading numba while the function's code
 (its syntax and the constants and functions it reads), signature, Python and numba are the
 same. Anything else, or any error reading or writing the record, means compile again.
+
+numba's own disk cache is keyed on the function's file alone: a helper of another file that
+the function calls (``helpers.scale``) is compiled into its kernel, yet editing only that file
+would hand back the old kernel. ``track_code`` makes numba's index for a function also carry a
+token of its code (helpers included, see ``code_hash``), so another token compiles afresh.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import os
 import re
 import sys
 import types
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +32,8 @@ if TYPE_CHECKING:
 _FORMAT = "1"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 _INSTALL: str | None = None
+_TOKENS: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+_LOCATOR: Any = None
 
 
 def compiled_before(t: RowTransform) -> bool:
@@ -126,3 +134,75 @@ def _others(func: Any) -> str:
             kind = type(value)
             out.append(f"{name}={kind.__module__}.{kind.__qualname__}")
     return ";".join(out)
+
+
+def code_token(func: Any) -> str:
+    """What ``func`` computes as numba compiles it: its code hash (constants and helper
+    functions of any user module included) and the modules and objects it reads."""
+    from featurestore._transform_refs import code_hash
+
+    text = f"{code_hash(func)}\n{_others(func)}"
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def track_code(func: Any) -> bool:
+    """Make numba's disk cache for ``func`` hold only kernels of its current code (see the
+    module docstring); False when numba is set to other cache locators, which would not see
+    the token: then ``func`` must be compiled without the disk cache."""
+    import numba.core.caching as caching
+    from numba.core import config
+
+    if getattr(config, "CACHE_LOCATOR_CLASSES", None):  # a locator list of its own
+        return False
+    try:  # numba's internals: a numba without them gets no disk cache, never a stale kernel
+        impl = getattr(caching, "CacheImpl", None) or caching._CacheImpl
+        locators = impl._locator_classes
+        locator = _locator_class(caching)
+    except AttributeError:
+        return False
+    if locator not in locators:
+        locators.insert(0, locator)
+    _TOKENS[func] = code_token(func)
+    return True
+
+
+def _locator_class(caching: Any) -> Any:
+    """A numba cache locator for tracked functions: numba's own (same folder and file names),
+    with the code token added to the source stamp its index is checked against."""
+    global _LOCATOR
+    if _LOCATOR is not None:
+        return _LOCATOR
+    base = getattr(caching, "_CacheLocator", None) or caching.CacheLocator
+
+    class CodeTokenLocator(base):  # type: ignore[misc, valid-type]
+        def __init__(self, inner: Any, token: str) -> None:
+            self._inner = inner
+            self._token = token
+
+        def ensure_cache_path(self) -> None:
+            self._inner.ensure_cache_path()
+
+        def get_cache_path(self) -> str:
+            return self._inner.get_cache_path()
+
+        def get_source_stamp(self) -> Any:
+            return (self._inner.get_source_stamp(), "featurestore-code", self._token)
+
+        def get_disambiguator(self) -> str:
+            return self._inner.get_disambiguator()
+
+        @classmethod
+        def from_function(cls, py_func: Any, py_file: str) -> Any:
+            token = _TOKENS.get(py_func)
+            if token is None:
+                return None
+            impl = getattr(caching, "CacheImpl", None) or caching._CacheImpl
+            for other in impl._locator_classes:
+                if other is not cls:
+                    inner = other.from_function(py_func, py_file)
+                    if inner is not None:
+                        return cls(inner, token)
+            return None
+
+    _LOCATOR = CodeTokenLocator
+    return _LOCATOR

@@ -15,6 +15,9 @@ function is not asked; the function only ever sees real values.
 Disk cache: numba keys the cache on the function's module file, so a function from a user file
 loaded by path must be importable as a module: load it with ``load_module_from_path`` (it
 registers the module in ``sys.modules``, without which numba writes a cache it cannot read back).
+Helper functions the transform calls must be ``@numba.njit`` functions; numba compiles them into
+the kernel, so the cache entry also carries a token of their code (``_compiled_record``): an
+edit of a helper's own file compiles the kernel afresh.
 """
 
 from __future__ import annotations
@@ -138,9 +141,13 @@ class RowTransform:
             raise self._error
         import numba
 
+        from featurestore.transforms._compiled_record import track_code
+
         try:
+            # the disk cache must not hand back a kernel of older helper code (another file)
+            cache = track_code(self.func)
             try:
-                self._scalar = numba.njit(self.signature, cache=True)(self.func)
+                self._scalar = numba.njit(self.signature, cache=cache)(self.func)
             except ImportError:
                 # a cache entry written when the module had another name (numba pickles the
                 # module name): drop the stale index and compile afresh
@@ -148,7 +155,7 @@ class RowTransform:
                 disp._cache.flush()
                 disp.compile(self.signature)
                 self._scalar = disp
-            self._ufunc = numba.vectorize([self.signature], cache=True)(self.func)
+            self._ufunc = numba.vectorize([self.signature], cache=cache)(self.func)
         except Exception as exc:  # numba raises many types; all mean "does not compile"
             self._scalar = None
             raise DefinitionError(self._compile_message(exc)) from None
@@ -164,6 +171,8 @@ class RowTransform:
         ):
             line = int(m.group(2))
         reason = _first_reason(text) or type(exc).__name__
+        if "Numba type of <class 'function'>" in reason:  # a plain Python helper
+            reason += " (decorate the helper function it calls with @numba.njit)"
         return (
             f"transform '{self.name}' ({self.source_file}:{line}) does not compile with numba "
             f"for {self.signature}: {reason}"
