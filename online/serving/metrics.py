@@ -1,9 +1,10 @@
 """Prometheus metrics of one engine (own CollectorRegistry, so several engines can coexist).
 
 With several worker processes (``featurestore serve --workers N``) the server sets
-``PROMETHEUS_MULTIPROC_DIR`` before the workers start, prometheus_client keeps every worker's
-values in files there, and ``/metrics`` on any worker renders all of them merged: one scrape
-sees the whole server, whichever worker answers it.
+``PROMETHEUS_MULTIPROC_DIR`` before the workers start (or uses the one the user set, emptied of
+an earlier run's files at start), prometheus_client keeps every worker's values in files there,
+and ``/metrics`` on any worker renders all of them merged: one scrape sees the whole server,
+whichever worker answers it.
 """
 
 from __future__ import annotations
