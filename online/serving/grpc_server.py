@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from featurestore.errors import FeatureStoreError
-from featurestore.offline.push import OfflineWriteError
 from featurestore.online.models.errors import without_paths
 from featurestore.online.serving._proto import featurestore_pb2 as pb
 from featurestore.online.serving._proto import featurestore_pb2_grpc as pb_grpc
@@ -138,10 +137,7 @@ class FeatureServingServicer(pb_grpc.FeatureServingServicer):
                 deadline_ms=request.deadline_ms or None,
             )
             return pb.PushResponse(rows_written=n)
-        except OfflineWriteError as exc:  # the server's disk, not the request
-            self.engine.metrics.failed("push", 500)
-            await context.abort(grpc.StatusCode.INTERNAL, str(exc))
-        except Exception as exc:
+        except Exception as exc:  # (a disk that refuses the offline file is a 500: INTERNAL)
             await self._fail(context, exc, "push")
 
     async def Live(self, request: Any, context: Any) -> Any:

@@ -374,7 +374,7 @@ def _status_of(exc: BaseException) -> int:
         return 400
     if isinstance(exc, (OnlineStoreUnavailableError, NotReadyError, RegistryError, ModelLoadError)):
         return 503
-    if isinstance(exc, ModelPredictError):
+    if isinstance(exc, (ModelPredictError, OfflineWriteError)):  # the server's, not the request's
         return 500
     if isinstance(exc, (ModelRegistryError, FeatureStoreError)):
         return 400
@@ -521,13 +521,7 @@ def create_app(
 
     @app.post("/push", response_model=PushOut, responses=_ERRORS)
     async def push(req: PushRequest) -> Response:
-        try:
-            n = await engine.apush(
-                req.feature_view, req.rows, to=req.to, deadline_ms=req.deadline_ms
-            )
-        except OfflineWriteError as exc:  # the server's disk, not the request: a 500
-            failed("/push", 500)
-            return _json({"error": str(exc)}, 500)
+        n = await engine.apush(req.feature_view, req.rows, to=req.to, deadline_ms=req.deadline_ms)
         return _json({"rows_written": n})
 
     @app.get("/health/live")
