@@ -4,6 +4,7 @@ model."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -109,13 +110,21 @@ def serve(
             shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
+# the files prometheus_client writes in multiprocess mode, ``<type>_<process id>.db`` (a gauge's
+# type also names its multiprocess mode): the only ones removed from a folder the user set
+_METRICS_FILE = re.compile(
+    r"(?:counter|histogram|summary|gauge_(?:live)?(?:all|min|max|sum|mostrecent))_.+\.db"
+)
+
+
 def wipe_metrics_dir(folder: Path) -> int:
-    """Remove the ``*.db`` files of an earlier run from the Prometheus multiprocess folder (made
-    if missing), as prometheus_client asks between runs; returns how many went."""
+    """Remove prometheus_client's ``*.db`` files of an earlier run from the multiprocess folder
+    (made if missing), as it asks between runs, leaving any other file there; returns how many
+    went."""
     folder.mkdir(parents=True, exist_ok=True)
     removed = 0
     for path in folder.glob("*.db"):
-        if path.is_file():
+        if _METRICS_FILE.fullmatch(path.name) and path.is_file():
             path.unlink(missing_ok=True)
             removed += 1
     return removed

@@ -423,10 +423,11 @@ def _views(value: str | None) -> list[str] | None:
 @click.option(
     "--force",
     is_flag=True,
-    help="Run in a folder that already holds a repo: keep its featurestore.yaml, write over "
-    "definitions.py and data/*.parquet, apply to its registry, materialize into its online "
-    "store and register the demo model. Without it such a folder is refused, unless it is "
-    "the quickstart's own demo, untouched.",
+    help="Run in a folder that already holds a repo: write over its featurestore.yaml (with "
+    "the demo's own, so the registry and online store it named are left alone), "
+    "definitions.py, data/*.parquet and data/registry.json, then run the demo in the "
+    "folder's embedded store as in a new folder. Without it such a folder is refused, "
+    "unless it is the quickstart's own demo, untouched.",
 )
 def quickstart(directory: str, transactions: int, seed: int, force: bool) -> None:
     """Generate a fraud-style repo, apply, build a training set, materialize and look up online."""

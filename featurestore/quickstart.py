@@ -209,7 +209,10 @@ def run_quickstart(
     """Every step of the product on generated data, printing what each took; returns the figures.
 
     The arguments are checked, and a folder already holding a repo's files or registries
-    refused (unless ``force``), before anything is written.
+    refused (unless ``force``), before anything is written. The demo always runs on its own
+    config (the one a fresh folder gets): with ``force``, a repo's featurestore.yaml and its
+    data/registry.json are written over, so the demo never reaches the registry or online store
+    that config named.
     """
     import numpy as np
     import polars as pl
@@ -227,8 +230,11 @@ def run_quickstart(
     figures: dict[str, Any] = {}
     echo(f"1/7 generating {n_transactions:,} card transactions over {DAYS} days in {directory}")
     t0 = time.perf_counter()
-    if not (directory / "featurestore.yaml").exists():
-        write_config(directory, "fraud")
+    # its own config, even over a repo's (--force): the demo must not apply to, materialize into
+    # or delete from the registry and online store that one names (maybe production's)
+    write_config(directory, "fraud")
+    if force:  # a registry of the repo's project here would refuse the demo's project
+        (directory / "data" / "registry.json").unlink(missing_ok=True)
     import shutil
 
     shutil.copy(

@@ -35,14 +35,25 @@ def one_line(exc: BaseException) -> str:
 
 # an absolute path's folders: a "/" that starts no word, URL or relative path, then folder names
 _FOLDERS = re.compile(r"(?<![\w.~:/-])/(?:[^/\s'\"`()\[\]{},;:]+/)+")
+# an absolute path quoted whole, as Python's OSError and repr() show one (spaces and all)
+_QUOTED = re.compile(r"(?<![\w.~:/-])(['\"])(/[^'\"\n]*/)([^/'\"\n]*)\1")
 
 
 def without_paths(text: str, *folders: str | os.PathLike[str]) -> str:
     """``text`` with server paths taken out, for a message clients see (the log keeps the
-    full one): each of ``folders`` dropped from the paths inside it (a path in it becomes
-    relative to it), then any other absolute path cut to its last name."""
-    named = {str(f).rstrip("/") for f in folders if str(f).strip("/")}
+    full one): first each of ``folders`` dropped from the paths inside it, by its known
+    spelling, spaces and all (a path in it becomes relative to it), then any other absolute
+    path cut to its last name (a quoted one whole, spaces and all)."""
+    named: set[str] = set()
+    for folder in folders:
+        given = os.fspath(folder)
+        if given.strip("/"):  # never "/" (or ""): that would take every path apart
+            named.update(
+                f.rstrip("/") for f in (given, os.path.abspath(given), os.path.realpath(given))
+            )
     for folder in sorted(named, key=len, reverse=True):  # a folder inside another: whole
-        inside = re.compile(re.escape(folder) + r"(/|(?![\w.-]))")
+        # whole: not the end of a longer path, nor cut short in a longer name
+        inside = re.compile(r"(?<![\w.~-])" + re.escape(folder) + r"(/|(?![\w.-]))")
         text = inside.sub(lambda m: "" if m.group(1) else ".", text)
+    text = _QUOTED.sub(lambda m: m.group(1) + m.group(3) + m.group(1), text)
     return _FOLDERS.sub("", text)

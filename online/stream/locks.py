@@ -5,8 +5,9 @@ writes a view fed by the stream: both write those views' window states by read-m
 overwrite, so one of them at a time. The key expires ``LOCK_MS`` after its holder stops renewing
 it (a holder killed with -9); a holder found dead on this host is taken over at once.
 
-A materialize that cannot renew its lock (it paused past the expiry, and an ingest may have
-taken the lock) stops before its next write and records no watermark for what it did not finish.
+A materialize that cannot renew its lock (it paused past the expiry, or lost contact with the
+stream server for longer than the lock's life, and an ingest may have taken the lock) stops before
+its next write and records no watermark for what it did not finish.
 
 The value names the holder: ``host:pid:nonce`` for an ingest, followed by ``:materialize
 view,...`` for a materialize.
@@ -128,7 +129,8 @@ def materialize_lock(
     or with ``skip_busy`` the views of that stream are left out (``skipped``: view -> why).
 
     An unreachable stream server has no ingest running (it could not read), so it does not
-    stop materialize, which then runs without the locks."""
+    stop materialize, which then runs without the locks. A server that stops answering after
+    the locks were taken stops it once they may have expired (see ``_Renewer``)."""
     from featurestore.online.stream.streams import redis_client, stream_errors
 
     by_stream = _streams_of(views)
@@ -211,7 +213,9 @@ class _Renewer:
     """A daemon thread extending the held locks every third of their life until stopped.
 
     A lock it cannot extend is lost, even one that merely expired and is free now: an ingest
-    may have taken it, written and let go meanwhile. Materialize then stops at its next write
+    may have taken it, written and let go meanwhile. So is one it could not reach the server
+    to extend for longer than the lock's life (a partition on this host's side: ingest, on the
+    other side, may see the key expire). Materialize then stops at its next write
     (``ensure_held``), which also renews at once when the thread missed its beat (the process
     was paused), so a write never trusts a renewal older than half the lock's life."""
 
@@ -221,7 +225,7 @@ class _Renewer:
         self._client, self._keys, self._token = client, keys, token
         self._sources = sources  # lock key -> (stream, the name of a source reading it)
         self._mutex = threading.Lock()
-        self._renewed_at = time.monotonic()  # when the last round that kept every lock began
+        self._renewed_at = time.monotonic()  # when the last round that renewed every lock began
         self.lost: str | None = None  # the one-line error, once a lock is lost
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
@@ -234,9 +238,11 @@ class _Renewer:
             self.check()
 
     def check(self) -> None:
-        """One renewal round now; a lock this token no longer holds is recorded in ``lost``."""
+        """One renewal round now; a lock this token no longer holds, or could not renew for
+        longer than its life, is recorded in ``lost``."""
         with self._mutex:
             began = time.monotonic()
+            unreached: str | None = None  # the first lock whose server did not answer
             for key in self._keys:
                 if self.lost is not None:
                     return
@@ -244,10 +250,20 @@ class _Renewer:
                     if renew(self._client, key, self._token):
                         continue
                     holder = self._client.get(key)
-                except Exception:  # an unreachable server: no ingest can take the lock either
+                except Exception:  # unreachable: the lock lives on until it expires
+                    unreached = unreached or key
                     continue
-                self.lost = self._lost_text(key, holder)
-            self._renewed_at = began
+                self.lost = self._lost_text(key, _taken_or_expired(holder))
+            if self.lost is not None:
+                return
+            if unreached is None:
+                self._renewed_at = began
+            elif time.monotonic() - self._renewed_at > LOCK_MS / 1000:
+                self.lost = self._lost_text(
+                    unreached,
+                    f"the stream server did not answer for longer than the lock's "
+                    f"{LOCK_MS / 1000:g} s life (it may have expired)",
+                )
 
     def ensure_held(self) -> None:
         """Raise ``lost``; renew first if the last round is older than half the lock's life."""
@@ -260,13 +276,9 @@ class _Renewer:
         if self.lost is not None:
             raise FeatureStoreError(self.lost)
 
-    def _lost_text(self, key: str, holder: Any) -> str:
+    def _lost_text(self, key: str, why: str) -> str:
+        """The one-line error for the lock ``key``, lost because of ``why``."""
         stream, source = self._sources.get(key, (key, "?"))
-        why = (
-            f"it is now held by {holder_text(holder)}"
-            if holder is not None
-            else f"it expired, unrenewed for {LOCK_MS / 1000:g} s (a paused process?)"
-        )
         return (
             f"materialize stopped: lost the lock of stream '{stream}' (stream source '{source}'): "
             f"{why}, so an ingest may have written its views meanwhile; rerun materialize (the "
@@ -277,6 +289,13 @@ class _Renewer:
         self._done.set()
         if self._thread is not None:
             self._thread.join()
+
+
+def _taken_or_expired(holder: Any) -> str:
+    """Why a lock this token could not renew is lost: another holds it, or it expired."""
+    if holder is not None:
+        return f"it is now held by {holder_text(holder)}"
+    return f"it expired, unrenewed for {LOCK_MS / 1000:g} s (a paused process?)"
 
 
 def _alive(pid: int) -> bool:

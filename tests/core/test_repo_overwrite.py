@@ -5,12 +5,13 @@ unless forced; the quickstart's arguments are checked before anything is written
 from __future__ import annotations
 
 import hashlib
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
 
-from featurestore._scaffold import scaffold
+from featurestore._scaffold import config_text, scaffold
 from featurestore.cli import cli
 from featurestore.errors import ConfigError
 from featurestore.quickstart import MIN_TRANSACTIONS, run_quickstart
@@ -153,21 +154,62 @@ def test_forced_init_writes_over_the_demo_files(tmp_path: Path) -> None:
     assert (folder / "data" / "transactions.parquet").is_file()
 
 
-def test_forced_quickstart_runs_over_an_existing_repo_at_the_minimum_size(
-    tmp_path: Path,
+def test_forced_quickstart_runs_over_an_applied_repo_at_the_minimum_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    folder = _holding(tmp_path / "repo", "definitions.py")
-    (folder / "featurestore.yaml").write_text(
-        "project: mine\nonline_store:\n  type: embedded\n  path: data/online_store\n"
-    )
+    """A repo `init` made and applied: its config and its registry (of its own project, which
+    the demo's could not apply to) are written over, and the demo runs as in a new folder."""
+    from featurestore.store import FeatureStore
+
+    monkeypatch.delenv("FEATURESTORE_ONLINE_STORE", raising=False)
+    folder = scaffold(tmp_path / "repo", n_transactions=300)
+    with (folder / "definitions.py").open("a") as f:
+        f.write("# mine\n")
+    with FeatureStore(folder) as store:
+        store.apply()
+        assert store.registry.project == "repo"
     lines: list[str] = []
     figures = run_quickstart(folder, n_transactions=MIN_TRANSACTIONS, echo=lines.append, force=True)
     text = "\n".join(lines)
     assert "7/7 " in text and "Done." in text
     assert figures["materialized_rows"] > 0
-    assert "project: mine" in (folder / "featurestore.yaml").read_text()  # the config is kept
+    assert (folder / "featurestore.yaml").read_text() == config_text("fraud")
     assert "# mine" not in (folder / "definitions.py").read_text()
     assert (folder / "data" / "scores.parquet").is_file()
+    with FeatureStore(folder) as store:
+        assert store.registry.project == "fraud"
+
+
+def test_forced_quickstart_leaves_the_registry_and_online_store_the_old_config_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The repo's config names a registry and an online store outside the folder (as one
+    pointing at production would): --force writes the demo's config, so the demo applies to,
+    materializes into and deletes from the folder's own store, never those."""
+    from featurestore.store import FeatureStore
+
+    monkeypatch.delenv("FEATURESTORE_ONLINE_STORE", raising=False)
+    folder = scaffold(tmp_path / "repo", n_transactions=300)
+    theirs = tmp_path / "prod"
+    config = (folder / "featurestore.yaml").read_text()
+    config = config.replace("registry: data/registry.json", "registry: ../prod/registry.json")
+    config = config.replace("  path: data/online_store", "  path: ../prod/online_store")
+    config = config.replace("${FEATURESTORE_ONLINE_STORE:-embedded}", "embedded")
+    (folder / "featurestore.yaml").write_text(config)
+    with FeatureStore(folder) as store:
+        store.apply()
+        assert store.materialize_incremental(datetime.now(timezone.utc)).total_rows > 0
+    assert (theirs / "registry.json").is_file() and (theirs / "online_store").is_dir()
+    before = _snapshot(theirs)
+    res = _run("quickstart", "--dir", str(folder), "--force", "--transactions", "200")
+    assert res.exit_code == 0, res.output
+    assert "7/7" in res.output and "Done." in res.output
+    assert _snapshot(theirs) == before  # not applied to, materialized into nor cleaned
+    assert (folder / "featurestore.yaml").read_text() == config_text("fraud")
+    assert (folder / "data" / "registry.json").is_file()
+    assert (folder / "data" / "online_store").is_dir()
+    with FeatureStore(folder) as store:
+        assert store.config.registry_path == (folder / "data" / "registry.json").resolve()
 
 
 def test_init_force_on_the_command_line_writes_over_a_repo(tmp_path: Path) -> None:

@@ -15,7 +15,10 @@ from typing import Any
 import grpc
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from featurestore.online.models.errors import without_paths
 from featurestore.online.serving._proto import featurestore_pb2 as pb
 from featurestore.online.serving._proto import featurestore_pb2_grpc as pb_grpc
 from featurestore.online.serving._wire import to_value
@@ -223,3 +226,45 @@ def _until_refused(http: httpx.Client, body: dict[str, Any]) -> httpx.Response:
             return r
         time.sleep(0.05)
     return r
+
+
+# folder names as users pick them: spaces and a few signs between letters or digits
+_NAME = st.from_regex(r"[a-zA-Z0-9]([a-zA-Z0-9 _.()'-]{0,10}[a-zA-Z0-9])?", fullmatch=True)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    parents=st.lists(_NAME, min_size=1, max_size=3),
+    inside=st.lists(_NAME.filter(lambda n: " " not in n), min_size=1, max_size=3),
+    quote=st.sampled_from(["", "'", '"']),
+)
+def test_a_path_under_a_known_folder_loses_the_whole_folder_spaces_and_all(
+    parents: list[str], inside: list[str], quote: str
+) -> None:
+    """'/srv/My Repo/data/events' with '/srv/My Repo' known is 'data/events', never
+    'My Repo/data/events': the known folder goes by its spelling before any other rule."""
+    folder = "/" + "/".join(parents)
+    rel = "/".join(inside)
+    text = f"cannot read {quote}{folder}/{rel}{quote}: no such file"
+    for given_as in (folder, folder + "/", Path(folder)):
+        out = without_paths(text, given_as)
+        assert out == f"cannot read {quote}{rel}{quote}: no such file", (folder, out)
+
+
+@pytest.mark.parametrize(
+    ("text", "folders", "shown"),
+    [
+        ("read /srv/My Repo/data/events: gone", ["/srv/My Repo"], "read data/events: gone"),
+        ("read /srv/My Repo/data/events: gone", ["/srv/x/../My Repo"], "read data/events: gone"),
+        ("repo /srv/My Repo is locked", ["/srv/My Repo/"], "repo . is locked"),
+        ("no such file: '/srv/My Repo/data/events'", [], "no such file: 'events'"),
+        ('no such file: "/srv/My Repo/a b.parquet"', [], 'no such file: "a b.parquet"'),
+        ("under '/srv/My Repo2/x', not /srv/My Repo", ["/srv/My Repo"], "under 'x', not ."),
+        ("copy in '/mnt/srv/My Repo/x'", ["/srv/My Repo"], "copy in 'x'"),
+        ("it's /srv/a/b, not 'rel/x' https://h/a/b", [], "it's b, not 'rel/x' https://h/a/b"),
+    ],
+)
+def test_known_folders_first_then_other_absolute_paths(
+    text: str, folders: list[str], shown: str
+) -> None:
+    assert without_paths(text, *folders) == shown

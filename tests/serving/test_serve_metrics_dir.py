@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 import time
@@ -23,6 +24,17 @@ c = Counter("featurestore_requests_total", "Requests", ["endpoint", "outcome"],
 c.labels("predict", "ok").inc(1000)
 """
 
+# one of each kind of file prometheus_client writes in multiprocess mode
+_EVERY_TYPE = """
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Summary
+r = CollectorRegistry()
+Counter("c", "c", registry=r).inc()
+Histogram("h", "h", registry=r).observe(1)
+Summary("s", "s", registry=r).observe(1)
+for mode in ("all", "livemax", "mostrecent"):
+    Gauge("g_" + mode, "g", multiprocess_mode=mode, registry=r).set(1)
+"""
+
 
 def test_wipe_removes_only_the_db_files(tmp_path: Path) -> None:
     folder = tmp_path / "metrics"
@@ -34,6 +46,45 @@ def test_wipe_removes_only_the_db_files(tmp_path: Path) -> None:
     assert wipe_metrics_dir(folder) == 3
     assert sorted(p.name for p in folder.iterdir()) == ["README.txt", "sub.db"]
     assert wipe_metrics_dir(folder) == 0
+
+
+def test_wipe_leaves_other_programs_db_files_in_a_shared_folder(tmp_path: Path) -> None:
+    """PROMETHEUS_MULTIPROC_DIR pointed at a folder shared with other programs: only the files
+    prometheus_client names ``<type>_<process>.db`` go, every gauge mode's among them."""
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    ours = [
+        "counter_11.db", "histogram_11.db", "summary_11.db", "gauge_all_11.db",
+        "gauge_liveall_11.db", "gauge_min_11.db", "gauge_livemin_11.db", "gauge_max_11.db",
+        "gauge_livemax_11.db", "gauge_sum_11.db", "gauge_livesum_11.db",
+        "gauge_mostrecent_11.db", "gauge_livemostrecent_11.db", "counter_worker-a.db",
+    ]  # fmt: skip
+    theirs = [
+        "app.db", "counter.db", "counters_11.db", "gauge_11.db", "gauge_other_11.db",
+        "histogram_11.db.bak", "my_counter_11.db", "summary_11.sqlite",
+    ]  # fmt: skip
+    for name in ours + theirs[1:]:
+        (folder / name).write_bytes(b"\0" * 16)
+    with sqlite3.connect(folder / "app.db") as db:  # another program's SQLite file
+        db.execute("create table t (x)")
+    assert wipe_metrics_dir(folder) == len(ours)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(theirs)
+    with sqlite3.connect(folder / "app.db") as db:
+        assert db.execute("select count(*) from t").fetchone() == (0,)
+
+
+def test_wipe_removes_what_prometheus_client_writes(tmp_path: Path) -> None:
+    """The names checked against prometheus_client itself: a process of an earlier run with a
+    counter, a histogram, a summary and gauges of several modes leaves files that all go."""
+    folder = tmp_path / "metrics"
+    folder.mkdir()
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(folder)}
+    subprocess.run([sys.executable, "-c", _EVERY_TYPE], env=env, check=True, timeout=60)
+    written = sorted(p.name for p in folder.iterdir())
+    assert len(written) == 6, written
+    (folder / "app.db").write_bytes(b"not prometheus's")
+    assert wipe_metrics_dir(folder) == 6
+    assert [p.name for p in folder.iterdir()] == ["app.db"]
 
 
 def test_wipe_makes_a_missing_folder(tmp_path: Path) -> None:

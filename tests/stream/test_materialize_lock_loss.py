@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import pytest
 from featurestore import FeatureStore
 from featurestore.errors import FeatureStoreError
 from featurestore.online.stream import locks
+from tests.conftest import RedisProcess, start_redis
 
 from .conftest import DAY, PROFILE_TYPES, H, now_floor_us, small_repo, write_events, xadd_json
 
@@ -244,3 +246,101 @@ def test_a_write_after_a_pause_checks_the_lock_first(
                     held.ensure_held()
     assert client.get(TX_LOCK) == OTHER.encode()
     client.close()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisProcess]:
+    """A redis-server of this test alone, which it may stop (SIGSTOP) without stalling others."""
+    server = start_redis(tmp_path / "redis")
+    try:
+        yield server
+    finally:
+        server.proc.send_signal(signal.SIGCONT)
+        server.stop()
+
+
+def test_a_stream_server_silent_longer_than_the_lock_life_stops_materialize(
+    tmp_path: Path, own_redis: RedisProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lock was taken, then the server stops answering this host (stopped with SIGSTOP):
+    renewals fail, the lock expires on the server and an ingest elsewhere could take it, so
+    once the last renewal is older than the lock's life the next write is refused, and stays
+    refused after the server answers again."""
+    monkeypatch.setattr(locks, "LOCK_MS", 1_000)
+    repo = small_repo(tmp_path / "repo", own_redis.url, project="lockloss5")
+    client = own_redis.client()
+    with FeatureStore(repo) as store:
+        store.apply()
+        with locks.materialize_lock(store, [store.get_feature_view("tx")]) as held:
+            assert held.guards(store.get_feature_view("tx"))
+            held.ensure_held()
+            assert client.pttl(TX_LOCK) > 0
+            own_redis.proc.send_signal(signal.SIGSTOP)
+            try:
+                time.sleep(1.5)  # past the lock's life, the thread's renewals failing meanwhile
+                with pytest.raises(FeatureStoreError) as info:
+                    held.ensure_held()
+            finally:
+                own_redis.proc.send_signal(signal.SIGCONT)
+            msg = str(info.value)
+            assert "\n" not in msg and msg.startswith("materialize stopped: lost the lock")
+            assert "stream 'tx_events'" in msg and "did not answer" in msg, msg
+            assert "rerun materialize" in msg, msg
+            with pytest.raises(FeatureStoreError, match="did not answer"):
+                held.ensure_held()  # the server answers again: the lock stays lost
+    assert client.get(TX_LOCK) is None  # it had expired: an ingest could have taken it
+    client.close()
+
+
+def test_a_stream_server_silent_shorter_than_the_lock_life_keeps_the_lock(
+    tmp_path: Path, own_redis: RedisProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A renewal round the server does not answer, well within the lock's life, loses nothing:
+    the lock still lives on the server, and the next round that reaches it renews it."""
+    monkeypatch.setattr(locks, "LOCK_MS", 120_000)
+    monkeypatch.setattr(locks._Renewer, "_run", lambda self: None)  # rounds run by the test
+    renewers: list[Any] = []
+
+    class Recorded(locks._Renewer):
+        def __init__(self, *args: Any, **kw: Any) -> None:
+            super().__init__(*args, **kw)
+            renewers.append(self)
+
+    monkeypatch.setattr(locks, "_Renewer", Recorded)
+    repo = small_repo(tmp_path / "repo", own_redis.url, project="lockloss6")
+    client = own_redis.client()
+    with FeatureStore(repo) as store:
+        store.apply()
+        with locks.materialize_lock(store, [store.get_feature_view("tx")]) as held:
+            own_redis.proc.send_signal(signal.SIGSTOP)
+            try:
+                renewers[-1].check()  # times out: the server is stopped
+            finally:
+                own_redis.proc.send_signal(signal.SIGCONT)
+            assert renewers[-1].lost is None
+            held.ensure_held()
+            client.pexpire(TX_LOCK, 60_000)
+            renewers[-1].check()  # reaches the server: renewed to the full life again
+            assert client.pttl(TX_LOCK) > 60_000
+            held.ensure_held()
+    assert client.get(TX_LOCK) is None  # released at the end
+    client.close()
+
+
+def test_a_materialize_started_while_the_stream_server_is_down_runs_without_the_lock(
+    tmp_path: Path, unused_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing to lose: no lock was taken (no ingest can read a server that is down either), so
+    the checks before each write pass however long the server stays away."""
+    monkeypatch.setattr(locks, "LOCK_MS", 200)
+    down = f"redis://127.0.0.1:{unused_port}/0"
+    stream = f"stream:\n  url: {down}\n  block_ms: 20\n"
+    repo = small_repo(
+        tmp_path / "repo", down, project="lockloss7", online="embedded", stream_yaml=stream
+    )
+    with FeatureStore(repo) as store:
+        store.apply()
+        with locks.materialize_lock(store, [store.get_feature_view("tx")]) as held:
+            assert not held.guards(store.get_feature_view("tx"))
+            time.sleep(0.5)  # past the lock's life
+            held.ensure_held()
