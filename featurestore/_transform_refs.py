@@ -6,7 +6,9 @@ recorded as the file it was defined in (relative to the repo when inside it), it
 and a hash of its code (``code_hash``), so that editing a function's body is a change plan and
 apply see. ``resolve_ref`` imports that file with ``transforms.load_module_from_path`` (the
 stable module name numba's disk cache needs) the first time a view using it is read, and
-refuses a function whose code is no longer the code that was applied.
+refuses a function whose code is no longer the code that was applied. A registry from the
+previous release (its hash left out helpers read through a module) is served as it is, and the
+next apply records the new hash of the same code without a rebuild (``code_changes``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import inspect
 import sys
 import textwrap
 import types
+import weakref
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,10 @@ from featurestore.errors import DefinitionError
 
 # the repo whose definitions files are being imported (so refs are stored repo-relative)
 CURRENT_REPO: ContextVar[Path | None] = ContextVar("featurestore_current_repo", default=None)
+
+# the function behind each ref made in this process, by (file, name, code hash): code_changes
+# asks it for the hash the previous release gave it (see ``older_code_hash``)
+_LIVE: weakref.WeakValueDictionary[tuple[str, str, str], Any] = weakref.WeakValueDictionary()
 
 
 def function_ref(obj: Any, repo_path: Path | None) -> dict[str, str]:
@@ -41,7 +48,9 @@ def function_ref(obj: Any, repo_path: Path | None) -> dict[str, str]:
             shown = path.relative_to(Path(repo_path).resolve()).as_posix()
         except ValueError:
             pass
-    return {"file": shown, "function": func.__name__, "code": code_hash(func)}
+    code = code_hash(func)
+    _LIVE[(shown, func.__name__, code)] = func
+    return {"file": shown, "function": func.__name__, "code": code}
 
 
 def resolve_ref(ref: dict[str, str], repo_path: Path | None, what: str) -> Any:
@@ -118,13 +127,16 @@ def code_hash(func: Any) -> str:
     return hashlib.blake2b(_code_text(func, set()).encode(), digest_size=8).hexdigest()
 
 
+def older_code_hash(func: Any) -> str:
+    """The code hash the previous release gave ``func``: helpers read through a module
+    (``helpers.fn(x)``) left out. A registry it wrote holds these."""
+    return hashlib.blake2b(_code_text(func, {_NO_MODULES}).encode(), digest_size=8).hexdigest()
+
+
 def _same_code(found: Any, want: str) -> bool:
     """``found`` has the code hash ``want``, or the hash an older version gave it (which left
     out helpers read through a module): a registry applied before is still served."""
-    if code_hash(found) == want:
-        return True
-    legacy = _code_text(found, {_NO_MODULES})
-    return hashlib.blake2b(legacy.encode(), digest_size=8).hexdigest() == want
+    return code_hash(found) == want or older_code_hash(found) == want
 
 
 _NO_MODULES = object()  # in ``seen``: leave modules out of the text (the older hash)
@@ -156,19 +168,27 @@ def _code_text(func: Any, seen: set[Any]) -> str:
 
 def _module_text(module: types.ModuleType, names: set[str], seen: set[Any]) -> str | None:
     """A user's module the code reads attributes of (``helpers.scale(x)``): those attributes
-    by value or code, as for a global; None for an installed or standard library module."""
-    if _NO_MODULES in seen or module in seen or not is_user_module(module):
+    by value or code, as for a global; None for an installed or standard library module.
+
+    ``seen`` holds (module, attribute) pairs, not modules: a module reached along two paths
+    (``mathx.a`` from the transform, ``mathx.c`` from a helper in another module) has the
+    attributes read along either path in the text, each once."""
+    walk = (module, frozenset(names))  # modules that import each other end here
+    if _NO_MODULES in seen or walk in seen or not is_user_module(module):
         return None
-    seen.add(module)
+    seen.add(walk)
     found = vars(module)
     parts = []
     for attr in sorted(names):
         if attr not in found:
             continue
         value = found[attr]
-        if isinstance(value, types.ModuleType):
+        if isinstance(value, types.ModuleType):  # ``pkg.sub.fn``: read along this path's names
             text = _module_text(value, names, seen)
+        elif (module, attr) in seen:
+            continue  # in the text already, from another path
         else:
+            seen.add((module, attr))
             text = _value_text(value, seen)
         if text is not None:
             parts.append(f"{attr}={text}")
@@ -313,15 +333,26 @@ def code_changes(
     old: dict[str, dict[str, Any]], new: dict[str, dict[str, Any]]
 ) -> list[tuple[str, dict[str, Any], bool]]:
     """(place, new ref, changed) per function kept in place (same file and name) whose code
-    hash differs; ``changed`` False: the old ref had no hash (recorded for the first time)."""
+    hash differs; ``changed`` False: only the way of hashing changed (the old ref has no hash,
+    or the hash the previous release gave this very code), so apply records the new hash
+    without a rebuild."""
     out = []
     for place in sorted(old.keys() & new.keys()):
         o, n = old[place], new[place]
         if (o["file"], o["function"]) != (n["file"], n["function"]):
             continue  # another function: the definition diff shows it
-        if o.get("code") != n.get("code"):
-            out.append((place, n, o.get("code") is not None and n.get("code") is not None))
+        was, now = o.get("code"), n.get("code")
+        if was != now:
+            changed = was is not None and now is not None and not _older_hash_of(n, was)
+            out.append((place, n, changed))
     return out
+
+
+def _older_hash_of(ref: dict[str, Any], stored: str) -> bool:
+    """Whether ``stored`` is the hash the previous release gave the function ``ref`` (made in
+    this process) names: the same code, hashed without the helpers read through a module."""
+    func = _LIVE.get((ref["file"], ref["function"], ref.get("code", "")))
+    return func is not None and older_code_hash(func) == stored
 
 
 def carry_code_epoch(prev: Any, new: Any) -> None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import inspect
 import re
 import sys
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +49,9 @@ _NAMED = {
 _NUMPY = {"float64": "float64", "int64": "int64", "float32": "float32", "int32": "int32",
           "boolean": "bool"}  # numpy dtype names; numpy itself loads on first use  # fmt: skip
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# one compile at a time: threads serving a checked transform wait for its kernels, not race
+# them (numba compiles under a lock of its own anyway)
+_COMPILING = threading.RLock()
 
 
 class RowTransform:
@@ -134,9 +138,17 @@ class RowTransform:
         return self
 
     def compile(self) -> RowTransform:
-        """Build both kernels or load them from the disk cache; errors: one DefinitionError line."""
+        """Build both kernels or load them from the disk cache; errors: one DefinitionError line.
+        Safe from many threads: the column kernel is published before the row kernel, whose
+        presence means both are ready."""
         if self._scalar is not None:
             return self
+        with _COMPILING:
+            if self._scalar is None:
+                self._build()
+        return self
+
+    def _build(self) -> None:
         if self._error is not None:
             raise self._error
         import numba
@@ -147,19 +159,18 @@ class RowTransform:
             # the disk cache must not hand back a kernel of older helper code (another file)
             cache = track_code(self.func)
             try:
-                self._scalar = numba.njit(self.signature, cache=cache)(self.func)
+                scalar = numba.njit(self.signature, cache=cache)(self.func)
             except ImportError:
                 # a cache entry written when the module had another name (numba pickles the
                 # module name): drop the stale index and compile afresh
-                disp = numba.njit(cache=True)(self.func)
-                disp._cache.flush()
-                disp.compile(self.signature)
-                self._scalar = disp
-            self._ufunc = numba.vectorize([self.signature], cache=cache)(self.func)
+                scalar = numba.njit(cache=True)(self.func)
+                scalar._cache.flush()
+                scalar.compile(self.signature)
+            ufunc = numba.vectorize([self.signature], cache=cache)(self.func)
         except Exception as exc:  # numba raises many types; all mean "does not compile"
-            self._scalar = None
             raise DefinitionError(self._compile_message(exc)) from None
-        return self
+        self._ufunc = ufunc
+        self._scalar = scalar  # last: callers take a set row kernel for both being ready
 
     def _compile_message(self, exc: BaseException) -> str:
         text = _ANSI.sub("", str(exc))
