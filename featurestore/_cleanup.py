@@ -14,17 +14,21 @@ record stays while that ingest holds the stream's lock; the next apply once anot
 none, holds it deletes what was written meanwhile.
 
 A stream-fed view whose join keys changed is still written by ingest, so a view-wide delete
-must never meet a row of its new definition: apply sets the view's *fence* in the online store
-(online/stream/apply.py), which every ingest reads with its rows. While an ingest (or a
-materialize) holds a lock of the view's streams, the fence is pending: it stops the old ingest
-at its next event for the view and keeps any new ingest from writing it, and the record stays;
-the first apply to find the locks free takes them, deletes the rows (only old ones can be
-there) and settles the fence, which then stops only ingests started with the old keys.
+must never meet a row of its new definition. Its record is *fenced* from the start: no apply
+deletes it as a view defined again (``delete_redefined``), and apply sets the view's fence in the
+online store (online/stream/apply.py), which every ingest reads when it starts and with its rows.
+While an ingest (or a materialize) holds a lock of the view's streams, or the stream server does
+not answer, the fence is pending and nothing is deleted: the fence stops the old ingest at its
+next event for the view, keeps any new ingest from starting, and materialize leaves the view
+out (or refuses it) while its record stands, so only rows of the old keys can be written. The first apply to take
+every lock deletes the rows (only old ones can be there) and settles the fence, which then
+stops only ingests started with the old keys, for as long as the view keeps these keys (it is
+overwritten by the next change of keys, and cleared when the view is removed).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -36,9 +40,9 @@ if TYPE_CHECKING:
     from featurestore.registry import Registry, RegistryState
     from featurestore.store import FeatureStore
 
-# A settled fence outlives the start of any ingest that read the registry before the apply (it
-# stops such an ingest at its first write); then it expires.
-SETTLED_FENCE_MS = 600_000
+
+class _StreamServerDown(Exception):
+    """The stream server did not answer: whether an ingest still writes a view is not known."""
 
 
 class OnlineCleanupWarning(UserWarning):
@@ -75,7 +79,6 @@ class ViewCleanup:
                 f"{head}: online rows not deleted, the next `featurestore apply` retries: "
                 f"{self.error}"
             )
-        line = f"{head}: deleted {self.deleted:,} online rows"
         if self.kept and self.ingest:
             from featurestore.online.stream.locks import holder_text, is_materialize
 
@@ -87,9 +90,11 @@ class ViewCleanup:
                 "what it wrote under the old keys"
             )
             return (
-                f"{line}; {who} holds its stream's lock: run `featurestore apply` again {what}, "
-                "then start ingest (until then ingest refuses this view)"
+                f"{head}: online rows under the old keys not deleted yet; {who} holds its "
+                f"stream's lock: run `featurestore apply` again {what}, then start ingest or "
+                "materialize (until then ingest refuses this view and materialize skips it)"
             )
+        line = f"{head}: deleted {self.deleted:,} online rows"
         if self.kept:
             line += "; materialize it to fill it again"
         if self.ingest:
@@ -105,13 +110,32 @@ def _one_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def delete_redefined(online: OnlineStore, project: str, names: Iterable[str]) -> None:
+def is_fenced(record: dict[str, object], view: FeatureView | None) -> bool:
+    """Whether a cleanup record is a fenced one: a stream-fed view (then or now) that is still
+    defined (its join keys changed); its rows are deleted only behind its fence."""
+    return view is not None and bool(_streams_of(record, view))
+
+
+def fenced_views(state: RegistryState) -> dict[str, dict[str, object]]:
+    """The views of ``state`` whose fenced cleanup is still to run: view -> its record."""
+    return {
+        n: r for n, r in state.pending_cleanup.items() if is_fenced(r, state.feature_views.get(n))
+    }
+
+
+def delete_redefined(
+    online: OnlineStore, project: str, records: Mapping[str, Mapping[str, object]]
+) -> None:
     """Delete the rows left by removed views that are defined again, before the registry says
     they exist (rows written then would be deleted later): a store that does not answer fails
-    the apply with nothing changed."""
-    for name in names:
+    the apply with nothing changed. Fenced views are never passed here: no lock guards this
+    delete (see ``_delete_fenced``). ``records``: view -> its cleanup record; the fence a
+    stream-fed removed version may have left goes too."""
+    for name, record in records.items():
         try:
             online.delete_view(project, name)
+            if record.get("stream") or record.get("fenced"):
+                _clear_fence(online, project, name)
         except OnlineStoreError as exc:
             raise type(exc)(
                 f"feature view '{name}' is defined again, but the online rows of its removed "
@@ -151,6 +175,10 @@ def finish_cleanup(store: FeatureStore, registry: Registry) -> list[ViewCleanup]
                     results.append(ViewCleanup(name, deleted, kept=True))
                 continue
             deleted = store.online.delete_view(store.project, name)
+        except _StreamServerDown as exc:  # the fence stands pending: the next apply retries
+            notes[name] = {"fenced": True}
+            results.append(ViewCleanup(name, error=str(exc), kept=kept))
+            continue
         except OnlineStoreUnavailableError as exc:
             down = _one_line(exc)
             results.append(ViewCleanup(name, error=down, kept=kept))
@@ -164,9 +192,9 @@ def finish_cleanup(store: FeatureStore, registry: Registry) -> list[ViewCleanup]
             notes[name] = {"ingest": holder}
             results.append(ViewCleanup(name, deleted, ingest=holder, kept=kept))
             continue
-        if record.get("fenced"):  # removed after its join keys changed: its fence goes too
+        if record.get("stream") or record.get("fenced"):  # a stream-fed view's fence goes too
             try:
-                _clear_fence(store, name)
+                _clear_fence(store.online, store.project, name)
             except OnlineStoreError as exc:
                 results.append(ViewCleanup(name, error=_one_line(exc), kept=kept))
                 continue
@@ -176,14 +204,15 @@ def finish_cleanup(store: FeatureStore, registry: Registry) -> list[ViewCleanup]
     return results
 
 
-def _clear_fence(store: FeatureStore, name: str) -> None:
-    """Overwrite the fence of removed view ``name`` with nothing, gone a second later."""
+def _clear_fence(online: OnlineStore, project: str, name: str) -> None:
+    """Overwrite the fence of removed view ``name`` (if any) with nothing, gone a second later,
+    so the same name defined again later, with other keys, is not held back."""
     import time
 
     from featurestore.online.stream.apply import fence_key
 
     expire = int(time.time() * 1000) + 1000
-    store.online.write_batch([fence_key(store.project, name)], [b""], [expire])
+    online.write_batch([fence_key(project, name)], [b""], [expire])
 
 
 def _streams_of(record: dict[str, object], view: FeatureView) -> set[str]:
@@ -200,9 +229,9 @@ def _delete_fenced(
 ) -> tuple[int, str]:
     """Delete the rows of a stream-fed ``view`` whose join keys changed, behind its fence (see
     the module's docstring); returns (rows deleted, the holder of a lock of ``streams``, or "":
-    none held one, the rows are all deleted and the fence is settled)."""
-    import time
-
+    every lock was taken, the rows are all deleted and the fence is settled). With a holder the
+    fence is left pending and nothing is deleted; a stream server that does not answer raises
+    ``_StreamServerDown`` after the same."""
     from featurestore.online.stream.apply import fence_key, fence_value
     from featurestore.online.stream.events import as_text
     from featurestore.online.stream.locks import LOCK_SUFFIX, acquire, new_token, release
@@ -214,6 +243,7 @@ def _delete_fenced(
     client = redis_client(store, timeout=2.0, connect_timeout=0.5)
     held: list[str] = []
     holder = ""
+    down = ""
     try:
         try:
             for stream in sorted(streams):
@@ -223,15 +253,21 @@ def _delete_fenced(
                     holder = as_text(client.get(lock) or b"?")
                     break
                 held.append(lock)
-        except stream_errors():
-            pass  # a stream server that does not answer has no ingest reading it
+        except stream_errors() as exc:  # an ingest may still run: nothing is known
+            down = _one_line(exc)
         # pending first: a writer that took a lock after all (it expired) writes nothing
         online.write_batch([key], [fence_value(view.join_keys, kinds, pending=True)])
+        if down and not holder:
+            raise _StreamServerDown(
+                f"the stream server did not answer ({down}), so an ingest may still write the "
+                "view under its old keys; ingest and materialize leave it alone until then"
+            )
+        if holder:
+            return 0, holder
         deleted = online.delete_view(store.project, view.name)
-        if not holder:
-            expire = int(time.time() * 1000) + SETTLED_FENCE_MS
-            online.write_batch([key], [fence_value(view.join_keys, kinds, pending=False)], [expire])
-        return deleted, holder
+        # settled, with no expiry: an ingest that read the old keys may start any time later
+        online.write_batch([key], [fence_value(view.join_keys, kinds, pending=False)])
+        return deleted, ""
     finally:
         for lock in held:
             try:

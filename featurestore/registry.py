@@ -228,7 +228,9 @@ class Registry:
             for v in views:  # before any schema version is compared (see carry_code_epoch)
                 carry_code_epoch(old.feature_views.get(v.name), v)
             version = old.version + 1
-            # a view with a cleanup record had its rows deleted just before (delete_redefined)
+            # a view with a cleanup record had its rows deleted just before (delete_redefined),
+            # or is fenced: its rows go when the cleanup takes its streams' locks, and
+            # materialize leaves it alone until then (so it has no watermark to keep)
             keep = {
                 n: m
                 for n, m in old.materialization.items()
@@ -250,7 +252,10 @@ class Registry:
             for v in views:
                 prev = old.feature_views.get(v.name)
                 if prev is not None and keys_changed(prev, v, old.join_key_kinds, kinds):
-                    pending[v.name] = {**pending.get(v.name, {}), **_cleanup_record(prev, version)}
+                    record = {**pending.get(v.name, {}), **_cleanup_record(prev, version)}
+                    if record["stream"] or isinstance(v.source, StreamSource):
+                        record["fenced"] = True  # deleted behind its fence only (see above)
+                    pending[v.name] = record
             state = RegistryState(
                 project=self.project,
                 version=version,

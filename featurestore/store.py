@@ -118,7 +118,12 @@ class FeatureStore:
         kinds = self._validate_against_data(defs)
         current = self._registry.load()
         plan = make_plan(current, defs, kinds)
-        redefined = sorted(current.pending_cleanup.keys() & defs.feature_views.keys())
+        # a fenced view's rows are deleted only behind its fence, with its streams' locks held
+        redefined = {
+            n: r
+            for n, r in sorted(current.pending_cleanup.items())
+            if n in defs.feature_views and not r.get("fenced")
+        }
         if redefined:
             delete_redefined(self.online, self.project, redefined)
         if not plan.empty or not self._registry.exists():
@@ -363,7 +368,7 @@ class FeatureStore:
                 v.name: self._materialize_view(v, start_us, end_us, progress, held)
                 for v in held.views
             }
-        return MaterializeResult(start_us, end_us, rows)
+        return MaterializeResult(start_us, end_us, rows, dict(held.skipped))
 
     def materialize_incremental(
         self,
@@ -409,7 +414,8 @@ class FeatureStore:
         """The views to materialize (default: every online view), with the locks of the streams
         feeding them held meanwhile: refused while an ingest (or another materialize) writes
         one, or with ``skip_busy`` those views left out, and no ingest starts until done (see
-        online/stream/locks.materialize_lock)."""
+        online/stream/locks.materialize_lock). A view whose join-key fence is pending is
+        refused or left out the same way (see ``_fenced``)."""
         from featurestore.online.stream.locks import materialize_lock
 
         state = self.registry
@@ -418,7 +424,32 @@ class FeatureStore:
         else:
             views = [v for v in state.feature_views.values() if v.online]
         with materialize_lock(self, views, skip_busy=skip_busy) as held:
+            fenced = self._fenced(held.views)
+            if fenced and not skip_busy:
+                name, why = next(iter(fenced.items()))
+                raise FeatureStoreError(f"feature view '{name}' cannot be materialized yet: {why}")
+            if fenced:
+                held.skipped.update(fenced)
+                held.views = [v for v in held.views if v.name not in fenced]
             yield held
+
+    def _fenced(self, views: list[FeatureView]) -> dict[str, str]:
+        """View -> why it is left alone, for ``views`` whose join keys changed while an ingest
+        ran and whose old rows are not deleted yet: rows written now would be deleted with
+        them. Read with the streams' locks held, so no apply deletes while materialize writes
+        a view that passed (see featurestore/_cleanup.py)."""
+        from featurestore._cleanup import fenced_views
+
+        pending = fenced_views(self._registry.load())
+        out: dict[str, str] = {}
+        for v in views:
+            if v.name in pending:
+                stream = pending[v.name].get("stream") or getattr(v.source, "stream", "?")
+                out[v.name] = (
+                    "its online rows under its old join keys are not deleted yet; once no "
+                    f"ingest reads stream '{stream}', run featurestore apply to delete them"
+                )
+        return out
 
     def _materialize_view(
         self,

@@ -11,10 +11,12 @@ Applying is idempotent, so a batch delivered again after a crash changes nothing
 
 A view whose join keys an apply changed has a *fence* in the online store (see
 featurestore/_cleanup.py): the keys and kinds it has now, and whether rows an ingest wrote under
-the old keys are still to be deleted. Both writers here read it with their rows and stop rather
-than write when it stands against them: an ingest started with the old keys always, and every
-ingest while old rows are pending, so the cleanup's view-wide delete never meets a row of the
-new definition.
+the old keys are still to be deleted. Ingest reads it when it starts, and both writers here
+read it with their rows, and stop rather than write when it stands against them: an ingest
+started with the old keys always, and every ingest while old rows are pending, so the
+cleanup's view-wide delete never meets a row of the new definition. A settled fence has no
+expiry: an ingest that read the registry before the apply may start, or see its first event
+for the view, any time later.
 """
 
 from __future__ import annotations
@@ -139,8 +141,9 @@ def check_fences(
     store: OnlineStore, project: str, views: list[FeatureView], arrow: dict[str, Any]
 ) -> None:
     """Raise a one-line FeatureStoreError if the fence of any of ``views`` (read in one round
-    trip) stands against an ingest that started with these definitions; call it before a
-    round writes anything. A window batch also checks its view's fence as it reads."""
+    trip) stands against an ingest that started with these definitions; ingest calls it when
+    it starts, with its streams' locks held. Each write also reads its view's fence with its
+    rows (``_read_fenced``): an apply may change the keys while ingest runs."""
     if not views:
         return
     fences = store.read([fence_key(project, v.name) for v in views])

@@ -26,7 +26,7 @@ import orjson
 
 from featurestore._time import duration_us, now_us, parse_duration, to_utc
 from featurestore.errors import FeatureStoreError, OnlineStoreError
-from featurestore.online.stream.apply import WindowBatch, write_plain
+from featurestore.online.stream.apply import WindowBatch, check_fences, write_plain
 from featurestore.online.stream.events import Event, EventSchema, as_text
 from featurestore.online.stream.locks import (
     LOCK_MS,
@@ -219,11 +219,15 @@ class Ingester:
             s.flushed_at = time.monotonic()
 
     def _start(self) -> None:
+        """Take each source's lock, then refuse to start if a view's join-key fence stands
+        against this ingest's definitions (read under the lock: see featurestore/_cleanup.py)."""
         self._groups()
         for s in self.sources:
             if not acquire(self.client, s.lock_key, s.token):
                 raise FeatureStoreError(_busy(s, self.client.get(s.lock_key)))
             self._locked.append(s)
+        for s in self.sources:
+            check_fences(self.online, self.store.project, s.views, s.schema.arrow)
 
     def _groups(self) -> None:
         """Create each stream's consumer group at its first entry, unless it exists."""

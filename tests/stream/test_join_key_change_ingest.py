@@ -3,8 +3,9 @@ real ingest threads): the rows of the old keys are deleted in the end, and no cl
 deletes a row an ingest wrote under the new keys.
 
 The ingest still running with the old keys stops at its next event for a re-keyed view, and no
-ingest writes it until an apply has found the stream's lock free and deleted what the old one
-wrote; an ingest that read the registry before the apply but starts after it stops too.
+ingest (nor materialize) writes it until an apply has taken the stream's lock and deleted what
+the old one wrote; no apply deletes while another holds the lock or the stream server does not
+answer; an ingest that read the registry before the apply but starts after it stops too.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from featurestore import FeatureStore
 from featurestore.errors import FeatureStoreError
 from featurestore.online.base import Status
 from featurestore.online.stream import Ingester
+from featurestore.online.stream.apply import check_fences, fence_key
 
+from ..conftest import free_port
 from .conftest import H, hour_floor_now_us, now_floor_us, write_events, xadd_json
 
 PROJECT = "rekey"
@@ -166,7 +169,7 @@ def test_rows_a_restarted_ingest_writes_survive_the_cleanup(tmp_path: Path, redi
         reports: list[Any] = []
         store.apply(report=reports.append)  # the old ingest still runs
         assert [(r.view, r.kept, r.pending) for r in reports] == [("tx", True, True)]
-        assert row_keys(client, "tx", "user_id") == []
+        assert row_keys(client, "tx", "user_id") != []  # nothing deleted under its lock
 
     send(client, 2, 2.0)  # the old ingest's next event for the view
     wait_for(
@@ -175,19 +178,20 @@ def test_rows_a_restarted_ingest_writes_survive_the_cleanup(tmp_path: Path, redi
     )
     old.stop()
 
-    new = Running(repo).start()  # restarted, with the new join keys
+    new = Running(repo).start()  # restarted too soon, with the new join keys: it refuses
     send(client, 3, 3.0)
     wait_for(
         lambda: new.stopped or row_keys(client, "tx", "uid") != [],
         "the restarted ingest to stop or write",
     )
     new.stop()
+    assert "still has online rows" in str(new.error) and row_keys(client, "tx", "uid") == []
 
     with FeatureStore(repo) as store:
         store.apply()  # no changes: what is left to clean up
         assert store.registry.pending_cleanup == {}
-        store.ingest(once=True)  # whatever the restarted ingest did not write
-        assert served(store, 3 + UID) == (3.0, Status.PRESENT)  # what the restart wrote
+        store.ingest(once=True)  # every event not acknowledged, under the new keys
+        assert served(store, 3 + UID) == (3.0, Status.PRESENT)
         assert served(store, 2 + UID) == (2.0, Status.PRESENT)
         for _ in range(2):  # later applies leave the new rows as they are
             store.apply()
@@ -237,7 +241,8 @@ def test_ingest_stays_off_a_rekeyed_view_until_the_old_rows_are_deleted(
         reports: list[Any] = []
         store.apply(report=reports.append)
         by_view = {r.view: r for r in reports}
-        assert (by_view[view].deleted, by_view[view].pending) == (1, True)
+        assert (by_view[view].deleted, by_view[view].pending) == (0, True)  # under its lock
+        assert row_keys(client, view, "user_id") != []
         assert all(r.pending for r in reports)  # the same ingest reads every stream
         line = str(by_view[view])
         assert "stops at its next event for this view" in line and "\n" not in line
@@ -249,7 +254,7 @@ def test_ingest_stays_off_a_rekeyed_view_until_the_old_rows_are_deleted(
     assert isinstance(old.error, FeatureStoreError) and "\n" not in msg
     assert f"feature view '{view}' is now keyed by ['uid']" in msg and "featurestore apply" in msg
     old.stop()
-    assert row_keys(client, view, "user_id") == []
+    assert len(row_keys(client, view, "user_id")) == 1  # user 1's, deleted by the next apply
 
     with FeatureStore(repo) as store:
         with pytest.raises(FeatureStoreError) as info:
@@ -260,8 +265,10 @@ def test_ingest_stays_off_a_rekeyed_view_until_the_old_rows_are_deleted(
 
         reports.clear()
         store.apply(report=reports.append)  # no ingest runs now
-        assert [(r.deleted, r.pending) for r in reports] == [(0, False)] * len(reports)
+        assert {r.view: (r.deleted, r.pending) for r in reports}[view] == (1, False)
+        assert not any(r.pending for r in reports)
         assert store.registry.pending_cleanup == {}
+        assert row_keys(client, view, "user_id") == []
         # the refused event, and user 1's, which the old ingest applied but never acknowledged
         assert store.ingest(once=True).applied == 2
         assert value_of(store, view, 2 + UID) == (2, Status.PRESENT)
@@ -291,6 +298,8 @@ def test_an_ingest_that_read_the_old_keys_before_the_apply_writes_none(
         store.apply(report=reports.append)
         assert [(r.view, r.kept, r.pending) for r in reports] == [("tx", True, False)]
         assert store.registry.pending_cleanup == {}
+    # settled with no expiry: however late that ingest starts, the fence still stops it
+    assert client.pttl(fence_key(PROJECT, "tx")) == -1
 
     send(client, 4, 4.0)
     with pytest.raises(FeatureStoreError, match="start ingest again") as info:
@@ -308,8 +317,6 @@ def test_the_fence_check_for_plain_views(tmp_path: Path, redis_url: str) -> None
     """``check_fences`` (what ingest asks before writing plain views): pending, it stops every
     definition; settled, only the old keys, or the old kind of the keys."""
     import redis
-
-    from featurestore.online.stream.apply import check_fences
 
     client = redis.Redis.from_url(redis_url)
     repo = make_repo(tmp_path / "repo", redis_url, profile=True)
@@ -351,8 +358,6 @@ def test_a_fenced_view_removed_then_defined_again_is_not_held_back(
     holds the lock; the same view defined again is written by ingest as any new view."""
     import redis
 
-    from featurestore.online.stream.apply import check_fences, fence_key
-
     client = redis.Redis.from_url(redis_url)
     repo = make_repo(tmp_path / "repo", redis_url, profile=True)
     ints = {"user_id": pa.int64(), "uid": pa.int64()}
@@ -372,4 +377,208 @@ def test_a_fenced_view_removed_then_defined_again_is_not_held_back(
         define(repo, "uid", profile=True)  # defined again
         store.apply()
         check_fences(store.online, PROJECT, [store.registry.feature_views["profile"]], ints)
+    client.close()
+
+
+def fence_pending(repo: Path, client: Any) -> None:
+    """Re-key the repo's views while an old ingest holds the stream's lock, then let the lock
+    go (the old ingest stopped): the fence stands pending, nothing is deleted yet."""
+    with FeatureStore(repo) as store:
+        store.apply()
+        client.set("tx_events:ingest-lock", "host:1:old")
+        define(repo, "uid")
+        store.apply(report=[].append)
+        assert store.registry.pending_cleanup["tx"]["ingest"] == "host:1:old"
+    client.delete("tx_events:ingest-lock")
+
+
+def recent_tx(repo: Path, users: list[int]) -> None:
+    """Batch events of ``users`` an hour ago (inside the 1-day window), which materialize
+    writes under the new keys."""
+    at = hour_floor_now_us() - H
+    rows = [{"user_id": u, "uid": u + UID, "event_timestamp": at, "amount": 10.0 + u,
+             "merchant_id": 1} for u in users]  # fmt: skip
+    write_events(repo / "data" / "tx", "recent.parquet", rows, TX_TYPES)
+
+
+def new_key_rows(client: Any) -> list[bytes]:
+    return row_keys(client, "tx", "uid")
+
+
+def test_an_apply_during_a_materialize_of_a_pending_view_loses_no_rows(
+    tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reviewer's case: the fence is pending, cron's materialize-incremental writes the
+    view under the new keys holding the stream's lock, and an apply runs meanwhile (just
+    before the watermark is recorded). No row written under the new keys may be deleted, and
+    the watermark must say what the store holds; once an apply cleaned up, the same again."""
+    import redis
+
+    from featurestore.registry import watermark_us
+
+    client = redis.Redis.from_url(redis_url)
+    repo = make_repo(tmp_path / "repo", redis_url)
+    recent_tx(repo, [5, 6])
+    fence_pending(repo, client)
+
+    def materialize_with_an_apply_meanwhile() -> tuple[Any, list[Any]]:
+        during: list[Any] = []
+        with FeatureStore(repo) as cron, FeatureStore(repo) as other:
+            record = cron._record_watermark
+
+            def apply_first(view: Any, start: int, end: int) -> None:
+                written = new_key_rows(client)
+                other.apply(report=during.append)  # the stream's lock is held by cron
+                assert new_key_rows(client) == written, "an apply deleted materialized rows"
+                record(view, start, end)
+
+            monkeypatch.setattr(cron, "_record_watermark", apply_first)
+            return cron.materialize_incremental(now_floor_us(), skip_busy=True), during
+
+    def consistent() -> int | None:
+        with FeatureStore(repo) as store:
+            mark = watermark_us(store.registry, "tx", store._store_id)
+            rows = new_key_rows(client)
+            assert bool(rows) == (mark is not None), (rows, mark)  # watermark matches data
+            if rows:
+                assert served(store, 5 + UID) == (15.0, Status.PRESENT)
+                assert served(store, 6 + UID) == (16.0, Status.PRESENT)
+            return mark
+
+    res, during = materialize_with_an_apply_meanwhile()
+    assert consistent() is None  # the view was left alone: its old rows are not deleted yet
+    assert list(res.skipped) == ["tx"] and "\n" not in res.skipped["tx"]
+    assert "run featurestore apply" in res.skipped["tx"] and res.rows == {}
+    with FeatureStore(repo) as store:
+        with pytest.raises(FeatureStoreError, match="feature view 'tx' cannot be materialized"):
+            store.materialize_incremental(now_floor_us(), views=["tx"])  # named: refused
+        store.apply()  # the lock is free: the old rows go, the fence settles
+        assert store.registry.pending_cleanup == {}
+
+    res, during = materialize_with_an_apply_meanwhile()
+    assert res.rows["tx"] >= 2 and len(during) == 0  # nothing left to clean up
+    assert consistent() is not None
+    with FeatureStore(repo) as store:
+        store.apply()
+    assert consistent() is not None
+    client.close()
+
+
+def test_a_second_apply_while_the_old_ingest_holds_the_lock_deletes_nothing(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """Every apply while an ingest holds the stream's lock leaves the view's rows alone (it
+    may write them still); the first apply after it stopped deletes them."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    repo = make_repo(tmp_path / "repo", redis_url)
+    with FeatureStore(repo) as store:
+        store.apply()
+    old = Running(repo).start()
+    send(client, 1, 1.0)
+    wait_for(lambda: row_keys(client, "tx", "user_id") != [], "the old ingest's first state")
+    written = row_keys(client, "tx", "user_id")
+
+    define(repo, "uid")
+    for change in ("keys", "none"):
+        with FeatureStore(repo) as store:
+            reports: list[Any] = []
+            store.apply(report=reports.append)
+            assert [(r.view, r.deleted, r.pending) for r in reports] == [("tx", 0, True)], change
+            assert row_keys(client, "tx", "user_id") == written, change
+    old.stop()
+    with FeatureStore(repo) as store:
+        reports = []
+        store.apply(report=reports.append)
+        assert [(r.view, r.deleted, r.pending) for r in reports] == [("tx", 1, False)]
+    assert row_keys(client, "tx", "user_id") == []
+    client.close()
+
+
+def test_ingest_refuses_to_start_on_a_pending_fence(tmp_path: Path, redis_url: str) -> None:
+    """With the fence pending, ingest stops when it starts, before any event for the view
+    comes (none does here), says what to do in one line, and leaves the lock free."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    repo = make_repo(tmp_path / "repo", redis_url)
+    fence_pending(repo, client)
+    with FeatureStore(repo) as store:
+        with pytest.raises(FeatureStoreError) as info:
+            store.ingest(once=True)
+        msg = str(info.value)
+        assert "\n" not in msg and "feature view 'tx' still has online rows" in msg
+        assert "run featurestore apply" in msg
+        assert client.get("tx_events:ingest-lock") is None
+        store.apply()
+        assert store.ingest(once=True).read == 0  # settled: it starts
+    client.close()
+
+
+def test_an_unreachable_stream_server_deletes_nothing(tmp_path: Path, redis_url: str) -> None:
+    """An apply that cannot reach the stream server cannot tell whether an ingest still writes
+    the view: it leaves the rows and the fence pending, and says so in one line; the first
+    apply that reaches it cleans up."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    repo = make_repo(tmp_path / "repo", redis_url)
+    with FeatureStore(repo) as store:
+        store.apply()
+    old_row = f"{PROJECT}:{{{PROJECT}|user_id=1}}:tx".encode()
+    client.set(old_row, b"written by an ingest")
+    yaml = repo / "featurestore.yaml"
+    reachable = yaml.read_text()
+    yaml.write_text(reachable + f"  url: redis://127.0.0.1:{free_port()}/0\n")  # nothing there
+    define(repo, "uid")
+    ints = {"user_id": pa.int64(), "uid": pa.int64()}
+    with FeatureStore(repo) as store:
+        reports: list[Any] = []
+        store.apply(report=reports.append)
+        (report,) = reports
+        line = str(report)
+        assert (report.view, report.failed, report.pending) == ("tx", True, True)
+        assert "stream server did not answer" in line and "\n" not in line
+        assert client.get(old_row) is not None
+        assert store.registry.pending_cleanup["tx"]["fenced"]
+        with pytest.raises(FeatureStoreError, match="still has online rows"):
+            check_fences(store.online, PROJECT, [store.registry.feature_views["tx"]], ints)
+    yaml.write_text(reachable)
+    with FeatureStore(repo) as store:
+        store.apply()
+        assert store.registry.pending_cleanup == {} and client.get(old_row) is None
+        check_fences(store.online, PROJECT, [store.registry.feature_views["tx"]], ints)
+    client.close()
+
+
+def test_a_crash_before_the_cleanup_leaves_the_record_fenced(
+    tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An apply that wrote the registry but died before its cleanup ran: the record is fenced
+    from the start, so the next apply, while the old ingest still holds the lock, deletes
+    nothing (no view-wide delete of a 'view defined again' behind the fence's back)."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    repo = make_repo(tmp_path / "repo", redis_url)
+    with FeatureStore(repo) as store:
+        store.apply()
+    old_row = f"{PROJECT}:{{{PROJECT}|user_id=1}}:tx".encode()
+    client.set(old_row, b"written by the old ingest")
+    client.set("tx_events:ingest-lock", "host:1:old")
+    define(repo, "uid")
+    with FeatureStore(repo) as store:
+        monkeypatch.setattr(store, "_report_cleanup", lambda report: None)  # the crash
+        store.apply()
+        assert store.registry.pending_cleanup["tx"]["fenced"]
+    with FeatureStore(repo) as store:
+        reports: list[Any] = []
+        store.apply(report=reports.append)
+        assert [(r.view, r.deleted, r.pending) for r in reports] == [("tx", 0, True)]
+        assert client.get(old_row) is not None
+    client.delete("tx_events:ingest-lock")
+    with FeatureStore(repo) as store:
+        store.apply()
+        assert store.registry.pending_cleanup == {} and client.get(old_row) is None
     client.close()
