@@ -33,7 +33,7 @@ from featurestore.errors import (
 from featurestore.online.models.errors import without_paths
 from featurestore.online.serving import _requests as rq
 from featurestore.online.serving.config import MAX_DEADLINE_MS
-from featurestore.online.serving.errors import BadRequestError
+from featurestore.online.serving.errors import BadRequestError, NotReadyError
 
 if TYPE_CHECKING:
     from featurestore.online.serving.audit import AuditLog
@@ -78,6 +78,13 @@ class Pushes:
             raise BadRequestError("feature_view must be a view's name", field="feature_view")
         state = self.store.registry
         view = state.feature_view(feature_view)
+        if online and state.pending_cleanup.get(view.name, {}).get("fenced"):
+            # (its old-key rows are still to be deleted view-wide: a row written now would go too)
+            raise NotReadyError(
+                f"feature view '{view.name}' changed its join keys and its rows under the old "
+                "keys are not deleted yet; run `featurestore apply` again once no ingest reads "
+                "its stream, then push online"
+            )
         now = now_us()
         cols = rq.to_columns(_plain_rows(rows), "rows")
         table = rq.push_table(view, cols, now, self.config.max_entities, state.join_key_kinds)

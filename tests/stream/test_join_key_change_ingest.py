@@ -582,3 +582,35 @@ def test_a_crash_before_the_cleanup_leaves_the_record_fenced(
         store.apply()
         assert store.registry.pending_cleanup == {} and client.get(old_row) is None
     client.close()
+
+
+def test_an_online_push_to_a_view_with_a_pending_fence_is_refused(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """A row pushed online under the new keys while the old rows wait for their view-wide
+    delete would be deleted with them: the push is refused (503) until an apply cleaned up;
+    an offline push is still taken."""
+    import redis
+
+    from featurestore.online.serving.errors import NotReadyError
+
+    client = redis.Redis.from_url(redis_url)
+    repo = make_repo(tmp_path / "repo", redis_url, profile=True)
+    row = {"uid": UID + 1, "tier": 1, "score": 0.5}
+    with FeatureStore(repo) as store:
+        store.apply()
+        client.set("profile_events:ingest-lock", "host:1:old")
+        define(repo, "uid", profile=True)
+        store.apply(report=[].append)
+        assert store.registry.pending_cleanup["profile"]["fenced"]
+        with pytest.raises(NotReadyError, match="feature view 'profile' changed its join keys"):
+            store.push("profile", [row])
+        assert row_keys(client, "profile", "uid") == []
+        assert store.push("profile", [row], to="offline") == 1
+    client.delete("profile_events:ingest-lock")
+    with FeatureStore(repo) as store:
+        store.apply(report=[].append)
+        assert "profile" not in store.registry.pending_cleanup
+        assert store.push("profile", [row]) == 1
+    assert len(row_keys(client, "profile", "uid")) == 1
+    client.close()
