@@ -9,13 +9,19 @@ spine times are floored, so an event a few nanoseconds after a spine time is nev
 it (never a value from the future); the cost is an event up to 999 ns late.
 
 Ties: rows of one key at one event time are ranked by created time (a null one loses), then,
-for Parquet sources, by file order (the files as DuckDB lists them, by name: offline pushes'
-names sort in push order, see offline/push.py) and row order in the file, the last winning.
-So the push that came last wins offline as it does online, and of one file's rows the last.
+for Parquet sources, by the push time the file's name carries (``file_rank``): an offline push
+file (``push-<view>-t-<us>-<seq>...``, offline/push.py) or a compacted one
+(``push-<view>-compact-<us>-<seq>...``, offline/compact.py) ranks by (push time, sequence),
+whatever view it was pushed to; an older release's ``push-<view>-[compact-]<us>-...`` file by
+that time alone, below a current push of the same microsecond; a stream ingest file
+(``stream-<source>-<first id>-<last id>``) by its last entry id (XADD time, then sequence);
+every other file (the data loaded into the folder) below all of them. Then by file path, then row order in the file,
+the last winning. So the push that came last wins offline as it does online.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -28,8 +34,61 @@ if TYPE_CHECKING:
 
 FILE_INDEX = "__fs_fi"  # the row's file, in listing order
 FILE_ROW = "__fs_fr"  # the row's place in its file
+PUSH_TIME = "__fs_pt"  # the push time (us) the row's file name carries (see file_rank)
+PUSH_SEQ = "__fs_ps"  # the pushing process's sequence in that name (see file_rank)
 _MIN_BIGINT = "CAST(-9223372036854775808 AS BIGINT)"
 _MAX_BIGINT = "CAST(9223372036854775807 AS BIGINT)"
+BASE_RANK = (-(2**63), -(2**63))  # a file no push or ingest made: below every push
+NO_SEQ = -1  # the sequence of a name that carries none (below a current push's 0)
+
+# A file's base name, five groups: a current push's or compacted file's (1) time and (2)
+# sequence; (3) an older release's push or compacted time; a stream file's last entry id,
+# (4) its XADD ms and (5) its sequence in that ms.
+# Plain regex syntax that DuckDB's RE2 and Python's re read alike. View and source names hold
+# no "-" (offline/push.py ``_safe``, online/stream/sink.py ``_SAFE``).
+NAME_PATTERN = (
+    r"(?:^|[/\\])(?:push-[^-/\\]*-(?:t|compact)-(\d{1,18})-(\d{10})[0-9a-f]{8}"
+    r"|push-[^-/\\]*-(?:compact-)?(\d{1,18})-[^-/\\]*"
+    r"|stream-[^-/\\]*-\d{1,15}_\d{1,18}-(\d{1,15})_(\d{1,18}))\.parquet$"
+)
+_NAME_RE = re.compile(NAME_PATTERN)
+
+
+def file_rank(path: str) -> tuple[int, int]:
+    """(push time us, sequence) a file's name gives its rows in ties: see the module doc."""
+    m = _NAME_RE.search(path)
+    if m is None:
+        return BASE_RANK
+    if m.group(1) is not None:
+        return int(m.group(1)), int(m.group(2))
+    if m.group(3) is not None:
+        return int(m.group(3)), NO_SEQ
+    return int(m.group(4)) * 1000, int(m.group(5))
+
+
+def ranked_rows(relation: str) -> str:
+    """``SELECT *`` of a Parquet ``relation`` plus each row's tie rank: file index and row
+    (``__fs_fi``, ``__fs_fr``) and its file's ``file_rank`` (``__fs_pt``, ``__fs_ps``), taken
+    from DuckDB's ``filename`` once per file name, not per row's value."""
+    inner = (
+        f"SELECT *, CAST(file_index AS BIGINT) AS {FILE_INDEX}, "
+        f"CAST(file_row_number AS BIGINT) AS {FILE_ROW}, "
+        f"regexp_extract(filename, '{NAME_PATTERN}', ['t', 's', 'o', 'm', 'n']) AS __fs_nm "
+        f"FROM {relation} AS __fs_scan"
+    )
+    n = "__fs_nm"
+    time = (
+        f"CASE WHEN {n}.t <> '' THEN CAST({n}.t AS BIGINT) "
+        f"WHEN {n}.o <> '' THEN CAST({n}.o AS BIGINT) "
+        f"WHEN {n}.m <> '' THEN CAST({n}.m AS BIGINT) * 1000 ELSE {_MIN_BIGINT} END"
+    )
+    seq = (
+        f"CASE WHEN {n}.s <> '' THEN CAST({n}.s AS BIGINT) "
+        f"WHEN {n}.m <> '' THEN CAST({n}.n AS BIGINT) "
+        f"WHEN {n}.o <> '' THEN {NO_SEQ} ELSE {_MIN_BIGINT} END"
+    )
+    return f"SELECT *, {time} AS {PUSH_TIME}, {seq} AS {PUSH_SEQ} FROM ({inner}) AS __fs_named"
+
 
 _DUCK = {
     "int32": "INTEGER",
@@ -92,43 +151,49 @@ class SourcePlan:
     created_us: str | None  # SQL: created timestamp as int64 us, None when the source has none
     event_column: str
     source_types: dict[str, pa.DataType]
-    file_order: bool = False  # ties broken by file and row order (see the module doc)
+    file_order: bool = False  # ties broken by push time, file and row (see the module doc)
 
     @property
     def keys(self) -> tuple[str, ...]:
         return self.view.join_keys
 
     def base_select(self, features: list[str], *, where: str = "") -> str:
-        """Source rows with keys, ``__fs_ev``, ``__fs_cr``, the file and row order ``__fs_fi``
-        and ``__fs_fr`` (with ``file_order``) and raw features; null times dropped."""
+        """Source rows with keys, ``__fs_ev``, ``__fs_cr``, the tie rank ``__fs_pt``,
+        ``__fs_ps``, ``__fs_fi`` and ``__fs_fr`` (with ``file_order``) and raw features; null
+        times dropped."""
         cols = [ident(k) for k in self.keys]
         cols.append(f"{self.event_us} AS __fs_ev")
         cols.append(f"{self.created_us or 'CAST(NULL AS BIGINT)'} AS __fs_cr")
+        relation = self.relation
         if self.file_order:
-            cols.append(f"CAST(file_index AS BIGINT) AS {FILE_INDEX}")
-            cols.append(f"CAST(file_row_number AS BIGINT) AS {FILE_ROW}")
+            cols += [PUSH_TIME, PUSH_SEQ, FILE_INDEX, FILE_ROW]
+            relation = f"({ranked_rows(relation)})"
         cols += [ident(f) for f in features]
         cond = f"{ident(self.event_column)} IS NOT NULL"
         if where:
             cond += f" AND ({where})"
-        return f"SELECT {', '.join(cols)} FROM {self.relation} AS __fs_src WHERE {cond}"
+        return f"SELECT {', '.join(cols)} FROM {relation} AS __fs_src WHERE {cond}"
 
     def tie_order(self, qualifier: str) -> list[str]:
         """ORDER BY terms ranking rows of one key and event time, the winner first."""
         q = f"{qualifier}." if qualifier else ""
         terms = [f"{q}__fs_cr DESC NULLS LAST"] if self.created_us is not None else []
         if self.file_order:
-            terms += [f"{q}{FILE_INDEX} DESC", f"{q}{FILE_ROW} DESC"]
+            terms += [f"{q}{c} DESC" for c in (PUSH_TIME, PUSH_SEQ, FILE_INDEX, FILE_ROW)]
         return terms
 
     def rank_struct(self, qualifier: str) -> str:
-        """A struct of a base row's (event time, created time, file, row) that compares as the
-        tie rule ranks rows: an ASOF join on it picks the winner with no sort of its own."""
+        """A struct of a base row's (event time, created time, push time, sequence, file, row)
+        that compares as the tie rule ranks rows: an ASOF join on it picks the winner with no
+        sort of its own."""
         q = f"{qualifier}."
         parts = [f"'e': {q}__fs_ev"]
         if self.created_us is not None:
             parts.append(f"'c': coalesce({q}__fs_cr, {_MIN_BIGINT})")
-        parts += [f"'i': {q}{FILE_INDEX}", f"'r': {q}{FILE_ROW}"]
+        parts += [
+            f"'{a}': {q}{c}"
+            for a, c in zip("pqir", (PUSH_TIME, PUSH_SEQ, FILE_INDEX, FILE_ROW), strict=True)
+        ]
         return "{" + ", ".join(parts) + "}"
 
     def rank_bound(self, time_us: str) -> str:
@@ -136,7 +201,7 @@ class SourcePlan:
         parts = [f"'e': {time_us}"]
         if self.created_us is not None:
             parts.append(f"'c': {_MAX_BIGINT}")
-        parts += [f"'i': {_MAX_BIGINT}", f"'r': {_MAX_BIGINT}"]
+        parts += [f"'{a}': {_MAX_BIGINT}" for a in "pqir"]
         return "{" + ", ".join(parts) + "}"
 
     def feature_cast(self, feature: str, qualifier: str) -> str:

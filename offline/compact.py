@@ -3,21 +3,23 @@
 Each offline push is one file (offline/push.py), so a client pushing often leaves thousands of
 small files that every training set and materialization opens. Compaction writes the union of
 a folder's push files, exact duplicate rows dropped, as one new file
-``push-<view>-compact-<latest push time us>-<random>.parquet`` (atomically: a hidden temporary
-file renamed into place), THEN deletes the files it merged. A compacted file is a push file like
-any other and takes part in the next compaction.
+``push-<view>-compact-<push time us>-<sequence><random>.parquet`` (atomically: a hidden
+temporary file renamed into place), THEN deletes the files it merged. A compacted file is a
+push file like any other and takes part in the next compaction.
 
 Order: the point-in-time join and materialize rank rows of one key and event time by created
-time, then file name and row (the last push wins, offline/push.py). The merged file keeps its
-inputs' rows in that order, dropping earlier copies of exact duplicates, so the last row of
-every tie stays the last. Its name (``compact`` sorts after the digits of older push names and
-before the ``t-`` of current ones) puts it after older pushes and before any push that comes
-after the compaction, so a later push still wins.
+time, then the (push time, sequence) their file's name carries, then file path and row (the
+last push wins, offline/_sql.py ``file_rank``). The merged file keeps its inputs' rows in that
+order, dropping earlier copies of exact duplicates, so the last row of every tie stays the
+last; its name carries the largest (push time, sequence) of its inputs, whatever view they
+were pushed to, so it ranks after every push it merged and before any push that comes after
+the compaction: a later push still wins, to this view or another one sharing the folder.
 
 Why duplicates are harmless here: between the write and the deletes (or after a crash there)
 the folder holds some rows twice: the merged file holds every input row, in input order, and
-the inputs are still there, in theirs. Whichever of them comes last, the last row of a tie is
-the one the inputs alone ranked last, so training sets and online values do not change, and
+the inputs are still there, in theirs. The merged file ranks with its last input and above
+the others; whichever of those two comes last, the last row of a tie is the one the inputs
+alone ranked last, so training sets and online values do not change, and
 the next compaction removes the copies.
 
 Folders read by a WINDOW view are skipped: a ``count`` (or ``sum``) aggregation counts every
@@ -183,9 +185,14 @@ def _compact_folder(view: str, label: str, folder: Path) -> CompactResult:
 
 
 def push_files(folder: Path) -> list[Path]:
-    """The ``push-*.parquet`` files at the top of ``folder`` (not hidden temporary files)."""
+    """The push files (named as offline/push.py or this module names them, of any release) at
+    the top of ``folder``; not hidden temporary files, nor data merely named ``push-...``."""
+    from featurestore.offline._sql import BASE_RANK, file_rank
+
     return sorted(
-        folder / n for n in os.listdir(folder) if n.startswith("push-") and n.endswith(".parquet")
+        folder / n
+        for n in os.listdir(folder)
+        if n.startswith("push-") and n.endswith(".parquet") and file_rank(n) != BASE_RANK
     )
 
 
@@ -193,14 +200,22 @@ def merged_table(files: list[Path]) -> tuple[pa.Table, int]:
     """The distinct rows of ``files`` (in this order) read by name, as the offline store reads
     them, in the column types the files hold; and how many rows they hold in all.
 
-    Rows keep their order: file by file, each file's rows as stored, and of exact duplicates
-    the last copy is kept. The point-in-time join ranks rows of one key and event time by file
-    and row, the last winning, so the merged file ranks them as its inputs did."""
+    Rows keep their tie order: file by file as ranked by push time (offline/_sql.py), each
+    file's rows as stored, and of exact duplicates the last copy is kept. The point-in-time
+    join ranks rows of one key and event time that way, the last winning, so the merged file
+    ranks them as its inputs did."""
     import duckdb
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from featurestore.offline._sql import ident
+    from featurestore.offline._sql import (
+        FILE_INDEX,
+        FILE_ROW,
+        PUSH_SEQ,
+        PUSH_TIME,
+        ident,
+        ranked_rows,
+    )
     from featurestore.offline.store import has_file_order
 
     schemas = [pq.read_schema(f) for f in files]
@@ -211,17 +226,17 @@ def merged_table(files: list[Path]) -> tuple[pa.Table, int]:
         raise OfflineStoreError(f"their column types disagree: {exc}") from None
     if not has_file_order(schema.names):
         raise OfflineStoreError(
-            "they hold a column named file_index or file_row_number, which hides the row "
-            "order a merged file must keep (or DuckDB is older than 1.3); rename that column"
+            "they hold a column named file_index, file_row_number or filename, which hides "
+            "the row order a merged file must keep (or DuckDB is older than 1.3); rename it"
         )
     paths = ", ".join("'" + str(f).replace("'", "''") + "'" for f in files)
     cols = ", ".join(ident(n) for n in schema.names)
+    rank = [PUSH_TIME, PUSH_SEQ, FILE_INDEX, FILE_ROW]
     sql = (
-        f"SELECT {cols} FROM (SELECT *, file_index AS __fs_fi, file_row_number AS __fs_fr "
-        f"FROM read_parquet([{paths}], union_by_name = true)) "
+        f"SELECT {cols} FROM ({ranked_rows(f'read_parquet([{paths}], union_by_name = true)')}) "
         f"QUALIFY row_number() OVER (PARTITION BY {cols} "
-        "ORDER BY __fs_fi DESC, __fs_fr DESC) = 1 "
-        "ORDER BY __fs_fi, __fs_fr"
+        f"ORDER BY {', '.join(f'{c} DESC' for c in rank)}) = 1 "
+        f"ORDER BY {', '.join(rank)}"
     )
     con = duckdb.connect()
     try:
@@ -236,18 +251,23 @@ def merged_table(files: list[Path]) -> tuple[pa.Table, int]:
 
 
 def write_compacted(folder: Path, view: str, table: pa.Table, files: list[Path]) -> Path:
-    """Write ``table`` as ``push-<view>-compact-<latest push us>-<random>.parquet``, atomically."""
+    """Write ``table`` atomically, named with the largest (push time, sequence) of ``files``:
+    ``push-<view>-compact-<us>-<sequence><random>.parquet``, or, when only older releases'
+    files (no sequence) were merged, ``push-<view>-compact-<us>-<random>.parquet``."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from featurestore._atomic import atomic_write
+    from featurestore.offline._sql import BASE_RANK, NO_SEQ, file_rank
     from featurestore.offline.push import _safe
 
-    stamps = [_push_time(f.name) for f in files]
-    latest = max((s for s in stamps if s is not None), default=time.time_ns() // 1000)
+    ranks = [r for r in (file_rank(f.name) for f in files) if r != BASE_RANK]
+    us, seq = max(ranks, default=(time.time_ns() // 1000, NO_SEQ))
+    random = uuid.uuid4().hex[:8]
+    tail = f"{seq:010d}{random}" if seq != NO_SEQ else random
     buf = pa.BufferOutputStream()
     pq.write_table(table, buf)
-    path = folder / f"push-{_safe(view)}-compact-{latest}-{uuid.uuid4().hex[:8]}.parquet"
+    path = folder / f"push-{_safe(view)}-compact-{us:016d}-{tail}.parquet"
     try:
         atomic_write(path, buf.getvalue().to_pybytes())
     except OSError as exc:
@@ -264,14 +284,6 @@ def remove_inputs(files: list[Path]) -> None:
     for f in files:
         with contextlib.suppress(FileNotFoundError):
             f.unlink()
-
-
-def _push_time(name: str) -> int | None:
-    """The push time (us) in a ``push-<view>[-compact]-<us>-<random>.parquet`` name."""
-    parts = name.removesuffix(".parquet").split("-")
-    if len(parts) >= 4 and parts[-2].isdigit():
-        return int(parts[-2])
-    return None
 
 
 __all__ = ["CompactResult", "compact_pushes", "compactable_views"]

@@ -1,8 +1,8 @@
 """Materialization reads: the latest source row per entity key within a time window.
 
 Same tie rules as the point-in-time join (largest event timestamp, then largest created
-timestamp, a null created timestamp losing, then the last file and row of a Parquet source:
-the last push wins, see offline/_sql.py); rows with a null join key or null event timestamp
+timestamp, a null created timestamp losing, then the latest push time a Parquet file's name
+carries and the last row: the last push wins, see offline/_sql.py); rows with a null join key or null event timestamp
 are skipped. Rows are sorted by the join keys; rows a SQL source holds equal in both
 timestamps are broken by the feature values, so a rerun yields identical batches.
 """

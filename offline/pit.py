@@ -3,11 +3,11 @@
 Plan per view (DESIGN.md section 3):
 
 * source rows with a null event timestamp are dropped; rows sharing (keys, event_ts) are
-  ranked by created timestamp (a null one loses every tie), then by file and row order (the
-  last pushed, the last listed wins; offline/_sql.py);
+  ranked by created timestamp (a null one loses every tie), then by the push time in the
+  file's name and row order (the last pushed, the last listed wins; offline/_sql.py);
 * DuckDB ``ASOF LEFT JOIN`` on the join keys and ``spine_ts >= event_ts`` (int64 us) picks
   the latest row at or before t; over Parquet files its inequality compares the whole rank
-  (event time, created time, file, row) as one struct, so it also picks the tie's winner
+  (event time, created time, push time, file, row) as one struct, so it picks the tie's winner
   without a sort; over a SQL source with a created timestamp, ties are first reduced by a
   window. The row is used only if ``t - event_ts <= ttl`` (inclusive);
 * ``as_known=True`` cannot be one ASOF (two inequalities), so it joins every known row

@@ -4,12 +4,13 @@ and later materializations see what was pushed (``push(..., to="offline")``).
 A push lands in the source's folder (a ``ParquetSource`` folder, or a ``StreamSource``'s batch
 folder) as ``push-<view>-t-<push time us, 16 digits>-<sequence, 10 digits><random>.parquet``,
 written to a hidden temporary file and renamed into place, so a training set read at any
-moment sees the push whole or not at all. Names sort in push order (by push time, then by the
-process's write sequence for pushes in one microsecond), after the older ``push-<view>-<us>-``
-names and after compacted files (``push-<view>-compact-...``, offline/compact.py): rows of one
-key at one event time are ranked by file name, so the later push wins offline as online. The
-name never matches the stream sink's ``stream-...`` files, whose names carry the stream
-position ingest resumes from. Columns carry the source's names: join keys, features,
+moment sees the push whole or not at all. Rows of one key at one event time are ranked by the
+(push time, sequence) the name carries, whatever the view (offline/_sql.py ``file_rank``):
+above the folder's own data files, above older releases' ``push-<view>-<us>-`` names and
+compacted files of earlier pushes (offline/compact.py), and a later push above an earlier one
+(the process's write sequence orders pushes in one microsecond), so the later push wins
+offline as online. The name never matches the stream sink's ``stream-...`` files, whose names
+carry the stream position ingest resumes from. Columns carry the source's names: join keys, features,
 the event time as ``timestamp_field`` and, when the source has a ``created_timestamp_field``,
 the push time there, so a later push of the same key and event time wins the point-in-time
 tie. Column types are those the source's files already hold (read from one file's footer), so
@@ -179,8 +180,8 @@ _SEQ_LOCK = threading.Lock()
 
 
 def push_file_name(view: str, now_us: int) -> str:
-    """A new push file's name for ``view`` at push time ``now_us``: later than every name this
-    process made for an earlier or equal push time (see the module doc)."""
+    """A new push file's name for ``view`` at push time ``now_us``: ranked above every name
+    this process made for an earlier or equal push time, to any view (see the module doc)."""
     with _SEQ_LOCK:
         seq = next(_SEQ)
     return f"push-{_safe(view)}-t-{now_us:016d}-{seq:010d}{uuid.uuid4().hex[:8]}.parquet"

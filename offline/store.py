@@ -223,9 +223,10 @@ class OfflineStore:
         """A point-in-time correct training set: the spine plus the requested features.
 
         Per view and spine row (keys, t): the source row with the largest event timestamp
-        <= t (ties: largest created timestamp, then, over Parquet files, the last file by name
-        and the last row in it: the last push; offline/_sql.py), used only if t - event_ts <=
-        ttl; else the field default (or null).
+        <= t (ties: largest created timestamp, then, over Parquet files, the latest push time
+        a file's name carries, the folder's own data files lowest, then the last row: the last
+        push; offline/_sql.py), used only if t - event_ts <= ttl; else the field default (or
+        null).
         ``as_known=True`` only uses rows whose created timestamp is <= t (a null created
         timestamp counts as known at its event time). An empty feature list means all of the
         view's features. Spine rows with a null join key get defaults; naive spine times are
@@ -385,15 +386,16 @@ def empty_relation(schema: pa.Schema) -> str:
 
 
 def has_file_order(columns: Any) -> bool:
-    """Whether DuckDB's ``file_index`` and ``file_row_number`` of a Parquet read (1.3 on) rank
-    rows by file and row: not when the files hold columns of those names, which hide them."""
+    """Whether DuckDB's ``filename``, ``file_index`` and ``file_row_number`` of a Parquet read
+    (1.3 on) rank rows by push time, file and row (offline/_sql.py): not when the files hold
+    columns of those names, which hide them."""
     import duckdb
 
     try:
         version = tuple(int(p) for p in duckdb.__version__.split(".")[:2])
     except ValueError:
         version = (0, 0)
-    return version >= (1, 3) and not {"file_index", "file_row_number"} & set(columns)
+    return version >= (1, 3) and not {"filename", "file_index", "file_row_number"} & set(columns)
 
 
 def _parquet_source(source: Source) -> ParquetSource | None:

@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from featurestore.config import config_from_dict
+from featurestore.offline._sql import file_rank
 from featurestore.offline.compact import compact_pushes, push_files
 from featurestore.offline.push import push_file_name
 from featurestore.store import FeatureStore
@@ -168,16 +169,17 @@ def test_the_later_push_wins_ties_offline_and_online(
     assert again == latest, pushes
 
 
-def test_push_file_names_sort_in_push_order() -> None:
+def test_push_file_names_rank_in_push_order() -> None:
     t = 1_767_225_600_000_000
-    made = [push_file_name("v", t), push_file_name("v", t), push_file_name("v", t + 1)]
+    made = [push_file_name("v", t), push_file_name("w", t), push_file_name("a", t + 1)]
     made.append(push_file_name("v", t))  # an earlier push time, written later
-    assert sorted(made) == [made[0], made[1], made[3], made[2]]
-    # after the older names (push time alone) and after compacted files, which hold only
-    # pushes that came before the compaction
-    older = f"push-v-{t + 5}-0123abcd.parquet"
-    compacted = f"push-v-compact-{t + 5}-0123abcd.parquet"
-    assert sorted([made[0], compacted, older]) == [older, compacted, made[0]]
+    ranked = sorted(made, key=file_rank)
+    assert ranked == [made[0], made[1], made[3], made[2]]
+    # above the older names (push time alone) and compacted files of the same time, which
+    # hold only pushes that came before
+    older = f"push-v-{t}-0123abcd.parquet"
+    compacted = f"push-z-compact-{t}-0123abcd.parquet"
+    assert file_rank(older) < file_rank(made[0]) and file_rank(compacted) < file_rank(made[0])
 
 
 def test_a_later_push_beats_a_compacted_file_in_the_same_microsecond(
