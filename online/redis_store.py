@@ -340,46 +340,30 @@ class RedisClusterOnlineStore(_RedisBase):
         redis-py, which loads the script and follows redirects."""
         client = self._client()
         sha = self._script().sha.encode()
-        step = wire.CAS_CHUNK
-        plan = []
+
+        def pack(groups: list[list[int]]) -> bytes:
+            return b"".join(
+                wire.pack_cas(
+                    sha,
+                    [keys[i] for i in idx],
+                    [values[i] for i in idx],
+                    None if expires is None else [expires[i] for i in idx],
+                )
+                for idx in groups
+            )
+
         again: list[list[int]] = []
         redirected = False
         written = 0
-        try:
-            for node, slots in wire.group_by_slot(client, keys).items():
-                groups = [
-                    g[lo : lo + step] for g in slots.values() for lo in range(0, len(g), step)
-                ]
-                pool = client.get_redis_connection(node).connection_pool
-                conn = pool.get_connection()
-                plan.append((pool, conn, groups))
-                packed = [
-                    wire.pack_cas(
-                        sha,
-                        [keys[i] for i in idx],
-                        [values[i] for i in idx],
-                        None if expires is None else [expires[i] for i in idx],
-                    )
-                    for idx in groups
-                ]
-                conn.send_packed_command([b"".join(packed)])
-            for _, conn, groups in plan:
-                for idx, reply in zip(groups, wire.replies(conn, len(groups)), strict=True):
-                    if not isinstance(reply, Exception):
-                        written += int(reply)
-                        continue
-                    name = type(reply).__name__
-                    if name != "NoScriptError" and name not in wire.REDIRECT_ERRORS:
-                        raise reply
-                    redirected = redirected or name in wire.REDIRECT_ERRORS
-                    again.append(idx)
-        except BaseException:
-            for _, conn, _ in plan:
-                conn.disconnect()
-            raise
-        finally:
-            for pool, conn, _ in plan:
-                pool.release(conn)
+        for idx, reply in self._per_node(client, keys, pack, split=wire.CAS_CHUNK):
+            if not isinstance(reply, Exception):
+                written += int(reply)
+                continue
+            name = type(reply).__name__
+            if name != "NoScriptError" and name not in wire.REDIRECT_ERRORS:
+                raise reply
+            redirected = redirected or name in wire.REDIRECT_ERRORS
+            again.append(idx)
         if redirected:
             client.nodes_manager.initialize()
         for idx in again:
@@ -390,6 +374,39 @@ class RedisClusterOnlineStore(_RedisBase):
                 None if expires is None else [expires[i] for i in idx],
             )
         return written
+
+    @staticmethod
+    def _per_node(
+        client: Any,
+        keys: Sequence[bytes],
+        pack: Callable[[list[list[int]]], bytes],
+        split: int | None = None,
+    ) -> list[tuple[list[int], Any]]:
+        """Each node's slot groups of ``keys`` (``split``: at most that many keys a group),
+        sent as one ``pack``ed write per node, then every group's reply (a value, or the error
+        it met): one round trip per node, overlapped. A connection that may hold unread
+        replies is dropped, never reused."""
+        plan = []
+        out: list[tuple[list[int], Any]] = []
+        try:
+            for node, slots in wire.group_by_slot(client, keys).items():
+                groups = list(slots.values())
+                if split:
+                    groups = [g[lo : lo + split] for g in groups for lo in range(0, len(g), split)]
+                pool = client.get_redis_connection(node).connection_pool
+                conn = pool.get_connection()
+                plan.append((pool, conn, groups))
+                conn.send_packed_command([pack(groups)])
+            for _, conn, groups in plan:
+                out += zip(groups, wire.replies(conn, len(groups)), strict=True)
+        except BaseException:
+            for _, conn, _ in plan:
+                conn.disconnect()
+            raise
+        finally:
+            for pool, conn, _ in plan:
+                pool.release(conn)
+        return out
 
     def read(self, keys: Sequence[bytes]) -> list[bytes | None]:
         """One MGET per slot, all of a node's sent at once: one round trip per node, overlapped.
@@ -404,31 +421,16 @@ class RedisClusterOnlineStore(_RedisBase):
 
     def _read(self, keys: Sequence[bytes]) -> list[bytes | None]:
         client = self._client()
-        plan = []
         out: list[bytes | None] = [None] * len(keys)
         redirected = False
-        try:
-            for node, slots in wire.group_by_slot(client, keys).items():
-                pool = client.get_redis_connection(node).connection_pool
-                conn = pool.get_connection()
-                plan.append((pool, conn, list(slots.values())))
-                conn.send_packed_command([wire.pack_mgets(keys, plan[-1][2])])
-            for _, conn, groups in plan:
-                for idx, reply in zip(groups, wire.replies(conn, len(groups)), strict=True):
-                    if isinstance(reply, Exception):
-                        if type(reply).__name__ not in wire.REDIRECT_ERRORS:
-                            raise reply
-                        redirected = True
-                        continue
-                    for i, v in zip(idx, reply, strict=True):
-                        out[i] = v
-        except BaseException:
-            for _, conn, _ in plan:
-                conn.disconnect()
-            raise
-        finally:
-            for pool, conn, _ in plan:
-                pool.release(conn)
+        for idx, reply in self._per_node(client, keys, lambda g: wire.pack_mgets(keys, g)):
+            if isinstance(reply, Exception):
+                if type(reply).__name__ not in wire.REDIRECT_ERRORS:
+                    raise reply
+                redirected = True
+                continue
+            for i, v in zip(idx, reply, strict=True):
+                out[i] = v
         if redirected:
             client.nodes_manager.initialize()
             return client.mget_nonatomic(list(keys))
