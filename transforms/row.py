@@ -241,12 +241,16 @@ class RowTransform:
                 valid = ok if valid is None else valid & ok
             arrays.append(arr)
         n = arrays[0].size if arrays else 0
+        # a division by zero gives inf / nan / 0 as numpy does (the online rows give the same):
+        # a value, not a warning per training set
         if valid is None or valid.all():  # no nulls: no compress, no scatter
-            out = self._ufunc(*arrays)
+            with np.errstate(all="ignore"):
+                out = self._ufunc(*arrays)
             return np.asarray(out), np.ones(n, dtype=bool) if valid is None else valid
         out = np.zeros(n, dtype=_NUMPY[self.return_type])
         if valid.any():
-            out[valid] = self._ufunc(*(a[valid] for a in arrays))
+            with np.errstate(all="ignore"):
+                out[valid] = self._ufunc(*(a[valid] for a in arrays))
         if out.dtype.kind == "f":
             out[~valid] = np.nan
         return out, valid

@@ -78,3 +78,16 @@ def test_rows_agree_with_columns(amount: float, mean: float) -> None:
     cols, valid = ratio.apply_columns({"amount": np.array([amount]), "mean": np.array([mean])})
     assert valid[0]
     assert _same(ratio(amount, mean), cols[0].item())
+
+
+def test_column_kernels_divide_by_zero_without_warnings() -> None:
+    """A zero divisor is a value (inf, nan, 0), as in the online rows, not a RuntimeWarning per
+    training set; with nulls too (the compressed path)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning fails the test
+        cols, _ = ratio.apply_columns({"amount": [1.0, -1.0, 0.0], "mean": [0.0, 0.0, 0.0]})
+        with_null, valid = ratio.apply_columns({"amount": [1.0, None], "mean": [0.0, 0.0]})
+        over_limit.apply_columns({"amount": [5.0], "limit": [0.0]})
+    assert cols[0] == math.inf and with_null[0] == math.inf and valid.tolist() == [True, False]
