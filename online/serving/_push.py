@@ -69,6 +69,7 @@ class Pushes:
         self, feature_view: str, rows: Any, to: str
     ) -> tuple[Callable[[], int], dict[str, list[Any]]]:
         """The write of a validated push, and its entity keys (for the audit log)."""
+        from featurestore._cleanup import is_fenced
         from featurestore.offline.push import push_mode, push_target, write_offline_push
         from featurestore.online.codec import EVENT_TS
         from featurestore.online.writer import latest_rows, write_table
@@ -78,7 +79,8 @@ class Pushes:
             raise BadRequestError("feature_view must be a view's name", field="feature_view")
         state = self.store.registry
         view = state.feature_view(feature_view)
-        if online and state.pending_cleanup.get(view.name, {}).get("fenced"):
+        record = state.pending_cleanup.get(view.name) if online else None
+        if record is not None and is_fenced(record, view):
             # (its old-key rows are still to be deleted view-wide: a row written now would go too)
             raise NotReadyError(
                 f"feature view '{view.name}' changed its join keys and its rows under the old "
