@@ -189,8 +189,12 @@ def _finite_list(values: Any) -> Any:
     try:
         if all(map(math.isfinite, values)):  # numbers only, all finite: the usual column
             return values
-    except (TypeError, OverflowError):  # strings, nulls, lists...: look at each value
-        pass
+    except (TypeError, OverflowError):  # strings, nulls, lists...
+        try:  # finite numbers beside nulls (a feature with missing values): still no change
+            if all(map(math.isfinite, [v for v in values if v is not None])):
+                return values
+        except (TypeError, OverflowError):  # look at each value
+            pass
     return _finite(values)
 
 
@@ -228,9 +232,9 @@ def features_dict(res: FeatureResult) -> dict[str, Any]:
     results = []
     columns = res.wire_columns()  # float64 arrays dump exactly as their lists would
     arrays = [v for v in columns.values() if type(v) is np.ndarray and v.dtype.kind == "f"]
-    # one sum over every float array says none holds a NaN or an infinity (a sum that
-    # overflows only sends them through the check column by column)
-    arrays_finite = not arrays or math.isfinite(np.add.reduce(np.concatenate(arrays)))
+    # one pass over every float array says none holds a NaN or an infinity (not a sum: +inf
+    # beside -inf, or an overflow, would warn)
+    arrays_finite = not arrays or bool(np.isfinite(np.concatenate(arrays)).all())
     for name, values in columns.items():
         st = statuses.get(name)
         if st is not None:  # a feature (join-key columns have no statuses and no floats)

@@ -56,3 +56,27 @@ def test_a_shared_status_list_is_dumped_once() -> None:
     out = features_dict(res)["results"]
     assert out[0]["statuses"] is None  # join key: no statuses
     assert out[1]["statuses"] is out[2]["statuses"]  # one fragment for the view
+
+
+def test_float_arrays_with_infinities_or_huge_values_warn_nothing() -> None:
+    """Float64 columns served as arrays: +inf beside -inf (a NaN sum) and values whose sum
+    overflows are still written as their JSON strings and numbers, with no numpy warning
+    (a server would log one for every such answer's first)."""
+    import warnings
+
+    import numpy as np
+
+    cols = {
+        "k": [1, 2],
+        "a": np.array([np.inf, -np.inf]),
+        "b": np.array([1e308, 1e308]),
+        "c": np.array([np.nan, 1.5]),
+    }
+    statuses = {n: ["PRESENT", "PRESENT"] for n in "abc"}
+    res = FeatureResult(cols, statuses, list("abc"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = _dumps(features_dict(res))
+    plain = FeatureResult({k: list(v) for k, v in cols.items()}, statuses, list("abc"))
+    assert out == _dumps(_finite(plain.to_dict()))
+    assert b'"Infinity","-Infinity"' in out and b'"NaN",1.5' in out
