@@ -125,6 +125,7 @@ def _check_references(defs: RepoDefinitions) -> None:
             f"{defs.where('feature view', name)}: '{name}' is both a feature view and an "
             "on-demand feature view; rename one"
         )
+    _check_full_names(defs)
     for odfv in defs.on_demand_views.values():
         for feat in odfv.feature_names:
             for ref in odfv.inputs_of(feat):
@@ -150,4 +151,32 @@ def _check_references(defs: RepoDefinitions) -> None:
                 raise DefinitionError(
                     f"{where}: feature service '{s.name}' references '{ref}', but view '{view_name}' "
                     f"has no feature '{feat}'"
+                )
+
+
+def _check_full_names(defs: RepoDefinitions) -> None:
+    """Refuse two features with one full name (``x:a__b`` and ``x__a:b`` are both ``x__a__b``)
+    and a join key named like a feature's full name: with full feature names, one column
+    would overwrite the other in training sets and online answers."""
+    full: dict[str, tuple[str, str]] = {}  # full name -> (kind, "view:feature")
+    for kind, views in (
+        ("feature view", defs.feature_views),
+        ("on-demand feature view", defs.on_demand_views),
+    ):
+        for v in views.values():
+            for feat in v.feature_names:
+                ref = f"{v.name}:{feat}"
+                other = full.setdefault(f"{v.name}__{feat}", (kind, ref))[1]
+                if other != ref:
+                    raise DefinitionError(
+                        f"{defs.where(kind, v.name)}: features '{other}' and '{ref}' share the "
+                        f"full feature name '{v.name}__{feat}'; rename one"
+                    )
+    for e in defs.entities.values():
+        for key in e.join_keys:
+            if key in full:
+                kind, ref = full[key]
+                raise DefinitionError(
+                    f"{defs.where('entity', e.name)}: entity '{e.name}' has join key '{key}', "
+                    f"the full feature name of '{ref}'; rename one"
                 )
