@@ -247,6 +247,14 @@ class ServerThread:
             time.sleep(0.01)
         return self
 
+    @classmethod
+    def of_repo(cls, repo: Path) -> ServerThread:
+        """A server (not started) over ``repo``'s engine, gRPC on a free port."""
+        from featurestore.online.serving.engine import Engine
+        from featurestore.online.serving.rest import create_app
+
+        return cls(create_app(Engine.from_repo(str(repo)), grpc_port=0, own_engine=True))
+
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
@@ -263,15 +271,10 @@ class ServerThread:
 @pytest.fixture
 def serve() -> Iterator[Callable[..., ServerThread]]:
     """``serve(repo)`` -> a started ServerThread (REST + gRPC); stopped after the test."""
-    from featurestore.online.serving.engine import Engine
-    from featurestore.online.serving.rest import create_app
-
     started: list[ServerThread] = []
 
     def start(repo: Path) -> ServerThread:
-        engine = Engine.from_repo(str(repo))
-        app = create_app(engine, grpc_port=0, own_engine=True)
-        s = ServerThread(app).start()
+        s = ServerThread.of_repo(repo).start()
         started.append(s)
         return s
 
@@ -283,11 +286,7 @@ def serve() -> Iterator[Callable[..., ServerThread]]:
 @pytest.fixture(scope="session")
 def shared_server(served_repo: Path) -> Iterator[ServerThread]:
     """One server over ``served_repo`` for all read-only endpoint tests."""
-    from featurestore.online.serving.engine import Engine
-    from featurestore.online.serving.rest import create_app
-
-    engine = Engine.from_repo(str(served_repo))
-    s = ServerThread(create_app(engine, grpc_port=0, own_engine=True)).start()
+    s = ServerThread.of_repo(served_repo).start()
     yield s
     s.stop()
 

@@ -57,12 +57,10 @@ def test_reflection_lists_and_describes_the_services(shared_server: ServerThread
 
 def test_not_serving_until_ready_then_serving(tmp_path: Path) -> None:
     """A server started before ``featurestore apply``: live, not serving; serving after it."""
-    from featurestore.online.serving.engine import Engine
-    from featurestore.online.serving.rest import create_app
     from featurestore.store import FeatureStore
 
     repo = unapplied_repo(tmp_path)
-    s = ServerThread(create_app(Engine.from_repo(str(repo)), grpc_port=0, own_engine=True))
+    s = ServerThread.of_repo(repo)
     s.thread.start()
     try:
         deadline = time.monotonic() + 20

@@ -42,8 +42,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerThr
     """A server whose repo has a nullable feature, an sklearn model refusing NaN and a python
     model that raises on large amounts."""
     from featurestore.online.models.repo import model_registry, service_feature_names
-    from featurestore.online.serving.engine import Engine
-    from featurestore.online.serving.rest import create_app
     from featurestore.store import FeatureStore
 
     root = tmp_path_factory.mktemp("model_failures")
@@ -61,7 +59,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerThr
                 service_features=names,
             )  # fmt: skip
             reg.set_alias(name, mv.version, "production")
-    s = ServerThread(create_app(Engine.from_repo(str(repo)), grpc_port=0, own_engine=True))
+    s = ServerThread.of_repo(repo)
     s.start()
     yield s, lr
     s.stop()

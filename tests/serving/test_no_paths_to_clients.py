@@ -53,11 +53,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(repo: Path) -> Iterator[ServerThread]:
-    from featurestore.online.serving.engine import Engine
-    from featurestore.online.serving.rest import create_app
-
-    engine = Engine.from_repo(str(repo))
-    s = ServerThread(create_app(engine, grpc_port=0, own_engine=True)).start()
+    s = ServerThread.of_repo(repo).start()
     yield s
     s.stop()
 

@@ -77,11 +77,7 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]
 
 @pytest.fixture(scope="module")
 def server(keys: tuple[Path, dict[str, str]]) -> Iterator[ServerThread]:
-    from featurestore.online.serving.engine import Engine
-    from featurestore.online.serving.rest import create_app
-
-    engine = Engine.from_repo(str(keys[0]))
-    s = ServerThread(create_app(engine, grpc_port=0, own_engine=True)).start()
+    s = ServerThread.of_repo(keys[0]).start()
     yield s
     s.stop()
 

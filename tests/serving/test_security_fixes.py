@@ -44,11 +44,7 @@ def repo_and_key(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 
 @pytest.fixture(scope="module")
 def server(repo_and_key: tuple[Path, str]) -> Iterator[ServerThread]:
-    from featurestore.online.serving.engine import Engine
-    from featurestore.online.serving.rest import create_app
-
-    engine = Engine.from_repo(str(repo_and_key[0]))
-    s = ServerThread(create_app(engine, grpc_port=0, own_engine=True)).start()
+    s = ServerThread.of_repo(repo_and_key[0]).start()
     yield s
     s.stop()
 

@@ -102,10 +102,8 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(repo: Path) -> Iterator[ServerThread]:
-    from featurestore.online.serving.engine import Engine
-    from featurestore.online.serving.rest import create_app
 
-    s = ServerThread(create_app(Engine.from_repo(str(repo)), grpc_port=0, own_engine=True))
+    s = ServerThread.of_repo(repo)
     s.start()
     yield s
     s.stop()
