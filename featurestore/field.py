@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
+from featurestore._time import to_us
 from featurestore.errors import DefinitionError
 from featurestore.types import DType, dtype_from_name
 
@@ -27,24 +30,46 @@ class Field:
                 f"field '{self.name}' has dtype {self.dtype!r}; use a type from "
                 "featurestore.types such as Float64, Int64, String or Array(Float32)"
             )
+        if isinstance(self.default, datetime) and self.dtype.name == "timestamp":
+            object.__setattr__(self, "default", to_us(self.default))  # stored as us, as data
         if self.default is not None:
             _check_default(self)
 
+    @property
+    def served_default(self) -> Any:
+        """``default`` as a column of this type holds it: Float32 values rounded to float32
+        (as a training set fills them), so online and offline serve the same number."""
+        d = self.default
+        if d is None:
+            return None
+        name = self.dtype.inner.name if self.dtype.is_list and self.dtype.inner else self.dtype.name
+        if name != "float32":
+            return d
+        import numpy as np
+
+        if self.dtype.is_list:
+            return [float(x) for x in np.asarray(d, dtype=np.float32)]
+        return float(np.float32(d))
+
     def to_dict(self) -> dict[str, Any]:
+        d = self.default
         return {
             "name": self.name,
             "dtype": self.dtype.name,
-            "default": self.default,
+            "default": {"base64": base64.b64encode(d).decode()} if isinstance(d, bytes) else d,
             "description": self.description,
             "tags": self.tags,
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Field:
+        default = d.get("default")
+        if isinstance(default, dict) and "base64" in default:  # a Bytes default (JSON has none)
+            default = base64.b64decode(default["base64"])
         return cls(
             name=d["name"],
             dtype=dtype_from_name(d["dtype"]),
-            default=d.get("default"),
+            default=default,
             description=d.get("description", ""),
             tags=d.get("tags") or {},
         )

@@ -38,7 +38,14 @@ def definition_files(config: RepoConfig) -> list[Path]:
                     f"featurestore.yaml lists definitions file {f.name}, which does not exist"
                 )
         return files
-    return sorted(p for p in config.repo_path.glob("*.py") if not p.name.startswith("_"))
+    files = sorted(p for p in config.repo_path.glob("*.py") if not p.name.startswith("_"))
+    if not files:  # a renamed or missing file must not read as "remove every view"
+        raise DefinitionError(
+            f"no definitions file in {config.repo_path} (every *.py there but _*.py is read); "
+            "add one, or list them under 'definitions:' in featurestore.yaml (an empty file "
+            "removes every definition)"
+        )
+    return files
 
 
 def load_definitions(config: RepoConfig) -> RepoDefinitions:

@@ -83,7 +83,7 @@ class _ViewPlan:
         self.defaults = [
             _us_to_datetime(f.default)
             if f.default is not None and f.dtype.name == "timestamp"
-            else f.default
+            else f.served_default
             for f in fields
         ]
         cols_of: dict[int, list[int]] = {}

@@ -235,7 +235,7 @@ def vector_plan(
         field = plan.fields[j]
         if field.dtype.name not in NUMERIC_TYPES:
             return None
-        default = field.default
+        default = field.served_default
         defaults.append(math.nan if default is None else float(default))
         slots.setdefault(p, []).append((pos, plan.struct_cols[j], int(plan.field_idx[j])))
     views = [_View(plans[p], s) for p, s in sorted(slots.items())]

@@ -185,7 +185,7 @@ def degraded_result(p: Prepared, reason: str) -> FeatureResult:
         for f in feats:
             fld = view.field(f)
             name = f"{view.name}__{f}" if p.full else f
-            d = fld.default
+            d = fld.served_default
             if d is not None and fld.dtype.name == "timestamp":
                 d = EPOCH + timedelta(microseconds=d)
             cols[name] = [d] * p.n
