@@ -50,7 +50,8 @@ class Event:
 
 @dataclass
 class EventSchema:
-    """The columns a source's events must fit: name -> type (join keys, inputs, timestamps)."""
+    """The columns a source's events must fit: name -> type (join keys, inputs, timestamps, and
+    the source's other columns, kept in its batch files for views defined later)."""
 
     source: StreamSource
     columns: dict[str, DType]
@@ -106,6 +107,10 @@ class EventSchema:
                     "cannot carry; use numbers, bools, strings or times"
                 )
             columns[c] = dtype
+        for c, kind in arrow.items():  # the source's other columns: kept, as the events hold
+            dtype = None if c in columns else dtype_from_arrow(kind)  # them, for later views
+            if dtype is not None:
+                columns[c] = dtype
         arrow = {c: arrow[c] for c in columns}
         return cls(source, columns, arrow, tuple(keys), max_future_us, max_past_us)
 
