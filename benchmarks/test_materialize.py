@@ -220,7 +220,8 @@ def latest_tables(fs: Any, repo: BenchRepo) -> list[tuple[Any, Any]]:
 
 
 def write_path(fs: Any, tables: list[tuple[Any, Any]]) -> Callable[[], int]:
-    """A call doing materialize's write half: keys + encode + store writes, for every view."""
+    """A call doing materialize's write half: keys + encode + store writes, for every view,
+    through the only-newer check materialize writes with (into an empty store here)."""
     from featurestore._time import duration_us, now_us, parse_duration
     from featurestore.online.writer import write_table
 
@@ -231,7 +232,7 @@ def write_path(fs: Any, tables: list[tuple[Any, Any]]) -> Callable[[], int]:
         now = now_us()
         return sum(
             write_table(fs.online, PROJECT, view, t, now_us=now, key_ttl_grace_us=grace,
-                        batch_size=cfg.write_batch_size)
+                        batch_size=cfg.write_batch_size, only_newer=True)
             for view, t in tables
         )  # fmt: skip
 

@@ -6,6 +6,7 @@ Serving, models, keys, ingest and score live in the ``_cli_*`` modules beside th
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import sys
 import time
@@ -34,6 +35,9 @@ class _Group(click.Group):
             raise
         except FeatureStoreError as exc:
             _fail(ctx, exc)
+        except BrokenPipeError:  # the reader went away (`... | head`): nothing to say to it
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error
+            sys.exit(141)  # as a shell reports a pipe's writer killed by SIGPIPE
         except (ValueError, OSError) as exc:
             _fail(ctx, exc, prefix=f"{type(exc).__name__}: ")
         except KeyboardInterrupt:
@@ -171,16 +175,32 @@ def _when(value: str) -> Any:
         raise click.BadParameter(f"{value!r} is not an ISO 8601 time or 'now'") from None
 
 
+# a newer online row (a push) is kept by default: codec.row_replaces, checked by the store
+_OVERWRITE = click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Write the offline rows even over newer online rows (after correcting offline data).",
+)
+
+
 @cli.command()
 @click.argument("start")
 @click.argument("end")
 @click.option("--views", help="Comma-separated feature views (default: all online views).")
+@_OVERWRITE
 @click.pass_context
-def materialize(ctx: click.Context, start: str, end: str, views: str | None) -> None:
-    """Write the latest values with START <= event time <= END into the online store."""
+def materialize(
+    ctx: click.Context, start: str, end: str, views: str | None, overwrite: bool
+) -> None:
+    """Write the latest values with START <= event time <= END into the online store.
+
+    An online row newer than the offline one (a push, say) is kept unless --overwrite.
+    """
     store = _store(ctx)
     t0 = time.perf_counter()
-    res = store.materialize(_when(start), _when(end), views=_views(views), progress=True)
+    res = store.materialize(
+        _when(start), _when(end), views=_views(views), progress=True, overwrite=overwrite
+    )
     _report_materialize(res, time.perf_counter() - t0)
 
 
@@ -190,9 +210,14 @@ ALL_SKIPPED = 3  # materialize-incremental's exit status when every view was ski
 @cli.command("materialize-incremental")
 @click.argument("end")
 @click.option("--views", help="Comma-separated feature views (default: all online views).")
+@_OVERWRITE
 @click.pass_context
-def materialize_incremental(ctx: click.Context, end: str, views: str | None) -> None:
+def materialize_incremental(
+    ctx: click.Context, end: str, views: str | None, overwrite: bool
+) -> None:
     """Materialize each view from its watermark up to END ('now' for the current time).
+
+    An online row newer than the offline one (a push, say) is kept unless --overwrite.
 
     Without --views, a view whose stream's lock is held (an ingest reads the stream, or another
     materialize writes the view) is skipped with a line saying so, and the others are written.
@@ -203,7 +228,9 @@ def materialize_incremental(ctx: click.Context, end: str, views: str | None) -> 
     store = _store(ctx)
     t0 = time.perf_counter()
     names = _views(views)
-    res = store.materialize_incremental(_when(end), views=names, progress=True, skip_busy=not names)
+    res = store.materialize_incremental(
+        _when(end), views=names, progress=True, skip_busy=not names, overwrite=overwrite
+    )
     _report_materialize(res, time.perf_counter() - t0)
     if res.skipped and not res.rows:
         click.echo("error: every view was skipped: nothing materialized", err=True)
@@ -310,13 +337,14 @@ def _reserve_out(out: Path) -> Path:
     "entities",
     multiple=True,
     required=True,
-    help="key=value (repeat for more keys or, as key=v1,v2, for more entities).",
+    help="key=value; key=v1,v2 or a repeated key for more entities (\\, for a comma in a value).",
 )
 @click.option(
     "--request",
     "request",
     multiple=True,
-    help="field=value request data for on-demand features (v1,v2 for more entities).",
+    help="field=value request data for on-demand features (v1,v2 or a repeated field for more "
+    "entities).",
 )
 @click.option("--full-feature-names", is_flag=True)
 @click.pass_context
@@ -343,7 +371,7 @@ def get(
             raise click.BadParameter(f"--entity {item!r}: expected key=value")
         key, raw = item.split("=", 1)
         parse = str if kinds.get(key) == "str" else _scalar
-        columns[key] = [parse(v) for v in raw.split(",")]
+        columns.setdefault(key, []).extend(parse(v) for v in _values(raw))  # repeats add up
         for v in columns[key]:
             if isinstance(v, int) and not -(2**63) <= v < 2**63:
                 raise EntityDataError(
@@ -354,7 +382,7 @@ def get(
         if "=" not in item:
             raise click.BadParameter(f"--request {item!r}: expected field=value")
         key, raw = item.split("=", 1)
-        request_data[key] = [_number(v) for v in raw.split(",")]
+        request_data.setdefault(key, []).extend(_number(v) for v in _values(raw))
     t0 = time.perf_counter()
     resp = store.get_online_features(
         _split(features) or feature_service,
@@ -374,6 +402,11 @@ def get(
             out, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY, default=json_default
         ).decode()
     )
+
+
+def _values(raw: str) -> list[str]:
+    """The comma-separated values of one option (``\\,`` is a comma inside a value)."""
+    return [v.replace("\\,", ",") for v in re.split(r"(?<!\\),", raw)]
 
 
 def _scalar(v: str) -> Any:

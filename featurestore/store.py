@@ -351,12 +351,16 @@ class FeatureStore:
         *,
         views: Sequence[str] | None = None,
         progress: bool = False,
+        overwrite: bool = False,
     ) -> MaterializeResult:
         """Write the latest row per entity with start <= event_timestamp <= end to the online store.
 
-        A window view writes each entity's window state as of ``end`` instead (built from its
-        events in ``(end - max window - allowed lateness, end]``; ``start`` is not used).
-        Losing a stream's lock midway (see online/stream/locks.py) stops it with an error.
+        A row online with a later (event time, created time), such as one pushed online only,
+        is kept (``codec.row_replaces``, checked atomically per key); ``overwrite=True`` writes
+        the offline rows over newer ones too (after correcting offline data). A window view
+        writes each entity's window state as of ``end`` instead (built from its events in
+        ``(end - max window - allowed lateness, end]``; ``start`` is not used). Losing a
+        stream's lock midway (see online/stream/locks.py) stops it with an error.
         """
         start_us, end_us = to_us(start), to_us(end)
         if start_us > end_us:
@@ -365,7 +369,7 @@ class FeatureStore:
             )
         with self._online_views(views) as held:
             rows = {
-                v.name: self._materialize_view(v, start_us, end_us, progress, held)
+                v.name: self._materialize_view(v, start_us, end_us, progress, held, overwrite)
                 for v in held.views
             }
         return MaterializeResult(start_us, end_us, rows, dict(held.skipped))
@@ -377,13 +381,15 @@ class FeatureStore:
         views: Sequence[str] | None = None,
         progress: bool = False,
         skip_busy: bool = False,
+        overwrite: bool = False,
     ) -> MaterializeResult:
         """Materialize each view from its watermark (or end - ttl the first time) up to ``end``.
 
         A view whose watermark is already at or past ``end`` is left as it is (0 rows): its
-        store holds newer values, which an older ``end`` would overwrite (``materialize`` over
-        an explicit window still can). ``skip_busy``: a view whose stream's lock another holds
-        (an ingest reading it) is left out and named in ``skipped`` instead of refusing all."""
+        store holds newer values, which an older ``end`` would overwrite (``materialize(...,
+        overwrite=True)`` over an explicit window still can). ``skip_busy``: a view whose stream's lock another holds
+        (an ingest reading it) is left out and named in ``skipped`` instead of refusing all.
+        Newer online rows are kept unless ``overwrite`` (see ``materialize``)."""
         end_us = to_us(end)
         state = self.registry
         rows: dict[str, int] = {}
@@ -403,7 +409,7 @@ class FeatureStore:
                     start_us = 0
                 first = min(first, start_us)
                 rows[view.name] = self._materialize_view(
-                    view, min(start_us, end_us), end_us, progress, held
+                    view, min(start_us, end_us), end_us, progress, held, overwrite
                 )
         return MaterializeResult(first, end_us, rows, dict(held.skipped))
 
@@ -458,9 +464,11 @@ class FeatureStore:
         end_us: int,
         progress: bool,
         held: MaterializeLocks | None = None,
+        overwrite: bool = False,
     ) -> int:
         """Write one view; ``held.ensure_held`` runs before each write and before the watermark,
-        so a lost stream lock stops it there (see online/stream/locks.py). None: no lock held."""
+        so a lost stream lock stops it there (see online/stream/locks.py). None: no lock held.
+        A plain view's rows go through the store's only-newer check unless ``overwrite``."""
         from featurestore._progress import progress_bar
         from featurestore._time import duration_us, parse_duration
         from featurestore.online.stream.locks import MaterializeLocks
@@ -512,6 +520,8 @@ class FeatureStore:
                         now_us=now_us(),
                         key_ttl_grace_us=grace,
                         batch_size=size,
+                        # a row pushed online meanwhile (or only online) may be newer
+                        only_newer=not overwrite,
                     )
                     bar.update(chunk.num_rows)  # rows done, skipped expired ones too: ends at total
         # the watermark moves only after every batch landed, so a crash means a clean rerun

@@ -224,6 +224,44 @@ def pack_cas(
     return _pack(head, [*keys, *cas_args(values, expires)])
 
 
+def pack_cas_groups(
+    sha: bytes,
+    size: int,
+    keys: Sequence[bytes],
+    values: Sequence[bytes],
+    expires: Sequence[int | None] | None,
+) -> bytes:
+    """RESP for one ``EVALSHA`` of ``CAS_LUA`` per ``size`` consecutive rows (a cluster's slot
+    groups of one size: of one key, most of them in a spread batch), in one ``%`` over a
+    repeated template like ``pack_sets``: the bytes ``pack_cas`` gives each group, for a
+    fraction of the Python per call."""
+    m = len(keys)
+    if not m:
+        return b""
+    k = size
+    head = b"*%d\r\n$7\r\nEVALSHA\r\n$%d\r\n%b\r\n$%d\r\n%d\r\n" % (
+        3 + 3 * k,
+        len(sha),
+        sha,
+        len(b"%d" % k),
+        k,
+    )
+    bulk = b"$%d\r\n%b\r\n"
+    template = head.replace(b"%", b"%%") + bulk * (3 * k)
+    ats = cas_args(values, expires)[1::2]
+    step = 6 * k  # per group: k keys, then k (value, expiry) pairs, each a length and bytes
+    args: list[Any] = [None] * (6 * m)
+    for j in range(k):
+        args[2 * j :: step] = map(len, keys[j::k])
+        args[2 * j + 1 :: step] = keys[j::k]
+        at = 2 * k + 4 * j
+        args[at::step] = map(len, values[j::k])
+        args[at + 1 :: step] = values[j::k]
+        args[at + 2 :: step] = map(len, ats[j::k])
+        args[at + 3 :: step] = ats[j::k]
+    return (template * (m // k)) % tuple(args)
+
+
 def read_pooled(pool: Any, keys: Sequence[bytes]) -> list[bytes | None]:
     """One MGET on a pooled connection, past redis-py's per-command layers (command lookup,
     retry wrapper, response callbacks: ~70 us a call here, a third of a loopback read)."""

@@ -13,7 +13,7 @@ import re
 import struct
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from itertools import islice
+from itertools import compress, islice
 from typing import TYPE_CHECKING, Any
 
 from featurestore.errors import ConfigError, OnlineStoreError, OnlineStoreUnavailableError
@@ -72,24 +72,106 @@ def _put_sorted(cursor: Any, keys: list[bytes], stored: list[bytes]) -> None:
         cursor.putmulti(zip(keys, stored, strict=True), dupdata=False, overwrite=True)
 
 
-def _newer(txn: Any, keys: list[bytes], stored: list[bytes]) -> tuple[list[bytes], list[bytes]]:
+def _newer(cursor: Any, keys: list[bytes], stored: list[bytes]) -> tuple[list[bytes], list[bytes]]:
     """The items (stored form) whose row may replace the live one under their key
-    (``codec.row_replaces``; an expired row counts as none), read in the caller's write
-    transaction. A repeated key is checked against the item kept before it, as if put one by
-    one."""
+    (``codec.row_replaces``; an expired row counts as none), in key order, read with the write
+    transaction's ``cursor``. A repeated key is checked against the item kept before it, as if
+    put one by one.
+
+    Keys all past the last stored key (a first fill) need no read; otherwise each key is looked
+    up in key order (neighbouring searches touch the same pages; ``cursor.get`` per key is
+    twice as fast as ``getmulti`` here), and the batch is compared in numpy when every value
+    has one size (a fixed-width view), else row by row.
+    """
+    if not all(map(operator.lt, keys, islice(keys, 1, None))):  # not strictly ascending
+        order = sorted(range(len(keys)), key=keys.__getitem__)  # stable: later stays later
+        keys = [keys[i] for i in order]
+        stored = [stored[i] for i in order]
+        unique = all(map(operator.ne, keys, islice(keys, 1, None)))
+    else:
+        unique = True
+    if not cursor.last() or cursor.key() < keys[0]:
+        if unique:
+            return keys, stored
+        olds: list[bytes | None] = [None] * len(keys)
+    else:
+        olds = list(map(cursor.get, keys))
+    if unique and len(stored) > _FEW:
+        keep = _newer_fixed(stored, olds)
+        if keep is not None:
+            if keep.all():
+                return keys, stored
+            mask = keep.tolist()
+            return list(compress(keys, mask)), list(compress(stored, mask))
+    return _newer_rows(keys, stored, olds)
+
+
+def _newer_fixed(stored: list[bytes], olds: list[bytes | None]) -> np.ndarray | None:
+    """Which of ``stored`` may replace ``olds`` (None: no row), all in numpy; None when the
+    values are not all one size (the caller then goes row by row)."""
+    import numpy as np
+
+    from featurestore.online.codec import ROW_HEAD
+
+    if None in olds:
+        held = [v is not None for v in olds]
+        present: list[bytes] = list(compress(olds, held))  # type: ignore[arg-type]
+        news = list(compress(stored, held))
+    else:  # every key held a row (a view materialized again): no lists to build
+        held, present, news = None, olds, stored  # type: ignore[assignment]
+    sizes = set(map(len, stored))
+    sizes.update(map(len, present))
+    if len(sizes) != 1:
+        return None
+    (size,) = sizes
+    if size < _EXPIRE.size + ROW_HEAD.size:
+        return None
+    keep = np.ones(len(stored), dtype=bool)
+    if not present:
+        return keep
+    new = _heads(b"".join(news), len(news), size)
+    old = _heads(b"".join(present), len(present), size)
+    now_ms = int(time.time() * 1000)
+    live = (old["exp"] == 0) | (old["exp"] > now_ms)
+    later = (old["ev"] > new["ev"]) | ((old["ev"] == new["ev"]) & (old["cr"] > new["cr"]))
+    stays = live & (old["ver"] == new["ver"]) & later  # the held row is newer: not replaced
+    if held is None:
+        keep[stays] = False
+    else:
+        keep[np.flatnonzero(held)[stays]] = False
+    return keep
+
+
+def _heads(buf: bytes, n: int, size: int) -> np.ndarray:
+    """Expiry, event time, created time and schema version of ``n`` stored values of ``size``
+    bytes each, laid end to end in ``buf`` (a view, no copy)."""
+    import numpy as np
+
+    head = np.dtype(
+        {
+            "names": ["exp", "ev", "cr", "ver"],
+            "formats": ["<i8", "<i8", "<i8", "<u4"],
+            "offsets": [0, 8, 16, 24],
+            "itemsize": size,
+        }
+    )
+    return np.frombuffer(buf, dtype=head, count=n)
+
+
+def _newer_rows(
+    keys: list[bytes], stored: list[bytes], olds: list[bytes | None]
+) -> tuple[list[bytes], list[bytes]]:
+    """``_newer`` row by row, against the rows ``olds`` stored under the keys (None: none)."""
     from featurestore.online.codec import row_replaces
 
     now_ms = int(time.time() * 1000)
-    get = txn.get
     kept: dict[bytes, bytes] = {}
     out_keys: list[bytes] = []
     out: list[bytes] = []
-    for key, value in zip(keys, stored, strict=True):
-        old = kept.get(key)
-        if old is None:
-            old = get(key)
-            if old is not None and _expired_at(old, now_ms):
-                old = None
+    for key, value, old in zip(keys, stored, olds, strict=True):
+        old = kept.get(key, old)
+        if old is not None and _expired_at(old, now_ms):
+            old = None
         if row_replaces(value, old, _EXPIRE.size):
             kept[key] = value
             out_keys.append(key)
@@ -315,7 +397,7 @@ class EmbeddedOnlineStore(OnlineStore):
                 cursor = txn.cursor()
                 for keys, stored in batches:
                     if only_newer and keys:
-                        keys, stored = _newer(txn, keys, stored)
+                        keys, stored = _newer(cursor, keys, stored)
                     _put_sorted(cursor, keys, stored)
                     put += len(keys)
         except lmdb.MapFullError as exc:

@@ -8,6 +8,7 @@ group, so two writers of one key cannot interleave a read and a write.
 
 from __future__ import annotations
 
+import itertools
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -342,15 +343,21 @@ class RedisClusterOnlineStore(_RedisBase):
         sha = self._script().sha.encode()
 
         def pack(groups: list[list[int]]) -> bytes:
-            return b"".join(
-                wire.pack_cas(
-                    sha,
-                    [keys[i] for i in idx],
-                    [values[i] for i in idx],
-                    None if expires is None else [expires[i] for i in idx],
+            # the groups of each size in one pass (_per_node sorts them by size; in a batch
+            # spread over many slots most hold one key)
+            parts = []
+            for size, run in itertools.groupby(groups, key=len):
+                idx = [i for g in run for i in g]
+                parts.append(
+                    wire.pack_cas_groups(
+                        sha,
+                        size,
+                        [keys[i] for i in idx],
+                        [values[i] for i in idx],
+                        None if expires is None else [expires[i] for i in idx],
+                    )
                 )
-                for idx in groups
-            )
+            return b"".join(parts)
 
         again: list[list[int]] = []
         redirected = False
@@ -383,15 +390,15 @@ class RedisClusterOnlineStore(_RedisBase):
         split: int | None = None,
     ) -> list[tuple[list[int], Any]]:
         """Each node's slot groups of ``keys`` (``split``: at most that many keys a group),
-        sent as one ``pack``ed write per node, then every group's reply (a value, or the error
-        it met): one round trip per node, overlapped. A connection that may hold unread
-        replies is dropped, never reused."""
+        smallest first (so groups of one key lead), sent as one ``pack``ed write per node, then
+        every group's reply (a value, or the error it met): one round trip per node,
+        overlapped. A connection that may hold unread replies is dropped, never reused."""
         plan = []
         out: list[tuple[list[int], Any]] = []
         try:
             for node, slots in wire.group_by_slot(client, keys).items():
-                groups = list(slots.values())
-                if split:
+                groups = sorted(slots.values(), key=len)
+                if split and groups and len(groups[-1]) > split:
                     groups = [g[lo : lo + split] for g in groups for lo in range(0, len(g), split)]
                 pool = client.get_redis_connection(node).connection_pool
                 conn = pool.get_connection()

@@ -45,10 +45,10 @@ def write_table(
     skipped. The same table always writes the same bytes. Each ``batch_size`` batch lands whole
     or not at all (the embedded store puts several in one transaction). Rows sharing a key
     are written in order, so the last one listed stays: reduce them with ``latest_rows`` when
-    they may repeat a key. ``only_newer`` (pushes, stream ingest): a row older than the one its
-    key holds (event time, then created time; see ``codec.row_replaces``) is not written, as
-    checked and set by the store in one atomic step, so concurrent writers of one key leave the
-    newest row. Returns the rows written.
+    they may repeat a key. ``only_newer`` (pushes, stream ingest, materialize): a row older than
+    the one its key holds (event time, then created time; see ``codec.row_replaces``) is not
+    written, as checked and set by the store in one atomic step, so concurrent writers of one
+    key leave the newest row. Returns the rows written.
     """
     missing = [k for k in view.join_keys if k not in table.column_names]
     if missing:

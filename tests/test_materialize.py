@@ -141,8 +141,12 @@ def test_an_incremental_run_ending_before_the_watermark_keeps_newer_values(tmp_p
             assert store.materialize_incremental(end).rows == {"stats": 0}
         assert store.registry.materialization["stats"]["watermark_us"] == int(t.timestamp() * 1e6)
     assert dump(config) == newest
-    with FeatureStore(config=config) as store:  # an explicit window still rewrites the past
-        assert store.materialize(t - timedelta(days=3), t - timedelta(days=2)).rows["stats"] > 0
+    with FeatureStore(config=config) as store:  # an older explicit window keeps newer rows
+        store.materialize(t - timedelta(days=3), t - timedelta(days=2))
+    assert dump(config) == newest
+    with FeatureStore(config=config) as store:  # overwrite=True rewrites the past
+        window = (t - timedelta(days=3), t - timedelta(days=2))
+        assert store.materialize(*window, overwrite=True).rows["stats"] > 0
     assert dump(config) != newest
 
 

@@ -147,3 +147,42 @@ def test_views_naming_no_view_is_refused_not_read_as_all(demo_repo: Path, comman
     assert out.returncode == 2
     assert "Invalid value for '--views': ' , ' names no feature view" in out.stderr
     assert "materialized" not in out.stdout
+
+
+def test_get_adds_up_a_repeated_entity_key_and_reads_escaped_commas(demo_repo: Path) -> None:
+    run("apply", cwd=demo_repo)
+    run("materialize-incremental", "now", cwd=demo_repo)
+    base = ("get", "--features", "transaction_features:amount_vs_mean_7d")
+    one = ("--entity", "user_id=1,2", "--request", "amount=50,0.5")
+    twice = ("--entity", "user_id=1", "--entity", "user_id=2", "--request", "amount=50")
+    split = json.loads(run(*base, *one, cwd=demo_repo).stdout)["features"]
+    repeated = json.loads(run(*base, *twice, "--request", "amount=0.5", cwd=demo_repo).stdout)
+    assert repeated["features"]["user_id"] == [1, 2]  # not only the last --entity
+    assert repeated["features"] == split
+
+
+def test_values_split_on_unescaped_commas_only() -> None:
+    from featurestore.cli import _values
+
+    assert _values("1,2") == ["1", "2"]
+    assert _values(r"a\,b,c") == ["a,b", "c"]
+    assert _values("x") == ["x"]
+
+
+def test_a_closed_pipe_ends_the_command_quietly(demo_repo: Path) -> None:
+    """``featurestore list | head -1``: the reader left, so no 'error: BrokenPipeError'."""
+    run("apply", cwd=demo_repo)
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first line
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "featurestore.cli", "list"],
+            cwd=demo_repo,
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        os.close(write)
+    assert out.returncode == 141 and out.stderr == ""
