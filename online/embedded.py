@@ -392,6 +392,7 @@ class EmbeddedOnlineStore(OnlineStore):
 
         env = self._env()
         put = 0
+        keys: list[bytes] = []
         try:
             with env.begin(write=True) as txn:
                 cursor = txn.cursor()
@@ -406,13 +407,20 @@ class EmbeddedOnlineStore(OnlineStore):
                 "raise online_store.map_size in featurestore.yaml"
             ) from exc
         except lmdb.BadValsizeError as exc:
+            limit = env.max_key_size()
+            long = next((k for k in keys if len(k) > limit), b"")
             raise OnlineStoreError(
-                f"a key is longer than LMDB allows ({env.max_key_size()} bytes); use shorter "
-                "join-key values or the redis online store"
+                f"a key of {len(long)} bytes (starting {long[:40]!r}) is longer than the "
+                f"embedded online store allows ({limit} bytes); use shorter join-key values "
+                "or the redis online store"
             ) from exc
         except lmdb.Error as exc:
             raise OnlineStoreError(f"write to the embedded online store failed: {exc}") from exc
         return put
+
+    def max_key_size(self) -> int:
+        """The longest key this store can hold (LMDB's, fixed when it was built: 511 bytes)."""
+        return int(self._env().max_key_size())
 
     def read(self, keys: Sequence[bytes]) -> list[bytes | None]:
         """Values in one read transaction; expired values read as None."""
