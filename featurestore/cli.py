@@ -111,11 +111,7 @@ def plan(ctx: click.Context) -> None:
     store = _store(ctx)
     p = store.plan()
     click.echo(str(p))
-    changed = {c.name: c.action for c in p.changes if c.kind == "feature service"}
-    if "remove" in changed.values():  # else there is nothing to warn about (or no registry)
-        kept = {n for n in store.registry.feature_services if changed.get(n) != "remove"}
-        added = {n for n, a in changed.items() if a == "add"}
-        _warn_models_without_service(store, p, kept | added)
+    _warn_models_without_service(store, p, p.feature_services)
 
 
 @cli.command()
@@ -129,15 +125,16 @@ def apply(ctx: click.Context) -> None:
     click.echo(str(p))
     for c in cleanups:
         click.echo(f"warning: {c}" if c.pending else str(c), err=c.pending)
-    _warn_models_without_service(store, p, set(store.registry.feature_services))
+    _warn_models_without_service(store, p, store.registry.feature_services)
     click.echo(f"Registry at version {store.registry.version}.")
 
 
-def _warn_models_without_service(store: Any, plan: Any, services: set[str]) -> None:
-    """A warning line per model version that reads a feature service ``plan`` removes (it
-    answers 503 until the service is back or the model is registered again)."""
-    if not any(c.kind == "feature service" and c.action == "remove" for c in plan.changes):
-        return  # nothing removed: no model can lose its service (and no model code to import)
+def _warn_models_without_service(store: Any, plan: Any, services: Any) -> None:
+    """A warning line per model version that reads a feature service ``plan`` removes, or a
+    feature ``plan`` takes from its service (it answers 503 until the service is back or the
+    model is registered again); ``services``: the feature services by name, as applied."""
+    if not plan.narrows_services:
+        return  # nothing taken away: no model can lose its inputs (and no model code to import)
     from featurestore.online.models.repo import models_reading_missing_services
 
     for line in models_reading_missing_services(store, services):
@@ -238,6 +235,13 @@ def materialize_incremental(
 
 
 def _report_materialize(res: Any, seconds: float) -> None:
+    if res.asked_end_us is not None:
+        from featurestore._time import to_utc
+
+        click.echo(
+            f"end {to_utc(res.asked_end_us).isoformat()} is in the future: materialized up to "
+            f"now, {to_utc(res.end_us).isoformat()}"
+        )
     for view, n in res.rows.items():
         click.echo(f"{view}: {n:,} rows")
     for view, why in res.skipped.items():

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from featurestore._transform_refs import carry_code_epoch, code_changes, window_refs, without_code
+from featurestore.feature_service import FeatureService
 from featurestore.feature_view import FeatureView
 from featurestore.registry import RegistryState, keys_changed
 from featurestore.repo import RepoDefinitions
@@ -41,6 +42,9 @@ class Plan:
     changes: list[Change] = field(default_factory=list)
     # removed views whose online rows an earlier apply could not delete (the next one retries)
     pending_cleanup: list[str] = field(default_factory=list)
+    # the feature services of the definitions (what apply writes): what registered models are
+    # checked against (see featurestore.online.models.repo.models_reading_missing_services)
+    feature_services: dict[str, FeatureService] = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:
@@ -49,6 +53,15 @@ class Plan:
     @property
     def breaking(self) -> list[Change]:
         return [c for c in self.changes if c.breaking]
+
+    @property
+    def narrows_services(self) -> bool:
+        """Whether apply removes a feature service, or a feature from one: a registered model
+        reading it may then be left unable to be served."""
+        return any(
+            c.kind == "feature service" and (c.action == "remove" or c.breaking)
+            for c in self.changes
+        )
 
     def __str__(self) -> str:
         pending = ""
@@ -77,7 +90,10 @@ def make_plan(
 ) -> Plan:
     """Compare the applied registry with the definitions loaded from the repo (and with the
     join-key kinds read from the sources, when given)."""
-    plan = Plan(pending_cleanup=sorted(current.pending_cleanup))
+    plan = Plan(
+        pending_cleanup=sorted(current.pending_cleanup),
+        feature_services=dict(defs.feature_services),
+    )
     kinds = current.join_key_kinds if key_kinds is None else key_kinds
     for name, view in defs.feature_views.items():  # before any schema version is compared
         carry_code_epoch(current.feature_views.get(name), view)

@@ -45,6 +45,7 @@ class MaterializeResult:
     end_us: int
     rows: dict[str, int]
     skipped: dict[str, str] = field(default_factory=dict)
+    asked_end_us: int | None = None  # the end asked for, when it was after now (see end_us)
 
     @property
     def total_rows(self) -> int:
@@ -360,19 +361,24 @@ class FeatureStore:
         the offline rows over newer ones too (after correcting offline data). A window view
         writes each entity's window state as of ``end`` instead (built from its events in
         ``(end - max window - allowed lateness, end]``; ``start`` is not used). Losing a
-        stream's lock midway (see online/stream/locks.py) stops it with an error.
+        stream's lock midway (see online/stream/locks.py) stops it with an error. An ``end``
+        after now is taken as now (``asked_end_us`` keeps it): see ``_until_now``.
         """
-        start_us, end_us = to_us(start), to_us(end)
-        if start_us > end_us:
+        start_us, asked_us = to_us(start), to_us(end)
+        if start_us > asked_us:
             raise FeatureStoreError(
-                f"materialize: start {to_utc(start_us)} is after end {to_utc(end_us)}"
+                f"materialize: start {to_utc(start_us)} is after end {to_utc(asked_us)}"
             )
+        end_us = _until_now(asked_us)
         with self._online_views(views) as held:
             rows = {
-                v.name: self._materialize_view(v, start_us, end_us, progress, held, overwrite)
+                v.name: self._materialize_view(
+                    v, min(start_us, end_us), end_us, progress, held, overwrite
+                )
                 for v in held.views
             }
-        return MaterializeResult(start_us, end_us, rows, dict(held.skipped))
+        late = asked_us if asked_us != end_us else None
+        return MaterializeResult(start_us, end_us, rows, dict(held.skipped), late)
 
     def materialize_incremental(
         self,
@@ -387,10 +393,13 @@ class FeatureStore:
 
         A view whose watermark is already at or past ``end`` is left as it is (0 rows): its
         store holds newer values, which an older ``end`` would overwrite (``materialize(...,
-        overwrite=True)`` over an explicit window still can). ``skip_busy``: a view whose stream's lock another holds
-        (an ingest reading it) is left out and named in ``skipped`` instead of refusing all.
-        Newer online rows are kept unless ``overwrite`` (see ``materialize``)."""
-        end_us = to_us(end)
+        overwrite=True)`` over an explicit window still can). ``skip_busy``: a view whose
+        stream's lock another holds (an ingest reading it) is left out and named in ``skipped``
+        instead of refusing all.
+        Newer online rows are kept unless ``overwrite`` (see ``materialize``). An ``end``
+        after now is taken as now (see ``_until_now``)."""
+        asked_us = to_us(end)
+        end_us = _until_now(asked_us)
         state = self.registry
         rows: dict[str, int] = {}
         first = end_us
@@ -411,7 +420,8 @@ class FeatureStore:
                 rows[view.name] = self._materialize_view(
                     view, min(start_us, end_us), end_us, progress, held, overwrite
                 )
-        return MaterializeResult(first, end_us, rows, dict(held.skipped))
+        late = asked_us if asked_us != end_us else None
+        return MaterializeResult(first, end_us, rows, dict(held.skipped), late)
 
     @contextmanager
     def _online_views(
@@ -427,6 +437,13 @@ class FeatureStore:
         state = self.registry
         if names:
             views = [state.feature_view(n) for n in names]
+            for n in names:
+                if n in state.on_demand_views:
+                    raise FeatureStoreError(
+                        f"'{n}' is an on-demand feature view: it is computed at request time "
+                        "from its inputs, so there is nothing to materialize (materialize the "
+                        "views it reads)"
+                    )
         else:
             views = [v for v in state.feature_views.values() if v.online]
         with materialize_lock(self, views, skip_busy=skip_busy) as held:
@@ -701,3 +718,10 @@ class FeatureStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _until_now(end_us: int) -> int:
+    """``end_us``, or now if it is later: a row dated after now is not served yet (the training
+    set at now has none), and a watermark past now would make every later incremental run
+    skip the rows that arrive until then."""
+    return min(end_us, now_us())

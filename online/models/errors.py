@@ -28,9 +28,12 @@ class ModelPredictError(FeatureStoreError):
     """A loaded model raised while scoring a request's rows (HTTP 500 / INTERNAL, with why)."""
 
 
-def one_line(exc: BaseException) -> str:
-    """``exc``'s message on one line, at most 300 characters: what a one-line error quotes."""
-    return " ".join(str(exc).split())[:300] or "no message"
+def one_line(exc: BaseException | str) -> str:
+    """``exc``'s message on one line, at most 300 characters: what a one-line error quotes.
+
+    A native library's stack trace (XGBoost appends one, frame by frame) is left out."""
+    text = str(exc).split("Stack trace:", 1)[0]
+    return " ".join(text.split())[:300] or "no message"
 
 
 # an absolute path's folders: a "/" that starts no word, URL or relative path, then folder names

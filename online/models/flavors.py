@@ -12,6 +12,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,12 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
-from featurestore.online.models.errors import ModelLoadError, ModelRegistryError, without_paths
+from featurestore.online.models.errors import (
+    ModelLoadError,
+    ModelRegistryError,
+    one_line,
+    without_paths,
+)
 from featurestore.online.models.explain import (
     Explainer,
     lightgbm_explainer,
@@ -92,12 +98,23 @@ def load_predictor(flavor: str, path: str | Path, *, model: str | None = None) -
         failure: Exception = exc
     except Exception as exc:  # library-specific parse errors: name the artifact
         if model is None:
-            raise ModelLoadError(f"cannot load {flavor} model from {path}: {exc}") from exc
+            why = one_line(_reason(exc))
+            raise ModelLoadError(f"cannot load {flavor} model from {path}: {why}") from exc
         failure = exc
     log.error("cannot load %s model %s from %s: %s", flavor, model, path, failure)
     folder = os.path.dirname(os.path.abspath(path)) if os.sep in str(path) else ""
-    reason = without_paths(" ".join(str(failure).split()), folder) or type(failure).__name__
+    reason = one_line(without_paths(_reason(failure), folder))
     raise ModelLoadError(f"cannot load {flavor} model {model}: {reason}") from failure
+
+
+# a native library's log prefix, as XGBoost's errors start: "[12:34:56] src/learner.cc:123: "
+_NATIVE_PREFIX = re.compile(r"^\s*\[\d\d:\d\d:\d\d\] \S+:\d+: ")
+
+
+def _reason(exc: BaseException) -> str:
+    """A library's load error as one line: its native stack trace and log prefix left out."""
+    text = " ".join(_NATIVE_PREFIX.sub("", str(exc).split("Stack trace:", 1)[0]).split())
+    return text or type(exc).__name__
 
 
 def _require(module: str, package: str, flavor: str) -> Any:

@@ -24,7 +24,12 @@ from typing import Any
 import numpy as np
 
 from featurestore._atomic import atomic_write
-from featurestore.online.models.errors import ModelNotFoundError, ModelRegistryError, one_line
+from featurestore.online.models.errors import (
+    ModelNotFoundError,
+    ModelRegistryError,
+    one_line,
+    without_paths,
+)
 from featurestore.online.models.flavors import Predictor, check_flavor, load_predictor
 
 ALIASES = ("production", "shadow", "canary")
@@ -335,7 +340,8 @@ class ModelRegistry:
         return mv
 
     def set_alias(self, name: str, version: int, alias: str, *, share: float | None = None) -> None:
-        """Point ``alias`` at ``version`` (atomically); ``share`` is required for ``canary``."""
+        """Point ``alias`` at ``version`` (atomically) once its stored artifact is checked to
+        still load and score (see ``check_loads``); ``share`` is required for ``canary``."""
         if alias not in ALIASES:
             raise ModelRegistryError(f"unknown alias {alias!r}; expected one of {list(ALIASES)}")
         if alias == "canary":
@@ -350,12 +356,37 @@ class ModelRegistry:
                 )
         elif share is not None:
             raise ModelRegistryError(f"only the canary alias takes a traffic share, not '{alias}'")
-        self.get(name)  # an unknown model: not found, and no folder made for its lock
+        self.check_loads(self.get(name).version(version), alias)  # before the lock: slow
         with self._lock(name):
             entry = self.get(name)
             entry.version(version)
             entry.aliases[alias] = Alias(version, share)
             self._write(entry)
+
+    def check_loads(self, mv: ModelVersion, alias: str) -> None:
+        """Refuse to point ``alias`` at ``mv`` unless its stored artifact still loads and
+        passes register's checks: servers would otherwise be left unable to serve it."""
+        path = self.artifact_path(mv)
+        head = f"model '{mv.name}' v{mv.version} cannot become {alias}: its artifact"
+        shown = mv.artifact  # relative to the model's folder (or a module name)
+        if path != mv.artifact and not Path(path).exists():
+            raise ModelRegistryError(
+                f"{head} {shown} is missing from the model registry; register the model file "
+                "again (as a new version) and promote that"
+            )
+        try:
+            pred = load_predictor(mv.flavor, path)
+        except (ModelRegistryError, ImportError) as exc:
+            why = one_line(without_paths(str(exc), self.root / mv.name))
+            why = why.removeprefix(f"cannot load {mv.flavor} model from {shown}: ")
+            raise ModelRegistryError(f"{head} {shown} no longer loads: {why}") from exc
+        names = list(mv.feature_names)
+        try:
+            check_features(mv.name, pred.input_names, pred.n_inputs, mv.feature_service, names)
+            check_scores(mv.name, pred, len(names))
+        except ModelRegistryError as exc:  # another model put in its place
+            why = one_line(without_paths(str(exc), self.root / mv.name))
+            raise ModelRegistryError(f"{head} {shown} fails register's checks: {why}") from exc
 
     def remove_alias(self, name: str, alias: str) -> int | None:
         """Remove ``alias`` (atomically); the version it pointed at, None when it was not set.

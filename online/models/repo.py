@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from featurestore.types import NUMERIC_TYPES
 
 if TYPE_CHECKING:
+    from featurestore.feature_service import FeatureService
     from featurestore.online.models.registry import ModelRegistry, ModelVersion
     from featurestore.store import FeatureStore
 
@@ -117,12 +119,50 @@ def promote_model(
     return warnings
 
 
+def service_problem(
+    mv: ModelVersion, services: Mapping[str, FeatureService], who: str | None = None
+) -> str | None:
+    """Why version ``mv`` cannot be served from the feature services ``services`` (a registry
+    state's, or the definitions about to be applied): its service is gone, or no longer serves
+    a feature it reads; None when it can be. ``who`` names the model in the line."""
+    svc = services.get(mv.feature_service)
+    if svc is not None:
+        return lost_features(mv, svc, who)
+    return (
+        f"{who or _who(mv)} reads feature service '{mv.feature_service}', which is no longer "
+        "defined: it cannot be served until the service is restored or the model is registered "
+        "on another"
+    )
+
+
+def lost_features(mv: ModelVersion, svc: FeatureService, who: str | None = None) -> str | None:
+    """Why version ``mv`` cannot be served from ``svc``, its feature service as now defined:
+    the features it reads (by name) that ``svc`` no longer serves; None when it serves all."""
+    served = {ref.partition(":")[2] for ref in svc.features}
+    missing = [n for n in mv.feature_names if n not in served]
+    if not missing:
+        return None
+    what, them = (f"feature '{missing[0]}'", "it") if len(missing) == 1 else (missing, "them")
+    return (
+        f"{who or _who(mv)} reads {'' if them == 'it' else 'features '}{what}, which its "
+        f"feature service '{svc.name}' no longer serves: it cannot be served until the service "
+        f"has {them} again or the model is registered again on the service's features"
+    )
+
+
+def _who(mv: ModelVersion) -> str:
+    return f"model '{mv.name}' v{mv.version}"
+
+
 def models_reading_missing_services(
-    store: FeatureStore, services: set[str] | frozenset[str]
+    store: FeatureStore,
+    services: set[str] | frozenset[str] | Mapping[str, FeatureService],
 ) -> list[str]:
-    """One line per model alias whose version reads a feature service not in ``services`` (the
-    feature services a registry state about to be applied, or applied, holds): such a model
-    answers 503 until it is registered again."""
+    """One line per model alias whose version cannot be served from ``services`` (the feature
+    services a registry state about to be applied, or applied, holds): its service is not
+    among them or, given the services themselves (a mapping by name), lacks a feature the
+    version reads. Such a model answers 503 until the service is fixed or it is registered
+    again."""
     from featurestore.online.models.errors import ModelRegistryError
 
     reg = model_registry(store)
@@ -137,10 +177,13 @@ def models_reading_missing_services(
                 mv = entry.alias(alias)
             except ModelRegistryError:
                 continue
-            if mv.feature_service not in services:
-                out.append(
-                    f"model '{name}@{alias}' (v{mv.version}) reads feature service "
-                    f"'{mv.feature_service}', which is no longer defined: it cannot be served "
-                    "until the service is restored or the model is registered on another"
-                )
+            who = f"model '{name}@{alias}' (v{mv.version})"
+            if isinstance(services, Mapping):
+                why = service_problem(mv, services, who)
+            elif mv.feature_service not in services:
+                why = service_problem(mv, {}, who)
+            else:
+                why = None
+            if why is not None:
+                out.append(why)
     return out

@@ -398,6 +398,8 @@ class ModelRuntime:
         self.loaded = False
         self.errors: dict[str, str] = {}  # per model: why its latest index could not be served
         self._failed: dict[str, int] = {}  # per model: index mtime that failed (no retry storm)
+        # per model with nothing loaded for it: the version that failed to load, as clients see it
+        self._unloadable: dict[str, str] = {}
         self.swaps = 0
 
     # ---- request path -----------------------------------------------------------------------
@@ -427,6 +429,9 @@ class ModelRuntime:
             self.registry.resolve(ref)  # a precise reason (no such model / no production alias)
         except ModelNotFoundError:
             raise
+        failed = self._unloadable.get(ref)
+        if failed is not None:  # it exists, but this server could not load it: 503, not 404
+            raise ModelLoadError(failed)
         raise ModelNotFoundError(f"model '{ref}' is not loaded yet; loaded models: {names}")
 
     def _pinned_model(self, mv: ModelVersion) -> LoadedModel:
@@ -473,17 +478,21 @@ class ModelRuntime:
                     name
                 ) == mtime:
                     continue
+                loading = ""  # the alias being loaded, when a version's load fails
                 try:
                     entry = self.registry.get(name)
                     if "production" not in entry.aliases:
                         continue
+                    loading = "production"
                     prod = self._reuse(entry.alias("production"), old)
                     canary = shadow = None
                     share = 0.0
                     if "canary" in entry.aliases:
+                        loading = "canary"
                         canary = self._reuse(entry.alias("canary"), old)
                         share = float(entry.aliases["canary"].share or 0.0)
                     if "shadow" in entry.aliases:
+                        loading = "shadow"
                         shadow = self._reuse(entry.alias("shadow"), old)
                 except Exception as exc:  # keep serving the old route; report the problem
                     log.error("cannot load model '%s': %s", name, exc)  # the log keeps paths
@@ -491,14 +500,25 @@ class ModelRuntime:
                     why = without_paths(str(exc), self.registry.root)
                     self.errors[name] = f"model '{name}': {why}"
                     self._failed[name] = mtime
+                    if loading:
+                        v = entry.aliases[loading].version
+                        self._unloadable[name] = (
+                            f"model '{name}' v{v} ({loading}) failed to load on this server, "
+                            f"so '{name}' cannot be served: {one_line(why)}"
+                        )
                     continue
                 self.errors.pop(name, None)
                 self._failed.pop(name, None)
+                self._unloadable.pop(name, None)
                 routes[name] = Route(prod, canary, share, shadow, mtime)
                 changed = True
             for gone in set(routes) - set(names):
                 del routes[gone]
                 changed = True
+            for gone in (set(self.errors) | set(self._unloadable)) - set(names):
+                self.errors.pop(gone, None)  # a model no longer registered: nothing to report
+                self._failed.pop(gone, None)
+                self._unloadable.pop(gone, None)
             if changed:
                 self._routes = routes  # the atomic swap
                 self.swaps += 1

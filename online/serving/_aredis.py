@@ -6,8 +6,9 @@ lookup. Here a read is a RESP command written to the loop's connection and a fut
 by the reply, so many concurrent requests share one connection: commands issued in the same
 loop iteration go out in one write, and replies come back in order (FIFO).
 
-A read is bounded by its request's deadline (a timer on the loop). A reply that comes after
-its request gave up is read and dropped, so the connection stays in step. A connection whose
+A read is bounded by its request's deadline (a timer on the loop); a read whose deadline has
+passed before it is sent is not sent. A reply that comes after its request gave up is read and
+dropped, so the connection stays in step and serves the next read. A connection whose
 oldest unanswered command is older than the store's socket timeout is hung: it is dropped,
 every command on it fails, and the next read connects again.
 """
@@ -156,6 +157,8 @@ class AsyncRedisReader:
         conn = self._usable(loop) or await self._connected(loop, deadline)
         if not keys:
             return []
+        if time.monotonic() >= deadline:  # already too late: don't make Redis work for nothing
+            raise DeadlineExceeded
         command = pack_mget(keys)
         try:
             return await self._wait(loop, conn, conn.send(command), deadline)

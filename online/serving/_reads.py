@@ -6,6 +6,13 @@ Redis read on their own thread's connection with the remaining deadline as the s
 (``_inline``); other network stores read on the thread pool, awaited with a timeout; the
 embedded store reads inline. Every way reports to the circuit breaker and turns a late or failed
 read into ``_StoreFailed`` (the engine then answers with defaults, degraded).
+
+What the breaker hears: an answer is a success; a store error is a failure; a missed deadline
+is a failure only when the request allowed at least the server's own ``serving.deadline_ms``
+(a ``Deadline`` that is ``judged``). A client that asks for less and misses it is answered
+degraded, but its miss says nothing about the store: it counts neither way (a half-open probe
+slot it held is freed), so one client's tight deadlines never open the breaker for the others.
+A read whose deadline has passed before it would be sent is not sent (a missed deadline).
 """
 
 from __future__ import annotations
@@ -31,6 +38,19 @@ if TYPE_CHECKING:
     from featurestore.store import FeatureStore
 
 log = logging.getLogger("featurestore.serving")
+
+
+class Deadline(float):
+    """A request's deadline on time.monotonic(). ``judged``: the request allowed at least
+    ``serving.deadline_ms``, so missing it is the store's fault and counts against the breaker.
+    """
+
+    __slots__ = ("judged",)
+
+    def __new__(cls, at: float, judged: bool) -> Deadline:
+        out = super().__new__(cls, at)
+        out.judged = judged
+        return out
 
 
 class _StoreFailed(Exception):
@@ -66,11 +86,14 @@ class StoreReads:
 
     @contextlib.contextmanager
     def _judged(
-        self, timeouts: tuple[type[BaseException], ...], fut: cf.Future[Any] | None = None
+        self,
+        timeouts: tuple[type[BaseException], ...],
+        deadline: float,
+        fut: cf.Future[Any] | None = None,
     ) -> Iterator[None]:
         """Tell the breaker how the read inside went: a success, a timeout (``fut``, the read
-        on the pool, is cancelled), or a failure that ``_classify`` sorts into the request's
-        fault (re-raised) or the store's (``_StoreFailed``)."""
+        on the pool, is cancelled; see ``_timed_out``), or a failure that ``_classify`` sorts
+        into the request's fault (re-raised) or the store's (``_StoreFailed``)."""
         try:
             yield
         except (NotReady, _StoreFailed):
@@ -78,13 +101,18 @@ class StoreReads:
         except timeouts:
             if fut is not None:
                 fut.cancel()
-            raise self._timed_out() from None
+            raise self._timed_out(deadline) from None
         except Exception as exc:
             self._failed(exc)
         self.breaker.success()
 
-    def _timed_out(self) -> _StoreFailed:
-        self.breaker.failure()
+    def _timed_out(self, deadline: float) -> _StoreFailed:
+        """A missed ``deadline``: a breaker failure only if it was ``judged`` (at least the
+        configured budget; a plain float counts too); a shorter one counts neither way."""
+        if getattr(deadline, "judged", True):
+            self.breaker.failure()
+        else:
+            self.breaker.release()  # no verdict on the store: free a half-open probe slot
         return _StoreFailed("timeout")
 
     def _failed(self, exc: Exception) -> NoReturn:
@@ -105,16 +133,18 @@ class StoreReads:
         if not self.breaker.allow():
             raise _StoreFailed("breaker_open")
         if not self._isolate:
-            with self._judged((DeadlineExceeded,)):
+            with self._judged((DeadlineExceeded,), deadline):
                 return read(self.store.online)
         if self._inline is not None:
             try:
-                with self._judged((DeadlineExceeded,)):
+                with self._judged((DeadlineExceeded,), deadline):
                     return read(DeadlineStore(self._inline, deadline))
             except NotReady:
                 pass  # this thread's connection is being made: read through the pool meanwhile
+        if time.monotonic() >= deadline:  # too late already: queue no read nobody waits for
+            raise self._timed_out(deadline)
         fut = self._pool.submit(read, self.store.online)
-        with self._judged((cf.TimeoutError,), fut):
+        with self._judged((cf.TimeoutError,), deadline, fut):
             return fut.result(timeout=max(0.0, deadline - time.monotonic()))
 
     async def _read_async(self, p: Prepared) -> Any:
@@ -131,10 +161,12 @@ class StoreReads:
         if not self.breaker.allow():
             raise _StoreFailed("breaker_open")
         if not self._isolate:
-            with self._judged((DeadlineExceeded,)):
+            with self._judged((DeadlineExceeded,), deadline):
                 return read(self.store.online)
+        if time.monotonic() >= deadline:
+            raise self._timed_out(deadline)
         fut = self._pool.submit(read, self.store.online)
-        with self._judged((asyncio.TimeoutError, cf.TimeoutError), fut):
+        with self._judged((asyncio.TimeoutError, cf.TimeoutError), deadline, fut):
             remaining = max(0.0, deadline - time.monotonic())
             return await asyncio.wait_for(asyncio.wrap_future(fut), remaining)
 
@@ -145,7 +177,7 @@ class StoreReads:
         try:
             values = await self._aredis.mget(keys, deadline)  # type: ignore[union-attr]
         except DeadlineExceeded:
-            raise self._timed_out() from None
+            raise self._timed_out(deadline) from None
         except Exception as exc:
             self._failed(exc)
         self.breaker.success()

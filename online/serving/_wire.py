@@ -598,8 +598,10 @@ def _read_with_nulls(fields: list[Any], where: str) -> list[Any]:
     return [None if z else v for v, z in zip(out, nulls, strict=True)]
 
 
-def read_columns(m: Any, what: str) -> dict[str, list[Any]]:
-    """A request's map<string, ValueList> as columns of Python values (``what``: its name)."""
+def read_columns(m: Any, what: str, *, keys: bool = False) -> dict[str, list[Any]]:
+    """A request's map<string, ValueList> as columns of Python values (``what``: its name).
+    ``keys``: the columns are join keys, and a timestamp Value (an int on the wire) is refused
+    naming the key, as REST refuses any value that is not an int or a string."""
     out = {}
     for k, col in m.items():  # _read, inlined for the common one-field columns
         fields = col.ListFields()
@@ -607,10 +609,40 @@ def read_columns(m: Any, what: str) -> dict[str, list[Any]]:
             fd, got = fields[0]
             number = fd.number
             if number == 1:
-                out[k] = [from_value(v) for v in got] if len(got) < 3 else _generic(got)
+                if keys:
+                    out[k] = _key_column(got, f"{what}.{k}")
+                else:
+                    out[k] = [from_value(v) for v in got] if len(got) < 3 else _generic(got)
                 continue
             if number != 6:
                 out[k] = list(got)
                 continue
         out[k] = _read(col, what, k)
     return out
+
+
+def _key_column(values: Any, where: str) -> list[Any]:
+    """Generic Values of a join-key column, as ``_generic``, refusing timestamps (on the wire
+    an int, which the key checks downstream could not tell from one)."""
+    if len(values) >= 3:
+        kind = values[0].WhichOneof("kind")
+        if kind == "int64_val":
+            return [
+                v.int64_val if v.HasField("int64_val") else _key_value(v, where, i)
+                for i, v in enumerate(values)
+            ]
+        if kind == "string_val":
+            return [
+                v.string_val if v.HasField("string_val") else _key_value(v, where, i)
+                for i, v in enumerate(values)
+            ]
+    return [_key_value(v, where, i) for i, v in enumerate(values)]
+
+
+def _key_value(v: pb.Value, where: str, i: int) -> Any:
+    if v.WhichOneof("kind") == "timestamp_us_val":
+        raise BadRequestError(
+            f"{where}[{i}] is a timestamp ({v.timestamp_us_val} us); join keys are ints or strings",
+            field=where,
+        )
+    return from_value(v)

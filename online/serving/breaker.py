@@ -16,6 +16,10 @@ class BreakerState(str, Enum):
 class CircuitBreaker:
     """Opens after ``failure_threshold`` consecutive failures; after ``reset_s`` lets one probe
     through (half-open): its success closes the breaker, its failure opens it again.
+
+    Callers decide what a failure is: the engine counts store errors, and a missed deadline only
+    when the request allowed at least ``serving.deadline_ms``; a miss of a shorter deadline the
+    client chose is neither (``release``), so it cannot open the breaker for other clients.
     """
 
     def __init__(
@@ -72,7 +76,8 @@ class CircuitBreaker:
             self._probe_out = False
 
     def release(self) -> None:
-        """The allowed call never reached the store (a bad request): free the probe slot."""
+        """The allowed call says nothing about the store (a bad request, a deadline the client
+        made shorter than the server's): free the probe slot, count neither way."""
         if self._state is BreakerState.CLOSED:
             return
         with self._lock:

@@ -4,7 +4,9 @@ One ``Engine`` is shared by the REST server, the gRPC server and in-process call
 the store under the deadline is in ``_reads`` (awaited on the event loop for a single Redis,
 on the caller's own connection for synchronous calls, on a thread pool otherwise), so a slow or
 dead store costs at most the request's deadline: the answer then carries each feature's default
-and ``degraded=True``, and the circuit breaker stops sending reads until a probe succeeds.
+and ``degraded=True``, and the circuit breaker stops sending reads until a probe succeeds. A
+request that asks for less than ``serving.deadline_ms`` and misses it is answered degraded but
+does not count against the breaker (see ``_reads``).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from featurestore.online.serving import _requests as rq
 from featurestore.online.serving._aredis import AsyncRedisReader
 from featurestore.online.serving._inline import InlineRedisReader, NotReady
 from featurestore.online.serving._push import Pushes
-from featurestore.online.serving._reads import StoreReads, _StoreFailed
+from featurestore.online.serving._reads import Deadline, StoreReads, _StoreFailed
 from featurestore.online.serving._shortcuts import Shortcuts
 from featurestore.online.serving.breaker import CircuitBreaker
 from featurestore.online.serving.config import (
@@ -299,17 +301,24 @@ class Engine(StoreReads, Pushes, Shortcuts):
         }
 
     def _models_without_service(self) -> list[str]:
-        """Loaded production and canary versions whose feature service the registry lost."""
+        """Loaded production and canary versions whose feature service the registry lost, or
+        that read a feature their service no longer serves."""
+        from featurestore.online.models.repo import lost_features
+
         try:
             services = self._registry().feature_services
         except FeatureStoreError:
             return []
-        return [
-            str(self._service_gone(m))
-            for route in self.models.routes.values()
-            for m in (route.production, route.canary)
-            if m is not None and m.version.feature_service not in services
-        ]
+        out = []
+        for route in self.models.routes.values():
+            for m in (route.production, route.canary):
+                if m is None:
+                    continue
+                svc = services.get(m.version.feature_service)
+                why = str(self._service_gone(m)) if svc is None else lost_features(m.version, svc)
+                if why is not None:
+                    out.append(why)
+        return out
 
     # ---- features ---------------------------------------------------------------------------
     def _served_state(self) -> ServedState:
@@ -347,6 +356,11 @@ class Engine(StoreReads, Pushes, Shortcuts):
         if (features is None) == (service is None):
             raise BadRequestError(
                 "give exactly one of 'features' or 'feature_service'", field="features"
+            )
+        if service is None and not features:  # [] or (): a request for nothing is malformed
+            raise BadRequestError(
+                "features is empty; name at least one 'view:feature' or give a feature_service",
+                field="features",
             )
         key = service if service is not None else tuple(features or ())
         hit = self._resolved.get(key)
@@ -405,8 +419,9 @@ class Engine(StoreReads, Pushes, Shortcuts):
             req_cols,
         )
 
-    def _deadline(self, deadline_ms: float | None) -> float:
-        """The request's deadline on time.monotonic(): now + its budget (or the default)."""
+    def _deadline(self, deadline_ms: float | None) -> Deadline:
+        """The request's deadline on time.monotonic(): now + its budget (or the default); a
+        budget below ``serving.deadline_ms`` is not judged (its miss spares the breaker)."""
         t0 = time.monotonic()
         budget = self.config.deadline_ms if deadline_ms is None else deadline_ms
         if (
@@ -419,7 +434,7 @@ class Engine(StoreReads, Pushes, Shortcuts):
                 f"{MAX_DEADLINE_MS}, got {budget!r}",
                 field="deadline_ms",
             )
-        return t0 + budget / 1000
+        return Deadline(t0 + budget / 1000, budget >= self.config.deadline_ms)
 
     def _needs_of(self, requests: FeatureRequest) -> tuple[dict[str, str], rq.RequestFields]:
         """Join keys and request fields a resolved request needs, computed once per request."""

@@ -102,7 +102,7 @@ class FeatureServingServicer(pb_grpc.FeatureServingServicer):
             res = await self.engine.aget_features(
                 features=list(request.features) or None,
                 feature_service=request.feature_service or None,
-                entities=read_columns(request.entities, "entities"),
+                entities=read_columns(request.entities, "entities", keys=True),
                 request_data=read_columns(request.request_data, "request_data") or None,
                 full_feature_names=request.full_feature_names,
                 include_event_timestamps=request.include_event_timestamps,
@@ -118,7 +118,7 @@ class FeatureServingServicer(pb_grpc.FeatureServingServicer):
                 raise BadRequestError("model is required", field="model")
             res = await self.engine.apredict(
                 request.model,
-                entities=read_columns(request.entities, "entities"),
+                entities=read_columns(request.entities, "entities", keys=True),
                 request_data=read_columns(request.request_data, "request_data") or None,
                 return_features=request.return_features,
                 deadline_ms=request.deadline_ms or None,

@@ -313,6 +313,11 @@ def validation_message(errs: Sequence[Any]) -> str:
     where, first = next(iter(problems.values()))
     more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
     kind = first.get("type", "")
+    if kind == "json_invalid":  # FastAPI's: loc (body, character offset), ctx.error the why
+        why = (first.get("ctx") or {}).get("error") or "it does not parse"
+        loc = first.get("loc", ())
+        at = f" at character {loc[-1]}" if loc and isinstance(loc[-1], int) else ""
+        return f"the request body is not valid JSON: {why}{at}"
     if kind == "missing":
         return f"{where} is missing{more}"
     if kind == "extra_forbidden":
@@ -328,6 +333,24 @@ def validation_message(errs: Sequence[Any]) -> str:
             f"numbers{more}"
         )
     return f"{where} is {shown}: {first.get('msg', 'invalid')}{more}"
+
+
+def validation_status(errs: Sequence[Any]) -> int:
+    """The status of a body that failed its schema: 400 when it is not JSON at all or every
+    problem is a join-key value (as the engine's own checks of join keys and gRPC's
+    INVALID_ARGUMENT), else 422 (a field of the wrong type, missing, unknown or out of range).
+    """
+    if any(e.get("type") == "json_invalid" for e in errs):
+        return 400
+    if errs and all(_is_key_value(e.get("loc", ())) for e in errs):
+        return 400
+    return 422
+
+
+def _is_key_value(loc: Sequence[Any]) -> bool:
+    """Whether a pydantic error location is one join-key value: (body,) entities, key, index."""
+    parts = list(loc[1:] if loc and loc[0] == "body" else loc)
+    return len(parts) >= 3 and parts[0] == "entities" and isinstance(parts[2], int)
 
 
 def _field_path(loc: Sequence[Any]) -> str:
@@ -448,7 +471,10 @@ def create_app(
         if request.method == "POST" and not declares_json(ctype):
             # FastAPI did not parse the body (so it "is not an object"): say what to fix
             return _failure(request, *_error_body(not_json(request.url.path, ctype)))
-        return _failure(request, _dumps({"error": validation_message(exc.errors())}), 422)
+        errs = exc.errors()
+        return _failure(
+            request, _dumps({"error": validation_message(errs)}), validation_status(errs)
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:

@@ -101,7 +101,8 @@ def _col(values: list[Any]) -> Any:
 # (what, path, body, extra headers, status, endpoint)
 REST_FAILURES = [
     ("unknown model", "/predict", {**PREDICT, "model": "nosuch"}, {}, 404, "predict"),
-    ("bad join key", "/predict", {**PREDICT, "entities": {"user_id": [1.5], "merchant_id": [1]}}, {}, 422, "predict"),
+    ("bad join key", "/predict", {**PREDICT, "entities": {"user_id": [1.5], "merchant_id": [1]}}, {}, 400, "predict"),
+    ("schema: deadline", "/predict", {**PREDICT, "deadline_ms": -1}, {}, 422, "predict"),
     ("too many", "/predict", {**PREDICT, "entities": {"user_id": [1] * 5, "merchant_id": [1] * 5}}, {}, 413, "predict"),
     ("no key", "/predict", PREDICT, {"x-api-key": ""}, 401, "predict"),
     ("no scope", "/predict", PREDICT, {"read": ""}, 403, "predict"),

@@ -168,17 +168,18 @@ def test_corrupt_artifact_is_a_load_error_naming_the_file(tmp_path) -> None:
 
 
 def _promote_replaced(reg: ModelRegistry, tmp_path: Path, body: str) -> None:
-    """Register a good python version of 'm', replace its stored file by ``body`` (a broken
-    model: register's trial prediction would refuse it) and make it production."""
+    """Register a good python version of 'm', make it production, then replace its stored
+    file by ``body`` (a broken model: register's trial prediction, and promoting's, would
+    refuse it)."""
     (tmp_path / "good.py").write_text(PY_MODEL)
     mv = reg.register(
         "m", flavor="python", artifact=tmp_path / "good.py", feature_service="svc",
         service_features=SERVICE,
     )  # fmt: skip
+    reg.set_alias("m", mv.version, "production")
     Path(reg.artifact_path(mv)).write_text(
         "import numpy as np\nFEATURE_NAMES = ['tx_count', 'amount_mean', 'risk']\n" + body
     )
-    reg.set_alias("m", mv.version, "production")
 
 
 def test_runtime_swaps_only_to_warm_versions(reg, tmp_path) -> None:

@@ -124,13 +124,19 @@ def test_health_names_a_version_that_cannot_load_without_its_path(
 ) -> None:
     """A shadow pointed at v2, whose artifact is gone: the refresh fails, production keeps serving, and
     /health/ready (no key needed) and gRPC Ready report it without the artifact's folder."""
+    from featurestore._atomic import atomic_write
     from featurestore.online.models.repo import model_registry
     from featurestore.store import FeatureStore
 
     caplog.set_level(logging.ERROR, logger="featurestore.models")
     with FeatureStore(repo) as store:
         reg = model_registry(store)
-        reg.set_alias("fraud", 2, "shadow")
+        # written into the index: set_alias refuses a version whose artifact is gone (this is
+        # a promotion made before its file was deleted)
+        index = reg.index_path("fraud")
+        doc = json.loads(index.read_text())
+        doc["aliases"]["shadow"] = {"version": 2}
+        atomic_write(index, json.dumps(doc).encode())  # the server never reads half of it
         try:
             health = _wait_for_model_error(http)
             ready = stub.Ready(pb.HealthRequest(), timeout=30)

@@ -1,6 +1,7 @@
 """Values at the edges of the wire formats: an empty float array goes over gRPC as a double
 list; NaN and infinities go over REST as protobuf's JSON mapping writes them (a NaN score, a row
-the model could not score, stays null); a wrongly typed join key reads plainly in a 422."""
+the model could not score, stays null); a wrongly typed join key reads plainly in a 400 (as a
+key of the wrong kind, and as gRPC's INVALID_ARGUMENT)."""
 
 from __future__ import annotations
 
@@ -219,7 +220,7 @@ def test_columns_round_trip_every_float_through_the_protobuf_json_strings(
     assert same(parse(orjson.loads(_dumps(column))), arr)
 
 
-# ------------------------------------------------------------------ 422 messages
+# ------------------------------------------------------------------ 400/422 messages
 
 
 @pytest.mark.parametrize(
@@ -230,17 +231,17 @@ def test_columns_round_trip_every_float_through_the_protobuf_json_strings(
         ([True], "entities.user_id[0] is true (boolean); join keys are ints or strings"),
     ],
 )
-def test_a_422_for_a_wrongly_typed_key_names_the_field_and_value(
+def test_a_400_for_a_wrongly_typed_key_names_the_field_and_value(
     server: ServerThread, keys: list[Any], message: str
 ) -> None:
     code, got = _rest(
         server, "/get-online-features", {"features": ["vals:x"], "entities": {"user_id": keys}}
     )
-    assert code == 422
+    assert code == 400
     assert got["error"] == message
 
 
-def test_the_rest_422_for_a_float_key_reads_as_grpcs_error(
+def test_the_rest_400_for_a_float_key_reads_as_grpcs_error(
     stub: pb_grpc.FeatureServingStub, server: ServerThread
 ) -> None:
     _, got = _rest(
