@@ -13,7 +13,12 @@ from typing import TYPE_CHECKING, Any
 from featurestore._inputs import entity_input
 from featurestore._time import now_us, to_us, to_utc
 from featurestore.config import RepoConfig, load_config, online_store_id
-from featurestore.errors import DefinitionError, FeatureNotFoundError, FeatureStoreError
+from featurestore.errors import (
+    DefinitionError,
+    FeatureNotFoundError,
+    FeatureStoreError,
+    OnlineStoreError,
+)
 from featurestore.feature_service import FeatureService
 from featurestore.feature_view import FeatureView
 from featurestore.plan import Plan, make_plan
@@ -529,17 +534,20 @@ class FeatureStore:
                 for at in range(0, table.num_rows, step):
                     chunk = table.slice(at, step)
                     held.ensure_held()
-                    written += write_table(
-                        self.online,
-                        self.project,
-                        view,
-                        chunk,
-                        now_us=now_us(),
-                        key_ttl_grace_us=grace,
-                        batch_size=size,
-                        # a row pushed online meanwhile (or only online) may be newer
-                        only_newer=not overwrite,
-                    )
+                    try:
+                        written += write_table(
+                            self.online,
+                            self.project,
+                            view,
+                            chunk,
+                            now_us=now_us(),
+                            key_ttl_grace_us=grace,
+                            batch_size=size,
+                            # a row pushed online meanwhile (or only online) may be newer
+                            only_newer=not overwrite,
+                        )
+                    except OnlineStoreError as exc:  # which view, for a store that refused it
+                        raise OnlineStoreError(f"materialize '{view.name}': {exc}") from exc
                     bar.update(chunk.num_rows)  # rows done, skipped expired ones too: ends at total
         # the watermark moves only after every batch landed, so a crash means a clean rerun
         held.ensure_held()

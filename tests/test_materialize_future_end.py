@@ -118,3 +118,15 @@ def test_an_on_demand_view_named_in_views_is_refused(repo: Path, incremental: bo
             else:
                 store.materialize(now - timedelta(days=1), now, views=["after"])
         assert "\n" not in str(e.value)
+
+
+def test_a_key_too_long_for_the_embedded_store_is_named_with_its_view(repo: Path) -> None:
+    now = datetime.now(timezone.utc)
+    _rows(repo / "data" / "stats", "a.parquet", [("x" * 600, now - timedelta(hours=1), 1.0)])
+    with FeatureStore(config=online_config("embedded", repo)) as store:
+        store.apply()
+        with pytest.raises(FeatureStoreError) as err:
+            store.materialize(now - timedelta(days=1), now)
+    msg = str(err.value)
+    assert msg.startswith("materialize 'stats': a key of ") and "xxxxxxxx" in msg
+    assert "longer than the embedded online store allows (511 bytes)" in msg
