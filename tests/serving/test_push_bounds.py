@@ -26,7 +26,7 @@ from featurestore import Array, Bytes, Entity, FeatureView, Field, Float32, Floa
 from featurestore.online.keys import build_key
 from featurestore.online.serving._proto import featurestore_pb2 as pb
 from featurestore.online.serving._proto import featurestore_pb2_grpc as pb_grpc
-from featurestore.online.serving._push import json_values
+from featurestore.online.serving._push_checks import json_values
 from featurestore.online.serving.errors import BadRequestError
 from featurestore.online.serving.grpc_server import to_value
 from featurestore.store import FeatureStore
