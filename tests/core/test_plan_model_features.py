@@ -20,20 +20,16 @@ from featurestore.online.models.repo import (
 )
 from featurestore.store import FeatureStore
 
-DEFS = """
-from featurestore import Entity, FeatureService, FeatureView, Field, Float64, Int64, ParquetSource
+from .conftest import DEFS as CORE_DEFS
 
-user = Entity("user", join_keys=["user_id"])
-user_stats = FeatureView(
-    name="user_stats",
-    entities=[user],
-    source=ParquetSource("data/users.parquet", created_timestamp_field="created"),
-    ttl="1d",
-    schema=[Field("clicks", Int64, default=0), Field("spend", Float64)],
+# the core repo's definitions, with svc's features to fill in and a second service
+DEFS = (
+    CORE_DEFS.replace(
+        'FeatureService(name="svc", features=[user_stats])',
+        'FeatureService(name="svc", features={features})',
+    )
+    + 'other = FeatureService(name="other", features=["user_stats:clicks"])\n'
 )
-svc = FeatureService(name="svc", features={features})
-other = FeatureService(name="other", features=["user_stats:clicks"])
-"""
 BOTH = '["user_stats:clicks", "user_stats:spend"]'
 MODEL = (
     "import numpy as np\nFEATURE_NAMES = ['clicks', 'spend']\n"
