@@ -82,7 +82,7 @@ def test_a_failed_batch_writes_nothing(tmp_path: Path) -> None:
     store = EmbeddedOnlineStore(str(tmp_path / "db"), map_size="64MB")
     store.write_batch(KEYS[:2], [b"old0", b"old1"])
     too_long = b"k" * 4096  # beyond LMDB's key size limit
-    with pytest.raises(OnlineStoreError, match="longer than LMDB allows"):
+    with pytest.raises(OnlineStoreError, match="longer than the embedded online store allows"):
         store.write_batch([KEYS[0], too_long, KEYS[1]], [b"new0", b"x", b"new1"])
     assert store.read(KEYS[:2]) == [b"old0", b"old1"]
     assert store.read([too_long]) == [None]
@@ -188,7 +188,7 @@ def test_write_stored_batches_land_together_or_not_at_all(tmp_path: Path) -> Non
     with pytest.raises(ValueError, match="second batch"):
         store.write_stored(batches())
     too_long = b"k" * 4096
-    with pytest.raises(OnlineStoreError, match="longer than LMDB allows"):
+    with pytest.raises(OnlineStoreError, match="longer than the embedded online store allows"):
         store.write_stored(
             [([KEYS[1]], [_NEVER_PREFIX + b"new1"], None), ([too_long], [_NEVER_PREFIX], None)]
         )

@@ -39,7 +39,8 @@ def test_registry_version_watermarks_and_model_aliases(fresh_repo: Path) -> None
         }
 
         # a later materialization moves the gauge at the next scrape
-        later = datetime.now(timezone.utc) + timedelta(minutes=5)
+        later = datetime.now(timezone.utc)  # after the repo's own run (an end past now is now)
+        assert all(later.timestamp() > v for v in want.values())
         e.store.materialize(later - timedelta(days=1), later)
         marks = _gauges(e)["featurestore_materialization_watermark_timestamp_seconds"]
         assert set(marks.values()) == {int(later.timestamp() * 1e6) / 1e6}
