@@ -669,6 +669,8 @@ class FeatureStore:
         dicts or a DataFrame. ``to``:
         "online" (the online store), "offline" (one new Parquet file in the view's source
         folder, so training sets and materialize see the rows) or "online_and_offline".
+        As over REST, a ``Bytes`` value given as text is read as base64, and an event time more
+        than ``stream.max_future`` after now is refused (nothing of the push is written).
         """
         if self._engine is None:
             from featurestore.online.serving.engine import Engine
