@@ -346,6 +346,14 @@ class Engine(StoreReads, Pushes, Shortcuts):
                     versions[(name, alias)] = model.version.version
         return ServedState(state.version, marks, versions)
 
+    def join_keys(self, view: str) -> tuple[str, ...]:
+        """``view``'s join keys; none for a view the registry lacks (the push names that)."""
+        try:
+            fv = self._registry().feature_views.get(view)
+        except FeatureStoreError:
+            return ()
+        return tuple(fv.join_keys) if fv is not None else ()
+
     def _registry(self) -> Any:
         """The registry state, re-checked (one stat) at most every 0.1 s, and at once after a
         write by this process (RegistryError until applied: never cached)."""

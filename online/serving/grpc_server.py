@@ -130,9 +130,13 @@ class FeatureServingServicer(pb_grpc.FeatureServingServicer):
 
     async def Push(self, request: Any, context: Any) -> Any:
         try:
+            keys = self.engine.join_keys(request.feature_view)  # their timestamps are refused
+            rows: dict[str, list[Any]] = {}
+            for name, col in request.rows.items():
+                rows.update(read_columns({name: col}, "rows", keys=name in keys))
             n = await self.engine.apush(
                 request.feature_view,
-                read_columns(request.rows, "rows"),
+                rows,
                 to=request.to or "online",
                 deadline_ms=request.deadline_ms or None,
             )

@@ -174,3 +174,17 @@ def test_an_empty_feature_list_is_a_400_naming_features(
     with pytest.raises(BadRequestError, match=r"^features is empty") as exc:
         engine.get_features(features=[], entities={"user_id": [1]})
     assert exc.value.field == "features"
+
+
+def test_grpc_push_refuses_a_timestamp_in_a_join_key_column(
+    stub: pb_grpc.FeatureServingStub,
+) -> None:
+    """As get-features and predict do (the rows decoder now knows the view's join keys)."""
+    rows = {
+        "user_id": pb.ValueList(values=[pb.Value(timestamp_us_val=1_700_000_000_000_000)]),
+        "tx_count": pb.ValueList(ints=[1]),
+    }
+    req = pb.PushRequest(feature_view="user_stats", rows=rows)
+    err = _grpc_error(partial(stub.Push, req, timeout=30))
+    assert err.code() is grpc.StatusCode.INVALID_ARGUMENT, err.details()
+    assert "rows.user_id[0] is a timestamp" in err.details()
