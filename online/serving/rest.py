@@ -67,6 +67,8 @@ log = logging.getLogger("featurestore.serving")
 Key = StrictInt | StrictStr
 Scalar = StrictBool | StrictInt | StrictFloat | StrictStr | None
 AnyValue = Scalar | list[StrictBool | StrictInt | StrictFloat]
+# a pushed array may hold the strings answers use for NaN and infinities ("NaN", "Infinity")
+PushValue = Scalar | list[StrictBool | StrictInt | StrictFloat | StrictStr]
 
 
 class _Body(BaseModel):
@@ -102,7 +104,7 @@ class PushRequest(_Body):
     """Rows for one feature view: join keys, every feature, optional ``event_timestamp``."""
 
     feature_view: StrictStr
-    rows: dict[StrictStr, list[AnyValue]] = Field(
+    rows: dict[StrictStr, list[PushValue]] = Field(
         ..., description="column -> one value per row (event_timestamp: us since epoch or ISO)"
     )
     to: StrictStr = Field(

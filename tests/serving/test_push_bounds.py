@@ -275,6 +275,13 @@ _keys = iter(range(10**9))
 finite32 = st.floats(width=32, allow_nan=False, allow_infinity=False)
 
 
+def _spelled(v: float) -> float | str:
+    """A float as JSON answers write it: NaN and infinities as protobuf's strings."""
+    if math.isfinite(v):
+        return v
+    return "NaN" if v != v else ("Infinity" if v > 0 else "-Infinity")
+
+
 @settings(
     max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
@@ -283,7 +290,7 @@ finite32 = st.floats(width=32, allow_nan=False, allow_infinity=False)
     balance=st.floats(),  # NaN and infinities included: answers spell them as strings
     f32=st.floats(width=32),
     i32=st.integers(-(2**31), 2**31 - 1),
-    emb=st.lists(finite32, max_size=4),  # (REST's model takes numbers only inside lists)
+    emb=st.lists(st.floats(width=32), max_size=4),  # NaN and infinities inside too
 )
 def test_a_value_read_over_rest_pushes_back_to_the_same_value(
     json_server: ServerThread, blob: bytes, balance: float, f32: float, i32: int, emb: list
@@ -293,9 +300,8 @@ def test_a_value_read_over_rest_pushes_back_to_the_same_value(
     sent = {"acct_id": [first], "balance": [balance], "f32": [f32], "i32": [i32], "emb": [emb]}
     sent["blob"] = [base64.b64encode(blob).decode()]
     for k in ("balance", "f32"):  # JSON has no NaN or infinity: the answers' spelling
-        v = sent[k][0]
-        if not math.isfinite(v):
-            sent[k] = ["NaN" if v != v else ("Infinity" if v > 0 else "-Infinity")]
+        sent[k] = [_spelled(sent[k][0])]
+    sent["emb"] = [[_spelled(v) for v in emb]]
     r = rest_push(json_server, sent)
     assert r.status_code == 200, r.text
     got = rest_read(json_server, first)
@@ -446,3 +452,10 @@ def test_redis_takes_a_key_the_embedded_store_cannot(tmp_path: Path, redis_url: 
         assert store.push("acct_stats", columns([row(long, 6.0)])) == 1
         got = store.get_online_features(["acct_stats:balance"], {"acct_id": [long]})
         assert got.to_dict()["balance"] == [6.0]
+
+
+def test_other_text_inside_a_float_array_is_a_400_naming_it(json_server: ServerThread) -> None:
+    r = rest_push(json_server, columns([row("txt1", emb=[1.0, "one"])]))
+    assert r.status_code == 400, r.text
+    assert "rows.emb[0]" in r.json()["error"], r.text
+    assert rest_read(json_server, "txt1")["emb"] is None  # nothing of the push written
