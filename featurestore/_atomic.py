@@ -8,13 +8,24 @@ import tempfile
 from pathlib import Path
 
 
+def _umask() -> int:
+    """The process's umask (read by setting it back at once: there is no other portable way)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()  # read once, at import (umask calls are not thread-safe)
+
+
 def atomic_write(path: Path, data: bytes, *, mode: int | None = None) -> None:
     """Write ``data`` to ``path`` so a reader sees the old file or the new one, never half:
-    a temporary file beside it, fsynced, then renamed over it (``mode``: its permissions)."""
+    a temporary file beside it, fsynced, then renamed over it. ``mode``: its permissions;
+    without one, what ``open`` would give (0666 less the umask), not the temporary file's
+    owner-only 0600, so other users and services can read the store's files as before."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        if mode is not None:
-            os.fchmod(fd, mode)
+        os.fchmod(fd, mode if mode is not None else 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
