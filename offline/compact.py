@@ -8,25 +8,36 @@ temporary file renamed into place), THEN deletes the files it merged. A compacte
 push file like any other and takes part in the next compaction.
 
 Order: the point-in-time join and materialize rank rows of one key and event time by created
-time, then the (push time, sequence) their file's name carries, then file path and row (the
-last push wins, offline/_sql.py ``file_rank``). The merged file keeps its inputs' rows in that
-order, dropping earlier copies of exact duplicates, so the last row of every tie stays the
-last; its name carries the largest (push time, sequence) of its inputs, whatever view they
-were pushed to, so it ranks after every push it merged and before any push that comes after
-the compaction: a later push still wins, to this view or another one sharing the folder.
+time, then the rank their file's name gives (offline/_sql.py ``file_rank``: a push's (push
+time, sequence), a stream ingest file's last entry id, any other file below all), then file
+path and row (the last wins). A merged file has ONE rank, so it may only merge push files that
+no other ranked file of the folder (a stream file, a push-named file in a subfolder) sits
+between or beside in that order: the push files are cut into runs at every such file whose
+rank is equal to or between two neighbouring pushes' ranks, and each run of two or more is
+merged on its own (a push next to a stream file stays as it is). Within a run, the merged file
+keeps its inputs' rows in rank order, dropping earlier copies of exact duplicates, so the last
+row of every tie stays the last; its name carries the run's largest (push time, sequence),
+whatever view its pushes went to, so it ranks after every push it merged, before the next
+stream file and before any push that comes after the compaction: a later push or stream file
+still wins, and an earlier one still loses, as before the merge.
 
 Why duplicates are harmless here: between the write and the deletes (or after a crash there)
 the folder holds some rows twice: the merged file holds every input row, in input order, and
 the inputs are still there, in theirs. The merged file ranks with its last input and above
-the others; whichever of those two comes last, the last row of a tie is the one the inputs
-alone ranked last, so training sets and online values do not change, and
-the next compaction removes the copies.
+the others of its run (no other file ranks among them); whichever of those two comes last, the
+last row of a tie is the one the inputs alone ranked last, so training sets and online values
+do not change, and the next compaction removes the copies.
 
 Folders read by a WINDOW view are skipped: a ``count`` (or ``sum``) aggregation counts every
 row, so copies in that short window would be counted twice, and rows a client pushed twice on
 purpose would lose one count for good. Only the top level of a folder is compacted (where
 pushes land); stream ingest's ``stream-...`` files and any other file are never touched,
 since ingest resumes from the stream files' names.
+
+Left open: ingest names a stream file by its last entry's stream id, which is older than the
+write; a file it writes AFTER a compaction, with entries added between two pushes that were
+merged, ranks below the merged file (and so below the earlier push's rows), where the separate
+pushes would have ranked one below and one above it. Compact after ingest has caught up.
 
 A training set or materialization whose query finds a merged file gone mid-read runs the query
 again and reads the new listing (offline/store.py ``fetch_table``, offline/latest.py). Two
@@ -64,8 +75,9 @@ class CompactResult:
     files_merged: int = 0
     rows_before: int = 0
     rows_after: int = 0
-    output: Path | None = None
+    output: Path | None = None  # the last merged file written
     skipped: str | None = None
+    outputs: tuple[Path, ...] = ()  # every merged file written, one per run, in rank order
 
 
 def compact_pushes(
@@ -174,14 +186,67 @@ def _compact_folder(view: str, label: str, folder: Path) -> CompactResult:
             return CompactResult(
                 view, label, skipped=f"{len(files)} push file(s), nothing to merge"
             )
-        try:
-            table, rows_before = merged_table(files)
-        except (OSError, ValueError, FeatureStoreError) as exc:
-            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            return CompactResult(view, label, skipped=f"push files could not be merged: {msg}")
-        out = write_compacted(folder, view, table, files)
-        remove_inputs(files)
-    return CompactResult(view, label, len(files), rows_before, table.num_rows, out)
+        runs = [r for r in push_runs(files, ranked_others(folder, files)) if len(r) > 1]
+        if not runs:
+            return CompactResult(
+                view,
+                label,
+                skipped=f"{len(files)} push file(s), each next to a stream file (or another "
+                "ranked file) in tie order, nothing to merge",
+            )
+        outputs: list[Path] = []
+        merged = before = after = 0
+        for run in runs:
+            try:
+                table, rows = merged_table(run)
+            except (OSError, ValueError, FeatureStoreError) as exc:
+                msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                if outputs:  # an earlier run is merged already: report it, leave the rest
+                    break
+                return CompactResult(view, label, skipped=f"push files could not be merged: {msg}")
+            outputs.append(write_compacted(folder, view, table, run))
+            remove_inputs(run)
+            merged, before, after = merged + len(run), before + rows, after + table.num_rows
+    return CompactResult(view, label, merged, before, after, outputs[-1], outputs=tuple(outputs))
+
+
+def ranked_others(folder: Path, pushes: list[Path]) -> list[tuple[int, int]]:
+    """The ranks (offline/_sql.py ``file_rank``) of every Parquet file under ``folder``, at any
+    depth, that is not one of ``pushes`` and ranks above the data loaded into the folder: the
+    stream files (and any other push-named file) a merge must not jump over."""
+    from featurestore.offline._sql import BASE_RANK, file_rank
+
+    skip = {p.name for p in pushes}
+    ranks = set()
+    for root, _, names in os.walk(folder):
+        top = Path(root) == folder
+        for n in names:
+            if n.endswith(".parquet") and not (top and n in skip):
+                rank = file_rank(n)
+                if rank != BASE_RANK:
+                    ranks.add(rank)
+    return sorted(ranks)
+
+
+def push_runs(files: list[Path], others: list[tuple[int, int]]) -> list[list[Path]]:
+    """``files`` (push files) in rank order, cut wherever a rank in ``others`` lies between two
+    neighbours, either end included: merging a run then moves no row past another file's
+    rows, and a push ranked equal to another file (a tie its path breaks) stays by itself."""
+    import bisect
+
+    from featurestore.offline._sql import file_rank
+
+    ordered = sorted(files, key=lambda f: (file_rank(f.name), str(f)))
+    runs: list[list[Path]] = []
+    prev: tuple[int, int] | None = None
+    for f in ordered:
+        rank = file_rank(f.name)
+        i = bisect.bisect_left(others, prev) if prev is not None else len(others)
+        if prev is None or (i < len(others) and others[i] <= rank):
+            runs.append([])
+        runs[-1].append(f)
+        prev = rank
+    return runs
 
 
 def push_files(folder: Path) -> list[Path]:
