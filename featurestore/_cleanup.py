@@ -175,6 +175,8 @@ def finish_cleanup(store: FeatureStore, registry: Registry) -> list[ViewCleanup]
                     results.append(ViewCleanup(name, deleted, kept=True))
                 continue
             deleted = store.online.delete_view(store.project, name)
+            if not kept:  # its watermark's copies too (every node's on Redis Cluster)
+                store._drop_watermark(name)
         except _StreamServerDown as exc:  # the fence stands pending: the next apply retries
             notes[name] = {"fenced": True}
             results.append(ViewCleanup(name, error=str(exc), kept=kept))

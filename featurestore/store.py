@@ -559,30 +559,47 @@ class FeatureStore:
         (see ``_store_watermark``); nothing when an apply redefined the view meanwhile."""
         import struct
 
-        from featurestore.online.keys import watermark_key
-
         mark = self._registry.update_materialization(
             view.name, start_us, end_us, self._store_id, written=view
         )
         if mark is not None:
-            self.online.write_batch(
-                [watermark_key(self.project, view.name)], [struct.pack("<q", mark)]
-            )
+            keys = self._watermark_keys(view.name)
+            self.online.write_batch(keys, [struct.pack("<q", mark)] * len(keys))
 
     def _store_watermark(self, view: str, mark: int | None) -> int | None:
         """The registry's watermark ``mark`` as far as the online store still holds it: None
         if the store lacks its copy (it lost its data, or predates the copy), so an incremental
-        run fills it afresh rather than trusting rows that are gone."""
+        run fills it afresh rather than trusting rows that are gone. On Redis Cluster every
+        primary node holds a copy: one node missing its copy lost its data (restarted empty)."""
         import struct
-
-        from featurestore.online.keys import watermark_key
 
         if mark is None:
             return None
-        held = self.online.read([watermark_key(self.project, view)])[0]
-        if held is None or len(held) != 8:
+        held = self.online.read(self._watermark_keys(view))
+        if any(v is None or len(v) != 8 for v in held):
             return None
-        return min(mark, struct.unpack("<q", held)[0])
+        return min([mark] + [struct.unpack("<q", v)[0] for v in held])
+
+    def _watermark_keys(self, view: str) -> list[bytes]:
+        """The keys of ``view``'s watermark copies in the online store: one, or on Redis
+        Cluster one per primary node (hash tags from the current slot map)."""
+        from featurestore.online.keys import watermark_key
+
+        per_node = getattr(self.online, "node_tags", None)
+        tags = per_node() if per_node is not None else []
+        if not tags:  # one store (or a cluster without a slot map: no node to name)
+            return [watermark_key(self.project, view)]
+        return [watermark_key(self.project, view, tag) for tag in tags]
+
+    def _drop_watermark(self, view: str) -> None:
+        """Delete every node's copy of a removed ``view``'s watermark on Redis Cluster (and the
+        one key older versions wrote there). Other stores keep their one key, as before: the
+        registry forgot the view, so a view of that name defined again starts afresh anyway."""
+        from featurestore.online.keys import watermark_key
+
+        delete = getattr(self.online, "delete_keys", None)
+        if delete is not None:
+            delete([*self._watermark_keys(view), watermark_key(self.project, view)])
 
     # ---- online -----------------------------------------------------------------------------
     def get_online_features(

@@ -10,7 +10,7 @@ close the hash tag or fake a separator.
 from __future__ import annotations
 
 import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -35,11 +35,34 @@ def key_suffix(view_name: str) -> bytes:
     return f"}}:{view_name}".encode()
 
 
-def watermark_key(project: str, view_name: str) -> bytes:
+def watermark_key(project: str, view_name: str, tag: str | None = None) -> bytes:
     """The key of a view's materialization watermark inside the online store: what the store
     itself holds, so a store that lost its data (a Redis restarted without persistence) is seen
-    to have lost it. Outside every view's key space (no ``{`` after the project)."""
-    return f"{project}:__watermark__:{view_name}".encode()
+    to have lost it. Outside every view's key space (no ``{`` after the project). ``tag``: the
+    hash tag of one Redis Cluster node's copy (see :func:`node_tags`)."""
+    if tag is None:
+        return f"{project}:__watermark__:{view_name}".encode()
+    return f"{project}:__watermark__:{{{tag}}}:{view_name}".encode()
+
+
+def node_tags(slot_owners: Mapping[int, Hashable]) -> dict[Hashable, str]:
+    """One short hash tag per Redis Cluster node (``slot_owners``: slot -> the node serving
+    it), each hashing to a slot of that node: a key holding the tag lives on that node. The
+    first of "0", "1", ... per node, so one slot map always gives the same tags."""
+    from redis.crc import key_slot
+
+    owners = set(slot_owners.values())
+    tags: dict[Hashable, str] = {}
+    i = 0
+    while len(tags) < len(owners):  # every slot is the slot of some tag below 110000
+        if i > 200_000:  # a slot map naming slots past 16383: never loop for ever
+            raise ValueError(f"no hash tag reaches the slots of {len(owners) - len(tags)} node(s)")
+        tag = str(i)
+        node = slot_owners.get(key_slot(tag.encode()))
+        if node is not None and node not in tags:
+            tags[node] = tag
+        i += 1
+    return tags
 
 
 def is_watermark_key(key: bytes) -> bool:

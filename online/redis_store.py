@@ -459,6 +459,29 @@ class RedisClusterOnlineStore(_RedisBase):
 
         return self._call("delete", run)
 
+    def node_tags(self) -> list[str]:
+        """One hash tag per primary node serving slots, each hashing to a slot of that node
+        (see ``keys.node_tags``), from the client's slot map: a key per tag is one per node."""
+        from featurestore.online.keys import node_tags
+
+        def run() -> list[str]:
+            table = self._client().nodes_manager.slots_cache
+            return list(node_tags({s: n[0].name for s, n in table.items() if n}).values())
+
+        return self._call("read", run)
+
+    def delete_keys(self, keys: Sequence[bytes]) -> int:
+        """Delete ``keys`` (any slots; redis-py's pipeline follows redirects); returns how many
+        existed."""
+
+        def run() -> int:
+            pipe = self._client().pipeline()
+            for k in keys:
+                pipe.unlink(k)
+            return sum(pipe.execute())
+
+        return self._call("delete", run) if keys else 0
+
     def ping(self) -> None:
         from redis.cluster import RedisCluster
 
