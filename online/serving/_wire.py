@@ -10,6 +10,7 @@ API reference) make: same column layout, same errors for values protobuf cannot 
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -538,18 +539,19 @@ def _explanation(ex: Explanation) -> bytes:
 # ------------------------------------------------------------------------ request decoding
 
 
-def _generic(values: Any) -> list[Any]:
-    """Generic Values as Python values; a whole column of one common kind skips WhichOneof."""
+def _generic(values: Any, one: Callable[[pb.Value], Any] = from_value) -> list[Any]:
+    """Generic Values as Python values (``one`` reads a Value); a whole column of one common
+    kind skips WhichOneof."""
     if len(values) < 3:
-        return [from_value(v) for v in values]
+        return [one(v) for v in values]
     kind = values[0].WhichOneof("kind")
     if kind == "int64_val":
-        return [v.int64_val if v.HasField("int64_val") else from_value(v) for v in values]
+        return [v.int64_val if v.HasField("int64_val") else one(v) for v in values]
     if kind == "string_val":
-        return [v.string_val if v.HasField("string_val") else from_value(v) for v in values]
+        return [v.string_val if v.HasField("string_val") else one(v) for v in values]
     if kind == "double_val":
-        return [v.double_val if v.HasField("double_val") else from_value(v) for v in values]
-    return [from_value(v) for v in values]
+        return [v.double_val if v.HasField("double_val") else one(v) for v in values]
+    return [one(v) for v in values]
 
 
 def read_column(col: pb.ValueList, where: str) -> list[Any]:
@@ -622,27 +624,25 @@ def read_columns(m: Any, what: str, *, keys: bool = False) -> dict[str, list[Any
 
 
 def _key_column(values: Any, where: str) -> list[Any]:
-    """Generic Values of a join-key column, as ``_generic``, refusing timestamps (on the wire
-    an int, which the key checks downstream could not tell from one)."""
-    if len(values) >= 3:
-        kind = values[0].WhichOneof("kind")
-        if kind == "int64_val":
-            return [
-                v.int64_val if v.HasField("int64_val") else _key_value(v, where, i)
-                for i, v in enumerate(values)
-            ]
-        if kind == "string_val":
-            return [
-                v.string_val if v.HasField("string_val") else _key_value(v, where, i)
-                for i, v in enumerate(values)
-            ]
-    return [_key_value(v, where, i) for i, v in enumerate(values)]
-
-
-def _key_value(v: pb.Value, where: str, i: int) -> Any:
-    if v.WhichOneof("kind") == "timestamp_us_val":
+    """Generic Values of a join-key column, as ``_generic`` reads them, refusing timestamps (on
+    the wire an int, which the key checks downstream could not tell from one)."""
+    try:
+        return _generic(values, _not_a_timestamp)
+    except _TimestampKey:
+        i = next(i for i, v in enumerate(values) if v.WhichOneof("kind") == "timestamp_us_val")
         raise BadRequestError(
-            f"{where}[{i}] is a timestamp ({v.timestamp_us_val} us); join keys are ints or strings",
+            f"{where}[{i}] is a timestamp ({values[i].timestamp_us_val} us); join keys are ints "
+            "or strings",
             field=where,
-        )
+        ) from None
+
+
+class _TimestampKey(Exception):
+    """Internal: a join-key column holds a timestamp Value (``_key_column`` names it)."""
+
+
+def _not_a_timestamp(v: pb.Value) -> Any:
+    """``from_value`` for a join-key Value, raising _TimestampKey for a timestamp."""
+    if v.WhichOneof("kind") == "timestamp_us_val":
+        raise _TimestampKey
     return from_value(v)
