@@ -8,10 +8,9 @@ import base64
 import math
 import numbers
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from featurestore._time import duration_us, parse_duration
+from featurestore._time import duration_us, parse_duration, to_utc
 from featurestore.online.serving.errors import BadRequestError
 
 # JSON has no NaN or infinity: answers spell them so (protobuf's JSON mapping), pushes read them
@@ -145,8 +144,7 @@ def check_not_future(view: Any, table: Any, ts_name: str, now: int, max_future: 
 
 
 def _iso(us: int) -> str:
-    t = datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(microseconds=us)
-    return t.isoformat().replace("+00:00", "Z")
+    return to_utc(us).isoformat().replace("+00:00", "Z")
 
 
 def check_key_sizes(
