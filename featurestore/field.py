@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from featurestore._time import to_us
+from featurestore._time import to_us, to_utc
 from featurestore.errors import DefinitionError
 from featurestore.types import DType, dtype_from_name
 
@@ -37,11 +37,14 @@ class Field:
 
     @property
     def served_default(self) -> Any:
-        """``default`` as a column of this type holds it: Float32 values rounded to float32
-        (as a training set fills them), so online and offline serve the same number."""
+        """``default`` as online answers give it: a time as a UTC datetime, Float32 values
+        rounded to float32 (as a training set fills them), so online and offline serve the
+        same number."""
         d = self.default
         if d is None:
             return None
+        if self.dtype.name == "timestamp":
+            return to_utc(d)
         name = self.dtype.inner.name if self.dtype.is_list and self.dtype.inner else self.dtype.name
         if name != "float32":
             return d

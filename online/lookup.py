@@ -80,12 +80,7 @@ class _ViewPlan:
         fixed_order = {f.name: c for c, (_, f) in enumerate(fixed)}
         self.struct_cols = [4 + fixed_order.get(f, 0) for f in features]
         self.ts_out = [c for c, f in enumerate(fields) if f.dtype.name == "timestamp"]
-        self.defaults = [
-            _us_to_datetime(f.default)
-            if f.default is not None and f.dtype.name == "timestamp"
-            else f.served_default
-            for f in fields
-        ]
+        self.defaults = [f.served_default for f in fields]
         cols_of: dict[int, list[int]] = {}
         for c, j in enumerate(self.field_idx.tolist()):
             cols_of.setdefault(j, []).append(c)

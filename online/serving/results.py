@@ -4,10 +4,7 @@ response or, when the store is unavailable, from the fields' defaults (degraded)
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import TYPE_CHECKING, Any
-
-from featurestore._time import EPOCH
 
 if TYPE_CHECKING:
     from featurestore.feature_view import FeatureView
@@ -185,10 +182,7 @@ def degraded_result(p: Prepared, reason: str) -> FeatureResult:
         for f in feats:
             fld = view.field(f)
             name = f"{view.name}__{f}" if p.full else f
-            d = fld.served_default
-            if d is not None and fld.dtype.name == "timestamp":
-                d = EPOCH + timedelta(microseconds=d)
-            cols[name] = [d] * p.n
+            cols[name] = [fld.served_default] * p.n
             st[name] = ["UNAVAILABLE"] * p.n
             names.append(name)
     if p.include_ts:
