@@ -6,6 +6,8 @@ of services keyed by strings."""
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -46,6 +48,26 @@ SVC2 = (
     '"user_stats:amount_mean", "merchant_stats:risk"])\n'
 )
 PLAIN = "FEATURE_NAMES = ['tx_count', 'amount_mean', 'risk']\ndef predict(x):\n    return x[:, 0]\n"
+
+
+def _m_on_svc2(tmp_path: Path) -> Path:
+    """A repo with feature service svc2 and model 'm' (PLAIN) registered on it, production."""
+    from featurestore.store import FeatureStore
+    from tests._models import publish
+
+    repo = make_repo(tmp_path / "repo", defs=DEFS + SVC2)
+    (tmp_path / "plain.py").write_text(PLAIN)
+    with FeatureStore(repo) as store:
+        publish(store, "m", flavor="python", artifact=tmp_path / "plain.py", service="svc2")
+    return repo
+
+
+def _run(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``featurestore -r REPO ARGS...`` in a subprocess (stderr apart), output captured."""
+    cmd = [sys.executable, "-m", "featurestore.cli", "-r", str(repo), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+
 SHAPE = (  # right on registration's zero rows, one score too many on real ones
     "import numpy as np\n"
     "def predict(x):\n"
@@ -211,12 +233,8 @@ def test_a_removed_feature_service_is_a_503_naming_the_model_and_not_ready(
 ) -> None:
     from featurestore.online.models.repo import models_reading_missing_services
     from featurestore.store import FeatureStore
-    from tests._models import publish
 
-    repo = make_repo(tmp_path / "repo", defs=DEFS + SVC2)
-    (tmp_path / "plain.py").write_text(PLAIN)
-    with FeatureStore(repo) as store:
-        publish(store, "m", flavor="python", artifact=tmp_path / "plain.py", service="svc2")
+    repo = _m_on_svc2(tmp_path)
     s = serve(repo)
     with httpx.Client(base_url=s.url, timeout=10) as c:
         one = {"model": "m", "entities": {"user_id": [3], "merchant_id": [1]}}
@@ -369,30 +387,47 @@ def test_warm_up_uses_a_key_of_the_right_kind(
 
 
 def test_plan_and_apply_warn_about_a_model_whose_service_they_remove(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
-    from featurestore.store import FeatureStore
-    from tests._models import publish
-
-    repo = make_repo(tmp_path / "repo", defs=DEFS + SVC2)
-    (tmp_path / "plain.py").write_text(PLAIN)
-    with FeatureStore(repo) as store:
-        publish(store, "m", flavor="python", artifact=tmp_path / "plain.py", service="svc2")
-
-    def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        cmd = [sys.executable, "-m", "featurestore.cli", "-r", str(repo), *args]
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-
+    repo = _m_on_svc2(tmp_path)
     warning = (
         "warning: model 'm@production' (v1) reads feature service 'svc2', which is no longer "
         "defined: it cannot be served until the service is restored or the model is "
         "registered on another"
     )
-    assert warning not in cli("plan").stderr  # nothing removed yet
+    assert warning not in _run(repo, "plan").stderr  # nothing removed yet
     (repo / "definitions.py").write_text(DEFS)
     for command in ("plan", "apply"):
-        out = cli(command)
+        out = _run(repo, command)
         assert out.returncode == 0, out.stderr
         assert out.stderr.strip().splitlines() == [warning], (command, out.stderr)
-    assert cli("apply").stderr.strip() == ""  # once applied, later applies remove nothing
+    assert _run(repo, "apply").stderr.strip() == ""  # once applied, later applies remove nothing
+
+
+# ---- a feature service losing a feature a model reads ---------------------------------------
+LOST = (
+    "model 'm' v1 reads feature 'risk', which its feature service 'svc2' no longer serves: it "
+    "cannot be served until the service has it again or the model is registered again on the "
+    "service's features"
+)
+
+
+def test_a_service_losing_a_model_feature_warns_and_turns_ready_false(
+    tmp_path: Path, serve: Any
+) -> None:
+    """Plan and apply warn, health is not ready and names it, predict is a 503."""
+    repo = _m_on_svc2(tmp_path)
+    assert _run(repo, "plan").stderr.strip() == ""
+    s = serve(repo)
+    with httpx.Client(base_url=s.url, timeout=10) as c:
+        assert c.get("/health/ready").status_code == 200
+        (repo / "definitions.py").write_text(DEFS + SVC2.replace(', "merchant_stats:risk"', ""))
+        warning = "warning: " + LOST.replace("model 'm' v1", "model 'm@production' (v1)")
+        for command in ("plan", "apply"):
+            out = _run(repo, command)
+            assert out.returncode == 0, out.stderr
+            assert out.stderr.strip().splitlines() == [warning], (command, out.stderr)
+        ready = c.get("/health/ready")
+        assert ready.status_code == 503
+        assert ready.json()["models_without_service"] == [LOST]
+        one = {"model": "m", "entities": {"user_id": [3], "merchant_id": [1]}}
+        assert c.post("/predict", json=one).status_code == 503
+        assert c.post("/predict", json={**one, "model": "fraud"}).status_code == 200
