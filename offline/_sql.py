@@ -14,8 +14,9 @@ file (``push-<view>-t-<us>-<seq>...``, offline/push.py) or a compacted one
 (``push-<view>-compact-<us>-<seq>...``, offline/compact.py) ranks by (push time, sequence),
 whatever view it was pushed to; an older release's ``push-<view>-[compact-]<us>-...`` file by
 that time alone, below a current push of the same microsecond; a stream ingest file
-(``stream-<source>-<first id>-<last id>``) by its last entry id (XADD time, then sequence);
-every other file (the data loaded into the folder) below all of them. Then by file path, then row order in the file,
+(``stream-<source>-<first id>-<last id>``) row by row, by the time ingest applied the row online
+(its ``__fs_applied_us`` column; a file an older release wrote, without it, by its last entry
+id: XADD time, then sequence); every other file (the data loaded into the folder) below all of them. Then by file path, then row order in the file,
 the last winning. So the push that came last wins offline as it does online.
 """
 
@@ -36,6 +37,7 @@ FILE_INDEX = "__fs_fi"  # the row's file, in listing order
 FILE_ROW = "__fs_fr"  # the row's place in its file
 PUSH_TIME = "__fs_pt"  # the push time (us) the row's file name carries (see file_rank)
 PUSH_SEQ = "__fs_ps"  # the pushing process's sequence in that name (see file_rank)
+APPLIED_US = "__fs_applied_us"  # a stream file's column: when ingest applied the row online
 _MIN_BIGINT = "CAST(-9223372036854775808 AS BIGINT)"
 _MAX_BIGINT = "CAST(9223372036854775807 AS BIGINT)"
 BASE_RANK = (-(2**63), -(2**63))  # a file no push or ingest made: below every push
@@ -66,10 +68,11 @@ def file_rank(path: str) -> tuple[int, int]:
     return int(m.group(4)) * 1000, int(m.group(5))
 
 
-def ranked_rows(relation: str) -> str:
+def ranked_rows(relation: str, *, applied: bool = False) -> str:
     """``SELECT *`` of a Parquet ``relation`` plus each row's tie rank: file index and row
     (``__fs_fi``, ``__fs_fr``) and its file's ``file_rank`` (``__fs_pt``, ``__fs_ps``), taken
-    from DuckDB's ``filename`` once per file name, not per row's value."""
+    from DuckDB's ``filename`` once per file name, not per row's value. With ``applied`` (the
+    relation has an ``APPLIED_US`` column), a row that holds one ranks by (that time, 0)."""
     inner = (
         f"SELECT *, CAST(file_index AS BIGINT) AS {FILE_INDEX}, "
         f"CAST(file_row_number AS BIGINT) AS {FILE_ROW}, "
@@ -77,13 +80,17 @@ def ranked_rows(relation: str) -> str:
         f"FROM {relation} AS __fs_scan"
     )
     n = "__fs_nm"
+    own_time = own_seq = ""
+    if applied:
+        own_time = f"WHEN {APPLIED_US} IS NOT NULL THEN CAST({APPLIED_US} AS BIGINT) "
+        own_seq = f"WHEN {APPLIED_US} IS NOT NULL THEN 0 "
     time = (
-        f"CASE WHEN {n}.t <> '' THEN CAST({n}.t AS BIGINT) "
+        f"CASE {own_time}WHEN {n}.t <> '' THEN CAST({n}.t AS BIGINT) "
         f"WHEN {n}.o <> '' THEN CAST({n}.o AS BIGINT) "
         f"WHEN {n}.m <> '' THEN CAST({n}.m AS BIGINT) * 1000 ELSE {_MIN_BIGINT} END"
     )
     seq = (
-        f"CASE WHEN {n}.s <> '' THEN CAST({n}.s AS BIGINT) "
+        f"CASE {own_seq}WHEN {n}.s <> '' THEN CAST({n}.s AS BIGINT) "
         f"WHEN {n}.m <> '' THEN CAST({n}.n AS BIGINT) "
         f"WHEN {n}.o <> '' THEN {NO_SEQ} ELSE {_MIN_BIGINT} END"
     )
@@ -152,6 +159,7 @@ class SourcePlan:
     event_column: str
     source_types: dict[str, pa.DataType]
     file_order: bool = False  # ties broken by push time, file and row (see the module doc)
+    applied_rank: bool = False  # stream files' rows carry their own rank (APPLIED_US)
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -167,7 +175,7 @@ class SourcePlan:
         relation = self.relation
         if self.file_order:
             cols += [PUSH_TIME, PUSH_SEQ, FILE_INDEX, FILE_ROW]
-            relation = f"({ranked_rows(relation)})"
+            relation = f"({ranked_rows(relation, applied=self.applied_rank)})"
         cols += [ident(f) for f in features]
         cond = f"{ident(self.event_column)} IS NOT NULL"
         if where:

@@ -8,12 +8,13 @@ temporary file renamed into place), THEN deletes the files it merged. A compacte
 push file like any other and takes part in the next compaction.
 
 Order: the point-in-time join and materialize rank rows of one key and event time by created
-time, then the rank their file's name gives (offline/_sql.py ``file_rank``: a push's (push
-time, sequence), a stream ingest file's last entry id, any other file below all), then file
-path and row (the last wins). A merged file has ONE rank, so it may only merge push files that
-no other ranked file of the folder (a stream file, a push-named file in a subfolder) sits
-between or beside in that order: the push files are cut into runs at every such file whose
-rank is equal to or between two neighbouring pushes' ranks, and each run of two or more is
+time, then by rank (offline/_sql.py: a push file's (push time, sequence) from its name; a
+stream ingest file's rows each by the time ingest applied it online, from the file's first row
+to its last; any other file below all), then file path and row (the last wins). A merged file
+has ONE rank, so it may only merge push files that no other ranked file of the folder (a
+stream file, a push-named file in a subfolder) sits between or beside in that order: the push
+files are cut into runs wherever such a file's ranks (a stream file's whole span) reach
+between two neighbouring pushes' ranks, either end included, and each run of two or more is
 merged on its own (a push next to a stream file stays as it is). Within a run, the merged file
 keeps its inputs' rows in rank order, dropping earlier copies of exact duplicates, so the last
 row of every tie stays the last; its name carries the run's largest (push time, sequence),
@@ -34,8 +35,8 @@ purpose would lose one count for good. Only the top level of a folder is compact
 pushes land); stream ingest's ``stream-...`` files and any other file are never touched,
 since ingest resumes from the stream files' names.
 
-Left open: ingest names a stream file by its last entry's stream id, which is older than the
-write; a file it writes AFTER a compaction, with entries added between two pushes that were
+Left open: a stream row ranks by when ingest applied it online, which is older than its
+file; a file ingest writes AFTER a compaction, with rows applied between two pushes that were
 merged, ranks below the merged file (and so below the earlier push's rows), where the separate
 pushes would have ranked one below and one above it. Compact after ingest has caught up.
 
@@ -64,6 +65,7 @@ if TYPE_CHECKING:
     from featurestore.registry import RegistryState
 
 LOCK_NAME = ".featurestore-compact.lock"
+RANK = tuple[int, int]  # a row's tie rank: (push time us, sequence), see offline/_sql.py
 
 
 @dataclass(frozen=True)
@@ -210,39 +212,75 @@ def _compact_folder(view: str, label: str, folder: Path) -> CompactResult:
     return CompactResult(view, label, merged, before, after, outputs[-1], outputs=tuple(outputs))
 
 
-def ranked_others(folder: Path, pushes: list[Path]) -> list[tuple[int, int]]:
-    """The ranks (offline/_sql.py ``file_rank``) of every Parquet file under ``folder``, at any
-    depth, that is not one of ``pushes`` and ranks above the data loaded into the folder: the
-    stream files (and any other push-named file) a merge must not jump over."""
+def ranked_others(folder: Path, pushes: list[Path]) -> list[tuple[RANK, RANK]]:
+    """The rank spans of every Parquet file under ``folder``, at any depth, that is not one of
+    ``pushes`` and ranks above the data loaded into the folder: the stream files (and any
+    other push-named file) a merge must not jump over. A file ranks as its name says
+    (offline/_sql.py ``file_rank``), a stream file's rows as their ``APPLIED_US`` times say.
+    Overlapping spans are joined, so the list is sorted and its spans disjoint."""
     from featurestore.offline._sql import BASE_RANK, file_rank
 
     skip = {p.name for p in pushes}
-    ranks = set()
+    spans = []
     for root, _, names in os.walk(folder):
         top = Path(root) == folder
         for n in names:
             if n.endswith(".parquet") and not (top and n in skip):
                 rank = file_rank(n)
                 if rank != BASE_RANK:
-                    ranks.add(rank)
-    return sorted(ranks)
+                    spans.append(_applied_span(Path(root) / n) or (rank, rank))
+    joined: list[tuple[RANK, RANK]] = []
+    for lo, hi in sorted(spans):
+        if joined and lo <= joined[-1][1]:
+            joined[-1] = (joined[-1][0], max(hi, joined[-1][1]))
+        else:
+            joined.append((lo, hi))
+    return joined
 
 
-def push_runs(files: list[Path], others: list[tuple[int, int]]) -> list[list[Path]]:
-    """``files`` (push files) in rank order, cut wherever a rank in ``others`` lies between two
-    neighbours, either end included: merging a run then moves no row past another file's
-    rows, and a push ranked equal to another file (a tie its path breaks) stays by itself."""
+def _applied_span(path: Path) -> tuple[RANK, RANK] | None:
+    """The lowest and highest rank of a stream file's rows, from its ``APPLIED_US`` column's
+    footer statistics (the column itself when they are missing); None for a file without it."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from featurestore.offline._sql import APPLIED_US
+
+    try:
+        meta = pq.read_metadata(path)
+        col = meta.schema.to_arrow_schema().get_field_index(APPLIED_US)
+        if col < 0:
+            return None
+        stats = [meta.row_group(g).column(col).statistics for g in range(meta.num_row_groups)]
+        if stats and all(st is not None and st.has_min_max for st in stats):
+            lo, hi = min(st.min for st in stats), max(st.max for st in stats)
+        else:
+            bounds = pc.min_max(pq.read_table(path, columns=[APPLIED_US])[APPLIED_US])
+            lo, hi = bounds["min"].as_py(), bounds["max"].as_py()
+    except (OSError, ValueError):
+        return None  # unreadable or gone meanwhile: ranked by its name
+    if lo is None:
+        return None
+    return (lo, 0), (hi, 0)
+
+
+def push_runs(files: list[Path], others: list[tuple[RANK, RANK]]) -> list[list[Path]]:
+    """``files`` (push files) in rank order, cut wherever a span in ``others`` (sorted and
+    disjoint, see ranked_others) reaches between two neighbours, either end included: merging
+    a run then moves no row past another file's rows, and a push ranked equal to another
+    file's row (a tie its path breaks) stays by itself."""
     import bisect
 
     from featurestore.offline._sql import file_rank
 
     ordered = sorted(files, key=lambda f: (file_rank(f.name), str(f)))
+    highs = [hi for _, hi in others]
     runs: list[list[Path]] = []
-    prev: tuple[int, int] | None = None
+    prev: RANK | None = None
     for f in ordered:
         rank = file_rank(f.name)
-        i = bisect.bisect_left(others, prev) if prev is not None else len(others)
-        if prev is None or (i < len(others) and others[i] <= rank):
+        i = bisect.bisect_left(highs, prev) if prev is not None else len(others)
+        if prev is None or (i < len(others) and others[i][0] <= rank):
             runs.append([])
         runs[-1].append(f)
         prev = rank

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from featurestore.errors import OfflineStoreError
-from featurestore.offline._sql import SourcePlan, duck_type, ident, time_us_expr
+from featurestore.offline._sql import APPLIED_US, SourcePlan, duck_type, ident, time_us_expr
 
 if TYPE_CHECKING:
     import duckdb
@@ -74,9 +74,11 @@ class OfflineStore:
             return empty_relation(schema if schema is not None else self.source_schema(source))
         return source.relation_sql(self.config.resolve)
 
-    def source_schema(self, source: Source) -> pa.Schema:
+    def source_schema(self, source: Source, *, ranks: bool = False) -> pa.Schema:
         """The Arrow schema of a source without reading its rows (Parquet metadata / LIMIT 0).
-        A Parquet folder with no file yet has the columns its StreamSource declares, or none."""
+        A Parquet folder with no file yet has the columns its StreamSource declares, or none.
+        The rank column stream ingest adds to its files (offline/_sql.py ``APPLIED_US``) is
+        left out unless ``ranks``: it ranks rows, it is not the source's data."""
         import duckdb
 
         if self.is_empty_folder(source):
@@ -91,7 +93,8 @@ class OfflineStore:
         try:
             relation = source.relation_sql(self.config.resolve)
             rel = cur.sql(f"SELECT * FROM {relation} AS __fs_src LIMIT 0")
-            return fetch_table(rel).schema
+            schema = fetch_table(rel).schema
+            return schema if ranks else without_ranks(schema)
         except duckdb.Error as exc:
             raise OfflineStoreError(
                 f"source '{source.name}' is unreadable: {_first_line(exc)}; check the path or query"
@@ -132,12 +135,12 @@ class OfflineStore:
         path = self.config.resolve(parquet.path)
         return None if is_single_file(path) else path
 
-    def view_schema(self, view: FeatureView) -> tuple[pa.Schema, bool]:
+    def view_schema(self, view: FeatureView, *, ranks: bool = False) -> tuple[pa.Schema, bool]:
         """The schema ``view`` is checked and read against, and whether its source is a folder
         with no file yet (then the schema holds the types the view and its source declare)."""
         if self.is_empty_folder(view.source):
             return declared_view_schema(view), True
-        return self.source_schema(view.source), False
+        return self.source_schema(view.source, ranks=ranks), False
 
     def validate_view(self, view: FeatureView) -> list[str]:
         """Problems that would stop ``view`` from being read, each naming the column and fix;
@@ -186,10 +189,12 @@ class OfflineStore:
         from featurestore.offline.validation import view_problems
 
         try:
-            schema, empty = self.view_schema(view)
+            schema, empty = self.view_schema(view, ranks=True)
         except OfflineStoreError as exc:
             raise OfflineStoreError(f"feature view '{view.name}': {exc}") from None
         src = view.source
+        applied = APPLIED_US in schema.names
+        schema = without_ranks(schema)
         problems = view_problems(view, schema, self.relation_label(src))
         if problems:
             raise OfflineStoreError(problems[0])
@@ -206,6 +211,7 @@ class OfflineStore:
             event_column=src.timestamp_field,
             source_types=types,
             file_order=not empty and _parquet_source(src) is not None and has_file_order(types),
+            applied_rank=applied and not empty,
         )
 
     # -- reads -------------------------------------------------------------------------------
@@ -383,6 +389,12 @@ def empty_relation(schema: pa.Schema) -> str:
         duck = duck_type(dtype) if dtype is not None else "VARCHAR"
         cols.append(f"CAST(NULL AS {duck}) AS {ident(f.name)}")
     return f"(SELECT {', '.join(cols) or 'NULL AS __fs_none'} WHERE false)"
+
+
+def without_ranks(schema: pa.Schema) -> pa.Schema:
+    """``schema`` without the rank column stream ingest adds (offline/_sql.py ``APPLIED_US``)."""
+    i = schema.get_field_index(APPLIED_US)
+    return schema if i < 0 else schema.remove(i)
 
 
 def has_file_order(columns: Any) -> bool:

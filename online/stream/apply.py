@@ -294,14 +294,20 @@ def write_plain(
 ) -> int:
     """Write each entity's newest event if it is at least as new as its stored row; returns
     the rows written. The read (with the view's fence) skips rows already older; the write
-    checks again in one atomic step, so a push landing between them keeps its newer row."""
+    checks again in one atomic step, so a push landing between them keeps its newer row.
+    Without a created-time field in the source, a row's created time is ``now_us``, as a
+    push's is its push time: of one event time the row written last wins, as in training
+    sets, which rank these rows by the time they were applied (see sink.py)."""
     import pyarrow as pa
 
     from featurestore.online.writer import write_table
 
+    def created(e: Event) -> int | None:
+        return e.created if view.source.created_timestamp_field else now_us
+
     newest: dict[EntityKey, Event] = {}
     for ent, evs in group_by_entity(view, events).items():
-        newest[ent] = max(evs, key=lambda e: (e.ts, _cr(e.created), e.id))
+        newest[ent] = max(evs, key=lambda e: (e.ts, _cr(created(e)), e.id))
     if not newest:
         return 0
     entities = list(newest)
@@ -311,7 +317,7 @@ def write_plain(
         e = newest[ent]
         if value is not None and len(value) >= ROW_HEAD.size:
             ev, cr, version = ROW_HEAD.unpack_from(value)
-            if version == view.schema_version and (e.ts, _cr(e.created)) < (ev, cr):
+            if version == view.schema_version and (e.ts, _cr(created(e))) < (ev, cr):
                 continue
         keep.append(e)
     if not keep:
@@ -320,7 +326,7 @@ def write_plain(
     types.update({k: arrow[k] for k in view.join_keys})
     cols = columns_of(keep, [*view.join_keys, *view.feature_names], types)
     cols[EVENT_TS] = pa.array([e.ts for e in keep], pa.int64())
-    cols[CREATED_TS] = pa.array([e.created for e in keep], pa.int64())
+    cols[CREATED_TS] = pa.array([created(e) for e in keep], pa.int64())
     return write_table(
         store, project, view, pa.table(cols), now_us=now_us, key_ttl_grace_us=grace_us,
         batch_size=batch_size, only_newer=True,

@@ -46,6 +46,7 @@ class Event:
     created: int | None
     values: dict[str, Any]
     fields: Any = None  # the entry as read (for a dead letter that names it)
+    applied_us: int | None = None  # when ingest applied it online: its rank in offline ties
 
 
 @dataclass

@@ -1,9 +1,12 @@
 """Streamed events appended to the offline store: one Parquet file per batch in the batch folder.
 
 Files are named ``stream-<source>-<first id>-<last id>.parquet`` and appear by an atomic rename,
-so a reader sees a batch whole or not at all. The newest last id among them is how far the
-offline side has got: after a restart, entries up to it are not written again, so each event
-is in the offline store exactly once however often it is delivered.
+so a reader sees a batch whole or not at all. Each row also holds the time ingest applied it
+online (the ``__fs_applied_us`` column): training sets rank a row of a tie by it, so the row
+written online last wins offline too, whenever in the flush it came. The newest
+last id among them is how far the offline side has got: after a restart, entries up to it are
+not written again, so each event is in the offline store exactly once however often it is
+delivered.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from featurestore._atomic import atomic_write
+from featurestore.offline._sql import APPLIED_US
 from featurestore.online.stream.events import Event, EventSchema, columns_of
 
 if TYPE_CHECKING:
@@ -50,7 +54,9 @@ class OfflineSink:
         if not new:
             return 0
         names = list(self.schema.columns)
-        table = pa.table(columns_of(new, names, self.schema.arrow))
+        columns = columns_of(new, names, self.schema.arrow)
+        columns[APPLIED_US] = pa.array([e.applied_us for e in new], pa.int64())
+        table = pa.table(columns)
         first, last = new[0].id, new[-1].id
         name = f"stream-{self.tag}-{first[0]}_{first[1]}-{last[0]}_{last[1]}.parquet"
         buf = pa.BufferOutputStream()

@@ -22,8 +22,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from featurestore.offline._sql import file_rank
-from featurestore.offline.compact import compact_pushes, push_files
+from featurestore.offline._sql import APPLIED_US, file_rank
+from featurestore.offline.compact import _applied_span, compact_pushes, push_files
 from featurestore.store import FeatureStore
 
 UTC = timezone.utc
@@ -55,18 +55,19 @@ def build_repo(root: Path) -> Path:
     return repo
 
 
-def _write(path: Path, rows: list[tuple[int, int, float]]) -> None:
-    """Rows (key, event hour, amount) as push and the stream sink write them."""
-    table = pa.table(
-        {
-            "user_id": pa.array([r[0] for r in rows], pa.int64()),
-            "event_timestamp": pa.array(
-                [T0 + r[1] * HOUR for r in rows], pa.timestamp("us", tz="UTC")
-            ),
-            "amount": pa.array([r[2] for r in rows], pa.float64()),
-        }
-    )
-    pq.write_table(table, path)
+def _write(
+    path: Path, rows: list[tuple[int, int, float]], applied: list[int] | None = None
+) -> None:
+    """Rows (key, event hour, amount) as push and the stream sink write them; ``applied``: each
+    row's time of apply online, which the sink keeps beside it."""
+    columns = {
+        "user_id": pa.array([r[0] for r in rows], pa.int64()),
+        "event_timestamp": pa.array([T0 + r[1] * HOUR for r in rows], pa.timestamp("us", tz="UTC")),
+        "amount": pa.array([r[2] for r in rows], pa.float64()),
+    }
+    if applied is not None:
+        columns[APPLIED_US] = pa.array(applied, pa.int64())
+    pq.write_table(pa.table(columns), path)
 
 
 def _spine() -> pl.DataFrame:
@@ -215,26 +216,38 @@ _ROWS = st.lists(  # few (key, hour) slots, so files often tie
     max_size=4,
 )
 _FILE = st.tuples(
-    st.sampled_from(["push", "push", "old", "stream", "sub"]), st.integers(0, 2), _ROWS
+    st.sampled_from(["push", "push", "old", "stream", "span", "sub"]), st.integers(0, 2), _ROWS
 )
 _BASE_MS = 1_767_000_000_000
 
 
-def _names(files: list[tuple[str, int, Any]]) -> list[str]:
-    """File names carrying the ranks ``files`` ask for (push, older release push, stream)."""
-    names: list[str] = []
-    ms = _BASE_MS
-    for i, (kind, step, _) in enumerate(files):
-        ms += step
+def _names(files: list[tuple[str, int, Any]]) -> list[tuple[str, list[int] | None]]:
+    """File names carrying the ranks ``files`` ask for (push, older release push, stream), and
+    a "span" stream file's rows' times of apply: its row j just after file i + j (so its rows
+    rank among the files written after it)."""
+    stamps = list(itertools.accumulate((step for _, step, _ in files), initial=_BASE_MS))[1:]
+    names: list[tuple[str, list[int] | None]] = []
+    for i, ((kind, _, rows), ms) in enumerate(zip(files, stamps, strict=True)):
         if kind == "push":
-            names.append(f"push-xv-t-{ms * 1000:016d}-{0:010d}{i:08x}.parquet")
+            names.append((f"push-xv-t-{ms * 1000:016d}-{0:010d}{i:08x}.parquet", None))
         elif kind == "old":  # an older release's name: (us, -1), below a current push's 0
-            names.append(f"push-xv-{ms * 1000}-{i:08x}.parquet")
+            names.append((f"push-xv-{ms * 1000}-{i:08x}.parquet", None))
         elif kind == "sub":
-            names.append(f"a/push-xv-t-{ms * 1000:016d}-{1:010d}{i:08x}.parquet")
+            names.append((f"a/push-xv-t-{ms * 1000:016d}-{1:010d}{i:08x}.parquet", None))
+        elif kind == "span":
+            applied = [stamps[min(i + j, len(stamps) - 1)] * 1000 + 1 for j in range(len(rows))]
+            names.append((f"stream-xs-{ms}_1-{ms}_{len(rows)}.parquet", applied))
         else:
-            names.append(f"stream-xs-{ms}_0-{ms}_0.parquet")
+            names.append((f"stream-xs-{ms}_0-{ms}_0.parquet", None))
     return names
+
+
+def _row_ranks(path: Path, table: pa.Table) -> list[tuple[int, int]]:
+    """Each row's rank as the training set takes it: a stream row's time of apply, else its
+    file's name."""
+    if APPLIED_US in table.column_names:
+        return [(us, 0) for us in table.column(APPLIED_US).to_pylist()]
+    return [file_rank(path.name)] * table.num_rows
 
 
 def _oracle(folder: Path) -> dict[tuple[int, int], Any]:
@@ -242,10 +255,11 @@ def _oracle(folder: Path) -> dict[tuple[int, int], Any]:
     the highest (file rank, path, row) wins; a spine hour takes the latest event at or before."""
     best: dict[tuple[int, int], tuple[tuple[Any, ...], float]] = {}
     for path in folder.rglob("*.parquet"):
-        table = pq.read_table(path).to_pylist()
-        for i, row in enumerate(table):
+        table = pq.read_table(path)
+        ranks = _row_ranks(path, table)
+        for i, row in enumerate(table.to_pylist()):
             key = (row["user_id"], int((row["event_timestamp"] - T0) / HOUR))
-            rank = (file_rank(path.name), path.relative_to(folder).as_posix(), i)
+            rank = (ranks[i], path.relative_to(folder).as_posix(), i)
             if key not in best or best[key][0] < rank:
                 best[key] = (rank, row["amount"])
     return {(k, h): best[(k, h)][1] for k in KEYS for h in HOURS}
@@ -272,6 +286,16 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FeatureStore]:
 @example([("push", 1, [(1, 1, 1.0)]), ("stream", 1, [(1, 1, 2.0)]), ("push", 0, [(2, 1, 3.0)])])
 # a subfolder's push-named file ranks among the pushes too
 @example([("push", 1, [(1, 1, 1.0)]), ("sub", 1, [(1, 1, 2.0)]), ("push", 1, [(2, 1, 3.0)])])
+# a stream file whose rows were applied one after each of the next two pushes: its second row
+# (user 1) ranks between them, so they stay apart, and user 1's push keeps losing to it
+@example(
+    [
+        ("push", 1, [(3, 1, 0.5)]),
+        ("span", 1, [(2, 1, 5.0), (1, 1, 2.0)]),
+        ("push", 1, [(1, 1, 1.0)]),
+        ("push", 1, [(2, 1, 3.0)]),
+    ]
+)
 def test_compaction_keeps_every_tie_winner_whatever_the_interleaving(
     shared: FeatureStore, files: list[tuple[str, int, Any]]
 ) -> None:
@@ -282,13 +306,17 @@ def test_compaction_keeps_every_tie_winner_whatever_the_interleaving(
             p.unlink()
     (folder / "a").mkdir()
     names = _names(files)
-    for name, (_, _, rows) in zip(names, files, strict=True):
+    for (name, applied), (_, _, rows) in zip(names, files, strict=True):
         if not (folder / name).exists():  # two stream files of one rank: keep the first
-            _write(folder / name, rows)
+            _write(folder / name, rows, applied)
     expected = _oracle(folder)
     assert _training(shared) == expected
     assert _latest(shared) == expected
-    others = sorted(n for n in names if n.startswith(("stream-", "a/")))
+    others = sorted(n for n, _ in names if n.startswith(("stream-", "a/")))
+    spans = []  # each other file's lowest and highest row rank
+    for n in others:
+        ranks = _row_ranks(folder / n, pq.read_table(folder / n))
+        spans.append((min(ranks), max(ranks)))
 
     compact_pushes(shared.config, shared.registry)
 
@@ -297,6 +325,19 @@ def test_compaction_keeps_every_tie_winner_whatever_the_interleaving(
     assert all((folder / n).exists() for n in others)
     # no two push files left with nothing ranked between them: every mergeable run merged
     left = sorted(file_rank(p.name) for p in push_files(folder))
-    ranks = [file_rank(n) for n in others]
     for lo, hi in itertools.pairwise(left):
-        assert any(lo <= r <= hi for r in ranks), (lo, hi, ranks)
+        assert any(a <= hi and lo <= b for a, b in spans), (lo, hi, spans)
+
+
+def test_a_stream_files_span_comes_from_its_footer_or_its_rows(tmp_path: Path) -> None:
+    """A stream file's rows rank from its lowest time of apply to its highest, whether the file
+    keeps column statistics or not; a file without the column ranks by its name alone."""
+    rows = [(1, 1, 1.0), (2, 1, 2.0), (3, 1, 3.0)]
+    applied = [5_000_001, 9_000_001, 7_000_001]
+    table = pa.table({"user_id": [1, 2, 3], APPLIED_US: pa.array(applied, pa.int64())})
+    pq.write_table(table, tmp_path / "bare.parquet", write_statistics=False)
+    _write(tmp_path / "kept.parquet", rows, applied)
+    for name in ("bare.parquet", "kept.parquet"):
+        assert _applied_span(tmp_path / name) == ((5_000_001, 0), (9_000_001, 0)), name
+    _write(tmp_path / "old.parquet", rows)
+    assert _applied_span(tmp_path / "old.parquet") is None
