@@ -109,12 +109,14 @@ def _fetched(
 
 def _on_demand(view: Any, feat: str, base: pl.DataFrame, values: dict[str, pl.Series]) -> pl.Series:
     """On-demand feature ``feat``: request fields from the spine only, fetched inputs from the
-    join only (a spine column never stands in for a feature, nor a feature for a request field)."""
+    join only (a spine column never stands in for a feature, nor a feature for a request field).
+    Values are held as online serves them (``OnDemandFeature.output_column``)."""
     import numpy as np
     import polars as pl
     import pyarrow as pa
 
     odf = view.feature(feat)
+    declared = {f.name: f.dtype.name for f in view.request_schema}
     inputs: dict[str, Any] = {}
     for name in odf.inputs:
         if ":" in name:
@@ -126,6 +128,32 @@ def _on_demand(view: Any, feat: str, base: pl.DataFrame, values: dict[str, pl.Se
                 "add it as a column of the entity dataframe"
             )
         inputs[name] = base.get_column(name).to_arrow()
+        _check_request_range(view.name, name, declared.get(name, ""), inputs[name])
     vals, valid = odf.compute_columns(inputs)
-    arr = pa.array(vals, mask=~np.asarray(valid, dtype=bool))
+    valid = np.asarray(valid, dtype=bool)
+    out = odf.output_column(vals, valid, view.name)
+    arr = pa.array(out, mask=~valid)
     return pl.Series(feat, arr.cast(view.field(feat).dtype.to_arrow()))
+
+
+def _check_request_range(view: str, name: str, dtype: str, col: Any) -> None:
+    """A request field declared Int32 (Int64) refuses a spine integer it cannot hold, as a
+    request refuses it online, with the first such row (one line)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from featurestore.types import INT_RANGES
+
+    if dtype not in INT_RANGES or not pa.types.is_integer(col.type):
+        return
+    lo, hi = INT_RANGES[dtype]
+    seen = pc.min_max(col).as_py()  # nulls skipped; both None when all are null
+    if seen["min"] is None or (lo <= seen["min"] and seen["max"] <= hi):
+        return
+    row, v = next(
+        (r, v) for r, v in enumerate(col.to_pylist()) if v is not None and not lo <= v <= hi
+    )
+    raise EntityDataError(
+        f"request field '{name}' is {v} at spine row {row}; on-demand feature view "
+        f"'{view}' declares it {dtype}"
+    )

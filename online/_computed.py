@@ -207,7 +207,7 @@ def compute_on_demand(
             continue
         lists: list[list[Any]] = []
         status = np.zeros(n, dtype=np.int8)
-        for feat, field in zip(plan.features, plan.fields, strict=True):
+        for feat in plan.features:
             odf = plan.feature(feat)
             inputs = []
             for name in odf.inputs:
@@ -215,17 +215,15 @@ def compute_on_demand(
                     inputs.append(fetched[name])
                     continue
                 inputs.append(_request_column(plan, feat, name, req.get(name), n))
-            to_float = field.dtype.name in ("float64", "float32")
             col_out: list[Any] = []
             for r in range(n):
                 v = odf.compute_row(
                     {name: inp[r] for name, inp in zip(odf.inputs, inputs, strict=True)}
                 )
-                if v is not None:
-                    v = float(v) if to_float else v
-                    if to_float and math.isnan(v):
-                        v = None
-                if v is None:
+                # as the training set holds it (Float32 rounded, out of range an error); a NaN
+                # result (0/0) is a value, as in the training set and as a stored NaN is served
+                v = odf.serve_row(v, plan.view.name, r)
+                if v is None:  # a null input
                     status[r] = _NOT_FOUND
                 col_out.append(v)
             lists.append(col_out)

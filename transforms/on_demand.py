@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import numpy as np
 
-from featurestore.errors import DefinitionError
+from featurestore.errors import DefinitionError, EntityDataError
 from featurestore.field import Field
 from featurestore.transforms.row import RowTransform
+from featurestore.types import INT_RANGES
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
     from featurestore.types import DType
 
 _KIND = {"float64": "f", "float32": "f", "int64": "i", "int32": "i", "bool": "b", "boolean": "b"}
+_F32_END = 2.0**128 - 2.0**103  # the least magnitude a float32 rounds to infinity
+_SHOWN = {"int32": "Int32", "int64": "Int64", "float32": "Float32"}
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,75 @@ class OnDemandFeature:
     def compute_row(self, values: Mapping[str, Any]) -> Any:
         """One request: the njit kernel over ``values[input]``; None when an input is null."""
         return self.transform(*(values.get(i) for i in self.inputs))
+
+    def serve_row(self, value: Any, view: str, row: int) -> Any:
+        """A computed row value as the output type holds it, as the training set holds it
+        (``output_column``): a Float32 output rounded to float32 (a Python float), an int
+        result of a float output rounded once to the nearest float. A value the output type
+        cannot hold is an EntityDataError naming ``view``, the feature, entity row ``row`` and
+        the value; NaN and infinities are values."""
+        if value is None:
+            return None
+        kind = self.output.dtype.name
+        if kind == "float64":
+            return float(value)
+        if kind == "float32":
+            import numpy as np
+
+            if isinstance(value, int):  # the nearest float32, not the float32 of a float64
+                return float(np.float32(np.int64(value)))
+            f = float(value)
+            if abs(f) >= _F32_END and f - f == 0.0:  # finite, but past float32's range
+                raise self._out_of_range(view, f, f"entity row {row}")
+            return float(np.float32(f))
+        if kind in INT_RANGES:
+            i = int(value)
+            lo, hi = INT_RANGES[kind]
+            if not lo <= i <= hi:
+                raise self._out_of_range(view, i, f"entity row {row}")
+            return i
+        return bool(value)
+
+    def output_column(self, values: np.ndarray, valid: np.ndarray, view: str) -> np.ndarray:
+        """A training set's computed ``values`` (``compute_columns``) as the output type holds
+        them, row for row what ``serve_row`` serves: the same rounding, the same error (naming
+        the first spine row) for a value the type cannot hold; null slots are not checked."""
+        import numpy as np
+
+        kind = self.output.dtype.name
+        if kind in ("float32", "float64"):
+            out = np.asarray(values)
+            if kind == "float64" or out.dtype.kind in "iu":  # ints: the nearest float, once
+                return out.astype(np.float64 if kind == "float64" else np.float32)
+            with np.errstate(invalid="ignore"):
+                bad = np.isfinite(out) & (np.abs(out) >= _F32_END) & valid
+            if bad.any():
+                r = int(np.argmax(bad))
+                raise self._out_of_range(view, float(out[r]), f"spine row {r}")
+            return out.astype(np.float32)
+        if kind in INT_RANGES:
+            out = np.asarray(values)
+            lo, hi = INT_RANGES[kind]
+            bad = ((out < lo) | (out > hi)) & valid
+            if bad.any():
+                r = int(np.argmax(bad))
+                raise self._out_of_range(view, int(out[r]), f"spine row {r}")
+            return out.astype(np.int32 if kind == "int32" else np.int64)
+        return np.asarray(values, dtype=bool)
+
+    def _out_of_range(self, view: str, value: float | int, where: str) -> EntityDataError:
+        kind = self.output.dtype.name
+        if kind == "float32":
+            limits = "finite values up to about +-3.4e+38"
+        else:
+            lo, hi = INT_RANGES[kind]
+            limits = f"{lo} to {hi}"
+        wider = "Int64 (or Float64)" if kind == "int32" else "Float64"
+        return EntityDataError(
+            f"on-demand feature '{view}:{self.name}' computed {value!r} at {where}, which its "
+            f"{_SHOWN[kind]} output cannot hold ({limits}); declare the output {wider} or keep "
+            "the result in range"
+        )
 
     def compute_columns(self, columns: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         """A whole training set: columns by input name -> (values, valid)."""
