@@ -9,7 +9,7 @@ from typing import Any
 
 from featurestore._time import to_us, to_utc
 from featurestore.errors import DefinitionError
-from featurestore.types import DType, dtype_from_name
+from featurestore.types import TIME_MAX_US, TIME_MIN_US, DType, dtype_from_name
 
 
 @dataclass(frozen=True)
@@ -100,6 +100,11 @@ def _check_default(f: Field) -> None:
         ok = isinstance(d, str)
     else:
         ok = isinstance(d, bytes)
+    if ok and name == "timestamp" and not TIME_MIN_US <= d <= TIME_MAX_US:
+        raise DefinitionError(
+            f"field '{f.name}' has the default {d} microseconds since the epoch, outside the "
+            "years 1-9999 (nanoseconds?); give a time in that range"
+        )
     if not ok:
         what = type(d).__name__
         if f.dtype.is_list and isinstance(d, (list, tuple)):

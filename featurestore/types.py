@@ -75,6 +75,9 @@ KEY_KIND_TYPES = {"int": int, "str": str}  # the Python type of such keys' value
 INT_RANGES = {"int32": (-(2**31), 2**31 - 1), "int64": (-(2**63), 2**63 - 1)}
 # the types a model can take as an input (converted to float64; bool as 0/1)
 NUMERIC_TYPES = frozenset({"int32", "int64", "float32", "float64", "bool"})
+# the UnixTimestamp values a Python datetime can hold (years 1 to 9999), in microseconds since
+# the epoch: a source value outside reads as null, in training sets and online alike
+TIME_MIN_US, TIME_MAX_US = -62_135_596_800_000_000, 253_402_300_799_999_999
 
 
 def value_fits(v: Any, dtype_name: str) -> bool:
@@ -164,3 +167,55 @@ def compatible(declared: DType, actual: DType) -> bool:
     if declared.is_list and actual.is_list:
         return compatible(declared.inner, actual.inner)  # type: ignore[arg-type]
     return False
+
+
+def served_lists(col: Any, dtype: DType) -> Any:
+    """An Arrow array column of ``dtype`` with its null elements as training sets and online
+    serve them: NaN in a float array, and an int or bool array holding one is null as a whole
+    (the online codec and the wire have no null element). Other columns are returned as is."""
+    import pyarrow as pa
+
+    if not dtype.is_list or _no_null_element(col):
+        return col
+    if isinstance(col, pa.ChunkedArray):
+        return pa.chunked_array([_served_chunk(c, dtype) for c in col.chunks], col.type)
+    return _served_chunk(col, dtype)
+
+
+def _no_null_element(col: Any) -> bool:
+    import pyarrow.compute as pc
+
+    return bool(pc.list_flatten(col).null_count == 0)
+
+
+def _served_chunk(arr: Any, dtype: DType) -> Any:
+    """``served_lists`` of one Arrow list array (kept in its own list type)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    flat = pc.list_flatten(arr)
+    if not flat.null_count:
+        return arr
+    lengths = pc.list_value_length(arr).fill_null(0).to_numpy(zero_copy_only=False)
+    offsets = np.zeros(len(arr) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    nulls = arr.is_null().to_numpy(zero_copy_only=False)
+    inner = dtype.inner.name  # type: ignore[union-attr]
+    if inner in ("float32", "float64"):
+        flat = pc.fill_null(flat, pa.scalar(float("nan"), flat.type))
+    else:
+        holes = flat.is_null().to_numpy(zero_copy_only=False)
+        parents = np.repeat(np.arange(len(arr)), lengths)  # flat value -> its row
+        nulls = nulls.copy()
+        nulls[parents[holes]] = True
+    large = pa.types.is_large_list(arr.type)
+    cls = pa.LargeListArray if large else pa.ListArray
+    list_type = pa.large_list(flat.type) if large else pa.list_(flat.type)
+    out = cls.from_arrays(
+        pa.array(offsets, pa.int64() if large else pa.int32()),
+        flat,
+        type=list_type,
+        mask=pa.array(nulls, pa.bool_()),
+    )
+    return out.cast(arr.type) if out.type != arr.type else out

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from featurestore.errors import OfflineStoreError
 from featurestore.offline._sql import ident
+from featurestore.offline.pit import feature_sql
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -42,7 +43,7 @@ def latest_sql(plan: SourcePlan, start_us: int, end_us: int, *, key_order: str =
         + [f"{k} IS NOT NULL" for k in keys]
     )
     base = plan.base_select(feats, where=where)
-    casted = [f"{plan.feature_cast(f, 'b')} AS {ident(f)}" for f in feats]
+    casted = [f"{feature_sql(plan, f, 'b')} AS {ident(f)}" for f in feats]
     # Each key's latest event time comes from a hash aggregate over the keys and times alone
     # (``b`` is not materialized: that scan reads two columns), and the source rows at that
     # time from a join. Only keys with several rows at their latest time (ties, rare) are
@@ -103,7 +104,10 @@ def iter_latest_rows(
 
     if batch_rows < 1:
         raise ValueError(f"batch_rows must be >= 1, got {batch_rows}")
+    from featurestore.offline.validation import value_problem
+
     plan = store.plan(view)
+    label = store.relation_label(view.source)
     sql = latest_sql(plan, start_us, end_us, key_order=key_order)
     cur = store.cursor()
     reader: pa.RecordBatchReader | None = None
@@ -127,7 +131,10 @@ def iter_latest_rows(
                             reader.close()
                     reader = None
                     continue
-                raise _failed(view, exc) from None
+                problem = None
+                if isinstance(exc, duckdb.ConversionException):  # a value no type holds?
+                    problem = value_problem(cur, plan, list(view.feature_names), label)
+                raise (OfflineStoreError(problem) if problem else _failed(view, exc)) from None
             for start in range(0, batch.num_rows, batch_rows):
                 part = batch.slice(start, batch_rows)
                 if part.num_rows:

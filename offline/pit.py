@@ -124,7 +124,8 @@ def historical_features(
         bar = tqdm(plans, desc="point-in-time join", unit="view", disable=not progress)
         for plan, feats, cols in bar:
             bar.set_postfix_str(plan.view.name)
-            result = _join_view(cur, plan, feats, as_known=as_known)
+            label = store.relation_label(plan.view.source)
+            result = _join_view(cur, plan, feats, as_known=as_known, label=label)
             for feat, col in zip(feats, cols, strict=True):
                 columns.append(_finish(result, plan.view, feat))
                 names.append(col)
@@ -201,7 +202,7 @@ def join_sql(plan: SourcePlan, feats: list[str], *, as_known: bool) -> str:
             + f" FROM {SPINE} s ASOF LEFT JOIN f ON {match} AND {asof} "
             f"ORDER BY s.{ROW}"
         )
-    casted = ", ".join(f"{plan.feature_cast(x, 'f')} AS {ident(x)}" for x in feats)
+    casted = ", ".join(f"{feature_sql(plan, x, 'f')} AS {ident(x)}" for x in feats)
     cond = f"{match} AND f.__fs_ev <= s.{TS} AND coalesce(f.__fs_cr, f.__fs_ev) <= s.{TS}"
     if ttl is not None:
         cond += f" AND f.__fs_ev >= s.{TS} - {ttl}"
@@ -217,10 +218,34 @@ def join_sql(plan: SourcePlan, feats: list[str], *, as_known: bool) -> str:
     )
 
 
+def feature_sql(plan: SourcePlan, feature: str, qualifier: str) -> str:
+    """``qualifier.feature`` as training sets and materialize read it: cast to its declared
+    type, and a UnixTimestamp outside the years 1-9999 null (a Python datetime, so the online
+    answer, cannot hold it: ``types.TIME_MIN_US``). Array null elements: ``served_lists``."""
+    import pyarrow.types as pt
+
+    from featurestore.types import TIME_MAX_US, TIME_MIN_US
+
+    expr = plan.feature_cast(feature, qualifier)
+    t = plan.source_types.get(feature)
+    if plan.view.field(feature).dtype.name != "timestamp" or t is None:
+        return expr
+    col = f"{qualifier}.{ident(feature)}"
+    if pt.is_integer(t):
+        us = f"CAST({col} AS BIGINT)"
+    elif pt.is_timestamp(t) and t.unit != "ns":  # nanoseconds stay within 1677-2262
+        us = f"epoch_us({col})"
+    elif pt.is_date(t):
+        us = f"epoch_us(CAST({col} AS TIMESTAMP))"
+    else:
+        return expr
+    return f"CASE WHEN {us} BETWEEN {TIME_MIN_US} AND {TIME_MAX_US} THEN {expr} END"
+
+
 def _case_list(plan: SourcePlan, feats: list[str], hit: str | None) -> str:
     out = []
     for x in feats:
-        expr = plan.feature_cast(x, "f")
+        expr = feature_sql(plan, x, "f")
         if hit is not None:
             expr = f"CASE WHEN {hit} THEN {expr} END"
         out.append(f"{expr} AS {ident(x)}")
@@ -228,16 +253,29 @@ def _case_list(plan: SourcePlan, feats: list[str], hit: str | None) -> str:
 
 
 def _join_view(
-    cur: duckdb.DuckDBPyConnection, plan: SourcePlan, feats: list[str], *, as_known: bool
+    cur: duckdb.DuckDBPyConnection,
+    plan: SourcePlan,
+    feats: list[str],
+    *,
+    as_known: bool,
+    label: str,
 ) -> pa.Table:
+    """One view's join result; a failure names the offending source value when it can
+    (``label``: how messages name the view's source)."""
     import duckdb
 
     from featurestore.offline.store import fetch_table
+    from featurestore.offline.validation import value_problem
 
     sql = join_sql(plan, feats, as_known=as_known)
     try:
         return fetch_table(cur.sql(sql))
     except duckdb.Error as exc:
+        problem = None
+        if isinstance(exc, duckdb.ConversionException):
+            problem = value_problem(cur, plan, feats, label)
+        if problem is not None:
+            raise OfflineStoreError(problem) from None
         first = str(exc).strip().splitlines()[0]
         raise OfflineStoreError(
             f"point-in-time join of feature view '{plan.view.name}' failed: {first}; run "
@@ -246,15 +284,19 @@ def _join_view(
 
 
 def _finish(result: pa.Table, view: FeatureView, feature: str) -> pa.ChunkedArray:
-    """One feature column: cast to the declared Arrow type, default where no row matched."""
+    """One feature column: cast to the declared Arrow type, array null elements as online
+    serves them (``types.served_lists``), default where no row matched."""
     import pyarrow as pa
     import pyarrow.compute as pc
+
+    from featurestore.types import served_lists
 
     field = view.field(feature)
     target = field.dtype.to_arrow()
     col = result.column(feature)
     if col.type != target:
         col = col.cast(target)
+    col = served_lists(col, field.dtype)
     if field.default is not None:
         default = pa.scalar(field.default, type=target)
         col = pc.if_else(result.column(HIT), col, default)

@@ -4,17 +4,23 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from featurestore.offline._sql import time_us_expr
+from featurestore.offline._sql import ident, time_us_expr
 from featurestore.types import KEY_KIND_NOUNS, compatible, dtype_from_arrow
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
+    import duckdb
     import pyarrow as pa
 
     from featurestore.entity import Entity
     from featurestore.feature_view import FeatureView
+    from featurestore.offline._sql import SourcePlan
     from featurestore.types import DType
+
+# the least magnitude a float32 rounds to infinity: DuckDB refuses to cast a finite double
+# from there on (a "Conversion Error"), as pushes refuse it (online/serving/_push_checks.py)
+F32_END = 2.0**128 - 2.0**103
 
 
 def view_problems(view: FeatureView, schema: pa.Schema, label: str) -> list[str]:
@@ -59,6 +65,14 @@ def view_problems(view: FeatureView, schema: pa.Schema, label: str) -> list[str]
             compatible(declared, actual)
             or (declared.name == "timestamp" and actual.name in ("int32", "int64"))
         )
+        if ok and _unsigned64(types[field.name]) and _inner(declared).name == "int64":
+            problems.append(
+                f"{head}: column '{field.name}' is {types[field.name]} in source '{label}' but "
+                f"declared {declared.name}, which cannot hold uint64 values from 2**63 up; cast "
+                "the column to int64 in the source, or declare a float type (which rounds "
+                "integers above 2**53)"
+            )
+            continue
         if not ok:
             shown = actual.name if actual is not None else str(types[field.name])
             why = ""
@@ -180,6 +194,66 @@ def _narrows(declared: DType, actual: DType) -> bool:
     while declared.inner is not None and actual.inner is not None:
         declared, actual = declared.inner, actual.inner
     return declared.name == "int32" and actual.name == "int64"
+
+
+def value_problem(
+    cur: duckdb.DuckDBPyConnection, plan: SourcePlan, features: list[str], label: str
+) -> str | None:
+    """Why reading ``features`` of ``plan``'s view failed, when a source value no declared type
+    can hold is the cause: one line naming the view, the column, an entity holding such a value
+    and the value; None when none is found. Run only after a read failed: it scans the source.
+    A finite number a Float32 (or Float32 array) feature would store as infinity is such a
+    value: refused as a push refuses it, rather than read as infinity or null."""
+    import duckdb
+
+    view = plan.view
+    keys = ", ".join(f"__fs_src.{ident(k)}" for k in plan.keys)
+    for name in features:
+        field = view.field(name)
+        if _inner(field.dtype).name != "float32" or name not in plan.source_types:
+            continue
+        col = f"__fs_src.{ident(name)}"
+        rows_of = plan.relation
+        if field.dtype.is_list:  # one row per element, beside its row's keys
+            bare = ", ".join(ident(k) for k in plan.keys)
+            elements = f"unnest({col}) AS {ident(name)}"
+            rows_of = f"(SELECT {bare}, {elements} FROM {plan.relation} AS __fs_src)"
+        x = f"CAST({col} AS DOUBLE)"
+        sql = (
+            f"SELECT {keys}, {x} FROM {rows_of} AS __fs_src "
+            f"WHERE isfinite({x}) AND abs({x}) >= {F32_END!r} LIMIT 1"
+        )
+        try:
+            rows = cur.sql(sql).fetchall()
+        except duckdb.Error:
+            return None  # the source itself is unreadable: the caller's message says so
+        if not rows:
+            continue
+        row = rows[0]
+        entity = ", ".join(f"{k}={v!r}" for k, v in zip(plan.keys, row[:-1], strict=True))
+        return (
+            f"feature view '{view.name}': column '{name}' of source '{label}' holds "
+            f"{row[-1]!r} (entity {entity}), which the {field.dtype.name} feature would store "
+            "as infinity (float32 ends at 3.4028235e38); declare it Float64 or fix the value "
+            "in the source"
+        )
+    return None
+
+
+def _inner(d: DType) -> DType:
+    """A list type's element type; any other type itself."""
+    while d.inner is not None:
+        d = d.inner
+    return d
+
+
+def _unsigned64(t: pa.DataType) -> bool:
+    """Whether an Arrow type is uint64, or a list of it."""
+    import pyarrow.types as pt
+
+    while pt.is_list(t) or pt.is_large_list(t) or pt.is_fixed_size_list(t):
+        t = t.value_type
+    return bool(pt.is_uint64(t))
 
 
 def _brief(names: list[str]) -> str:

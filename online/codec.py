@@ -8,7 +8,8 @@ Layout of one value (little endian, no padding)::
     uint8  null_bitmap[ceil(F/8)] (bit i set: feature i is null; bit order little)
     ...    fixed-width features   (schema order, one numpy structured record)
     then per variable-width feature, in schema order: uint32 length + payload
-         string: utf-8; bytes: raw; array<T>: the elements as raw little-endian T
+         string: utf-8; bytes: raw; array<T>: the elements as raw little-endian T (a null
+         element as the training set serves it: NaN, or an int or bool array null as a whole)
 
 Everything up to the variable part is one numpy structured record, so a batch of rows with no
 variable fields encodes with one ``tobytes`` and decodes with one ``np.frombuffer``.
@@ -21,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from featurestore.errors import EntityDataError, OnlineStoreError
+from featurestore.errors import OnlineStoreError
+from featurestore.types import served_lists
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -195,6 +197,7 @@ class RowCodec:
             for _, f in self.var
             if f.dtype.is_list
         }
+        self._list_types = {f.name: f.dtype for _, f in self.var if f.dtype.is_list}
 
     # ---------------------------------------------------------------- encode
 
@@ -290,27 +293,25 @@ class RowCodec:
     def _encode_var(self, table: pa.Table, name: str) -> tuple[list[bytes], np.ndarray | None]:
         """Length-prefixed payloads of one variable-width column, and its null mask.
 
-        A null element of a float array is stored as NaN; int and bool arrays have no null
-        element, so a row holding one is refused (EntityDataError naming the row's entity).
+        An array's null element is stored as the training set serves it
+        (``types.served_lists``): NaN in a float array; an int or bool array holding one is
+        null as a whole.
         """
         col = table.column(name)
-        values = col.to_pylist()
         inner = self._inner.get(name)
-        nan_ok = inner is not None and inner.kind == "f"
+        if inner is not None:
+            col = served_lists(col, self._list_types[name])
+        values = col.to_pylist()
         mask = None
         if col.null_count:
             mask = np.fromiter((v is None for v in values), dtype=bool, count=len(values))
         pack = _U32.pack
         out: list[bytes] = []
-        for row, v in enumerate(values):
+        for v in values:
             if v is None:
                 out.append(b"\0\0\0\0")
                 continue
             if inner is not None:
-                if None in v:
-                    if not nan_ok:
-                        raise self._null_element(table, name, row, v.index(None))
-                    v = [np.nan if x is None else x for x in v]
                 b = np.asarray(v, dtype=inner).tobytes()
             elif isinstance(v, str):
                 b = v.encode()
@@ -318,19 +319,6 @@ class RowCodec:
                 b = bytes(v)
             out.append(pack(len(b)) + b)
         return out, mask
-
-    def _null_element(self, table: pa.Table, name: str, row: int, at: int) -> EntityDataError:
-        """The one-line error of a null element in an int or bool array feature."""
-        keys = [k for k in self.join_keys if k in table.column_names]
-        entity = ", ".join(f"{k}={_short(table.column(k)[row].as_py())}" for k in keys)
-        dtype = next(f.dtype.name for _, f in self.var if f.name == name)
-        return EntityDataError(
-            f"feature view '{self.view_name}', feature '{name}' ({dtype}), entity "
-            f"{entity or f'(row {row})'}: "
-            f"element {at} of the array is null, and {dtype} arrays have no null element; "
-            "fill it in the source, make the whole value null, or declare a float array "
-            "(a null element is stored there as NaN)"
-        )
 
     # ---------------------------------------------------------------- decode
 
@@ -410,12 +398,6 @@ class RowCodec:
         if type_name == "bytes":
             return payload
         return np.frombuffer(payload, dtype=self._inner[name])
-
-
-def _short(v: Any) -> str:
-    """``repr(v)``, cut to 40 characters (a key in a one-line message)."""
-    text = repr(v)
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _mark_nulls(

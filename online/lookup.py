@@ -38,8 +38,13 @@ _PLANS: dict[tuple[int, tuple[str, ...]], _ViewPlan] = {}
 _MAX_PLANS = 4096
 
 
-def _us_to_datetime(us: int) -> datetime:
-    return EPOCH + timedelta(microseconds=us)
+def _us_to_datetime(us: int) -> datetime | None:
+    """A stored time as a UTC datetime; None past the years 1-9999 a datetime holds, as the
+    training set reads such a source value (see featurestore.types.TIME_MIN_US)."""
+    try:
+        return EPOCH + timedelta(microseconds=us)
+    except OverflowError:
+        return None
 
 
 class _ViewPlan:

@@ -1,6 +1,7 @@
 """Push and write edges: several rows of one entity in one push keep, online, the row the
 point-in-time join picks offline; on-demand views take no push; a push's deadline is checked
-on every front end; an int or bool array with a null element is refused by name."""
+on every front end; an int or bool array with a null element is null as a whole (a push of
+one is refused by name)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from featurestore.errors import EntityDataError
 from featurestore.online.codec import CREATED_TS, EVENT_TS
 from featurestore.online.serving._proto import featurestore_pb2 as pb
 from featurestore.online.serving._proto import featurestore_pb2_grpc as pb_grpc
@@ -334,36 +334,46 @@ def _add_lists(repo: Path, ints: list[Any], flags: list[Any], emb: list[Any]) ->
 
 
 @pytest.mark.parametrize(
-    ("ints", "flags", "feature", "dtype"),
-    [([1, None, 3], [True], "ints", "array<int64>"), ([1], [False, None], "flags", "array<bool>")],
+    ("ints", "flags", "feature"),
+    [([1, None, 3], [True], "ints"), ([1], [False, None], "flags")],
 )
-def test_a_null_element_in_an_int_or_bool_array_is_refused_naming_view_feature_entity(
-    embedded_repo: Path, ints: list[Any], flags: list[Any], feature: str, dtype: str
+def test_an_int_or_bool_array_with_a_null_element_is_null_online_and_offline(
+    embedded_repo: Path, ints: list[Any], flags: list[Any], feature: str
 ) -> None:
+    """Such an array has no online form: it is null as a whole, in the training set and
+    online alike, and materialize writes the row (and every other) instead of failing."""
     _add_lists(embedded_repo, ints, flags, [1.0])
     with FeatureStore(embedded_repo) as store:
-        with pytest.raises(EntityDataError) as err:
-            store.materialize(T0 - timedelta(days=1), datetime.now(UTC), views=["lists"])
-        msg = str(err.value)
-        assert "\n" not in msg
-        for needle in ("'lists'", f"'{feature}' ({dtype})", "user_id=2", "null"):
-            assert needle in msg
-        # the stored row is untouched: still the first file's
-        got = store.get_online_features(["lists:ints", "lists:flags"], {"user_id": [2]})
-        assert [list(v) for v in got.to_dict()["ints"]] == [[1, 2]]
-        assert [list(v) for v in got.to_dict()["flags"]] == [[True, False]]
+        store.materialize(T0 - timedelta(days=1), datetime.now(UTC), views=["lists"])
+        got = store.get_online_features(
+            ["lists:ints", "lists:flags", "lists:emb"], {"user_id": [2]}
+        ).to_dict()
+        spine = pl.DataFrame(
+            {"user_id": [2], "event_timestamp": [T0 + 2 * HOUR]},
+            schema={"user_id": pl.Int64, "event_timestamp": pl.Datetime("us", "UTC")},
+        )
+        train = store.get_historical_features(spine, ["lists:ints", "lists:flags"])
+    whole = {"ints": ints, "flags": flags}
+    for name in ("ints", "flags"):
+        want = None if name == feature else whole[name]
+        online = got[name][0]
+        assert (None if online is None else list(online)) == want, name
+        assert train[name].to_list() == [want], name
+    assert list(got["emb"][0]) == [1.0]
 
 
-def test_the_cli_names_a_null_array_element_in_one_line(embedded_repo: Path) -> None:
+def test_the_cli_materializes_an_array_with_a_null_element(embedded_repo: Path) -> None:
     _add_lists(embedded_repo, [None], [True], [1.0])
     out = subprocess.run(
         [sys.executable, "-m", "featurestore.cli", "-r", str(embedded_repo), "materialize",
          _iso(T0 - timedelta(days=1)), _iso(datetime.now(UTC)), "--views", "lists"],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
-    assert out.returncode == 1
-    assert "Traceback" not in out.stderr
-    assert "feature 'ints' (array<int64>), entity user_id=2" in out.stderr
+    assert out.returncode == 0, out.stderr
+    with FeatureStore(embedded_repo) as store:
+        got = store.get_online_features(["lists:ints", "lists:flags"], {"user_id": [2]})
+    assert got.to_dict()["ints"] == [None]
+    assert [list(v) for v in got.to_dict()["flags"]] == [[True]]
 
 
 def test_a_null_element_in_a_float_array_is_stored_as_nan(embedded_repo: Path) -> None:
