@@ -193,29 +193,28 @@ def _scorers(store: FeatureStore, refs: list[str]) -> list[_Scorer]:
 
 
 def _joined_inputs(store: FeatureStore, mv: ModelVersion) -> tuple[str, ...]:
-    """The training-set column of each model input; the model's feature service must still
-    serve every input, as numbers. Joined under full names, so a spine column may share a
-    feature's bare name."""
+    """The training-set column of each model input, found as online predict finds it: by bare
+    name in the model's feature service (``input_features``), which must still serve every
+    input, as numbers, and must not have two features of one bare name. Joined under full
+    names, so a spine column may share a feature's bare name."""
     from featurestore.online.models import ModelRegistryError
+    from featurestore.online.models.repo import input_features
 
-    served = {
-        f: (f"{view.name}__{f}", view.field(f).dtype.name)
-        for view, feats in store.resolve_features(mv.feature_service)
-        for f in feats
-    }
+    served = input_features(store, mv.feature_service, f"model '{mv.name}' v{mv.version}")
     for name in mv.feature_names:
         if name not in served:
             raise ModelRegistryError(
                 f"model '{mv.name}' v{mv.version} needs feature '{name}', which its feature "
                 f"service '{mv.feature_service}' no longer serves; re-register the model"
             )
-        dtype = served[name][1]
+        view, feat = served[name]
+        dtype = view.field(feat).dtype.name
         if dtype not in NUMERIC_TYPES:
             raise ModelRegistryError(
                 f"feature '{name}' of model '{mv.name}' v{mv.version} is {dtype} in "
                 f"feature service '{mv.feature_service}'; the model needs numbers"
             )
-    return tuple(served[name][0] for name in mv.feature_names)
+    return tuple(f"{served[n][0].name}__{served[n][1]}" for n in mv.feature_names)
 
 
 def _check_spine(
@@ -347,7 +346,8 @@ def _input_matrix(df: pl.DataFrame, names: tuple[str, ...]) -> np.ndarray:
     """The model's input rows, as online predict builds them: float64, null -> NaN."""
     import polars as pl
 
-    cols = pl.col(list(names)).cast(pl.Float64).fill_null(np.nan)
+    # one column per input, by position: a name given twice is two columns, not one
+    cols = [pl.col(n).cast(pl.Float64).fill_null(np.nan).alias(str(i)) for i, n in enumerate(names)]
     return df.select(cols).to_numpy(order="c")  # row-major: each model row is contiguous
 
 

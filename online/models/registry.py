@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -134,7 +135,14 @@ def check_features(
     service: str,
     service_names: list[str],
 ) -> tuple[str, ...]:
-    """The model's input order, after checking its names and count against the feature service."""
+    """The model's input order, after checking its names and count against the feature service.
+
+    A service with two features of one bare name is refused: a model reads its inputs by bare
+    name (as online predict does), so no input could say which of the two it is.
+    """
+    clash = name_clash(service, service_names)
+    if clash is not None:
+        raise ModelRegistryError(f"model '{model}': {clash}")
     if model_names is not None:
         want, have = set(model_names), set(service_names)
         if want != have or len(model_names) != len(service_names):
@@ -161,6 +169,21 @@ def check_features(
             f"{len(service_names)} features; register it with the service it was trained on"
         )
     return tuple(service_names)  # unnamed inputs: the service's order
+
+
+def name_clash(service: str, names: Sequence[str], refs: Sequence[str] | None = None) -> str | None:
+    """Why a model cannot read ``names`` (a feature service's features by bare name; ``refs``,
+    when given, their ``view:feature`` references, to name both) when two are one name, else
+    None: a model reads its inputs by bare name, as online predict does."""
+    i, dup = next(((i, n) for i, n in enumerate(names) if n in names[:i]), (-1, None))
+    if dup is None:
+        return None
+    both = f" ('{refs[list(names).index(dup)]}' and '{refs[i]}')" if refs is not None else ""
+    return (
+        f"feature service '{service}' has two features named '{dup}'{both}; a model reads its "
+        "inputs by bare feature name, so it cannot tell them apart: keep one of them in the "
+        "service, or rename one in its view"
+    )
 
 
 _ONE_SCORE = (
@@ -365,7 +388,13 @@ class ModelRegistry:
 
     def check_loads(self, mv: ModelVersion, alias: str) -> None:
         """Refuse to point ``alias`` at ``mv`` unless its stored artifact still loads and
-        passes register's checks: servers would otherwise be left unable to serve it."""
+        passes register's checks (inputs of distinct names among them): servers would
+        otherwise be left unable to serve it."""
+        clash = name_clash(mv.feature_service, mv.feature_names)  # registered before the check
+        if clash is not None:
+            raise ModelRegistryError(
+                f"model '{mv.name}' v{mv.version} cannot become {alias}: {clash}"
+            )
         path = self.artifact_path(mv)
         head = f"model '{mv.name}' v{mv.version} cannot become {alias}: its artifact"
         shown = mv.artifact  # relative to the model's folder (or a module name)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from featurestore.types import NUMERIC_TYPES
 
@@ -29,24 +29,49 @@ def model_registry(store: FeatureStore) -> ModelRegistry:
     return ModelRegistry(store.config.resolve(models_config(store.config).path))
 
 
-def service_feature_names(store: FeatureStore, service: str) -> list[str]:
+def service_feature_names(store: FeatureStore, service: str, who: str | None = None) -> list[str]:
     """The features of a feature service, by bare name, in service order (the model's inputs).
 
-    Raises when one is not a number or bool: models take a float matrix.
+    Raises when one is not a number or bool (models take a float matrix), or when two share a
+    bare name (see ``input_features``; ``who`` names the model there).
     """
     from featurestore.online.models.errors import ModelRegistryError
 
     names: list[str] = []
+    for name, (view, f) in input_features(store, service, who).items():
+        dtype = view.field(f).dtype.name
+        if dtype not in NUMERIC_TYPES:
+            raise ModelRegistryError(
+                f"feature service '{service}' has feature '{view.name}:{f}' of type {dtype}; "
+                "a model takes numbers only: serve it through a service of numeric features"
+            )
+        names.append(name)
+    return names
+
+
+def input_features(
+    store: FeatureStore, service: str, who: str | None = None
+) -> dict[str, tuple[Any, str]]:
+    """Each feature of ``service`` (in service order) by the name a model reads it under, to
+    its view and feature: its bare name, as online predict reads a model's inputs (from a
+    get-features answer without full names). Two features of one bare name are refused, in
+    one line naming ``who`` (the model), the service and both features: no model input
+    could say which of them it is, so predict and batch scoring could not agree."""
+    from featurestore.online.models.errors import ModelRegistryError
+    from featurestore.online.models.registry import name_clash
+
+    out: dict[str, tuple[Any, str]] = {}
+    names: list[str] = []
+    refs: list[str] = []
     for view, feats in store.resolve_features(service):
         for f in feats:
-            dtype = view.field(f).dtype.name
-            if dtype not in NUMERIC_TYPES:
-                raise ModelRegistryError(
-                    f"feature service '{service}' has feature '{view.name}:{f}' of type {dtype}; "
-                    "a model takes numbers only: serve it through a service of numeric features"
-                )
             names.append(f)
-    return names
+            refs.append(f"{view.name}:{f}")
+            out.setdefault(f, (view, f))
+    clash = name_clash(service, names, refs)
+    if clash is not None:
+        raise ModelRegistryError(f"{who}: {clash}" if who else clash)
+    return out
 
 
 def register_model(
@@ -67,7 +92,7 @@ def register_model(
         flavor=flavor,
         artifact=artifact,
         feature_service=service,
-        service_features=service_feature_names(store, service),
+        service_features=service_feature_names(store, service, f"model '{name}'"),
         description=description,
     )
     if alias:
@@ -94,13 +119,22 @@ def promote_model(
     store: FeatureStore, name: str, version: int, alias: str, *, share: float | None = None
 ) -> list[str]:
     """Point ``alias`` of model ``name`` at ``version``; a shadow that could not read its
-    inputs from the rows of production (and canary) is refused. Returns warnings: a new
-    production or canary whose rows lack the current shadow's inputs."""
+    inputs from the rows of production (and canary) is refused, and so is a version whose
+    feature service now has two features of one bare name (register's check, see
+    ``input_features``). Returns warnings: a new production or canary whose rows lack the
+    current shadow's inputs."""
     from featurestore.online.models.errors import ModelRegistryError
 
     reg = model_registry(store)
     entry = reg.get(name)
     mv = entry.version(version)
+    if mv.feature_service in store.registry.feature_services:  # (a lost service: see health)
+        try:
+            input_features(store, mv.feature_service)
+        except ModelRegistryError as exc:
+            raise ModelRegistryError(
+                f"model '{name}' v{version} cannot become {alias}: {exc}"
+            ) from None
     warnings: list[str] = []
     if alias == "shadow":
         for other in ("production", "canary"):
@@ -137,8 +171,15 @@ def service_problem(
 
 def lost_features(mv: ModelVersion, svc: FeatureService, who: str | None = None) -> str | None:
     """Why version ``mv`` cannot be served from ``svc``, its feature service as now defined:
-    the features it reads (by name) that ``svc`` no longer serves; None when it serves all."""
-    served = {ref.partition(":")[2] for ref in svc.features}
+    the features it reads (by name) that ``svc`` no longer serves, or two features of one bare
+    name in ``svc`` (no input could say which it reads); None when it serves all."""
+    from featurestore.online.models.registry import name_clash
+
+    bare = [ref.partition(":")[2] for ref in svc.features]
+    clash = name_clash(svc.name, bare, svc.features)
+    if clash is not None:
+        return f"{who or _who(mv)} cannot be served: {clash}"
+    served = set(bare)
     missing = [n for n in mv.feature_names if n not in served]
     if not missing:
         return None

@@ -61,8 +61,10 @@ class LoadedModel:
         Many models (most of sklearn's) refuse a missing input: when the model raises on rows
         holding NaN (a null feature with no default), those rows score NaN, answered as null,
         and the others are scored without them, so one incomplete entity does not fail its
-        batch. Any other failure is a ModelPredictError naming the model and the cause.
-        ``many``: an offline batch, scored on every core the flavor can use.
+        batch. A refusal of NaN is told from any other failure by a probe: the rows holding
+        NaN, their NaNs replaced by zeros (which register's trial prediction showed the model
+        scores), must score. Any other failure is a ModelPredictError naming the model and the
+        cause. ``many``: an offline batch, scored on every core the flavor can use.
         """
         predict = self.predictor.predict_many if many else self.predictor.predict
         try:
@@ -82,7 +84,12 @@ class LoadedModel:
             except Exception as exc:
                 raise self._failed(exc, n) from exc
             scores[ok] = self._one_per_row(part, n)
-        return scores, int(missing.sum())
+        holes = x[missing]
+        try:  # the same rows without their NaNs: a model failing on them fails for another reason
+            predict(np.ascontiguousarray(np.where(np.isnan(holes), 0.0, holes)))
+        except Exception as exc:
+            raise self._failed(exc, len(holes)) from exc
+        return scores, len(holes)
 
     def _one_per_row(self, out: Any, rows: int) -> np.ndarray:
         """``out`` as float64 scores when it holds one number per row, else ModelPredictError

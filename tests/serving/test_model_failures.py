@@ -143,6 +143,8 @@ def _loaded(fn: Any) -> LoadedModel:
 
 
 def test_score_retries_only_the_complete_rows_and_reports_the_rest() -> None:
+    """The batch, then its complete rows, then the rows with NaN as zeros (which score: so the
+    model refused the NaNs, and those rows are reported unscored)."""
     calls: list[int] = []
 
     def no_nan(x: np.ndarray) -> np.ndarray:
@@ -153,7 +155,7 @@ def test_score_retries_only_the_complete_rows_and_reports_the_rest() -> None:
 
     x = np.array([[1.0, 2, 3], [np.nan, 1, 1], [4, 5, 6]])
     scores, unscored = _loaded(no_nan).score(x)
-    assert calls == [3, 2] and unscored == 1
+    assert calls == [3, 2, 1] and unscored == 1
     assert scores[0] == 6 and np.isnan(scores[1]) and scores[2] == 15
     everything_missing = np.full((2, 3), np.nan)
     scores, unscored = _loaded(no_nan).score(everything_missing)
