@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import functools
+import math
 import os
 import re
 import sys
 import types
 import typing
+from collections.abc import Collection
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -119,7 +121,9 @@ class RepoConfig:
 
 
 def load_config(repo_path: str | os.PathLike[str]) -> RepoConfig:
-    """Read ``featurestore.yaml`` from a repo folder; ``${VAR:-default}`` expands from the env."""
+    """Read ``featurestore.yaml`` from a repo folder; ``${VAR:-default}`` in its values expands
+    from the env. Every section is checked here, ``serving:`` and ``models:`` too, so a bad value
+    stops any command before it starts (``serve`` before it prints where it listens)."""
     import yaml
 
     repo = Path(repo_path).resolve()
@@ -127,12 +131,17 @@ def load_config(repo_path: str | os.PathLike[str]) -> RepoConfig:
     if not path.is_file():
         raise ConfigError(f"no {CONFIG_FILE} in {repo}; run `featurestore init` to create a repo")
     try:
-        raw = yaml.safe_load(_expand(path.read_text())) or {}
+        raw = _parse_yaml(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path.name}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path.name}: expected a mapping at the top level")
-    return config_from_dict(raw, repo)
+    config = config_from_dict(raw, repo)
+    from featurestore.online.serving.config import models_config, serving_config
+
+    serving_config(config)
+    models_config(config)
+    return config
 
 
 def config_from_dict(raw: dict[str, Any], repo: Path) -> RepoConfig:
@@ -152,12 +161,11 @@ def config_from_dict(raw: dict[str, Any], repo: Path) -> RepoConfig:
     online = _section(OnlineStoreConfig, raw.pop("online_store", None), "online_store")
     _check_online(online)
     stream = _section(StreamConfig, raw.pop("stream", None), "stream")
-    if stream.batch_size < 1 or stream.block_ms < 0 or not stream.group:
-        raise ConfigError(
-            f"{CONFIG_FILE}: stream.batch_size must be >= 1, stream.block_ms >= 0 and "
-            "stream.group a name"
-        )
+    # block_ms 0 would be Redis's BLOCK 0: wait for ever (an idle ingest would never stop)
+    _at_least(stream, "stream", batch_size=1, block_ms=1)
     _at_least(stream, "stream", offline_flush_s=0, offline_flush_events=1)
+    if not stream.group:
+        raise ConfigError(f"{CONFIG_FILE}: stream.group is empty; give the consumer group's name")
     defs = _definitions(raw.pop("definitions", None))
     registry = raw.pop("registry", "data/registry.json")
     if not isinstance(registry, str) or not registry:
@@ -211,8 +219,9 @@ def _at_least(section: Any, where: str, **least: float) -> None:
     """A ConfigError naming the first of ``least``'s fields below its bound (0: above zero)."""
     for key, low in least.items():
         v = getattr(section, key)
-        if v < low or (low == 0 and v <= 0):
+        if not math.isfinite(v) or v < low or (low == 0 and v <= 0):  # .inf: a wait without end
             need = "a number above 0" if low == 0 else f"{low} or more"
+            need = need if math.isfinite(v) else f"a finite number ({need})"
             raise ConfigError(f"{CONFIG_FILE}: {where}.{key} is {v}; give {need}")
 
 
@@ -233,8 +242,14 @@ def _section(cls: type, raw: Any, name: str) -> Any:
         out = cls(**raw)
     except TypeError as exc:
         raise ConfigError(f"{CONFIG_FILE}: bad '{name}': {exc}") from None
-    check_types(out, name, strings=False)
+    check_types(out, name, numbers_too=_SIZES_AND_DURATIONS)
     return out
+
+
+# str fields that may also be a bare number (bytes or seconds), read by their own parsers
+_SIZES_AND_DURATIONS = frozenset(
+    {"map_size", "memory_limit", "key_ttl_grace", "max_future", "max_past"}
+)
 
 
 _TYPE_NOUNS: dict[str, tuple[tuple[type, ...], str]] = {
@@ -246,12 +261,12 @@ _TYPE_NOUNS: dict[str, tuple[tuple[type, ...], str]] = {
 }
 
 
-def check_types(obj: Any, where: str, *, strings: bool = True) -> None:
+def check_types(obj: Any, where: str, *, numbers_too: Collection[str] = ()) -> None:
     """A ConfigError naming the first field of the config dataclass ``obj`` whose value is not
     of its declared type (``where``: the section's name, e.g. "serving"). Fields declared as a
     Literal (or an optional one) must hold one of its values; fields declared as int, float,
-    str, bool or an optional one of them are checked by type; ``strings=False`` skips str
-    fields (sizes such as map_size are also read from a bare number)."""
+    str, bool or an optional one of them are checked by type; the str fields named in
+    ``numbers_too`` may also hold a number (sizes such as map_size are read from bytes)."""
     literals = _literal_fields(type(obj))
     for f in fields(obj):
         value = getattr(obj, f.name)
@@ -263,8 +278,10 @@ def check_types(obj: Any, where: str, *, strings: bool = True) -> None:
                 )
             continue
         parts = [p.strip() for p in str(f.type).split("|")]
-        if not all(p in _TYPE_NOUNS for p in parts) or (not strings and "str" in parts):
+        if not all(p in _TYPE_NOUNS for p in parts):
             continue
+        if f.name in numbers_too and "str" in parts:
+            parts = [*parts, "float"]
         ok = any(
             isinstance(value, _TYPE_NOUNS[p][0]) and (p == "bool" or not isinstance(value, bool))
             for p in parts
@@ -302,6 +319,45 @@ def _one_of(allowed: tuple[Any, ...]) -> str:
     """'a', 'a or b', 'a, b or c': values as a YAML file spells them."""
     words = ["null" if v is None else str(v) for v in allowed]
     return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"
+
+
+def _parse_yaml(text: str) -> Any:
+    """The YAML document of ``text`` with ``${VAR}`` expanded in its scalars (keys and values),
+    never in comments. A plain (unquoted) scalar is typed after expansion, as if the value had
+    been written there (``port: ${PORT:-8000}`` is a number); a quoted one stays a string."""
+    import yaml
+
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _expand_nodes(node, loader, set())
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _expand_nodes(node: Any, loader: Any, seen: set[int]) -> None:
+    """Expand ``${VAR}`` in every scalar under ``node`` (an alias's node once)."""
+    import yaml
+
+    if id(node) in seen:
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.ScalarNode):
+        if "${" in node.value:
+            node.value = _expand(node.value)
+            if node.style is None:  # plain: typed by what it now says
+                node.tag = loader.resolve(yaml.ScalarNode, node.value, (True, False))
+        return
+    if isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _expand_nodes(item, loader, seen)
+    elif isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            _expand_nodes(key, loader, seen)
+            _expand_nodes(value, loader, seen)
 
 
 def _expand(text: str) -> str:

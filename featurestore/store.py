@@ -352,14 +352,20 @@ class FeatureStore:
 
     def materialize(
         self,
-        start: datetime | str | int,
-        end: datetime | str | int,
+        start: datetime | str | int | None = None,
+        end: datetime | str | int | None = None,
         *,
         views: Sequence[str] | None = None,
         progress: bool = False,
         overwrite: bool = False,
+        start_date: datetime | str | int | None = None,
+        end_date: datetime | str | int | None = None,
+        feature_views: Sequence[str] | None = None,
     ) -> MaterializeResult:
         """Write the latest row per entity with start <= event_timestamp <= end to the online store.
+
+        ``start_date``, ``end_date`` and ``feature_views`` are Feast's names for ``start``,
+        ``end`` and ``views`` (keyword only; giving both names of one is a TypeError).
 
         A row online with a later (event time, created time), such as one pushed online only,
         is kept (``codec.row_replaces``, checked atomically per key); ``overwrite=True`` writes
@@ -369,6 +375,9 @@ class FeatureStore:
         stream's lock midway (see online/stream/locks.py) stops it with an error. An ``end``
         after now is taken as now (``asked_end_us`` keeps it): see ``_until_now``.
         """
+        start = _feast_alias("materialize", "start", start, "start_date", start_date)
+        end = _feast_alias("materialize", "end", end, "end_date", end_date)
+        views = _feast_alias("materialize", "views", views, "feature_views", feature_views, False)
         start_us, asked_us = to_us(start), to_us(end)
         if start_us > asked_us:
             raise FeatureStoreError(
@@ -387,14 +396,18 @@ class FeatureStore:
 
     def materialize_incremental(
         self,
-        end: datetime | str | int,
+        end: datetime | str | int | None = None,
         *,
         views: Sequence[str] | None = None,
         progress: bool = False,
         skip_busy: bool = False,
         overwrite: bool = False,
+        end_date: datetime | str | int | None = None,
+        feature_views: Sequence[str] | None = None,
     ) -> MaterializeResult:
         """Materialize each view from its watermark (or end - ttl the first time) up to ``end``.
+
+        ``end_date`` and ``feature_views`` are Feast's names for ``end`` and ``views``.
 
         A view whose watermark is already at or past ``end`` is left as it is (0 rows): its
         store holds newer values, which an older ``end`` would overwrite (``materialize(...,
@@ -403,6 +416,9 @@ class FeatureStore:
         instead of refusing all.
         Newer online rows are kept unless ``overwrite`` (see ``materialize``). An ``end``
         after now is taken as now (see ``_until_now``)."""
+        name = "materialize_incremental"
+        end = _feast_alias(name, "end", end, "end_date", end_date)
+        views = _feast_alias(name, "views", views, "feature_views", feature_views, False)
         asked_us = to_us(end)
         end_us = _until_now(asked_us)
         state = self.registry
@@ -678,8 +694,13 @@ class FeatureStore:
             explain=explain,
         )
 
-    def push(self, feature_view: str, rows: Any, *, to: str = "online") -> int:
+    def push(
+        self, feature_view: str, rows: Any = None, *, to: str = "online", df: Any = None
+    ) -> int:
         """Write rows of a plain feature view, as ``POST /push``; returns how many.
+
+        ``df`` is Feast's name for ``rows`` (Feast's first argument names a push source; here
+        it is the feature view).
 
         ``rows`` holds join keys, every feature and optionally the source's timestamp column
         (microseconds, ISO 8601 or datetimes, naive ones UTC; default: now), as columns, row
@@ -689,6 +710,7 @@ class FeatureStore:
         As over REST, a ``Bytes`` value given as text is read as base64, and an event time more
         than ``stream.max_future`` after now is refused (nothing of the push is written).
         """
+        rows = _feast_alias("push", "rows", rows, "df", df)
         if self._engine is None:
             from featurestore.online.serving.engine import Engine
 
@@ -745,6 +767,20 @@ class FeatureStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _feast_alias(
+    method: str, name: str, value: Any, feast_name: str, feast_value: Any, required: bool = True
+) -> Any:
+    """The argument given as ``name`` or under Feast's ``feast_name``: a TypeError naming both
+    when both are given, or neither of a required one (as Python's own would)."""
+    if value is not None and feast_value is not None:
+        raise TypeError(
+            f"{method}() got both '{name}' and '{feast_name}' (Feast's name for it); give one"
+        )
+    if value is None and feast_value is None and required:
+        raise TypeError(f"{method}() missing required argument '{name}' (or '{feast_name}')")
+    return feast_value if value is None else value
 
 
 def _until_now(end_us: int) -> int:

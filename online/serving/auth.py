@@ -4,6 +4,8 @@ The keys file (``serving.auth.keys_file``, written by ``featurestore keys``) is 
 per key, its name, the SHA-256 of the key, its scopes and when it was made; never the key.
 A server loads it at start (a missing or bad file stops the start: a server must not come up
 open by mistake) and re-reads it when it changes, so a revoke takes effect without a restart.
+Deleting the file while serving refuses every key until it is back; a file that is there but
+does not parse (or cannot be read) keeps the keys loaded before.
 """
 
 from __future__ import annotations
@@ -211,7 +213,8 @@ def _signature(st: os.stat_result) -> tuple[int, int, int, int]:
     return (st.st_ino, st.st_dev, st.st_mtime_ns, st.st_size)
 
 
-_GONE = (-1, -1, -1, -1)
+_GONE = (-1, -1, -1, -1)  # could not be read: read again once it can be stat'ed
+_MISSING = (-2, -2, -2, -2)  # deleted: whatever comes back in its place is read (and reported)
 
 
 class KeyRing:
@@ -219,8 +222,10 @@ class KeyRing:
 
     Checks are lazy: a lookup stats the file when ``reload_interval_s`` has passed since the
     last stat and re-reads it when its inode, mtime or size changed. A file that no longer
-    parses keeps the last good keys (with a warning), so a botched edit does not lock
-    everyone out or let anyone in.
+    parses, or cannot be read, keeps the last good keys (with a warning), so a botched edit
+    does not lock everyone out or let anyone in. A file that is gone (deleted) holds no keys:
+    deleting it is how an operator shuts every client out, and its keys come back with it.
+    (``featurestore keys`` replaces the file by a rename, so it is never missing in between.)
     """
 
     def __init__(
@@ -249,6 +254,7 @@ class KeyRing:
                 f"serving.auth: {exc}; fix it or write a new one with `{_CREATE_HINT}`"
             ) from None
         self._by_hash: Mapping[str, ApiKey] = {k.sha256: k for k in keys}
+        self._gone = False  # the file was deleted while serving: no key is valid
         self._seen = _signature(st)
         self._next_check = clock() + reload_interval_s
         if not keys:
@@ -272,27 +278,60 @@ class KeyRing:
         self._next_check = now + self.reload_interval_s
         try:
             st = os.stat(self.path)
+        except FileNotFoundError:
+            self._removed()
+            return
         except OSError as exc:
-            if self._seen != _GONE:
-                self._seen = _GONE
-                log.warning(
-                    "API keys file %s cannot be read (%s); keeping the %d key(s) loaded before",
-                    self.path,
-                    exc.strerror,
-                    len(self._by_hash),
-                )
+            self._unreadable(exc)
             return
         sig = _signature(st)
         if sig == self._seen:
             return
         self._seen = sig  # a bad file is reported once, and read again only when it changes
         try:
-            keys = read_keys(self.path)
+            raw = Path(self.path).read_bytes()
+        except FileNotFoundError:  # deleted between the stat and the read
+            self._removed()
+            return
+        except OSError as exc:
+            self._unreadable(exc)
+            return
+        try:
+            keys = parse_keys(raw, self.path)
         except ConfigError as exc:
             log.warning("%s; keeping the %d key(s) loaded before", exc, len(self._by_hash))
             return
         self._by_hash = {k.sha256: k for k in keys}
-        log.info("API keys file %s reloaded: %d key(s)", self.path, len(keys))
+        if self._gone:
+            self._gone = False
+            log.warning("API keys file %s is back: %d key(s) in force", self.path, len(keys))
+        else:
+            log.info("API keys file %s reloaded: %d key(s)", self.path, len(keys))
+
+    def _unreadable(self, exc: OSError) -> None:
+        """The file is there but cannot be read (permissions...): keep the keys, warn once."""
+        if self._seen != _GONE:
+            self._seen = _GONE
+            log.warning(
+                "API keys file %s cannot be read (%s); keeping the %d key(s) loaded before",
+                self.path,
+                exc.strerror,
+                len(self._by_hash),
+            )
+
+    def _removed(self) -> None:
+        """The file is gone: no key is valid until it is back (logged once)."""
+        self._seen = _MISSING
+        if self._gone:
+            return
+        dropped = len(self._by_hash)
+        self._gone, self._by_hash = True, {}
+        log.warning(
+            "API keys file %s was deleted: every request but the health checks is refused "
+            "(401) until it is back (%d key(s) dropped)",
+            self.path,
+            dropped,
+        )
 
     def lookup(self, key: str | bytes) -> ApiKey | None:
         """The entry of a presented key, or None."""
@@ -307,6 +346,11 @@ class KeyRing:
                 "missing API key: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'"
             )
         entry = self.lookup(key)
+        if entry is None and self._gone:
+            raise AuthenticationError(
+                "no API key is valid: the server's API keys file has been removed (keys work "
+                "again once it is back)"
+            )
         if entry is None:
             raise AuthenticationError("unknown API key (revoked, mistyped or never created)")
         if scope is not None and scope not in entry.scopes:

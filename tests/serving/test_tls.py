@@ -167,6 +167,8 @@ def test_tls_config_needs_both_files(tmp_path: Path) -> None:
     from featurestore.errors import ConfigError
     from featurestore.online.serving.config import serving_config
 
-    repo = make_repo(tmp_path / "repo", serving="serving:\n  tls:\n    cert_file: a.pem\n")
+    repo = make_repo(tmp_path / "repo")
+    with (repo / "featurestore.yaml").open("a") as f:  # after make_repo, which loads it
+        f.write("serving:\n  tls:\n    cert_file: a.pem\n")
     with pytest.raises(ConfigError, match=r"serving\.tls\.key_file is missing"):
         serving_config(load_config(str(repo)))
