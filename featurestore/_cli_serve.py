@@ -64,6 +64,7 @@ def serve(
     from featurestore.config import load_config
     from featurestore.online.serving.auth import check_keys_file
     from featurestore.online.serving.config import serving_config
+    from featurestore.online.serving.drain import finish_s
     from featurestore.online.serving.tls import uvicorn_options
 
     repo = (ctx.obj or {}).get("repo", ".")
@@ -76,6 +77,11 @@ def serve(
     port = cfg.rest_port if port is None else port
     grpc_port = cfg.grpc_port if grpc_port is None else grpc_port
     workers = workers or cfg.workers
+    if port and port == grpc_port:
+        raise click.ClickException(
+            f"--port and --grpc-port (or serving.rest_port and serving.grpc_port) are both "
+            f"{port}; give the REST and gRPC servers different ports"
+        )
     os.environ["FEATURESTORE_REPO"] = str(Path(repo).resolve())
     os.environ["FEATURESTORE_GRPC_PORT"] = str(grpc_port)
     os.environ["FEATURESTORE_GRPC_HOST"] = host
@@ -86,10 +92,13 @@ def serve(
     held = _reserve_port(host) if port == 0 else None
     if held is not None:
         port = held.getsockname()[1]
-    grpc_note = f", gRPC{' (TLS)' if tls else ''} on {host}:{grpc_port}" if grpc_port else ""
+    where = f"[{host}]" if ":" in host else host  # an IPv6 literal in brackets, as in a URL
+    grpc_note = f", gRPC{' (TLS)' if tls else ''} on {where}:{grpc_port}" if grpc_port else ""
     scheme = "https" if tls else "http"
     shown = Path(repo).resolve()
-    click.echo(f"serving {shown}: REST on {scheme}://{host}:{port}{grpc_note}, {workers} worker(s)")
+    click.echo(
+        f"serving {shown}: REST on {scheme}://{where}:{port}{grpc_note}, {workers} worker(s)"
+    )
     # every worker process builds its own engine and gRPC server (SO_REUSEPORT shares the port);
     # several workers keep their metrics in one folder so any worker's /metrics shows them all
     metrics_dir = None
@@ -102,7 +111,8 @@ def serve(
         metrics_dir = tempfile.mkdtemp(prefix="featurestore-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     try:
-        _run_uvicorn(host, port, workers, log_level or cfg.log_level, tls)
+        finish = finish_s(cfg.shutdown_grace_s)
+        _run_uvicorn(host, port, workers, log_level or cfg.log_level, tls, finish)
     finally:
         if held is not None:
             held.close()
@@ -176,7 +186,11 @@ def _log_level(value: str | None) -> str | None:
     return value
 
 
-def _run_uvicorn(host: str, port: int, workers: int, log_level: str, tls: dict[str, Any]) -> None:
+def _run_uvicorn(
+    host: str, port: int, workers: int, log_level: str, tls: dict[str, Any], finish: float
+) -> None:
+    """Serve with uvicorn; once it stops listening, requests in flight get ``finish`` seconds
+    to end (after a SIGTERM's first steps: see drain.Drain)."""
     import uvicorn
 
     uvicorn.run(
@@ -189,6 +203,7 @@ def _run_uvicorn(host: str, port: int, workers: int, log_level: str, tls: dict[s
         http="httptools",
         log_level=log_level,
         access_log=False,
+        timeout_graceful_shutdown=finish,  # type: ignore[arg-type]  # seconds; a float is fine
         **tls,
     )
 

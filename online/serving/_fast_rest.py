@@ -18,7 +18,9 @@ failed requests are counted on their own path and a successful one pays nothing 
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -40,6 +42,32 @@ log = logging.getLogger("featurestore.serving")
 Handler = Callable[[Any], Awaitable[bytes]]
 ErrorBody = Callable[[BaseException], tuple[bytes, int]]
 Failed = Callable[[str, int], None]  # (request path, status) of an error answer
+
+# with API keys on: the request's key ring and key, for a scope its body asks for beyond its
+# route's (see require_scope); set by RequestGate and by the gRPC server's gate
+KEY_GRANT: ContextVar[tuple[KeyRing, str | bytes] | None] = ContextVar(
+    "featurestore_key_grant", default=None
+)
+
+
+def require_scope(scope: str, why: str) -> None:
+    """With API keys on, a PermissionDeniedError unless the request's key also holds ``scope``
+    (``why``: what in the request needs it, said first); nothing with keys off."""
+    grant = KEY_GRANT.get()
+    if grant is None:
+        return
+    keyring, key = grant
+    try:
+        keyring.authorize(key, scope)
+    except PermissionDeniedError as exc:
+        raise PermissionDeniedError(f"{why} needs scope '{scope}': {exc}") from None
+
+
+def require_features_scope(return_features: bool) -> None:
+    """A predict that returns feature values, or explanations, needs the ``features`` scope
+    too: an explanation is computed from the values (a linear model's is each value times
+    its weight), so it gives them away as surely as return_features does."""
+    require_scope("features", "predict with return_features" if return_features else "explain")
 
 
 def _ignore(path: str, status: int) -> None:
@@ -184,17 +212,17 @@ class RequestGate:
         else:  # none, or one that cannot be echoed safely: an id of ours, never a refusal
             request_id = new_request_id()
         id_header = (b"x-request-id", request_id.encode("ascii"))
-        caller = None
+        caller = grant = None
         path = scope["path"]
         if self.keyring is not None and path not in OPEN_REQUEST_PATHS:
+            key = bearer(authorization) or api_key
             try:
-                entry = self.keyring.authorize(
-                    bearer(authorization) or api_key, REST_SCOPES.get(path)
-                )
+                entry = self.keyring.authorize(key, REST_SCOPES.get(path))
             except (AuthenticationError, PermissionDeniedError) as exc:
                 await self._refuse(send, exc, id_header, path)
                 return
             caller = entry.name
+            grant = (self.keyring, key)
 
         async def send_with_id(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
@@ -203,9 +231,11 @@ class RequestGate:
 
         id_token = REQUEST_ID.set(request_id)
         caller_token = CALLER.set(caller)
+        grant_token = KEY_GRANT.set(grant)
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            KEY_GRANT.reset(grant_token)
             CALLER.reset(caller_token)
             REQUEST_ID.reset(id_token)
 
@@ -216,6 +246,28 @@ class RequestGate:
         if isinstance(exc, AuthenticationError):
             headers.append((b"www-authenticate", b"Bearer"))
         await _answer(send, status, body, headers)
+
+
+class StartErrors:
+    """ASGI middleware: a start that fails on a FeatureStoreError (e.g. a gRPC port it cannot
+    listen on) is reported to the server as that error's one line, not as a traceback."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+
+        async def one_line(message: dict[str, Any]) -> None:
+            # sent while the failed start's exception is being handled: that is the one
+            exc = sys.exception()
+            if message["type"] == "lifespan.startup.failed" and isinstance(exc, FeatureStoreError):
+                message = {**message, "message": str(exc)}
+            await send(message)
+
+        await self.app(scope, receive, one_line)
 
 
 async def _answer(send: Any, status: int, body: bytes, headers: Any = ()) -> None:

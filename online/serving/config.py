@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
@@ -80,12 +81,20 @@ class ServingConfig:
     tls: TLSConfig | None = None  # None: plain TCP
     auth: AuthConfig | None = None  # None: no API keys asked for
     audit: AuditConfig | None = None  # None: no audit log
+    # SIGTERM: the longest a shutdown takes, half to take in what was sent, half for requests
+    # in flight (see drain.py); under Kubernetes' 30 s terminationGracePeriodSeconds
+    shutdown_grace_s: float = 20.0
 
 
 # the longest per-request budget (config or request): a read must have an end
 MAX_DEADLINE_MS = 60_000
+# the longest serving.shutdown_grace_s: a SIGTERM must end
+MAX_SHUTDOWN_GRACE_S = 600.0
 # the servers' log levels (uvicorn's names)
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+# the shortest models.poll_interval_s: each poll reads the model registry, so 0 (or a tiny
+# value) spins a core on an idle server; 20 reads a second already follow a promotion at once
+MIN_POLL_INTERVAL_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -94,6 +103,7 @@ class ModelsConfig:
 
     path: str = "data/models"
     poll_interval_s: float = 1.0  # how often a server re-reads the registry for promotions
+    # (at least MIN_POLL_INTERVAL_S: 0 would re-read it in a busy loop)
     shadow_log: str | None = None  # JSON lines of shadow scores (repo-relative); None: memory only
     shadow_buffer: int = 1000
 
@@ -127,6 +137,8 @@ def _build(cls: type, raw: Any, name: str) -> Any:
     check_types(out, name)  # before any comparison: `deadline_ms: abc` is one line, too
     for f in fields(cls):
         v = getattr(out, f.name)
+        if isinstance(v, float) and not math.isfinite(v):  # .inf: a wait without end
+            raise ConfigError(f"featurestore.yaml: {name}.{f.name} is {v}; give a finite number")
         if isinstance(v, (int, float)) and not isinstance(v, bool) and v < 0:
             raise ConfigError(f"featurestore.yaml: {name}.{f.name} is {v}; it must not be negative")
     if cls is TLSConfig:
@@ -152,11 +164,27 @@ def _build(cls: type, raw: Any, name: str) -> Any:
                     f"featurestore.yaml: serving.{port} is {getattr(out, port)}; ports go up to "
                     "65535"
                 )
+        if out.rest_port and out.rest_port == out.grpc_port:
+            raise ConfigError(
+                f"featurestore.yaml: serving.rest_port and serving.grpc_port are both "
+                f"{out.rest_port}; give the REST and gRPC servers different ports (grpc_port 0: "
+                "no gRPC server)"
+            )
+        if out.shutdown_grace_s > MAX_SHUTDOWN_GRACE_S:
+            raise ConfigError(
+                f"featurestore.yaml: serving.shutdown_grace_s is {out.shutdown_grace_s}; give "
+                f"seconds from 0 to {MAX_SHUTDOWN_GRACE_S}"
+            )
         if not 0 < out.deadline_ms <= MAX_DEADLINE_MS:
             raise ConfigError(
                 f"featurestore.yaml: serving.deadline_ms is {out.deadline_ms}; give milliseconds "
                 f"above 0 and up to {MAX_DEADLINE_MS}"
             )
+    if cls is ModelsConfig and not out.poll_interval_s >= MIN_POLL_INTERVAL_S:
+        raise ConfigError(
+            f"featurestore.yaml: models.poll_interval_s is {out.poll_interval_s}; give seconds "
+            f"of at least {MIN_POLL_INTERVAL_S} (how often a server looks for promotions)"
+        )
     return out
 
 

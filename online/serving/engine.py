@@ -125,6 +125,7 @@ class Engine(StoreReads, Pushes, Shortcuts):
         # per resolved request: (join key -> a view needing it, request field -> view)
         self._needs: dict[int, tuple[FeatureRequest, dict[str, str], rq.RequestFields]] = {}
         self._started = False
+        self._draining = False  # shutting down: not ready, still answering
         self._store_ok_at = 0.0
         self._grace_us = duration_us(parse_duration(store.config.online_store.key_ttl_grace)) or 0
         self._lock = threading.Lock()
@@ -232,6 +233,11 @@ class Engine(StoreReads, Pushes, Shortcuts):
             "request_data": {f: [_WARM_VALUE.get(t, 0)] for f, (_, t) in fields.items()} or None,
         }
 
+    def drain(self) -> None:
+        """Report not ready from now on (the server is shutting down); requests are still
+        answered, so load balancers move traffic away before the listeners close."""
+        self._draining = True
+
     def close(self) -> None:
         self.models.close()
         if self._audit is not None:
@@ -288,7 +294,8 @@ class Engine(StoreReads, Pushes, Shortcuts):
         models_ok = self.models.loaded and not unserved and not no_service
         ready = self._started and registry_version is not None and store_ok and models_ok
         return {
-            "ready": bool(ready),
+            "ready": bool(ready) and not self._draining,
+            "draining": self._draining,
             "registry_version": registry_version,
             "online_store": "ok" if store_ok else "unavailable",
             "breaker": self.breaker.state.value,

@@ -12,6 +12,7 @@ import grpc
 
 from featurestore.errors import FeatureStoreError
 from featurestore.online.models.errors import without_paths
+from featurestore.online.serving._fast_rest import KEY_GRANT, require_features_scope
 from featurestore.online.serving._proto import featurestore_pb2 as pb
 from featurestore.online.serving._proto import featurestore_pb2_grpc as pb_grpc
 from featurestore.online.serving._wire import (
@@ -45,9 +46,11 @@ if TYPE_CHECKING:
 __all__ = [
     "SERVICE",
     "FeatureServingServicer",
+    "GrpcBindError",
     "GrpcServer",
     "column_values",
     "from_value",
+    "grpc_address",
     "start_grpc_server",
     "to_column",
     "to_value",
@@ -116,6 +119,8 @@ class FeatureServingServicer(pb_grpc.FeatureServingServicer):
         try:
             if not request.model:
                 raise BadRequestError("model is required", field="model")
+            if request.return_features or request.explain:
+                require_features_scope(request.return_features)
             res = await self.engine.apredict(
                 request.model,
                 entities=read_columns(request.entities, "entities", keys=True),
@@ -291,10 +296,12 @@ def _gated(
         ok_id = client_id is not None and valid_request_id(client_id)
         request_id = client_id if ok_id else new_request_id()
         await context.send_initial_metadata((("x-request-id", request_id),))
-        caller = None
+        caller = grant = None
         if keyring is not None:
+            key = bearer(authorization) or api_key
             try:
-                caller = keyring.authorize(bearer(authorization) or api_key, scope).name
+                caller = keyring.authorize(key, scope).name
+                grant = (keyring, key)
             except AuthenticationError as exc:
                 if failed is not None:
                     failed(401)
@@ -305,13 +312,42 @@ def _gated(
                 await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
         id_token = REQUEST_ID.set(request_id)
         caller_token = CALLER.set(caller)
+        grant_token = KEY_GRANT.set(grant)
         try:
             return await handle(raw, context)
         finally:
+            KEY_GRANT.reset(grant_token)
             CALLER.reset(caller_token)
             REQUEST_ID.reset(id_token)
 
     return gated
+
+
+class GrpcBindError(FeatureStoreError):
+    """The gRPC server cannot listen on its host and port (one line, naming both)."""
+
+
+def grpc_address(host: str, port: int) -> str:
+    """``host:port`` as gRPC takes it: an IPv6 literal in brackets (``[::1]:50051``)."""
+    if ":" in host and not host.startswith("["):
+        return f"[{host}]:{port}"
+    return f"{host}:{port}"
+
+
+def _bind_failure(host: str, port: int) -> str:
+    """Why ``host:port`` cannot be listened on, from a plain socket's bind (gRPC only says that
+    it failed)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        family, _, _, _, addr = infos[0]
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(addr)
+    except OSError as exc:  # a host that does not resolve too (socket.gaierror)
+        return str(exc.strerror)
+    return "gRPC refused the address"
 
 
 class GrpcServer:
@@ -321,9 +357,14 @@ class GrpcServer:
         self.server = server
         self.health = health
 
+    async def not_serving(self) -> None:
+        """Every health status NOT_SERVING for good, the server still answering calls: what a
+        draining server shows before it stops."""
+        await self.health.close()
+
     async def stop(self, grace: float | None) -> None:
-        """Every health status NOT_SERVING, then stop (``grace``: seconds for calls in
-        flight to finish)."""
+        """Every health status NOT_SERVING, then stop: no new calls, and ``grace`` seconds for
+        the calls in flight to finish before they are cancelled."""
         await self.health.close()
         await self.server.stop(grace)
 
@@ -337,6 +378,7 @@ async def start_grpc_server(
 
     With ``serving.auth`` on, calls are checked against ``keyring`` (default: one loaded from
     the keys file here); with auth or the audit log on, every call gets a request id.
+    A host and port it cannot listen on is a GrpcBindError.
     """
     if keyring is None:
         keyring = keyring_for(engine)
@@ -347,13 +389,20 @@ async def start_grpc_server(
     health = HealthReporter(engine, SERVICE)
     await health.add_to(server)
     tls = engine.config.tls
-    if tls is None:
-        bound = server.add_insecure_port(f"{host}:{port}")
-    else:
-        creds = grpc_credentials(tls, engine.store.config.resolve)
-        bound = server.add_secure_port(f"{host}:{port}", creds)
+    address = grpc_address(host, port)
+    try:
+        if tls is None:
+            bound = server.add_insecure_port(address)
+        else:
+            creds = grpc_credentials(tls, engine.store.config.resolve)
+            bound = server.add_secure_port(address, creds)
+    except RuntimeError:  # grpc's "Failed to bind to address ...": no reason given
+        bound = 0
     if bound == 0:
-        raise OSError(f"gRPC server cannot bind {host}:{port}")
+        raise GrpcBindError(
+            f"the gRPC server cannot listen on {address}: {_bind_failure(host, port)}; pick "
+            "another with --host / --grpc-port or serving.host / serving.grpc_port"
+        )
     await server.start()
     health.start()
     return GrpcServer(server, health), bound

@@ -41,7 +41,13 @@ from featurestore.online.models.errors import (
     ModelRegistryError,
     without_paths,
 )
-from featurestore.online.serving._fast_rest import AnswerErrors, HotRoutes, RequestGate
+from featurestore.online.serving._fast_rest import (
+    AnswerErrors,
+    HotRoutes,
+    RequestGate,
+    StartErrors,
+    require_features_scope,
+)
 from featurestore.online.serving.auth import (
     OPEN_PATHS,
     AuthenticationError,
@@ -50,6 +56,7 @@ from featurestore.online.serving.auth import (
 )
 from featurestore.online.serving.config import MAX_DEADLINE_MS
 from featurestore.online.serving.context import MAX_REQUEST_ID
+from featurestore.online.serving.drain import Drain
 from featurestore.online.serving.errors import (
     BadRequestError,
     NotReadyError,
@@ -432,20 +439,24 @@ def create_app(
         # nothing rather than 503; an engine that cannot start yet (e.g. apply not run)
         # keeps retrying in the background while the server reports not ready
         retry = None if await _try_start(engine) else asyncio.create_task(_start_engine(engine))
-        if grpc_port is not None:
-            from featurestore.online.serving.grpc_server import start_grpc_server
+        drain = None
+        try:  # a gRPC port it cannot bind fails the start: the engine is closed all the same
+            if grpc_port is not None:
+                from featurestore.online.serving.grpc_server import start_grpc_server
 
-            grpc_box["server"], grpc_box["port"] = await start_grpc_server(
-                engine, grpc_port, host=grpc_host, keyring=keyring
-            )
-            app.state.grpc_port = grpc_box["port"]
-        try:
+                grpc_box["server"], grpc_box["port"] = await start_grpc_server(
+                    engine, grpc_port, host=grpc_host, keyring=keyring
+                )
+                app.state.grpc_port = grpc_box["port"]
+            drain = Drain(engine, grpc_box.get("server"), engine.config.shutdown_grace_s)
+            drain.catch_sigterm()
             yield
         finally:
             if retry is not None:
                 retry.cancel()
-            if "server" in grpc_box:
-                await grpc_box["server"].stop(grace=1.0)  # health NOT_SERVING first
+            if drain is not None:
+                drain.release()
+                await drain.stop_grpc()  # health NOT_SERVING first; a SIGTERM started it
             if own_engine:
                 engine.close()
 
@@ -505,6 +516,8 @@ def create_app(
         return _dumps(features_dict(res))
 
     async def predict_json(req: PredictRequest) -> bytes:
+        if req.return_features or req.explain:
+            require_features_scope(req.return_features)
         res = await engine.apredict(
             req.model,
             entities=req.entities,
@@ -530,6 +543,8 @@ def create_app(
     async def predict(req: PredictRequest) -> Response:
         return _raw(await predict_json(req))
 
+    # a start that fails on one of our errors (a gRPC port it cannot bind): one line
+    app.add_middleware(StartErrors)
     # an unexpected error is answered inside Starlette's error middleware (see AnswerErrors)
     app.add_middleware(AnswerErrors, error_body=_error_body, failed=failed)
     # well-formed requests to these two skip FastAPI's router (see _fast_rest); the routes
