@@ -24,13 +24,23 @@ out (or refuses it) while its record stands, so only rows of the old keys can be
 every lock deletes the rows (only old ones can be there) and settles the fence, which then
 stops only ingests started with the old keys, for as long as the view keeps these keys (it is
 overwritten by the next change of keys, and cleared when the view is removed).
+
+Two applies (and their materializes) may run at once, so a record is acted on only under the
+view's cleanup lock (``Registry.cleanup_lock``): whoever holds it reads the record again, deletes
+the rows and drops the record before letting go, and a record read earlier is never trusted (it
+may have been finished, and the view defined again and materialized since). An apply never
+drops a record: a removed view defined again keeps it, marked ``again``, and the cleanup of
+that apply deletes the rows of the removed version (waiting for another apply already deleting
+them). Materialize leaves a defined view with a record alone (``fenced_views``), so no row of
+its new definition exists before its record is gone, and none is deleted after.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from featurestore.errors import OnlineStoreError, OnlineStoreUnavailableError
 
@@ -58,6 +68,7 @@ class ViewCleanup:
     error: str = ""
     ingest: str = ""  # the running ingest that may write the view again
     kept: bool = False  # the view is still defined: its join keys changed (rows of old keys)
+    again: bool = False  # the view was removed, then defined again (rows of its old version)
 
     @property
     def failed(self) -> bool:
@@ -69,11 +80,17 @@ class ViewCleanup:
         return self.failed or bool(self.ingest)
 
     def __str__(self) -> str:
-        head = (
-            f"view '{self.view}' with changed join keys"
-            if self.kept
-            else f"removed view '{self.view}'"
-        )
+        if self.again:
+            head = f"view '{self.view}' defined again"
+        elif self.kept:
+            head = f"view '{self.view}' with changed join keys"
+        else:
+            head = f"removed view '{self.view}'"
+        if self.again and self.deleted is None:
+            return (
+                f"{head}: online rows of its removed version not deleted, the next `featurestore "
+                f"apply` retries (materialize leaves the view alone until then): {self.error}"
+            )
         if self.deleted is None:
             return (
                 f"{head}: online rows not deleted, the next `featurestore apply` retries: "
@@ -95,7 +112,9 @@ class ViewCleanup:
                 "materialize (until then ingest refuses this view and materialize skips it)"
             )
         line = f"{head}: deleted {self.deleted:,} online rows"
-        if self.kept:
+        if self.again:
+            line += " left by its removed version"
+        if self.kept or self.again:
             line += "; materialize it to fill it again"
         if self.ingest:
             line += (
@@ -110,32 +129,49 @@ def _one_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def is_fenced(record: dict[str, object], view: FeatureView | None) -> bool:
+def is_fenced(record: Mapping[str, object], view: FeatureView | None) -> bool:
     """Whether a cleanup record is a fenced one: a stream-fed view (then or now) that is still
     defined (its join keys changed); its rows are deleted only behind its fence."""
-    return view is not None and bool(_streams_of(record, view))
+    return view is not None and not record.get("again") and bool(_streams_of(record, view))
 
 
 def fenced_views(state: RegistryState) -> dict[str, dict[str, object]]:
-    """The views of ``state`` whose fenced cleanup is still to run: view -> its record."""
-    return {
-        n: r for n, r in state.pending_cleanup.items() if is_fenced(r, state.feature_views.get(n))
-    }
+    """The defined views of ``state`` with a cleanup record still to run (fenced ones, views
+    defined again, views whose join keys changed): view -> its record. Materialize leaves them
+    alone: the cleanup deletes every row of the view, new ones too."""
+    return {n: r for n, r in state.pending_cleanup.items() if n in state.feature_views}
 
 
 def delete_redefined(
-    online: OnlineStore, project: str, records: Mapping[str, Mapping[str, object]]
+    online: OnlineStore,
+    project: str,
+    records: Mapping[str, Mapping[str, object]],
+    registry: Registry | None = None,
 ) -> None:
     """Delete the rows left by removed views that are defined again, before the registry says
-    they exist (rows written then would be deleted later): a store that does not answer fails
-    the apply with nothing changed. Fenced views are never passed here: no lock guards this
-    delete (see ``_delete_fenced``). ``records``: view -> its cleanup record; the fence a
-    stream-fed removed version may have left goes too."""
+    they exist, so no lookup reads them as the new view's: a store that does not answer fails
+    the apply with nothing changed. Fenced views are never passed here (see
+    ``_delete_fenced``). ``records``: view -> its cleanup record as read at the apply's start;
+    the fence a stream-fed removed version may have left goes too.
+
+    With ``registry``, each view's cleanup lock is held and its record read again first (read
+    earlier, it may be finished, and the view defined again and materialized since: those rows
+    stay); then the record is dropped. Without it the record stays, and the cleanup after the
+    apply deletes again under the lock."""
     for name, record in records.items():
+        lock = registry.cleanup_lock(name) if registry is not None else nullcontext()
         try:
-            online.delete_view(project, name)
-            if record.get("stream") or record.get("fenced"):
-                _clear_fence(online, project, name)
+            with lock:
+                if registry is not None:
+                    current = registry.reload().pending_cleanup.get(name)
+                    if current is None or current.get("fenced"):
+                        continue  # finished by another apply (or its fence decides)
+                    record = current
+                online.delete_view(project, name)
+                if record.get("stream") or record.get("fenced"):
+                    _clear_fence(online, project, name)
+                if registry is not None:
+                    registry.update_cleanup([name])
         except OnlineStoreError as exc:
             raise type(exc)(
                 f"feature view '{name}' is defined again, but the online rows of its removed "
@@ -146,64 +182,98 @@ def delete_redefined(
 
 def finish_cleanup(store: FeatureStore, registry: Registry) -> list[ViewCleanup]:
     """Delete the online rows of every view with a cleanup record and drop the records of those
-    done. Never raises for the online store: what fails stays recorded for the next apply."""
-    state = registry.load()
-    pending = state.pending_cleanup
-    if not pending:
-        return []
-    removed = {r.get("stream") for n, r in pending.items() if n not in state.feature_views}
-    holders = _ingest_holders(store, removed - {None})
+    done, one view at a time under its cleanup lock (see the module's docstring). Never raises
+    for the online store: what fails stays recorded for the next apply."""
+    names = sorted(registry.load().pending_cleanup)
     results: list[ViewCleanup] = []
-    done: list[str] = []
-    notes: dict[str, dict[str, object]] = {}
+    holders: dict[str, str | None] = {}  # stream -> the ingest reading it, asked once
     down = ""  # the store did not answer: skip its other views instead of waiting again
-    for name in sorted(pending):
-        record = pending[name]
-        kept = name in state.feature_views
+    for name in names:
+        state = registry.load()
+        record = state.pending_cleanup.get(name)
+        if record is None:
+            continue
+        defined = name in state.feature_views
+        again = defined and bool(record.get("again"))
         if down:
-            results.append(ViewCleanup(name, error=down, kept=kept))
+            results.append(ViewCleanup(name, error=down, kept=defined and not again, again=again))
             continue
-        streams = _streams_of(record, state.feature_views[name]) if kept else set()
+        lock = registry.cleanup_lock(name)
+        # a view this apply defines is waited for, so the apply returns once its old rows are
+        # gone; a removed one being deleted by another apply is left to it
+        if not _acquire(lock, wait=defined):
+            continue
         try:
-            if streams:  # a stream-fed view whose join keys changed
-                deleted, holder = _delete_fenced(store, state, state.feature_views[name], streams)
-                if holder:
-                    notes[name] = {"ingest": holder, "fenced": True}
-                    results.append(ViewCleanup(name, deleted, ingest=holder, kept=True))
-                else:
-                    done.append(name)
-                    results.append(ViewCleanup(name, deleted, kept=True))
-                continue
-            deleted = store.online.delete_view(store.project, name)
-            if not kept:  # its watermark's copies too (every node's on Redis Cluster)
-                store._drop_watermark(name)
-        except _StreamServerDown as exc:  # the fence stands pending: the next apply retries
-            notes[name] = {"fenced": True}
-            results.append(ViewCleanup(name, error=str(exc), kept=kept))
-            continue
-        except OnlineStoreUnavailableError as exc:
+            result = _finish_one(store, registry, name, holders)
+        except OnlineStoreUnavailableError as exc:  # its other views are skipped, not waited for
             down = _one_line(exc)
-            results.append(ViewCleanup(name, error=down, kept=kept))
-            continue
-        except Exception as exc:  # the registry is written: report, keep the record, go on
-            error = f"{type(exc).__name__}: {_one_line(exc)}"
-            results.append(ViewCleanup(name, error=error, kept=kept))
-            continue
-        holder = holders.get(record.get("stream"))
-        if holder and record.get("ingest", holder) == holder:
-            notes[name] = {"ingest": holder}
-            results.append(ViewCleanup(name, deleted, ingest=holder, kept=kept))
-            continue
-        if record.get("stream") or record.get("fenced"):  # a stream-fed view's fence goes too
-            try:
-                _clear_fence(store.online, store.project, name)
-            except OnlineStoreError as exc:
-                results.append(ViewCleanup(name, error=_one_line(exc), kept=kept))
-                continue
-        done.append(name)
-        results.append(ViewCleanup(name, deleted, kept=kept))
-    registry.update_cleanup(done, notes)
+            result = ViewCleanup(name, error=down, kept=defined and not again, again=again)
+        finally:
+            lock.release()
+        if result is not None:
+            results.append(result)
     return results
+
+
+def _acquire(lock: Any, *, wait: bool) -> bool:
+    """Take ``lock`` (a FileLock); without ``wait``, False when another holds it."""
+    from filelock import Timeout
+
+    try:
+        lock.acquire(blocking=wait)
+    except Timeout:
+        return False
+    return True
+
+
+def _finish_one(
+    store: FeatureStore, registry: Registry, name: str, holders: dict[str, str | None]
+) -> ViewCleanup | None:
+    """Delete the rows of view ``name`` by its record as it stands now (None: no record, it is
+    finished), with its cleanup lock held, and drop the record (or note why it stays). A store
+    that does not answer raises OnlineStoreUnavailableError, the record kept."""
+    state = registry.reload()
+    record = state.pending_cleanup.get(name)
+    if record is None:
+        return None
+    view = state.feature_views.get(name)
+    again = view is not None and bool(record.get("again"))
+    kept = view is not None and not again
+    streams = _streams_of(record, view) if kept and view is not None else set()
+    try:
+        if streams and view is not None:  # a stream-fed view whose join keys changed
+            deleted, holder = _delete_fenced(store, state, view, streams)
+            if holder:
+                registry.update_cleanup([], {name: {"ingest": holder, "fenced": True}})
+                return ViewCleanup(name, deleted, ingest=holder, kept=True)
+            registry.update_cleanup([name])
+            return ViewCleanup(name, deleted, kept=True)
+        deleted = store.online.delete_view(store.project, name)
+        if not kept:  # its watermark's copies too (every node's on Redis Cluster)
+            store._drop_watermark(name)
+    except _StreamServerDown as exc:  # the fence stands pending: the next apply retries
+        registry.update_cleanup([], {name: {"fenced": True}})
+        return ViewCleanup(name, error=str(exc), kept=kept, again=again)
+    except OnlineStoreUnavailableError:
+        raise
+    except Exception as exc:  # the registry is written: report, keep the record, go on
+        error = f"{type(exc).__name__}: {_one_line(exc)}"
+        return ViewCleanup(name, error=error, kept=kept, again=again)
+    stream = record.get("stream")
+    if view is None and isinstance(stream, str):  # a removed view an ingest may write again
+        if stream not in holders:
+            holders[stream] = _ingest_holders(store, {stream}).get(stream)
+        holder = holders[stream]
+        if holder and record.get("ingest", holder) == holder:
+            registry.update_cleanup([], {name: {"ingest": holder}})
+            return ViewCleanup(name, deleted, ingest=holder)
+    if record.get("stream") or record.get("fenced"):  # a stream-fed view's fence goes too
+        try:
+            _clear_fence(store.online, store.project, name)
+        except OnlineStoreError as exc:
+            return ViewCleanup(name, error=_one_line(exc), kept=kept, again=again)
+    registry.update_cleanup([name])
+    return ViewCleanup(name, deleted, kept=kept, again=again)
 
 
 def _clear_fence(online: OnlineStore, project: str, name: str) -> None:

@@ -65,6 +65,7 @@ def serve(
     from featurestore.online.serving.auth import check_keys_file
     from featurestore.online.serving.config import serving_config
     from featurestore.online.serving.drain import finish_s
+    from featurestore.online.serving.parent_watch import SUPERVISOR_ENV
     from featurestore.online.serving.tls import uvicorn_options
 
     repo = (ctx.obj or {}).get("repo", ".")
@@ -110,6 +111,11 @@ def serve(
     elif workers > 1:
         metrics_dir = tempfile.mkdtemp(prefix="featurestore-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    # several workers end with this process, even when it is killed (see parent_watch)
+    if workers > 1:
+        os.environ[SUPERVISOR_ENV] = str(os.getpid())
+    else:
+        os.environ.pop(SUPERVISOR_ENV, None)
     try:
         finish = finish_s(cfg.shutdown_grace_s)
         _run_uvicorn(host, port, workers, log_level or cfg.log_level, tls, finish)

@@ -55,8 +55,8 @@ class RegistryState:
     # entity values against (empty in a registry written before these were recorded: no check)
     join_key_kinds: dict[str, str] = field(default_factory=dict)
     # removed view (or view whose join keys changed) -> {"removed_in": version, "stream": name
-    # or None, ["ingest": holder], ["fenced": True]}: its online rows are not deleted yet (see
-    # featurestore/_cleanup.py); apply retries them
+    # or None, ["ingest": holder], ["fenced": True], ["again": version that defined it again]}:
+    # its online rows are not deleted yet (see featurestore/_cleanup.py); apply retries them
     pending_cleanup: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -212,9 +212,11 @@ class Registry:
     ) -> RegistryState:
         """Replace the definitions with these, as a new version; materialization state of kept views
         stays. Removed views get a cleanup record in the same write (their online rows are
-        deleted next, and until that succeeds the record says so); a view defined again loses
-        its record, so delete its old rows before (see featurestore/_cleanup.py), unless the
-        record is fenced (an ingest may still write it under join keys it no longer has).
+        deleted next, and until that succeeds the record says so). A record goes only once its
+        view's rows are deleted (``update_cleanup``, with the view's ``cleanup_lock`` held), so
+        a view defined again keeps it, marked ``again``: the cleanup after this write deletes
+        the rows of its removed version, and materialize leaves it alone until then (see
+        featurestore/_cleanup.py).
 
         A view whose online rows the new definition cannot use as they are loses its watermark,
         so the next incremental materialize writes it afresh: new schema, source, ttl (the
@@ -228,9 +230,9 @@ class Registry:
             for v in views:  # before any schema version is compared (see carry_code_epoch)
                 carry_code_epoch(old.feature_views.get(v.name), v)
             version = old.version + 1
-            # a view with a cleanup record had its rows deleted just before (delete_redefined),
-            # or is fenced: its rows go when the cleanup takes its streams' locks, and
-            # materialize leaves it alone until then (so it has no watermark to keep)
+            # a view with a cleanup record has rows of an earlier definition still to delete
+            # (the cleanup after this write deletes them, or, fenced, once it takes its
+            # streams' locks), and materialize leaves it alone until then: no watermark to keep
             keep = {
                 n: m
                 for n, m in old.materialization.items()
@@ -238,21 +240,21 @@ class Registry:
                 and n not in old.pending_cleanup
                 and not rewrite_reasons(old, n, views, kinds)
             }
-            # a fenced view (its join keys changed while an ingest ran) keeps its record even
-            # when defined: its fence holds ingest back until a cleanup finds the stream's lock
-            # free and settles it (see featurestore/_cleanup.py)
-            pending = {
-                n: r for n, r in old.pending_cleanup.items() if n not in names or r.get("fenced")
-            }
+            # every record stays until its rows are deleted: dropping one here while another
+            # apply's cleanup still deletes that view would let materialize write rows the
+            # cleanup then deletes (see featurestore/_cleanup.py); a removed view defined again
+            # is marked so
+            pending = {n: dict(r) for n, r in old.pending_cleanup.items()}
+            for n in sorted(names & pending.keys() - old.feature_views.keys()):
+                pending[n].setdefault("again", version)
             for n in sorted(old.feature_views.keys() - names):
-                pending[n] = {
-                    **pending.get(n, {}),
-                    **_cleanup_record(old.feature_views[n], version),
-                }
+                earlier = {k: v for k, v in pending.get(n, {}).items() if k != "again"}
+                pending[n] = {**earlier, **_cleanup_record(old.feature_views[n], version)}
             for v in views:
                 prev = old.feature_views.get(v.name)
                 if prev is not None and keys_changed(prev, v, old.join_key_kinds, kinds):
                     record = {**pending.get(v.name, {}), **_cleanup_record(prev, version)}
+                    record.pop("again", None)  # rows of old keys: as any view whose keys changed
                     if record["stream"] or isinstance(v.source, StreamSource):
                         record["fenced"] = True  # deleted behind its fence only (see above)
                     pending[v.name] = record
@@ -316,6 +318,25 @@ class Registry:
             m["intervals"] = (m["intervals"] + [[start_us, end_us]])[-20:]
             self._write(state, history=False)
             return int(m["watermark_us"])
+
+    def cleanup_lock(self, view: str) -> Any:
+        """The lock (a file beside the registry) held by whoever deletes ``view``'s online rows
+        for its cleanup record, from reading the record to dropping it, so no other process
+        deletes by a record it read before. Take it before the registry's own lock, never
+        while holding that."""
+        from urllib.parse import quote
+
+        from filelock import FileLock
+
+        folder = self.path.parent / (self.path.name + ".cleanup")
+        folder.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(folder / (quote(view, safe="") + ".lock")))
+
+    def reload(self) -> RegistryState:
+        """:meth:`load`, read from the file even if the cache looks current (a write within
+        the file system's time resolution may keep the size and time)."""
+        self._cache = None
+        return self.load()
 
     def update_cleanup(
         self, done: Iterable[str], notes: Mapping[str, Mapping[str, Any]] | None = None

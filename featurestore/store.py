@@ -131,7 +131,7 @@ class FeatureStore:
             if n in defs.feature_views and not r.get("fenced")
         }
         if redefined:
-            delete_redefined(self.online, self.project, redefined)
+            delete_redefined(self.online, self.project, redefined, self._registry)
         if not plan.empty or not self._registry.exists():
             self._registry.apply(
                 list(defs.entities.values()),
@@ -487,11 +487,19 @@ class FeatureStore:
         pending = fenced_views(self._registry.load())
         out: dict[str, str] = {}
         for v in views:
-            if v.name in pending:
+            if v.name not in pending:
+                continue
+            if pending[v.name].get("fenced"):
                 stream = pending[v.name].get("stream") or getattr(v.source, "stream", "?")
                 out[v.name] = (
                     "its online rows under its old join keys are not deleted yet; once no "
                     f"ingest reads stream '{stream}', run featurestore apply to delete them"
+                )
+            else:
+                out[v.name] = (
+                    "the online rows of its earlier definition are still being deleted by "
+                    "featurestore apply; materialize it once that apply has finished (or run "
+                    "apply again if it failed)"
                 )
         return out
 

@@ -3,6 +3,12 @@
 LMDB readers never block each other or the writer, and a write transaction commits whole or
 not at all, so a crash mid-batch leaves no half-written batch. The environment is opened
 lazily in each process and reopened after ``fork`` (an LMDB handle must not cross a fork).
+
+Two things other processes do are taken care of here: a process killed inside a read
+transaction leaves its reader slot behind, pinning its snapshot so no freed page is reused
+(cleared before each write: ``reader_check``), and a process that raised ``map_size`` and
+grew the file past this process's map makes every transaction fail with MDB_MAP_RESIZED
+(the new size is adopted, when no transaction of this process is open, and tried again).
 """
 
 from __future__ import annotations
@@ -11,10 +17,12 @@ import operator
 import os
 import re
 import struct
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from itertools import compress, islice
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from featurestore.errors import ConfigError, OnlineStoreError, OnlineStoreUnavailableError
 from featurestore.online.base import OnlineStore
@@ -52,6 +60,63 @@ def _close_inherited(env: Any) -> None:
         env.close()
     except Exception:  # the parent's handle may be in any state; the child only needs it gone
         pass
+
+
+_ADOPT_WAIT_S = 5.0  # longest an adoption of a grown map waits for open transactions to end
+
+
+class _TxnGate:
+    """This process's open transactions on one environment, so a map grown by another process
+    is adopted (``set_mapsize(0)``: allowed only while no transaction of the process is open,
+    and serving reads run in several threads) without taking a lock on every read.
+
+    A transaction registers in ``open`` (list append and pop are atomic in CPython) and then
+    looks at ``adopting``; an adoption sets ``adopting`` and then waits for ``open`` to empty:
+    whichever comes second sees the other, so no transaction begins during the remap.
+    """
+
+    def __init__(self) -> None:
+        self.open: list[None] = []
+        self.adopting = False
+        self.maps = 0  # adoptions so far: a thread that saw the old map knows it was replaced
+        self._lock = threading.Lock()  # held through an adoption
+
+    def enter(self) -> None:
+        """Count a transaction about to begin (after any adoption under way)."""
+        while True:
+            self.open.append(None)
+            if not self.adopting:
+                return
+            self.open.pop()
+            with self._lock:  # wait for the adoption to end
+                pass
+
+    def leave(self) -> None:
+        """Uncount a transaction that has ended (or failed to begin)."""
+        self.open.pop()
+
+    def adopt(self, env: Any, seen: int) -> bool:
+        """Adopt the map size another process grew the file to, unless done since adoption
+        ``seen``; False when transactions stayed open too long (the caller fails as before)."""
+        with self._lock:
+            if self.maps != seen:
+                return True
+            self.adopting = True
+            try:
+                deadline = time.monotonic() + _ADOPT_WAIT_S
+                while self.open:
+                    if time.monotonic() > deadline:
+                        return False
+                    time.sleep(0.001)
+                env.set_mapsize(0)
+                self.maps += 1
+                return True
+            finally:
+                self.adopting = False
+
+
+class _Begin(Protocol):
+    def __call__(self, *, write: bool = False) -> AbstractContextManager[Any]: ...
 
 
 def _put_sorted(cursor: Any, keys: list[bytes], stored: list[bytes]) -> None:
@@ -214,14 +279,14 @@ def _live(stored: list[bytes | None]) -> list[bytes | None]:
 
 
 def _scan_expired(
-    env: Any, after: bytes | None, cutoff: int, batch: int
+    begin: _Begin, after: bytes | None, cutoff: int, batch: int
 ) -> tuple[list[bytes], bytes | None]:
     """Up to ``batch`` expired keys after ``after`` (from the start when None), in key order,
     and the last key looked at (None: the end was reached)."""
     expired: list[bytes] = []
     looked = 0
     unpack = _EXPIRE.unpack_from
-    with env.begin(buffers=False) as txn:
+    with begin() as txn:
         cursor = txn.cursor()
         if after is None:
             more = cursor.first()
@@ -242,10 +307,10 @@ def _scan_expired(
     return expired, None
 
 
-def _delete_expired(env: Any, keys: list[bytes], cutoff: int) -> int:
+def _delete_expired(begin: _Begin, keys: list[bytes], cutoff: int) -> int:
     """Delete those of ``keys`` (ascending) that are still expired, in one write transaction."""
     deleted = 0
-    with env.begin(write=True, buffers=False) as txn:
+    with begin(write=True) as txn:
         cursor = txn.cursor()
         for key in keys:
             if cursor.set_key(key) and _expired_at(cursor.value(), cutoff):
@@ -264,6 +329,7 @@ class EmbeddedOnlineStore(OnlineStore):
         self.map_size = parse_size(map_size)
         self._env_obj: Any = None
         self._pid = 0
+        self._gate = _TxnGate()
 
     def _env(self) -> Any:
         if self._env_obj is not None and self._pid == os.getpid():
@@ -284,13 +350,47 @@ class EmbeddedOnlineStore(OnlineStore):
                 max_readers=512,
                 max_dbs=0,
             )
+            self._env_obj.reader_check()  # dead processes' reader slots pin old snapshots
         except (lmdb.Error, OSError) as exc:
             raise OnlineStoreUnavailableError(
                 f"cannot open the embedded online store at {self.path}: {exc}; check "
                 "online_store.path in featurestore.yaml"
             ) from exc
         self._pid = os.getpid()
+        self._gate = _TxnGate()
         return self._env_obj
+
+    @contextmanager
+    def _txn(self, *, write: bool = False) -> Iterator[Any]:
+        """A transaction (values as bytes), counted in the gate; a map another process grew
+        is adopted and the begin tried once more. A write first clears the reader slots of
+        dead processes (a few microseconds): a slot left by a process killed inside a read
+        transaction would otherwise keep every page freed since from being reused."""
+        import lmdb
+
+        env = self._env()
+        gate = self._gate
+        if write:
+            env.reader_check()
+        for last in (False, True):
+            seen = gate.maps
+            gate.enter()
+            try:
+                txn = env.begin(write=write, buffers=False)
+            except lmdb.MapResizedError:
+                gate.leave()
+                if last or not gate.adopt(env, seen):
+                    raise
+                continue
+            except BaseException:
+                gate.leave()
+                raise
+            break
+        try:
+            with txn:
+                yield txn
+        finally:
+            gate.leave()
 
     def write_batch(
         self,
@@ -390,11 +490,10 @@ class EmbeddedOnlineStore(OnlineStore):
         tree search. ``only_newer``: see ``write_stored``. Returns the items put."""
         import lmdb
 
-        env = self._env()
         put = 0
         keys: list[bytes] = []
         try:
-            with env.begin(write=True) as txn:
+            with self._txn(write=True) as txn:
                 cursor = txn.cursor()
                 for keys, stored in batches:
                     if only_newer and keys:
@@ -407,7 +506,7 @@ class EmbeddedOnlineStore(OnlineStore):
                 "raise online_store.map_size in featurestore.yaml"
             ) from exc
         except lmdb.BadValsizeError as exc:
-            limit = env.max_key_size()
+            limit = self._env().max_key_size()
             long = next((k for k in keys if len(k) > limit), b"")
             raise OnlineStoreError(
                 f"a key of {len(long)} bytes (starting {long[:40]!r}) is longer than the "
@@ -427,12 +526,22 @@ class EmbeddedOnlineStore(OnlineStore):
         import lmdb
 
         env = self._env()
+        gate = self._gate
         try:
-            with env.begin(buffers=False) as txn:
-                stored = list(map(txn.get, keys))
+            try:  # _txn's steps written out: they would cost a read a quarter more
+                gate.enter()
+                try:
+                    with env.begin(buffers=False) as txn:
+                        stored = list(map(txn.get, keys))
+                finally:
+                    gate.leave()
+            except lmdb.MapResizedError:
+                with self._txn() as txn:  # adopts the grown map, or fails as before
+                    stored = list(map(txn.get, keys))
         except lmdb.BadValsizeError:
             # a key too long to have been written cannot be there
-            return [None if len(k) > env.max_key_size() else self.read([k])[0] for k in keys]
+            limit = self._env().max_key_size()
+            return [None if len(k) > limit else self.read([k])[0] for k in keys]
         except lmdb.Error as exc:
             raise OnlineStoreError(f"read from the embedded online store failed: {exc}") from exc
         return _live(stored)
@@ -440,7 +549,7 @@ class EmbeddedOnlineStore(OnlineStore):
     def delete_view(self, project: str, view_name: str) -> int:
         prefix, suffix = key_prefix(project), key_suffix(view_name)
         deleted = 0
-        with self._env().begin(write=True) as txn:
+        with self._txn(write=True) as txn:
             cursor = txn.cursor()
             if not cursor.set_range(prefix):
                 return 0
@@ -468,14 +577,13 @@ class EmbeddedOnlineStore(OnlineStore):
         if batch < 1:
             raise OnlineStoreError(f"purge_expired got batch={batch}; give a batch of at least 1")
         cutoff = int(time.time() * 1000) if now_ms is None else int(now_ms)
-        env = self._env()
         deleted = 0
         after: bytes | None = None  # the last key scanned: the next scan starts past it
         try:
             while True:
-                expired, after = _scan_expired(env, after, cutoff, batch)
+                expired, after = _scan_expired(self._txn, after, cutoff, batch)
                 if expired:
-                    deleted += _delete_expired(env, expired, cutoff)
+                    deleted += _delete_expired(self._txn, expired, cutoff)
                 if after is None:
                     return deleted
         except lmdb.MapFullError as exc:
@@ -491,7 +599,7 @@ class EmbeddedOnlineStore(OnlineStore):
             ) from exc
 
     def ping(self) -> None:
-        with self._env().begin():
+        with self._txn():
             pass
 
     def close(self) -> None:

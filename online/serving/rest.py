@@ -434,6 +434,9 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from featurestore.online.serving.parent_watch import watch_parent
+
+        watch_parent()  # a worker of `serve --workers N` ends with its supervisor
         # warm before taking traffic: uvicorn accepts (and with several workers, the kernel
         # hands this worker connections) only after startup, so a starting worker answers
         # nothing rather than 503; an engine that cannot start yet (e.g. apply not run)

@@ -467,9 +467,9 @@ def test_rows_deleted_late_for_a_rekeyed_view_also_drop_its_watermark(tmp_path: 
         state = reg.load()
         assert "stats" in state.pending_cleanup and "stats" not in state.materialization
         reg.update_materialization("stats", 0, 20)  # materialized before the cleanup ran
-        if finish == "cleanup":  # the next apply with no changes: finish_cleanup
-            reg.update_cleanup(["stats"])
-        else:  # the next apply with changes: delete_redefined, then a new version
-            reg.apply([new_user], [view(new_user)], [], join_key_kinds={"uid": "int"})
+        if finish == "apply":  # a new version keeps the record: its cleanup drops it
+            state = reg.apply([new_user], [view(new_user)], [], join_key_kinds={"uid": "int"})
+            assert list(state.pending_cleanup) == ["stats"]
+        reg.update_cleanup(["stats"])
         state = reg.load()
         assert not state.pending_cleanup and "stats" not in state.materialization, finish
