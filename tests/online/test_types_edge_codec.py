@@ -15,6 +15,7 @@ from featurestore import types as T
 from featurestore.field import Field
 from featurestore.online.codec import CREATED_TS, EVENT_TS, RowCodec
 from tests.online._online_views import make_view
+from tests.online.test_types_edge_values import _same
 
 INNER = {
     "i64": (T.Int64, pa.int64(), st.integers(-(2**63), 2**63 - 1)),
@@ -31,14 +32,6 @@ def _oracle(name: str, v: list[Any] | None) -> list[Any] | None:
     if name in ("f64", "f32"):
         return [math.nan if x is None else x for x in v]
     return None if None in v else v
-
-
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
-    if isinstance(a, float) and isinstance(b, float):
-        return a == b or (math.isnan(a) and math.isnan(b))
-    return bool(a == b)
 
 
 @st.composite
