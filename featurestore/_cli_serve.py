@@ -149,36 +149,27 @@ def wipe_metrics_dir(folder: Path) -> int:
 def _reserve_port(host: str) -> socket.socket:
     """A socket bound to a free port of ``host`` with SO_REUSEADDR and not listening: the
     server binds the same port beside it, and nothing else can take the port meanwhile."""
-    family, addr = _address(host, 0)
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(addr)
-    return sock
+    from featurestore.online.serving._bind import bound_socket
+
+    try:
+        return bound_socket(host, 0)
+    except socket.gaierror as exc:
+        raise click.ClickException(f"cannot serve on host {host!r}: {exc.strerror}") from None
 
 
 def _check_bindable(host: str, port: int, what: str) -> None:
-    """A ClickException naming the port when ``host:port`` cannot be listened on."""
-    family, addr = _address(host, port)
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind
-        try:
-            sock.bind(addr)
-        except OSError as exc:
-            raise click.ClickException(
-                f"{what} port {port} on {host} cannot be used: {exc.strerror}; pick another "
-                f"with --{'grpc-' if what == 'gRPC' else ''}port or in featurestore.yaml"
-            ) from None
+    """A ClickException naming the host or the port when ``host:port`` cannot be listened on."""
+    from featurestore.online.serving._bind import bound_socket
 
-
-def _address(host: str, port: int) -> tuple[socket.AddressFamily, Any]:
-    """The address family and socket address ``host:port`` binds to (a one-line error if the
-    host does not resolve)."""
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        bound_socket(host, port).close()
     except socket.gaierror as exc:
         raise click.ClickException(f"cannot serve on host {host!r}: {exc.strerror}") from None
-    family, _, _, _, addr = infos[0]
-    return family, addr
+    except OSError as exc:
+        raise click.ClickException(
+            f"{what} port {port} on {host} cannot be used: {exc.strerror}; pick another "
+            f"with --{'grpc-' if what == 'gRPC' else ''}port or in featurestore.yaml"
+        ) from None
 
 
 def _log_level(value: str | None) -> str | None:

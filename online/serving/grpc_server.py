@@ -337,14 +337,10 @@ def grpc_address(host: str, port: int) -> str:
 def _bind_failure(host: str, port: int) -> str:
     """Why ``host:port`` cannot be listened on, from a plain socket's bind (gRPC only says that
     it failed)."""
-    import socket
+    from featurestore.online.serving._bind import bound_socket
 
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        family, _, _, _, addr = infos[0]
-        with socket.socket(family, socket.SOCK_STREAM) as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(addr)
+        bound_socket(host, port).close()
     except OSError as exc:  # a host that does not resolve too (socket.gaierror)
         return str(exc.strerror)
     return "gRPC refused the address"
