@@ -121,11 +121,12 @@ def duck_type(dtype: DType) -> str:
     return _DUCK[dtype.name]
 
 
-def time_us_expr(column: str, arrow_type: pa.DataType) -> str | None:
-    """SQL for a source time column as int64 UTC microseconds; None if it is not a time."""
+def time_us_expr(column: str, arrow_type: pa.DataType, qualifier: str = "") -> str | None:
+    """SQL for a source time column (of relation ``qualifier`` when given) as int64 UTC
+    microseconds; None if it is not a time."""
     import pyarrow.types as pt
 
-    col = ident(column)
+    col = f"{qualifier}.{ident(column)}" if qualifier else ident(column)
     if pt.is_timestamp(arrow_type) and arrow_type.unit == "ns":
         # ceil, not epoch_us's floor; epoch_ns takes TIMESTAMP_NS and TIMESTAMPTZ_NS alike
         ns = f"epoch_ns({col})"

@@ -224,20 +224,17 @@ def feature_sql(plan: SourcePlan, feature: str, qualifier: str) -> str:
     answer, cannot hold it: ``types.TIME_MIN_US``). Array null elements: ``served_lists``."""
     import pyarrow.types as pt
 
+    from featurestore.offline._sql import time_us_expr
     from featurestore.types import TIME_MAX_US, TIME_MIN_US
 
     expr = plan.feature_cast(feature, qualifier)
     t = plan.source_types.get(feature)
     if plan.view.field(feature).dtype.name != "timestamp" or t is None:
         return expr
-    col = f"{qualifier}.{ident(feature)}"
-    if pt.is_integer(t):
-        us = f"CAST({col} AS BIGINT)"
-    elif pt.is_timestamp(t) and t.unit != "ns":  # nanoseconds stay within 1677-2262
-        us = f"epoch_us({col})"
-    elif pt.is_date(t):
-        us = f"epoch_us(CAST({col} AS TIMESTAMP))"
-    else:
+    if pt.is_timestamp(t) and t.unit == "ns":  # nanoseconds stay within 1677-2262
+        return expr
+    us = time_us_expr(feature, t, qualifier)
+    if us is None:
         return expr
     return f"CASE WHEN {us} BETWEEN {TIME_MIN_US} AND {TIME_MAX_US} THEN {expr} END"
 
