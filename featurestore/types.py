@@ -73,6 +73,9 @@ _ARROW = {
 KEY_KIND_NOUNS = {"int": "integers", "str": "strings"}
 KEY_KIND_TYPES = {"int": int, "str": str}  # the Python type of such keys' values
 INT_RANGES = {"int32": (-(2**31), 2**31 - 1), "int64": (-(2**63), 2**63 - 1)}
+# the least magnitude a float32 rounds to infinity: a finite number from there on does not fit
+# a Float32 (pushes, on-demand outputs and source reads refuse it alike)
+FLOAT32_END = 2.0**128 - 2.0**103
 # the types a model can take as an input (converted to float64; bool as 0/1)
 NUMERIC_TYPES = frozenset({"int32", "int64", "float32", "float64", "bool"})
 # the UnixTimestamp values a Python datetime can hold (years 1 to 9999), in microseconds since

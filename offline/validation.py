@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from featurestore.offline._sql import ident, time_us_expr
-from featurestore.types import KEY_KIND_NOUNS, compatible, dtype_from_arrow
+from featurestore.types import FLOAT32_END, KEY_KIND_NOUNS, compatible, dtype_from_arrow
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -17,10 +17,6 @@ if TYPE_CHECKING:
     from featurestore.feature_view import FeatureView
     from featurestore.offline._sql import SourcePlan
     from featurestore.types import DType
-
-# the least magnitude a float32 rounds to infinity: DuckDB refuses to cast a finite double
-# from there on (a "Conversion Error"), as pushes refuse it (online/serving/_push_checks.py)
-F32_END = 2.0**128 - 2.0**103
 
 
 def view_problems(view: FeatureView, schema: pa.Schema, label: str) -> list[str]:
@@ -221,7 +217,7 @@ def value_problem(
         x = f"CAST({col} AS DOUBLE)"
         sql = (
             f"SELECT {keys}, {x} FROM {rows_of} AS __fs_src "
-            f"WHERE isfinite({x}) AND abs({x}) >= {F32_END!r} LIMIT 1"
+            f"WHERE isfinite({x}) AND abs({x}) >= {FLOAT32_END!r} LIMIT 1"
         )
         try:
             rows = cur.sql(sql).fetchall()

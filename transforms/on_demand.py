@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 from featurestore.errors import DefinitionError, EntityDataError
 from featurestore.field import Field
 from featurestore.transforms.row import RowTransform
-from featurestore.types import INT_RANGES
+from featurestore.types import FLOAT32_END, INT_RANGES
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -25,7 +25,6 @@ if TYPE_CHECKING:
     from featurestore.types import DType
 
 _KIND = {"float64": "f", "float32": "f", "int64": "i", "int32": "i", "bool": "b", "boolean": "b"}
-_F32_END = 2.0**128 - 2.0**103  # the least magnitude a float32 rounds to infinity
 _SHOWN = {"int32": "Int32", "int64": "Int64", "float32": "Float32"}
 
 
@@ -144,7 +143,7 @@ class OnDemandFeature:
             if isinstance(value, int):  # the nearest float32, not the float32 of a float64
                 return float(np.float32(np.int64(value)))
             f = float(value)
-            if abs(f) >= _F32_END and f - f == 0.0:  # finite, but past float32's range
+            if abs(f) >= FLOAT32_END and f - f == 0.0:  # finite, but past float32's range
                 raise self._out_of_range(view, f, f"entity row {row}")
             return float(np.float32(f))
         if kind in INT_RANGES:
@@ -167,7 +166,7 @@ class OnDemandFeature:
             if kind == "float64" or out.dtype.kind in "iu":  # ints: the nearest float, once
                 return out.astype(np.float64 if kind == "float64" else np.float32)
             with np.errstate(invalid="ignore"):
-                bad = np.isfinite(out) & (np.abs(out) >= _F32_END) & valid
+                bad = np.isfinite(out) & (np.abs(out) >= FLOAT32_END) & valid
             if bad.any():
                 r = int(np.argmax(bad))
                 raise self._out_of_range(view, float(out[r]), f"spine row {r}")

@@ -12,10 +12,10 @@ from typing import Any
 
 from featurestore._time import duration_us, parse_duration, to_utc
 from featurestore.online.serving.errors import BadRequestError
+from featurestore.types import FLOAT32_END
 
 # JSON has no NaN or infinity: answers spell them so (protobuf's JSON mapping), pushes read them
 _NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
-_F32_END = 2.0**128 - 2.0**103  # the least magnitude a float32 rounds to infinity
 _I64_MIN, _I64_MAX = -(2**63), 2**63 - 1  # ints pyarrow takes as they are for a float column
 _FLOAT_TYPES = {"float32": False, "float64": False, "array<float32>": True, "array<float64>": True}
 
@@ -66,7 +66,7 @@ def _plain_floats(vals: list[Any], f32: bool) -> bool:
     nums = [v for v in vals if v is not None]
     if not all(type(v) is float for v in nums):
         return False
-    return not f32 or all(-_F32_END < v < _F32_END for v in nums)
+    return not f32 or all(-FLOAT32_END < v < FLOAT32_END for v in nums)
 
 
 def _unbase64(v: Any, where: str, i: int, view: str) -> Any:
@@ -97,7 +97,7 @@ def _float(v: Any, f32: bool) -> Any:
             v = float(v)
         except OverflowError:
             raise _OutOfRange(f" is an integer of {int(v).bit_length()} bits") from None
-    if f32 and not -_F32_END < v < _F32_END and math.isfinite(v):
+    if f32 and not -FLOAT32_END < v < FLOAT32_END and math.isfinite(v):
         raise _OutOfRange(f" is {v!r}, beyond the largest Float32 (3.4028235e+38)")
     return v
 

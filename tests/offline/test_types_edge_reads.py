@@ -20,7 +20,6 @@ from hypothesis import strategies as st
 
 from featurestore.errors import DefinitionError, OfflineStoreError
 from featurestore.field import Field
-from featurestore.offline.validation import F32_END
 from featurestore.store import FeatureStore
 from featurestore.types import TIME_MAX_US, TIME_MIN_US, UnixTimestamp
 
@@ -28,6 +27,7 @@ UTC = timezone.utc
 NOW = datetime.now(UTC).replace(microsecond=0)
 EVENT = NOW - timedelta(hours=1)
 F32_MAX = float(np.finfo(np.float32).max)
+F32_END = 2.0**128 - 2.0**103  # the least magnitude a float32 rounds to infinity
 
 
 def _repo(root: Path, schema: str, columns: dict[str, pa.Array]) -> Path:
