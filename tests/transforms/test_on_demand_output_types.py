@@ -151,6 +151,20 @@ def _online(store: FeatureStore, users: list[int], refs: list[str], **req: list[
     return store.get_online_features(refs, {"user_id": users}, request_data=req)
 
 
+def _grpc(server: ServerThread, feature: str, users: list[int], **req: list[Any]) -> Any:
+    """One on-demand feature of ``users`` over gRPC, with ``req`` as request data."""
+    with grpc.insecure_channel(server.grpc_target) as ch:
+        return pb_grpc.FeatureServingStub(ch).GetOnlineFeatures(
+            pb.GetOnlineFeaturesRequest(
+                features=[feature],
+                entities={"user_id": pb.ValueList(values=[to_value(u) for u in users])},
+                request_data={
+                    k: pb.ValueList(values=[to_value(x) for x in v]) for k, v in req.items()
+                },
+            )
+        )
+
+
 def _bits(v: Any) -> Any:
     """A float by its bits (NaN equals NaN, -0.0 differs from 0.0); anything else as it is."""
     return ("f", struct.pack("<d", v)) if isinstance(v, float) else v
@@ -210,14 +224,7 @@ def test_float32_rounding_over_rest_grpc_and_predict(repo: SimpleNamespace) -> N
     r = httpx.post(f"{repo.server.url}/get-online-features", json=body, timeout=10)
     assert r.status_code == 200, r.text
     assert r.json()["results"][1]["values"] == want
-    with grpc.insecure_channel(repo.server.grpc_target) as ch:
-        resp = pb_grpc.FeatureServingStub(ch).GetOnlineFeatures(
-            pb.GetOnlineFeaturesRequest(
-                features=["odv:r32"],
-                entities={"user_id": pb.ValueList(values=[to_value(u) for u in users])},
-                request_data={"a": pb.ValueList(values=[to_value(x) for x in a])},
-            )
-        )
+    resp = _grpc(repo.server, "odv:r32", users, a=a)
     assert {c.name: column_values(c) for c in resp.columns}["r32"] == want
     spine = pl.DataFrame(
         {"user_id": users, "event_timestamp": [datetime.now(timezone.utc)] * 2, "a": a}
@@ -295,15 +302,8 @@ def test_int32_out_of_range_over_rest_and_grpc(repo: SimpleNamespace) -> None:
     assert r.json()["error"].startswith(
         "on-demand feature 'odv:i32o' computed 2147483648 at entity row 1, which its Int32"
     )
-    with grpc.insecure_channel(repo.server.grpc_target) as ch:
-        with pytest.raises(grpc.RpcError) as err:
-            pb_grpc.FeatureServingStub(ch).GetOnlineFeatures(
-                pb.GetOnlineFeaturesRequest(
-                    features=["odv:i32o"],
-                    entities={"user_id": pb.ValueList(values=[to_value(1)])},
-                    request_data={"n": pb.ValueList(values=[to_value(1)])},
-                )
-            )
+    with pytest.raises(grpc.RpcError) as err:
+        _grpc(repo.server, "odv:i32o", [1], n=[1])
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "'odv:i32o' computed 2147483648 at entity row 0" in (err.value.details() or "")
 
@@ -333,14 +333,7 @@ def test_zero_by_zero_is_nan_online_as_offline(repo: SimpleNamespace) -> None:
     dz, m = r.json()["results"][1:]
     assert dz == {"values": ["NaN", "Infinity", "-Infinity", None, None], "statuses": present}
     assert m["values"][3] == "NaN" and m["statuses"][3] == "PRESENT"  # a NaN served as a NaN
-    with grpc.insecure_channel(repo.server.grpc_target) as ch:
-        resp = pb_grpc.FeatureServingStub(ch).GetOnlineFeatures(
-            pb.GetOnlineFeaturesRequest(
-                features=["odv:dz"],
-                entities={"user_id": pb.ValueList(values=[to_value(u) for u in users])},
-                request_data={"a": pb.ValueList(values=[to_value(x) for x in a])},
-            )
-        )
+    resp = _grpc(repo.server, "odv:dz", users, a=a)
     col = next(c for c in resp.columns if c.name == "dz")
     assert [_bits(v) for v in column_values(col)] == [_bits(v) for v in want]
 
