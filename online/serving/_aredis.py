@@ -18,11 +18,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import ssl
 import time
 import weakref
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import hiredis
 
@@ -135,6 +136,7 @@ class AsyncRedisReader:
         self.connect_timeout = connect_timeout
         self.socket_timeout = socket_timeout
         self._target, self._hello = _parse(url)
+        self._tls: ssl.SSLContext | None = None  # a rediss:// URL's context, made at connect
         self._conns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Connection] = (
             weakref.WeakKeyDictionary()
         )
@@ -144,7 +146,8 @@ class AsyncRedisReader:
 
     @staticmethod
     def supports(url: str) -> bool:
-        """Whether ``url`` is one this reader speaks (plain TCP or a unix socket, no TLS)."""
+        """Whether ``url`` is one this reader speaks: TCP (``rediss://`` for TLS, with
+        redis-py's ``ssl_*`` options) or a unix socket; others are read by redis-py."""
         try:
             _parse(url)
         except ValueError:
@@ -242,14 +245,22 @@ class AsyncRedisReader:
             if "path" in target:
                 coro = loop.create_unix_connection(lambda: _Connection(loop), target["path"])
             else:
+                tls = target.get("tls")
+                if tls is not None and self._tls is None:
+                    self._tls = _tls_context(tls)  # once: reading the CA files is slow
                 coro = loop.create_connection(
-                    lambda: _Connection(loop), target["host"], target["port"]
+                    lambda: _Connection(loop),
+                    target["host"],
+                    target["port"],
+                    ssl=self._tls if tls is not None else None,
                 )
             _, conn = await asyncio.wait_for(coro, self.connect_timeout)
             end = time.monotonic() + self.connect_timeout
             for command in self._hello:  # AUTH, SELECT: answered before any read
                 try:
                     await self._wait(loop, conn, conn.send(command), end, name_store=False)
+                except OnlineStoreUnavailableError:  # already says which store and why
+                    raise
                 except OnlineStoreError as exc:  # refused: a wrong password can't connect
                     if command.split(b"\r\n", 3)[2] == b"AUTH":  # as redis-py
                         raise self._unavailable(exc) from None
@@ -291,13 +302,30 @@ class AsyncRedisReader:
         self._conns.clear()
 
 
+# rediss:// options read as redis-py reads them (anything else: the pool's redis-py client)
+_TLS_OPTIONS = frozenset(
+    {
+        "ssl_ca_certs",
+        "ssl_ca_path",
+        "ssl_certfile",
+        "ssl_keyfile",
+        "ssl_password",
+        "ssl_cert_reqs",
+        "ssl_check_hostname",
+    }
+)
+_CERT_REQS = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
+_FALSE = frozenset({"0", "F", "FALSE", "N", "NO"})
+
+
 def _parse(url: str) -> tuple[dict[str, Any], list[bytes]]:
-    """(host/port or unix path, the commands a new connection sends first) of a redis URL."""
+    """(host/port or unix path, the commands a new connection sends first) of a redis URL;
+    a ``rediss://`` URL's target also holds its TLS options (``"tls"``)."""
     parts = urlsplit(url)
-    if parts.scheme not in ("redis", "unix"):
+    if parts.scheme not in ("redis", "rediss", "unix"):
         raise ValueError(f"unsupported scheme {parts.scheme!r}")
-    query = dict(q.split("=", 1) for q in parts.query.split("&") if "=" in q)
-    known = {"db"}
+    query = dict(parse_qsl(parts.query))
+    known = {"db"} | (_TLS_OPTIONS if parts.scheme == "rediss" else set())
     if set(query) - known:
         raise ValueError(f"unsupported URL options {sorted(set(query) - known)}")
     if parts.scheme == "unix":
@@ -307,6 +335,11 @@ def _parse(url: str) -> tuple[dict[str, Any], list[bytes]]:
         target = {"host": parts.hostname or "localhost", "port": parts.port or 6379}
         path = parts.path.lstrip("/")
         db = path or query.get("db", "0")
+    if parts.scheme == "rediss":
+        tls = {k: v for k, v in query.items() if k in _TLS_OPTIONS}
+        if tls.get("ssl_cert_reqs", "required") not in _CERT_REQS:
+            raise ValueError(f"unsupported ssl_cert_reqs {tls['ssl_cert_reqs']!r}")
+        target["tls"] = tls
     hello: list[bytes] = []
     if parts.password is not None:
         user, pw = unquote(parts.username or ""), unquote(parts.password)
@@ -315,3 +348,31 @@ def _parse(url: str) -> tuple[dict[str, Any], list[bytes]]:
     if int(db) != 0:
         hello.append(_command(b"SELECT", str(int(db)).encode()))
     return target, hello
+
+
+def _tls_context(options: dict[str, str]) -> ssl.SSLContext:
+    """The client TLS context redis-py builds for the same ``rediss://`` options: the system's
+    CAs unless ``ssl_ca_certs``/``ssl_ca_path`` name others, certificate and host name checked
+    unless ``ssl_cert_reqs=none`` / ``ssl_check_hostname=false``. A file it cannot read is a
+    ConnectionError naming the option."""
+    ctx = ssl.create_default_context()
+    reqs = _CERT_REQS[options.get("ssl_cert_reqs", "required")]
+    check = options.get("ssl_check_hostname", "true").upper() not in _FALSE
+    ctx.check_hostname = check and reqs != ssl.CERT_NONE
+    ctx.verify_mode = reqs
+    option = ""
+    try:
+        if "ssl_certfile" in options or "ssl_keyfile" in options:
+            option = "ssl_certfile" if "ssl_certfile" in options else "ssl_keyfile"
+            ctx.load_cert_chain(
+                options.get("ssl_certfile", options.get("ssl_keyfile", "")),
+                options.get("ssl_keyfile"),
+                options.get("ssl_password"),
+            )
+        if "ssl_ca_certs" in options or "ssl_ca_path" in options:
+            option = "ssl_ca_certs" if "ssl_ca_certs" in options else "ssl_ca_path"
+            ctx.load_verify_locations(options.get("ssl_ca_certs"), options.get("ssl_ca_path"))
+    except (OSError, ssl.SSLError) as exc:
+        why = getattr(exc, "strerror", None) or str(exc)
+        raise ConnectionError(f"cannot use {option} {options[option]!r}: {why}") from None
+    return ctx

@@ -252,7 +252,15 @@ def test_unix_socket_url(tmp_path: Path, runner) -> None:
         ("redis://user:pw@localhost:6379?db=2", True),
         ("unix:///tmp/redis.sock", True),
         ("unix:///tmp/redis.sock?db=1", True),
-        ("rediss://localhost:6379/0", False),  # TLS: not spoken here
+        ("rediss://localhost:6379/0", True),  # TLS, with redis-py's ssl_* options
+        ("rediss://:pw@localhost:6379/0?ssl_ca_certs=/x/ca.pem&ssl_check_hostname=false", True),
+        (
+            "rediss://localhost/0?ssl_certfile=/c.pem&ssl_keyfile=/k.pem&ssl_cert_reqs=optional",
+            True,
+        ),
+        ("rediss://localhost:6379/0?ssl_cert_reqs=sometimes", False),  # not a level redis-py has
+        ("rediss://localhost:6379/0?ssl_ciphers=HIGH", False),  # an option it would ignore
+        ("redis://localhost:6379/0?ssl_ca_certs=/x/ca.pem", False),  # TLS options without TLS
         ("redis://localhost:6379/0?socket_timeout=1", False),  # an option it would ignore
         ("unix:///tmp/redis.sock?db=1&ssl_cert_reqs=none", False),
         ("redis://localhost:6379/notadb", False),
