@@ -45,22 +45,25 @@ class TlsRedis:
         )
 
 
-def _start(tmp: Path, *, auth_clients: str) -> TlsRedis:
+def _start(
+    tmp: Path, *extra: str, auth_clients: str = "optional", ca: Any = None, port: int = 0
+) -> TlsRedis:
     import redis
     import trustme
 
-    ca = trustme.CA()
+    ca = ca or trustme.CA()
     server = ca.issue_cert("127.0.0.1")  # no "localhost": host name checks can fail on purpose
     client = ca.issue_cert("featurestore-client")
     tmp.mkdir(parents=True, exist_ok=True)
     ca.cert_pem.write_to_path(str(tmp / "ca.pem"))
     server.private_key_and_cert_chain_pem.write_to_path(str(tmp / "server.pem"))
     client.private_key_and_cert_chain_pem.write_to_path(str(tmp / "client.pem"))
-    port = free_port()
+    port = port or free_port()
     args = [redis_server_binary(), "--port", "0", "--tls-port", str(port), "--bind", HOST]
     args += ["--tls-cert-file", str(tmp / "server.pem"), "--tls-key-file", str(tmp / "server.pem")]
     args += ["--tls-ca-cert-file", str(tmp / "ca.pem"), "--tls-auth-clients", auth_clients]
     args += ["--requirepass", PASSWORD, "--save", "", "--appendonly", "no", "--dir", str(tmp)]
+    args += extra
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     out = TlsRedis(port, proc, tmp / "ca.pem", tmp / "client.pem")
     deadline = time.monotonic() + 10
@@ -223,3 +226,61 @@ def test_stream_ingestion_over_tls(tls_redis: TlsRedis, tmp_path: Path) -> None:
         got = store.get_online_features(TX_REFS, [{"user_id": 5}], now=now).to_dict()
         assert got["amount_count_1d"] == [2]
         assert got["amount_sum_1d"] == [5.5]
+
+
+def test_a_redis_cluster_over_tls_ingests_and_serves(tmp_path: Path) -> None:
+    import trustme
+
+    from tests.stream.conftest import TX_REFS, now_floor_us, small_repo
+
+    ca, nodes = trustme.CA(), []
+    try:
+        for i in range(3):
+            port = free_port(with_bus=True)
+            nodes.append(
+                _start(
+                    tmp_path / f"node{i}",
+                    *("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"),
+                    *("--tls-cluster", "yes", "--masterauth", PASSWORD),
+                    ca=ca,
+                    port=port,
+                )
+            )
+        clients = [n.client() for n in nodes]
+        for i, c in enumerate(clients):
+            c.execute_command(
+                "CLUSTER", "ADDSLOTSRANGE", i * 5461, 16383 if i == 2 else i * 5461 + 5460
+            )
+        for c in clients[1:]:
+            c.execute_command("CLUSTER", "MEET", HOST, nodes[0].port)
+        deadline = time.monotonic() + 30
+
+        def formed(c: Any) -> bool:
+            text = c.execute_command("CLUSTER", "INFO").decode()
+            return "cluster_state:ok" in text and "cluster_known_nodes:3" in text
+
+        while not all(formed(c) for c in clients):
+            assert time.monotonic() < deadline, "the TLS cluster did not form"
+            time.sleep(0.05)
+
+        H = 3_600_000_000
+        repo = small_repo(tmp_path / "stream", nodes[0].url(), online="redis_cluster")
+        with FeatureStore(repo) as store:
+            store.apply()
+            now = now_floor_us()
+            users = list(range(10, 30))  # spread over the three nodes' slots
+            store.send_events(
+                "tx_stream",
+                [
+                    {"user_id": u, "event_timestamp": now - H, "amount": float(u), "merchant_id": 1}
+                    for u in users
+                ],
+            )
+            stats = store.ingest(once=True)
+            assert (stats.applied, stats.dead) == (len(users), 0)
+            got = store.get_online_features(TX_REFS, [{"user_id": u} for u in users], now=now)
+            assert got.to_dict()["amount_sum_1d"] == [float(u) for u in users]
+    finally:
+        for n in nodes:
+            n.proc.terminate()
+            n.proc.wait(timeout=10)
