@@ -257,7 +257,8 @@ def register(
         f"from '{service}')"
     )
     if alias:
-        _warn(promote_model(store, name, mv.version, alias))
+        # register loaded and checked the artifact just now: the alias does not load it again
+        _warn(promote_model(store, name, mv.version, alias, registered=mv))
         click.echo(f"{name}@{alias} -> v{mv.version}")
 
 

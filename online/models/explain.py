@@ -14,6 +14,8 @@ names: ``base_values + contributions.sum(axis=1)`` is the model's output there, 
   binary classifier; a GLM's linear predictor, e.g. log of a Poisson mean; the value of other
   regressors). Rows with a missing input get NaN contributions: the model cannot score them.
 - python: the module's own ``explain(x)``, returning (n, k) or (n, k + 1) with the base last.
+  Without a base column, in the default ``"value"`` space the base is the score less the
+  contributions' sum (see ``LoadedModel.explain``), so the row adds up to its score.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ EXPLAINABLE = (
     "python models whose module defines explain(x)"
 )
 
-ContribFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+# (contributions, base values); base None: the model gave none (a python model's (n, k) answer)
+ContribFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]
 
 
 @dataclass(frozen=True, eq=False)
@@ -248,7 +251,7 @@ def python_explainer(module: Any) -> tuple[Explainer | None, str]:
         return None, "its python module defines no explain(x) function"
     output = str(getattr(module, "EXPLAIN_OUTPUT", "value"))
 
-    def fn(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def fn(x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         n, k = x.shape
         got = explain(x)
         try:  # a tuple, a ragged list, strings...: say what came back, not numpy's complaint
@@ -257,7 +260,9 @@ def python_explainer(module: Any) -> tuple[Explainer | None, str]:
             what = f"a {type(got).__name__} that is not a numeric array"
         else:
             if out.shape == (n, k):
-                return out, np.zeros(n)
+                # no base: in the score's own space the runtime takes the score less the sum;
+                # in a space the module declares the score is not in, it cannot be known
+                return out, None if output == "value" else np.zeros(n)
             if out.shape == (n, k + 1):
                 return out[:, :-1], out[:, -1]
             what = f"shape {out.shape}"

@@ -362,9 +362,21 @@ class ModelRegistry:
             self._write(entry)
         return mv
 
-    def set_alias(self, name: str, version: int, alias: str, *, share: float | None = None) -> None:
+    def set_alias(
+        self,
+        name: str,
+        version: int,
+        alias: str,
+        *,
+        share: float | None = None,
+        registered: ModelVersion | None = None,
+    ) -> None:
         """Point ``alias`` at ``version`` (atomically) once its stored artifact is checked to
-        still load and score (see ``check_loads``); ``share`` is required for ``canary``."""
+        still load and score (see ``check_loads``); ``share`` is required for ``canary``.
+
+        ``registered``: the version as ``register`` just returned it (register --alias): its
+        artifact was loaded and checked there and copied in unchanged, so it is not loaded again.
+        """
         if alias not in ALIASES:
             raise ModelRegistryError(f"unknown alias {alias!r}; expected one of {list(ALIASES)}")
         if alias == "canary":
@@ -379,7 +391,12 @@ class ModelRegistry:
                 )
         elif share is not None:
             raise ModelRegistryError(f"only the canary alias takes a traffic share, not '{alias}'")
-        self.check_loads(self.get(name).version(version), alias)  # before the lock: slow
+        mv = self.get(name).version(version)
+        # a python module may read files beside it: its stored copy is loaded again
+        if registered is not None and registered == mv and mv.flavor != "python":
+            self._check_stored(mv, alias)  # loaded and checked a moment ago by register
+        else:
+            self.check_loads(mv, alias)  # before the lock: slow
         with self._lock(name):
             entry = self.get(name)
             entry.version(version)
@@ -390,19 +407,9 @@ class ModelRegistry:
         """Refuse to point ``alias`` at ``mv`` unless its stored artifact still loads and
         passes register's checks (inputs of distinct names among them): servers would
         otherwise be left unable to serve it."""
-        clash = name_clash(mv.feature_service, mv.feature_names)  # registered before the check
-        if clash is not None:
-            raise ModelRegistryError(
-                f"model '{mv.name}' v{mv.version} cannot become {alias}: {clash}"
-            )
-        path = self.artifact_path(mv)
+        path = self._check_stored(mv, alias)
         head = f"model '{mv.name}' v{mv.version} cannot become {alias}: its artifact"
         shown = mv.artifact  # relative to the model's folder (or a module name)
-        if path != mv.artifact and not Path(path).exists():
-            raise ModelRegistryError(
-                f"{head} {shown} is missing from the model registry; register the model file "
-                "again (as a new version) and promote that"
-            )
         try:
             pred = load_predictor(mv.flavor, path)
         except (ModelRegistryError, ImportError) as exc:
@@ -416,6 +423,23 @@ class ModelRegistry:
         except ModelRegistryError as exc:  # another model put in its place
             why = one_line(without_paths(str(exc), self.root / mv.name))
             raise ModelRegistryError(f"{head} {shown} fails register's checks: {why}") from exc
+
+    def _check_stored(self, mv: ModelVersion, alias: str) -> str:
+        """``check_loads``'s checks short of loading: inputs of distinct names, and the stored
+        artifact still there; its path."""
+        clash = name_clash(mv.feature_service, mv.feature_names)  # registered before the check
+        if clash is not None:
+            raise ModelRegistryError(
+                f"model '{mv.name}' v{mv.version} cannot become {alias}: {clash}"
+            )
+        path = self.artifact_path(mv)
+        if path != mv.artifact and not Path(path).exists():
+            raise ModelRegistryError(
+                f"model '{mv.name}' v{mv.version} cannot become {alias}: its artifact "
+                f"{mv.artifact} is missing from the model registry; register the model file "
+                "again (as a new version) and promote that"
+            )
+        return path
 
     def remove_alias(self, name: str, alias: str) -> int | None:
         """Remove ``alias`` (atomically); the version it pointed at, None when it was not set.

@@ -15,7 +15,7 @@ from featurestore.types import NUMERIC_TYPES
 
 if TYPE_CHECKING:
     from featurestore.feature_service import FeatureService
-    from featurestore.online.models.registry import ModelRegistry, ModelVersion
+    from featurestore.online.models.registry import ModelEntry, ModelRegistry, ModelVersion
     from featurestore.store import FeatureStore
 
 log = logging.getLogger("featurestore.models")
@@ -96,7 +96,7 @@ def register_model(
         description=description,
     )
     if alias:
-        for warning in promote_model(store, name, mv.version, alias):
+        for warning in promote_model(store, name, mv.version, alias, registered=mv):
             log.warning("%s", warning)
     return mv
 
@@ -116,13 +116,21 @@ def shadow_problem(shadow: ModelVersion, primary: ModelVersion, alias: str) -> s
 
 
 def promote_model(
-    store: FeatureStore, name: str, version: int, alias: str, *, share: float | None = None
+    store: FeatureStore,
+    name: str,
+    version: int,
+    alias: str,
+    *,
+    share: float | None = None,
+    registered: ModelVersion | None = None,
 ) -> list[str]:
     """Point ``alias`` of model ``name`` at ``version``; a shadow that could not read its
     inputs from the rows of production (and canary) is refused, and so is a version whose
     feature service now has two features of one bare name (register's check, see
-    ``input_features``). Returns warnings: a new production or canary whose rows lack the
-    current shadow's inputs."""
+    ``input_features``), and a change leaving a canary or shadow that needs request data
+    production does not (see ``request_problem``). Returns warnings: a new production or
+    canary whose rows lack the current shadow's inputs. ``registered``: the version as
+    ``register`` just returned it, not loaded again (see ``ModelRegistry.set_alias``)."""
     from featurestore.online.models.errors import ModelRegistryError
 
     reg = model_registry(store)
@@ -149,8 +157,72 @@ def promote_model(
                 f"{why}; the shadow is not scored on those requests (counted in "
                 "featurestore_shadow_errors_total)"
             )
-    reg.set_alias(name, version, alias, share=share)
+    why = request_problem(store, entry, mv, alias)
+    if why is not None:
+        raise ModelRegistryError(why)
+    reg.set_alias(name, version, alias, share=share, registered=registered)
     return warnings
+
+
+def needed_request_fields(store: FeatureStore, service: str) -> set[str] | None:
+    """The request fields a predict through feature ``service`` must carry (its on-demand
+    features' inputs, as the servers demand them); None when the service is not defined."""
+    if service not in store.registry.feature_services:
+        return None
+    from featurestore.online.serving._requests import request_fields
+
+    return set(request_fields(store.resolve_features(service)))
+
+
+def request_problem(
+    store: FeatureStore, entry: ModelEntry, mv: ModelVersion, alias: str
+) -> str | None:
+    """Why ``alias`` cannot point at ``mv``: after the change a canary or shadow would need
+    request fields production does not. Clients send the request data production needs, so
+    a canary's share of requests would fail with a 400, and a shadow (scored on the features
+    fetched for production) would never get the features computed from them. None when every
+    such alias needs a subset of production's (or there is no production, or a service is not
+    defined: health reports that)."""
+    after = {a: entry.alias(a) for a in entry.aliases if a in ("production", "canary", "shadow")}
+    after[alias] = mv
+    prod = after.get("production")
+    if prod is None:
+        return None
+    have = needed_request_fields(store, prod.feature_service)
+    if have is None:
+        return None
+    # only the pairs this change makes: a canary or shadow already set is not this one's fault
+    for other in ("canary", "shadow") if alias == "production" else (alias,):
+        ov = after.get(other)
+        if ov is None:
+            continue
+        extra = sorted((needed_request_fields(store, ov.feature_service) or set()) - have)
+        if not extra:
+            continue
+        fields = f"request field{'s' if len(extra) > 1 else ''} {extra}"
+        what = (
+            "its share of requests would fail with a 400"
+            if other == "canary"
+            else "the shadow, scored on the features fetched for production, would never get "
+            "the ones computed from them"
+        )
+        if alias == "production":
+            return (
+                f"model '{entry.name}' v{mv.version} cannot become production: its {other} "
+                f"v{ov.version} (feature service '{ov.feature_service}') needs {fields}, which "
+                f"v{mv.version} (feature service '{mv.feature_service}') does not; clients send "
+                f"what production needs, so {what}: unset the {other} first (`featurestore "
+                f"models unset {entry.name} --alias {other}`) or point it at a version needing "
+                "only production's request fields"
+            )
+        return (
+            f"model '{entry.name}' v{mv.version} cannot become {alias}: its feature service "
+            f"'{mv.feature_service}' needs {fields}, which production v{prod.version} (feature "
+            f"service '{prod.feature_service}') does not; clients send what production needs, "
+            f"so {what}: promote a production version needing them first, or register the "
+            f"{alias} on a service needing only production's request fields"
+        )
+    return None
 
 
 def service_problem(

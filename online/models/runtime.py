@@ -122,12 +122,14 @@ class LoadedModel:
         if self.predictor.explainer is None:
             raise self._cannot_explain(self.predictor.unexplainable)
 
-    def explain(self, x: np.ndarray) -> Explanation:
+    def explain(self, x: np.ndarray, *, scores: np.ndarray | None = None) -> Explanation:
         """Per-row feature contributions of the rows ``x`` (as ``score`` gets them, NaN missing).
 
         ``base_values + contributions.sum(axis=1)`` equals the model's output in the space
         ``output`` names ("raw": log-odds of binary classifiers, the value of identity-link
-        regressors; see ``featurestore.online.models.explain``). A model that cannot explain
+        regressors; see ``featurestore.online.models.explain``). A python model giving no base
+        (in its score's own space) gets the score less the sum, from ``scores`` (the rows'
+        scores, when the caller has them) or a scoring of ``x``. A model that cannot explain
         raises ModelExplainError; rows of the wrong width a ValueError; a library failure a
         ModelPredictError. Only runs when asked: scoring never pays for it.
         """
@@ -143,18 +145,23 @@ class LoadedModel:
         if len(x) == 0:
             return Explanation(self.feature_names, np.zeros((0, k)), np.zeros(0), ex.output)
         try:
-            contributions, base = ex.fn(np.ascontiguousarray(x))
+            contributions, given = ex.fn(np.ascontiguousarray(x))
             contributions = np.ascontiguousarray(contributions, dtype=np.float64)
-            base = np.ascontiguousarray(base, dtype=np.float64)
-            if contributions.shape != x.shape or base.shape != (len(x),):
+            base = None if given is None else np.ascontiguousarray(given, dtype=np.float64)
+            if contributions.shape != x.shape or (base is not None and base.shape != (len(x),)):
                 raise ValueError(
                     f"contributions of shape {contributions.shape} and base values of shape "
-                    f"{base.shape} for {len(x)} row(s) of {k} inputs"
+                    f"{None if base is None else base.shape} for {len(x)} row(s) of {k} inputs"
                 )
         except ModelExplainError as exc:  # found out on first use (a sklearn model's probe)
             raise self._cannot_explain(str(exc)) from None
         except Exception as exc:
             raise self._failed(exc, len(x), "explain") from exc
+        if base is None:  # so that base + sum is the score, row by row (NaN: unscored)
+            got = self.score(x)[0] if scores is None else np.asarray(scores, dtype=np.float64)
+            if got.shape != (len(x),):
+                raise ValueError(f"scores of shape {got.shape} for {len(x)} row(s)")
+            base = got - contributions.sum(axis=1)
         return Explanation(self.feature_names, contributions, base, ex.output)
 
     def _cannot_explain(self, why: str) -> ModelExplainError:
@@ -218,6 +225,15 @@ def input_columns(model: LoadedModel, rows_of: LoadedModel) -> list[int] | None:
     where = {n: i for i, n in enumerate(rows_of.feature_names)}
     cols = [where.get(n) for n in model.feature_names]
     return None if None in cols else cols  # type: ignore[return-value]
+
+
+def append_line(path: str, line: str) -> None:
+    """Append ``line`` and a newline to the file ``path``, creating it owner-only (0600) as the
+    audit log's files are: shadow records hold scores of real entities. An existing file keeps
+    its mode (the audit log never changes one either)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    with os.fdopen(fd, "a") as fh:
+        fh.write(line + "\n")
 
 
 class ShadowRecorder:
@@ -358,8 +374,7 @@ class ShadowRecorder:
                     self.on_record(rec)
                 if self.log_path:
                     try:
-                        with open(self.log_path, "a") as fh:
-                            fh.write(json.dumps(rec) + "\n")
+                        append_line(self.log_path, json.dumps(rec))
                     except OSError as exc:
                         log.warning("cannot append shadow log %s: %s", self.log_path, exc)
             except Exception:  # never let the scorer die

@@ -684,7 +684,7 @@ class Engine(StoreReads, Pushes, Shortcuts):
         self._observe("predict", t0, degraded, x.shape[0])
         res = PredictResult(mv.name, mv.version, scores.tolist(), degraded, feats)
         if explain:
-            res.explanation = chosen.explain(x)
+            res.explanation = chosen.explain(x, scores=scores)  # a base from the scores
         if self._audit is not None:
             res.request_id = self._audit.predict(
                 model=mv.name,
