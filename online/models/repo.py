@@ -164,21 +164,28 @@ def promote_model(
     return warnings
 
 
-def needed_request_fields(store: FeatureStore, service: str) -> set[str] | None:
-    """The request fields a predict through feature ``service`` must carry (its on-demand
-    features' inputs, as the servers demand them); None when the service is not defined."""
+def needed_request_data(store: FeatureStore, service: str) -> set[str] | None:
+    """What a predict through feature ``service`` must carry, as the servers demand it: its
+    join keys (``"join key 'k'"``) and its on-demand features' request fields (``"request
+    field 'f'"``); None when the service is not defined."""
     if service not in store.registry.feature_services:
         return None
+    from featurestore.online._shape import request_shape
     from featurestore.online.serving._requests import request_fields
 
-    return set(request_fields(store.resolve_features(service)))
+    requests = list(store.resolve_features(service))
+    keys = request_shape(store.config.project, requests, False).needed
+    return {f"join key '{k}'" for k in keys} | {
+        f"request field '{f}'" for f in request_fields(requests)
+    }
 
 
 def request_problem(
     store: FeatureStore, entry: ModelEntry, mv: ModelVersion, alias: str
 ) -> str | None:
     """Why ``alias`` cannot point at ``mv``: after the change a canary or shadow would need
-    request fields production does not. Clients send the request data production needs, so
+    request data (join keys, request fields) production does not. Clients send what production
+    needs, so
     a canary's share of requests would fail with a 400, and a shadow (scored on the features
     fetched for production) would never get the features computed from them. None when every
     such alias needs a subset of production's (or there is no production, or a service is not
@@ -188,7 +195,7 @@ def request_problem(
     prod = after.get("production")
     if prod is None:
         return None
-    have = needed_request_fields(store, prod.feature_service)
+    have = needed_request_data(store, prod.feature_service)
     if have is None:
         return None
     # only the pairs this change makes: a canary or shadow already set is not this one's fault
@@ -196,10 +203,10 @@ def request_problem(
         ov = after.get(other)
         if ov is None:
             continue
-        extra = sorted((needed_request_fields(store, ov.feature_service) or set()) - have)
+        extra = sorted((needed_request_data(store, ov.feature_service) or set()) - have)
         if not extra:
             continue
-        fields = f"request field{'s' if len(extra) > 1 else ''} {extra}"
+        fields = ", ".join(extra)
         what = (
             "its share of requests would fail with a 400"
             if other == "canary"
@@ -213,14 +220,14 @@ def request_problem(
                 f"v{mv.version} (feature service '{mv.feature_service}') does not; clients send "
                 f"what production needs, so {what}: unset the {other} first (`featurestore "
                 f"models unset {entry.name} --alias {other}`) or point it at a version needing "
-                "only production's request fields"
+                "only production's request data"
             )
         return (
             f"model '{entry.name}' v{mv.version} cannot become {alias}: its feature service "
             f"'{mv.feature_service}' needs {fields}, which production v{prod.version} (feature "
             f"service '{prod.feature_service}') does not; clients send what production needs, "
             f"so {what}: promote a production version needing them first, or register the "
-            f"{alias} on a service needing only production's request fields"
+            f"{alias} on a service needing only production's request data"
         )
     return None
 

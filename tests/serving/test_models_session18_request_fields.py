@@ -1,10 +1,12 @@
 """Clients send the request data production needs: a canary or shadow whose feature service needs
-request fields production's does not is refused (register --alias and promote alike), whichever
-alias changes, in one line naming the model, the version, the alias and the missing fields.
+request fields or join keys production's does not is refused (register --alias and promote
+alike), whichever alias changes, in one line naming the model, the version, the alias and what
+is missing.
 
 Model 'm' has one version per service; every service serves the bare names tx_count,
 amount_mean and risk (risk from an on-demand view in three of them), so only request data
-tells them apart: v1 needs none, v2 'a', v3 'b', v4 both.
+tells them apart: v1 needs the join key merchant_id (its risk is merchant_stats'), v2 the
+request field 'a', v3 'b', v4 both; all need user_id.
 """
 
 from __future__ import annotations
@@ -62,7 +64,8 @@ need_ab = FeatureService(name="need_ab", features=_BASE + ["odab:risk"])
 """
 MODEL = "FEATURE_NAMES = ['tx_count', 'amount_mean', 'risk']\ndef predict(x):\n    return x[:, 0]\n"
 SERVICES = {1: "scoring", 2: "need_a", 3: "need_b", 4: "need_ab"}
-NEEDS = {1: set(), 2: {"a"}, 3: {"b"}, 4: {"a", "b"}}
+A, B, MERCHANT = "request field 'a'", "request field 'b'", "join key 'merchant_id'"
+NEEDS = {1: {MERCHANT}, 2: {A}, 3: {B}, 4: {A, B}}
 OTHERS = ("canary", "shadow")
 
 
@@ -152,7 +155,7 @@ def test_every_other_alias_needs_a_subset_of_productions_request_fields(
         promote_model(store, "m", v, alias, share=share)
     msg = str(info.value)
     assert msg.startswith(f"model 'm' v{v} cannot become {alias}: ")
-    assert f"request field{'s' if len(fields) > 1 else ''} {fields}" in msg
+    assert f"needs {', '.join(fields)}, which" in msg
     assert "\n" not in msg
     if alias == "production":
         assert f"its {other} v{before[other]} (feature service '{SERVICES[before[other]]}')" in msg
@@ -168,10 +171,10 @@ def test_cli_promote_refuses_a_canary_needing_more_request_data(repo: Path) -> N
     assert r.exit_code == 1
     assert r.output == (
         "error: model 'm' v4 cannot become canary: its feature service 'need_ab' needs request "
-        "field ['b'], which production v2 (feature service 'need_a') does not; clients send what "
+        "field 'b', which production v2 (feature service 'need_a') does not; clients send what "
         "production needs, so its share of requests would fail with a 400: promote a production "
         "version needing them first, or register the canary on a service needing only "
-        "production's request fields\n"
+        "production's request data\n"
     )
     assert _aliases(repo) == {"production": 2}
     r = _cli(repo, "models", "promote", "m", "4")  # production first: then the canary fits
@@ -187,7 +190,7 @@ def test_cli_promote_refuses_a_production_needing_less_than_its_shadow(repo: Pat
     assert r.exit_code == 1
     assert r.output.startswith(
         "error: model 'm' v2 cannot become production: its shadow v3 (feature service 'need_b') "
-        "needs request field ['b'], which v2 (feature service 'need_a') does not; clients send "
+        "needs request field 'b', which v2 (feature service 'need_a') does not; clients send "
         "what production needs, so the shadow, scored on the features fetched for production, "
         "would never get the ones computed from them: unset the shadow first (`featurestore "
         "models unset m --alias shadow`)"
@@ -211,7 +214,7 @@ def test_cli_register_with_alias_shadow_refuses_more_request_data(
     assert lines[0] == "registered m v5 (python, 3 features from 'need_a')"
     assert lines[1].startswith(
         "error: model 'm' v5 cannot become shadow: its feature service 'need_a' needs request "
-        "field ['a'], which production v1 (feature service 'scoring') does not"
+        "field 'a', which production v1 (feature service 'scoring') does not"
     ), r.output
     assert len(lines) == 2
     assert _aliases(repo) == {"production": 1}
@@ -224,3 +227,14 @@ def test_without_production_any_alias_is_accepted(repo: Path, store: FeatureStor
     assert promote_model(store, "m", 4, "shadow") == []
     assert promote_model(store, "m", 3, "canary", share=0.5) == []
     assert _aliases(repo) == {"shadow": 4, "canary": 3}
+
+
+def test_a_canary_needing_a_join_key_production_does_not_is_refused(repo: Path) -> None:
+    _set_aliases(repo, {"production": 2})  # need_a: user_id and 'a'
+    r = _cli(repo, "models", "promote", "m", "1", "--alias", "canary", "--share", "0.1")
+    assert r.exit_code == 1
+    assert r.output.startswith(
+        "error: model 'm' v1 cannot become canary: its feature service 'scoring' needs join key "
+        "'merchant_id', which production v2 (feature service 'need_a') does not"
+    ), r.output
+    assert _aliases(repo) == {"production": 2}
