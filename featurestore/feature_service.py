@@ -6,12 +6,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from featurestore.errors import DefinitionError
-from featurestore.feature_view import FeatureView
+from featurestore.feature_view import FeatureView, FeatureViewProjection
 
 
 @dataclass(frozen=True)
 class FeatureService:
-    """A name for a list of ``view:feature`` references (or whole views) that a model reads."""
+    """A name for a list of ``view:feature`` references that a model reads; ``features`` may
+    also hold whole views (on-demand ones too) and projections (``view[["a", "b"]]``)."""
 
     name: str
     features: tuple[str, ...]
@@ -23,23 +24,27 @@ class FeatureService:
         self,
         *,
         name: str,
-        features: list[FeatureView | str],
+        features: list[Any],
         description: str = "",
         owner: str = "",
         tags: dict[str, str] | None = None,
     ) -> None:
         if not name:
             raise DefinitionError("a FeatureService needs a name")
+        from featurestore.on_demand_view import OnDemandFeatureView
+
         refs: list[str] = []
         for item in features or ():
-            if isinstance(item, FeatureView):
+            if isinstance(item, (FeatureView, OnDemandFeatureView)):
                 refs.extend(f"{item.name}:{f}" for f in item.feature_names)
+            elif isinstance(item, FeatureViewProjection):
+                refs.extend(item.refs)
             elif isinstance(item, str) and item.count(":") == 1:
                 refs.append(item)
             else:
                 raise DefinitionError(
-                    f"feature service '{name}': {item!r} is neither a FeatureView nor a "
-                    "'view:feature' reference"
+                    f"feature service '{name}': {item!r} is neither a feature view (or some of "
+                    "its features, view[['a', 'b']]) nor a 'view:feature' reference"
                 )
         if not refs:
             raise DefinitionError(f"feature service '{name}' lists no features")

@@ -79,7 +79,8 @@ class FeatureView:
             raise DefinitionError(f"feature view '{name}': {exc}") from None
         if ttl_td is not None and ttl_td <= timedelta(0):
             raise DefinitionError(
-                f"feature view '{name}' has ttl {ttl!r}; a ttl must be positive or None"
+                f"feature view '{name}' has ttl {ttl!r}; a ttl must be positive, or None for "
+                "rows that never expire (Feast's ttl of 0)"
             )
         keys = {k for e in ents for k in e.join_keys}
         reserved = keys | {source.timestamp_field, source.created_timestamp_field}
@@ -148,6 +149,18 @@ class FeatureView:
     def ttl_us(self) -> int | None:
         return duration_us(self.ttl)
 
+    def __getitem__(self, features: list[str] | tuple[str, ...] | str) -> FeatureViewProjection:
+        """Some of the view's features, ``view[["a", "b"]]`` as in Feast: a FeatureService
+        lists them as ``view:a``, ``view:b``. An unknown name fails here, naming the view."""
+        names = (features,) if isinstance(features, str) else tuple(features)
+        if not names or not all(isinstance(n, str) for n in names):
+            raise DefinitionError(
+                f"feature view '{self.name}'[{features!r}]: give a list of its feature names"
+            )
+        for n in names:
+            self.field(n)
+        return FeatureViewProjection(self.name, names)
+
     def field(self, feature: str) -> Field:
         for f in self.schema:
             if f.name == feature:
@@ -212,6 +225,19 @@ class FeatureView:
             _window=None if win is None else WindowSpec(d["name"], spec=win, repo_path=repo_path),
             _code_epoch=d.get("code_epoch", 0),
         )
+
+
+@dataclass(frozen=True)
+class FeatureViewProjection:
+    """Some features of one view (``view[["a", "b"]]``): what a FeatureService lists."""
+
+    view: str
+    features: tuple[str, ...]
+
+    @property
+    def refs(self) -> list[str]:
+        """The ``view:feature`` references of the projection, in its order."""
+        return [f"{self.view}:{f}" for f in self.features]
 
 
 def _window_schema(name: str, window: WindowSpec, declared: list[Field]) -> list[Field]:

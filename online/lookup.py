@@ -545,6 +545,17 @@ class OnlineResponse:
 
         return pl.from_arrow(self.to_arrow())  # type: ignore[return-value]
 
+    def to_df(self) -> Any:
+        """A pandas DataFrame, as Feast's ``to_df()`` gives (needs pandas installed)."""
+        try:
+            import pandas  # noqa: F401
+        except ImportError:
+            raise ImportError(
+                "to_df() gives a pandas DataFrame and pandas is not installed: pip install "
+                "pandas (or 'featurestore[pandas]'), or use to_polars() / to_arrow()"
+            ) from None
+        return self.to_arrow().to_pandas()
+
 
 class Lookup:
     """A planned read: the keys to fetch, and how their values become an OnlineResponse.

@@ -94,7 +94,7 @@ def test_service_accepts_views_and_refs_and_rejects_junk() -> None:
     v = view(schema=[Field("a", Float64), Field("b", Float64)])
     s = FeatureService(name="m", features=[v, "other:x"])
     assert s.features == ("user_stats:a", "user_stats:b", "other:x")
-    with pytest.raises(DefinitionError, match="neither a FeatureView nor"):
+    with pytest.raises(DefinitionError, match="neither a feature view"):
         FeatureService(name="m", features=["nocolon"])
     with pytest.raises(DefinitionError, match="more than once"):
         FeatureService(name="m", features=[v, "user_stats:a"])
