@@ -137,23 +137,39 @@ def _on_demand(view: Any, feat: str, base: pl.DataFrame, values: dict[str, pl.Se
 
 
 def _check_request_range(view: str, name: str, dtype: str, col: Any) -> None:
-    """A request field declared Int32 (Int64) refuses a spine integer it cannot hold, as a
-    request refuses it online, with the first such row (one line)."""
+    """A request field refuses a spine value its declared type cannot hold, as a request
+    refuses it online, naming the first such row (one line): an Int32 (Int64) field an integer
+    out of its range or a float that is no such integer (NaN is a null there); a Float32
+    field a finite number past float32's range (it would round to infinity)."""
+    import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from featurestore.types import INT_RANGES
+    from featurestore.types import FLOAT32_END, INT_RANGES
 
-    if dtype not in INT_RANGES or not pa.types.is_integer(col.type):
+    why = f"declares it {dtype}"
+    if pa.types.is_floating(col.type) and dtype in INT_RANGES:
+        lo, hi = INT_RANGES[dtype]
+        # lo and hi + 1 are powers of two: exact as floats
+        out = pc.or_(pc.less(col, float(lo)), pc.greater_equal(col, float(hi) + 1.0))
+        off = pc.or_(out, pc.not_equal(pc.floor(col), col))
+        bad = pc.and_(off, pc.invert(pc.is_nan(col)))
+    elif pa.types.is_floating(col.type) and dtype == "float32":
+        bad = pc.and_(pc.is_finite(col), pc.greater_equal(pc.abs(col), FLOAT32_END))
+        why += ", which holds finite values up to about +-3.4e+38"
+    elif pa.types.is_integer(col.type) and dtype in INT_RANGES:
+        lo, hi = INT_RANGES[dtype]
+        seen = pc.min_max(col).as_py()  # nulls skipped; both None when all are null
+        if seen["min"] is None or (lo <= seen["min"] and seen["max"] <= hi):
+            return
+        bad = pa.array([v is not None and not lo <= v <= hi for v in col.to_pylist()])
+    else:
         return
-    lo, hi = INT_RANGES[dtype]
-    seen = pc.min_max(col).as_py()  # nulls skipped; both None when all are null
-    if seen["min"] is None or (lo <= seen["min"] and seen["max"] <= hi):
+    flags = np.asarray(bad.fill_null(False), dtype=bool)
+    if not flags.any():
         return
-    row, v = next(
-        (r, v) for r, v in enumerate(col.to_pylist()) if v is not None and not lo <= v <= hi
-    )
+    row = int(np.argmax(flags))
+    v = col[row].as_py()
     raise EntityDataError(
-        f"request field '{name}' is {v} at spine row {row}; on-demand feature view "
-        f"'{view}' declares it {dtype}"
+        f"request field '{name}' is {v} at spine row {row}; on-demand feature view '{view}' {why}"
     )

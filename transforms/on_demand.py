@@ -7,6 +7,8 @@ signature (see ``row``). Inputs map positionally onto the function's parameters.
 
 from __future__ import annotations
 
+import numbers
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -24,6 +26,7 @@ if TYPE_CHECKING:
 
     from featurestore.types import DType
 
+_F32 = struct.Struct("<f")  # packing rounds a float to the nearest float32, as numpy casts
 _KIND = {"float64": "f", "float32": "f", "int64": "i", "int32": "i", "bool": "b", "boolean": "b"}
 _SHOWN = {"int32": "Int32", "int64": "Int64", "float32": "Float32"}
 
@@ -74,6 +77,13 @@ class OnDemandFeature:
                 f"on-demand feature '{self.name}' ({t.where}): {len(self.inputs)} inputs "
                 f"{list(self.inputs)} but the function takes {len(t.params)} {list(t.params)}"
             )
+        # positions of the Float32 request fields: their values reach the function rounded to
+        # float32 on every path (a spine column may hold them as float32 or float64)
+        self._float32_at = tuple(
+            k
+            for k, i in enumerate(self.inputs)
+            if (f := self._request_field(i)) is not None and f.dtype.name == "float32"
+        )
 
     @property
     def request_fields(self) -> tuple[str, ...]:
@@ -123,8 +133,39 @@ class OnDemandFeature:
             )
 
     def compute_row(self, values: Mapping[str, Any]) -> Any:
-        """One request: the njit kernel over ``values[input]``; None when an input is null."""
-        return self.transform(*(values.get(i) for i in self.inputs))
+        """One request: the njit kernel over ``values[input]``; None when an input is null.
+        A Float32 request field is rounded to float32 first, as ``compute_columns`` does."""
+        if not self._float32_at:
+            return self.transform(*(values.get(i) for i in self.inputs))
+        args = [values.get(i) for i in self.inputs]
+        for k in self._float32_at:
+            args[k] = self._float32(self.inputs[k], args[k])
+        return self.transform(*args)
+
+    def _float32(self, name: str, v: Any) -> Any:
+        """Request field ``name``'s value ``v`` as the float32 a spine column of that type
+        holds (a Python float); None stays None, NaN and infinities stay what they are."""
+        if v is None:
+            return None
+        try:
+            if type(v) is not float and isinstance(v, numbers.Integral):
+                v = int(v)  # a large integer is rounded once, from the integer (as a column is)
+                if 2**53 < abs(v):
+                    lo, hi = INT_RANGES["int64"]
+                    if lo <= v <= hi:
+                        import numpy as np
+
+                        return float(np.float32(np.int64(v)))
+                    v = float(v)
+            return _F32.unpack(_F32.pack(v))[0]
+        except struct.error:  # not a number: the kernel refuses it as before
+            return v
+        except OverflowError:  # finite, but past float32's range
+            raise EntityDataError(
+                f"request field '{name}' is {v!r}, which its Float32 type cannot hold (finite "
+                f"values up to about +-3.4e+38); on-demand feature '{self.name}' reads it: "
+                "send a smaller value or declare the field Float64"
+            ) from None
 
     def serve_row(self, value: Any, view: str, row: int) -> Any:
         """A computed row value as the output type holds it, as the training set holds it
@@ -203,7 +244,28 @@ class OnDemandFeature:
                 f"on-demand feature '{self.name}' needs columns {missing}; have {sorted(columns)}"
             )
         by_param = {p: columns[i] for p, i in zip(self.transform.params, self.inputs, strict=True)}
+        for k in self._float32_at:  # Float32 request fields: rounded as compute_row rounds
+            p = self.transform.params[k]
+            by_param[p] = float32_column(by_param[p])
         return self.transform.apply_columns(by_param)
+
+
+def float32_column(col: Any) -> Any:
+    """A numeric column rounded to float32 (one numpy cast; nulls become NaN, which a
+    transform reads as null): how a Float32 request field reaches the function. Any other
+    column is returned as is (``apply_columns`` names a wrong one)."""
+    import numpy as np
+
+    from featurestore.transforms._columns import to_numpy
+
+    arr, valid = to_numpy(col)
+    if arr.dtype.kind not in "iuf":
+        return col
+    with np.errstate(over="ignore"):  # past float32's range: refused before (see offline)
+        out = arr.astype(np.float32)
+    if valid is not None:
+        out[~valid] = np.nan
+    return out
 
 
 def _fits(input_type: str, param_type: str) -> bool:

@@ -13,8 +13,12 @@ import numpy as np
 
 from featurestore._time import to_us
 from featurestore.online.keys import kind_mismatch
-from featurestore.online.serving.errors import BadRequestError, TooManyEntitiesError
-from featurestore.types import INT_RANGES, KEY_KIND_NOUNS, value_fits
+from featurestore.online.serving.errors import (
+    BadRequestError,
+    TooManyEntitiesError,
+    join_key_error,
+)
+from featurestore.types import FLOAT32_END, INT_RANGES, value_fits
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -47,7 +51,7 @@ def to_columns(
                     field=f"{what}.{k}",
                 )
             cols[k] = list(v)
-        lengths = {k: len(v) for k, v in cols.items()}
+        lengths = {k: len(cols[k]) for k in sorted(cols)}  # by name: a gRPC map has no order
         if len(set(lengths.values())) > 1:
             raise BadRequestError(f"{what}: columns have different lengths {lengths}", field=what)
         return cols
@@ -112,25 +116,13 @@ def check_entities(
             continue
         for i, v in enumerate(col):
             if isinstance(v, bool) or not isinstance(v, (int, str)):
-                raise BadRequestError(
-                    f"{where}.{key}[{i}] is {v!r} ({type(v).__name__}); "
-                    "join keys are ints or strings",
-                    field=f"{where}.{key}",
-                )
+                raise join_key_error(f"{where}.{key}", i, v)
             if isinstance(v, int) and not _INT64_MIN <= v <= _INT64_MAX:
-                raise BadRequestError(
-                    f"{where}.{key}[{i}] is {v}, outside the 64-bit range of integer join keys",
-                    field=f"{where}.{key}",
-                )
+                raise join_key_error(f"{where}.{key}", i, int(v))
         hit = kind_mismatch(col, want) if want else None
         if hit is not None:
             i, v = hit
-            noun = KEY_KIND_NOUNS[want]
-            raise BadRequestError(
-                f"{where}.{key}[{i}] is {v!r} ({type(v).__name__}), but join key '{key}' holds "
-                f"{noun} (its column in the feature views' sources); send {noun}",
-                field=f"{where}.{key}",
-            )
+            raise join_key_error(f"{where}.{key}", i, v, holds=want)
     return n
 
 
@@ -159,11 +151,21 @@ def check_request_data(cols: Columns, n: int, needed: RequestFields) -> None:
                 f"given: {sorted(cols) or 'none'}",
                 field=f"request_data.{k}",
             )
-        for i, v in enumerate(cols[k]):
+        col = cols[k]
+        for i, v in enumerate(col):
             if not value_fits(v, dtype):
                 raise BadRequestError(
                     f"request_data.{k}[{i}] is {v!r} ({type(v).__name__}); request field "
                     f"'{k}' of on-demand feature view '{view}' is {dtype}",
+                    field=f"request_data.{k}",
+                )
+        if dtype == "float32":  # a finite number past float32's range would round to infinity
+            i = next((i for i, v in enumerate(col) if v is not None and _past_float32(v)), None)
+            if i is not None:
+                raise BadRequestError(
+                    f"request_data.{k}[{i}] is {col[i]!r}; request field '{k}' of on-demand "
+                    f"feature view '{view}' is float32, which holds finite values up to about "
+                    "+-3.4e+38",
                     field=f"request_data.{k}",
                 )
     for k, v in cols.items():
@@ -172,6 +174,15 @@ def check_request_data(cols: Columns, n: int, needed: RequestFields) -> None:
                 f"request_data.{k} has {len(v)} values but there are {n} entities",
                 field=f"request_data.{k}",
             )
+
+
+def _past_float32(v: Any) -> bool:
+    """Whether the number ``v`` is finite but rounds to infinity as a float32."""
+    try:
+        f = float(v)
+    except OverflowError:  # an integer past float64's range
+        return True
+    return abs(f) >= FLOAT32_END and f - f == 0.0
 
 
 def push_table(

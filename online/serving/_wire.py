@@ -18,7 +18,7 @@ import numpy as np
 
 from featurestore._time import to_us
 from featurestore.online.serving._proto import featurestore_pb2 as pb
-from featurestore.online.serving.errors import BadRequestError
+from featurestore.online.serving.errors import BadRequestError, join_key_error
 
 if TYPE_CHECKING:
     from featurestore.online.models import Explanation
@@ -630,11 +630,8 @@ def _key_column(values: Any, where: str) -> list[Any]:
         return _generic(values, _not_a_timestamp)
     except _TimestampKey:
         i = next(i for i, v in enumerate(values) if v.WhichOneof("kind") == "timestamp_us_val")
-        raise BadRequestError(
-            f"{where}[{i}] is a timestamp ({values[i].timestamp_us_val} us); join keys are ints "
-            "or strings",
-            field=where,
-        ) from None
+        us = values[i].timestamp_us_val
+        raise join_key_error(where, i, us, shown_as=f"a timestamp ({us} us)") from None
 
 
 class _TimestampKey(Exception):

@@ -15,14 +15,23 @@ import logging
 import math
 import os
 from collections.abc import AsyncIterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    WithJsonSchema,
+)
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from featurestore._jsonable import json_default
@@ -63,6 +72,7 @@ from featurestore.online.serving.errors import (
     TooManyEntitiesError,
     UnsupportedMediaTypeError,
 )
+from featurestore.online.serving.errors import shown as _shown  # the wording every transport uses
 from featurestore.online.serving.metrics import REST_ENDPOINTS
 
 if TYPE_CHECKING:
@@ -71,7 +81,20 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("featurestore.serving")
 
-Key = StrictInt | StrictStr
+# join-key columns: any JSON values, checked by the engine, so a wrong key reads as over gRPC
+# (one message, in the same order as the other checks); the spec still says ints or strings
+KeyColumns = Annotated[
+    dict[StrictStr, list[Any]],
+    WithJsonSchema(
+        {
+            "type": "object",
+            "additionalProperties": {
+                "type": "array",
+                "items": {"anyOf": [{"type": "integer"}, {"type": "string"}]},
+            },
+        }
+    ),
+]
 Scalar = StrictBool | StrictInt | StrictFloat | StrictStr | None
 AnyValue = Scalar | list[StrictBool | StrictInt | StrictFloat]
 # a pushed array may hold the strings answers use for NaN and infinities ("NaN", "Infinity")
@@ -87,7 +110,7 @@ class GetOnlineFeaturesRequest(_Body):
 
     features: list[StrictStr] | None = Field(None, description="'view:feature' references")
     feature_service: StrictStr | None = None
-    entities: dict[StrictStr, list[Key]] = Field(
+    entities: KeyColumns = Field(
         ..., description="join key -> one value per entity", examples=[{"user_id": [1, 2]}]
     )
     request_data: dict[StrictStr, list[AnyValue]] | None = None
@@ -100,7 +123,7 @@ class PredictRequest(_Body):
     """Score a batch of entities with model ``NAME``, ``NAME@ALIAS`` or ``NAME@VERSION``."""
 
     model: StrictStr = Field(..., examples=["fraud", "fraud@canary", "fraud@2"])
-    entities: dict[StrictStr, list[Key]]
+    entities: KeyColumns
     request_data: dict[StrictStr, list[AnyValue]] | None = None
     return_features: StrictBool = False
     deadline_ms: float | None = Field(None, gt=0, le=MAX_DEADLINE_MS)
@@ -306,7 +329,7 @@ def not_json(path: str, content_type: str | None) -> UnsupportedMediaTypeError:
 
 def validation_message(errs: Sequence[Any]) -> str:
     """One line for a body that failed its schema: the first wrong field as a path
-    (``entities.user_id[0]``), its value as JSON and what it should be, then how many other
+    (``request_data.amount[0]``), its value as JSON and what it should be, then how many other
     fields are wrong. A value matching no member of a union yields an error per member (and
     per element of a list member): they count as one problem, shown by the deepest path."""
     problems: dict[str, tuple[str, Any]] = {}  # a value's path -> its deepest error
@@ -332,8 +355,6 @@ def validation_message(errs: Sequence[Any]) -> str:
     if kind == "extra_forbidden":
         return f"{where} is not a field of this request{more}"
     shown = _shown(first.get("input"))
-    if where.startswith("entities.") and where.endswith("]"):
-        return f"{where} is {shown}; join keys are ints or strings{more}"
     if where.startswith(("request_data.", "rows.")) and where.endswith("]"):
         if where.count("[") > 1:
             return f"{where} is {shown}; list elements are numbers or booleans{more}"
@@ -345,21 +366,12 @@ def validation_message(errs: Sequence[Any]) -> str:
 
 
 def validation_status(errs: Sequence[Any]) -> int:
-    """The status of a body that failed its schema: 400 when it is not JSON at all or every
-    problem is a join-key value (as the engine's own checks of join keys and gRPC's
-    INVALID_ARGUMENT), else 422 (a field of the wrong type, missing, unknown or out of range).
-    """
+    """The status of a body that failed its schema: 400 when it is not JSON at all, else 422
+    (a field of the wrong type, missing, unknown or out of range). Join-key values are not
+    judged by the schema: the engine refuses a wrong one with a 400, as over gRPC."""
     if any(e.get("type") == "json_invalid" for e in errs):
         return 400
-    if errs and all(_is_key_value(e.get("loc", ())) for e in errs):
-        return 400
     return 422
-
-
-def _is_key_value(loc: Sequence[Any]) -> bool:
-    """Whether a pydantic error location is one join-key value: (body,) entities, key, index."""
-    parts = list(loc[1:] if loc and loc[0] == "body" else loc)
-    return len(parts) >= 3 and parts[0] == "entities" and isinstance(parts[2], int)
 
 
 def _field_path(loc: Sequence[Any]) -> str:
@@ -377,22 +389,6 @@ def _field_path(loc: Sequence[Any]) -> str:
         if not after_index:
             out += f".{part}" if out else str(part)
     return out or "body"
-
-
-def _shown(v: Any) -> str:
-    """A request value as JSON (shortened), with its JSON type when that is not plain."""
-    try:
-        text = orjson.dumps(v).decode()
-    except TypeError:
-        text = repr(v)
-    if len(text) > 60:
-        text = text[:57] + "..."
-    if v is None:
-        return "null"
-    kind = {bool: "boolean", float: "float", str: "string"}.get(type(v))
-    if kind is None:
-        kind = "array" if isinstance(v, list) else "object" if isinstance(v, dict) else ""
-    return f"{text} ({kind})" if kind else text
 
 
 def _status_of(exc: BaseException) -> int:

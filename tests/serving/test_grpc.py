@@ -223,7 +223,7 @@ def test_health_and_listings(stub) -> None:
                 )
             ),
             grpc.StatusCode.INVALID_ARGUMENT,
-            "entities.user_id[0] is '3' (str), but join key 'user_id' holds integers",
+            "entities.user_id[0] is \"3\" (string), but join key 'user_id' holds integers",
         ),
         (  # one entity: the predict shortcut hands it to the same checks
             lambda s: s.Predict(
@@ -232,7 +232,7 @@ def test_health_and_listings(stub) -> None:
                 )
             ),
             grpc.StatusCode.INVALID_ARGUMENT,
-            "entities.user_id[0] is '3'",
+            'entities.user_id[0] is "3"',
         ),
         (  # a NaN budget would never expire
             lambda s: s.GetOnlineFeatures(

@@ -14,22 +14,22 @@ import pytest
         (
             "/get-online-features",
             {"feature_service": "scoring", "entities": {"user_id": ["3"], "merchant_id": [1]}},
-            "entities.user_id[0] is '3' (str), but join key 'user_id' holds integers",
+            "entities.user_id[0] is \"3\" (string), but join key 'user_id' holds integers",
         ),
         (
             "/get-online-features",
             {"features": ["merchant_stats:risk"], "entities": {"merchant_id": [1, 2, "7"]}},
-            "entities.merchant_id[2] is '7' (str)",
+            'entities.merchant_id[2] is "7" (string)',
         ),
         (  # one entity: the predict shortcut must hand it to the checks, not score defaults
             "/predict",
             {"model": "fraud", "entities": {"user_id": ["3"], "merchant_id": [1]}},
-            "entities.user_id[0] is '3'",
+            'entities.user_id[0] is "3"',
         ),
         (
             "/predict",
             {"model": "fraud", "entities": {"user_id": [3, 4], "merchant_id": ["1", "2"]}},
-            "entities.merchant_id[0] is '1'",
+            'entities.merchant_id[0] is "1"',
         ),
         (
             "/push",
@@ -37,7 +37,7 @@ import pytest
                 "feature_view": "merchant_stats",
                 "rows": {"merchant_id": ["1"], "risk": [0.1]},
             },
-            "rows.merchant_id[0] is '1' (str), but join key 'merchant_id' holds integers",
+            "rows.merchant_id[0] is \"1\" (string), but join key 'merchant_id' holds integers",
         ),
     ],
 )

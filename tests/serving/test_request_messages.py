@@ -119,8 +119,8 @@ def test_the_openapi_spec_lists_the_400_of_those_routes(client: httpx.Client) ->
     ("value", "needle"),
     [
         (pb.Value(double_val=1.5), "entities.user_id[1] is 1.5 (float)"),
-        (pb.Value(bool_val=True), "entities.user_id[1] is True (bool)"),
-        (pb.Value(string_val="3"), "entities.user_id[1] is '3' (str)"),
+        (pb.Value(bool_val=True), "entities.user_id[1] is true (boolean)"),
+        (pb.Value(string_val="3"), 'entities.user_id[1] is "3" (string)'),
         (pb.Value(timestamp_us_val=1_700_000_000_000_000), "entities.user_id[1] is a timestamp"),
     ],
 )

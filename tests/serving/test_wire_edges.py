@@ -258,12 +258,12 @@ def test_the_rest_400_for_a_float_key_reads_as_grpcs_error(
 def test_a_422_counts_each_wrong_value_once(server: ServerThread) -> None:
     body = {
         "features": ["vals:x"],
-        "entities": {"user_id": [1.5, None]},
-        "request_data": {"q": [[1, "x"], 2]},
+        "entities": {"user_id": [1.5, None]},  # key values are the engine's to judge (a 400)
+        "request_data": {"q": [[1, "x"], {"a": 1}, 2, [None]]},
     }
     code, got = _rest(server, "/get-online-features", body)
     assert code == 422
-    assert got["error"].startswith("entities.user_id[0] is 1.5 (float)")
+    assert got["error"].startswith('request_data.q[0][1] is "x" (string)')
     assert got["error"].endswith("(and 2 more problem(s))")
     body = {"features": ["vals:x"], "entities": {"user_id": [1]}, "request_data": {"q": [[1, "x"]]}}
     _, got = _rest(server, "/get-online-features", body)
