@@ -223,6 +223,14 @@ def push_table(
     ts_col = view.source.timestamp_field
     allowed = {*view.join_keys, *view.feature_names, ts_col, "event_timestamp"}
     unknown = sorted(set(rows) - allowed)
+    created = getattr(view.source, "created_timestamp_field", None)
+    if created is not None and created in unknown:  # Feast's push frames carry it
+        raise BadRequestError(
+            f"push: '{created}' is the created timestamp of feature view '{view.name}''s "
+            "source, which a push sets itself (the time of the push, so of two pushes at one "
+            "event time the later wins); leave the column out",
+            field=f"rows.{created}",
+        )
     if unknown:
         raise BadRequestError(
             f"push: feature view '{view.name}' has no column(s) {unknown}; it has join keys "

@@ -89,3 +89,56 @@ def test_a_ttl_of_zero_says_none_means_never_expiring(make_repo: Callable[..., P
     with FeatureStore(repo) as store, pytest.raises(DefinitionError) as info:
         store.apply()
     assert "a ttl must be positive, or None for rows that never expire" in str(info.value)
+
+
+def test_a_push_carrying_the_sources_created_column_says_why_it_is_refused(
+    make_repo: Callable[..., Path],
+) -> None:
+    from featurestore.errors import FeatureStoreError
+
+    repo = make_repo()
+    with FeatureStore(repo) as store:
+        store.apply()
+        now = datetime.now(timezone.utc)
+        row = {"user_id": [1], "event_timestamp": [now], "clicks": [3], "spend": [1.0]}
+        with pytest.raises(FeatureStoreError) as info:
+            store.push("user_stats", {**row, "created": [now]})  # as Feast's push frames have
+        msg = str(info.value)
+        assert "'created' is the created timestamp of feature view 'user_stats''s source" in msg
+        assert "which a push sets itself" in msg and "leave the column out" in msg
+        store.push("user_stats", row)  # without it the same row is taken
+        assert store.get_online_features("user_stats:clicks", {"user_id": [1]}).to_dict()[
+            "clicks"
+        ] == [3]
+
+
+def test_a_source_emptied_with_untyped_keys_is_named_in_training_sets(
+    make_repo: Callable[..., Path],
+) -> None:
+    import polars as pl
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from featurestore.errors import FeatureStoreError
+
+    repo = make_repo()
+    with FeatureStore(repo) as store:
+        store.apply()
+        # the data cleared, as pandas writes an empty frame: the key column's type is null
+        ts = pa.timestamp("us", tz="UTC")
+        empty = pa.table(
+            {
+                "user_id": pa.array([], pa.null()),
+                "event_timestamp": pa.array([], ts),
+                "created": pa.array([], ts),
+                "clicks": pa.array([], pa.int64()),
+                "spend": pa.array([], pa.float64()),
+            }
+        )
+        pq.write_table(empty, repo / "data" / "users.parquet")
+        spine = pl.DataFrame({"user_id": [1], "event_timestamp": [datetime.now(timezone.utc)]})
+        with pytest.raises(FeatureStoreError) as info:
+            store.get_historical_features(spine, ["user_stats:clicks"])
+    msg = str(info.value)
+    assert "its source's join-key column 'user_id' has no type" in msg
+    assert "cast the column to null" not in msg
