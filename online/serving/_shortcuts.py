@@ -7,6 +7,8 @@ from the same values (a missing, expired, older or null row) or reads them itsel
 
 from __future__ import annotations
 
+import functools
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -38,11 +40,18 @@ class _RowCall(NamedTuple):
     request: tuple[Any, Any, dict[str, list[Any]], bool, float | None]
 
 
+def _forget(cache: dict[int, tuple[Any, ...]], key: int, ref: weakref.ref[Any]) -> None:
+    """Drop ``cache[key]`` once the model its weak reference ``ref`` pointed at is freed (not
+    a newer entry that reuses the id)."""
+    if cache.get(key, (None,))[0] is ref:
+        cache.pop(key, None)  # (at worst a newer entry set in between: one more cache miss)
+
+
 class Shortcuts:
     """Plans and answers of the one-entity shortcuts (Engine's part)."""
 
     store: FeatureStore
-    # per loaded model: (model, registry state, its one-entity shortcut or None)
+    # per loaded model: (a weak reference to it, registry state, its one-entity shortcut or None)
     _vectors: dict[int, tuple[Any, Any, VectorPlan | None]]
     # per resolved request and full-names flag: (request, registry state, its shortcut or None)
     _rows: dict[tuple[int, bool], tuple[Any, Any, FeatureRowPlan | None]]
@@ -62,14 +71,16 @@ class Shortcuts:
         or None when this request takes the general path."""
         state = self._registry()
         hit = self._vectors.get(id(chosen))
-        if hit is None or hit[0] is not chosen or hit[1] is not state:
+        if hit is None or hit[0]() is not chosen or hit[1] is not state:
             requests = self._resolve(None, chosen.version.feature_service)
             plan = vector_plan(
                 self.store.project, requests, chosen.feature_names, state.join_key_kinds
             )
             if len(self._vectors) > 64:
                 self._vectors.clear()
-            hit = self._vectors[id(chosen)] = (chosen, state, plan)  # holds chosen: id unique
+            # a weak reference: a model promoted away is freed, and its entry with it
+            ref = weakref.ref(chosen, functools.partial(_forget, self._vectors, id(chosen)))
+            hit = self._vectors[id(chosen)] = (ref, state, plan)
         plan = hit[2]
         if plan is None:
             return None
