@@ -33,16 +33,26 @@ drops a record: a removed view defined again keeps it, marked ``again``, and the
 that apply deletes the rows of the removed version (waiting for another apply already deleting
 them). Materialize leaves a defined view with a record alone (``fenced_views``), so no row of
 its new definition exists before its record is gone, and none is deleted after.
+
+A materialize that started before an apply removed or redefined its view would write rows of
+the old definition after the cleanup deleted them, so whoever deletes a view's rows first
+changes the view's cleanup mark (``Registry.new_cleanup_mark``), then takes its write lock
+(``Registry.write_lock``) for the delete. Materialize reads the mark before the registry that
+told it the view is current, and writes each batch (and records the watermark) holding the write
+lock, having checked the mark is unchanged (``ViewWrites``): a batch lands before the delete
+(which takes it too) or not at all, and the materialize stops writing the view at its next batch.
+A push into a view with a record (redefined while its cleanup runs) waits for the cleanup under
+the cleanup lock, so it lands after the delete (see online/serving/_push_checks.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from contextlib import nullcontext
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from featurestore.errors import OnlineStoreError, OnlineStoreUnavailableError
+from featurestore.errors import FeatureStoreError, OnlineStoreError, OnlineStoreUnavailableError
 
 if TYPE_CHECKING:
     from featurestore.feature_view import FeatureView
@@ -51,8 +61,63 @@ if TYPE_CHECKING:
     from featurestore.store import FeatureStore
 
 
+WRITE_WAIT_S = 60.0  # how long a cleanup waits for a materialize's batch of the view to land
+
+
 class _StreamServerDown(Exception):
     """The stream server did not answer: whether an ingest still writes a view is not known."""
+
+
+class _WriterBusy(Exception):
+    """A materialize held the view's write lock for longer than WRITE_WAIT_S: nothing deleted."""
+
+
+class ViewChangedError(FeatureStoreError):
+    """An apply removed or redefined a view while materialize wrote it, and its cleanup started
+    deleting the view's online rows: materialize writes no more of it."""
+
+
+class ViewWrites:
+    """Materialize's guard of one view's writes: ``batch()`` holds the view's write lock and
+    raises ViewChangedError if its cleanup mark moved since ``mark`` (read before the registry
+    that said the view is current), so no batch lands after a cleanup's delete."""
+
+    def __init__(self, registry: Registry, view: str, mark: str) -> None:
+        self._registry, self.view, self._mark = registry, view, mark
+        self._lock = registry.write_lock(view)
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Hold the write lock for one write (or the watermark's record), the mark checked."""
+        with self._lock:
+            if self._registry.cleanup_mark(self.view) != self._mark:
+                raise ViewChangedError(
+                    f"materialize stopped writing feature view '{self.view}': featurestore apply "
+                    "removed or redefined it meanwhile and deleted its online rows, so its "
+                    "watermark did not move; materialize it again if it is still defined"
+                )
+            yield
+
+
+@contextmanager
+def _writes_stopped(registry: Registry, name: str) -> Iterator[None]:
+    """Stop every materialize writing view ``name`` before its rows are deleted: the cleanup
+    mark changes (each stops at its next batch), then the write lock is held for the delete,
+    taken once the batch being written landed; _WriterBusy after WRITE_WAIT_S."""
+    from filelock import Timeout
+
+    registry.new_cleanup_mark(name)
+    lock = registry.write_lock(name)
+    try:
+        lock.acquire(timeout=WRITE_WAIT_S)
+    except Timeout:
+        raise _WriterBusy(
+            f"a materialize kept writing it for {WRITE_WAIT_S:g} s (a hung online store?)"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 class OnlineCleanupWarning(UserWarning):
@@ -162,12 +227,15 @@ def delete_redefined(
         lock = registry.cleanup_lock(name) if registry is not None else nullcontext()
         try:
             with lock:
+                writes: Any = nullcontext()
                 if registry is not None:
                     current = registry.reload().pending_cleanup.get(name)
                     if current is None or current.get("fenced"):
                         continue  # finished by another apply (or its fence decides)
                     record = current
-                online.delete_view(project, name)
+                    writes = _writes_stopped(registry, name)
+                with writes:  # a materialize of the removed version writes no more
+                    online.delete_view(project, name)
                 if record.get("stream") or record.get("fenced"):
                     _clear_fence(online, project, name)
                 if registry is not None:
@@ -178,6 +246,11 @@ def delete_redefined(
                 f"version are not deleted yet ({_one_line(exc)}); nothing was applied: run apply "
                 "again once the online store answers"
             ) from exc
+        except _WriterBusy as exc:
+            raise FeatureStoreError(
+                f"feature view '{name}' is defined again, but the online rows of its removed "
+                f"version are not deleted yet ({exc}); nothing was applied: run apply again"
+            ) from None
 
 
 def finish_cleanup(store: FeatureStore, registry: Registry) -> list[ViewCleanup]:
@@ -241,16 +314,19 @@ def _finish_one(
     kept = view is not None and not again
     streams = _streams_of(record, view) if kept and view is not None else set()
     try:
-        if streams and view is not None:  # a stream-fed view whose join keys changed
-            deleted, holder = _delete_fenced(store, state, view, streams)
-            if holder:
-                registry.update_cleanup([], {name: {"ingest": holder, "fenced": True}})
-                return ViewCleanup(name, deleted, ingest=holder, kept=True)
-            registry.update_cleanup([name])
-            return ViewCleanup(name, deleted, kept=True)
-        deleted = store.online.delete_view(store.project, name)
-        if not kept:  # its watermark's copies too (every node's on Redis Cluster)
-            store._drop_watermark(name)
+        with _writes_stopped(registry, name):  # a materialize that started before stops
+            if streams and view is not None:  # a stream-fed view whose join keys changed
+                deleted, holder = _delete_fenced(store, state, view, streams)
+                if holder:
+                    registry.update_cleanup([], {name: {"ingest": holder, "fenced": True}})
+                    return ViewCleanup(name, deleted, ingest=holder, kept=True)
+                registry.update_cleanup([name])
+                return ViewCleanup(name, deleted, kept=True)
+            deleted = store.online.delete_view(store.project, name)
+            if not kept:  # its watermark's copies too (every node's on Redis Cluster)
+                store._drop_watermark(name)
+    except _WriterBusy as exc:  # the record stays: the next apply retries
+        return ViewCleanup(name, error=str(exc), kept=kept, again=again)
     except _StreamServerDown as exc:  # the fence stands pending: the next apply retries
         registry.update_cleanup([], {name: {"fenced": True}})
         return ViewCleanup(name, error=str(exc), kept=kept, again=again)

@@ -303,7 +303,7 @@ class Registry:
                 )
                 self._write(state, history=False)
                 return None
-            if written is not None and _row_identity(state.feature_views[view]) != _row_identity(
+            if written is not None and row_identity(state.feature_views[view]) != row_identity(
                 written
             ):
                 return None
@@ -324,13 +324,43 @@ class Registry:
         for its cleanup record, from reading the record to dropping it, so no other process
         deletes by a record it read before. Take it before the registry's own lock, never
         while holding that."""
-        from urllib.parse import quote
-
         from filelock import FileLock
 
-        folder = self.path.parent / (self.path.name + ".cleanup")
-        folder.mkdir(parents=True, exist_ok=True)
-        return FileLock(str(folder / (quote(view, safe="") + ".lock")))
+        return FileLock(str(self._cleanup_file("", view, ".lock")))
+
+    def write_lock(self, view: str) -> Any:
+        """The lock materialize holds for each batch of ``view``'s online rows it writes, and a
+        cleanup while it deletes them (after ``new_cleanup_mark``), so no batch lands during or
+        after the delete. Take it after ``cleanup_lock``, before the registry's own lock."""
+        from filelock import FileLock
+
+        return FileLock(str(self._cleanup_file("writes", view, ".lock")))
+
+    def cleanup_mark(self, view: str) -> str:
+        """A token that changes whenever a cleanup starts deleting ``view``'s online rows ("":
+        none did yet): a materialize that read it before the registry stops writing the view
+        once it changed (see featurestore/_cleanup.py)."""
+        try:  # (read before each batch materialize writes: the folder is not made here)
+            return self._cleanup_file("marks", view, ".mark", make=False).read_text()
+        except FileNotFoundError:
+            return ""
+
+    def new_cleanup_mark(self, view: str) -> None:
+        """Change ``view``'s cleanup mark: a cleanup is about to delete its online rows."""
+        import uuid
+
+        atomic_write(self._cleanup_file("marks", view, ".mark"), uuid.uuid4().hex.encode())
+
+    def _cleanup_file(self, kind: str, view: str, suffix: str, *, make: bool = True) -> Path:
+        """The file of ``view`` in the folder of cleanup locks and marks beside the registry
+        (``kind``: a subfolder, so no view's name makes another kind's file), made if
+        ``make``."""
+        from urllib.parse import quote
+
+        folder = self.path.parent / (self.path.name + ".cleanup") / kind
+        if make:
+            folder.mkdir(parents=True, exist_ok=True)
+        return folder / (quote(view, safe="") + suffix)
 
     def reload(self) -> RegistryState:
         """:meth:`load`, read from the file even if the cache looks current (a write within
@@ -380,7 +410,7 @@ def _cleanup_record(view: FeatureView, version: int) -> dict[str, Any]:
     return {"removed_in": version, "stream": src.stream if isinstance(src, StreamSource) else None}
 
 
-def _row_identity(view: FeatureView) -> tuple[Any, ...]:
+def row_identity(view: FeatureView) -> tuple[Any, ...]:
     """What a view's online rows depend on: an apply changing any of it drops the watermark."""
     return (view.schema_version, view.ttl, view.join_keys, view.source)
 

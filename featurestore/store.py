@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -44,7 +44,8 @@ FeatureRequest = list[tuple[FeatureView, list[str]]]
 @dataclass(frozen=True)
 class MaterializeResult:
     """What one materialization wrote: rows per view and the window used; ``skipped``: the
-    views left out because another held their stream's lock, with why (one line each)."""
+    views left out because another held their stream's lock (or, with ``skip_busy``, an apply
+    removed or redefined them while they were written), with why (one line each)."""
 
     start_us: int
     end_us: int
@@ -384,13 +385,12 @@ class FeatureStore:
                 f"materialize: start {to_utc(start_us)} is after end {to_utc(asked_us)}"
             )
         end_us = _until_now(asked_us)
+        rows: dict[str, int] = {}
         with self._online_views(views) as held:
-            rows = {
-                v.name: self._materialize_view(
-                    v, min(start_us, end_us), end_us, progress, held, overwrite
+            for v in held.views:
+                self._write_view(
+                    rows, held, False, v, min(start_us, end_us), end_us, progress, overwrite
                 )
-                for v in held.views
-            }
         late = asked_us if asked_us != end_us else None
         return MaterializeResult(start_us, end_us, rows, dict(held.skipped), late)
 
@@ -413,7 +413,8 @@ class FeatureStore:
         store holds newer values, which an older ``end`` would overwrite (``materialize(...,
         overwrite=True)`` over an explicit window still can). ``skip_busy``: a view whose
         stream's lock another holds (an ingest reading it) is left out and named in ``skipped``
-        instead of refusing all.
+        instead of refusing all, and so is one an apply removes or redefines while it is
+        written (no row of it is written after the apply's cleanup deleted its rows).
         Newer online rows are kept unless ``overwrite`` (see ``materialize``). An ``end``
         after now is taken as now (see ``_until_now``)."""
         name = "materialize_incremental"
@@ -438,11 +439,37 @@ class FeatureStore:
                 else:
                     start_us = 0
                 first = min(first, start_us)
-                rows[view.name] = self._materialize_view(
-                    view, min(start_us, end_us), end_us, progress, held, overwrite
-                )
+                start_us = min(start_us, end_us)
+                self._write_view(rows, held, skip_busy, view, start_us, end_us, progress, overwrite)
         late = asked_us if asked_us != end_us else None
         return MaterializeResult(first, end_us, rows, dict(held.skipped), late)
+
+    def _write_view(
+        self,
+        rows: dict[str, int],
+        held: MaterializeLocks,
+        skip: bool,
+        view: FeatureView,
+        start_us: int,
+        end_us: int,
+        progress: bool,
+        overwrite: bool,
+    ) -> None:
+        """Materialize ``view`` into ``rows``; one an apply removed or redefined meanwhile (see
+        ``ViewChangedError``) is left out, named in ``held.skipped``, if ``skip``, else raises."""
+        from featurestore._cleanup import ViewChangedError
+
+        try:
+            rows[view.name] = self._materialize_view(
+                view, start_us, end_us, progress, held, overwrite
+            )
+        except ViewChangedError:
+            if not skip:
+                raise
+            held.skipped[view.name] = (
+                "featurestore apply removed or redefined it while it was written and deleted "
+                "its online rows (its watermark did not move)"
+            )
 
     @contextmanager
     def _online_views(
@@ -453,6 +480,7 @@ class FeatureStore:
         one, or with ``skip_busy`` those views left out, and no ingest starts until done (see
         online/stream/locks.materialize_lock). A view whose join-key fence is pending is
         refused or left out the same way (see ``_fenced``)."""
+        from featurestore._cleanup import ViewWrites
         from featurestore.online.stream.locks import materialize_lock
 
         state = self.registry
@@ -468,6 +496,8 @@ class FeatureStore:
         else:
             views = [v for v in state.feature_views.values() if v.online]
         with materialize_lock(self, views, skip_busy=skip_busy) as held:
+            # each view's cleanup mark before the registry says it is current (see ViewWrites)
+            marks = {v.name: self._registry.cleanup_mark(v.name) for v in held.views}
             fenced = self._fenced(held.views)
             if fenced and not skip_busy:
                 name, why = next(iter(fenced.items()))
@@ -475,18 +505,31 @@ class FeatureStore:
             if fenced:
                 held.skipped.update(fenced)
                 held.views = [v for v in held.views if v.name not in fenced]
+            held.writes = {
+                v.name: ViewWrites(self._registry, v.name, marks[v.name]) for v in held.views
+            }
             yield held
 
     def _fenced(self, views: list[FeatureView]) -> dict[str, str]:
         """View -> why it is left alone, for ``views`` whose join keys changed while an ingest
         ran and whose old rows are not deleted yet: rows written now would be deleted with
         them. Read with the streams' locks held, so no apply deletes while materialize writes
-        a view that passed (see featurestore/_cleanup.py)."""
+        a view that passed (see featurestore/_cleanup.py). A view an apply removed or
+        redefined since ``views`` were read is left alone too: its cleanup may be done."""
         from featurestore._cleanup import fenced_views
+        from featurestore.registry import row_identity
 
-        pending = fenced_views(self._registry.load())
+        state = self._registry.reload()
+        pending = fenced_views(state)
         out: dict[str, str] = {}
         for v in views:
+            now = state.feature_views.get(v.name)
+            if now is None or row_identity(now) != row_identity(v):
+                out[v.name] = (
+                    "featurestore apply removed or redefined it since materialize read the "
+                    "registry; run materialize again"
+                )
+                continue
             if v.name not in pending:
                 continue
             if pending[v.name].get("fenced"):
@@ -514,13 +557,18 @@ class FeatureStore:
     ) -> int:
         """Write one view; ``held.ensure_held`` runs before each write and before the watermark,
         so a lost stream lock stops it there (see online/stream/locks.py). None: no lock held.
-        A plain view's rows go through the store's only-newer check unless ``overwrite``."""
+        Each write and the watermark's record hold the view's ``held.writes`` guard, so an
+        apply removing or redefining it meanwhile stops it (ViewChangedError) before its
+        cleanup deletes (see featurestore/_cleanup.py). A plain view's rows go through the
+        store's only-newer check unless ``overwrite``."""
         from featurestore._progress import progress_bar
         from featurestore._time import duration_us, parse_duration
         from featurestore.online.stream.locks import MaterializeLocks
         from featurestore.online.writer import write_table
 
         held = held or MaterializeLocks([view], {}, set())
+        guard = held.writes.get(view.name)
+        one_write = guard.batch if guard is not None else nullcontext
 
         grace = duration_us(parse_duration(self.config.online_store.key_ttl_grace)) or 0
         if view.is_window:
@@ -528,7 +576,7 @@ class FeatureStore:
 
             written = materialize_window_view(
                 self.offline,
-                self.online,
+                _GuardedWrites(self.online, one_write),
                 self.project,
                 view,
                 end_us,
@@ -539,7 +587,8 @@ class FeatureStore:
                 progress=progress,
             )
             held.ensure_held()
-            self._record_watermark(view, start_us, end_us)
+            with one_write():
+                self._record_watermark(view, start_us, end_us)
             return written
         # the count only sizes the progress bar: without one it is a query saved
         total = self.offline.count_latest_rows(view, start_us, end_us) if progress else None
@@ -559,23 +608,25 @@ class FeatureStore:
                     chunk = table.slice(at, step)
                     held.ensure_held()
                     try:
-                        written += write_table(
-                            self.online,
-                            self.project,
-                            view,
-                            chunk,
-                            now_us=now_us(),
-                            key_ttl_grace_us=grace,
-                            batch_size=size,
-                            # a row pushed online meanwhile (or only online) may be newer
-                            only_newer=not overwrite,
-                        )
+                        with one_write():
+                            written += write_table(
+                                self.online,
+                                self.project,
+                                view,
+                                chunk,
+                                now_us=now_us(),
+                                key_ttl_grace_us=grace,
+                                batch_size=size,
+                                # a row pushed online meanwhile (or only online) may be newer
+                                only_newer=not overwrite,
+                            )
                     except OnlineStoreError as exc:  # which view, for a store that refused it
                         raise OnlineStoreError(f"materialize '{view.name}': {exc}") from exc
                     bar.update(chunk.num_rows)  # rows done, skipped expired ones too: ends at total
         # the watermark moves only after every batch landed, so a crash means a clean rerun
         held.ensure_held()
-        self._record_watermark(view, start_us, end_us)
+        with one_write():
+            self._record_watermark(view, start_us, end_us)
         return written
 
     def _record_watermark(self, view: FeatureView, start_us: int, end_us: int) -> None:
@@ -775,6 +826,21 @@ class FeatureStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _GuardedWrites:
+    """An online store whose ``write_batch`` runs inside ``batch()`` (a view's ViewWrites
+    guard): materialize's window-view writes, one guard check per batch."""
+
+    def __init__(self, online: OnlineStore, batch: Callable[[], Any]) -> None:
+        self._online, self._batch = online, batch
+
+    def write_batch(self, *args: Any, **kw: Any) -> Any:
+        with self._batch():
+            return self._online.write_batch(*args, **kw)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._online, name)
 
 
 def _feast_alias(

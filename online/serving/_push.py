@@ -18,6 +18,13 @@ A refused push writes nothing, online or offline.
 A write runs on the engine's thread pool, so a hung store or disk cannot hang the request; its
 limit is ten times the read budget, at least a second (writes may take longer than reads). A
 write that lands after its request timed out is not recorded in the audit log.
+
+An online push into a view that apply redefined (new join keys, or removed and defined again)
+while it still deletes the online rows of the earlier definition would be deleted with them:
+it waits for that cleanup, up to half its time limit, so it lands after the delete, or is
+refused with ``CleanupPendingError`` (503 / UNAVAILABLE, retryable), nothing written (see
+``_push_checks.wait_for_cleanup``). A stream-fed view whose join keys changed is refused at
+once: its old rows are deleted only once no ingest reads its stream (featurestore/_cleanup.py).
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ from featurestore.online.serving._push_checks import (
     check_key_sizes,
     check_not_future,
     json_values,
+    wait_for_cleanup,
 )
 from featurestore.online.serving.config import MAX_DEADLINE_MS
 from featurestore.online.serving.errors import BadRequestError, NotReadyError
@@ -78,9 +86,11 @@ class Pushes:
     _observe: Callable[[str, float, bool, int], None]  # the engine's latency and counters
 
     def _push_fn(
-        self, feature_view: str, rows: Any, to: str
+        self, feature_view: str, rows: Any, to: str, wait_s: float
     ) -> tuple[Callable[[], int], dict[str, list[Any]]]:
-        """The write of a validated push, and its entity keys (for the audit log)."""
+        """The write of a validated push, and its entity keys (for the audit log). An online
+        push into a view with a cleanup record waits up to ``wait_s`` for the cleanup first
+        (in the write: off the event loop; see ``wait_for_cleanup``)."""
         from featurestore._cleanup import is_fenced
         from featurestore.offline.push import push_mode, push_target, write_offline_push
         from featurestore.online.codec import EVENT_TS
@@ -113,8 +123,11 @@ class Pushes:
         target = push_target(view, self.store.config, state) if offline else None
         store, project = self.store.online, self.store.project
         batch = self.store.config.online_store.write_batch_size
+        registry = self.store._registry
 
         def write() -> int:
+            if record is not None:  # redefined: its earlier rows are being deleted view-wide
+                wait_for_cleanup(registry, view, wait_s)
             if target is not None:  # first: the durable record
                 write_offline_push(target, table, now_us=now)
             if not online:
@@ -141,7 +154,7 @@ class Pushes:
         "offline" or "online_and_offline"; see the module doc); returns rows written."""
         t0 = time.perf_counter()
         timeout = self._push_timeout(deadline_ms)
-        write, keys = self._push_fn(feature_view, rows, to)
+        write, keys = self._push_fn(feature_view, rows, to, timeout / 2)
         fut = self._pool.submit(write)
         try:
             n = fut.result(timeout=timeout)
@@ -160,7 +173,7 @@ class Pushes:
         """``push`` for an event loop."""
         t0 = time.perf_counter()
         timeout = self._push_timeout(deadline_ms)
-        write, keys = self._push_fn(feature_view, rows, to)
+        write, keys = self._push_fn(feature_view, rows, to, timeout / 2)
         fut = self._pool.submit(write)
         try:
             n = await asyncio.wait_for(asyncio.wrap_future(fut), timeout)

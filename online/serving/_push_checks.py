@@ -1,18 +1,27 @@
 """What a pushed row may hold, checked before anything is written (see ``_push``): the JSON
 forms answers use read back (``json_values``), event times not past ``stream.max_future``
-(``check_not_future``), and join keys the embedded store can hold (``check_key_sizes``)."""
+(``check_not_future``), and join keys the embedded store can hold (``check_key_sizes``); and
+when an online push may land (``wait_for_cleanup``): not before apply deleted the online rows of
+its view's earlier definition."""
 
 from __future__ import annotations
 
 import base64
 import math
 import numbers
+import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from featurestore._time import duration_us, parse_duration, to_utc
-from featurestore.online.serving.errors import BadRequestError
+from featurestore.online.serving.errors import BadRequestError, NotReadyError
 from featurestore.types import FLOAT32_END
+
+if TYPE_CHECKING:
+    from featurestore.feature_view import FeatureView
+    from featurestore.registry import Registry
+
+CLEANUP_POLL_S = 0.05  # how often a push waiting for a cleanup that has not started looks again
 
 # JSON has no NaN or infinity: answers spell them so (protobuf's JSON mapping), pushes read them
 _NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
@@ -180,4 +189,58 @@ def check_key_sizes(
         "(LMDB's limit, project, view and join-key names included), so use shorter join-key "
         "values or the redis online store",
         field=f"rows.{col}",
+    )
+
+
+class CleanupPendingError(NotReadyError):
+    """An online push into a view whose earlier definition's online rows apply has not deleted
+    yet (HTTP 503 / UNAVAILABLE): the delete would take the pushed rows too; retry."""
+
+
+def wait_for_cleanup(registry: Registry, view: FeatureView, wait_s: float) -> None:
+    """Return once the cleanup record of ``view`` (redefined while apply deletes the online rows
+    of its earlier definition) is gone: a record goes only after that delete, so a push written
+    next outlives it. Waits under the view's cleanup lock (the cleanup holds it while deleting;
+    without it where the registry's folder is read-only), looking again every CLEANUP_POLL_S
+    while no cleanup holds it; CleanupPendingError once ``wait_s`` passed, or at once if an
+    apply redefined ``view`` again (the rows were checked against the definition before)."""
+    from filelock import Timeout
+
+    from featurestore.registry import row_identity
+
+    deadline = time.monotonic() + wait_s
+    lock: Any = None
+    try:  # (a registry folder this server cannot write: it looks without the lock)
+        lock = registry.cleanup_lock(view.name)
+    except OSError:
+        pass
+    while True:
+        if lock is not None:
+            try:
+                lock.acquire(timeout=max(0.0, deadline - time.monotonic()))
+            except Timeout:
+                break
+            except OSError:
+                lock = None
+        try:
+            state = registry.reload()
+        finally:
+            if lock is not None:
+                lock.release()
+        if view.name not in state.pending_cleanup:
+            now = state.feature_views.get(view.name)
+            if now is None or row_identity(now) != row_identity(view):
+                raise CleanupPendingError(
+                    f"push: feature view '{view.name}' was removed or redefined by featurestore "
+                    "apply while the push waited; push again (checked against its definition now)"
+                )
+            return
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        time.sleep(min(CLEANUP_POLL_S, left))
+    raise CleanupPendingError(
+        f"push: feature view '{view.name}' was redefined and featurestore apply has not deleted "
+        f"the online rows of its earlier definition yet (waited {wait_s:g} s), which would take "
+        "these rows too; push again once that apply has finished (run apply again if it failed)"
     )

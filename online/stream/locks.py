@@ -28,6 +28,7 @@ from featurestore.errors import FeatureStoreError
 from featurestore.online.stream.events import as_text
 
 if TYPE_CHECKING:
+    from featurestore._cleanup import ViewWrites
     from featurestore.feature_view import FeatureView
     from featurestore.store import FeatureStore
 
@@ -95,7 +96,9 @@ def release(client: Any, key: str, token: str) -> None:
 
 class MaterializeLocks:
     """What one materialize holds: the views it may write, the ones it skipped (their stream's
-    lock held by another) and why, and ``ensure_held`` to call before each write."""
+    lock held by another) and why, ``ensure_held`` to call before each write, and ``writes``:
+    view -> the guard each of its writes holds (featurestore._cleanup.ViewWrites; set by
+    materialize once it checked the registry, none for a view written without one)."""
 
     def __init__(
         self,
@@ -108,6 +111,7 @@ class MaterializeLocks:
         self.skipped = skipped
         self._guarded = guarded
         self._renewer = renewer
+        self.writes: dict[str, ViewWrites] = {}
 
     def guards(self, view: FeatureView) -> bool:
         """Whether ``view``'s writes depend on a held stream lock (it is stream-fed)."""
