@@ -110,9 +110,10 @@ class FeatureStore:
         kinds = self._validate_against_data(defs)
         return make_plan(self._registry.load(), defs, kinds)
 
-    def apply(self, *, report: Callable[[ViewCleanup], None] | None = None) -> Plan:
+    def apply(self, *objects: Any, report: Callable[[ViewCleanup], None] | None = None) -> Plan:
         """Validate the repo's definitions and write them as a new registry version (atomically),
-        then delete the online rows of the feature views it removed.
+        then delete the online rows of the feature views it removed. It reads the definition
+        files (``objects``, Feast's way of passing them, are refused, naming that).
 
         ``report`` gets what happened to each removed view's rows (``str()`` is one line); an
         online store that does not answer leaves them for the next apply, which retries (even
@@ -121,6 +122,11 @@ class FeatureStore:
         from featurestore._cleanup import delete_redefined
         from featurestore.repo import load_definitions
 
+        if objects:
+            raise TypeError(
+                "apply() takes no objects: it reads the repo's definition files (every *.py in "
+                "the repo root, or `definitions:` in featurestore.yaml); put the objects there"
+            )
         defs = load_definitions(self.config)
         kinds = self._validate_against_data(defs)
         current = self._registry.load()
@@ -493,6 +499,13 @@ class FeatureStore:
                         "from its inputs, so there is nothing to materialize (materialize the "
                         "views it reads)"
                     )
+            offline = [v.name for v in views if not v.online]
+            if offline:
+                raise FeatureStoreError(
+                    f"feature view '{offline[0]}' is not served online (online=False): there "
+                    "is nothing to materialize; set online=True in its definition and apply, or "
+                    "leave it out"
+                )
         else:
             views = [v for v in state.feature_views.values() if v.online]
         with materialize_lock(self, views, skip_busy=skip_busy) as held:

@@ -45,6 +45,16 @@ class RequestShape:
             from featurestore.online._computed import with_on_demand_inputs
 
             requests, extras = with_on_demand_inputs(requests)
+        # (an on-demand feature's inputs too: they are read from the store like the rest)
+        offline = [v.name for v, _ in requests if getattr(v, "online", True) is False]
+        if offline:
+            from featurestore.errors import FeatureNotFoundError
+
+            raise FeatureNotFoundError(
+                f"feature view '{offline[0]}' is not served online (online=False): read it "
+                "through training sets, or set online=True in its definition, apply and "
+                "materialize"
+            )
         self.plans, self.names, self.needed = _request_plan(requests, full, extras)
         # the internal output names of the hidden inputs: left out of every answer
         self.hidden = frozenset(

@@ -142,3 +142,15 @@ def test_a_source_emptied_with_untyped_keys_is_named_in_training_sets(
     msg = str(info.value)
     assert "its source's join-key column 'user_id' has no type" in msg
     assert "cast the column to null" not in msg
+
+
+def test_apply_with_objects_says_it_reads_the_definition_files(
+    make_repo: Callable[..., Path],
+) -> None:
+    repo = make_repo()
+    with FeatureStore(repo) as store:
+        user = Entity("user", join_keys=["user_id"])
+        with pytest.raises(TypeError, match="apply\\(\\) takes no objects: it reads the repo's"):
+            store.apply([user])  # Feast's store.apply([entity, view, ...])
+        assert not store.apply().empty  # the files, as always
+        assert "user_stats" in store.registry.feature_views
