@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures as cf
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -62,6 +63,34 @@ if TYPE_CHECKING:
     from featurestore.store import FeatureStore
 
 log = logging.getLogger("featurestore.serving")
+
+
+class ThrottledLog:
+    """Error lines at most one per ``period`` seconds; the next one says how many were left
+    out. A store outage fails every push: one line each would flood the log (reads are cut
+    short by the breaker, pushes are not)."""
+
+    def __init__(self, period: float) -> None:
+        self.period = period
+        self._next = 0.0
+        self._left_out = 0
+        self._lock = threading.Lock()
+
+    def error(self, msg: str, *args: Any) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if now < self._next:
+                self._left_out += 1
+                return
+            left_out, self._left_out = self._left_out, 0
+            self._next = now + self.period
+        if left_out:
+            msg += " (and %d more failed pushes in the last %g s, not logged)"
+            args = (*args, left_out, self.period)
+        log.error(msg, *args)
+
+
+_FAILURES = ThrottledLog(10.0)  # failed pushes' log lines (every one is counted in metrics)
 
 
 def _plain_rows(rows: Any) -> Any:
@@ -223,7 +252,7 @@ class Pushes:
                 f"push (to={to}): the writes did not finish in time; the offline file may still "
                 "land (a retry then adds an identical row)"
             )
-        log.error("push (to=%s) failed: %s", to, exc)
+        _FAILURES.error("push (to=%s) failed: %s", to, exc)
         why = without_paths(str(exc), self.store.config.repo_path)
         if isinstance(exc, OfflineWriteError):
             return OfflineWriteError(why)
