@@ -66,26 +66,26 @@ log = logging.getLogger("featurestore.serving")
 
 
 class ThrottledLog:
-    """Error lines at most one per ``period`` seconds; the next one says how many were left
-    out. A store outage fails every push: one line each would flood the log (reads are cut
-    short by the breaker, pushes are not)."""
+    """Error lines at most one per ``period`` seconds for each kind of failure; the next one
+    says how many were left out. A store outage fails every push: one line each would flood
+    the log (reads are cut short by the breaker, pushes are not)."""
 
     def __init__(self, period: float) -> None:
         self.period = period
-        self._next = 0.0
-        self._left_out = 0
+        self._next: dict[Any, float] = {}  # kind -> when it may be logged again
+        self._left_out: dict[Any, int] = {}
         self._lock = threading.Lock()
 
-    def error(self, msg: str, *args: Any) -> None:
+    def error(self, kind: Any, msg: str, *args: Any) -> None:
         now = time.monotonic()
         with self._lock:
-            if now < self._next:
-                self._left_out += 1
+            if now < self._next.get(kind, 0.0):
+                self._left_out[kind] = self._left_out.get(kind, 0) + 1
                 return
-            left_out, self._left_out = self._left_out, 0
-            self._next = now + self.period
+            left_out = self._left_out.pop(kind, 0)
+            self._next[kind] = now + self.period
         if left_out:
-            msg += " (and %d more failed pushes in the last %g s, not logged)"
+            msg += " (and %d more like it in the last %g s, not logged)"
             args = (*args, left_out, self.period)
         log.error(msg, *args)
 
@@ -252,7 +252,7 @@ class Pushes:
                 f"push (to={to}): the writes did not finish in time; the offline file may still "
                 "land (a retry then adds an identical row)"
             )
-        _FAILURES.error("push (to=%s) failed: %s", to, exc)
+        _FAILURES.error((to, type(exc)), "push (to=%s) failed: %s", to, exc)
         why = without_paths(str(exc), self.store.config.repo_path)
         if isinstance(exc, OfflineWriteError):
             return OfflineWriteError(why)
