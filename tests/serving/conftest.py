@@ -182,6 +182,38 @@ def make_repo(
     return repo
 
 
+@contextlib.contextmanager
+def served_python_model(
+    root: Path, project: str, defs: str, model: str, inputs: list[str]
+) -> Iterator[ServerThread]:
+    """Serve ``root`` (its ``data/`` written by the caller) with this config, ``defs`` and the
+    python model ``model`` registered as 'm' v1, production, reading ``inputs`` of service
+    'svc'; applied and materialized first. Yields the started server (stopped at exit)."""
+    from featurestore.online.models.repo import model_registry
+    from featurestore.store import FeatureStore
+
+    (root / "featurestore.yaml").write_text(
+        f"project: {project}\nonline_store:\n  type: embedded\n  path: data/online\n"
+        "models:\n  poll_interval_s: 0.05\n"
+    )
+    (root / "definitions.py").write_text(textwrap.dedent(defs))
+    (root / "model.py").write_text(model)
+    with FeatureStore(root) as store:
+        store.apply()
+        store.materialize_incremental(datetime.now(timezone.utc))
+        reg = model_registry(store)
+        reg.register(
+            "m", flavor="python", artifact=root / "model.py", feature_service="svc",
+            service_features=inputs,
+        )  # fmt: skip
+        reg.set_alias("m", 1, "production")
+    server = ServerThread.of_repo(root).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 def unapplied_repo(root: Path) -> Path:
     """A repo with config, definitions and data, not applied: a server over it is live, not
     ready."""

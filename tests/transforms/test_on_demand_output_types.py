@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 import re
 import struct
-import textwrap
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from types import SimpleNamespace
@@ -37,7 +36,7 @@ from featurestore.errors import EntityDataError
 from featurestore.online.serving._proto import featurestore_pb2 as pb
 from featurestore.online.serving._proto import featurestore_pb2_grpc as pb_grpc
 from featurestore.online.serving._wire import column_values, to_value
-from tests.serving.conftest import ServerThread
+from tests.serving.conftest import ServerThread, served_python_model
 
 DEFS = """
 from featurestore import (Entity, FeatureService, FeatureView, Field, Float32, Float64, Int32,
@@ -101,8 +100,6 @@ F32_MAX = float(np.finfo(np.float32).max)
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
     """An applied, materialized repo with a python model on ``svc`` and a server over it."""
-    from featurestore.online.models.repo import model_registry
-
     root = tmp_path_factory.mktemp("odout") / "repo"
     (root / "data").mkdir(parents=True)
     then = datetime.now(timezone.utc) - timedelta(hours=1)
@@ -117,27 +114,9 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
         ),
         root / "data" / "st.parquet",
     )
-    (root / "featurestore.yaml").write_text(
-        "project: odout\nonline_store:\n  type: embedded\n  path: data/online\n"
-        "models:\n  poll_interval_s: 0.05\n"
-    )
-    (root / "definitions.py").write_text(textwrap.dedent(DEFS))
-    (root / "model.py").write_text(MODEL)
-    with FeatureStore(root) as store:
-        store.apply()
-        store.materialize_incremental(datetime.now(timezone.utc))
-        reg = model_registry(store)
-        reg.register(
-            "m", flavor="python", artifact=root / "model.py", feature_service="svc",
-            service_features=["r32", "m"],
-        )  # fmt: skip
-        reg.set_alias("m", 1, "production")
-    server = ServerThread.of_repo(root)
-    server.start()
-    try:  # in-process calls go through the server's store: one embedded store per process
+    # in-process calls go through the server's store: one embedded store per process
+    with served_python_model(root, "odout", DEFS, MODEL, ["r32", "m"]) as server:
         yield SimpleNamespace(store=server.app.state.engine.store, server=server)
-    finally:
-        server.stop()
 
 
 def _offline(store: FeatureStore, users: list[int], refs: list[str], **req: list[Any]) -> Any:
