@@ -178,6 +178,8 @@ def stream_repo(
         f"project: {PROJECT}\n"
         "online_store:\n  type: embedded\n  path: data/online\n  map_size: 2GB\n"
         f"stream:\n  url: {redis_server.url}\n  batch_size: {BATCH}\n  block_ms: {BLOCK_MS}\n"
+        # each round reads the same filled stream again (its group moved back): keep it whole
+        "  trim: false\n"
     )
     fs = StreamRepo(root, redis_server).store("embedded")
     fs.apply()

@@ -84,9 +84,12 @@ def _run(
     stats = ing.run(once=once, max_events=max_events)
     seconds = time.perf_counter() - t0
     rate = stats.applied / seconds if seconds > 0 else 0.0
+    trimmed = (
+        f"; {stats.trimmed:,} acknowledged entries trimmed" if store.config.stream.trim else ""
+    )
     click.echo(
         f"ingested {stats.applied:,} events ({rate:,.0f}/s), {stats.dead:,} dead-lettered, "
-        f"{stats.replayed:,} already applied"
+        f"{stats.replayed:,} already applied{trimmed}"
     )
 
 

@@ -74,6 +74,8 @@ class StreamConfig:
     offline_flush_events: int = 100_000  # ... or once this many events wait
     max_future: str = "1h"  # events further ahead of their XADD time are dead-lettered
     max_past: str | None = None  # ... further behind it too (None: no bound; replays stay open)
+    trim: bool = True  # drop the entries every consumer group has acknowledged (XTRIM MINID)
+    trim_interval_s: float = 10.0  # a stream is trimmed at most this often (after its acks)
 
     def __post_init__(self) -> None:
         from featurestore._time import parse_duration
@@ -164,6 +166,11 @@ def config_from_dict(raw: dict[str, Any], repo: Path) -> RepoConfig:
     # block_ms 0 would be Redis's BLOCK 0: wait for ever (an idle ingest would never stop)
     _at_least(stream, "stream", batch_size=1, block_ms=1)
     _at_least(stream, "stream", offline_flush_s=0, offline_flush_events=1)
+    if not math.isfinite(stream.trim_interval_s) or stream.trim_interval_s < 0:
+        raise ConfigError(
+            f"{CONFIG_FILE}: stream.trim_interval_s is {stream.trim_interval_s}; give 0 or more "
+            "seconds (0: after every acknowledgement)"
+        )
     if not stream.group:
         raise ConfigError(f"{CONFIG_FILE}: stream.group is empty; give the consumer group's name")
     defs = _definitions(raw.pop("definitions", None))

@@ -7,7 +7,10 @@ written to the offline store as one Parquet file per flush (every ``stream.offli
 or ``offline_flush_events``; a file per round would be thousands of tiny files an hour), and
 only then are the entries acknowledged. A crash anywhere before the XACK redelivers them,
 which the offline sink and the online apply both recognise (see sink.py and apply.py); only a
-dead letter may then be written twice (its ``id`` field tells).
+dead letter may then be written twice (its ``id`` field tells). With ``stream.trim``, each
+stream then loses the entries every consumer group has acknowledged (at start, at most every
+``stream.trim_interval_s`` after an acknowledgement, and at the end; see trim.py): what is not
+acknowledged, by ingest or by another application's group, stays.
 
 One ingester per source at a time: it holds a lock key beside the stream (renewed while it
 runs), because a window view's state is updated by read-modify-write and one entity's events
@@ -17,6 +20,7 @@ it rewrites their states (see locks.py), so the two never overwrite each other's
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -46,6 +50,7 @@ from featurestore.online.stream.streams import (
     redis_client,
     stream_sources,
 )
+from featurestore.online.stream.trim import StreamTrimmer
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -69,7 +74,8 @@ class IngestStats:
 
     ``read``: entries read; ``applied``: valid events handled (offline and online), including
     ``replayed`` ones, which a window state already held from before a restart and so were not
-    added again; ``dead``: dead-lettered; ``batches``: rounds.
+    added again; ``dead``: dead-lettered; ``batches``: rounds; ``trimmed``: stream entries
+    removed once every consumer group had acknowledged them (``stream.trim``).
     """
 
     read: int = 0
@@ -77,6 +83,7 @@ class IngestStats:
     dead: int = 0
     replayed: int = 0
     batches: int = 0
+    trimmed: int = 0
     by_source: dict[str, int] = field(default_factory=dict)
 
 
@@ -103,6 +110,8 @@ class _Source:
         self.unacked: list[str] = []  # entries handled online, acknowledged at the next flush
         self.unwritten: list[Event] = []  # their valid events, for the next Parquet file
         self.flushed_at = time.monotonic()
+        self.untrimmed = True  # acknowledged entries since the last trim (a start may find some)
+        self.trimmed_at = -math.inf
 
 
 class Ingester:
@@ -137,6 +146,7 @@ class Ingester:
         self.stats = IngestStats()
         self._stop = False
         self.client = redis_client(store, timeout=max(5.0, self.cfg.block_ms / 1000 + 5.0))
+        self.trimmer = StreamTrimmer(self.client, self.cfg.group)
         self._locked: list[_Source] = []
 
     def stop(self) -> None:
@@ -169,6 +179,7 @@ class Ingester:
                         last_renew = time.monotonic()
                     got = self._round(once, min(self.cfg.batch_size, left))
                     self._flush(force=False)
+                    self._trim(force=False)
                     backoff = 0.1
                 except retry as exc:
                     if once:
@@ -189,6 +200,7 @@ class Ingester:
                 if once and new_only and not got:
                     break
             self._flush(force=True)
+            self._trim(force=True)
             if self.echo or self.metrics:
                 self._progress()
             return self.stats
@@ -213,10 +225,27 @@ class Ingester:
                 continue
             if s.sink is not None:
                 s.sink.write(s.unwritten)
-            for i in range(0, len(s.unacked), 10_000):
+            for i in range(0, len(s.unacked), 10_000):  # only now: the file has landed
                 self.client.xack(s.src.stream, cfg.group, *s.unacked[i : i + 10_000])
             s.unacked, s.unwritten = [], []
             s.flushed_at = time.monotonic()
+            s.untrimmed = True
+
+    def _trim(self, *, force: bool) -> None:
+        """Trim each stream that had entries acknowledged since its last trim of what every
+        consumer group is done with, at most every ``stream.trim_interval_s`` unless ``force``."""
+        if not self.cfg.trim:
+            return
+        for s in self.sources:
+            if not s.untrimmed:
+                continue
+            if not force and time.monotonic() - s.trimmed_at < self.cfg.trim_interval_s:
+                continue
+            done = self.trimmer.trim(s.src.name, s.src.stream)
+            s.untrimmed, s.trimmed_at = False, time.monotonic()
+            self.stats.trimmed += done.removed
+            if self.metrics is not None:
+                self.metrics.observe_trim(s.src.name, done.removed, done.left)
 
     def _start(self) -> None:
         """Take each source's lock, then refuse to start if a view's join-key fence stands
@@ -228,6 +257,7 @@ class Ingester:
             self._locked.append(s)
         for s in self.sources:
             check_fences(self.online, self.store.project, s.views, s.schema.arrow)
+        self._trim(force=True)  # what an earlier run (or an untrimmed version) left
 
     def _groups(self) -> None:
         """Create each stream's consumer group at its first entry, unless it exists."""

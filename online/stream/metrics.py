@@ -13,7 +13,8 @@ _DELAY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 
 
 class IngestMetrics:
-    """Events by outcome, delay from XADD to applied, round time, and the group's lag."""
+    """Events by outcome, delay from XADD to applied, round time, the group's lag, and the
+    stream's trimming (entries removed, entries left)."""
 
     def __init__(self) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -44,6 +45,18 @@ class IngestMetrics:
             ["source"],
             registry=r,
         )
+        self.trimmed = Counter(
+            "featurestore_ingest_trimmed_entries_total",
+            "Stream entries removed once every consumer group had acknowledged them",
+            ["source"],
+            registry=r,
+        )
+        self.length = Gauge(
+            "featurestore_ingest_stream_entries",
+            "Entries left in the stream after its last trim (grows while a group lags)",
+            ["source"],
+            registry=r,
+        )
 
     def serve(self, port: int, host: str = "127.0.0.1") -> None:
         """Expose /metrics on ``host:port`` from a background thread."""
@@ -63,6 +76,12 @@ class IngestMetrics:
             if n:
                 self.events.labels(source, outcome).inc(n)
         self.round.labels(source).observe(seconds)
+
+    def observe_trim(self, source: str, removed: int, left: int) -> None:
+        """One trim of a source's stream: entries removed, and the stream's length after it."""
+        if removed:
+            self.trimmed.labels(source).inc(removed)
+        self.length.labels(source).set(left)
 
     def render(self) -> Any:
         from prometheus_client import generate_latest

@@ -184,7 +184,9 @@ def test_entries_delivered_again_after_a_materialize_are_not_counted_twice(
     import redis
 
     client = redis.Redis.from_url(redis_url)
-    repo = small_repo(tmp_path / "repo", redis_url, project="redeliver")
+    # trim off: the entries, acknowledged here, are delivered again below as if they were not
+    yaml = "stream:\n  batch_size: 100\n  block_ms: 20\n  trim: false\n"
+    repo = small_repo(tmp_path / "repo", redis_url, project="redeliver", stream_yaml=yaml)
     now = now_floor_us()
     events = [
         {"user_id": u, "event_timestamp": now - (k + 1) * 60_000_000, "amount": 1.0 + k,
