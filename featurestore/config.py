@@ -69,6 +69,7 @@ class StreamConfig:
     batch_size: int = 1000  # entries read per round
     block_ms: int = 200  # how long a read waits for new entries
     dead_letter_suffix: str = ":dead"  # bad events go to <stream><suffix>
+    dead_letter_maxlen: int | None = None  # keep only the newest N dead letters (None: all)
     write_offline: bool = True  # append valid events to the batch source's folder
     offline_flush_s: float = 60.0  # a Parquet file (and the acknowledgements) at most this often
     offline_flush_events: int = 100_000  # ... or once this many events wait
@@ -170,6 +171,11 @@ def config_from_dict(raw: dict[str, Any], repo: Path) -> RepoConfig:
         raise ConfigError(
             f"{CONFIG_FILE}: stream.trim_interval_s is {stream.trim_interval_s}; give 0 or more "
             "seconds (0: after every acknowledgement)"
+        )
+    if stream.dead_letter_maxlen is not None and stream.dead_letter_maxlen < 1:
+        raise ConfigError(
+            f"{CONFIG_FILE}: stream.dead_letter_maxlen is {stream.dead_letter_maxlen}; give 1 or "
+            "more (or null to keep every dead letter)"
         )
     if not stream.group:
         raise ConfigError(f"{CONFIG_FILE}: stream.group is empty; give the consumer group's name")

@@ -377,9 +377,11 @@ class Ingester:
             self._drop_stale_letters(s, good)
         if dead:  # first, so a crash later cannot lose a decision (a replay may repeat one)
             pipe = self.client.pipeline(transaction=False)
+            cap = self.store.config.stream.dead_letter_maxlen  # exact: the newest N stay
             for rid, reason, fields in dead:
                 record = {"id": rid, "source": s.src.name, "reason": reason}
-                pipe.xadd(s.dead_stream, {**record, "data": _as_json(fields)})
+                letter = {**record, "data": _as_json(fields)}
+                pipe.xadd(s.dead_stream, letter, maxlen=cap, approximate=False)
             pipe.execute()
         replayed = 0
         for wb in windows:
