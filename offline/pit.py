@@ -155,6 +155,7 @@ def _duck_spine(spine: Spine, keys: list[str]) -> pa.Table:
 def _check_key_types(spine: Spine, plans: list[tuple[SourcePlan, list[str], list[str]]]) -> None:
     import pyarrow as pa
 
+    from featurestore.offline.windows import untyped_key
     from featurestore.types import dtype_from_arrow
 
     def kind(t: pa.DataType) -> str:
@@ -166,16 +167,7 @@ def _check_key_types(spine: Spine, plans: list[tuple[SourcePlan, list[str], list
     for plan, _, _ in plans:
         for k in plan.keys:
             if pa.types.is_null(plan.source_types[k]):  # e.g. an empty file pandas wrote
-                raise EntityDataError(
-                    f"feature view '{plan.view.name}': its source's join-key column '{k}' has "
-                    "no type (every value null, or no rows, written without a schema); write "
-                    f"it with integer or string '{k}' values"
-                )
-            if pa.types.is_null(spine.table.column(k).type):
-                raise EntityDataError(
-                    f"entity dataframe column '{k}' has no type (every value null); give it "
-                    "integers or strings"
-                )
+                raise untyped_key(plan.view.name, k)
             left = kind(spine.table.column(k).type)
             right = kind(plan.source_types[k])
             if left != right:

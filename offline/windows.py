@@ -196,8 +196,20 @@ def _kind(t: pa.DataType) -> str:
     return "number" if d.name in ("int32", "int64", "float32", "float64") else d.name
 
 
+def untyped_key(view: str, key: str) -> EntityDataError:
+    """The error of a source whose join-key column has no type (Arrow null: every value null,
+    or no rows, as pandas writes an empty frame), for plain and window views alike."""
+    return EntityDataError(
+        f"feature view '{view}': its source's join-key column '{key}' has no type (every value "
+        f"null, or no rows, written without a schema); write it with integer or string '{key}' "
+        "values"
+    )
+
+
 def check_key_kinds(store: OfflineStore, view: FeatureView, spine: pa.Table) -> None:
     """Refuse spine keys of another kind than the source's (the plain views' join refuses them)."""
+    import pyarrow as pa
+
     try:
         types = {f.name: f.type for f in store.source_schema(view.source)}
     except OfflineStoreError:
@@ -205,6 +217,8 @@ def check_key_kinds(store: OfflineStore, view: FeatureView, spine: pa.Table) -> 
     for k in view.join_keys:
         if k not in types:
             continue  # reading the events reports the missing column
+        if pa.types.is_null(types[k]):
+            raise untyped_key(view.name, k)
         left, right = _kind(spine.column(k).type), _kind(types[k])
         if left != right:
             raise EntityDataError(
