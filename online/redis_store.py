@@ -9,7 +9,9 @@ group, so two writers of one key cannot interleave a read and a write.
 from __future__ import annotations
 
 import itertools
+import logging
 import re
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -22,6 +24,7 @@ if TYPE_CHECKING:
     from featurestore.config import OnlineStoreConfig
 
 T = TypeVar("T")
+log = logging.getLogger("featurestore.online")
 _GLOB = re.compile(r"([\\*?\[\]])")
 _SCAN_COUNT = 1000
 _DELETE_CHUNK = 500
@@ -248,9 +251,44 @@ class RedisOnlineStore(_RedisBase):
 
 
 class RedisClusterOnlineStore(_RedisBase):
-    """Redis Cluster from the URL of any node; reads are one round trip per node."""
+    """Redis Cluster from the URL of any node; reads are one round trip per node.
+
+    Reads and writes route by the client's slot map. A node that stops answering (killed, its
+    host gone) sends no MOVED: after a failure to reach a node the map is read again from the
+    cluster (at most every ``REFRESH_S``), so once a replica took over, the next calls go to it.
+    """
 
     kind = "redis_cluster"
+    REFRESH_S = 0.5  # the least time between two slot-map refreshes after failed calls
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._refreshed = 0.0  # time.monotonic() of the last refresh after a failure
+        self._refresh_lock = threading.Lock()
+
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        try:
+            return super()._call(what, fn)
+        except OnlineStoreUnavailableError:
+            self._refresh_slots()
+            raise
+
+    def _refresh_slots(self) -> None:
+        """Read the slot map again (a failover may have moved a dead node's slots to its
+        replica); quietly nothing while another thread does it or one was done just now."""
+        client = self._client_obj
+        now = time.monotonic()
+        if client is None or now - self._refreshed < self.REFRESH_S:
+            return
+        if not self._refresh_lock.acquire(blocking=False):
+            return
+        try:
+            self._refreshed = now
+            client.nodes_manager.initialize()
+        except Exception as exc:  # the cluster as a whole does not answer: the next failure retries
+            log.debug("redis cluster slot map refresh failed: %s", exc)
+        finally:
+            self._refresh_lock.release()
 
     def _client(self) -> Any:
         if self._client_obj is None:
