@@ -434,7 +434,8 @@ class FeatureStore:
         with self._online_views(views, skip_busy=skip_busy) as held:
             for view in held.views:
                 mark = watermark_us(state, view.name, self._store_id)
-                mark = self._store_watermark(view.name, mark)
+                with _naming(view.name):
+                    mark = self._store_watermark(view.name, mark)
                 if mark is not None and mark >= end_us:
                     rows[view.name] = 0
                     continue
@@ -466,9 +467,10 @@ class FeatureStore:
         from featurestore._cleanup import ViewChangedError
 
         try:
-            rows[view.name] = self._materialize_view(
-                view, start_us, end_us, progress, held, overwrite
-            )
+            with _naming(view.name):
+                rows[view.name] = self._materialize_view(
+                    view, start_us, end_us, progress, held, overwrite
+                )
         except ViewChangedError:
             if not skip:
                 raise
@@ -634,7 +636,7 @@ class FeatureStore:
                                 only_newer=not overwrite,
                             )
                     except OnlineStoreError as exc:  # which view, for a store that refused it
-                        raise OnlineStoreError(f"materialize '{view.name}': {exc}") from exc
+                        raise type(exc)(f"materialize '{view.name}': {exc}") from exc
                     bar.update(chunk.num_rows)  # rows done, skipped expired ones too: ends at total
         # the watermark moves only after every batch landed, so a crash means a clean rerun
         held.ensure_held()
@@ -875,3 +877,15 @@ def _until_now(end_us: int) -> int:
     set at now has none), and a watermark past now would make every later incremental run
     skip the rows that arrive until then."""
     return min(end_us, now_us())
+
+
+@contextmanager
+def _naming(view: str) -> Iterator[None]:
+    """An online store error inside names the view being materialized (once), of its class."""
+    try:
+        yield
+    except OnlineStoreError as exc:
+        head = f"materialize '{view}': "
+        if str(exc).startswith(head):
+            raise
+        raise type(exc)(head + str(exc)) from exc
