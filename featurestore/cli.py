@@ -265,6 +265,13 @@ def _report_materialize(res: Any, seconds: float) -> None:
 @click.option("--timestamp-column", default="event_timestamp", show_default=True)
 @click.option("--full-feature-names", is_flag=True, help="Name columns view__feature.")
 @click.option("--as-known", is_flag=True, help="Only rows created at or before each spine time.")
+@click.option(
+    "--chunk-rows",
+    type=click.IntRange(min=1),
+    default=1_000_000,
+    show_default=True,
+    help="Spine rows joined and written at a time (bounds memory).",
+)
 @click.pass_context
 def training_set(
     ctx: click.Context,
@@ -275,8 +282,13 @@ def training_set(
     timestamp_column: str,
     full_feature_names: bool,
     as_known: bool,
+    chunk_rows: int,
 ) -> None:
-    """Build a point-in-time correct training set from a spine and write it to Parquet."""
+    """Build a point-in-time correct training set from a spine and write it to Parquet.
+
+    The spine is joined --chunk-rows rows at a time, each chunk appended to the file, so
+    memory holds one chunk, not the whole training set; the rows come out as one join gives.
+    """
     if bool(features) == bool(feature_service):
         raise click.UsageError("give exactly one of --features or --feature-service")
     from featurestore._atomic import check_parquet_out
@@ -286,15 +298,19 @@ def training_set(
     t0 = time.perf_counter()
     tmp = _reserve_out(Path(out))  # before the join: a path that cannot be written fails now
     try:
-        df = store.get_historical_features(
+        from featurestore.offline.chunked import write_training_set
+
+        res = write_training_set(
+            store,
             spine,
             _split(features) or feature_service,
+            tmp,
+            chunk_rows=chunk_rows,
             full_feature_names=full_feature_names,
             as_known=as_known,
             timestamp_column=timestamp_column,
             progress=True,
         )
-        df.write_parquet(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, out)
@@ -303,8 +319,8 @@ def training_set(
         raise
     dt = time.perf_counter() - t0
     click.echo(
-        f"wrote {df.height:,} rows x {df.width} columns to {out} in {dt:.2f} s "
-        f"({df.height / dt:,.0f} rows/s)"
+        f"wrote {res.rows:,} rows x {res.columns} columns to {out} in {dt:.2f} s "
+        f"({res.rows / dt:,.0f} rows/s)"
     )
 
 

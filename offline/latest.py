@@ -18,6 +18,7 @@ from featurestore.offline._sql import ident
 from featurestore.offline.pit import feature_sql
 
 if TYPE_CHECKING:
+    import duckdb
     import pyarrow as pa
 
     from featurestore.feature_view import FeatureView
@@ -134,7 +135,7 @@ def iter_latest_rows(
                 problem = None
                 if isinstance(exc, duckdb.ConversionException):  # a value no type holds?
                     problem = value_problem(cur, plan, list(view.feature_names), label)
-                raise (OfflineStoreError(problem) if problem else _failed(view, exc)) from None
+                raise (OfflineStoreError(problem) if problem else _failed(view, exc, cur)) from None
             for start in range(0, batch.num_rows, batch_rows):
                 part = batch.slice(start, batch_rows)
                 if part.num_rows:
@@ -167,7 +168,7 @@ def count_latest_rows(store: OfflineStore, view: FeatureView, start_us: int, end
     try:
         return int(fetch_table(cur.sql(sql)).column(0)[0].as_py())
     except duckdb.Error as exc:
-        raise _failed(view, exc) from None
+        raise _failed(view, exc, cur) from None
     finally:
         cur.close()
 
@@ -186,9 +187,21 @@ def _target_schema(view: FeatureView, got: pa.Schema) -> pa.Schema:
     return pa.schema(fields)
 
 
-def _failed(view: FeatureView, exc: BaseException) -> OfflineStoreError:
+def _failed(
+    view: FeatureView, exc: BaseException, cur: duckdb.DuckDBPyConnection
+) -> OfflineStoreError:
+    """The one-line error of a failed read of ``view`` on the DuckDB cursor ``cur``: running
+    out of memory says how to give DuckDB more, anything else to validate the view."""
+    import duckdb
+
+    from featurestore.offline.pit import out_of_memory_advice
+
     first = str(exc).strip().splitlines()[0]
+    advice = (
+        out_of_memory_advice(cur)
+        if isinstance(exc, duckdb.OutOfMemoryException)
+        else "run validate_view() on it"
+    )
     return OfflineStoreError(
-        f"reading the latest rows of feature view '{view.name}' failed: {first}; run "
-        "validate_view() on it"
+        f"reading the latest rows of feature view '{view.name}' failed: {first}; {advice}"
     )

@@ -279,10 +279,28 @@ def _join_view(
         if problem is not None:
             raise OfflineStoreError(problem) from None
         first = str(exc).strip().splitlines()[0]
+        advice = (
+            out_of_memory_advice(cur)
+            if isinstance(exc, duckdb.OutOfMemoryException)
+            else "run validate_view() on it and check the entity dataframe's key types"
+        )
         raise OfflineStoreError(
-            f"point-in-time join of feature view '{plan.view.name}' failed: {first}; run "
-            "validate_view() on it and check the entity dataframe's key types"
+            f"point-in-time join of feature view '{plan.view.name}' failed: {first}; {advice}"
         ) from None
+
+
+def out_of_memory_advice(cur: duckdb.DuckDBPyConnection) -> str:
+    """What to do when DuckDB ran out of memory on ``cur``: raise the limit (named as DuckDB
+    holds it) or give it a spill folder with room."""
+    try:
+        row = cur.execute("SELECT current_setting('memory_limit')").fetchone()
+        now = f" (now {row[0]})" if row and row[0] else ""
+    except Exception:  # the connection is unusable: the advice without the value
+        now = ""
+    return (
+        f"raise offline_store.memory_limit{now} in featurestore.yaml, or set "
+        "offline_store.temp_directory to a folder on a disk with room to spill to"
+    )
 
 
 def _finish(result: pa.Table, view: FeatureView, feature: str) -> pa.ChunkedArray:

@@ -246,19 +246,19 @@ def test_training_set_replaces_out_whole_or_not_at_all(
     repo, spine, _ = env
     out = tmp_path / "train.parquet"
     out.write_bytes(b"the previous training set")
-    real = pl.DataFrame.write_parquet
+    real = pq.ParquetWriter.write_table
 
-    def dies_half_way(self: pl.DataFrame, file: Any, *args: Any, **kwargs: Any) -> None:
-        Path(file).write_bytes(b"PAR1 half a file")
+    def dies_half_way(self: pq.ParquetWriter, table: Any, *args: Any, **kwargs: Any) -> None:
+        real(self, table, *args, **kwargs)  # part of the file is out
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(pl.DataFrame, "write_parquet", dies_half_way)
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", dies_half_way)
     line = _error_line(_training_set(repo, spine, out))
     assert "No space left on device" in line
     assert out.read_bytes() == b"the previous training set"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["train.parquet"]
 
-    monkeypatch.setattr(pl.DataFrame, "write_parquet", real)
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", real)
     r = _training_set(repo, spine, out)
     assert r.exit_code == 0, r.output
     with FeatureStore(repo) as store:
