@@ -252,7 +252,10 @@ def _report_materialize(res: Any, seconds: float) -> None:
 
 @cli.command("training-set")
 @click.option(
-    "--spine", required=True, type=click.Path(exists=True), help="Parquet file of entity rows."
+    "--spine",
+    required=True,
+    type=click.Path(exists=True),
+    help="Parquet file (or folder) of entity rows.",
 )
 @click.option("--features", help="Comma-separated view:feature references.")
 @click.option("--feature-service", help="A feature service name instead of --features.")

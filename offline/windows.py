@@ -135,6 +135,10 @@ def read_events(
         return fetch_table(cur.sql(sql))
     except duckdb.Error as exc:
         first = str(exc).strip().splitlines()[0]
+        if isinstance(exc, duckdb.OutOfMemoryException):
+            from featurestore.offline.pit import out_of_memory_advice
+
+            first += f"; {out_of_memory_advice(cur)}"
         raise OfflineStoreError(
             f"reading the events of feature view '{view.name}' failed: {first}"
         ) from None

@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from featurestore import FeatureStore
-from featurestore.errors import EntityDataError, FeatureStoreError
+from featurestore.errors import EntityDataError, FeatureStoreError, OfflineStoreError
 
 from ..conftest import online_config
 
@@ -416,3 +416,28 @@ def test_a_hidden_input_does_not_clash_with_a_feature_of_its_bare_name(
     ).to_dict(as_series=False)
     assert got["limit"] == [Q_LIMIT[u] for u in users]  # the asked feature, not p's
     assert got["ratio"] == [a / P_LIMIT[u] for u, a in zip(users, [1.0, 2.0, 3.0], strict=True)]
+
+
+def test_a_window_views_events_out_of_memory_say_raise_the_limit(
+    fs: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading a window view's events gives the same advice as the plain join when DuckDB runs
+    out of memory (the error DuckDB raises is put in its place here: a real one needs GBs)."""
+    import sys
+
+    import duckdb
+
+    from featurestore.offline import store as offline_store
+
+    real = offline_store.fetch_table
+
+    def out_of_memory(*args: Any, **kwargs: Any) -> Any:
+        if sys._getframe(1).f_code.co_name != "read_events":  # other reads as they are
+            return real(*args, **kwargs)
+        raise duckdb.OutOfMemoryException("Out of Memory Error: failed to allocate 2.0 MiB")
+
+    monkeypatch.setattr(offline_store, "fetch_table", out_of_memory)  # read_events' import
+    kind, msg = _outcome(fs, "kw:x_last_1h", pa.array([1, 2], pa.int64()), "user_id")
+    assert kind is OfflineStoreError
+    assert msg.startswith("reading the events of feature view 'VIEW' failed: Out of Memory"), msg
+    assert "; raise offline_store.memory_limit (now " in msg
