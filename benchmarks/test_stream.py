@@ -145,7 +145,9 @@ class StreamRepo:
             spec = {"type": "embedded", "path": "data/online", "map_size": "2GB"}
         else:
             spec = {"type": "redis", "url": self.redis.url, "socket_timeout": 60.0}
-        raw = {"project": PROJECT, "online_store": spec, "stream": {"url": self.redis.url}}
+        # each round reads the same filled stream again (its group moved back): keep it whole
+        stream = {"url": self.redis.url, "trim": False}
+        raw = {"project": PROJECT, "online_store": spec, "stream": stream}
         return FeatureStore(config=config_from_dict(raw, self.path))
 
 
@@ -178,8 +180,6 @@ def stream_repo(
         f"project: {PROJECT}\n"
         "online_store:\n  type: embedded\n  path: data/online\n  map_size: 2GB\n"
         f"stream:\n  url: {redis_server.url}\n  batch_size: {BATCH}\n  block_ms: {BLOCK_MS}\n"
-        # each round reads the same filled stream again (its group moved back): keep it whole
-        "  trim: false\n"
     )
     fs = StreamRepo(root, redis_server).store("embedded")
     fs.apply()
