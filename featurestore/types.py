@@ -76,6 +76,18 @@ INT_RANGES = {"int32": (-(2**31), 2**31 - 1), "int64": (-(2**63), 2**63 - 1)}
 # the least magnitude a float32 rounds to infinity: a finite number from there on does not fit
 # a Float32 (pushes, on-demand outputs and source reads refuse it alike)
 FLOAT32_END = 2.0**128 - 2.0**103
+
+
+def past_float32(v: float) -> bool:
+    """Whether the number ``v`` is finite but beyond what a Float32 holds (it would round to
+    infinity); an integer past even float64's range counts too."""
+    try:
+        f = float(v)
+    except OverflowError:
+        return True
+    return abs(f) >= FLOAT32_END and f - f == 0.0  # (x - x is NaN for an infinity or a NaN)
+
+
 # the types a model can take as an input (converted to float64; bool as 0/1)
 NUMERIC_TYPES = frozenset({"int32", "int64", "float32", "float64", "bool"})
 # the UnixTimestamp values a Python datetime can hold (years 1 to 9999), in microseconds since

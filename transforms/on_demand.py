@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 from featurestore.errors import DefinitionError, EntityDataError
 from featurestore.field import Field
 from featurestore.transforms.row import RowTransform
-from featurestore.types import FLOAT32_END, INT_RANGES
+from featurestore.types import FLOAT32_END, INT_RANGES, past_float32
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -184,7 +184,7 @@ class OnDemandFeature:
             if isinstance(value, int):  # the nearest float32, not the float32 of a float64
                 return float(np.float32(np.int64(value)))
             f = float(value)
-            if abs(f) >= FLOAT32_END and f - f == 0.0:  # finite, but past float32's range
+            if past_float32(f):
                 raise self._out_of_range(view, f, f"entity row {row}")
             return float(np.float32(f))
         if kind in INT_RANGES:

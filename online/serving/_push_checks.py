@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from featurestore._time import duration_us, parse_duration, to_utc
 from featurestore.online.serving.errors import BadRequestError, NotReadyError
-from featurestore.types import FLOAT32_END
+from featurestore.types import FLOAT32_END, past_float32
 
 if TYPE_CHECKING:
     from featurestore.feature_view import FeatureView
@@ -106,7 +106,7 @@ def _float(v: Any, f32: bool) -> Any:
             v = float(v)
         except OverflowError:
             raise _OutOfRange(f" is an integer of {int(v).bit_length()} bits") from None
-    if f32 and not -FLOAT32_END < v < FLOAT32_END and math.isfinite(v):
+    if f32 and past_float32(v):
         raise _OutOfRange(f" is {v!r}, beyond the largest Float32 (3.4028235e+38)")
     return v
 

@@ -18,7 +18,7 @@ from featurestore.online.serving.errors import (
     TooManyEntitiesError,
     join_key_error,
 )
-from featurestore.types import FLOAT32_END, INT_RANGES, value_fits
+from featurestore.types import INT_RANGES, past_float32, value_fits
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -160,7 +160,7 @@ def check_request_data(cols: Columns, n: int, needed: RequestFields) -> None:
                     field=f"request_data.{k}",
                 )
         if dtype == "float32":  # a finite number past float32's range would round to infinity
-            i = next((i for i, v in enumerate(col) if v is not None and _past_float32(v)), None)
+            i = next((i for i, v in enumerate(col) if v is not None and past_float32(v)), None)
             if i is not None:
                 raise BadRequestError(
                     f"request_data.{k}[{i}] is {col[i]!r}; request field '{k}' of on-demand "
@@ -174,15 +174,6 @@ def check_request_data(cols: Columns, n: int, needed: RequestFields) -> None:
                 f"request_data.{k} has {len(v)} values but there are {n} entities",
                 field=f"request_data.{k}",
             )
-
-
-def _past_float32(v: Any) -> bool:
-    """Whether the number ``v`` is finite but rounds to infinity as a float32."""
-    try:
-        f = float(v)
-    except OverflowError:  # an integer past float64's range
-        return True
-    return abs(f) >= FLOAT32_END and f - f == 0.0
 
 
 def push_table(
