@@ -7,8 +7,9 @@ Heavy engines (DuckDB, polars, Redis, LMDB) load on first use, so importing this
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from featurestore._lazy import lazy_attributes
 from featurestore.config import RepoConfig, load_config
 from featurestore.entity import Entity
 from featurestore.errors import (
@@ -92,16 +93,8 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    """``FeatureStore`` and ``MaterializeResult``, imported on first use."""
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'featurestore' has no attribute {name!r}")
-    from importlib import import_module
-
-    value = getattr(import_module(module), name)
-    globals()[name] = value
-    return value
+# FeatureStore and MaterializeResult, imported on first use
+__getattr__ = lazy_attributes(__name__, _LAZY, globals())
 
 
 def __dir__() -> list[str]:

@@ -5,8 +5,9 @@ Names resolve lazily, so ``import featurestore.online`` loads neither redis nor 
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from featurestore._lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from featurestore.online.base import OnlineStore, Status, open_online_store
@@ -18,19 +19,19 @@ if TYPE_CHECKING:
     from featurestore.online.writer import write_table
 
 _WHERE = {
-    "DecodedRows": "codec",
-    "EmbeddedOnlineStore": "embedded",
-    "OnlineResponse": "lookup",
-    "OnlineStore": "base",
-    "RedisClusterOnlineStore": "redis_store",
-    "RedisOnlineStore": "redis_store",
-    "RowCodec": "codec",
-    "Status": "base",
-    "build_key": "keys",
-    "build_keys": "keys",
-    "get_online_features": "lookup",
-    "open_online_store": "base",
-    "write_table": "writer",
+    "DecodedRows": ".codec",
+    "EmbeddedOnlineStore": ".embedded",
+    "OnlineResponse": ".lookup",
+    "OnlineStore": ".base",
+    "RedisClusterOnlineStore": ".redis_store",
+    "RedisOnlineStore": ".redis_store",
+    "RowCodec": ".codec",
+    "Status": ".base",
+    "build_key": ".keys",
+    "build_keys": ".keys",
+    "get_online_features": ".lookup",
+    "open_online_store": ".base",
+    "write_table": ".writer",
 }
 __all__ = [
     "DecodedRows",
@@ -49,13 +50,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module 'featurestore.online' has no attribute {name!r}")
-    value = getattr(import_module(f"featurestore.online.{module}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes(__name__, _WHERE, globals())
 
 
 def __dir__() -> list[str]:

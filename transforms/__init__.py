@@ -14,6 +14,7 @@ Typical use (the lead wires this into FeatureView / apply / materialization)::
 
 from __future__ import annotations
 
+from featurestore._lazy import lazy_attributes
 from featurestore.transforms._errors import LateEventError
 from featurestore.transforms.aggregation import (
     Aggregation,
@@ -38,13 +39,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> object:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'featurestore.transforms' has no attribute {name!r}")
-
+__getattr__ = lazy_attributes(__name__, _LAZY, globals())
 
 __all__ = [
     "Aggregation",

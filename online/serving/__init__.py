@@ -7,8 +7,9 @@ lazily, so reading the serving config (every command's config load does) loads n
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from featurestore._lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from featurestore.online.serving.breaker import BreakerState, CircuitBreaker
@@ -28,19 +29,19 @@ if TYPE_CHECKING:
     from featurestore.online.serving.results import FeatureResult, PredictResult
 
 _WHERE = {
-    "BadRequestError": "errors",
-    "BreakerConfig": "config",
-    "BreakerState": "breaker",
-    "CircuitBreaker": "breaker",
-    "Engine": "engine",
-    "FeatureResult": "results",
-    "ModelsConfig": "config",
-    "NotReadyError": "errors",
-    "PredictResult": "results",
-    "ServingConfig": "config",
-    "TooManyEntitiesError": "errors",
-    "models_config": "config",
-    "serving_config": "config",
+    "BadRequestError": ".errors",
+    "BreakerConfig": ".config",
+    "BreakerState": ".breaker",
+    "CircuitBreaker": ".breaker",
+    "Engine": ".engine",
+    "FeatureResult": ".results",
+    "ModelsConfig": ".config",
+    "NotReadyError": ".errors",
+    "PredictResult": ".results",
+    "ServingConfig": ".config",
+    "TooManyEntitiesError": ".errors",
+    "models_config": ".config",
+    "serving_config": ".config",
 }
 __all__ = [
     "BadRequestError",
@@ -59,10 +60,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module 'featurestore.online.serving' has no attribute {name!r}")
-    value = getattr(import_module(f"featurestore.online.serving.{module}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes(__name__, _WHERE, globals())
