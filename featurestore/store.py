@@ -622,21 +622,18 @@ class FeatureStore:
                 for at in range(0, table.num_rows, step):
                     chunk = table.slice(at, step)
                     held.ensure_held()
-                    try:
-                        with one_write():
-                            written += write_table(
-                                self.online,
-                                self.project,
-                                view,
-                                chunk,
-                                now_us=now_us(),
-                                key_ttl_grace_us=grace,
-                                batch_size=size,
-                                # a row pushed online meanwhile (or only online) may be newer
-                                only_newer=not overwrite,
-                            )
-                    except OnlineStoreError as exc:  # which view, for a store that refused it
-                        raise type(exc)(f"materialize '{view.name}': {exc}") from exc
+                    with one_write():  # (a store's refusal names the view: see _naming)
+                        written += write_table(
+                            self.online,
+                            self.project,
+                            view,
+                            chunk,
+                            now_us=now_us(),
+                            key_ttl_grace_us=grace,
+                            batch_size=size,
+                            # a row pushed online meanwhile (or only online) may be newer
+                            only_newer=not overwrite,
+                        )
                     bar.update(chunk.num_rows)  # rows done, skipped expired ones too: ends at total
         # the watermark moves only after every batch landed, so a crash means a clean rerun
         held.ensure_held()
@@ -881,11 +878,8 @@ def _until_now(end_us: int) -> int:
 
 @contextmanager
 def _naming(view: str) -> Iterator[None]:
-    """An online store error inside names the view being materialized (once), of its class."""
+    """An online store error inside names the view being materialized, of its class."""
     try:
         yield
     except OnlineStoreError as exc:
-        head = f"materialize '{view}': "
-        if str(exc).startswith(head):
-            raise
-        raise type(exc)(head + str(exc)) from exc
+        raise type(exc)(f"materialize '{view}': {exc}") from exc
