@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from featurestore._progress import progress_bar
-from featurestore.errors import EntityDataError, FeatureStoreError
+from featurestore.errors import FeatureStoreError
+from featurestore.offline.spine import missing_spine, unreadable_spine
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -109,15 +110,12 @@ def _spine_dataset(path: Path) -> ds.Dataset:
     import pyarrow.dataset as ds
 
     if not path.exists():
-        raise EntityDataError(
-            f"entity dataframe path '{path}' does not exist; pass an existing Parquet file or "
-            "folder"
-        )
+        raise missing_spine(path)
     partitioning = None if path.is_file() else ds.HivePartitioning.discover(infer_dictionary=True)
     try:
         return ds.dataset(path, format="parquet", partitioning=partitioning)
     except (pa.ArrowInvalid, OSError) as exc:
-        raise _unreadable(path, exc) from None
+        raise unreadable_spine(path, exc) from None
 
 
 def _count_rows(dataset: ds.Dataset, spine: Any) -> int:
@@ -126,7 +124,7 @@ def _count_rows(dataset: ds.Dataset, spine: Any) -> int:
     try:
         return int(dataset.count_rows())
     except (pa.ArrowInvalid, OSError) as exc:
-        raise _unreadable(Path(spine), exc) from None
+        raise unreadable_spine(Path(spine), exc) from None
 
 
 def _readable(batches: Iterator[pa.RecordBatch], spine: Any) -> Iterator[pa.RecordBatch]:
@@ -139,15 +137,8 @@ def _readable(batches: Iterator[pa.RecordBatch], spine: Any) -> Iterator[pa.Reco
         except StopIteration:
             return
         except (pa.ArrowInvalid, OSError) as exc:
-            raise _unreadable(Path(spine), exc) from None
+            raise unreadable_spine(Path(spine), exc) from None
         yield batch
-
-
-def _unreadable(path: Path, exc: BaseException) -> EntityDataError:
-    return EntityDataError(
-        f"entity dataframe path '{path}' is not readable Parquet ({exc}); write it with "
-        "pyarrow/polars .write_parquet"
-    )
 
 
 def _conform(table: pa.Table, schema: pa.Schema, start: int) -> pa.Table:

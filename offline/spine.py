@@ -158,17 +158,26 @@ def _read_parquet(path: Path) -> pa.Table:
     import pyarrow.parquet as pq
 
     if not path.exists():
-        raise EntityDataError(
-            f"entity dataframe path '{path}' does not exist; pass an existing Parquet file or "
-            "folder"
-        )
+        raise missing_spine(path)
     try:
         return pq.read_table(path)
     except (pa.ArrowInvalid, OSError) as exc:
-        raise EntityDataError(
-            f"entity dataframe path '{path}' is not readable Parquet ({exc}); write it with "
-            "pyarrow/polars .write_parquet"
-        ) from None
+        raise unreadable_spine(path, exc) from None
+
+
+def missing_spine(path: Path) -> EntityDataError:
+    """The error of a spine path that does not exist (whole or chunked reads alike)."""
+    return EntityDataError(
+        f"entity dataframe path '{path}' does not exist; pass an existing Parquet file or folder"
+    )
+
+
+def unreadable_spine(path: Path, exc: BaseException) -> EntityDataError:
+    """The error of a spine path that is not Parquet pyarrow can read."""
+    return EntityDataError(
+        f"entity dataframe path '{path}' is not readable Parquet ({exc}); write it with "
+        "pyarrow/polars .write_parquet"
+    )
 
 
 def _brief(names: list[str]) -> str:
