@@ -185,11 +185,10 @@ def request_problem(
 ) -> str | None:
     """Why ``alias`` cannot point at ``mv``: after the change a canary or shadow would need
     request data (join keys, request fields) production does not. Clients send what production
-    needs, so
-    a canary's share of requests would fail with a 400, and a shadow (scored on the features
-    fetched for production) would never get the features computed from them. None when every
-    such alias needs a subset of production's (or there is no production, or a service is not
-    defined: health reports that)."""
+    needs, so a canary's share of requests would fail with a 400, and a shadow (scored on the
+    features fetched for production) would never get the features computed from them. None
+    when every such alias needs a subset of production's (or there is no production, or a
+    service is not defined: health reports that)."""
     after = {a: entry.alias(a) for a in entry.aliases if a in ("production", "canary", "shadow")}
     after[alias] = mv
     prod = after.get("production")
